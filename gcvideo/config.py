@@ -1,0 +1,478 @@
+"""All configuration defaults of gcvideo, in one place.
+
+Every key is defined once below with a comment. YAML files under ``configs/``
+are flat overrides of these defaults, and ``KEY VALUE`` pairs from the command
+line override both. ``load_cfg`` merges, coerces and validates: an unknown key,
+a wrong type or an impossible value fails before any work starts, with a
+message that names the key, the value and what is allowed.
+
+Only the ``build_*`` functions read a config; modules take keyword arguments.
+"""
+from __future__ import annotations
+
+import ast
+import os
+from typing import Iterable, List, Optional, Sequence
+
+import yaml
+from fvcore.common.config import CfgNode
+
+_C = CfgNode()
+
+# Folder for checkpoints, logs, reports (any iopath location).
+_C.OUTPUT_DIR = "runs/default"
+# Global random seed (python, numpy, torch; data workers derive theirs from it).
+_C.SEED = 0
+# Device: "auto" (cuda when available, else cpu), "cpu" or "cuda".
+_C.DEVICE = "auto"
+
+# ---------------------------------------------------------------------------
+# Model: Slow-only ResNet-3D
+# ---------------------------------------------------------------------------
+_C.MODEL = CfgNode()
+# ResNet depth: 50 ([3,4,6,3] bottlenecks) or 101 ([3,4,23,3]).
+_C.MODEL.DEPTH = 50
+# Override the blocks per stage (4 ints); empty = from MODEL.DEPTH. For small test/toy nets.
+_C.MODEL.STAGE_DEPTHS = []
+# Number of output classes.
+_C.MODEL.NUM_CLASSES = 400
+# Stem width; stage widths follow as 4x, 8x, 16x, 32x this (64 = standard ResNet).
+_C.MODEL.WIDTH = 64
+# Stem conv kernel (T, H, W); Slow-only uses 1x7x7.
+_C.MODEL.STEM_KERNEL = [1, 7, 7]
+# Temporal kernel size of conv_a (first 1x1) in every bottleneck, per stage res2..res5.
+_C.MODEL.TEMPORAL_KERNELS = [1, 1, 3, 3]
+# Dropout before the classification layer.
+_C.MODEL.DROPOUT = 0.5
+# BatchNorm momentum (PyTorch convention) and epsilon.
+_C.MODEL.BN_MOMENTUM = 0.1
+_C.MODEL.BN_EPS = 1e-5
+# Initialise the last BN of every bottleneck to zero scale (PySlowFast ZERO_INIT_FINAL_BN).
+_C.MODEL.ZERO_INIT_FINAL_BN = False
+
+# ---------------------------------------------------------------------------
+# Context blocks: the global-context family (GC, SNL, SE, ablations) and non-local
+# ---------------------------------------------------------------------------
+_C.CONTEXT = CfgNode()
+# Block type: "none" | "gc" | "snl" | "se" | "nl".
+_C.CONTEXT.TYPE = "none"
+# Per stage res2..res5: list of 0-based block indices that get a block, or "all".
+_C.CONTEXT.LOCATION = [[], [], [], []]
+# Where in a bottleneck: "auto" (pre_add for gc/snl/se, post_relu for nl),
+# "pre_add" (after the last 1x1 conv + BN, before the residual add), "post_relu"
+# (after the block's output ReLU).
+_C.CONTEXT.POSITION = "auto"
+# Bottleneck ratio r of the transform (C -> C*r); 1/4 on Kinetics, 1/16 on COCO/ImageNet.
+_C.CONTEXT.RATIO = 0.25
+# Ablations (paper Tables 2-4); "auto" = the type's own choice.
+# Context modeling: "att" (attention pooling) | "avg" (global average pooling).
+_C.CONTEXT.POOLING = "auto"
+# Transform: "bottleneck" (C->Cr->C) | "linear" (one C->C conv, as SNL).
+_C.CONTEXT.TRANSFORM = "auto"
+# Norm inside the bottleneck transform: "layernorm" | "none".
+_C.CONTEXT.NORM = "auto"
+# Fusion: "add" (broadcast add) | "mul" (sigmoid, channel-wise multiply).
+_C.CONTEXT.FUSION = "auto"
+# Bias on the C->1 attention conv (the softmax makes it redundant; the paper has it).
+_C.CONTEXT.ATT_BIAS = True
+# Zero-initialise the last transform conv (add fusion) so blocks start as identity.
+_C.CONTEXT.ZERO_INIT = True
+# Use the fused, memory-lean attention-pooling kernels (same numbers, faster).
+_C.CONTEXT.FUSED = True
+# Non-local: "gaussian" | "embedded_gaussian" | "dot_product" | "concat".
+_C.CONTEXT.NL_INSTANTIATION = "embedded_gaussian"
+# Non-local inner channels as a fraction of C.
+_C.CONTEXT.NL_INNER_RATIO = 0.5
+# Max-pool kernel (T, H, W) subsampling the key/value paths; [] = none.
+_C.CONTEXT.NL_POOL = [1, 2, 2]
+# Scale embedded_gaussian logits by 1/sqrt(inner channels) (PySlowFast does; paper does not).
+_C.CONTEXT.NL_SCALE = False
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+_C.DATA = CfgNode()
+# Folder with the annotation files (train/val/test names below are relative to it).
+_C.DATA.PATH_TO_DATA_DIR = ""
+# Prefix joined to every video path from the annotations.
+_C.DATA.PATH_PREFIX = ""
+# Annotation file names per split, relative to PATH_TO_DATA_DIR (or absolute).
+_C.DATA.TRAIN_FILE = "train.csv"
+_C.DATA.VAL_FILE = "val.csv"
+_C.DATA.TEST_FILE = "test.csv"
+# Annotation format: "auto" | "slowfast" | "mmaction" | "kinetics_csv".
+_C.DATA.FORMAT = "auto"
+# Class-name list, one a line (line i = class i); "" = labels must be integers.
+_C.DATA.LABEL_MAP = ""
+# Official-CSV layout: clips under {split folder}/{class}/ ("class") or flat ("flat"), or "auto".
+_C.DATA.CLIP_LAYOUT = "auto"
+# Decoder backend: "decord" | "pyav".
+_C.DATA.DECODER = "decord"
+# Frames per clip and the stride between them (at TARGET_FPS): 8x8.
+_C.DATA.NUM_FRAMES = 8
+_C.DATA.SAMPLING_RATE = 8
+# Frame rate in which the sampling stride is measured (PySlowFast: 30).
+_C.DATA.TARGET_FPS = 30
+# Training short-side scale jitter [min, max] and crop size.
+_C.DATA.TRAIN_JITTER_SCALES = [256, 320]
+_C.DATA.TRAIN_CROP_SIZE = 224
+# Test: short side resized to TEST_CROP_SIZE, then crops of that size.
+_C.DATA.TEST_CROP_SIZE = 256
+# Random horizontal flip in training.
+_C.DATA.RANDOM_FLIP = True
+# Label to use when a clip is flipped horizontally: list of [from, to] pairs ([] = unchanged).
+_C.DATA.FLIP_LABEL_PAIRS = []
+# Probability of time reversal in training (0 = off); needs REVERSE_LABEL_PAIRS for motion classes.
+_C.DATA.REVERSE_PROB = 0.0
+# Label to use when a clip is reversed in time: list of [from, to] pairs.
+_C.DATA.REVERSE_LABEL_PAIRS = []
+# Per-channel normalisation (RGB, in [0, 1] units).
+_C.DATA.MEAN = [0.45, 0.45, 0.45]
+_C.DATA.STD = [0.225, 0.225, 0.225]
+# Training stops if more than this share of videos failed to decode.
+_C.DATA.MAX_BROKEN_FRACTION = 0.05
+# DataLoader workers per process and pinned memory.
+_C.DATA.NUM_WORKERS = 4
+_C.DATA.PIN_MEMORY = True
+
+# ---------------------------------------------------------------------------
+# Solver
+# ---------------------------------------------------------------------------
+_C.SOLVER = CfgNode()
+# Base learning rate for SOLVER.REFERENCE_BATCH_SIZE clips; scaled linearly with the global batch.
+_C.SOLVER.BASE_LR = 0.1
+# Global batch the base LR refers to (PySlowFast Slow 8x8: 0.1 at 64).
+_C.SOLVER.REFERENCE_BATCH_SIZE = 64
+# Epochs of training and of linear warmup.
+_C.SOLVER.MAX_EPOCH = 196
+_C.SOLVER.WARMUP_EPOCHS = 34.0
+# Learning rate at the start of warmup, as a fraction of the (scaled) base LR.
+_C.SOLVER.WARMUP_START_FACTOR = 0.1
+# Final learning rate of the cosine, as a fraction of the (scaled) base LR.
+_C.SOLVER.COSINE_END_FACTOR = 0.0
+# SGD momentum, Nesterov, weight decay.
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.NESTEROV = True
+_C.SOLVER.WEIGHT_DECAY = 1e-4
+# No weight decay on normalisation layers and biases.
+_C.SOLVER.ZERO_WD_NORM_BIAS = True
+# Clip the global gradient norm to this value (0 = off).
+_C.SOLVER.CLIP_GRAD_NORM = 0.0
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+_C.TRAIN = CfgNode()
+# Global batch size (all processes together); each process gets BATCH_SIZE / world size.
+_C.TRAIN.BATCH_SIZE = 64
+# Validate every N epochs (0 = never during training).
+_C.TRAIN.EVAL_PERIOD = 10
+# Views used for validation during training: temporal clips x spatial crops.
+_C.TRAIN.EVAL_VIEWS = [1, 1]
+# Save a checkpoint every N epochs and every N iterations (0 = off).
+_C.TRAIN.CHECKPOINT_PERIOD = 1
+_C.TRAIN.CHECKPOINT_ITERS = 0
+# How many recent checkpoints to keep.
+_C.TRAIN.KEEP_LAST = 3
+# Resume from the newest complete checkpoint in OUTPUT_DIR.
+_C.TRAIN.AUTO_RESUME = True
+# Initial weights: inflated ImageNet or pytorchvideo/PySlowFast checkpoint ("" = random).
+_C.TRAIN.INIT_FROM = ""
+# Mixed precision: "none" | "bf16" | "fp16" (fp16 uses a grad scaler).
+_C.TRAIN.MIXED_PRECISION = "none"
+# channels_last_3d memory format for the model and inputs.
+_C.TRAIN.CHANNELS_LAST = True
+# SyncBatchNorm across processes.
+_C.TRAIN.SYNC_BN = False
+# Recompute BN statistics on this many training batches before evaluation (0 = off).
+_C.TRAIN.PRECISE_BN_BATCHES = 0
+# Log a JSON line every N iterations.
+_C.TRAIN.LOG_PERIOD = 10
+# Run the full test (TEST.*) after training.
+_C.TRAIN.TEST_AT_END = True
+# Deterministic algorithms (for exact resume checks; slower).
+_C.TRAIN.DETERMINISTIC = False
+
+# ---------------------------------------------------------------------------
+# Testing
+# ---------------------------------------------------------------------------
+_C.TEST = CfgNode()
+# Temporal clips per video and spatial crops per clip (10 x 3 = 30 views).
+_C.TEST.NUM_ENSEMBLE_VIEWS = 10
+_C.TEST.NUM_SPATIAL_CROPS = 3
+# How view scores combine: "prob_mean" | "logit_mean" | "prob_max".
+_C.TEST.ENSEMBLE_METHOD = "prob_mean"
+# Videos per batch per process.
+_C.TEST.BATCH_SIZE = 4
+# Checkpoint to evaluate ("" = the newest in OUTPUT_DIR).
+_C.TEST.CHECKPOINT = ""
+
+
+def get_cfg() -> CfgNode:
+    """A fresh, mutable copy of the defaults."""
+    return _C.clone()
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or impossible."""
+
+
+# ---------------------------------------------------------------------------
+# Merging
+# ---------------------------------------------------------------------------
+def _coerce(new, old, key: str, source: str):
+    """Check ``new`` against the default ``old``; allow int->float and list<->tuple."""
+    if old is None or new is None:
+        return new
+    if isinstance(old, bool) or isinstance(new, bool):
+        if isinstance(old, bool) and isinstance(new, bool):
+            return new
+    elif isinstance(old, float) and isinstance(new, (int, float)):
+        return float(new)
+    elif isinstance(old, int) and isinstance(new, int):
+        return new
+    elif isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        return list(new)
+    elif isinstance(old, str) and isinstance(new, str):
+        return new
+    elif key == "CONTEXT.LOCATION" and isinstance(new, str):
+        return new
+    raise ConfigError(
+        f"{source}: {key} = {new!r} has type {type(new).__name__}; expected "
+        f"{type(old).__name__} like the default {old!r}"
+    )
+
+
+def _merge_dict(cfg: CfgNode, d: dict, source: str, prefix: str = "") -> None:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: expected a mapping of config keys, got {type(d).__name__}")
+    for k, v in d.items():
+        full = f"{prefix}{k}"
+        if k not in cfg:
+            close = [c for c in cfg.keys() if c.lower() == str(k).lower()]
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(
+                f"{source}: unknown config key {full}{hint}; known keys here: "
+                f"{', '.join(prefix + c for c in sorted(cfg.keys()))}"
+            )
+        if isinstance(cfg[k], CfgNode):
+            _merge_dict(cfg[k], v, source, prefix=full + ".")
+        else:
+            cfg[k] = _coerce(v, cfg[k], full, source)
+
+
+def merge_from_file(cfg: CfgNode, path: str) -> None:
+    """Merge a flat YAML override file into ``cfg`` (through iopath)."""
+    from gcvideo.utils.io import path_manager
+
+    if not path_manager.exists(path):
+        raise ConfigError(f"config file {path} does not exist")
+    with path_manager.open(path, "r") as f:
+        try:
+            d = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    _merge_dict(cfg, d, source=path)
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+
+
+def merge_from_list(cfg: CfgNode, opts: Sequence[str]) -> None:
+    """Merge ``KEY VALUE`` pairs (command line) into ``cfg``."""
+    opts = list(opts or [])
+    if len(opts) % 2:
+        raise ConfigError(f"command-line overrides must be KEY VALUE pairs, got an odd list: {opts}")
+    for key, text in zip(opts[0::2], opts[1::2]):
+        d: dict = {}
+        node = d
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = _parse_value(text) if isinstance(text, str) else text
+        _merge_dict(cfg, d, source="command line")
+
+
+def load_cfg(config_file: Optional[str] = None, opts: Optional[Sequence[str]] = None,
+             check_files: bool = True) -> CfgNode:
+    """Defaults <- YAML file <- command-line pairs, validated and frozen."""
+    cfg = get_cfg()
+    if config_file:
+        merge_from_file(cfg, config_file)
+    merge_from_list(cfg, opts or [])
+    validate_cfg(cfg, check_files=check_files)
+    cfg.freeze()
+    return cfg
+
+
+# ---------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------
+_DEPTHS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+
+
+def stage_depths(cfg: CfgNode) -> List[int]:
+    """Blocks per stage res2..res5."""
+    if cfg.MODEL.STAGE_DEPTHS:
+        return list(cfg.MODEL.STAGE_DEPTHS)
+    return list(_DEPTHS[cfg.MODEL.DEPTH])
+
+
+def context_indices(location, depths: Sequence[int]) -> List[List[int]]:
+    """Expand CONTEXT.LOCATION ("all" or per-stage lists/"all") to index lists."""
+    if isinstance(location, str):
+        location = [location] * len(depths)
+    out = []
+    for entry, d in zip(location, depths):
+        if isinstance(entry, str):
+            out.append(list(range(d)) if entry == "all" else [])
+        else:
+            out.append(sorted(int(i) for i in entry))
+    return out
+
+
+def _check(cond: bool, key: str, value, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key} = {value!r} is not allowed: expected {allowed}")
+
+
+def _one_of(cfg_value, key: str, allowed: Iterable) -> None:
+    allowed = list(allowed)
+    _check(cfg_value in allowed, key, cfg_value, "one of " + ", ".join(repr(a) for a in allowed))
+
+
+def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
+    """Raise ConfigError for impossible values, naming key, value and what is allowed."""
+    from gcvideo.utils.io import path_manager
+
+    m, c, d, s, t, te = cfg.MODEL, cfg.CONTEXT, cfg.DATA, cfg.SOLVER, cfg.TRAIN, cfg.TEST
+    _one_of(cfg.DEVICE, "DEVICE", ["auto", "cpu", "cuda"])
+    # ---- model
+    if m.STAGE_DEPTHS:
+        _check(len(m.STAGE_DEPTHS) == 4 and all(isinstance(x, int) and x >= 1 for x in m.STAGE_DEPTHS),
+               "MODEL.STAGE_DEPTHS", m.STAGE_DEPTHS, "4 positive integers (blocks in res2..res5) or []")
+    else:
+        _one_of(m.DEPTH, "MODEL.DEPTH", sorted(_DEPTHS))
+    _check(m.NUM_CLASSES >= 1, "MODEL.NUM_CLASSES", m.NUM_CLASSES, "a positive integer")
+    _check(m.WIDTH >= 1, "MODEL.WIDTH", m.WIDTH, "a positive integer")
+    _check(len(m.STEM_KERNEL) == 3 and all(k % 2 == 1 for k in m.STEM_KERNEL), "MODEL.STEM_KERNEL",
+           m.STEM_KERNEL, "3 odd integers (T, H, W)")
+    _check(len(m.TEMPORAL_KERNELS) == 4 and all(k in (1, 3, 5) for k in m.TEMPORAL_KERNELS),
+           "MODEL.TEMPORAL_KERNELS", m.TEMPORAL_KERNELS, "4 odd temporal kernel sizes in {1, 3, 5}")
+    _check(0.0 <= m.DROPOUT < 1.0, "MODEL.DROPOUT", m.DROPOUT, "a probability in [0, 1)")
+    # ---- context blocks
+    _one_of(c.TYPE, "CONTEXT.TYPE", ["none", "gc", "snl", "se", "nl"])
+    depths = stage_depths(cfg)
+    loc = c.LOCATION
+    if isinstance(loc, str):
+        _check(loc == "all", "CONTEXT.LOCATION", loc, '"all" or a list of 4 per-stage entries')
+    else:
+        _check(len(loc) == 4, "CONTEXT.LOCATION", loc,
+               "4 per-stage entries (res2..res5), each a list of block indices or \"all\"")
+        for si, (entry, dep) in enumerate(zip(loc, depths)):
+            key = f"CONTEXT.LOCATION[{si}] (res{si + 2}, {dep} blocks)"
+            if isinstance(entry, str):
+                _check(entry == "all", key, entry, '"all" or a list of block indices')
+                continue
+            _check(isinstance(entry, (list, tuple)), key, entry, 'a list of block indices or "all"')
+            for i in entry:
+                _check(isinstance(i, int) and 0 <= i < dep, key, i,
+                       f"block indices 0..{dep - 1} (res{si + 2} has {dep} blocks)")
+            _check(len(set(entry)) == len(entry), key, entry, "indices without repeats")
+    any_blocks = any(context_indices(loc, depths))
+    if c.TYPE == "none" and any_blocks:
+        raise ConfigError(f"CONTEXT.LOCATION = {loc!r} places blocks but CONTEXT.TYPE = 'none'; "
+                          "set CONTEXT.TYPE to gc, snl, se or nl")
+    _one_of(c.POSITION, "CONTEXT.POSITION", ["auto", "pre_add", "post_relu"])
+    _one_of(c.POOLING, "CONTEXT.POOLING", ["auto", "att", "avg"])
+    _one_of(c.TRANSFORM, "CONTEXT.TRANSFORM", ["auto", "bottleneck", "linear"])
+    _one_of(c.NORM, "CONTEXT.NORM", ["auto", "layernorm", "none"])
+    _one_of(c.FUSION, "CONTEXT.FUSION", ["auto", "add", "mul"])
+    _check(0.0 < c.RATIO <= 1.0, "CONTEXT.RATIO", c.RATIO, "a ratio in (0, 1], e.g. 0.25 or 0.0625")
+    if c.TYPE in ("gc", "se", "snl") and any_blocks:
+        idx = context_indices(loc, depths)
+        for si in range(4):
+            if not idx[si]:
+                continue
+            ch = stage_out_channels(m.WIDTH)[si]
+            if c.TYPE != "snl" or c.TRANSFORM == "bottleneck":
+                inner = ch * c.RATIO
+                _check(abs(inner - round(inner)) < 1e-6 and round(inner) >= 1, "CONTEXT.RATIO", c.RATIO,
+                       f"a ratio r with C*r a whole number for every stage with blocks; res{si + 2} has "
+                       f"C = {ch} channels, C*r = {inner:g}")
+    _one_of(c.NL_INSTANTIATION, "CONTEXT.NL_INSTANTIATION",
+            ["gaussian", "embedded_gaussian", "dot_product", "concat"])
+    _check(0.0 < c.NL_INNER_RATIO <= 1.0, "CONTEXT.NL_INNER_RATIO", c.NL_INNER_RATIO, "a ratio in (0, 1]")
+    if c.TYPE == "nl" and any_blocks:
+        for si, ids in enumerate(context_indices(loc, depths)):
+            ch = stage_out_channels(m.WIDTH)[si]
+            inner = ch * c.NL_INNER_RATIO
+            if ids:
+                _check(abs(inner - round(inner)) < 1e-6, "CONTEXT.NL_INNER_RATIO", c.NL_INNER_RATIO,
+                       f"a ratio with C*ratio whole; res{si + 2} has C = {ch}")
+    _check(len(c.NL_POOL) in (0, 3) and all(isinstance(k, int) and k >= 1 for k in c.NL_POOL),
+           "CONTEXT.NL_POOL", c.NL_POOL, "[] or 3 positive integers (T, H, W), e.g. [1, 2, 2]")
+    # ---- data
+    _one_of(d.FORMAT, "DATA.FORMAT", ["auto", "slowfast", "mmaction", "kinetics_csv"])
+    _one_of(d.CLIP_LAYOUT, "DATA.CLIP_LAYOUT", ["auto", "class", "flat"])
+    _one_of(d.DECODER, "DATA.DECODER", ["decord", "pyav"])
+    _check(d.NUM_FRAMES >= 1, "DATA.NUM_FRAMES", d.NUM_FRAMES, "a positive integer")
+    _check(d.SAMPLING_RATE >= 1, "DATA.SAMPLING_RATE", d.SAMPLING_RATE, "a positive integer")
+    _check(d.TARGET_FPS > 0, "DATA.TARGET_FPS", d.TARGET_FPS, "a positive frame rate")
+    js = d.TRAIN_JITTER_SCALES
+    _check(len(js) == 2 and 0 < js[0] <= js[1], "DATA.TRAIN_JITTER_SCALES", js, "[min, max] with 0 < min <= max")
+    _check(0 < d.TRAIN_CROP_SIZE <= js[0], "DATA.TRAIN_CROP_SIZE", d.TRAIN_CROP_SIZE,
+           f"a crop size no larger than the smallest jitter scale {js[0]}")
+    _check(d.TEST_CROP_SIZE > 0, "DATA.TEST_CROP_SIZE", d.TEST_CROP_SIZE, "a positive integer")
+    _check(len(d.MEAN) == 3 and len(d.STD) == 3 and all(x > 0 for x in d.STD), "DATA.MEAN/DATA.STD",
+           (d.MEAN, d.STD), "3 means and 3 positive stds")
+    _check(0.0 <= d.REVERSE_PROB <= 1.0, "DATA.REVERSE_PROB", d.REVERSE_PROB, "a probability in [0, 1]")
+    for key in ("FLIP_LABEL_PAIRS", "REVERSE_LABEL_PAIRS"):
+        pairs = d[key]
+        _check(all(isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, int) and
+                   0 <= x < m.NUM_CLASSES for x in p) for p in pairs), f"DATA.{key}", pairs,
+               f"a list of [from, to] class-index pairs in 0..{m.NUM_CLASSES - 1}")
+    _check(0.0 <= d.MAX_BROKEN_FRACTION <= 1.0, "DATA.MAX_BROKEN_FRACTION", d.MAX_BROKEN_FRACTION,
+           "a share in [0, 1]")
+    _check(d.NUM_WORKERS >= 0, "DATA.NUM_WORKERS", d.NUM_WORKERS, "0 or more")
+    # ---- solver / train / test
+    _check(s.BASE_LR > 0, "SOLVER.BASE_LR", s.BASE_LR, "a positive learning rate")
+    _check(s.REFERENCE_BATCH_SIZE >= 1, "SOLVER.REFERENCE_BATCH_SIZE", s.REFERENCE_BATCH_SIZE, "a positive integer")
+    _check(s.MAX_EPOCH >= 1, "SOLVER.MAX_EPOCH", s.MAX_EPOCH, "a positive integer")
+    _check(0 <= s.WARMUP_EPOCHS <= s.MAX_EPOCH, "SOLVER.WARMUP_EPOCHS", s.WARMUP_EPOCHS,
+           f"0..SOLVER.MAX_EPOCH ({s.MAX_EPOCH})")
+    _check(0 <= s.MOMENTUM < 1, "SOLVER.MOMENTUM", s.MOMENTUM, "a value in [0, 1)")
+    _check(s.WEIGHT_DECAY >= 0, "SOLVER.WEIGHT_DECAY", s.WEIGHT_DECAY, "0 or more")
+    _check(s.CLIP_GRAD_NORM >= 0, "SOLVER.CLIP_GRAD_NORM", s.CLIP_GRAD_NORM, "0 (off) or a positive norm")
+    _check(t.BATCH_SIZE >= 1, "TRAIN.BATCH_SIZE", t.BATCH_SIZE, "a positive integer")
+    _check(len(t.EVAL_VIEWS) == 2 and all(isinstance(v, int) and v >= 1 for v in t.EVAL_VIEWS),
+           "TRAIN.EVAL_VIEWS", t.EVAL_VIEWS, "[clips, crops], two positive integers")
+    _check(t.KEEP_LAST >= 1, "TRAIN.KEEP_LAST", t.KEEP_LAST, "1 or more")
+    _one_of(t.MIXED_PRECISION, "TRAIN.MIXED_PRECISION", ["none", "bf16", "fp16"])
+    _check(te.NUM_ENSEMBLE_VIEWS >= 1, "TEST.NUM_ENSEMBLE_VIEWS", te.NUM_ENSEMBLE_VIEWS, "a positive integer")
+    _one_of(te.NUM_SPATIAL_CROPS, "TEST.NUM_SPATIAL_CROPS", [1, 3])
+    _one_of(te.ENSEMBLE_METHOD, "TEST.ENSEMBLE_METHOD", ["prob_mean", "logit_mean", "prob_max"])
+    _check(te.BATCH_SIZE >= 1, "TEST.BATCH_SIZE", te.BATCH_SIZE, "a positive integer")
+    # ---- files that must exist
+    if check_files:
+        for key, value in (("TRAIN.INIT_FROM", t.INIT_FROM), ("TEST.CHECKPOINT", te.CHECKPOINT),
+                           ("DATA.LABEL_MAP", d.LABEL_MAP)):
+            if value and not path_manager.exists(value):
+                raise ConfigError(f"{key} = {value!r}: file does not exist")
+
+
+def stage_out_channels(width: int) -> List[int]:
+    """Output channels of res2..res5 for stem width ``width`` (64 -> 256..2048)."""
+    return [width * 4 * 2 ** i for i in range(4)]
+
+
+def dump_cfg(cfg: CfgNode) -> str:
+    """The resolved config as YAML text."""
+    return cfg.dump()

@@ -1,0 +1,181 @@
+"""Slow-only ResNet-3D with global-context / non-local blocks.
+
+References: C. Feichtenhofer et al., "SlowFast Networks for Video Recognition"
+(ICCV 2019), Table 1 (Slow pathway, "Slow-only" 8x8); Y. Cao et al., "Global
+Context Networks" (TPAMI 2020), Sec. 5.3 and Table 10 (GC/SNL/NL in Slow-only
+R50 on Kinetics-400).
+
+Layout and parameter names follow pytorchvideo's ``slow_r50`` (``blocks.0`` stem,
+``blocks.1-4`` res2-res5, ``blocks.5`` head), so its checkpoints load as they are.
+Stem: 1x7x7 conv stride (1, 2, 2) + BN + ReLU + 1x3x3 max pool stride (1, 2, 2).
+Bottleneck: conv_a (Tk x1x1) -> conv_b (1x3x3, spatial stride) -> conv_c (1x1x1),
+Tk = 3 in res4 and res5, 1 elsewhere; no temporal downsampling. A context block
+sits after norm_c before the residual add ("pre_add", gc/snl/se) or after the
+block's output ReLU ("post_relu", nl).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from pytorchvideo.models.resnet import BottleneckBlock, ResBlock, ResStage
+from pytorchvideo.models.stem import create_res_basic_stem
+
+__all__ = ["SlowResNet", "Bottleneck", "ContextResBlock", "ResNetHead"]
+
+
+class Bottleneck(BottleneckBlock):
+    """pytorchvideo's bottleneck with an optional context block after norm_c."""
+
+    def __init__(self, *, dim_in: int, dim_inner: int, dim_out: int, temporal_kernel: int,
+                 spatial_stride: int, bn_eps: float, bn_momentum: float,
+                 context: Optional[nn.Module] = None):
+        def bn(c):
+            return nn.BatchNorm3d(c, eps=bn_eps, momentum=bn_momentum)
+
+        super().__init__(
+            conv_a=nn.Conv3d(dim_in, dim_inner, (temporal_kernel, 1, 1),
+                             padding=(temporal_kernel // 2, 0, 0), bias=False),
+            norm_a=bn(dim_inner), act_a=nn.ReLU(inplace=True),
+            conv_b=nn.Conv3d(dim_inner, dim_inner, (1, 3, 3), stride=(1, spatial_stride, spatial_stride),
+                             padding=(0, 1, 1), bias=False),
+            norm_b=bn(dim_inner), act_b=nn.ReLU(inplace=True),
+            conv_c=nn.Conv3d(dim_inner, dim_out, 1, bias=False),
+            norm_c=bn(dim_out),
+        )
+        if context is not None:
+            self.context = context
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = super().forward(x)  # (N, C_out, T, H', W')
+        if "context" in self._modules:
+            x = self.context(x)
+        return x
+
+
+class ContextResBlock(ResBlock):
+    """pytorchvideo's residual block with an optional context block after the output ReLU."""
+
+    def __init__(self, *, branch1_conv: Optional[nn.Module], branch1_norm: Optional[nn.Module],
+                 branch2: nn.Module, context: Optional[nn.Module] = None):
+        super().__init__(branch1_conv=branch1_conv, branch1_norm=branch1_norm, branch2=branch2,
+                         activation=nn.ReLU(inplace=True), branch_fusion=torch.add)
+        if context is not None:
+            self.context = context
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.branch1_conv is None else self.branch1_norm(self.branch1_conv(x))
+        x = self.activation(self.branch2(x) + shortcut)  # (N, C_out, T, H', W')
+        if "context" in self._modules:
+            x = self.context(x)
+        return x
+
+
+class ResNetHead(nn.Module):
+    """Global average pool over (T, H, W), dropout, linear: (N, C, T, H, W) -> (N, classes)."""
+
+    def __init__(self, in_features: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.proj = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(x).flatten(1)  # (N, C)
+        return self.proj(self.dropout(x))  # (N, classes)
+
+
+ContextFactory = "Callable[[int, int, int], Optional[nn.Module]]"
+
+
+class SlowResNet(nn.Module):
+    """Slow-only ResNet-3D: (N, 3, T, H, W) -> logits (N, num_classes).
+
+    Args:
+        stage_depths: bottleneck blocks in res2..res5 ([3,4,6,3] R50, [3,4,23,3] R101).
+        num_classes: output classes.
+        width: stem channels (64); res2..res5 output 4x..32x this.
+        stem_kernel: stem conv kernel (T, H, W).
+        temporal_kernels: conv_a temporal kernel per stage.
+        dropout: dropout before the classifier.
+        bn_eps, bn_momentum: BatchNorm settings.
+        zero_init_final_bn: start every bottleneck's norm_c at zero scale.
+        context_factory: ``f(stage, block, channels) -> module or None`` for the
+            pre_add position (after norm_c).
+        post_context_factory: same for the post_relu position.
+    """
+
+    def __init__(self, *, stage_depths: Sequence[int] = (3, 4, 6, 3), num_classes: int = 400,
+                 width: int = 64, stem_kernel: Sequence[int] = (1, 7, 7),
+                 temporal_kernels: Sequence[int] = (1, 1, 3, 3), dropout: float = 0.5,
+                 bn_eps: float = 1e-5, bn_momentum: float = 0.1, zero_init_final_bn: bool = False,
+                 context_factory=None, post_context_factory=None):
+        super().__init__()
+        self.stage_depths = list(stage_depths)
+        blocks: List[nn.Module] = [create_res_basic_stem(
+            in_channels=3, out_channels=width, conv_kernel_size=tuple(stem_kernel),
+            conv_stride=(1, 2, 2), conv_padding=tuple(k // 2 for k in stem_kernel),
+            pool=nn.MaxPool3d, pool_kernel_size=(1, 3, 3), pool_stride=(1, 2, 2), pool_padding=(0, 1, 1),
+            norm=nn.BatchNorm3d, norm_eps=bn_eps, norm_momentum=bn_momentum, activation=nn.ReLU)]
+        dim_in = width
+        # Stages res2..res5: one loop, widths doubling, spatial stride 2 from res3 on.
+        for s, depth in enumerate(self.stage_depths):
+            dim_out = width * 4 * 2 ** s
+            dim_inner = dim_out // 4
+            res_blocks = []
+            for b in range(depth):
+                stride = 2 if (s > 0 and b == 0) else 1
+                needs_proj = b == 0 and (dim_in != dim_out or stride != 1)
+                branch2 = Bottleneck(
+                    dim_in=dim_in, dim_inner=dim_inner, dim_out=dim_out,
+                    temporal_kernel=temporal_kernels[s], spatial_stride=stride,
+                    bn_eps=bn_eps, bn_momentum=bn_momentum,
+                    context=context_factory(s, b, dim_out) if context_factory else None)
+                res_blocks.append(ContextResBlock(
+                    branch1_conv=nn.Conv3d(dim_in, dim_out, 1, stride=(1, stride, stride), bias=False)
+                    if needs_proj else None,
+                    branch1_norm=nn.BatchNorm3d(dim_out, eps=bn_eps, momentum=bn_momentum) if needs_proj else None,
+                    branch2=branch2,
+                    context=post_context_factory(s, b, dim_out) if post_context_factory else None))
+                dim_in = dim_out
+            blocks.append(ResStage(nn.ModuleList(res_blocks)))
+        blocks.append(ResNetHead(dim_in, num_classes, dropout))
+        self.blocks = nn.ModuleList(blocks)
+        self.num_features = dim_in
+        self._init_weights(zero_init_final_bn)
+
+    def _init_weights(self, zero_init_final_bn: bool) -> None:
+        # Backbone only: context blocks keep their own (zero) initialisation.
+        context_params = {id(p) for m in self.context_blocks() for p in m.parameters()}
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d) and id(m.weight) not in context_params:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm3d) and id(m.weight) not in context_params:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_final_bn:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.norm_c.weight)
+        head = self.blocks[-1].proj
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
+
+    def context_blocks(self) -> List[nn.Module]:
+        """All context blocks in network order."""
+        return [m.context for m in self.modules() if "context" in getattr(m, "_modules", {})]
+
+    def named_context_blocks(self):
+        """(name, module) for every context block, in network order."""
+        return [(f"{n}.context" if n else "context", m.context) for n, m in self.named_modules()
+                if "context" in m._modules]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, T, H, W) -> last-stage features (N, C, T, H/32, W/32), before pooling."""
+        for block in self.blocks[:-1]:
+            x = block(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks[-1](self.forward_features(x))  # (N, num_classes)

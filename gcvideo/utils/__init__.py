@@ -1,0 +1,1 @@
+"""Small shared helpers (I/O through iopath, safe checkpoint loading)."""

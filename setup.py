@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="gcvideo",
+    version="0.1.0",
+    description="Global Context Networks (GCNet) for video action recognition: Slow-only ResNet-3D, "
+                "GC/SNL/SE/non-local blocks, Kinetics-400 training and 30-view testing",
+    packages=find_packages(include=["gcvideo", "gcvideo.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "pytorchvideo==0.1.5",
+        "fvcore>=0.1.5",
+        "iopath>=0.1.9",
+        "av>=12",
+        "decord>=0.6.0; platform_machine=='x86_64'",
+        "numpy",
+        "pyyaml",
+        "tqdm",
+        "matplotlib",
+        "pillow",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-xdist"],
+        "extra": ["tensorboard", "onnx", "onnxruntime"],
+    },
+)

@@ -33,6 +33,11 @@ CONTEXT_PRESETS = {
 }
 
 
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Softmax precision: float32 for half/bfloat16/float32 inputs, float64 for float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _flatten_positions(x: torch.Tensor):
     """View x (N, C, T, H, W) as (N, L, C) if channels-last, else (N, C, L); no copy if possible."""
     n, c = x.shape[:2]
@@ -56,10 +61,11 @@ class _AttentionPool(torch.autograd.Function):
             logits = torch.matmul(xf, w)  # (N, L)
         else:
             logits = torch.matmul(w, xf)  # (N, L)
-        logits = logits.float()
+        acc = _acc_dtype(xf.dtype)
+        logits = logits.to(acc)
         if bias is not None:
-            logits = logits + bias.float()
-        p = torch.softmax(logits, dim=1)  # (N, L), float32
+            logits = logits + bias.to(acc)
+        p = torch.softmax(logits, dim=1)  # (N, L), float32 (float64 for float64 input)
         pc = p.to(xf.dtype)
         if cl:
             context = torch.bmm(pc.unsqueeze(1), xf).squeeze(1)  # (N, C)
@@ -77,11 +83,11 @@ class _AttentionPool(torch.autograd.Function):
         g = grad_context.to(dt)  # (N, C)
         # d context / d p_j = x_j . g
         if cl:
-            gp = torch.bmm(xf, g.unsqueeze(2)).squeeze(2).float()  # (N, L)
+            gp = torch.bmm(xf, g.unsqueeze(2)).squeeze(2).to(p.dtype)  # (N, L)
         else:
-            gp = torch.bmm(g.unsqueeze(1), xf).squeeze(1).float()  # (N, L)
+            gp = torch.bmm(g.unsqueeze(1), xf).squeeze(1).to(p.dtype)  # (N, L)
         if grad_p_out is not None:
-            gp = gp + grad_p_out.float()
+            gp = gp + grad_p_out.to(p.dtype)
         # softmax backward: dl = p * (gp - sum_j p_j gp_j)
         gl = p * (gp - (p * gp).sum(dim=1, keepdim=True))  # (N, L)
         w = weight.reshape(-1).to(dt)
@@ -119,7 +125,7 @@ def attention_pool(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
         return _AttentionPool.apply(x, weight, bias)
     n, c = x.shape[:2]
     logits = F.conv3d(x, weight, bias).reshape(n, -1)  # (N, L)
-    p = torch.softmax(logits.float(), dim=1)  # (N, L)
+    p = torch.softmax(logits.to(_acc_dtype(logits.dtype)), dim=1)  # (N, L)
     context = torch.einsum("ncl,nl->nc", x.reshape(n, c, -1), p.to(x.dtype))  # (N, C)
     return context, p
 

@@ -88,7 +88,7 @@ class NonLocalBlock(nn.Module):
             logits = torch.bmm(q.transpose(1, 2), k)  # (N, L, Lk)
             if self.scale and self.instantiation == "embedded_gaussian":
                 logits = logits * self.inner ** -0.5
-            attn = torch.softmax(logits.float(), dim=-1).to(x.dtype)
+            attn = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).to(x.dtype)
         elif self.instantiation == "dot_product":
             attn = torch.bmm(q.transpose(1, 2), k) / k.shape[-1]  # (N, L, Lk)
         else:  # concat: ReLU(a . theta_i + b . phi_j) / N_j

@@ -25,6 +25,18 @@ from pytorchvideo.models.stem import create_res_basic_stem
 __all__ = ["SlowResNet", "Bottleneck", "ContextResBlock", "ResNetHead"]
 
 
+def _restore_class(module: nn.Module, cls: type) -> None:
+    """Undo pytorchvideo's ``set_attributes(self, locals())`` resetting ``__class__``.
+
+    pytorchvideo's ``BottleneckBlock.__init__`` and ``ResBlock.__init__`` call
+    ``super().__init__()``, so their ``locals()`` hold the ``__class__`` cell, and
+    ``set_attributes`` assigns it to the instance: a subclass instance silently
+    becomes the pytorchvideo base class and our ``forward`` (the context block) is
+    never called. Restore the subclass after the base ``__init__``.
+    """
+    module.__class__ = cls
+
+
 class Bottleneck(BottleneckBlock):
     """pytorchvideo's bottleneck with an optional context block after norm_c."""
 
@@ -34,6 +46,7 @@ class Bottleneck(BottleneckBlock):
         def bn(c):
             return nn.BatchNorm3d(c, eps=bn_eps, momentum=bn_momentum)
 
+        cls = type(self)
         super().__init__(
             conv_a=nn.Conv3d(dim_in, dim_inner, (temporal_kernel, 1, 1),
                              padding=(temporal_kernel // 2, 0, 0), bias=False),
@@ -44,6 +57,7 @@ class Bottleneck(BottleneckBlock):
             conv_c=nn.Conv3d(dim_inner, dim_out, 1, bias=False),
             norm_c=bn(dim_out),
         )
+        _restore_class(self, cls)
         if context is not None:
             self.context = context
 
@@ -59,8 +73,10 @@ class ContextResBlock(ResBlock):
 
     def __init__(self, *, branch1_conv: Optional[nn.Module], branch1_norm: Optional[nn.Module],
                  branch2: nn.Module, context: Optional[nn.Module] = None):
+        cls = type(self)
         super().__init__(branch1_conv=branch1_conv, branch1_norm=branch1_norm, branch2=branch2,
                          activation=nn.ReLU(inplace=True), branch_fusion=torch.add)
+        _restore_class(self, cls)
         if context is not None:
             self.context = context
 

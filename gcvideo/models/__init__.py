@@ -1,8 +1,9 @@
 """Models: Slow-only ResNet-3D with the global-context family, and weight inflation."""
 from gcvideo.layers import ContextBlock, NonLocalBlock, create_context_block
 from gcvideo.models.build import build_model
-from gcvideo.models.inflate import inflate_state_dict
+from gcvideo.models.inflate import InflationError, inflate_state_dict
+from gcvideo.models.pretrained import LoadReport, load_pretrained
 from gcvideo.models.resnet import SlowResNet
 
 __all__ = ["build_model", "ContextBlock", "NonLocalBlock", "create_context_block", "inflate_state_dict",
-           "SlowResNet"]
+           "SlowResNet", "load_pretrained", "LoadReport", "InflationError"]

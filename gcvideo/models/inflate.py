@@ -33,7 +33,7 @@ class InflationError(ValueError):
 @dataclass
 class InflationReport:
     mapped: List[Tuple[str, str]] = field(default_factory=list)  # (2D key, 3D key)
-    inflated: List[str] = field(default_factory=list)  # 3D keys whose kernels were inflated over time
+    inflated: List[str] = field(default_factory=list)  # 3D conv keys with time extent > 1 (repeated / kt)
     new_in_3d: List[str] = field(default_factory=list)  # 3D keys with no 2D source (head, context blocks)
     unused_2d: List[str] = field(default_factory=list)  # 2D keys not used (classifier, ...)
 
@@ -134,7 +134,8 @@ def inflate_state_dict(state_dict_2d: Mapping, model: nn.Module,
                                      f"inflate to 3D {tuple(v3.shape)}")
             kt = v3.shape[2]
             v = v2.unsqueeze(2).repeat(1, 1, kt, 1, 1) / kt  # (O, I, kt, kh, kw)
-            rep.inflated.append(k3)
+            if kt > 1:
+                rep.inflated.append(k3)
         else:
             if v2.shape != v3.shape:
                 raise InflationError(f"shape mismatch for {k2} -> {k3}: 2D {tuple(v2.shape)} vs 3D "

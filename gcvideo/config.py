@@ -11,7 +11,7 @@ Only the ``build_*`` functions read a config; modules take keyword arguments.
 from __future__ import annotations
 
 import ast
-import os
+import difflib
 from typing import Iterable, List, Optional, Sequence
 
 import yaml
@@ -249,7 +249,7 @@ def _merge_dict(cfg: CfgNode, d: dict, source: str, prefix: str = "") -> None:
     for k, v in d.items():
         full = f"{prefix}{k}"
         if k not in cfg:
-            close = [c for c in cfg.keys() if c.lower() == str(k).lower()]
+            close = difflib.get_close_matches(str(k).upper(), list(cfg.keys()), n=1, cutoff=0.6)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
             raise ConfigError(
                 f"{source}: unknown config key {full}{hint}; known keys here: "

@@ -1,0 +1,80 @@
+"""Small pieces shared by training and testing: device, precision, seeding, class names."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from typing import List, Optional
+
+import numpy as np
+import torch
+from fvcore.common.config import CfgNode
+
+from gcvideo.utils.io import path_manager
+
+__all__ = ["select_device", "autocast_dtype", "autocast", "seed_everything", "class_names",
+           "set_determinism", "to_device"]
+
+
+def select_device(cfg: CfgNode) -> torch.device:
+    """cfg.DEVICE: "auto" -> cuda:LOCAL_RANK when CUDA is available, else cpu."""
+    want = cfg.DEVICE
+    if want == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("DEVICE = 'cuda' but CUDA is not available here; use DEVICE cpu or auto")
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def autocast_dtype(cfg: CfgNode, device: torch.device) -> Optional[torch.dtype]:
+    """TRAIN.MIXED_PRECISION -> autocast dtype (None = full fp32)."""
+    mp = cfg.TRAIN.MIXED_PRECISION
+    if mp == "none":
+        return None
+    if mp == "fp16" and device.type != "cuda":
+        raise RuntimeError("TRAIN.MIXED_PRECISION = 'fp16' needs CUDA; on the CPU use 'bf16' (or 'none')")
+    return torch.bfloat16 if mp == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    """Autocast context for ``dtype`` (a no-op context for None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def set_determinism(deterministic: bool, device: torch.device) -> None:
+    """Deterministic kernels (exact resume checks) or the fastest ones."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def class_names(cfg: CfgNode) -> List[str]:
+    """Names from DATA.LABEL_MAP (line i = class i), else "0", "1", ..."""
+    k = cfg.MODEL.NUM_CLASSES
+    if not cfg.DATA.LABEL_MAP:
+        return [str(i) for i in range(k)]
+    with path_manager.open(cfg.DATA.LABEL_MAP, "r") as f:
+        names = [line.strip() for line in f if line.strip()]
+    if len(names) != k:
+        raise ValueError(f"DATA.LABEL_MAP = {cfg.DATA.LABEL_MAP!r} lists {len(names)} classes but "
+                         f"MODEL.NUM_CLASSES = {k}")
+    return names
+
+
+def to_device(video: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """Move a (N, 3, T, H, W) batch to ``device`` (channels_last_3d if asked)."""
+    video = video.to(device, non_blocking=True)
+    if channels_last:
+        video = video.contiguous(memory_format=torch.channels_last_3d)
+    return video

@@ -1,0 +1,397 @@
+"""Training: ``train(cfg)`` sets a run up and loops over epochs; ``train_one_epoch`` is one epoch.
+
+The same code runs one CPU process, one GPU, or ``torchrun`` over many machines
+(DDP; nccl on GPUs, gloo on CPUs). Restarting the same command resumes from the
+newest complete checkpoint in OUTPUT_DIR; with TRAIN.DETERMINISTIC a run killed
+mid-epoch ends with the same weights as an uninterrupted one, because the
+checkpoint holds the position inside the epoch and every RNG state, the sampler
+order depends only on (SEED, epoch), and data augmentation only on
+(SEED, epoch, index).
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fvcore.common.config import CfgNode
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from gcvideo.config import dump_cfg
+from gcvideo.engine import distributed as du
+from gcvideo.engine.checkpoint import (FORMAT, get_rng_state, load_latest_checkpoint, remove_stale_temporaries,
+                                       save_checkpoint, set_rng_state)
+from gcvideo.engine.common import autocast, autocast_dtype, select_device, seed_everything, set_determinism, to_device
+from gcvideo.engine.logger import RunLogger, format_duration
+from gcvideo.engine.optim import WarmupCosineSchedule, build_optimizer, build_schedule, scaled_lr
+from gcvideo.engine.tester import build_eval_loader, evaluate, run_test
+from gcvideo.utils.io import atomic_write_text, path_manager
+
+__all__ = ["train", "train_one_epoch", "TrainState", "NonFiniteLossError", "TrainingStopped"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped before the weights were updated."""
+
+
+class TrainingStopped(SystemExit):
+    """SIGTERM: a checkpoint was saved and the run exits (restart the same command to resume)."""
+
+
+@dataclass
+class TrainState:
+    """Everything ``train_one_epoch`` needs besides the model, optimizer and data."""
+    cfg: CfgNode
+    device: torch.device
+    epoch: int  # 0-based epoch being trained
+    start_iter: int  # iterations of this epoch already done (resume)
+    global_iter: int  # iterations done over all epochs
+    iters_per_epoch: int
+    amp_dtype: Optional[torch.dtype]
+    logger: RunLogger
+    broken: Any  # BrokenVideoTracker or None
+    save: Callable[[int, int], Optional[str]]  # (next_epoch, next_iter) -> checkpoint path
+    stop_requested: Callable[[], bool]
+    run_start: float = field(default_factory=time.perf_counter)
+    iters_this_run: int = 0
+
+
+# ---------------------------------------------------------------------------
+# One epoch
+# ---------------------------------------------------------------------------
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    schedule: WarmupCosineSchedule, scaler: torch.amp.GradScaler, st: TrainState) -> Dict:
+    """Train one epoch (from ``st.start_iter``); returns the epoch's mean loss and timings."""
+    cfg, device = st.cfg, st.device
+    clip_norm, log_period = cfg.SOLVER.CLIP_GRAD_NORM, cfg.TRAIN.LOG_PERIOD
+    world = du.get_world_size()
+    model.train()
+    bar = st.logger.progress_bar(st.iters_per_epoch, st.start_iter, f"epoch {st.epoch + 1}/{cfg.SOLVER.MAX_EPOCH}")
+    loss_sum, loss_n, data_wait, busy = 0.0, 0, 0.0, 0.0
+    window = {"loss": 0.0, "n": 0, "data": 0.0, "time": 0.0, "clips": 0}
+    tic = time.perf_counter()
+    for it, batch in enumerate(loader, start=st.start_iter):
+        # 1. time spent waiting for the loader
+        t_data = time.perf_counter() - tic
+        # 2. learning rate of this iteration (warmup, then cosine)
+        lr = schedule.step(st.global_iter)
+        # 3. clips and labels to the device: (B, 3, T, H, W), (B,)
+        x = to_device(batch["video"], device, cfg.TRAIN.CHANNELS_LAST)
+        y = batch["label"].to(device, non_blocking=True)
+        # 4. forward and cross-entropy (in autocast when mixed precision is on)
+        with autocast(device, st.amp_dtype):
+            logits = model(x)  # (B, K)
+        loss = F.cross_entropy(logits.float(), y)
+        # 5. one all-reduce: mean loss, stop request, videos skipped as broken
+        skipped = [s for s in batch.get("skipped", []) if s]
+        flags = torch.tensor([loss.item(), float(st.stop_requested()), float(len(skipped))], dtype=torch.float64)
+        flags = du.all_reduce_sum(flags.to(device)).cpu() if world > 1 else flags
+        mean_loss, stop, n_skipped = flags[0].item() / world, flags[1].item() > 0, int(flags[2].item())
+        # 6. a NaN / infinite loss stops training before the weights change
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLossError(
+                f"loss is {mean_loss} at epoch {st.epoch + 1}, iteration {it + 1} of {st.iters_per_epoch} "
+                f"(global iteration {st.global_iter + 1}); stopping. The last good checkpoint in "
+                f"{os.path.join(cfg.OUTPUT_DIR, 'checkpoints')} is unchanged; lower SOLVER.BASE_LR or "
+                "set SOLVER.CLIP_GRAD_NORM and restart.")
+        # 7. backward, optional gradient clipping, SGD step
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if clip_norm > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        st.global_iter += 1
+        st.iters_this_run += 1
+        # 8. broken videos the loader replaced: every process learns them, rank 0 writes the list
+        if n_skipped and st.broken is not None:
+            for lines in du.all_gather_object(skipped):
+                _feed_broken(st.broken, lines)
+        # 9. meters, JSON log line, progress bar
+        t_iter = time.perf_counter() - tic
+        loss_sum, loss_n, data_wait, busy = loss_sum + mean_loss, loss_n + 1, data_wait + t_data, busy + t_iter
+        window = {"loss": window["loss"] + mean_loss, "n": window["n"] + 1, "data": window["data"] + t_data,
+                  "time": window["time"] + t_iter, "clips": window["clips"] + x.shape[0] * world}
+        remaining = (cfg.SOLVER.MAX_EPOCH * st.iters_per_epoch - st.global_iter)
+        eta = remaining * (time.perf_counter() - st.run_start) / st.iters_this_run
+        if (it + 1) % log_period == 0 or it + 1 == st.iters_per_epoch:
+            st.logger.log_iter({"epoch": st.epoch + 1, "iter": it + 1, "global_iter": st.global_iter,
+                                "epoch_progress": st.epoch + (it + 1) / st.iters_per_epoch,
+                                "loss": window["loss"] / window["n"], "lr": lr,
+                                "clips_per_s": window["clips"] / window["time"],
+                                "data_share": window["data"] / window["time"], "eta_s": eta})
+            window = {"loss": 0.0, "n": 0, "data": 0.0, "time": 0.0, "clips": 0}
+        if bar is not None:
+            bar.set_postfix_str(f"loss {mean_loss:.3f} lr {lr:.4g} {x.shape[0] * world / t_iter:.1f} clips/s "
+                                f"data {100 * data_wait / busy:.0f}% eta {format_duration(eta)}", refresh=False)
+            bar.update(1)
+        # 10. checkpoint every TRAIN.CHECKPOINT_ITERS iterations; on SIGTERM save and exit
+        done = it + 1
+        if stop or (cfg.TRAIN.CHECKPOINT_ITERS and done % cfg.TRAIN.CHECKPOINT_ITERS == 0
+                    and done < st.iters_per_epoch):
+            path = st.save(st.epoch, done) if done < st.iters_per_epoch else st.save(st.epoch + 1, 0)
+            if stop:
+                if bar is not None:
+                    bar.close()
+                st.logger.info(f"SIGTERM: saved {path}; run the same command again to resume")
+                raise TrainingStopped(143)
+        tic = time.perf_counter()
+    if bar is not None:
+        bar.close()
+    return {"loss": loss_sum / max(loss_n, 1), "data_share": data_wait / max(busy, 1e-9),
+            "iters": loss_n, "time_s": busy}
+
+
+def _feed_broken(tracker, lines: List[str]) -> None:
+    """Give the tracker each ``path<TAB>reason`` line of a batch's ``skipped`` field."""
+    for text in lines:
+        tracker.add_skipped(text)
+
+
+# ---------------------------------------------------------------------------
+# Whole run
+# ---------------------------------------------------------------------------
+def _default_builder(cfg: CfgNode, split: str) -> Dataset:
+    from gcvideo.data import build_dataset
+
+    return build_dataset(cfg, split)
+
+
+def _prepare_output_dir(cfg: CfgNode) -> None:
+    """Create OUTPUT_DIR and save the resolved config; refuse a folder with someone else's files."""
+    out = cfg.OUTPUT_DIR
+    cfg_path = os.path.join(out, "config.yaml")
+    if path_manager.exists(out):
+        entries = [e for e in path_manager.ls(out) if not e.startswith(".")]
+        if entries and not path_manager.exists(cfg_path):
+            raise FileExistsError(
+                f"OUTPUT_DIR = {out!r} already holds files not written by gcvideo ({', '.join(sorted(entries)[:5])}"
+                f"{', ...' if len(entries) > 5 else ''}); choose an empty or new folder so nothing is overwritten")
+    path_manager.mkdirs(out)
+    text = dump_cfg(cfg)
+    if path_manager.exists(cfg_path):
+        with path_manager.open(cfg_path, "r") as f:
+            old = f.read()
+        if old != text:  # keep the earlier run's config beside the new one
+            n = 1
+            while path_manager.exists(os.path.join(out, f"config.{n}.yaml")):
+                n += 1
+            atomic_write_text(os.path.join(out, f"config.{n}.yaml"), old)
+    atomic_write_text(cfg_path, text)
+
+
+def _make_broken_tracker(cfg: CfgNode, num_videos: int, write: bool):
+    try:
+        from gcvideo.data import BrokenVideoTracker
+    except ImportError:
+        return None
+    return BrokenVideoTracker(output_dir=cfg.OUTPUT_DIR if write else None, num_videos=num_videos,
+                              max_fraction=cfg.DATA.MAX_BROKEN_FRACTION)
+
+
+def _bn_modules(model: nn.Module) -> List[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def precise_bn(model: nn.Module, loader: DataLoader, num_batches: int, device: torch.device,
+               amp_dtype: Optional[torch.dtype], channels_last: bool) -> int:
+    """Recompute BN running statistics as the plain average over ``num_batches`` training batches.
+
+    Runs ``forward_features`` (the BN layers; no dropout, so no RNG is used) in train
+    mode, then averages the statistics over processes. Returns the batches used.
+    """
+    bns = _bn_modules(model)
+    if not bns:
+        return 0
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches seen
+    was_training = model.training
+    model.train()
+    used = 0
+    for batch in loader:
+        if used >= num_batches:
+            break
+        with autocast(device, amp_dtype):
+            model.forward_features(to_device(batch["video"], device, channels_last))
+        used += 1
+    for bn, m in zip(bns, saved):
+        bn.momentum = m
+        if du.get_world_size() > 1:
+            for buf in (bn.running_mean, bn.running_var):
+                du.all_reduce_sum(buf).div_(du.get_world_size())
+    model.train(was_training)
+    return used
+
+
+def train(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dataset]] = None) -> Dict:
+    """Train the model of ``cfg`` (resuming automatically), validate, and test at the end.
+
+    ``dataset_builder(cfg, split)`` defaults to ``gcvideo.data.build_dataset``.
+    Returns (on every process) ``{"epochs", "global_iter", "checkpoint", "val", "test"}``.
+    """
+    device = select_device(cfg)
+    created = du.init_distributed(device.type)
+    try:
+        return _train(cfg, device, dataset_builder or _default_builder)
+    finally:
+        du.cleanup_distributed(created)
+
+
+def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str], Dataset]) -> Dict:
+    from gcvideo.models import build_model
+
+    t, s = cfg.TRAIN, cfg.SOLVER
+    rank, world = du.get_rank(), du.get_world_size()
+    main = rank == 0
+    # -- output folder, config copy, leftovers of killed checkpoint writes
+    if main:
+        _prepare_output_dir(cfg)
+        remove_stale_temporaries(cfg.OUTPUT_DIR)
+    du.barrier()
+    set_determinism(t.DETERMINISTIC, device)
+    amp_dtype = autocast_dtype(cfg, device)
+    # -- data
+    train_set = builder(cfg, "train")
+    sampler = du.TrainSampler(len(train_set), t.BATCH_SIZE, rank, world, cfg.SEED)
+    iters_per_epoch = sampler.iters_per_epoch
+    val_set = builder(cfg, "val") if t.EVAL_PERIOD > 0 else None
+    # -- model (same initial weights on every process), optimizer, schedule, grad scaler
+    seed_everything(cfg.SEED)
+    model = build_model(cfg)
+    resume = load_latest_checkpoint(cfg.OUTPUT_DIR, log=print if main else (lambda m: None)) if t.AUTO_RESUME else None
+    if resume is None and t.INIT_FROM:
+        from gcvideo.models import load_pretrained
+
+        report = load_pretrained(model, t.INIT_FROM)
+        if main:
+            print(f"initialised from {t.INIT_FROM}:\n{getattr(report, 'summary', lambda: report)()}", flush=True)
+    if t.SYNC_BN and world > 1:
+        model = du.convert_sync_batchnorm(model, device.type)
+    model.to(device)
+    if t.CHANNELS_LAST:
+        model.to(memory_format=torch.channels_last_3d)
+    optimizer = build_optimizer(cfg, model)
+    schedule = build_schedule(cfg, optimizer, iters_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    # -- resume: weights, optimizer, position, RNG states of this process
+    next_epoch, next_iter, global_iter = 0, 0, 0
+    rng = None
+    if resume is not None:
+        path, ck = resume
+        try:
+            model.load_state_dict(ck["model"])
+        except RuntimeError as e:
+            raise RuntimeError(f"checkpoint {path} does not fit the model of this config; use a new "
+                               f"OUTPUT_DIR for a different model: {str(e).splitlines()[0]}") from e
+        optimizer.load_state_dict(ck["optimizer"])
+        schedule.load_state_dict(ck["scheduler"])
+        if ck.get("grad_scaler"):
+            scaler.load_state_dict(ck["grad_scaler"])
+        next_epoch, next_iter, global_iter = ck["next_epoch"], ck["next_iter"], ck["global_iter"]
+        if ck.get("iters_per_epoch") not in (None, iters_per_epoch) and next_iter:
+            raise RuntimeError(f"checkpoint {path} was written mid-epoch with {ck['iters_per_epoch']} iterations "
+                               f"per epoch but this run has {iters_per_epoch} (dataset or TRAIN.BATCH_SIZE changed)")
+        rng = ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0]
+        if main:
+            print(f"resuming from {path}: epoch {next_epoch + 1}, iteration {next_iter}", flush=True)
+    seed_everything(cfg.SEED * 1000 + rank)  # per-process RNG streams (dropout) from here on
+    if rng is not None:
+        set_rng_state(rng)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+    # -- logging, broken-video tracking, SIGTERM
+    logger = RunLogger(cfg.OUTPUT_DIR, enabled=main, resume_iter=global_iter)
+    broken = _make_broken_tracker(cfg, len(train_set), write=main)
+    stop = {"requested": False}
+    old_handler = None
+    try:
+        old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    except ValueError:  # not the main thread
+        pass
+
+    def save(next_e: int, next_i: int) -> Optional[str]:
+        rngs = du.all_gather_object(get_rng_state())
+        path = None
+        if main:
+            state = {"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": schedule.state_dict(), "grad_scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                     "next_epoch": next_e, "next_iter": next_i, "global_iter": st.global_iter,
+                     "iters_per_epoch": iters_per_epoch, "world_size": world, "config": dump_cfg(cfg), "rng": rngs}
+            path = save_checkpoint(cfg.OUTPUT_DIR, state, t.KEEP_LAST)
+        du.barrier()
+        return path
+
+    st = TrainState(cfg=cfg, device=device, epoch=next_epoch, start_iter=next_iter, global_iter=global_iter,
+                    iters_per_epoch=iters_per_epoch, amp_dtype=amp_dtype, logger=logger, broken=broken,
+                    save=save, stop_requested=lambda: stop["requested"])
+    logger.info(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {world} x "
+                f"{device.type}, {len(train_set)} clips, {iters_per_epoch} iterations/epoch, global batch "
+                f"{t.BATCH_SIZE}, LR {scaled_lr(cfg):.4g}, precision {t.MIXED_PRECISION}; output {cfg.OUTPUT_DIR}")
+    val_results: List[Dict] = []
+    last_ckpt = None
+    try:
+        for epoch in range(next_epoch, s.MAX_EPOCH):
+            st.epoch, st.start_iter = epoch, (next_iter if epoch == next_epoch else 0)
+            # per-epoch order and augmentation, workers seeded from (SEED, epoch, rank)
+            sampler.set_epoch(epoch, st.start_iter)
+            if hasattr(train_set, "set_epoch"):
+                train_set.set_epoch(epoch)
+            gen = torch.Generator().manual_seed(cfg.SEED * 7919 + epoch * 104729 + rank)
+            loader = DataLoader(train_set, batch_size=sampler.local_batch, sampler=sampler,
+                                num_workers=cfg.DATA.NUM_WORKERS, drop_last=True, generator=gen,
+                                pin_memory=cfg.DATA.PIN_MEMORY and device.type == "cuda")
+            stats = train_one_epoch(ddp, loader, optimizer, schedule, scaler, st)
+            record = {"epoch": epoch + 1, "global_iter": st.global_iter, "loss": stats["loss"],
+                      "lr": optimizer.param_groups[0]["lr"], "data_share": stats["data_share"],
+                      "epoch_time_s": stats["time_s"]}
+            # precise BN statistics, then validation (neither uses the RNGs)
+            if t.PRECISE_BN_BATCHES > 0:
+                sampler.set_epoch(epoch, 0)
+                bn_loader = DataLoader(train_set, batch_size=sampler.local_batch, sampler=sampler,
+                                       num_workers=cfg.DATA.NUM_WORKERS, drop_last=True,
+                                       generator=torch.Generator().manual_seed(cfg.SEED + epoch))
+                precise_bn(model, bn_loader, t.PRECISE_BN_BATCHES, device, amp_dtype, t.CHANNELS_LAST)
+            last = epoch + 1 == s.MAX_EPOCH
+            if val_set is not None and ((epoch + 1) % t.EVAL_PERIOD == 0 or last):
+                res = evaluate(model, build_eval_loader(val_set, cfg.TEST.BATCH_SIZE, cfg.DATA.NUM_WORKERS, False),
+                               num_classes=cfg.MODEL.NUM_CLASSES, device=device,
+                               ensemble_method=cfg.TEST.ENSEMBLE_METHOD, amp_dtype=amp_dtype,
+                               channels_last=t.CHANNELS_LAST)
+                a = res.metrics["all"]
+                record.update(val_top1=a["top1"], val_top5=a["top5"], val_mean_class_acc=a["mean_class_acc"])
+                val_results.append({"epoch": epoch + 1, **a})
+                logger.info(f"epoch {epoch + 1}: loss {stats['loss']:.4f}, val top-1 {a['top1']:.2f}% "
+                            f"top-5 {a['top5']:.2f}% ({a['videos']} videos)")
+            # checkpoint every TRAIN.CHECKPOINT_PERIOD epochs and at the end
+            if last or (t.CHECKPOINT_PERIOD and (epoch + 1) % t.CHECKPOINT_PERIOD == 0) or stop["requested"]:
+                last_ckpt = save(epoch + 1, 0)
+            logger.log_epoch(record)
+            if stop["requested"]:
+                logger.info(f"SIGTERM: saved {last_ckpt}; run the same command again to resume")
+                raise TrainingStopped(143)
+        if not last_ckpt and main:
+            from gcvideo.engine.checkpoint import list_checkpoints
+            found = list_checkpoints(cfg.OUTPUT_DIR)
+            last_ckpt = found[-1] if found else None
+        # full multi-view test of the final weights
+        test_result = None
+        if t.TEST_AT_END:
+            tag = os.path.splitext(os.path.basename(last_ckpt))[0] if last_ckpt else "final"
+            test_result = run_test(cfg, model, device, tag=tag, dataset_builder=builder)
+        return {"epochs": s.MAX_EPOCH, "global_iter": st.global_iter, "checkpoint": last_ckpt,
+                "val": val_results, "test": test_result}
+    finally:
+        logger.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)

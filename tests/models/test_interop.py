@@ -1,0 +1,272 @@
+"""Checkpoint interop: PySlowFast / Caffe2 names, the restricted unpickler, baseline + context blocks.
+
+The name tables below are written by hand from the PySlowFast and Caffe2 naming
+conventions, independently of gcvideo.models.interop, so a mapping error there
+shows up here as a missing key or a different output.
+"""
+import os
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from gcvideo.config import get_cfg
+from gcvideo.models import build_model, load_pretrained
+from gcvideo.models.inflate import InflationError
+from gcvideo.models.interop import (RestrictedUnpickler, UnsafePickleError, add_context_blocks,
+                                    caffe2_to_gcvideo_key, load_weights_file, safe_pickle_load,
+                                    slowfast_to_gcvideo_key)
+from gcvideo.utils.io import CheckpointError
+
+
+def _tiny_cfg(kind="none", location=None, **ctx):
+    cfg = get_cfg()
+    cfg.MODEL.WIDTH = 8
+    cfg.MODEL.STAGE_DEPTHS = [1, 2, 2, 1]
+    cfg.MODEL.NUM_CLASSES = 5
+    cfg.MODEL.DROPOUT = 0.0
+    cfg.CONTEXT.TYPE = kind
+    cfg.CONTEXT.LOCATION = location or [[], [], [], []]
+    for k, v in ctx.items():
+        cfg.CONTEXT[k] = v
+    return cfg
+
+
+def _randomise(model, seed=0):
+    """Random weights everywhere (context blocks too) and random BN statistics."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.dtype.is_floating_point:
+                if name.endswith("running_var"):
+                    t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+                else:
+                    t.copy_(torch.randn(t.shape, generator=g) * 0.2)
+            elif name.endswith("num_batches_tracked"):
+                t.fill_(7)
+    return model.eval()
+
+
+def _clip(seed=1):
+    return torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+# ---- hand-written name tables (gcvideo -> PySlowFast, gcvideo -> Caffe2) ----
+_SF_STEM = {"conv": "s1.pathway0_stem.conv", "norm": "s1.pathway0_stem.bn"}
+_SF_BLOCK = {"branch1_conv": "branch1", "branch1_norm": "branch1_bn",
+             "branch2.conv_a": "branch2.a", "branch2.norm_a": "branch2.a_bn",
+             "branch2.conv_b": "branch2.b", "branch2.norm_b": "branch2.b_bn",
+             "branch2.conv_c": "branch2.c", "branch2.norm_c": "branch2.c_bn"}
+_C2_BN = {"weight": "s", "bias": "b", "running_mean": "rm", "running_var": "riv"}
+_C2_BLOCK = {"branch1_conv": "branch1", "branch1_norm": "branch1_bn",
+             "branch2.conv_a": "branch2a", "branch2.norm_a": "branch2a_bn",
+             "branch2.conv_b": "branch2b", "branch2.norm_b": "branch2b_bn",
+             "branch2.conv_c": "branch2c", "branch2.norm_c": "branch2c_bn"}
+
+
+def _to_slowfast(key):
+    parts = key.split(".")
+    if parts[1] == "0":  # blocks.0.{conv,norm}.p
+        return f"{_SF_STEM[parts[2]]}.{parts[3]}"
+    if parts[1] == "5":  # blocks.5.proj.p
+        return f"head.projection.{parts[3]}"
+    stage, block = int(parts[1]) + 1, parts[3]
+    rest = parts[4:]
+    if rest[0] == "context":  # NL after res block `block`
+        return f"s{stage}.pathway0_nonlocal{block}.{rest[1]}.{rest[2]}"
+    mod = ".".join(rest[:-1])
+    return f"s{stage}.pathway0_res{block}.{_SF_BLOCK[mod]}.{rest[-1]}"
+
+
+def _to_caffe2(key):
+    """None for keys Caffe2 files do not have (BN counters)."""
+    parts = key.split(".")
+    p = parts[-1]
+    if p == "num_batches_tracked":
+        return None
+    if parts[1] == "0":
+        return "conv1_w" if parts[2] == "conv" else f"res_conv1_bn_{_C2_BN[p]}"
+    if parts[1] == "5":
+        return "pred_w" if p == "weight" else "pred_b"
+    stage, block = int(parts[1]) + 1, parts[3]
+    rest = parts[4:]
+    if rest[0] == "context":
+        mod = rest[1]
+        if mod == "bn":
+            return f"nonlocal_conv{stage}_{block}_bn_{_C2_BN[p]}"
+        return f"nonlocal_conv{stage}_{block}_{mod[len('conv_'):]}_{'w' if p == 'weight' else 'b'}"
+    name = _C2_BLOCK[".".join(rest[:-1])]
+    if name.endswith("_bn"):
+        return f"res{stage}_{block}_{name}_{_C2_BN[p]}"
+    return f"res{stage}_{block}_{name}_w"
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Writes bytes as Python-2 ``str`` opcodes (SHORT_BINSTRING/BINSTRING), as Caffe2's
+    Python-2 pickles of numpy arrays have them; protocol 2."""
+
+    def save_bytes(self, obj):
+        n = len(obj)
+        if n < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", n) + obj)
+        self.memoize(obj)
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[bytes] = save_bytes
+
+
+def _py2_pickle(obj) -> bytes:
+    import io
+    f = io.BytesIO()
+    _Py2Pickler(f, protocol=2).dump(obj)
+    return f.getvalue()
+
+
+NL_LOC = [[], [1], [0], []]  # res3 block 1, res4 block 0
+
+
+def _nl_model(seed=0):
+    cfg = _tiny_cfg("nl", NL_LOC, NL_SCALE=True)
+    return cfg, _randomise(build_model(cfg), seed)
+
+
+def test_key_examples():
+    assert slowfast_to_gcvideo_key("s4.pathway0_res3.branch2.b_bn.running_var") == \
+        "blocks.3.res_blocks.3.branch2.norm_b.running_var"
+    assert slowfast_to_gcvideo_key("s3.pathway0_nonlocal1.conv_theta.weight") == \
+        "blocks.2.res_blocks.1.context.conv_theta.weight"
+    assert slowfast_to_gcvideo_key("s2.pathway0_res0.branch1_bn.weight") == \
+        "blocks.1.res_blocks.0.branch1_norm.weight"
+    assert slowfast_to_gcvideo_key("head.projection.weight") == "blocks.5.proj.weight"
+    assert slowfast_to_gcvideo_key("s1.pathway0_pool.weight") is None
+    assert caffe2_to_gcvideo_key("res4_5_branch2c_bn_riv") == "blocks.3.res_blocks.5.branch2.norm_c.running_var"
+    assert caffe2_to_gcvideo_key("nonlocal_conv3_1_out_b") == "blocks.2.res_blocks.1.context.conv_out.bias"
+    assert caffe2_to_gcvideo_key("res_conv1_bn_s") == "blocks.0.norm.weight"
+    assert caffe2_to_gcvideo_key("res2_0_branch2a_w_momentum") is None
+
+
+def test_pyslowfast_checkpoint_loads_and_gives_same_outputs(tmp_path):
+    cfg, src = _nl_model()
+    sd = {_to_slowfast(k): v.clone() for k, v in src.state_dict().items()}
+    assert len(sd) == len(src.state_dict())
+    path = tmp_path / "SLOW_8x8_R50_NL.pyth"
+    torch.save({"epoch": 196, "model_state": {"module." + k: v for k, v in sd.items()},
+                "optimizer_state": {}, "cfg": "MODEL:\n  ARCH: slow\n"}, path)
+    dst = build_model(cfg).eval()
+    rep = load_pretrained(dst, str(path))
+    assert rep.format == "pyslowfast"
+    assert len(rep.mapped) == len(sd) and not rep.unused and not rep.kept_init
+    assert rep.renamed["blocks.2.res_blocks.1.context.conv_theta.weight"] == "s3.pathway0_nonlocal1.conv_theta.weight"
+    x = _clip()
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+    assert "PySlowFast checkpoint" in rep.summary()
+
+
+def test_pyslowfast_nonlocal_at_another_block_is_reported(tmp_path):
+    cfg, src = _nl_model()
+    sd = {_to_slowfast(k): v for k, v in src.state_dict().items()}
+    other = build_model(_tiny_cfg("nl", [[], [0], [0], []], NL_SCALE=True))  # res3 NL at block 0
+    rep = load_pretrained(other, sd)
+    assert any(k.startswith("s3.pathway0_nonlocal1.") for k in rep.unused)
+    assert any(k.startswith("blocks.2.res_blocks.0.context.") for k in rep.kept_init)
+    # a backbone tensor missing is an error that names the gcvideo key
+    del sd["s4.pathway0_res1.branch2.b.weight"]
+    with pytest.raises(InflationError, match=r"blocks\.3\.res_blocks\.1\.branch2\.conv_b\.weight"):
+        load_pretrained(build_model(cfg), sd)
+
+
+def test_caffe2_pickle_loads_and_gives_same_outputs(tmp_path):
+    cfg, src = _nl_model(seed=3)
+    blobs = {}
+    for k, v in src.state_dict().items():
+        name = _to_caffe2(k)
+        if name is None:
+            continue
+        blobs[name] = v.numpy().copy()
+        if name.endswith("_w"):
+            blobs[name + "_momentum"] = np.zeros_like(blobs[name])
+    blobs["pred_w"] = blobs["pred_w"].reshape(5, -1, 1, 1, 1)  # FC stored as a 1x1x1 conv: reshaped
+    blobs["lr"] = np.array([0.01], dtype=np.float32)  # an array with no place: unused
+    path = tmp_path / "i3d_nonlocal.pkl"
+    path.write_bytes(_py2_pickle({"blobs": blobs, "model_iter": 7, "note": "caffe2"}))
+    obj = load_weights_file(str(path))
+    assert obj["blobs"]["conv1_w"].dtype == np.float32
+    dst = build_model(cfg).eval()
+    rep = load_pretrained(dst, str(path), verbose=True)
+    assert rep.format == "caffe2"
+    assert rep.unused == ["lr"]
+    assert sorted(rep.skipped) == sorted(n for n in blobs if n.endswith("_momentum"))
+    assert all(k.endswith("num_batches_tracked") for k in rep.filled) and rep.filled
+    x = _clip()
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+
+
+def test_restricted_unpickler_loads_numpy_protocols():
+    obj = {"blobs": {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.float64(2.5),
+                     "i": np.array([1, 2], dtype=np.int64)}, "t": (1, [2.0, None], {"x": True})}
+    for proto in (2, 4, 5):
+        out = safe_pickle_load(pickle.dumps(obj, protocol=proto))
+        np.testing.assert_array_equal(out["blobs"]["a"], obj["blobs"]["a"])
+        assert out["blobs"]["s"] == 2.5 and out["t"] == obj["t"]
+    out = safe_pickle_load(_py2_pickle(obj))  # Python-2 style strings, read with latin1
+    np.testing.assert_array_equal(out["blobs"]["i"], [1, 2])
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_restricted_unpickler_refuses_code(tmp_path):
+    marker = tmp_path / "pwned"
+    data = pickle.dumps({"blobs": {"conv1_w": np.zeros(2)}, "x": _Evil(marker)}, protocol=2)
+    with pytest.raises(UnsafePickleError, match=r"(posix|os|nt)\.system"):
+        safe_pickle_load(data)
+    assert not marker.exists()
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match="evil.pkl"):
+        load_weights_file(str(path))
+    with pytest.raises(CheckpointError):
+        load_pretrained(build_model(_tiny_cfg()), str(path))
+    assert not marker.exists()
+    # other ways to name a callable: builtins.eval, copyreg reconstructor
+    for payload in (b"cbuiltins\neval\n(S'1+1'\ntR.", b"ccopy_reg\n_reconstructor\n(tR."):
+        with pytest.raises(UnsafePickleError):
+            RestrictedUnpickler(__import__("io").BytesIO(payload)).load()
+    junk = tmp_path / "junk.pkl"
+    junk.write_bytes(b"not a pickle at all")
+    with pytest.raises(CheckpointError, match="junk.pkl"):
+        load_weights_file(str(junk))
+
+
+@pytest.mark.parametrize("kind,location", [("gc", [[], "all", "all", [0]]), ("snl", [[], [1], [0, 1], []]),
+                                           ("nl", NL_LOC)])
+def test_baseline_plus_zero_init_blocks_equals_baseline(tmp_path, kind, location):
+    """The two-stage recipe: a trained baseline + new zero-initialised blocks = the baseline."""
+    base = _randomise(build_model(_tiny_cfg()), seed=5)
+    path = tmp_path / "baseline.pth"
+    torch.save({"model": base.state_dict()}, path)
+    cfg = _tiny_cfg(kind, location)
+    model, rep = add_context_blocks(cfg, str(path))
+    model.eval()
+    assert rep.format == "3d" and rep.kept_init and all(".context." in k for k in rep.kept_init)
+    assert len(model.context_blocks()) > 0
+    x = _clip(2)
+    with torch.no_grad():
+        ref = base(x)
+        torch.testing.assert_close(model(x), ref, rtol=1e-6, atol=1e-6)
+        # the test can fail: blocks with non-zero last layers change the output
+        for blk in model.context_blocks():
+            last = blk.bn if kind == "nl" else blk.transform[-1]
+            last.weight.normal_(0, 0.5)
+        assert (model(x) - ref).abs().max() > 1e-4

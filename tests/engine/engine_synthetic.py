@@ -6,6 +6,7 @@ any process, before or after a restart.
 """
 from __future__ import annotations
 
+import os
 from typing import Iterable
 
 import torch
@@ -17,14 +18,17 @@ from gcvideo.config import load_cfg
 class SyntheticVideos(Dataset):
     def __init__(self, num_videos: int, num_classes: int, frames: int = 4, size: int = 32, views: int = 1,
                  mode: str = "train", failed: Iterable[int] = (), skipped: Iterable[int] = (), seed: int = 0,
-                 nan_at: Iterable[int] = ()):
+                 nan_epoch: int = -1, signal_at=None):
         self.n, self.k, self.t, self.s, self.v = num_videos, num_classes, frames, size, views
         self.mode, self.failed, self.skipped, self.seed = mode, set(failed), set(skipped), seed
-        self.nan_at = set(nan_at)
-        self.epoch = 0
+        self.nan_epoch = nan_epoch  # every clip of this epoch is NaN
+        # (epoch, n, signal, marker): send ``signal`` to this process at the n-th item of ``epoch``,
+        # once (the marker file records that it happened)
+        self.signal_at = signal_at
+        self.epoch, self.count = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch, self.count = epoch, 0
 
     def __len__(self) -> int:
         return self.n
@@ -39,7 +43,7 @@ class SyntheticVideos(Dataset):
         q = self.s // 4
         r, col = (c // 4) % 4, c % 4
         x[:, :, r * q:(r + 1) * q, col * q:(col + 1) * q] += 1.5
-        if index in self.nan_at:
+        if self.epoch == self.nan_epoch:
             x[:] = float("nan")
         return x
 
@@ -48,6 +52,12 @@ class SyntheticVideos(Dataset):
         item = {"label": label, "index": index, "path": f"video_{index:04d}.mp4", "ok": True, "error": "",
                 "skipped": ""}
         if self.mode == "train":
+            self.count += 1
+            if self.signal_at is not None:
+                epoch, n, sig, marker = self.signal_at
+                if self.epoch == epoch and self.count == n and not os.path.exists(marker):
+                    open(marker, "w").close()
+                    os.kill(os.getpid(), sig)
             item["video"] = self._clip(index, 0)
             if index in self.skipped:
                 item["skipped"] = f"broken_{index:04d}.mp4\tcannot decode"

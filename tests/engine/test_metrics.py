@@ -1,0 +1,81 @@
+"""View aggregation and accuracy metrics against hand-computed numbers."""
+import math
+
+import pytest
+import torch
+
+from gcvideo.engine.metrics import combine_views, compute_metrics, write_report
+
+
+def _softmax(v):
+    e = [math.exp(x) for x in v]
+    return [x / sum(e) for x in e]
+
+
+def test_combine_views_hand_values():
+    views = [[10.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 2.0, 0.0]]  # one video, 3 views, 3 classes
+    logits = torch.tensor([views])  # (1, 3, 3)
+    p = [_softmax(v) for v in views]
+    prob_mean = [sum(p[v][c] for v in range(3)) / 3 for c in range(3)]
+    prob_max = [max(p[v][c] for v in range(3)) for c in range(3)]
+    logit_mean = [sum(views[v][c] for v in range(3)) / 3 for c in range(3)]
+    torch.testing.assert_close(combine_views(logits, "prob_mean")[0], torch.tensor(prob_mean))
+    torch.testing.assert_close(combine_views(logits, "prob_max")[0], torch.tensor(prob_max))
+    torch.testing.assert_close(combine_views(logits, "logit_mean")[0], torch.tensor(logit_mean))
+    # the three methods disagree here: probabilities vote for class 1, logits/max for class 0
+    assert combine_views(logits, "prob_mean").argmax().item() == 1
+    assert combine_views(logits, "logit_mean").argmax().item() == 0
+    assert combine_views(logits, "prob_max").argmax().item() == 0
+    assert prob_mean[1] == pytest.approx((2 * math.exp(2) / (math.exp(2) + 2) + 1 / (math.exp(10) + 2)) / 3)
+    with pytest.raises(ValueError, match="ENSEMBLE_METHOD"):
+        combine_views(logits, "vote")
+
+
+def _scores_for(ranks):
+    """(N, 6) scores whose per-row descending order is the given class list."""
+    s = torch.zeros(len(ranks), 6)
+    for i, order in enumerate(ranks):
+        for r, c in enumerate(order):
+            s[i, c] = 6 - r
+    return s
+
+
+def test_topk_per_class_and_failed_videos():
+    labels = torch.tensor([0, 1, 1, 2, 2, 2])
+    ok = torch.tensor([True, True, True, True, False, True])
+    scores = _scores_for([
+        [0, 1, 2, 3, 4, 5],  # correct
+        [0, 1, 2, 3, 4, 5],  # label 1: wrong at top-1, within top-5
+        [1, 0, 2, 3, 4, 5],  # correct
+        [2, 0, 1, 3, 4, 5],  # correct
+        [2, 0, 1, 3, 4, 5],  # failed (its scores must be ignored)
+        [0, 1, 3, 4, 5, 2],  # label 2 ranked 6th: wrong at top-1 and top-5
+    ])
+    m = compute_metrics(scores, labels, ok, num_classes=6)
+    a, d = m["all"], m["decodable"]
+    assert a["videos"] == 6 and a["failed"] == 1 and d["videos"] == 5
+    assert a["top1"] == pytest.approx(100 * 3 / 6) and a["top5"] == pytest.approx(100 * 4 / 6)
+    assert a["mean_class_acc"] == pytest.approx(100 * (1 + 1 / 2 + 1 / 3) / 3)
+    assert d["top1"] == pytest.approx(100 * 3 / 5) and d["top5"] == pytest.approx(100 * 4 / 5)
+    assert d["mean_class_acc"] == pytest.approx(100 * (1 + 1 / 2 + 1 / 2) / 3)
+    # unknown labels (-1) are left out of accuracy
+    m2 = compute_metrics(scores, torch.tensor([0, 1, 1, 2, 2, -1]), ok, num_classes=6)
+    assert m2["all"]["videos"] == 5 and m2["all"]["top1"] == pytest.approx(60.0)
+
+
+def test_report_files(tmp_path):
+    scores = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.0, 0.0, 0.0]])
+    labels, ok = torch.tensor([0, 1, 2]), torch.tensor([True, True, False])
+    m = compute_metrics(scores, labels, ok, 3)
+    files = write_report(str(tmp_path), scores=scores, labels=labels, ok=ok, paths=["a.mp4", "b.mp4", "c.mp4"],
+                         errors=["", "", "moov atom not found"], indices=[0, 1, 2],
+                         class_names=["run", "jump", "swim"], metrics=m, views="1x1 views")
+    pred = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert pred[0] == "index,path,label,ok,pred1,score1,pred2,score2,pred3,score3"
+    assert pred[1] == "0,a.mp4,run,1,run,0.70000,jump,0.20000,swim,0.10000"
+    assert pred[2].startswith("1,b.mp4,jump,1,swim,0.60000")
+    assert pred[3] == "2,c.mp4,swim,0"
+    assert (tmp_path / "failed_videos.txt").read_text() == "c.mp4\tmoov atom not found\n"
+    assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "top-1 33.33%" in (tmp_path / "report.txt").read_text()
+    assert set(files) == {"predictions", "failed", "confusion", "json", "text"}

@@ -1,0 +1,70 @@
+"""Kill / resume: SIGKILL mid-epoch and SIGTERM both resume to the weights of an uninterrupted run;
+a kill during a checkpoint write leaves the previous checkpoint loadable."""
+import os
+import signal
+
+import pytest
+
+from gcvideo.engine.checkpoint import list_checkpoints
+from engine_helpers import assert_same_state, checkpoint, ok, run_engine
+
+# 16 clips, batch 4 -> 4 iterations per epoch, 2 epochs, checkpoint every 2 iterations; dropout 0.5 (RNG use)
+OPTS = ["TRAIN.CHECKPOINT_ITERS", 2, "TRAIN.KEEP_LAST", 10]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    ok(run_engine(out, "train", {}, *OPTS))
+    return checkpoint(out, "checkpoint_epoch0002.pth")
+
+
+def _assert_matches(reference, out):
+    final = checkpoint(out, "checkpoint_epoch0002.pth")
+    assert final["global_iter"] == reference["global_iter"] == 8
+    assert_same_state(final["model"], reference["model"])
+    for a, b in zip(final["optimizer"]["state"].values(), reference["optimizer"]["state"].values()):
+        assert_same_state(a, b)
+
+
+def test_sigkill_mid_epoch_resumes_to_same_weights(tmp_path, reference):
+    out = tmp_path / "run"
+    # killed while loading the 4th batch of epoch 2: iteration 2 checkpointed, iteration 3 done but lost
+    spec = {"signal_at": [1, 13, int(signal.SIGKILL), str(tmp_path / "killed")]}
+    proc = run_engine(out, "train", spec, *OPTS)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    names = [os.path.basename(p) for p in list_checkpoints(str(out))]
+    assert names[-1] == "checkpoint_epoch0002_iter000002.pth", names
+    proc = ok(run_engine(out, "train", spec, *OPTS))  # the same command again
+    assert "resuming from" in proc.stdout and "epoch 2, iteration 2" in proc.stdout
+    _assert_matches(reference, out)
+
+
+def test_sigterm_saves_and_resumes_to_same_weights(tmp_path, reference):
+    out = tmp_path / "run"
+    # SIGTERM while loading iteration 3 of epoch 2: that iteration finishes, is checkpointed, exit 143
+    spec = {"signal_at": [1, 10, int(signal.SIGTERM), str(tmp_path / "termed")]}
+    proc = run_engine(out, "train", spec, *OPTS)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert "SIGTERM: saved" in proc.stdout
+    assert os.path.basename(list_checkpoints(str(out))[-1]) == "checkpoint_epoch0002_iter000003.pth"
+    ok(run_engine(out, "train", spec, *OPTS))
+    _assert_matches(reference, out)
+
+
+def test_kill_during_checkpoint_write_keeps_previous(tmp_path, reference):
+    out = tmp_path / "run"
+    # the 3rd checkpoint write (epoch 2, iteration 2) is killed after its data, before the rename
+    proc = run_engine(out, "train", {"kill_in_checkpoint_write": 3}, *OPTS)
+    assert proc.returncode == -signal.SIGKILL
+    ckdir = out / "checkpoints"
+    leftovers = [p.name for p in ckdir.iterdir() if ".tmp-" in p.name]
+    assert leftovers and leftovers[0].startswith("checkpoint_epoch0002_iter000002.pth.tmp-")
+    names = [os.path.basename(p) for p in list_checkpoints(str(out))]
+    assert names == ["checkpoint_epoch0001_iter000002.pth", "checkpoint_epoch0001.pth"]
+    prev = checkpoint(out, "checkpoint_epoch0001.pth")  # loads with weights_only=True
+    assert prev["next_epoch"] == 1 and prev["next_iter"] == 0
+    proc = ok(run_engine(out, "train", {}, *OPTS))
+    assert "resuming from" in proc.stdout and "epoch 2, iteration 0" in proc.stdout
+    assert not [p.name for p in ckdir.iterdir() if ".tmp-" in p.name]  # stale temporary removed
+    _assert_matches(reference, out)

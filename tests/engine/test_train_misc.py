@@ -1,0 +1,86 @@
+"""NaN loss stops with the iteration named and the checkpoint intact; checkpoint content and
+pruning; RNG round trip; the output folder is never someone else's."""
+import hashlib
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from engine_synthetic import builder, tiny_cfg
+from gcvideo.engine import NonFiniteLossError, train
+from gcvideo.engine.checkpoint import get_rng_state, list_checkpoints, set_rng_state
+from gcvideo.utils.io import load_checkpoint_file
+
+
+def _sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_cfg(out, "SOLVER.MAX_EPOCH", 2)
+    build = builder(train={"nan_epoch": 1})  # every clip of epoch 2 is NaN
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, iteration 1 of 4 \(global iteration 5\)"):
+        train(cfg, dataset_builder=build)
+    ckpts = list_checkpoints(str(out))
+    assert [os.path.basename(p) for p in ckpts] == ["checkpoint_epoch0001.pth"]
+    before = _sha(ckpts[0])
+    state = load_checkpoint_file(ckpts[0])
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    # the same again (resumes from epoch 1's checkpoint, stops again): the checkpoint is untouched
+    with pytest.raises(NonFiniteLossError):
+        train(cfg, dataset_builder=build)
+    assert _sha(ckpts[0]) == before
+
+
+def test_checkpoint_contents_and_keep_last(tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_cfg(out, "SOLVER.MAX_EPOCH", 2, "TRAIN.CHECKPOINT_ITERS", 1, "TRAIN.KEEP_LAST", 2,
+                   "TRAIN.EVAL_PERIOD", 1)
+    res = train(cfg, dataset_builder=builder())
+    names = [os.path.basename(p) for p in list_checkpoints(str(out))]
+    assert names == ["checkpoint_epoch0002_iter000003.pth", "checkpoint_epoch0002.pth"]
+    ck = load_checkpoint_file(str(out / "checkpoints" / names[-1]))  # weights_only=True
+    assert {"model", "optimizer", "scheduler", "grad_scaler", "next_epoch", "next_iter", "global_iter",
+            "config", "rng"} <= set(ck)
+    assert ck["next_epoch"] == 2 and ck["next_iter"] == 0 and ck["global_iter"] == 8
+    assert "OUTPUT_DIR: " in ck["config"] and ck["scheduler"]["last_iter"] == 7
+    assert (out / "config.yaml").read_text() == ck["config"]
+    # observability: JSON lines per logging step and per epoch, curves PNG, TensorBoard events
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert sum('"type": "iter"' in ln for ln in lines) == 8 and sum('"type": "epoch"' in ln for ln in lines) == 2
+    assert '"val_top1"' in lines[-1]
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(out / "tb"))
+    assert len(res["val"]) == 2
+
+
+def test_rng_state_round_trip():
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    state = get_rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_refuses_folder_with_foreign_files(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(FileExistsError, match="not written by gcvideo"):
+        train(tiny_cfg(out, "SOLVER.MAX_EPOCH", 1), dataset_builder=builder())
+    assert (out / "thesis.tex").read_text() == "precious"
+
+
+def test_changed_config_keeps_previous_copy(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg(out, "SOLVER.MAX_EPOCH", 1), dataset_builder=builder())
+    first = (out / "config.yaml").read_text()
+    train(tiny_cfg(out, "SOLVER.MAX_EPOCH", 2), dataset_builder=builder())  # resumes, trains epoch 2
+    assert (out / "config.1.yaml").read_text() == first
+    assert "MAX_EPOCH: 2" in (out / "config.yaml").read_text()
+    assert os.path.basename(list_checkpoints(str(out))[-1]) == "checkpoint_epoch0002.pth"

@@ -74,7 +74,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     world = du.get_world_size()
     model.train()
     bar = st.logger.progress_bar(st.iters_per_epoch, st.start_iter, f"epoch {st.epoch + 1}/{cfg.SOLVER.MAX_EPOCH}")
-    loss_sum, loss_n, data_wait, busy = 0.0, 0, 0.0, 0.0
+    loss_sum, loss_n, data_wait, busy, stop = 0.0, 0, 0.0, 0.0, False
     window = {"loss": 0.0, "n": 0, "data": 0.0, "time": 0.0, "clips": 0}
     tic = time.perf_counter()
     for it, batch in enumerate(loader, start=st.start_iter):
@@ -135,9 +135,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             bar.update(1)
         # 10. checkpoint every TRAIN.CHECKPOINT_ITERS iterations; on SIGTERM save and exit
         done = it + 1
-        if stop or (cfg.TRAIN.CHECKPOINT_ITERS and done % cfg.TRAIN.CHECKPOINT_ITERS == 0
-                    and done < st.iters_per_epoch):
-            path = st.save(st.epoch, done) if done < st.iters_per_epoch else st.save(st.epoch + 1, 0)
+        if done < st.iters_per_epoch and (stop or (cfg.TRAIN.CHECKPOINT_ITERS
+                                                   and done % cfg.TRAIN.CHECKPOINT_ITERS == 0)):
+            path = st.save(st.epoch, done)
             if stop:
                 if bar is not None:
                     bar.close()
@@ -146,8 +146,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         tic = time.perf_counter()
     if bar is not None:
         bar.close()
+    # (a stop requested in the last iteration is handled by the caller after the epoch checkpoint)
     return {"loss": loss_sum / max(loss_n, 1), "data_share": data_wait / max(busy, 1e-9),
-            "iters": loss_n, "time_s": busy}
+            "iters": loss_n, "time_s": busy, "stop": stop}
 
 
 def _feed_broken(tracker, lines: List[str]) -> None:
@@ -352,6 +353,10 @@ def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str],
                                 num_workers=cfg.DATA.NUM_WORKERS, drop_last=True, generator=gen,
                                 pin_memory=cfg.DATA.PIN_MEMORY and device.type == "cuda")
             stats = train_one_epoch(ddp, loader, optimizer, schedule, scaler, st)
+            if stats["stop"]:  # SIGTERM seen during the epoch's last iteration: save first, skip evaluation
+                last_ckpt = save(epoch + 1, 0)
+                logger.info(f"SIGTERM: saved {last_ckpt}; run the same command again to resume")
+                raise TrainingStopped(143)
             record = {"epoch": epoch + 1, "global_iter": st.global_iter, "loss": stats["loss"],
                       "lr": optimizer.param_groups[0]["lr"], "data_share": stats["data_share"],
                       "epoch_time_s": stats["time_s"]}
@@ -374,12 +379,9 @@ def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str],
                 logger.info(f"epoch {epoch + 1}: loss {stats['loss']:.4f}, val top-1 {a['top1']:.2f}% "
                             f"top-5 {a['top5']:.2f}% ({a['videos']} videos)")
             # checkpoint every TRAIN.CHECKPOINT_PERIOD epochs and at the end
-            if last or (t.CHECKPOINT_PERIOD and (epoch + 1) % t.CHECKPOINT_PERIOD == 0) or stop["requested"]:
+            if last or (t.CHECKPOINT_PERIOD and (epoch + 1) % t.CHECKPOINT_PERIOD == 0):
                 last_ckpt = save(epoch + 1, 0)
             logger.log_epoch(record)
-            if stop["requested"]:
-                logger.info(f"SIGTERM: saved {last_ckpt}; run the same command again to resume")
-                raise TrainingStopped(143)
         if not last_ckpt and main:
             from gcvideo.engine.checkpoint import list_checkpoints
             found = list_checkpoints(cfg.OUTPUT_DIR)

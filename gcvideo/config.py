@@ -108,6 +108,8 @@ _C.DATA.LABEL_MAP = ""
 _C.DATA.CLIP_LAYOUT = "auto"
 # Decoder backend: "decord" | "pyav".
 _C.DATA.DECODER = "decord"
+# Decoding threads per video reader (1 per DataLoader worker; 0 = library default/auto).
+_C.DATA.DECODER_THREADS = 1
 # Frames per clip and the stride between them (at TARGET_FPS): 8x8.
 _C.DATA.NUM_FRAMES = 8
 _C.DATA.SAMPLING_RATE = 8
@@ -423,6 +425,8 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _one_of(d.FORMAT, "DATA.FORMAT", ["auto", "slowfast", "mmaction", "kinetics_csv"])
     _one_of(d.CLIP_LAYOUT, "DATA.CLIP_LAYOUT", ["auto", "class", "flat"])
     _one_of(d.DECODER, "DATA.DECODER", ["decord", "pyav"])
+    _check(isinstance(d.DECODER_THREADS, int) and d.DECODER_THREADS >= 0, "DATA.DECODER_THREADS",
+           d.DECODER_THREADS, "0 (auto) or a positive number of threads")
     _check(d.NUM_FRAMES >= 1, "DATA.NUM_FRAMES", d.NUM_FRAMES, "a positive integer")
     _check(d.SAMPLING_RATE >= 1, "DATA.SAMPLING_RATE", d.SAMPLING_RATE, "a positive integer")
     _check(d.TARGET_FPS > 0, "DATA.TARGET_FPS", d.TARGET_FPS, "a positive frame rate")
@@ -439,6 +443,9 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
         _check(all(isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, int) and
                    0 <= x < m.NUM_CLASSES for x in p) for p in pairs), f"DATA.{key}", pairs,
                f"a list of [from, to] class-index pairs in 0..{m.NUM_CLASSES - 1}")
+        sources = [p[0] for p in pairs]
+        _check(len(set(sources)) == len(sources), f"DATA.{key}", pairs,
+               "each class at most once as 'from' (pairs are directed: give [a, b] and [b, a] for a swap)")
     _check(0.0 <= d.MAX_BROKEN_FRACTION <= 1.0, "DATA.MAX_BROKEN_FRACTION", d.MAX_BROKEN_FRACTION,
            "a share in [0, 1]")
     _check(d.NUM_WORKERS >= 0, "DATA.NUM_WORKERS", d.NUM_WORKERS, "0 or more")

@@ -1,0 +1,297 @@
+"""Annotation files: PySlowFast CSVs, mmaction2 video lists and the official Kinetics CSV.
+
+``load_annotations`` turns any of them into a list of :class:`VideoRecord`
+``(path, label, line)``. Formats (see docs/data.md):
+
+* ``slowfast`` / ``mmaction``: one video a line, ``path label``, separated by
+  whitespace (or one TAB, then the path may contain spaces; a double-quoted path
+  may too). Blank lines and lines starting with ``#`` are skipped. Relative paths
+  are joined to ``path_prefix`` (DATA.PATH_PREFIX), or, when that is empty, to the
+  annotation file's folder.
+* ``kinetics_csv``: the DeepMind release ``label,youtube_id,time_start,time_end,split[,is_cc]``
+  (header line; multi-word labels double-quoted) or, for the test split,
+  ``youtube_id,time_start,time_end,split`` (no label: label -1). Each row is the
+  clip file ``{youtube_id}_{time_start:06d}_{time_end:06d}.mp4`` under
+  ``path_prefix`` (or the annotation folder), inside a class sub-folder (layout
+  ``class``; folder names with spaces or underscores are both found) or not
+  (``flat``); ``auto`` looks at the folder once.
+
+Labels are class indices or class names. Names are looked up in the label map
+(DATA.LABEL_MAP, one name a line), ignoring case, quotes, brackets and the
+difference between spaces, underscores and hyphens. A bad line (wrong number of
+fields, unknown class name, label out of range, unreadable number) raises
+:class:`AnnotationError` naming ``file:line``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+from gcvideo.utils.io import path_manager
+
+__all__ = ["VideoRecord", "AnnotationError", "load_annotations", "read_label_map", "class_key",
+           "detect_format", "kinetics_clip_name", "FORMATS", "DEFAULT_KINETICS400_LABEL_MAP"]
+
+FORMATS = ("auto", "slowfast", "mmaction", "kinetics_csv")
+# The shipped 400-class map (standard alphabetical order), used for the official CSV
+# when DATA.LABEL_MAP is empty.
+DEFAULT_KINETICS400_LABEL_MAP = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "datasets", "kinetics400", "label_map.txt")
+
+
+class AnnotationError(ValueError):
+    """An annotation or label-map file has a line that cannot be used (message: ``file:line: ...``)."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video of a split: full path, class index (-1 = unknown) and 1-based line in the file."""
+
+    path: str
+    label: int
+    line: int
+
+
+def class_key(name: str) -> str:
+    """Normalised class name: ``"Passing American football (in game)"`` -> ``passing_american_football_in_game``.
+
+    Case, quotes and brackets are ignored; runs of spaces, underscores and hyphens
+    become one underscore, so ``air drumming`` and ``air_drumming`` are the same class.
+    """
+    s = name.strip().lower()
+    s = re.sub(r"[\"'()\[\]]", "", s)
+    s = re.sub(r"[\s_\-]+", "_", s)
+    return s.strip("_")
+
+
+def read_label_map(path: str) -> List[str]:
+    """Class names, one a line (line i = class i); errors name ``file:line``."""
+    if not path_manager.exists(path):
+        raise AnnotationError(f"{path}: label map does not exist")
+    with path_manager.open(path, "r") as f:
+        lines = f.read().splitlines()
+    names: List[str] = []
+    seen: Dict[str, int] = {}
+    for i, raw in enumerate(lines, 1):
+        name = raw.strip()
+        if not name:
+            if any(x.strip() for x in lines[i:]):
+                raise AnnotationError(f"{path}:{i}: empty line inside the label map (line i must be class i-1)")
+            continue
+        key = class_key(name)
+        if key in seen:
+            raise AnnotationError(f"{path}:{i}: class {name!r} repeats line {seen[key]}")
+        seen[key] = i
+        names.append(name)
+    if not names:
+        raise AnnotationError(f"{path}: label map is empty")
+    return names
+
+
+def kinetics_clip_name(youtube_id: str, time_start: int, time_end: int, ext: str = ".mp4") -> str:
+    """``{youtube_id}_{time_start:06d}_{time_end:06d}.mp4`` (the mmaction2/ActivityNet trimmed name)."""
+    return f"{youtube_id}_{int(time_start):06d}_{int(time_end):06d}{ext}"
+
+
+def _join(prefix: str, path: str) -> str:
+    if not prefix or os.path.isabs(path) or "://" in path:
+        return path
+    return prefix.rstrip("/") + "/" + path if "://" in prefix else os.path.join(prefix, path)
+
+
+def _read_lines(path: str) -> List[str]:
+    if not path_manager.exists(path):
+        raise AnnotationError(f"{path}: annotation file does not exist")
+    with path_manager.open(path, "r") as f:
+        text = f.read()
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text.splitlines()
+
+
+def detect_format(lines: Sequence[str], path: str = "<annotations>") -> str:
+    """``kinetics_csv`` when the first line is the official header or a comma row, else ``slowfast``."""
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        head = [c.strip().lower() for c in next(csv.reader([line]))]
+        if "youtube_id" in head:
+            return "kinetics_csv"
+        if len(head) in (4, 5, 6) and line.count(",") >= 3:
+            return "kinetics_csv"  # header-less official CSV
+        return "slowfast"
+    raise AnnotationError(f"{path}: annotation file has no entries")
+
+
+class _Labeler:
+    """Label text -> class index, with range checks and file:line errors."""
+
+    def __init__(self, names: Optional[List[str]], num_classes: Optional[int], map_path: str):
+        self.names = names
+        self.keys = {class_key(n): i for i, n in enumerate(names)} if names else {}
+        self.num_classes = num_classes
+        self.map_path = map_path
+        limit = [x for x in (num_classes, len(names) if names else None) if x is not None]
+        self.limit = min(limit) if limit else None
+
+    def __call__(self, text: str, where: str) -> int:
+        t = text.strip()
+        if re.fullmatch(r"[+-]?\d+", t):
+            label = int(t)
+        else:
+            if not self.names:
+                raise AnnotationError(f"{where}: label {t!r} is not a class index and no label map is set "
+                                      "(DATA.LABEL_MAP) to look class names up in")
+            key = class_key(t)
+            if key not in self.keys:
+                close = [n for k, n in ((k, self.names[i]) for k, i in self.keys.items())
+                         if key and (key in k or k in key)][:3]
+                hint = f"; similar: {close}" if close else ""
+                raise AnnotationError(f"{where}: unknown class name {t!r} (not in label map {self.map_path}"
+                                      f"{hint})")
+            label = self.keys[key]
+        if label < 0 or (self.limit is not None and label >= self.limit):
+            raise AnnotationError(f"{where}: label {label} out of range 0..{self.limit - 1 if self.limit else '?'}"
+                                  f" (MODEL.NUM_CLASSES = {self.num_classes}"
+                                  f"{', label map has %d classes' % len(self.names) if self.names else ''})")
+        return label
+
+
+def _parse_list(path: str, lines: List[str], prefix: str, labeler: _Labeler) -> List[VideoRecord]:
+    records = []
+    for n, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{path}:{n}"
+        if "\t" in line:
+            fields = [x.strip() for x in line.split("\t") if x.strip()]
+        elif '"' in line:
+            fields = [x for x in next(csv.reader([line], delimiter=" ", quotechar='"', skipinitialspace=True)) if x]
+        else:
+            fields = line.split()
+        if len(fields) != 2:
+            raise AnnotationError(
+                f"{where}: expected 2 fields 'path label', got {len(fields)}: {line!r} (multi-label lines and "
+                "raw-frame lists are not supported; a path with spaces needs a TAB before the label or quotes)")
+        records.append(VideoRecord(_join(prefix, fields[0]), labeler(fields[1], where), n))
+    return records
+
+
+def _int_field(text: str, name: str, where: str) -> int:
+    try:
+        v = float(text)
+    except ValueError:
+        raise AnnotationError(f"{where}: {name} = {text!r} is not a number of seconds") from None
+    if v != int(v) or v < 0:
+        raise AnnotationError(f"{where}: {name} = {text!r} is not a whole, non-negative number of seconds")
+    return int(v)
+
+
+def _class_folders(prefix: str) -> Dict[str, str]:
+    """class_key -> sub-folder name, for the folders directly under ``prefix``."""
+    try:
+        entries = path_manager.ls(prefix)
+    except Exception:
+        return {}
+    out = {}
+    for e in entries:
+        name = os.path.basename(e.rstrip("/"))
+        if path_manager.isdir(_join(prefix, name)):
+            out[class_key(name)] = name
+    return out
+
+
+def _parse_kinetics(path: str, lines: List[str], prefix: str, labeler: _Labeler, layout: str) -> List[VideoRecord]:
+    rows = []
+    header = None
+    for n, row in enumerate(csv.reader(io.StringIO("\n".join(lines))), 1):
+        if not row or not any(c.strip() for c in row) or row[0].lstrip().startswith("#"):
+            continue
+        row = [c.strip() for c in row]
+        if header is None and "youtube_id" in [c.lower() for c in row]:
+            header = [c.lower() for c in row]
+            missing = {"youtube_id", "time_start", "time_end"} - set(header)
+            if missing:
+                raise AnnotationError(f"{path}:{n}: Kinetics CSV header lacks {sorted(missing)}: {row}")
+            continue
+        rows.append((n, row))
+    if header is None:  # header-less: by field count
+        width = len(rows[0][1]) if rows else 0
+        header = (["youtube_id", "time_start", "time_end", "split"] if width == 4 else
+                  ["label", "youtube_id", "time_start", "time_end", "split", "is_cc"][:width])
+    col = {c: i for i, c in enumerate(header)}
+    has_label = "label" in col
+    if layout not in ("auto", "class", "flat"):
+        raise AnnotationError(f"{path}: clip layout {layout!r} is not one of auto, class, flat")
+    folders: Dict[str, str] = {}
+    if has_label and layout in ("auto", "class"):
+        folders = _class_folders(prefix)
+        if layout == "auto":
+            keys = set(labeler.keys)
+            layout = "class" if any(k in keys for k in folders) else "flat"
+    elif layout == "class":
+        raise AnnotationError(f"{path}: DATA.CLIP_LAYOUT = 'class' but the CSV has no label column "
+                              "(test split); use 'flat' or 'auto'")
+    else:
+        layout = "flat"
+    records = []
+    for n, row in rows:
+        where = f"{path}:{n}"
+        if len(row) != len(header):
+            raise AnnotationError(f"{where}: expected {len(header)} fields ({','.join(header)}), "
+                                  f"got {len(row)}: {row}")
+        yid = row[col["youtube_id"]]
+        if not yid:
+            raise AnnotationError(f"{where}: empty youtube_id")
+        ts = _int_field(row[col["time_start"]], "time_start", where)
+        te = _int_field(row[col["time_end"]], "time_end", where)
+        name = kinetics_clip_name(yid, ts, te)
+        label = -1
+        if has_label:
+            text = row[col["label"]]
+            label = labeler(text, where)
+            if layout == "class":
+                folder = folders.get(class_key(text)) or text.replace(" ", "_")
+                name = folder + "/" + name
+        records.append(VideoRecord(_join(prefix, name), label, n))
+    return records
+
+
+def load_annotations(path: str, fmt: str = "auto", path_prefix: str = "", label_map: str = "",
+                     num_classes: Optional[int] = None, clip_layout: str = "auto") -> List[VideoRecord]:
+    """Read one split's annotation file.
+
+    Args:
+        path: the annotation file (any iopath location).
+        fmt: "auto" | "slowfast" | "mmaction" | "kinetics_csv" (DATA.FORMAT).
+        path_prefix: folder joined to relative video paths (DATA.PATH_PREFIX); "" = the
+            annotation file's folder.
+        label_map: class-name file (DATA.LABEL_MAP); "" = labels must be indices, except
+            for the official Kinetics CSV, which then uses the shipped 400-class map.
+        num_classes: labels must be below this (MODEL.NUM_CLASSES).
+        clip_layout: "auto" | "class" | "flat" (DATA.CLIP_LAYOUT, official CSV only).
+    """
+    if fmt not in FORMATS:
+        raise AnnotationError(f"{path}: format {fmt!r} is not one of {FORMATS}")
+    lines = _read_lines(path)
+    if fmt == "auto":
+        fmt = detect_format(lines, path)
+    if fmt == "kinetics_csv" and not label_map:
+        label_map = DEFAULT_KINETICS400_LABEL_MAP
+    names = read_label_map(label_map) if label_map else None
+    labeler = _Labeler(names, num_classes, label_map)
+    prefix = path_prefix or os.path.dirname(path)
+    if fmt == "kinetics_csv":
+        records = _parse_kinetics(path, lines, prefix, labeler, clip_layout)
+    else:
+        records = _parse_list(path, lines, prefix, labeler)
+    if not records:
+        raise AnnotationError(f"{path}: annotation file has no entries")
+    return records

@@ -1,0 +1,217 @@
+"""The video dataset: training clips and multi-view test items, robust to broken videos.
+
+``build_dataset(cfg, split)`` is the only function here that reads a config.
+
+Item contract (docs/DESIGN.md): a dict with
+``video`` float32 ``(3, T, H, W)`` (train; val with one view) or ``(V, 3, T, H, W)``
+(test; val with several views; clip-major), ``label`` int (-1 unknown), ``index``
+(row of the video used in the annotation list), ``path``, ``ok``, ``error`` and
+``skipped``.
+
+Randomness: every random choice of item ``index`` in epoch ``e`` comes from
+``numpy.random.default_rng([SEED, e, index, attempt])``, so the same
+(seed, epoch, index) gives the same clip whatever the number of DataLoader
+workers, the sampler or the process (exact resume). ``set_epoch`` writes the
+epoch into shared memory, so persistent workers see it too.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from gcvideo.data.annotations import VideoRecord, load_annotations
+from gcvideo.data.decoder import FrameCountChanged, VideoDecodeError, open_video
+from gcvideo.data.sampling import test_clip_indices, train_clip_indices
+from gcvideo.data.transforms import test_views, train_transform
+
+__all__ = ["VideoDataset", "build_dataset", "SPLITS"]
+
+SPLITS = ("train", "val", "test")
+# Replacement attempts for one training item before giving up (the tracker stops far earlier
+# unless almost everything is broken).
+MAX_ATTEMPTS = 50
+
+
+def _pair_map(pairs: Sequence[Sequence[int]], key: str) -> Dict[int, int]:
+    out: Dict[int, int] = {}
+    for p in pairs:
+        a, b = int(p[0]), int(p[1])
+        if a in out and out[a] != b:
+            raise ValueError(f"{key}: class {a} is mapped twice ({out[a]} and {b})")
+        out[a] = b
+    return out
+
+
+class VideoDataset(Dataset):
+    """Videos of one split. ``train=True``: random clips, broken videos replaced;
+    ``train=False``: ``num_clips x num_crops`` deterministic views, broken videos marked.
+    """
+
+    def __init__(self, records: Sequence[VideoRecord], train: bool, *, decoder: str = "decord",
+                 decoder_threads: int = 1, num_frames: int = 8, sampling_rate: int = 8, target_fps: float = 30,
+                 jitter_scales: Sequence[int] = (256, 320), train_crop: int = 224, test_crop: int = 256,
+                 random_flip: bool = True, flip_pairs: Sequence[Sequence[int]] = (), reverse_prob: float = 0.0,
+                 reverse_pairs: Sequence[Sequence[int]] = (), mean: Sequence[float] = (0.45, 0.45, 0.45),
+                 std: Sequence[float] = (0.225, 0.225, 0.225), num_clips: int = 10, num_crops: int = 3,
+                 seed: int = 0, single_view_4d: bool = False):
+        if not records:
+            raise ValueError("VideoDataset needs at least one video")
+        self.records = list(records)
+        self.train = bool(train)
+        self.decoder = decoder
+        self.decoder_threads = int(decoder_threads)
+        self.num_frames = int(num_frames)
+        self.sampling_rate = int(sampling_rate)
+        self.target_fps = float(target_fps)
+        self.jitter_scales = [int(x) for x in jitter_scales]
+        self.train_crop = int(train_crop)
+        self.test_crop = int(test_crop)
+        self.random_flip = bool(random_flip)
+        self.flip_map = _pair_map(flip_pairs, "DATA.FLIP_LABEL_PAIRS")
+        self.reverse_prob = float(reverse_prob)
+        self.reverse_map = _pair_map(reverse_pairs, "DATA.REVERSE_LABEL_PAIRS")
+        self.mean = [float(x) for x in mean]
+        self.std = [float(x) for x in std]
+        self.num_clips = int(num_clips)
+        self.num_crops = int(num_crops)
+        self.seed = int(seed)
+        self.single_view_4d = bool(single_view_4d)
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    # -- epoch / size ---------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch for the random choices (shared with worker processes, persistent ones too)."""
+        self._epoch[0] = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def num_views(self) -> int:
+        return 1 if self.train else self.num_clips * self.num_crops
+
+    def video_shape(self) -> tuple:
+        """Shape of the ``video`` field of every item."""
+        if self.train:
+            return (3, self.num_frames, self.train_crop, self.train_crop)
+        shape = (3, self.num_frames, self.test_crop, self.test_crop)
+        return shape if (self.single_view_4d and self.num_views == 1) else (self.num_views,) + shape
+
+    def _rng(self, index: int, attempt: int, stream: int = 0) -> np.random.Generator:
+        return np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch, index, attempt, stream])
+
+    # -- items ----------------------------------------------------------------------
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        return self._train_item(index) if self.train else self._eval_item(index)
+
+    def _decode(self, path: str, sample) -> tuple:
+        """Open once, compute indices with ``sample(num_frames, fps)``, read them in one pass."""
+        try:
+            with open_video(path, self.decoder, self.decoder_threads) as reader:
+                for _ in range(3):
+                    want = sample(reader.num_frames, reader.fps)
+                    flat = want if isinstance(want[0], int) else sorted({i for c in want for i in c})
+                    try:
+                        return want, flat, reader.read(flat)  # (K, H, W, 3)
+                    except FrameCountChanged:
+                        continue  # fewer frames decode than announced: sample again
+                raise VideoDecodeError(path, "no_frames: frame count keeps changing while decoding")
+        except VideoDecodeError:
+            raise
+        except Exception as e:  # anything else a damaged file provokes inside the libraries
+            raise VideoDecodeError(path, f"unreadable: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+
+    def _train_item(self, index: int) -> dict:
+        skipped: List[str] = []
+        idx = index
+        for attempt in range(MAX_ATTEMPTS):
+            rec = self.records[idx]
+            rng = self._rng(index, attempt)
+            try:
+                _, _, frames = self._decode(rec.path, lambda n, fps: train_clip_indices(
+                    n, fps, self.num_frames, self.sampling_rate, self.target_fps, rng))
+            except VideoDecodeError as e:
+                skipped.append(f"{rec.path}\t{e.reason}")
+                idx = int(self._rng(index, attempt, stream=1).integers(len(self)))
+                continue
+            label = rec.label
+            video, flipped = train_transform(frames, rng, self.jitter_scales, self.train_crop, self.random_flip,
+                                             self.mean, self.std)  # (3, T, crop, crop)
+            if flipped:
+                label = self.flip_map.get(label, label)
+            if self.reverse_prob > 0 and rng.random() < self.reverse_prob:
+                video = video.flip(1)  # time reversal, (3, T, H, W)
+                label = self.reverse_map.get(label, label)
+            return {"video": video, "label": label, "index": idx, "path": rec.path, "ok": True, "error": "",
+                    "skipped": "\n".join(skipped)}
+        raise RuntimeError(f"{MAX_ATTEMPTS} videos in a row failed to decode while building training item "
+                           f"{index}; the last: {skipped[-1]!r}. Check the dataset with tools/check_videos.py")
+
+    def _eval_item(self, index: int) -> dict:
+        rec = self.records[index]
+        try:
+            clips, flat, frames = self._decode(rec.path, lambda n, fps: test_clip_indices(
+                n, fps, self.num_frames, self.sampling_rate, self.target_fps, self.num_clips))
+            row = {f: r for r, f in enumerate(flat)}
+            video = test_views(frames, [[row[i] for i in c] for c in clips], self.test_crop, self.num_crops,
+                               self.mean, self.std)  # (V, 3, T, S, S)
+            ok, error = True, ""
+        except VideoDecodeError as e:
+            video = torch.zeros((self.num_views, 3, self.num_frames, self.test_crop, self.test_crop))
+            ok, error = False, e.reason
+        if self.single_view_4d and self.num_views == 1:
+            video = video[0]  # (3, T, S, S)
+        return {"video": video, "label": rec.label, "index": index, "path": rec.path, "ok": ok, "error": error,
+                "skipped": ""}
+
+
+def annotation_path(cfg, split: str) -> str:
+    """The annotation file of ``split``: DATA.{TRAIN,VAL,TEST}_FILE under DATA.PATH_TO_DATA_DIR."""
+    from gcvideo.config import ConfigError
+
+    d = cfg.DATA
+    key = {"train": "TRAIN_FILE", "val": "VAL_FILE", "test": "TEST_FILE"}[split]
+    name = d[key]
+    if os.path.isabs(name) or "://" in name:
+        return name
+    if not d.PATH_TO_DATA_DIR:
+        raise ConfigError(f"DATA.PATH_TO_DATA_DIR is empty and DATA.{key} = {name!r} is relative; set "
+                          "DATA.PATH_TO_DATA_DIR to the folder with the annotation files")
+    return os.path.join(d.PATH_TO_DATA_DIR, name) if "://" not in d.PATH_TO_DATA_DIR else \
+        d.PATH_TO_DATA_DIR.rstrip("/") + "/" + name
+
+
+def build_dataset(cfg, split: str) -> VideoDataset:
+    """Dataset of ``split`` ("train" | "val" | "test") as the config describes.
+
+    train: random clips; val: TRAIN.EVAL_VIEWS = [clips, crops] views (one view ->
+    ``(3, T, H, W)`` items); test: TEST.NUM_ENSEMBLE_VIEWS x TEST.NUM_SPATIAL_CROPS views.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    d = cfg.DATA
+    records = load_annotations(annotation_path(cfg, split), fmt=d.FORMAT, path_prefix=d.PATH_PREFIX,
+                               label_map=d.LABEL_MAP, num_classes=cfg.MODEL.NUM_CLASSES,
+                               clip_layout=d.CLIP_LAYOUT)
+    if split == "val":
+        clips, crops = int(cfg.TRAIN.EVAL_VIEWS[0]), int(cfg.TRAIN.EVAL_VIEWS[1])
+    else:
+        clips, crops = int(cfg.TEST.NUM_ENSEMBLE_VIEWS), int(cfg.TEST.NUM_SPATIAL_CROPS)
+    return VideoDataset(
+        records, train=(split == "train"), decoder=d.DECODER, decoder_threads=d.DECODER_THREADS,
+        num_frames=d.NUM_FRAMES, sampling_rate=d.SAMPLING_RATE, target_fps=d.TARGET_FPS,
+        jitter_scales=d.TRAIN_JITTER_SCALES, train_crop=d.TRAIN_CROP_SIZE, test_crop=d.TEST_CROP_SIZE,
+        random_flip=d.RANDOM_FLIP, flip_pairs=d.FLIP_LABEL_PAIRS, reverse_prob=d.REVERSE_PROB,
+        reverse_pairs=d.REVERSE_LABEL_PAIRS, mean=d.MEAN, std=d.STD, num_clips=clips, num_crops=crops,
+        seed=cfg.SEED, single_view_4d=(split == "val"))

@@ -1,0 +1,123 @@
+"""Spatial transforms on decoded clips (uint8 in, normalised float out).
+
+Decoders give ``(T, H, W, 3)`` uint8; we view it as ``(T, 3, H, W)`` in
+channels-last memory (no copy), which is what torchvision's fast uint8 bilinear
+(antialiased) resize kernel wants, and only turn into float at the very end, on
+the cropped pixels.
+
+Training (``train_transform``): short-side scale jitter S ~ U{min..max}, a random
+square crop, horizontal flip, normalisation. The scale-then-crop is done as one
+resized crop: the crop of size C in the video scaled to short side S is the
+square of side round(C * short / S) in the source, resized to C x C, so only the
+crop's pixels are ever resized (same result up to sub-pixel rounding of the box).
+
+Testing (``test_views``): the short side is resized to the crop size S, then 1 or
+3 crops S x S along the long side: left/centre/right for landscape,
+top/centre/bottom for portrait (offsets 0, (L - S) // 2, L - S).
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+__all__ = ["to_tchw", "short_side_size", "resize_short_side", "train_crop_box", "resized_crop",
+           "test_crop_offsets", "normalize", "train_transform", "test_views"]
+
+
+def to_tchw(frames: np.ndarray) -> torch.Tensor:
+    """uint8 ``(T, H, W, 3)`` numpy -> uint8 ``(T, 3, H, W)`` tensor view (channels-last memory)."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W)
+
+
+def short_side_size(height: int, width: int, size: int) -> Tuple[int, int]:
+    """(h, w) with the short side ``size`` and the aspect ratio kept (long side rounded)."""
+    if height <= width:
+        return size, max(size, int(round(width * size / height)))
+    return max(size, int(round(height * size / width))), size
+
+
+def resize_short_side(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``(T, 3, H, W)`` -> ``(T, 3, h, w)`` with short side ``size`` (bilinear, antialiased)."""
+    h, w = x.shape[-2:]
+    nh, nw = short_side_size(h, w, size)
+    if (nh, nw) == (h, w):
+        return x
+    return TF.resize(x, [nh, nw], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+
+
+def train_crop_box(height: int, width: int, scale: int, crop: int, rng: np.random.Generator) -> Tuple[int, int, int]:
+    """(top, left, side) in source pixels of a ``crop`` crop after scaling the short side to ``scale``."""
+    side = int(round(crop * min(height, width) / scale))
+    side = max(1, min(side, height, width))
+    top = int(rng.integers(0, height - side + 1))
+    left = int(rng.integers(0, width - side + 1))
+    return top, left, side
+
+
+def resized_crop(x: torch.Tensor, top: int, left: int, side: int, size: int) -> torch.Tensor:
+    """uint8 ``(T, 3, H, W)`` -> ``(T, 3, size, size)``: the square at (top, left) resized."""
+    region = x[..., top:top + side, left:left + side]  # (T, 3, side, side)
+    if side == size:
+        return region
+    return TF.resize(region, [size, size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 ``(T, 3, H, W)`` -> float32 ``(3, T, H, W)``: (x / 255 - mean) / std, contiguous."""
+    t, c, h, w = x.shape
+    out = torch.empty((c, t, h, w), dtype=torch.float32)
+    out.copy_(x.permute(1, 0, 2, 3))  # (3, T, H, W)
+    m = torch.tensor([255.0 * v for v in mean], dtype=torch.float32).view(c, 1, 1, 1)
+    s = torch.tensor([1.0 / (255.0 * v) for v in std], dtype=torch.float32).view(c, 1, 1, 1)
+    return out.sub_(m).mul_(s)
+
+
+def train_transform(frames: np.ndarray, rng: np.random.Generator, jitter: Sequence[int], crop: int,
+                    flip: bool, mean: Sequence[float], std: Sequence[float]) -> Tuple[torch.Tensor, bool]:
+    """uint8 ``(T, H, W, 3)`` -> float ``(3, T, crop, crop)`` and whether it was flipped.
+
+    Random draws, in this order: scale, crop top, crop left, flip (if enabled).
+    """
+    x = to_tchw(frames)  # (T, 3, H, W)
+    h, w = x.shape[-2:]
+    scale = int(rng.integers(int(jitter[0]), int(jitter[1]) + 1))
+    top, left, side = train_crop_box(h, w, scale, crop, rng)
+    x = resized_crop(x, top, left, side, crop)  # (T, 3, crop, crop)
+    flipped = bool(flip) and bool(rng.random() < 0.5)
+    if flipped:
+        x = x.flip(-1)
+    return normalize(x, mean, std), flipped  # (3, T, crop, crop)
+
+
+def test_crop_offsets(height: int, width: int, size: int, num_crops: int) -> List[Tuple[int, int]]:
+    """(top, left) of each crop: centre for 1; start/centre/end of the long side for 3."""
+    dh, dw = height - size, width - size
+    if num_crops == 1:
+        return [(dh // 2, dw // 2)]
+    if num_crops != 3:
+        raise ValueError(f"num_crops = {num_crops}; expected 1 or 3")
+    if width >= height:  # landscape (or square): left, centre, right
+        return [(dh // 2, 0), (dh // 2, dw // 2), (dh // 2, dw)]
+    return [(0, dw // 2), (dh // 2, dw // 2), (dh, dw // 2)]  # portrait: top, centre, bottom
+
+
+def test_views(frames: np.ndarray, clips: Sequence[Sequence[int]], size: int, num_crops: int,
+               mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """All views of one video, clip-major: float ``(V, 3, T, size, size)``, V = clips x crops.
+
+    ``frames`` holds each needed frame once (uint8 ``(K, H, W, 3)``); ``clips`` gives,
+    per clip, the rows of ``frames`` it uses. Frames are resized once, not per view.
+    """
+    x = resize_short_side(to_tchw(frames), size)  # (K, 3, h, w)
+    h, w = x.shape[-2:]
+    offsets = test_crop_offsets(h, w, size, num_crops)
+    t = len(clips[0])
+    views = torch.empty((len(clips) * len(offsets), 3, t, size, size), dtype=torch.float32)
+    for ci, rows in enumerate(clips):
+        clip = x[list(rows)]  # (T, 3, h, w)
+        for oi, (top, left) in enumerate(offsets):
+            views[ci * len(offsets) + oi] = normalize(clip[..., top:top + size, left:left + size], mean, std)
+    return views  # (V, 3, T, size, size)

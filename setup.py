@@ -23,6 +23,6 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-xdist"],
-        "extra": ["tensorboard", "onnx", "onnxruntime"],
+        "extra": ["tensorboard", "onnx", "onnxruntime", "onnxscript"],
     },
 )

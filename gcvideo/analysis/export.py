@@ -1,0 +1,154 @@
+"""Export a trained model to TorchScript or ONNX, verified against the eager model.
+
+Reference: the models of Y. Cao et al., "Global Context Networks" (TPAMI 2020) on
+Slow-only ResNet-3D. Exported graphs take a clip (N, 3, T, H, W) with a dynamic batch N
+and fixed T, H, W (``input_shape``) and return logits (N, num_classes).
+
+``ContextBlock``'s fused attention pooling is a custom autograd Function; it already
+falls back to plain ops while tracing, and the exported copy of the model sets
+``fused = False`` on every block besides, so both exporters only see standard ops
+(conv3d, softmax, matmul/einsum, layer_norm, max_pool3d, ...).
+
+ONNX: ``exporter="auto"`` uses PyTorch's torch.export-based exporter when ``onnxscript`` is
+installed and falls back to the TorchScript-based one (deprecated in PyTorch, no extra
+dependency) if it is not or if it fails; ``"dynamo"`` / ``"legacy"`` force one.
+Verification: the exported model and the eager model run on a fresh random clip of batch 2;
+max|exported - eager| / max|eager| must be <= ``rtol`` (1e-4); ONNX is run with
+onnxruntime when installed (otherwise only ``onnx.checker`` when onnx is installed).
+The file is written atomically (temporary file + rename) and an existing file is only
+replaced with ``overwrite=True``.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+__all__ = ["FORMATS", "prepare_for_export", "export_model", "export_checkpoint", "ExportMismatchError"]
+
+FORMATS = ("torchscript", "onnx")
+
+
+class ExportMismatchError(RuntimeError):
+    """The exported model's outputs differ from the eager model's beyond the tolerance."""
+
+
+def prepare_for_export(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with plain-op attention pooling (``fused = False``)."""
+    m = copy.deepcopy(model).eval().cpu()
+    for mod in m.modules():
+        if hasattr(mod, "fused"):
+            mod.fused = False
+    return m
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-12))
+
+
+def _torchscript_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace deprecation notice
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, example, check_trace=False)
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    return buf.getvalue()
+
+
+def _onnx_bytes(model: nn.Module, example: torch.Tensor, exporter: str, opset: int) -> Tuple[bytes, str]:
+    names = dict(input_names=["video"], output_names=["logits"])
+    if exporter in ("auto", "dynamo"):
+        try:
+            import onnxscript  # noqa: F401  (the torch.export-based exporter needs it)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                prog = torch.onnx.export(model, (example,), dynamo=True, opset_version=max(opset, 18),
+                                         dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
+                                         verbose=False, **names)
+            return prog.model_proto.SerializeToString(), "dynamo"
+        except Exception as e:  # not installed, or the new exporter cannot handle something
+            if exporter == "dynamo":
+                raise
+            print(f"note: torch.export-based ONNX exporter unavailable ({type(e).__name__}: "
+                  f"{str(e).splitlines()[0][:160] if str(e) else ''}); using the TorchScript-based exporter")
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=opset,
+                          dynamic_axes={"video": {0: "batch"}, "logits": {0: "batch"}}, **names)
+    return buf.getvalue(), "legacy"
+
+
+def _run_onnx(data: bytes, x: torch.Tensor) -> Optional[torch.Tensor]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        try:
+            import onnx
+            onnx.checker.check_model(onnx.load_from_string(data))
+        except ImportError:
+            pass
+        return None
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    return torch.from_numpy(out)
+
+
+@torch.no_grad()
+def export_model(model: nn.Module, fmt: str, out: str, input_shape: Sequence[int] = (8, 256, 256),
+                 overwrite: bool = False, rtol: float = 1e-4, exporter: str = "auto", opset: int = 17,
+                 seed: int = 0) -> Dict:
+    """Export ``model`` to ``out`` as ``fmt`` ("torchscript" | "onnx") for clips (N, 3, *input_shape);
+    verify against eager; return {"path", "format", "exporter", "max_rel_err", "verified_with"}."""
+    from gcvideo.utils.io import atomic_write_bytes, path_manager
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}: expected one of {FORMATS}")
+    if exporter not in ("auto", "dynamo", "legacy"):
+        raise ValueError(f"exporter {exporter!r}: expected auto, dynamo or legacy")
+    if len(input_shape) != 3 or any(int(v) < 1 for v in input_shape):
+        raise ValueError(f"input shape {tuple(input_shape)}: expected T, H, W (3 positive integers)")
+    if path_manager.exists(out) and not overwrite:
+        raise FileExistsError(f"{out} already exists; refusing to overwrite it (pass --overwrite)")
+    m = prepare_for_export(model)
+    g = torch.Generator().manual_seed(seed)
+    example = torch.randn(1, 3, *[int(v) for v in input_shape], generator=g)  # (1, 3, T, H, W)
+    check = torch.randn(2, 3, *[int(v) for v in input_shape], generator=g)  # (2, 3, T, H, W), unseen
+    ref = model.eval()(check.to(next(model.parameters()).device)).float().cpu()  # the original eager model
+    if fmt == "torchscript":
+        data, used = _torchscript_bytes(m, example), "torch.jit.trace"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            loaded = torch.jit.load(io.BytesIO(data))
+        got, verified = loaded(check).float(), "torch.jit.load"
+    else:
+        data, used = _onnx_bytes(m, example, exporter, opset)
+        got = _run_onnx(data, check)
+        verified = "onnxruntime" if got is not None else "onnx.checker (onnxruntime not installed)"
+    err = _rel_err(got, ref) if got is not None else None
+    if err is not None and not err <= rtol:
+        raise ExportMismatchError(f"exported {fmt} model differs from the eager model: max relative error "
+                                  f"{err:.3g} > {rtol:g}; {out} was not written")
+    atomic_write_bytes(out, data)
+    return {"path": out, "format": fmt, "exporter": used, "max_rel_err": err, "verified_with": verified,
+            "input_shape": [int(v) for v in input_shape], "bytes": len(data)}
+
+
+def export_checkpoint(cfg, checkpoint: str, fmt: str, out: str, input_shape: Optional[Sequence[int]] = None,
+                      overwrite: bool = False, exporter: str = "auto") -> Dict:
+    """Load the model of ``cfg`` with ``checkpoint`` (all weights required) and export it.
+    ``input_shape`` defaults to (DATA.NUM_FRAMES, DATA.TEST_CROP_SIZE, DATA.TEST_CROP_SIZE)."""
+    from gcvideo.analysis.predict import load_inference_model
+    from gcvideo.utils.io import path_manager
+
+    if path_manager.exists(out) and not overwrite:  # fail before loading anything
+        raise FileExistsError(f"{out} already exists; refusing to overwrite it (pass --overwrite)")
+    shape = tuple(input_shape) if input_shape else (cfg.DATA.NUM_FRAMES, cfg.DATA.TEST_CROP_SIZE,
+                                                     cfg.DATA.TEST_CROP_SIZE)
+    model = load_inference_model(cfg, checkpoint, device="cpu")
+    return export_model(model, fmt, out, shape, overwrite=overwrite, exporter=exporter)

@@ -1,0 +1,130 @@
+"""Export: TorchScript and ONNX graphs give the eager model's outputs; files are never clobbered."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gcvideo.analysis.export import export_model, prepare_for_export
+from gcvideo.config import get_cfg
+from gcvideo.layers import ContextBlock
+from gcvideo.models import build_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
+HAS_ONNXSCRIPT = importlib.util.find_spec("onnxscript") is not None
+
+
+def _cfg(kind, location):
+    cfg = get_cfg()
+    cfg.MODEL.WIDTH = 8
+    cfg.MODEL.STAGE_DEPTHS = [1, 1, 1, 1]
+    cfg.MODEL.NUM_CLASSES = 6
+    cfg.CONTEXT.TYPE = kind
+    cfg.CONTEXT.LOCATION = location
+    cfg.CONTEXT.ZERO_INIT = False  # blocks that change the output, so a wrong export would show
+    return cfg
+
+
+def _model(kind, location, seed=0):
+    torch.manual_seed(seed)
+    m = build_model(_cfg(kind, location)).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm3d):
+                mod.running_mean.normal_(0, 0.1, generator=g)
+                mod.running_var.uniform_(0.5, 1.5, generator=g)
+                mod.weight.uniform_(0.5, 1.5, generator=g)
+        m.blocks[-1].proj.weight.normal_(0, 0.5, generator=g)
+    return m
+
+
+GC = ("gc", [[], "all", "all", "all"])
+NL = ("nl", [[], [0], [0], []])
+
+
+def test_prepare_for_export_unfuses_a_copy():
+    m = _model(*GC)
+    e = prepare_for_export(m)
+    assert all(b.fused for b in m.modules() if isinstance(b, ContextBlock))
+    assert not any(b.fused for b in e.modules() if isinstance(b, ContextBlock))
+
+
+@pytest.mark.parametrize("spec", [GC, NL], ids=["gc", "nl"])
+def test_torchscript_equals_eager(tmp_path, spec):
+    m = _model(*spec)
+    out = tmp_path / "m.ts"
+    info = export_model(m, "torchscript", str(out), input_shape=(4, 32, 32))
+    assert info["max_rel_err"] <= 1e-4 and out.exists()
+    loaded = torch.jit.load(str(out))
+    x = torch.randn(3, 3, 4, 32, 32)
+    with torch.no_grad():
+        ref = m(x)
+        rel = (loaded(x) - ref).abs().max() / ref.abs().max()
+    assert rel <= 1e-4
+    assert ref.abs().max() > 1e-3  # not a trivially zero output
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+@pytest.mark.parametrize("spec", [GC, NL], ids=["gc", "nl"])
+def test_onnx_legacy_equals_eager(tmp_path, spec):
+    import onnxruntime as ort
+
+    m = _model(*spec)
+    out = tmp_path / "m.onnx"
+    info = export_model(m, "onnx", str(out), input_shape=(4, 32, 32), exporter="legacy")
+    assert info["exporter"] == "legacy" and info["verified_with"] == "onnxruntime"
+    assert info["max_rel_err"] <= 1e-4
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 4, 32, 32)
+    got = torch.from_numpy(sess.run(None, {"video": x.numpy()})[0])
+    with torch.no_grad():
+        ref = m(x)
+    assert (got - ref).abs().max() / ref.abs().max() <= 1e-4
+
+
+@pytest.mark.skipif(not (HAS_ORT and HAS_ONNXSCRIPT), reason="onnxruntime/onnxscript not installed")
+def test_onnx_dynamo_exporter(tmp_path):
+    m = _model(*NL)
+    info = export_model(m, "onnx", str(tmp_path / "m.onnx"), input_shape=(4, 32, 32), exporter="dynamo")
+    assert info["exporter"] == "dynamo" and info["max_rel_err"] <= 1e-4
+
+
+def test_never_overwrites(tmp_path):
+    m = _model(*GC)
+    out = tmp_path / "m.ts"
+    out.write_bytes(b"user data")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_model(m, "torchscript", str(out), input_shape=(4, 32, 32))
+    assert out.read_bytes() == b"user data"
+    export_model(m, "torchscript", str(out), input_shape=(4, 32, 32), overwrite=True)
+    assert out.read_bytes() != b"user data"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.ts"]  # no temporary left behind
+    with pytest.raises(ValueError, match="format"):
+        export_model(m, "tflite", str(tmp_path / "x"), input_shape=(4, 32, 32))
+
+
+def test_export_tool(tmp_path):
+    """tools/export.py end to end: config + checkpoint -> TorchScript file equal to eager."""
+    m = _model(*NL)
+    ckpt = tmp_path / "model.pth"
+    torch.save({"model": m.state_dict()}, ckpt)
+    cfg_file = tmp_path / "nl.yaml"
+    cfg_file.write_text("MODEL:\n  WIDTH: 8\n  STAGE_DEPTHS: [1, 1, 1, 1]\n  NUM_CLASSES: 6\n"
+                        "CONTEXT:\n  TYPE: nl\n  LOCATION: [[], [0], [0], []]\n"
+                        "DATA:\n  NUM_FRAMES: 4\n  TEST_CROP_SIZE: 32\n")
+    out = tmp_path / "model.ts"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "export.py"), "--config", str(cfg_file), "--checkpoint",
+           str(ckpt), "--format", "torchscript", "--out", str(out), "--input", "4,32,32"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "max relative error" in r.stdout
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        ref = m(x)
+        assert (torch.jit.load(str(out))(x) - ref).abs().max() / ref.abs().max() <= 1e-4
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)  # second time: refused
+    assert r.returncode != 0 and "overwrite" in r.stderr

@@ -107,7 +107,7 @@ def test_never_overwrites(tmp_path):
         export_model(m, "tflite", str(tmp_path / "x"), input_shape=(4, 32, 32))
 
 
-def test_export_tool(tmp_path):
+def test_export_tool(tmp_path, capsys):
     """tools/export.py end to end: config + checkpoint -> TorchScript file equal to eager."""
     m = _model(*NL)
     ckpt = tmp_path / "model.pth"
@@ -126,5 +126,10 @@ def test_export_tool(tmp_path):
     with torch.no_grad():
         ref = m(x)
         assert (torch.jit.load(str(out))(x) - ref).abs().max() / ref.abs().max() <= 1e-4
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)  # second time: refused
-    assert r.returncode != 0 and "overwrite" in r.stderr
+    # second time (in this process): refused, the file unchanged
+    before = out.read_bytes()
+    spec = importlib.util.spec_from_file_location("export_tool", os.path.join(ROOT, "tools", "export.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(cmd[2:]) == 1
+    assert "overwrite" in capsys.readouterr().err and out.read_bytes() == before

@@ -1,0 +1,123 @@
+"""Prediction on video files: toy videos, a real h264 file, broken files that don't stop the others."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gcvideo.analysis.predict import (InferenceCheckpointError, load_inference_model, parse_views,
+                                      predict_videos, video_views_dataset)
+from gcvideo.config import load_cfg
+from gcvideo.models import build_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REAL = os.path.join(ROOT, "tests", "data", "files", "carphone_pristine.mp4")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny toy set, a GC config for it and a random 'trained' checkpoint."""
+    from gcvideo.data import make_toy_dataset
+
+    d = tmp_path_factory.mktemp("predict")
+    toy = d / "toy"
+    make_toy_dataset(str(toy), num_train=3, num_val=0, size=48, num_frames=16, workers=1)
+    cfg_file = d / "gc.yaml"
+    cfg_file.write_text(
+        "MODEL:\n  WIDTH: 8\n  STAGE_DEPTHS: [1, 1, 1, 1]\n  NUM_CLASSES: 8\n  DROPOUT: 0.0\n"
+        "CONTEXT:\n  TYPE: gc\n  LOCATION: [[], all, all, all]\n  ZERO_INIT: false\n"
+        f"DATA:\n  LABEL_MAP: {json.dumps(str(toy / 'classes.txt'))}\n  NUM_FRAMES: 4\n  SAMPLING_RATE: 2\n"
+        "  TEST_CROP_SIZE: 32\n  DECODER: pyav\n")
+    cfg = load_cfg(str(cfg_file))
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        model.blocks[-1].proj.weight.normal_(0, 1.0)
+    ckpt = d / "model.pth"
+    torch.save({"model": model.state_dict()}, ckpt)
+    broken = d / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    videos = sorted(str(p) for p in (toy / "videos" / "train").glob("*.mp4"))
+    return dict(cfg=cfg, cfg_file=str(cfg_file), ckpt=str(ckpt), model=model, videos=videos, broken=str(broken),
+                dir=d)
+
+
+def test_parse_views():
+    assert parse_views("10x3") == (10, 3) and parse_views("1X1") == (1, 1)
+    for bad in ("10", "3x2", "0x3", "ax3"):
+        with pytest.raises(ValueError):
+            parse_views(bad)
+
+
+def test_predictions_match_model_and_broken_files_do_not_stop(setup):
+    cfg, model = setup["cfg"], setup["model"]
+    videos = [setup["videos"][0], setup["broken"], REAL, str(setup["dir"] / "missing.mp4"), setup["videos"][1]]
+    logged = []
+    res = predict_videos(cfg, setup["ckpt"], videos, views=(2, 3), topk=5, log=logged.append)
+    assert [r["ok"] for r in res] == [True, False, True, False, True]
+    assert res[1]["error"] and res[3]["error"] and len(logged) == 2 and "missing.mp4" in logged[1]
+    names = open(cfg.DATA.LABEL_MAP).read().split()
+    # each ok video: the mean over its 6 views of the softmax, top 5 in order, with class names
+    ds = video_views_dataset(cfg, [videos[2]], 2, 3)
+    x = ds[0]["video"]
+    assert x.shape == (6, 3, 4, 32, 32)
+    with torch.no_grad():
+        probs = model(x).softmax(-1).mean(0)
+    p, idx = probs.topk(5)
+    top = res[2]["top"]
+    assert [t["index"] for t in top] == idx.tolist()
+    assert [t["name"] for t in top] == [names[i] for i in idx.tolist()]
+    torch.testing.assert_close(torch.tensor([t["prob"] for t in top]), p, rtol=1e-5, atol=1e-6)
+    assert all(a["prob"] >= b["prob"] for a, b in zip(top, top[1:]))
+
+
+def test_inference_model_needs_every_weight(setup, tmp_path):
+    cfg = setup["cfg"]
+    sd = torch.load(setup["ckpt"])["model"]
+    baseline = {k: v for k, v in sd.items() if ".context." not in k}
+    path = tmp_path / "baseline.pth"
+    torch.save(baseline, path)
+    with pytest.raises(InferenceCheckpointError, match="context"):
+        load_inference_model(cfg, str(path))
+    m = load_inference_model(cfg, setup["ckpt"])
+    assert not m.training
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("predict_tool", os.path.join(ROOT, "tools", "predict.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_predict_tool(setup, capsys):
+    """tools/predict.py's main() in this process (a subprocess per call would re-import torch)."""
+    tool = _tool()
+    ok_video = setup["videos"][2]
+    args = ["--config", setup["cfg_file"], "--checkpoint", setup["ckpt"], "--views", "1x3"]
+    rc = tool.main([ok_video, setup["broken"], REAL] + args + ["--json"])
+    out, err = capsys.readouterr()
+    assert rc == 1, err  # one video failed
+    res = json.loads(out)
+    assert [o["ok"] for o in res] == [True, False, True]
+    assert len(res[0]["top"]) == 5 and 0 < res[0]["top"][0]["prob"] <= 1
+    assert "broken.mp4" in err
+    rc = tool.main([REAL] + args)
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].startswith(REAL) and len(lines) == 6 and lines[1].strip().startswith("1. ")
+    assert lines[1].strip().endswith("%")
+    rc = tool.main([REAL, "--config", setup["cfg_file"], "--checkpoint", str(setup["dir"] / "nope.pth")])
+    assert rc == 2 and "nope.pth" in capsys.readouterr().err
+
+
+def test_predict_tool_runs_as_a_script(setup):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "predict.py"), REAL, "--config",
+                        setup["cfg_file"], "--checkpoint", setup["ckpt"], "--views", "1x1", "--json"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["ok"]

@@ -18,13 +18,13 @@ from gcvideo.data.broken import (BrokenVideoTracker, TooManyBrokenVideos, accura
 from gcvideo.data.dataset import VideoDataset, build_dataset
 from gcvideo.data.decoder import (FrameCountChanged, VideoDecodeError, VideoReader, decode_frames,
                                   open_video)
-from gcvideo.data.sampling import test_clip_indices, train_clip_indices
+from gcvideo.data.sampling import view_clip_indices, train_clip_indices
 
 __all__ = [
     "build_dataset", "VideoDataset", "decode_frames", "open_video", "VideoReader", "VideoDecodeError",
     "FrameCountChanged", "BrokenVideoTracker", "TooManyBrokenVideos", "accuracy_with_failures",
     "parse_skipped", "load_annotations", "read_label_map", "class_key", "AnnotationError", "VideoRecord",
-    "train_clip_indices", "test_clip_indices", "make_toy_dataset",
+    "train_clip_indices", "view_clip_indices", "make_toy_dataset",
 ]
 
 

@@ -16,7 +16,7 @@
   ``class``; folder names with spaces or underscores are both found) or not
   (``flat``); ``auto`` looks at the folder once.
 
-Labels are class indices or class names. Names are looked up in the label map
+Labels are class indices (-1 = unknown) or class names. Names are looked up in the label map
 (DATA.LABEL_MAP, one name a line), ignoring case, quotes, brackets and the
 difference between spaces, underscores and hyphens. A bad line (wrong number of
 fields, unknown class name, label out of range, unreadable number) raises
@@ -144,6 +144,8 @@ class _Labeler:
         t = text.strip()
         if re.fullmatch(r"[+-]?\d+", t):
             label = int(t)
+            if label == -1:
+                return -1  # unknown (e.g. an unlabelled test split)
         else:
             if not self.names:
                 raise AnnotationError(f"{where}: label {t!r} is not a class index and no label map is set "

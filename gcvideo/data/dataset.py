@@ -25,8 +25,8 @@ from torch.utils.data import Dataset
 
 from gcvideo.data.annotations import VideoRecord, load_annotations
 from gcvideo.data.decoder import FrameCountChanged, VideoDecodeError, open_video
-from gcvideo.data.sampling import test_clip_indices, train_clip_indices
-from gcvideo.data.transforms import test_views, train_transform
+from gcvideo.data.sampling import view_clip_indices, train_clip_indices
+from gcvideo.data.transforms import make_views, train_transform
 
 __all__ = ["VideoDataset", "build_dataset", "SPLITS"]
 
@@ -161,10 +161,10 @@ class VideoDataset(Dataset):
     def _eval_item(self, index: int) -> dict:
         rec = self.records[index]
         try:
-            clips, flat, frames = self._decode(rec.path, lambda n, fps: test_clip_indices(
+            clips, flat, frames = self._decode(rec.path, lambda n, fps: view_clip_indices(
                 n, fps, self.num_frames, self.sampling_rate, self.target_fps, self.num_clips))
             row = {f: r for r, f in enumerate(flat)}
-            video = test_views(frames, [[row[i] for i in c] for c in clips], self.test_crop, self.num_crops,
+            video = make_views(frames, [[row[i] for i in c] for c in clips], self.test_crop, self.num_crops,
                                self.mean, self.std)  # (V, 3, T, S, S)
             ok, error = True, ""
         except VideoDecodeError as e:

@@ -24,8 +24,8 @@ from typing import List
 
 import numpy as np
 
-__all__ = ["sample_step", "last_start", "clip_indices", "train_clip_indices", "test_clip_starts",
-           "test_clip_indices"]
+__all__ = ["sample_step", "last_start", "clip_indices", "train_clip_indices", "view_clip_starts",
+           "view_clip_indices"]
 
 _EPS = 1e-6
 
@@ -60,7 +60,7 @@ def train_clip_indices(num_video_frames: int, fps: float, num_frames: int, sampl
     return clip_indices(start, num_frames, step, num_video_frames)
 
 
-def test_clip_starts(num_video_frames: int, num_frames: int, step: float, num_clips: int) -> List[int]:
+def view_clip_starts(num_video_frames: int, num_frames: int, step: float, num_clips: int) -> List[int]:
     """First frames of ``num_clips`` clips spread evenly from the start to the end."""
     m = last_start(num_video_frames, num_frames, step)
     if num_clips == 1:
@@ -68,9 +68,9 @@ def test_clip_starts(num_video_frames: int, num_frames: int, step: float, num_cl
     return [_floor(i * m / (num_clips - 1) + 0.5) for i in range(num_clips)]
 
 
-def test_clip_indices(num_video_frames: int, fps: float, num_frames: int, sampling_rate: int,
+def view_clip_indices(num_video_frames: int, fps: float, num_frames: int, sampling_rate: int,
                       target_fps: float, num_clips: int) -> List[List[int]]:
     """Frame indices of each test clip (clip-major list of lists)."""
     step = sample_step(fps, sampling_rate, target_fps)
     return [clip_indices(a, num_frames, step, num_video_frames)
-            for a in test_clip_starts(num_video_frames, num_frames, step, num_clips)]
+            for a in view_clip_starts(num_video_frames, num_frames, step, num_clips)]

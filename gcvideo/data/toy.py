@@ -310,6 +310,7 @@ def toy_config_yaml(out_dir: str) -> str:
         "DATA:\n"
         f"  PATH_TO_DATA_DIR: {json.dumps(out_dir)}\n"
         f"  LABEL_MAP: {json.dumps(os.path.join(out_dir, 'classes.txt'))}\n"
+        "  TEST_FILE: val.csv\n"
         "  TARGET_FPS: 30\n"
         "  RANDOM_FLIP: true\n"
         f"  FLIP_LABEL_PAIRS: {json.dumps(FLIP_PAIRS)}\n"

@@ -11,7 +11,7 @@ resized crop: the crop of size C in the video scaled to short side S is the
 square of side round(C * short / S) in the source, resized to C x C, so only the
 crop's pixels are ever resized (same result up to sub-pixel rounding of the box).
 
-Testing (``test_views``): the short side is resized to the crop size S, then 1 or
+Testing (``make_views``): the short side is resized to the crop size S, then 1 or
 3 crops S x S along the long side: left/centre/right for landscape,
 top/centre/bottom for portrait (offsets 0, (L - S) // 2, L - S).
 """
@@ -24,7 +24,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 __all__ = ["to_tchw", "short_side_size", "resize_short_side", "train_crop_box", "resized_crop",
-           "test_crop_offsets", "normalize", "train_transform", "test_views"]
+           "crop_offsets", "normalize", "train_transform", "make_views"]
 
 
 def to_tchw(frames: np.ndarray) -> torch.Tensor:
@@ -92,7 +92,7 @@ def train_transform(frames: np.ndarray, rng: np.random.Generator, jitter: Sequen
     return normalize(x, mean, std), flipped  # (3, T, crop, crop)
 
 
-def test_crop_offsets(height: int, width: int, size: int, num_crops: int) -> List[Tuple[int, int]]:
+def crop_offsets(height: int, width: int, size: int, num_crops: int) -> List[Tuple[int, int]]:
     """(top, left) of each crop: centre for 1; start/centre/end of the long side for 3."""
     dh, dw = height - size, width - size
     if num_crops == 1:
@@ -104,7 +104,7 @@ def test_crop_offsets(height: int, width: int, size: int, num_crops: int) -> Lis
     return [(0, dw // 2), (dh // 2, dw // 2), (dh, dw // 2)]  # portrait: top, centre, bottom
 
 
-def test_views(frames: np.ndarray, clips: Sequence[Sequence[int]], size: int, num_crops: int,
+def make_views(frames: np.ndarray, clips: Sequence[Sequence[int]], size: int, num_crops: int,
                mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """All views of one video, clip-major: float ``(V, 3, T, size, size)``, V = clips x crops.
 
@@ -113,7 +113,7 @@ def test_views(frames: np.ndarray, clips: Sequence[Sequence[int]], size: int, nu
     """
     x = resize_short_side(to_tchw(frames), size)  # (K, 3, h, w)
     h, w = x.shape[-2:]
-    offsets = test_crop_offsets(h, w, size, num_crops)
+    offsets = crop_offsets(h, w, size, num_crops)
     t = len(clips[0])
     views = torch.empty((len(clips) * len(offsets), 3, t, size, size), dtype=torch.float32)
     for ci, rows in enumerate(clips):

@@ -1,0 +1,138 @@
+"""Annotation formats: PySlowFast CSV, mmaction2 list, official Kinetics CSV; label maps; bad lines."""
+import os
+
+import pytest
+
+from gcvideo.data.annotations import (DEFAULT_KINETICS400_LABEL_MAP, AnnotationError, class_key, detect_format,
+                                      load_annotations, read_label_map)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture
+def k400_map():
+    return DEFAULT_KINETICS400_LABEL_MAP
+
+
+def test_shipped_label_map_is_the_standard_400_classes(k400_map):
+    assert k400_map == os.path.join(ROOT, "datasets", "kinetics400", "label_map.txt")
+    names = read_label_map(k400_map)
+    assert len(names) == 400
+    assert names[0] == "abseiling" and names[1] == "air drumming" and names[6] == "arm wrestling"
+    assert names[227] == "playing cricket" and names[399] == "zumba"
+    assert names == sorted(names, key=str.lower)  # the standard alphabetical order
+    assert len({class_key(n) for n in names}) == 400  # normalised names stay distinct
+
+
+def test_class_key():
+    assert class_key("air drumming") == class_key("air_drumming") == class_key("Air-Drumming") == "air_drumming"
+    assert class_key("passing American football (in game)") == "passing_american_football_in_game"
+    assert class_key("massaging person's head") == class_key("massaging_persons_head")
+
+
+def test_slowfast_csv_relative_absolute_and_prefix(tmp_path):
+    f = write(tmp_path / "train.csv", "a/x.mp4 3\n\n/abs/y.mp4 0\n# comment\nz.mp4 399\n")
+    recs = load_annotations(f, num_classes=400)
+    assert [(r.path, r.label, r.line) for r in recs] == [
+        (str(tmp_path / "a/x.mp4"), 3, 1), ("/abs/y.mp4", 0, 3), (str(tmp_path / "z.mp4"), 399, 5)]
+    recs = load_annotations(f, fmt="slowfast", path_prefix="/data/k400", num_classes=400)
+    assert recs[0].path == "/data/k400/a/x.mp4" and recs[1].path == "/abs/y.mp4"
+
+
+def test_mmaction_list_with_class_names(tmp_path, k400_map):
+    f = write(tmp_path / "kinetics400_val_list_videos.txt",
+              "abseiling/0wR5jVB-WPk_000417_000427.mp4 0\nair_drumming/b.mp4 air_drumming\nc.mp4 zumba\n")
+    recs = load_annotations(f, fmt="mmaction", path_prefix="videos_val", label_map=k400_map, num_classes=400)
+    assert [r.label for r in recs] == [0, 1, 399]
+    assert recs[0].path == os.path.join("videos_val", "abseiling/0wR5jVB-WPk_000417_000427.mp4")
+
+
+def test_paths_with_spaces_tab_or_quotes(tmp_path):
+    f = write(tmp_path / "l.txt", "air drumming/a.mp4\t1\n\"air drumming/b.mp4\" 1\nu.mp4 -1\n")
+    recs = load_annotations(f, num_classes=400)
+    assert [os.path.relpath(r.path, tmp_path) for r in recs] == ["air drumming/a.mp4", "air drumming/b.mp4", "u.mp4"]
+    assert [r.label for r in recs] == [1, 1, -1]  # -1 = unknown
+
+
+KINETICS_CSV = ('label,youtube_id,time_start,time_end,split,is_cc\n'
+                'abseiling,-3B32lodo2M,59,69,val,0\n'
+                '"air drumming",_dbcJuKJQNs,40,50,val,0\n'
+                '"passing American football (in game)",abc,0,10,val,1\n')
+
+
+@pytest.mark.parametrize("folder_style", ["spaces", "underscores"])
+def test_kinetics_csv_class_folders(tmp_path, folder_style):
+    f = write(tmp_path / "kinetics_val.csv", KINETICS_CSV)
+    videos = tmp_path / "videos_val"
+    names = ["abseiling", "air drumming", "passing American football (in game)"]
+    for n in names:
+        (videos / (n if folder_style == "spaces" else n.replace(" ", "_"))).mkdir(parents=True)
+    recs = load_annotations(f, path_prefix=str(videos), num_classes=400)  # auto format, auto layout
+    assert [r.label for r in recs] == [0, 1, 208]
+    folder = "air drumming" if folder_style == "spaces" else "air_drumming"
+    assert recs[1].path == str(videos / folder / "_dbcJuKJQNs_000040_000050.mp4")
+    assert recs[0].path == str(videos / "abseiling" / "-3B32lodo2M_000059_000069.mp4")
+    assert [r.line for r in recs] == [2, 3, 4]
+
+
+def test_kinetics_csv_flat_and_test_split(tmp_path):
+    f = write(tmp_path / "kinetics_val.csv", KINETICS_CSV)
+    recs = load_annotations(f, num_classes=400, clip_layout="flat")
+    assert recs[1].path == str(tmp_path / "_dbcJuKJQNs_000040_000050.mp4")
+    t = write(tmp_path / "kinetics_test.csv", "youtube_id,time_start,time_end,split\nxyz,5,15,test\n")
+    recs = load_annotations(t, fmt="kinetics_csv", num_classes=400)
+    assert [(os.path.basename(r.path), r.label) for r in recs] == [("xyz_000005_000015.mp4", -1)]
+    with pytest.raises(AnnotationError, match="no label column"):
+        load_annotations(t, fmt="kinetics_csv", clip_layout="class")
+
+
+def test_detect_format():
+    assert detect_format(["label,youtube_id,time_start,time_end,split"]) == "kinetics_csv"
+    assert detect_format(["abseiling,-3B32lodo2M,59,69,val,0"]) == "kinetics_csv"
+    assert detect_format(["", "a.mp4 1"]) == "slowfast"
+
+
+@pytest.mark.parametrize("text,fmt,message", [
+    ("a.mp4 1\nb.mp4\n", "slowfast", r"train.csv:2: expected 2 fields"),
+    ("a.mp4 1\nb.mp4 0 3\n", "mmaction", r"train.csv:2: expected 2 fields .*multi-label"),
+    ("a.mp4 1\n\nb.mp4 400\n", "slowfast", r"train.csv:3: label 400 out of range 0..399"),
+    ("a.mp4 -2\n", "slowfast", r"train.csv:1: label -2 out of range"),
+    ("a.mp4 abseiling\n", "slowfast", r"train.csv:1: label 'abseiling' is not a class index and no label map"),
+    ('label,youtube_id,time_start,time_end,split\nabseiling,x,1,11,val\n"air drums",y,1,11,val\n', "auto",
+     r"train.csv:3: unknown class name 'air drums'"),
+    ("label,youtube_id,time_start,time_end,split\nabseiling,x,1,11\n", "auto",
+     r"train.csv:2: expected 5 fields"),
+    ("label,youtube_id,time_start,time_end,split\nabseiling,x,1.5,11,val\n", "auto",
+     r"train.csv:2: time_start = '1.5' is not a whole"),
+])
+def test_bad_lines_name_file_and_line(tmp_path, text, fmt, message):
+    f = write(tmp_path / "train.csv", text)
+    with pytest.raises(AnnotationError, match=message):
+        load_annotations(f, fmt=fmt, num_classes=400)
+
+
+def test_unknown_class_name_in_list(tmp_path, k400_map):
+    f = write(tmp_path / "val.txt", "a.mp4 zumba\nb.mp4 not_a_class\n")
+    with pytest.raises(AnnotationError, match=r"val.txt:2: unknown class name 'not_a_class'"):
+        load_annotations(f, label_map=k400_map)
+
+
+def test_label_map_errors(tmp_path):
+    with pytest.raises(AnnotationError, match=r"map.txt:3: class 'a_b' repeats line 1"):
+        read_label_map(write(tmp_path / "map.txt", "a b\nc\na_b\n"))
+    with pytest.raises(AnnotationError, match=r"map.txt:2: empty line"):
+        read_label_map(write(tmp_path / "map.txt", "a\n\nb\n"))
+    with pytest.raises(AnnotationError, match="does not exist"):
+        load_annotations(str(tmp_path / "nope.csv"))
+
+
+def test_smaller_label_map_limits_range(tmp_path):
+    m = write(tmp_path / "classes.txt", "left\nright\n")
+    f = write(tmp_path / "t.csv", "a.mp4 right\nb.mp4 2\n")
+    with pytest.raises(AnnotationError, match=r"t.csv:2: label 2 out of range 0..1"):
+        load_annotations(f, label_map=m, num_classes=400)

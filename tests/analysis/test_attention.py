@@ -1,0 +1,232 @@
+"""Attention maps: hooks, GC maps and NL query maps against direct float64 formulas, figures, the tool."""
+import importlib.util
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gcvideo.analysis.attention import (capture_context_inputs, context_input_hooks, default_queries,
+                                        denormalize, gc_attention_maps, nl_attention_maps, parse_queries,
+                                        render_gc, render_nl, select_blocks, visualize_attention)
+from gcvideo.config import get_cfg, load_cfg
+from gcvideo.models import build_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REAL = os.path.join(ROOT, "tests", "data", "files", "carphone_pristine.mp4")
+GC_LOC = [[], "all", "all", [0]]
+NL_LOC = [[], [0], [0], []]
+
+
+def _cfg(kind, location, **ctx):
+    cfg = get_cfg()
+    cfg.MODEL.WIDTH = 8
+    cfg.MODEL.STAGE_DEPTHS = [1, 1, 1, 1]
+    cfg.MODEL.NUM_CLASSES = 8
+    cfg.CONTEXT.TYPE = kind
+    cfg.CONTEXT.LOCATION = location
+    cfg.CONTEXT.ZERO_INIT = False
+    for k, v in ctx.items():
+        cfg.CONTEXT[k] = v
+    return cfg
+
+
+def _model(kind, location, seed=0, **ctx):
+    torch.manual_seed(seed)
+    m = build_model(_cfg(kind, location, **ctx)).eval()
+    with torch.no_grad():  # sharper attention than the small default init
+        for b in m.context_blocks():
+            for name in ("conv_mask", "conv_theta", "conv_phi"):
+                if hasattr(b, name):
+                    getattr(b, name).weight.normal_(0, 0.5)
+    return m
+
+
+def _clip(n=2, t=4, s=48, seed=1):
+    return torch.randn(n, 3, t, s, s, generator=torch.Generator().manual_seed(seed))
+
+
+def test_hooks_capture_inputs_and_are_removed():
+    m = _model("gc", GC_LOC)
+    names = [n for n, _ in m.named_context_blocks()]
+    assert names[0] == "blocks.2.res_blocks.0.branch2.context"
+    seen = []
+    with context_input_hooks(m, lambda n, mod, x: seen.append((n, tuple(x.shape)))):
+        with torch.no_grad():
+            m(_clip())
+    assert [s[0] for s in seen] == names
+    assert seen[0][1] == (2, 64, 4, 6, 6) and seen[-1][1] == (2, 256, 4, 2, 2)
+    assert all(len(b._forward_pre_hooks) == 0 for b in m.context_blocks())
+    # the captured input is what the block sees: block(input) + residual path reproduces the forward
+    logits, inputs = capture_context_inputs(m, _clip(), [names[1]])
+    assert list(inputs) == [names[1]] and logits.shape == (2, 8)
+    with pytest.raises(ValueError, match="available"):
+        with context_input_hooks(m, lambda *a: None, names=["nope"]):
+            pass
+
+
+def test_select_blocks_by_name_or_part():
+    m = _model("gc", GC_LOC)
+    assert [n for n, _ in select_blocks(m, ["blocks.4.res_blocks.0"])] == ["blocks.4.res_blocks.0.branch2.context"]
+    assert len(select_blocks(m)) == 3
+    with pytest.raises(ValueError, match="matches 3"):
+        select_blocks(m, ["context"])
+    with pytest.raises(ValueError, match="blocks.2.res_blocks.0.branch2.context"):
+        select_blocks(m, ["blocks.9"])
+
+
+def test_gc_maps_equal_float64_softmax():
+    m = _model("gc", GC_LOC)
+    x = _clip()
+    logits, maps = gc_attention_maps(m, x)
+    _, inputs = capture_context_inputs(m, x)
+    for name, blk in m.named_context_blocks():
+        a = maps[name]  # (N, T, H, W)
+        xi = inputs[name].double()  # (N, C, T, H, W)
+        w = blk.conv_mask.weight.double().reshape(-1)
+        ref = torch.softmax(torch.einsum("c,nct->nt", w, xi.flatten(2)) + blk.conv_mask.bias.double(), dim=1)
+        assert a.shape == xi.shape[:1] + xi.shape[2:]
+        torch.testing.assert_close(a.double().flatten(1), ref, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(a.sum(dim=(1, 2, 3)).double(), torch.ones(2, dtype=torch.float64))
+    se = _model("se", GC_LOC)
+    with pytest.raises(ValueError, match="attention pooling"):
+        gc_attention_maps(se, x)
+
+
+@pytest.mark.parametrize("inst", ["embedded_gaussian", "gaussian", "dot_product"])
+def test_nl_query_maps_equal_direct_formula(inst):
+    m = _model("nl", NL_LOC, NL_INSTANTIATION=inst)
+    x = _clip(t=4, s=64)
+    queries = [(0, 0.0, 0.0), (3, 0.99, 0.5), (2, 0.5, 0.3)]
+    _, nl = nl_attention_maps(m, x, queries)
+    _, inputs = capture_context_inputs(m, x)
+    for name, blk in m.named_context_blocks():
+        e = nl[name]
+        xi = inputs[name].double()  # (N, C, T, H, W)
+        n, c, t, h, w = xi.shape
+        assert e["grid"] == (t, h, w) and e["key_grid"] == (t, h // 2, w // 2)
+        assert e["cells"][0] == (0, 0, 0) and e["cells"][1] == (3, h - 1, w // 2)
+        pooled = torch.nn.functional.max_pool3d(xi, (1, 2, 2))
+        if inst == "gaussian":
+            q, k = xi.flatten(2), pooled.flatten(2)
+        else:
+            th = {k2: v.double() for k2, v in blk.conv_theta.state_dict().items()}
+            ph = {k2: v.double() for k2, v in blk.conv_phi.state_dict().items()}
+            q = torch.nn.functional.conv3d(xi, th["weight"], th["bias"]).flatten(2)
+            k = torch.nn.functional.max_pool3d(torch.nn.functional.conv3d(xi, ph["weight"], ph["bias"]),
+                                               (1, 2, 2)).flatten(2)
+        for qi, (ct, ci, cj) in enumerate(e["cells"]):
+            pos = (ct * h + ci) * w + cj
+            s = torch.einsum("nc,nck->nk", q[:, :, pos], k)  # (N, Lk)
+            ref = torch.softmax(s, dim=1) if inst != "dot_product" else s / k.shape[-1]
+            torch.testing.assert_close(e["maps"][:, qi].double().flatten(1), ref, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="outside"):
+        nl_attention_maps(m, x, [(9, 0.5, 0.5)])
+
+
+def test_query_parsing():
+    assert parse_queries("0,0.5,0.5; 3,0.1,0.9") == [(0, 0.5, 0.5), (3, 0.1, 0.9)]
+    assert default_queries(8)[0] == (4.0, 0.5, 0.5)
+    for bad in ("1,2", "0,1.5,0.2", ""):
+        with pytest.raises(ValueError):
+            parse_queries(bad)
+
+
+def _png(data):
+    im = Image.open(io.BytesIO(data))
+    assert im.format == "PNG"
+    return im
+
+
+def _gif_frames(data):
+    im = Image.open(io.BytesIO(data))
+    assert im.format == "GIF"
+    return im.n_frames, im.size
+
+
+def test_render_gc_and_nl():
+    m = _model("gc", GC_LOC)
+    x = _clip(n=1, t=4, s=48)
+    _, maps = gc_attention_maps(m, x)
+    frames = denormalize(x[0], [0.45] * 3, [0.225] * 3)
+    assert frames.shape == (4, 48, 48, 3) and frames.dtype == np.uint8
+    png, gif = render_gc(frames, {n: v[0] for n, v in maps.items()})
+    assert _png(png).size[0] > 100
+    assert _gif_frames(gif) == (4, (48 * 4, 48))  # input + 3 blocks side by side, one image per frame
+    nlm = _model("nl", NL_LOC)
+    q = default_queries(4)
+    _, nl = nl_attention_maps(nlm, x, q)
+    png, gif = render_nl(frames, {n: dict(e, maps=e["maps"][0]) for n, e in nl.items()}, q)
+    _png(png)
+    assert _gif_frames(gif) == (4, (48 * 2 * len(q), 48))  # 2 blocks x 4 queries
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    from gcvideo.data import make_toy_dataset
+
+    d = tmp_path_factory.mktemp("attn")
+    make_toy_dataset(str(d / "toy"), num_train=2, num_val=0, size=64, num_frames=16, workers=1)
+    return d
+
+
+def _write(d, kind, location, extra=""):
+    model = _model(kind, location)
+    ckpt = d / f"{kind}.pth"
+    torch.save({"model": model.state_dict()}, ckpt)
+    cfg_file = d / f"{kind}.yaml"
+    cfg_file.write_text(
+        f"MODEL:\n  WIDTH: 8\n  STAGE_DEPTHS: [1, 1, 1, 1]\n  NUM_CLASSES: 8\n"
+        f"CONTEXT:\n  TYPE: {kind}\n  LOCATION: {json.dumps(location)}\n{extra}"
+        "DATA:\n  NUM_FRAMES: 4\n  SAMPLING_RATE: 2\n  TEST_CROP_SIZE: 64\n  DECODER: pyav\n")
+    return str(cfg_file), str(ckpt)
+
+
+def test_visualize_gc_on_toy_video(toy):
+    cfg_file, ckpt = _write(toy, "gc", GC_LOC)
+    video = str(toy / "toy" / "videos" / "train" / "000001.mp4")
+    out = toy / "gc_out"
+    res = visualize_attention(load_cfg(cfg_file), ckpt, video, str(out), blocks=["blocks.2", "blocks.4"])
+    assert res["kind"] == "gc"
+    assert _gif_frames(open(res["gif"], "rb").read()) == (4, (64 * 3, 64))
+    _png(open(res["png"], "rb").read())
+    raw = torch.load(res["maps"])
+    assert sorted(raw["maps"]) == ["blocks.2.res_blocks.0.branch2.context", "blocks.4.res_blocks.0.branch2.context"]
+    assert raw["frames"].shape == (4, 64, 64, 3)
+    before = open(res["png"], "rb").read()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        visualize_attention(load_cfg(cfg_file), ckpt, video, str(out))
+    assert open(res["png"], "rb").read() == before
+    visualize_attention(load_cfg(cfg_file), ckpt, video, str(out), overwrite=True)
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("viz_tool", os.path.join(ROOT, "tools", "visualize_attention.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_visualize_tool_nl_on_real_video(toy, capsys):
+    cfg_file, ckpt = _write(toy, "nl", NL_LOC)
+    out = toy / "nl_out"
+    tool = _tool()
+    rc = tool.main(["--config", cfg_file, "--checkpoint", ckpt, REAL, "--out", str(out),
+                    "--queries", "1,0.5,0.5;2,0.2,0.8"])
+    text, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "nl attention" in text
+    raw = torch.load(str(out / "attention_maps.pt"))
+    assert raw["kind"] == "nl" and raw["queries"] == [[1, 0.5, 0.5], [2, 0.2, 0.8]]
+    m = raw["maps"]["blocks.2.res_blocks.0.context"]  # (Q, Tk, Hk, Wk): res3 at 64 px -> 8x8, keys 4x4
+    assert m.shape == (2, 4, 4, 4)
+    torch.testing.assert_close(m.sum(dim=(1, 2, 3)), torch.ones(2))
+    assert _gif_frames((out / "attention.gif").read_bytes()) == (4, (64 * 4, 64))
+    # errors: an unreadable video, a GC-less/NL-less model
+    bad = toy / "bad.mp4"
+    bad.write_bytes(b"nothing")
+    assert tool.main(["--config", cfg_file, "--checkpoint", ckpt, str(bad), "--out", str(toy / "x")]) == 1
+    assert "bad.mp4" in capsys.readouterr().err

@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Show where context blocks attend in a video (GCNet papers, Figures 1-2).
+
+    python tools/visualize_attention.py --config FILE --checkpoint CKPT VIDEO --out DIR
+        [--blocks NAME ...] [--queries "t,y,x;t,y,x"] [--alpha 0.5] [--overwrite] [--device cpu]
+        [--opts KEY VALUE ...]
+
+GC/SNL model: the global attention weights (softmax over all T*H*W positions) of each
+chosen block, upsampled and overlaid on the centre clip's frames. Non-local model: the
+attention maps of query positions (frame t, y and x as fractions of the crop; default:
+centre and three other points of the middle frame), the query marked with a red dot,
+so one can see whether different queries attend to the same places. Writes
+DIR/attention_grid.png (frames x blocks), DIR/attention.gif and DIR/attention_maps.pt.
+Block names as listed by model.named_context_blocks(), e.g. blocks.3.res_blocks.5.branch2.context,
+or a unique part of one (blocks.3.res_blocks.5).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gcvideo.analysis.attention import parse_queries, visualize_attention  # noqa: E402
+from gcvideo.analysis.predict import InferenceCheckpointError  # noqa: E402
+from gcvideo.config import ConfigError, load_cfg  # noqa: E402
+from gcvideo.utils.io import CheckpointError  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("video", metavar="VIDEO", help="video file")
+    p.add_argument("--config", required=True, help="YAML config the model was trained with")
+    p.add_argument("--checkpoint", required=True, help="trained weights")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--blocks", nargs="+", default=None, help="context blocks to show (default: all)")
+    p.add_argument("--queries", default=None, help='non-local query points "t,y,x;..." (y, x fractions 0..1)')
+    p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_cfg(args.config, args.opts)
+        queries = parse_queries(args.queries) if args.queries else None
+        out = visualize_attention(cfg, args.checkpoint, args.video, args.out, blocks=args.blocks, queries=queries,
+                                  alpha=args.alpha, overwrite=args.overwrite, device=args.device)
+    except (ConfigError, CheckpointError, InferenceCheckpointError, FileExistsError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{out['kind']} attention of {args.video}: {out['png']}, {out['gif']} (raw maps: {out['maps']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

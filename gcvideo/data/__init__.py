@@ -10,26 +10,34 @@ Public API (see docs/data.md):
   training videos that failed; ``accuracy_with_failures`` for test accuracy with failures.
 * ``load_annotations``, ``read_label_map``: the annotation formats.
 * ``make_toy_dataset``: the synthetic motion dataset (gcvideo.data.toy).
+
+Names are imported lazily, so that the command-line tools (toy generator, video checker)
+do not pay for importing torchvision.
 """
-from gcvideo.data.annotations import (AnnotationError, VideoRecord, class_key, load_annotations,
-                                      read_label_map)
-from gcvideo.data.broken import (BrokenVideoTracker, TooManyBrokenVideos, accuracy_with_failures,
-                                 parse_skipped)
-from gcvideo.data.dataset import VideoDataset, build_dataset
-from gcvideo.data.decoder import (FrameCountChanged, VideoDecodeError, VideoReader, decode_frames,
-                                  open_video)
-from gcvideo.data.sampling import view_clip_indices, train_clip_indices
+import importlib
 
-__all__ = [
-    "build_dataset", "VideoDataset", "decode_frames", "open_video", "VideoReader", "VideoDecodeError",
-    "FrameCountChanged", "BrokenVideoTracker", "TooManyBrokenVideos", "accuracy_with_failures",
-    "parse_skipped", "load_annotations", "read_label_map", "class_key", "AnnotationError", "VideoRecord",
-    "train_clip_indices", "view_clip_indices", "make_toy_dataset",
-]
+_EXPORTS = {
+    "build_dataset": "dataset", "VideoDataset": "dataset",
+    "decode_frames": "decoder", "open_video": "decoder", "VideoReader": "decoder",
+    "VideoDecodeError": "decoder", "FrameCountChanged": "decoder",
+    "BrokenVideoTracker": "broken", "TooManyBrokenVideos": "broken", "accuracy_with_failures": "broken",
+    "parse_skipped": "broken",
+    "load_annotations": "annotations", "read_label_map": "annotations", "class_key": "annotations",
+    "AnnotationError": "annotations", "VideoRecord": "annotations",
+    "train_clip_indices": "sampling", "view_clip_indices": "sampling",
+    "make_toy_dataset": "toy",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
-def make_toy_dataset(*args, **kwargs):
-    """See :func:`gcvideo.data.toy.make_toy_dataset` (imported lazily)."""
-    from gcvideo.data.toy import make_toy_dataset as _make
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"gcvideo.data.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gcvideo.data' has no attribute {name!r}")
 
-    return _make(*args, **kwargs)
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,91 @@
+"""tools/check_videos.py, tools/prepare_kinetics.py and tools/make_toy_dataset.py."""
+import contextlib
+import importlib.util
+import io
+import os
+import shutil
+import subprocess
+import sys
+
+import av
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_tool(name, *args, subprocess_run=False):
+    """Run tools/<name> with ``args``: in this process (fast) or as a command."""
+    argv = [*args, "--quiet"]
+    if subprocess_run:
+        out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *argv],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
+    spec = importlib.util.spec_from_file_location("tool_" + name[:-3], os.path.join(ROOT, "tools", name))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert mod.main(argv) == 0
+    return buf.getvalue()
+
+
+def test_check_videos(broken, files_dir, tmp_path):
+    rows = [os.path.join(files_dir, "part_0.mp4"), broken["text"], broken["missing"],
+            os.path.join(files_dir, "realshort.mp4"), broken["undecodable"]]
+    csv = tmp_path / "val.csv"
+    csv.write_text("# my list\n" + "".join(f"{p} {i}\n" for i, p in enumerate(rows)))
+    out = run_tool("check_videos.py", "--csv", str(csv), "--workers", "2")
+    assert "3 of 5 videos cannot be used" in out
+    lines = (tmp_path / "val.broken.txt").read_text().splitlines()
+    assert [ln.split("\t")[0] for ln in lines] == [rows[1], rows[2], rows[4]]
+    assert [ln.split("\t")[1].split(":")[0] for ln in lines] == ["unreadable", "missing", "no_frames"]
+    assert (tmp_path / "val.clean.csv").read_text() == f"# my list\n{rows[0]} 0\n{rows[3]} 3\n"
+
+
+def test_prepare_kinetics(files_dir, tmp_path):
+    src = tmp_path / "src"
+    (src / "videos_val" / "air drumming").mkdir(parents=True)
+    (src / "videos_val" / "abseiling").mkdir(parents=True)
+    (src / "videos_train" / "zumba").mkdir(parents=True)
+    shutil.copy(os.path.join(files_dir, "part_0.mp4"), src / "videos_val" / "air drumming" / "a_000001_000011.mp4")
+    shutil.copy(os.path.join(files_dir, "test.avi"), src / "videos_val" / "abseiling" / "b.avi")
+    (src / "videos_train" / "zumba" / "bad.mp4").write_text("not a video")
+    shutil.copy(os.path.join(files_dir, "realshort.mp4"), src / "videos_train" / "zumba" / "c.mp4")
+    dst = tmp_path / "dst"
+    (dst / "videos_val" / "abseiling").mkdir(parents=True)
+    stale = dst / "videos_val" / "abseiling" / ".b.mp4.tmp-prepare-123.mp4"  # from an interrupted run
+    stale.write_bytes(b"half")
+    out = run_tool("prepare_kinetics.py", "--src", str(src), "--dst", str(dst), "--short-side", "128",
+                   "--workers", "2")
+    assert "4 videos: 3 re-encoded, 0 already done, 1 failed" in out
+    assert not stale.exists()
+    val = (dst / "val.csv").read_text().splitlines()
+    assert val == ["videos_val/abseiling/b.mp4 0", "videos_val/air drumming/a_000001_000011.mp4\t1"]
+    assert (dst / "train.csv").read_text() == "videos_train/zumba/c.mp4 399\n"
+    assert "bad.mp4" in (dst / "failed.txt").read_text()
+    for rel, size, frames in (("videos_val/abseiling/b.mp4", (170, 128), 164),
+                              ("videos_val/air drumming/a_000001_000011.mp4", (170, 128), 32),
+                              ("videos_train/zumba/c.mp4", (170, 128), 36)):
+        with av.open(str(dst / rel)) as c:
+            s = c.streams.video[0]
+            assert (s.codec_context.width, s.codec_context.height) == size and s.codec_context.name == "h264"
+            assert sum(1 for _ in c.decode(video=0)) == frames
+    before = os.path.getmtime(dst / "videos_val/abseiling/b.mp4")
+    out = run_tool("prepare_kinetics.py", "--src", str(src), "--dst", str(dst), "--short-side", "128")
+    assert "0 re-encoded, 3 already done" in out
+    assert os.path.getmtime(dst / "videos_val/abseiling/b.mp4") == before
+    # the written CSVs load as they are
+    from gcvideo.config import get_cfg
+    from gcvideo.data import build_dataset
+    cfg = get_cfg()
+    cfg.DATA.PATH_TO_DATA_DIR = str(dst)
+    cfg.TEST.NUM_ENSEMBLE_VIEWS, cfg.TEST.NUM_SPATIAL_CROPS = 1, 1
+    item = build_dataset(cfg, "val")[1]
+    assert item["ok"] and item["label"] == 1
+
+
+def test_make_toy_dataset_cli(tmp_path):
+    out = run_tool("make_toy_dataset.py", "--out", str(tmp_path / "toy"), "--num-train", "8", "--num-val", "8",
+                   "--size", "32", "--frames", "12", "--workers", "1", subprocess_run=True)
+    assert "8 train + 8 val videos of 8 classes" in out
+    assert len((tmp_path / "toy" / "train.csv").read_text().splitlines()) == 8

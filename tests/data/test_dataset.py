@@ -1,0 +1,256 @@
+"""Datasets: item contract, augmentations with label mapping, determinism per (seed, epoch, index),
+DataLoader workers, DistributedSampler, multi-view test items decoded once."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+import data_helpers as H
+from gcvideo.config import get_cfg, validate_cfg
+from gcvideo.data import build_dataset
+from gcvideo.data import dataset as DS
+from gcvideo.data.transforms import crop_offsets, make_views, short_side_size
+
+
+def toy_cfg(toy_dir, **over):
+    cfg = get_cfg()
+    cfg.MODEL.NUM_CLASSES = 8
+    d = cfg.DATA
+    d.PATH_TO_DATA_DIR = toy_dir
+    d.LABEL_MAP = os.path.join(toy_dir, "classes.txt")
+    d.TEST_FILE = "val.csv"
+    d.NUM_FRAMES, d.SAMPLING_RATE = 4, 4
+    d.TRAIN_JITTER_SCALES, d.TRAIN_CROP_SIZE, d.TEST_CROP_SIZE = [48, 60], 40, 48
+    d.NUM_WORKERS = 0
+    cfg.TEST.NUM_ENSEMBLE_VIEWS, cfg.TEST.NUM_SPATIAL_CROPS = 2, 3
+    for k, v in over.items():
+        node = cfg
+        parts = k.split(".")
+        for p in parts[:-1]:
+            node = node[p]
+        node[parts[-1]] = v
+    validate_cfg(cfg)
+    return cfg
+
+
+def test_train_item_contract(tiny_toy):
+    ds = build_dataset(toy_cfg(tiny_toy), "train")
+    assert len(ds) == 16
+    item = ds[3]
+    assert set(item) == {"video", "label", "index", "path", "ok", "error", "skipped"}
+    v = item["video"]
+    assert v.shape == (3, 4, 40, 40) and v.dtype == torch.float32 and v.is_contiguous()
+    assert item["ok"] is True and item["error"] == "" and item["skipped"] == ""
+    assert item["index"] == 3 and item["path"].endswith("videos/train/000003.mp4")
+    # normalised with mean 0.45, std 0.225: pixel range [0, 255] -> [-2, 2.44]
+    assert v.min() >= -2.0 - 1e-5 and v.max() <= (1 - 0.45) / 0.225 + 1e-5
+    assert ds.video_shape() == (3, 4, 40, 40)
+
+
+def test_val_and_test_views(tiny_toy):
+    cfg = toy_cfg(tiny_toy)
+    val = build_dataset(cfg, "val")  # TRAIN.EVAL_VIEWS = [1, 1] -> one 4-D view
+    item = val[2]
+    assert item["video"].shape == (3, 4, 48, 48) and item["label"] == 2 and item["ok"]
+    test = build_dataset(cfg, "test")  # 2 clips x 3 crops
+    item = test[2]
+    assert item["video"].shape == (6, 3, 4, 48, 48) and item["ok"] and item["index"] == 2
+    val3 = build_dataset(toy_cfg(tiny_toy, **{"TRAIN.EVAL_VIEWS": [3, 1]}), "val")
+    assert val3[0]["video"].shape == (3, 3, 4, 48, 48)
+    # deterministic: the same views every time
+    torch.testing.assert_close(test[2]["video"], item["video"], rtol=0, atol=0)
+
+
+def test_same_seed_epoch_index_same_clip(tiny_toy):
+    ds = build_dataset(toy_cfg(tiny_toy), "train")
+    a = ds[5]["video"]
+    ds2 = build_dataset(toy_cfg(tiny_toy), "train")
+    torch.testing.assert_close(ds2[5]["video"], a, rtol=0, atol=0)
+    ds2.set_epoch(1)
+    assert ds2.epoch == 1 and not torch.equal(ds2[5]["video"], a)
+    ds3 = build_dataset(toy_cfg(tiny_toy, SEED=7), "train")
+    assert not torch.equal(ds3[5]["video"], a)
+
+
+def _collect(loader):
+    out = {}
+    for batch in loader:
+        for i, idx in enumerate(batch["index"].tolist()):
+            out[idx] = (batch["video"][i], int(batch["label"][i]))
+    return out
+
+
+def test_dataloader_two_workers_matches_single_process(tiny_toy):
+    """Same (seed, epoch, index) -> same clip whatever the workers; persistent workers see set_epoch."""
+    ds = build_dataset(toy_cfg(tiny_toy, **{"DATA.REVERSE_PROB": 0.5}), "train")
+    ref = {e: None for e in (0, 1)}
+    for e in ref:
+        ds.set_epoch(e)
+        ref[e] = _collect(DataLoader(ds, batch_size=4, num_workers=0))
+    loader = DataLoader(ds, batch_size=3, num_workers=2, shuffle=True, persistent_workers=True,
+                        generator=torch.Generator().manual_seed(0))
+    for e in (0, 1):
+        ds.set_epoch(e)
+        got = _collect(loader)
+        assert sorted(got) == list(range(16))
+        for idx, (video, label) in got.items():
+            assert label == ref[e][idx][1]
+            torch.testing.assert_close(video, ref[e][idx][0], rtol=0, atol=0)
+    assert any(not torch.equal(ref[0][i][0], ref[1][i][0]) for i in range(16))
+
+
+def test_distributed_sampler_shards(tiny_toy):
+    ds = build_dataset(toy_cfg(tiny_toy), "val")
+    seen = []
+    for rank in range(2):
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=False)
+        for batch in DataLoader(ds, batch_size=4, sampler=sampler, num_workers=0):
+            seen += batch["index"].tolist()
+            assert batch["video"].shape[1:] == (3, 4, 48, 48)
+    assert sorted(seen) == list(range(8))
+
+
+def test_flip_maps_labels_and_mirrors(tiny_toy):
+    pairs = [[0, 1], [1, 0], [4, 5], [5, 4]]
+    flip = build_dataset(toy_cfg(tiny_toy, **{"DATA.FLIP_LABEL_PAIRS": pairs}), "train")
+    plain = build_dataset(toy_cfg(tiny_toy, **{"DATA.RANDOM_FLIP": False}), "train")
+    flipped = 0
+    for i in range(16):
+        a, b = flip[i], plain[i]
+        assert b["label"] == i % 8
+        if torch.equal(a["video"], b["video"]):
+            assert a["label"] == b["label"]
+        else:  # same draws before the flip: the flipped clip is the mirror image
+            torch.testing.assert_close(a["video"], b["video"].flip(-1), rtol=0, atol=0)
+            assert a["label"] == {0: 1, 1: 0, 4: 5, 5: 4}.get(b["label"], b["label"])
+            flipped += 1
+    assert 3 <= flipped <= 13
+
+
+def test_time_reversal_maps_labels(tiny_toy):
+    pairs = [[0, 1], [1, 0], [2, 3], [3, 2], [4, 5], [5, 4], [6, 7], [7, 6]]
+    kw = {"DATA.RANDOM_FLIP": False, "DATA.REVERSE_LABEL_PAIRS": pairs}
+    rev = build_dataset(toy_cfg(tiny_toy, **kw, **{"DATA.REVERSE_PROB": 1.0}), "train")
+    fwd = build_dataset(toy_cfg(tiny_toy, **kw), "train")
+    for i in (0, 3, 6):
+        a, b = rev[i], fwd[i]
+        torch.testing.assert_close(a["video"], b["video"].flip(1), rtol=0, atol=0)  # (3, T, H, W): T reversed
+        assert a["label"] == {0: 1, 3: 2, 6: 7}[i]
+
+
+def test_train_crop_jitter_scale(tiny_toy):
+    from gcvideo.data.transforms import train_crop_box
+    rng = np.random.default_rng(0)
+    # 256-px short side scaled to 320: a 224 crop covers round(224 * 256 / 320) = 179 source pixels
+    top, left, side = train_crop_box(256, 340, 320, 224, rng)
+    assert side == 179 and 0 <= top <= 256 - 179 and 0 <= left <= 340 - 179
+    assert train_crop_box(256, 340, 256, 224, rng)[2] == 224
+
+
+def test_crop_offsets_landscape_and_portrait():
+    assert short_side_size(256, 340, 256) == (256, 340)
+    assert short_side_size(240, 320, 256) == (256, 341)
+    assert short_side_size(320, 180, 256) == (455, 256)
+    assert crop_offsets(256, 340, 256, 3) == [(0, 0), (0, 42), (0, 84)]  # left, centre, right
+    assert crop_offsets(455, 256, 256, 3) == [(0, 0), (99, 0), (199, 0)]  # top, centre, bottom
+    assert crop_offsets(256, 340, 256, 1) == [(0, 42)]
+
+
+def test_make_views_content():
+    """Each view is its clip's frames, resized once, cropped at the documented offsets, normalised."""
+    k, h, w = 3, 20, 30
+    frames = np.zeros((k, h, w, 3), dtype=np.uint8)
+    for i in range(k):
+        frames[i] = (np.arange(w, dtype=np.uint8)[None, :, None] * 8 + i)  # value = 8 * column + frame
+    views = make_views(frames, [[0, 1], [2, 2]], size=20, num_crops=3, mean=[0, 0, 0], std=[1 / 255] * 3)
+    assert views.shape == (6, 3, 2, 20, 20)
+    # no resize needed (short side 20): crop columns 0.., 5.., 10..
+    for ci, rows in enumerate([[0, 1], [2, 2]]):
+        for oi, left in enumerate((0, 5, 10)):
+            v = views[ci * 3 + oi]
+            for t, r in enumerate(rows):
+                expect = torch.from_numpy(frames[r, :, left:left + 20, :].astype(np.float32)).permute(2, 0, 1)
+                torch.testing.assert_close(v[:, t], expect, rtol=0, atol=1e-3)
+
+
+def test_test_item_decodes_once(files_dir, tmp_path, monkeypatch):
+    """30 views of a real Kinetics clip: one open, one read of the union of the 10 clips' frames."""
+    csv = tmp_path / "test.csv"
+    csv.write_text(f"{os.path.join(files_dir, 'demo.mp4')} 6\n")
+    cfg = get_cfg()
+    cfg.DATA.PATH_TO_DATA_DIR = str(tmp_path)
+    opens, reads = [], []
+    real_open = DS.open_video
+
+    def spy_open(path, backend, threads):
+        r = real_open(path, backend, threads)
+        real_read = r.read
+        opens.append(path)
+
+        def spy_read(indices):
+            reads.append(list(indices))
+            return real_read(indices)
+        r.read = spy_read
+        return r
+
+    monkeypatch.setattr(DS, "open_video", spy_open)
+    ds = build_dataset(cfg, "test")
+    item = ds[0]
+    assert item["video"].shape == (30, 3, 8, 256, 256) and item["ok"] and item["label"] == 6
+    assert len(opens) == 1 and len(reads) == 1
+    # demo.mp4: 280 frames at 28 fps: step 8 * 28 / 30 = 7.467, M = floor(280 - 59.73) = 220,
+    # starts floor(i * 220 / 9 + 0.5) = 0, 24, 49, 73, 98, 122, 147, 171, 196, 220
+    steps = [0, 7, 14, 22, 29, 37, 44, 52]  # floor(k * 7.467)
+    starts = [0, 24, 49, 73, 98, 122, 147, 171, 196, 220]
+    assert reads[0] == sorted({a + s for a in starts for s in steps})
+
+
+@pytest.mark.parametrize("fps,n,clips", [
+    (25, 250, [[0, 6, 13, 20, 26, 33, 40, 46], [196, 202, 209, 216, 222, 229, 236, 242]]),
+    (30, 300, [[0, 8, 16, 24, 32, 40, 48, 56], [236, 244, 252, 260, 268, 276, 284, 292]]),
+])
+def test_decoded_frames_are_the_computed_ones(index_videos, tmp_path, monkeypatch, fps, n, clips):
+    """Frames actually decoded for 2 test clips of index-stamped videos at 25 and 30 fps."""
+    csv = tmp_path / "test.csv"
+    csv.write_text(f"{index_videos['fps%d' % fps]} 0\n")
+    cfg = get_cfg()
+    cfg.DATA.PATH_TO_DATA_DIR = str(tmp_path)
+    cfg.TEST.NUM_ENSEMBLE_VIEWS, cfg.TEST.NUM_SPATIAL_CROPS = 2, 1
+    got = []
+    real = DS.make_views
+
+    def spy(frames, rows, *a, **k):
+        got.extend([[H.read_index(frames[r]) for r in clip] for clip in rows])
+        return real(frames, rows, *a, **k)
+
+    monkeypatch.setattr(DS, "make_views", spy)
+    for backend in ("decord", "pyav"):
+        cfg.DATA.DECODER = backend
+        got.clear()
+        item = build_dataset(cfg, "test")[0]
+        assert item["ok"] and item["video"].shape == (2, 3, 8, 256, 256)
+        assert got == clips
+
+
+def test_train_clip_frames_at_25fps(index_videos, tmp_path, monkeypatch):
+    """A training clip of the 25 fps video: start a in 0..196, frames a + floor(k * 20 / 3)."""
+    csv = tmp_path / "train.csv"
+    csv.write_text(f"{index_videos['fps25']} 0\n")
+    cfg = get_cfg()
+    cfg.DATA.PATH_TO_DATA_DIR = str(tmp_path)
+    got = []
+    real = DS.train_transform
+
+    def spy(frames, *a, **k):
+        got.append([H.read_index(f) for f in frames])
+        return real(frames, *a, **k)
+
+    monkeypatch.setattr(DS, "train_transform", spy)
+    ds = build_dataset(cfg, "train")
+    for e in range(3):
+        ds.set_epoch(e)
+        ds[0]
+        a = int(np.random.default_rng([0, e, 0, 0, 0]).integers(0, 197))  # the dataset's first draw
+        assert got[-1] == [a + s for s in (0, 6, 13, 20, 26, 33, 40, 46)]

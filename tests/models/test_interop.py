@@ -270,3 +270,25 @@ def test_baseline_plus_zero_init_blocks_equals_baseline(tmp_path, kind, location
             last = blk.bn if kind == "nl" else blk.transform[-1]
             last.weight.normal_(0, 0.5)
         assert (model(x) - ref).abs().max() > 1e-4
+
+
+def test_pytorchvideo_style_checkpoint_file(tmp_path):
+    """pytorchvideo hub checkpoints hold {"model_state": ...} in pytorchvideo names (= ours)."""
+    from pytorchvideo.models.resnet import create_resnet
+
+    ref = create_resnet(input_channel=3, model_depth=50, model_num_class=5, dropout_rate=0.0, stem_dim_out=8,
+                        stem_conv_kernel_size=(1, 7, 7), stem_conv_stride=(1, 2, 2), stem_pool_stride=(1, 2, 2),
+                        stage_conv_a_kernel_size=((1, 1, 1), (1, 1, 1), (3, 1, 1), (3, 1, 1)),
+                        stage_conv_b_kernel_size=((1, 3, 3),) * 4, head_pool_kernel_size=(4, 1, 1),
+                        head_activation=None)
+    _randomise(ref, seed=9)
+    path = tmp_path / "SLOW_8x8_R50_tiny.pyth"
+    torch.save({"model_state": ref.state_dict()}, path)
+    cfg = _tiny_cfg()
+    cfg.MODEL.STAGE_DEPTHS = [3, 4, 6, 3]
+    model = build_model(cfg).eval()
+    rep = load_pretrained(model, str(path))
+    assert rep.format == "3d" and len(rep.mapped) == len(ref.state_dict()) and not rep.unused
+    x = _clip()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-6)

@@ -388,7 +388,7 @@ class Candidate:
 
 
 def _conv_fc(report: FlopReport, extra: Sequence[str] = ()) -> int:
-    """conv + linear (+ the listed operators) of a report: PySlowFast-era fvcore counted only these."""
+    """conv + linear + matmuls (+ the listed operators) of a report: batch norm and pooling left out."""
     keep = ("conv", "linear", "addmm", "einsum", "matmul", "bmm") + tuple(extra)
     return sum(v for k, v in report.by_operator.items() if k in keep)
 
@@ -440,8 +440,8 @@ def baseline_candidates(input_thw: Sequence[int] = TRAIN_INPUT) -> List[Candidat
     rep = count_flops(base, shape)
     cf = _conv_fc(rep)
     p = count_params(base)
-    out.append(Candidate("gcvideo model, fvcore conv + fc (PySlowFast-era fvcore)", p, cf / 1e9,
-                         "= PySlowFast model zoo's 54.52 G for Slow 8x8 R50 at 8x256x256"))
+    out.append(Candidate("gcvideo model, fvcore conv + fc", p, cf / 1e9,
+                         "54.52 G at 8x256x256, the figure of pytorchvideo's model zoo for Slow 8x8 R50"))
     fv = count_flops(base, shape, extra_handles=False)
     out.append(Candidate("gcvideo model, fvcore default handles (conv + BN + fc)", p, fv.gflops))
     out.append(Candidate("gcvideo model, gcvideo handles (fvcore + pooling)", p, rep.gflops))

@@ -14,7 +14,9 @@ from gcvideo.config import load_cfg
 from gcvideo.models import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-REAL = os.path.join(ROOT, "tests", "data", "files", "carphone_pristine.mp4")
+FILES = os.path.join(ROOT, "tests", "data", "files")
+REAL = os.path.join(FILES, "carphone_pristine.mp4")  # h264 in MP4
+OTHER = [os.path.join(FILES, n) for n in ("test.avi", "cricket_trim.gif")]  # MPEG-4 part 2 in AVI (+ mp3); GIF
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def setup(tmp_path_factory):
         "MODEL:\n  WIDTH: 8\n  STAGE_DEPTHS: [1, 1, 1, 1]\n  NUM_CLASSES: 8\n  DROPOUT: 0.0\n"
         "CONTEXT:\n  TYPE: gc\n  LOCATION: [[], all, all, all]\n  ZERO_INIT: false\n"
         f"DATA:\n  LABEL_MAP: {json.dumps(str(toy / 'classes.txt'))}\n  NUM_FRAMES: 4\n  SAMPLING_RATE: 2\n"
-        "  TEST_CROP_SIZE: 32\n  DECODER: pyav\n")
+        "  TEST_CROP_SIZE: 32\n")
     cfg = load_cfg(str(cfg_file))
     torch.manual_seed(0)
     model = build_model(cfg).eval()
@@ -72,6 +74,13 @@ def test_predictions_match_model_and_broken_files_do_not_stop(setup):
     assert [t["name"] for t in top] == [names[i] for i in idx.tolist()]
     torch.testing.assert_close(torch.tensor([t["prob"] for t in top]), p, rtol=1e-5, atol=1e-6)
     assert all(a["prob"] >= b["prob"] for a, b in zip(top, top[1:]))
+
+
+@pytest.mark.skipif(not all(os.path.exists(p) for p in OTHER), reason="shared test videos not present")
+def test_other_containers(setup):
+    res = predict_videos(setup["cfg"], setup["ckpt"], OTHER, views=(1, 1), topk=3)
+    assert [r["ok"] for r in res] == [True, True], [r["error"] for r in res]
+    assert all(len(r["top"]) == 3 for r in res)
 
 
 def test_inference_model_needs_every_weight(setup, tmp_path):

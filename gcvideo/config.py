@@ -96,6 +96,11 @@ _C.DATA = CfgNode()
 _C.DATA.PATH_TO_DATA_DIR = ""
 # Prefix joined to every video path from the annotations.
 _C.DATA.PATH_PREFIX = ""
+# Per-split prefixes used instead of PATH_PREFIX when set ("" = PATH_PREFIX), for copies whose
+# splits live in different folders (mmaction2 videos_train/ and videos_val/, official CSVs).
+_C.DATA.TRAIN_PATH_PREFIX = ""
+_C.DATA.VAL_PATH_PREFIX = ""
+_C.DATA.TEST_PATH_PREFIX = ""
 # Annotation file names per split, relative to PATH_TO_DATA_DIR (or absolute).
 _C.DATA.TRAIN_FILE = "train.csv"
 _C.DATA.VAL_FILE = "val.csv"

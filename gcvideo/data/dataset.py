@@ -197,11 +197,14 @@ def build_dataset(cfg, split: str) -> VideoDataset:
 
     train: random clips; val: TRAIN.EVAL_VIEWS = [clips, crops] views (one view ->
     ``(3, T, H, W)`` items); test: TEST.NUM_ENSEMBLE_VIEWS x TEST.NUM_SPATIAL_CROPS views.
+    Video paths are relative to DATA.{TRAIN,VAL,TEST}_PATH_PREFIX, else DATA.PATH_PREFIX, else
+    the annotation file's folder.
     """
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
     d = cfg.DATA
-    records = load_annotations(annotation_path(cfg, split), fmt=d.FORMAT, path_prefix=d.PATH_PREFIX,
+    prefix = d[f"{split.upper()}_PATH_PREFIX"] or d.PATH_PREFIX
+    records = load_annotations(annotation_path(cfg, split), fmt=d.FORMAT, path_prefix=prefix,
                                label_map=d.LABEL_MAP, num_classes=cfg.MODEL.NUM_CLASSES,
                                clip_layout=d.CLIP_LAYOUT)
     if split == "val":

@@ -254,3 +254,16 @@ def test_train_clip_frames_at_25fps(index_videos, tmp_path, monkeypatch):
         ds[0]
         a = int(np.random.default_rng([0, e, 0, 0, 0]).integers(0, 197))  # the dataset's first draw
         assert got[-1] == [a + s for s in (0, 6, 13, 20, 26, 33, 40, 46)]
+
+
+def test_per_split_path_prefix(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / f"{split}.txt").write_text("abseiling/a.mp4 0\n")
+    cfg = get_cfg()
+    cfg.DATA.PATH_TO_DATA_DIR = str(tmp_path)
+    cfg.DATA.TRAIN_FILE, cfg.DATA.VAL_FILE, cfg.DATA.TEST_FILE = "train.txt", "val.txt", "val.txt"
+    cfg.DATA.PATH_PREFIX = "/k400/common"
+    cfg.DATA.VAL_PATH_PREFIX = "/k400/videos_val"
+    assert build_dataset(cfg, "train").records[0].path == "/k400/common/abseiling/a.mp4"
+    assert build_dataset(cfg, "val").records[0].path == "/k400/videos_val/abseiling/a.mp4"
+    assert build_dataset(cfg, "test").records[0].path == "/k400/common/abseiling/a.mp4"

@@ -13,7 +13,7 @@ from fvcore.common.config import CfgNode
 from gcvideo.utils.io import path_manager
 
 __all__ = ["select_device", "autocast_dtype", "autocast", "seed_everything", "class_names",
-           "set_determinism", "to_device"]
+           "set_determinism", "to_device", "model_channels_last"]
 
 
 def select_device(cfg: CfgNode) -> torch.device:
@@ -78,3 +78,17 @@ def to_device(video: torch.Tensor, device: torch.device, channels_last: bool) ->
     if channels_last:
         video = video.contiguous(memory_format=torch.channels_last_3d)
     return video
+
+
+def model_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """channels_last_3d for every 5-D parameter/buffer (conv kernels); others are left as they are.
+
+    ``model.to(memory_format=torch.channels_last_3d)`` refuses models with 4-D
+    parameters (the GC block's LayerNorm), so convert tensor by tensor.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            for name, p in list(module.named_parameters(recurse=False)):
+                if p.dim() == 5:
+                    p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+    return model

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from gcvideo.engine import distributed as du
 from gcvideo.engine.checkpoint import list_checkpoints, model_state_from_file
-from gcvideo.engine.common import (autocast, autocast_dtype, class_names, select_device, set_determinism,
-                                   to_device)
+from gcvideo.engine.common import (autocast, autocast_dtype, class_names, model_channels_last, select_device,
+                                   set_determinism, to_device)
 from gcvideo.engine.metrics import combine_views, compute_metrics, format_summary, write_report
 
 __all__ = ["EvalResult", "evaluate", "test", "build_eval_loader", "resolve_test_checkpoint"]
@@ -153,7 +153,7 @@ def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dat
                                f"(MODEL.*/CONTEXT.*): {str(e).splitlines()[0]}") from e
         model.to(device)
         if cfg.TRAIN.CHANNELS_LAST:
-            model.to(memory_format=torch.channels_last_3d)
+            model_channels_last(model)
         tag = os.path.splitext(os.path.basename(ckpt))[0]
         return run_test(cfg, model, device, tag=tag, dataset_builder=dataset_builder or _default_builder)
     finally:

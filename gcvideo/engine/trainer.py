@@ -28,7 +28,8 @@ from gcvideo.config import dump_cfg
 from gcvideo.engine import distributed as du
 from gcvideo.engine.checkpoint import (FORMAT, get_rng_state, load_latest_checkpoint, remove_stale_temporaries,
                                        save_checkpoint, set_rng_state)
-from gcvideo.engine.common import autocast, autocast_dtype, select_device, seed_everything, set_determinism, to_device
+from gcvideo.engine.common import (autocast, autocast_dtype, model_channels_last, select_device, seed_everything,
+                                   set_determinism, to_device)
 from gcvideo.engine.logger import RunLogger, format_duration
 from gcvideo.engine.optim import WarmupCosineSchedule, build_optimizer, build_schedule, scaled_lr
 from gcvideo.engine.tester import build_eval_loader, evaluate, run_test
@@ -153,8 +154,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 
 def _feed_broken(tracker, lines: List[str]) -> None:
     """Give the tracker each ``path<TAB>reason`` line of a batch's ``skipped`` field."""
-    for text in lines:
-        tracker.add_skipped(text)
+    tracker.update(lines)  # raises TooManyBrokenVideos past DATA.MAX_BROKEN_FRACTION
 
 
 # ---------------------------------------------------------------------------
@@ -281,7 +281,7 @@ def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str],
         model = du.convert_sync_batchnorm(model, device.type)
     model.to(device)
     if t.CHANNELS_LAST:
-        model.to(memory_format=torch.channels_last_3d)
+        model_channels_last(model)
     optimizer = build_optimizer(cfg, model)
     schedule = build_schedule(cfg, optimizer, iters_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)

@@ -31,12 +31,15 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="train", help="split of clips whose folders do not say")
     ap.add_argument("--crf", type=int, default=23, help="x264 quality (lower = better, larger)")
     ap.add_argument("--preset", default="veryfast", help="x264 preset")
+    ap.add_argument("--gop", type=int, default=0,
+                    help="max frames between keyframes (0 = x264 default, 250); e.g. 32 makes training clips "
+                         "~1.4x cheaper to decode, files larger (bench/results/decode.md)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     t0 = time.time()
     s = prepare_kinetics(args.src, args.dst, short_side=args.short_side, workers=args.workers,
                          label_map=args.label_map, annotations=args.annotations, default_split=args.split,
-                         crf=args.crf, preset=args.preset, progress=not args.quiet)
+                         crf=args.crf, preset=args.preset, gop=args.gop, progress=not args.quiet)
     print(f"{s['videos']} videos: {s['encoded']} re-encoded, {s['already_done']} already done, {s['failed']} failed"
           f"{' (see failed.txt)' if s['failed'] else ''}; CSVs: "
           + ", ".join(f"{k}.csv ({v})" for k, v in sorted(s["splits"].items())) + f"; {time.time() - t0:.1f} s")

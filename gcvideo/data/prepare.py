@@ -36,8 +36,11 @@ def _even(x: float) -> int:
 
 
 def reencode_video(src: str, dst: str, short_side: int = 320, crf: int = 23, preset: str = "veryfast",
-                   threads: int = 1) -> Tuple[int, int, int]:
+                   threads: int = 1, gop: int = 0) -> Tuple[int, int, int]:
     """Re-encode ``src`` to h264 ``dst`` with the short side ``short_side`` (no upscaling).
+
+    ``gop`` > 0: at most that many frames between keyframes (x264's default is 250); short
+    GOPs make random access to training clips much cheaper (bench/results/decode.md).
 
     Returns (width, height, frames written). Writes ``dst`` atomically (temp file + rename).
     """
@@ -70,6 +73,8 @@ def reencode_video(src: str, dst: str, short_side: int = 320, crf: int = 23, pre
                 vout.width, vout.height, vout.pix_fmt = w, h, "yuv420p"
                 vout.codec_context.thread_count = threads
                 vout.options = {"crf": str(crf), "preset": preset}
+                if gop > 0:
+                    vout.options = dict(vout.options, g=str(gop))
                 for frame in _frames(inp, vin):
                     f = reformatter.reformat(frame, width=w, height=h, format="yuv420p",
                                              interpolation=Interpolation.AREA)
@@ -111,9 +116,9 @@ def split_name(folder: str) -> str:
 
 
 def _job(args) -> Tuple[str, str, str]:
-    src, dst, short_side, crf, preset = args
+    src, dst, short_side, crf, preset, gop = args
     try:
-        reencode_video(src, dst, short_side=short_side, crf=crf, preset=preset)
+        reencode_video(src, dst, short_side=short_side, crf=crf, preset=preset, gop=gop)
         return src, dst, ""
     except Exception as e:  # any decoder/encoder error: report, go on
         return src, dst, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -151,7 +156,7 @@ def _write_atomic(path: str, text: str) -> None:
 
 def prepare_kinetics(src: str, dst: str, short_side: int = 320, workers: Optional[int] = None,
                      label_map: str = "", annotations: Sequence[str] = (), default_split: str = "train",
-                     crf: int = 23, preset: str = "veryfast", progress: bool = True) -> Dict:
+                     crf: int = 23, preset: str = "veryfast", gop: int = 0, progress: bool = True) -> Dict:
     """Re-encode ``src`` into ``dst`` and write ``dst/{split}.csv``; returns a summary dict."""
     src, dst = os.path.abspath(src), os.path.abspath(dst)
     if not os.path.isdir(src):
@@ -193,7 +198,7 @@ def prepare_kinetics(src: str, dst: str, short_side: int = 320, workers: Optiona
             if os.path.exists(out_path):
                 skipped_done += 1
             else:
-                jobs.append((os.path.join(root, f), out_path, short_side, crf, preset))
+                jobs.append((os.path.join(root, f), out_path, short_side, crf, preset, gop))
     failed: Dict[str, str] = {}
     workers = max(1, workers or (os.cpu_count() or 1))
     bar = None

@@ -109,7 +109,8 @@ def make_views(frames: np.ndarray, clips: Sequence[Sequence[int]], size: int, nu
     """All views of one video, clip-major: float ``(V, 3, T, size, size)``, V = clips x crops.
 
     ``frames`` holds each needed frame once (uint8 ``(K, H, W, 3)``); ``clips`` gives,
-    per clip, the rows of ``frames`` it uses. Frames are resized once, not per view.
+    per clip, the rows of ``frames`` it uses. Every frame is resized once (not once per
+    view); each clip is normalised once, its views are copies of its crops.
     """
     x = resize_short_side(to_tchw(frames), size)  # (K, 3, h, w)
     h, w = x.shape[-2:]
@@ -117,7 +118,8 @@ def make_views(frames: np.ndarray, clips: Sequence[Sequence[int]], size: int, nu
     t = len(clips[0])
     views = torch.empty((len(clips) * len(offsets), 3, t, size, size), dtype=torch.float32)
     for ci, rows in enumerate(clips):
-        clip = x[list(rows)]  # (T, 3, h, w)
+        # normalise the clip once (a clip-sized buffer, reused by the allocator), then copy its crops
+        clip = normalize(x[list(rows)], mean, std)  # (3, T, h, w)
         for oi, (top, left) in enumerate(offsets):
-            views[ci * len(offsets) + oi] = normalize(clip[..., top:top + size, left:left + size], mean, std)
+            views[ci * len(offsets) + oi] = clip[..., top:top + size, left:left + size]
     return views  # (V, 3, T, size, size)

@@ -89,3 +89,12 @@ def test_make_toy_dataset_cli(tmp_path):
                    "--size", "32", "--frames", "12", "--workers", "1", subprocess_run=True)
     assert "8 train + 8 val videos of 8 classes" in out
     assert len((tmp_path / "toy" / "train.csv").read_text().splitlines()) == 8
+
+
+def test_reencode_short_gop(files_dir, tmp_path):
+    from gcvideo.data.prepare import reencode_video
+    out = str(tmp_path / "g.mp4")
+    assert reencode_video(os.path.join(files_dir, "part_0.mp4"), out, short_side=64, gop=8) == (84, 64, 32)  # 340 * 64 / 256 = 85 -> even 84
+    with av.open(out) as c:
+        keys = [p.is_keyframe for p in c.demux(video=0) if p.size]
+    assert len(keys) == 32 and sum(keys) >= 4

@@ -85,6 +85,9 @@ _C.CONTEXT.NL_INSTANTIATION = "embedded_gaussian"
 _C.CONTEXT.NL_INNER_RATIO = 0.5
 # Max-pool kernel (T, H, W) subsampling the key/value paths; [] = none.
 _C.CONTEXT.NL_POOL = [1, 2, 2]
+# Where the key/value subsampling happens: "after_conv" (phi/g convs, then max pool; PySlowFast,
+# mmaction2) or "before_conv" (max-pool the block input, then phi/g; the original non-local code).
+_C.CONTEXT.NL_POOL_POSITION = "after_conv"
 # Scale embedded_gaussian logits by 1/sqrt(inner channels) (PySlowFast does; paper does not).
 _C.CONTEXT.NL_SCALE = False
 
@@ -424,6 +427,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
             if ids:
                 _check(abs(inner - round(inner)) < 1e-6, "CONTEXT.NL_INNER_RATIO", c.NL_INNER_RATIO,
                        f"a ratio with C*ratio whole; res{si + 2} has C = {ch}")
+    _one_of(c.NL_POOL_POSITION, "CONTEXT.NL_POOL_POSITION", ["after_conv", "before_conv"])
     _check(len(c.NL_POOL) in (0, 3) and all(isinstance(k, int) and k >= 1 for k in c.NL_POOL),
            "CONTEXT.NL_POOL", c.NL_POOL, "[] or 3 positive integers (T, H, W), e.g. [1, 2, 2]")
     # ---- data

@@ -8,7 +8,9 @@ with the four instantiations of f (Sec. 3.2):
 - dot_product:        f = theta(x_i)^T phi(x_j),      C(x) = N_j (number of positions j)
 - concat:             f = ReLU(w_f^T [theta(x_i), phi(x_j)]), C(x) = N_j
 theta, phi, g are 1x1x1 convs to C/2 channels; the key/value paths (phi, g; x_j
-for gaussian) may be subsampled by a 1x2x2 max pool; W_z is a 1x1x1 conv
+for gaussian) may be subsampled by a 1x2x2 max pool -- after the phi/g convs (PySlowFast,
+mmaction2) or on the block input before them (the original Caffe2 non-local code; same
+parameters, 4x fewer phi/g FLOPs); W_z is a 1x1x1 conv
 followed by BN whose scale starts at zero, so a new block is the identity.
 Used by the GCNet paper (Sec. 3, Table 10) as the baseline it simplifies.
 Parameter names follow PySlowFast (conv_theta, conv_phi, conv_g, conv_out, bn).
@@ -33,6 +35,8 @@ class NonLocalBlock(nn.Module):
         inner_channels: channels of theta/phi/g (default C/2).
         instantiation: one of gaussian, embedded_gaussian, dot_product, concat.
         pool: max-pool kernel (T, H, W) on the key/value paths, e.g. (1, 2, 2); None = off.
+        pool_position: "after_conv" (pool the phi/g outputs) or "before_conv" (pool the
+            block input, then phi/g convs on the pooled positions).
         scale: divide embedded_gaussian logits by sqrt(inner_channels).
         zero_init: BN scale after W_z starts at zero.
         bn_eps, bn_momentum: BN settings.
@@ -40,11 +44,14 @@ class NonLocalBlock(nn.Module):
 
     def __init__(self, channels: int, inner_channels: Optional[int] = None,
                  instantiation: str = "embedded_gaussian", pool: Optional[Sequence[int]] = (1, 2, 2),
-                 scale: bool = False, zero_init: bool = True, bn_eps: float = 1e-5,
+                 pool_position: str = "after_conv", scale: bool = False, zero_init: bool = True, bn_eps: float = 1e-5,
                  bn_momentum: float = 0.1):
         super().__init__()
         if instantiation not in NL_INSTANTIATIONS:
             raise ValueError(f"instantiation={instantiation!r}: expected one of {NL_INSTANTIATIONS}")
+        if pool_position not in ("after_conv", "before_conv"):
+            raise ValueError(f"pool_position={pool_position!r}: expected 'after_conv' or 'before_conv'")
+        self.pool_position = pool_position
         inner = inner_channels or channels // 2
         self.channels, self.inner, self.instantiation, self.scale = channels, inner, instantiation, scale
         if instantiation != "gaussian":  # gaussian uses x itself for f
@@ -72,18 +79,32 @@ class NonLocalBlock(nn.Module):
     def _pool(self, t: torch.Tensor) -> torch.Tensor:
         return self.pool(t) if self.pool is not None else t
 
+    def _pooled_input(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The subsampled block input, where a path uses it (gaussian keys, before_conv phi/g)."""
+        if self.pool_position == "before_conv" or self.instantiation == "gaussian":
+            return self._pool(x)  # (N, C, T', H', W')
+        return None
+
+    def _key_value_path(self, conv: nn.Module, x: torch.Tensor, x_pooled: torch.Tensor) -> torch.Tensor:
+        """phi or g on the subsampled positions: conv then pool, or pool (x_pooled) then conv."""
+        if self.pool_position == "before_conv":
+            return conv(x_pooled)  # (N, Ci, T', H', W')
+        return self._pool(conv(x))  # (N, Ci, T', H', W')
+
     def affinity(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised pairwise weights f(x_i, x_j)/C(x): (N, L_query, L_key)."""
         return self._affinity_and_parts(x)[0]
 
-    def _affinity_and_parts(self, x: torch.Tensor):
+    def _affinity_and_parts(self, x: torch.Tensor, x_pooled: Optional[torch.Tensor] = None):
         n = x.shape[0]
+        if x_pooled is None:
+            x_pooled = self._pooled_input(x)
         if self.instantiation == "gaussian":
             q = x.reshape(n, self.channels, -1)  # (N, C, L)
-            k = self._pool(x).reshape(n, self.channels, -1)  # (N, C, Lk)
+            k = x_pooled.reshape(n, self.channels, -1)  # (N, C, Lk)
         else:
             q = self.conv_theta(x).reshape(n, self.inner, -1)  # (N, Ci, L)
-            k = self._pool(self.conv_phi(x)).reshape(n, self.inner, -1)  # (N, Ci, Lk)
+            k = self._key_value_path(self.conv_phi, x, x_pooled).reshape(n, self.inner, -1)  # (N, Ci, Lk)
         if self.instantiation in ("gaussian", "embedded_gaussian"):
             logits = torch.bmm(q.transpose(1, 2), k)  # (N, L, Lk)
             if self.scale and self.instantiation == "embedded_gaussian":
@@ -100,8 +121,9 @@ class NonLocalBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, return_parts: bool = False):
         n, c, t, h, w = x.shape
-        attn, q, k = self._affinity_and_parts(x)  # (N, L, Lk)
-        g = self._pool(self.conv_g(x)).reshape(n, self.inner, -1)  # (N, Ci, Lk)
+        x_pooled = self._pooled_input(x)
+        attn, q, k = self._affinity_and_parts(x, x_pooled)  # (N, L, Lk)
+        g = self._key_value_path(self.conv_g, x, x_pooled).reshape(n, self.inner, -1)  # (N, Ci, Lk)
         y = torch.bmm(g, attn.transpose(1, 2))  # (N, Ci, L)
         y = y.reshape(n, self.inner, t, h, w)  # (N, Ci, T, H, W)
         delta = self.bn(self.conv_out(y))  # (N, C, T, H, W)
@@ -112,4 +134,5 @@ class NonLocalBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, inner={self.inner}, instantiation={self.instantiation}, "
-                f"pool={tuple(self.pool.kernel_size) if self.pool is not None else None}")
+                f"pool={tuple(self.pool.kernel_size) if self.pool is not None else None}, "
+                f"pool_position={self.pool_position}")

@@ -28,7 +28,8 @@ def build_model(cfg: CfgNode) -> SlowResNet:
             c.TYPE, channels, ratio=c.RATIO, pooling=c.POOLING, transform=c.TRANSFORM, norm=c.NORM,
             fusion=c.FUSION, att_bias=c.ATT_BIAS, zero_init=c.ZERO_INIT, fused=c.FUSED,
             nl_instantiation=c.NL_INSTANTIATION, nl_inner_ratio=c.NL_INNER_RATIO,
-            nl_pool=list(c.NL_POOL), nl_scale=c.NL_SCALE, bn_eps=m.BN_EPS, bn_momentum=m.BN_MOMENTUM)
+            nl_pool=list(c.NL_POOL), nl_pool_position=c.NL_POOL_POSITION, nl_scale=c.NL_SCALE,
+            bn_eps=m.BN_EPS, bn_momentum=m.BN_MOMENTUM)
 
     pos = context_position(c.TYPE, c.POSITION)
     return SlowResNet(

@@ -33,12 +33,15 @@ def reference(block: NonLocalBlock, x: np.ndarray) -> np.ndarray:
     def sub(z):  # subsample a (N, Ci, L) map laid out on (T, H, W)
         return _maxpool(z.reshape(n, -1, t, h, w), pool).reshape(n, z.shape[1], -1)
 
+    def key_value(conv, xf):  # phi/g: conv then pool, or pool the input then conv
+        return _conv1x1(conv, sub(xf)) if block.pool_position == "before_conv" else sub(_conv1x1(conv, xf))
+
     xf = x.reshape(n, c, -1)
     if block.instantiation == "gaussian":
         q, k = xf, sub(xf)
     else:
-        q, k = _conv1x1(block.conv_theta, xf), sub(_conv1x1(block.conv_phi, xf))
-    g = sub(_conv1x1(block.conv_g, xf))  # (N, Ci, Lk)
+        q, k = _conv1x1(block.conv_theta, xf), key_value(block.conv_phi, xf)
+    g = key_value(block.conv_g, xf)  # (N, Ci, Lk)
     lk = k.shape[2]
     if block.instantiation in ("gaussian", "embedded_gaussian"):
         f = np.exp(np.einsum("nci,ncj->nij", q, k))
@@ -64,9 +67,10 @@ def reference(block: NonLocalBlock, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("instantiation", NL_INSTANTIATIONS)
-@pytest.mark.parametrize("pool", [None, (1, 2, 2)])
-def test_nonlocal_matches_eq1_float64(instantiation, pool):
-    block = NonLocalBlock(C, instantiation=instantiation, pool=pool).double().eval()
+@pytest.mark.parametrize("pool,pool_position", [(None, "after_conv"), ((1, 2, 2), "after_conv"),
+                                                ((1, 2, 2), "before_conv"), ((2, 2, 2), "before_conv")])
+def test_nonlocal_matches_eq1_float64(instantiation, pool, pool_position):
+    block = NonLocalBlock(C, instantiation=instantiation, pool=pool, pool_position=pool_position).double().eval()
     g = torch.Generator().manual_seed(len(instantiation))
     with torch.no_grad():
         for p in block.parameters():
@@ -90,6 +94,17 @@ def test_zero_init_is_identity(instantiation):
     x = torch.randn(N, C, T, H, W)
     assert float(block.bn.weight.detach().abs().sum()) == 0.0
     torch.testing.assert_close(block(x), x, rtol=0, atol=0)
+
+
+def test_pool_positions_differ_but_share_parameters():
+    a = NonLocalBlock(C, pool=(1, 2, 2), pool_position="after_conv", zero_init=False).eval()
+    b = NonLocalBlock(C, pool=(1, 2, 2), pool_position="before_conv", zero_init=False).eval()
+    with torch.no_grad():
+        for p in a.parameters():
+            p.normal_()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(N, C, T, H, W)
+    assert not torch.allclose(a(x), b(x))
 
 
 def test_affinity_normalisation():

@@ -1,9 +1,9 @@
 """The toy motion dataset: small real h264 videos whose class is only visible over time.
 
 Each video shows one textured object (square, triangle, L, plus or notched disc;
-stripes, checks or rings in random colours) on a random textured background
-(smooth colour noise, stripes or checks, plus pixel noise). The class is the
-object's motion:
+stripes, checks or rings in shades of a random colour that stands out from the
+background) on a random, low-contrast textured background (smooth colour noise,
+stripes or checks, plus pixel noise). The class is the object's motion:
 
     0 moving_left   1 moving_right   2 moving_up         3 moving_down
     4 rotating_cw   5 rotating_ccw   6 growing           7 shrinking
@@ -32,7 +32,7 @@ import json
 import math
 import multiprocessing as mp
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -46,7 +46,7 @@ FLIP_PAIRS = [[0, 1], [1, 0], [4, 5], [5, 4]]
 REVERSE_PAIRS = [[0, 1], [1, 0], [2, 3], [3, 2], [4, 5], [5, 4], [6, 7], [7, 6]]
 FPS = 30
 _SPLIT_IDS = {"train": 1, "val": 2}
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: low-contrast backgrounds, larger objects that stand out
 
 
 # ---------------------------------------------------------------------------
@@ -87,8 +87,10 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
         mask = _pattern(kind, xx, yy, float(rng.uniform(12, 40)), float(rng.uniform(0, math.pi)))
         other = _colour(rng)
-        mix = float(rng.uniform(0.3, 0.7))
+        mix = float(rng.uniform(0.15, 0.35))
         base = np.where(mask[..., None], base, base * (1 - mix) + other * mix)
+    mean = base.mean((0, 1), keepdims=True)
+    base = mean + (base - mean) * float(rng.uniform(0.35, 0.6))  # low-contrast background
     return base.astype(np.float32)
 
 
@@ -122,7 +124,7 @@ def _motion(rng: np.random.Generator, label: int, num_frames: int, size: int):
     angle0 = rng.uniform(0, 2 * math.pi)
     if label in (6, 7):  # growing / shrinking
         ratio = rng.uniform(1.8, 2.6) ** (num_frames / 64.0)
-        r_small = rng.uniform(9, 15) * s
+        r_small = rng.uniform(11, 16) * s
         r_big = r_small * ratio
         g = np.exp(np.linspace(0, math.log(ratio), num_frames, dtype=np.float32))
         r = r_small * g if label == 6 else r_big / g
@@ -130,7 +132,7 @@ def _motion(rng: np.random.Generator, label: int, num_frames: int, size: int):
         cx0 = rng.uniform(min(margin, size / 2), max(size - margin, size / 2))
         cy0 = rng.uniform(min(margin, size / 2), max(size - margin, size / 2))
         return cx0 + dx * t, cy0 + dy * t, np.full_like(t, angle0), r
-    radius = rng.uniform(12, 22) * s
+    radius = rng.uniform(15, 24) * s
     r = np.full_like(t, radius)
     if label in (4, 5):  # rotating (clockwise on screen = increasing angle, y points down)
         omega = math.radians(rng.uniform(2.5, 5.0)) * (1 if label == 4 else -1)
@@ -159,8 +161,10 @@ def render_video(rng: np.random.Generator, label: int, num_frames: int, size: in
     tex_freq = float(rng.uniform(5, 10))
     tex_angle = float(rng.uniform(0, math.pi))
     col_a, col_b = _colour(rng), _colour(rng)
-    if np.abs(col_a - bg.mean((0, 1))).mean() < 40:  # keep the object visible
-        col_a = 255 - col_a
+    bg_mean = bg.mean((0, 1))
+    if np.abs(col_a - bg_mean).mean() < 70:  # keep the object visible against the background
+        col_a = np.where(bg_mean > 127, col_a * 0.3, 255 - (255 - col_a) * 0.3).astype(np.float32)
+    col_b = (col_a * 0.55 + col_b * 0.45).astype(np.float32)  # texture of the object's own colour family
     noise_sigma = float(rng.uniform(0, 5))
     cx, cy, ang, rad = _motion(rng, label, num_frames, size)
     video = np.empty((num_frames, size, size, 3), dtype=np.float32)  # (T, H, W, 3)

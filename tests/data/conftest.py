@@ -36,6 +36,7 @@ def index_videos(tmp_path_factory):
         "fps30": H.write_index_video(str(d / "fps30.mp4"), 300, fps=30),
         "fps25": H.write_index_video(str(d / "fps25.mp4"), 250, fps=25),
         "edit_list": H.write_index_video(str(d / "edit_list.mp4"), 100, start=-7),
+        "vfr": H.write_index_video(str(d / "vfr.mp4"), 90, vfr=True),
     }
     fs = H.write_index_video(str(d / "faststart.mp4"), 100, faststart=True, gop=25)
     data = open(fs, "rb").read()

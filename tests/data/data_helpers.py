@@ -27,20 +27,25 @@ def read_index(frame: np.ndarray) -> int:
 
 def write_index_video(path: str, num_frames: int, fps=30, width: int = 176, height: int = 128, gop: int = 250,
                       start: int = 0, faststart: bool = False, bframes: int = 3, codec: str = "libx264",
-                      container_format=None) -> str:
+                      container_format=None, vfr: bool = False) -> str:
     """An h264 video whose frame k shows ``k`` (see index_frame); ``start`` < 0 makes an edit list
-    that hides the first -start frames (frame k then shows k - start)."""
+    that hides the first -start frames (frame k then shows k - start); ``vfr``: variable frame
+    rate (frame durations alternate 1, 2 and 3 ticks of 1/(2 fps) s: on average ``fps``)."""
     opts = {"movflags": "faststart"} if faststart else {}
     with av.open(path, "w", format=container_format, options=opts) as c:
         s = c.add_stream(codec, rate=Fraction(fps).limit_denominator(100000))
         s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        if vfr:
+            s.codec_context.time_base = Fraction(1, 2 * fps)
         s.codec_context.thread_count = 1
         if codec == "libx264":
             s.options = {"g": str(gop), "crf": "12", "preset": "veryfast", "bf": str(bframes), "threads": "1",
                          "sc_threshold": "0"}
         for k in range(num_frames):
             f = av.VideoFrame.from_ndarray(index_frame(k, width, height), format="rgb24")
-            f.pts = k + start
+            f.pts = (k // 3) * 6 + (0, 1, 3)[k % 3] if vfr else k + start
+            if vfr:
+                f.time_base = Fraction(1, 2 * fps)
             for p in s.encode(f):
                 c.mux(p)
         for p in s.encode():

@@ -154,3 +154,17 @@ def test_reads_through_iopath(index_videos, monkeypatch):
 def test_unknown_backend(index_videos):
     with pytest.raises(ValueError, match="decoder backend"):
         decode_frames(index_videos["fps25"], [0], backend="opencv")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_variable_frame_rate(index_videos, backend):
+    """Frame durations 1/60, 2/60, 3/60 s in turn (30 fps on average): indices are frame numbers."""
+    path = index_videos["vfr"]
+    with av.open(path) as c:
+        pts = [f.pts for f in c.decode(video=0)]
+    assert len(set(pts[i + 1] - pts[i] for i in range(len(pts) - 1))) > 1  # really variable
+    with open_video(path, backend) as r:
+        assert r.num_frames == 90
+        assert 25 < r.fps < 35
+        idx = [0, 1, 2, 3, 44, 89, 44]
+        assert [H.read_index(f) for f in r.read(idx)] == idx

@@ -168,3 +168,12 @@ def test_variable_frame_rate(index_videos, backend):
         assert 25 < r.fps < 35
         idx = [0, 1, 2, 3, 44, 89, 44]
         assert [H.read_index(f) for f in r.read(idx)] == idx
+
+
+@pytest.mark.parametrize("threads", [0, 3])
+def test_decoder_threads_same_pixels(files_dir, threads):
+    path = os.path.join(files_dir, "demo.mp4")
+    idx = [0, 50, 100, 279, 187, 5]
+    ref = decode_frames(path, idx, backend="pyav", threads=1)
+    for backend in BACKENDS:
+        np.testing.assert_array_equal(decode_frames(path, idx, backend=backend, threads=threads), ref)

@@ -46,6 +46,70 @@ def _flatten_positions(x: torch.Tensor):
     return x.reshape(n, c, -1), False  # (N, C, L)
 
 
+def _pool_forward(xf: torch.Tensor, cl: bool, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+    """Attention pooling on flattened x: (context (N, C) in x's dtype, p (N, L) in the softmax dtype).
+
+    Two matrix-vector passes over x (logits, weighted sum); the softmax is over the small (N, L).
+    """
+    w = weight.reshape(-1).to(xf.dtype)
+    logits = torch.matmul(xf, w) if cl else torch.matmul(w, xf)  # (N, L)
+    acc = _acc_dtype(xf.dtype)
+    logits = logits.to(acc)
+    if bias is not None:
+        logits = logits + bias.to(acc)
+    p = torch.softmax(logits, dim=1)  # (N, L), float32 (float64 for float64 input)
+    pc = p.to(xf.dtype).unsqueeze(1)  # (N, 1, L)
+    if cl:
+        context = torch.bmm(pc, xf).squeeze(1)  # (N, C)
+    else:
+        context = torch.matmul(xf, pc.transpose(1, 2)).squeeze(2)  # (N, C)
+    return context, p
+
+
+def _pool_backward(xf: torch.Tensor, cl: bool, p: torch.Tensor, g_ctx: torch.Tensor,
+                   g_p: Optional[torch.Tensor] = None):
+    """Backward of attention pooling up to the logits.
+
+    g_ctx: dL/dcontext (N, C). Returns gl = dL/dlogits (N, L) in p's dtype and
+    gw = dL/dw = sum_j gl_j x_j summed over the batch, (C,) in p's dtype. One pass over x each.
+    """
+    g = g_ctx.to(xf.dtype)
+    if cl:
+        gp = torch.bmm(xf, g.unsqueeze(2)).squeeze(2)  # (N, L): x_j . g
+    else:
+        gp = torch.bmm(g.unsqueeze(1), xf).squeeze(1)  # (N, L)
+    gp = gp.to(p.dtype)
+    if g_p is not None:
+        gp = gp + g_p.to(p.dtype)
+    gl = p * (gp - (p * gp).sum(dim=1, keepdim=True))  # softmax backward, (N, L)
+    gld = gl.to(xf.dtype).unsqueeze(1)  # (N, 1, L)
+    if cl:
+        gw = torch.bmm(gld, xf).sum(0).squeeze(0)  # (C,)
+    else:
+        gw = torch.matmul(xf, gld.transpose(1, 2)).sum(0).squeeze(1)  # (C,)
+    return gl, gw.to(p.dtype)
+
+
+def _add_rank2(g: Optional[torch.Tensor], u1: torch.Tensor, v1: torch.Tensor, u2: torch.Tensor,
+               v2: torch.Tensor, like: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """g + u1 (x) v1 + u2 (x) v2, u over channels (N, C), v over positions (N, L).
+
+    g: (N, C, T, H, W) in either memory format, or None (then just the rank-2 term, shaped,
+    laid out and typed like ``like``). Two broadcasting addcmul passes in g's layout; on the
+    CPU this beats a batched matmul with inner dimension 2 (baddbmm), which copies g first.
+    """
+    ref = g if g is not None else like
+    n, c, t, h, w = ref.shape
+    dt = ref.dtype
+    a1, a2 = u1.to(dt).view(n, c, 1, 1, 1), u2.to(dt).view(n, c, 1, 1, 1)
+    b1, b2 = v1.to(dt).view(n, 1, t, h, w), v2.to(dt).view(n, 1, t, h, w)
+    if g is None:
+        out = torch.mul(a1, b1, out=torch.empty_like(ref))  # (N, C, T, H, W), ref's layout
+    else:
+        out = torch.addcmul(g, a1, b1)  # (N, C, T, H, W), g's layout
+    return out.addcmul_(a2, b2)
+
+
 class _AttentionPool(torch.autograd.Function):
     """context = sum_j softmax_j(w . x_j + b) x_j over all L = T*H*W positions.
 
@@ -56,21 +120,7 @@ class _AttentionPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         xf, cl = _flatten_positions(x)
-        w = weight.reshape(-1).to(xf.dtype)
-        if cl:
-            logits = torch.matmul(xf, w)  # (N, L)
-        else:
-            logits = torch.matmul(w, xf)  # (N, L)
-        acc = _acc_dtype(xf.dtype)
-        logits = logits.to(acc)
-        if bias is not None:
-            logits = logits + bias.to(acc)
-        p = torch.softmax(logits, dim=1)  # (N, L), float32 (float64 for float64 input)
-        pc = p.to(xf.dtype)
-        if cl:
-            context = torch.bmm(pc.unsqueeze(1), xf).squeeze(1)  # (N, C)
-        else:
-            context = torch.bmm(xf, pc.unsqueeze(2)).squeeze(2)  # (N, C)
+        context, p = _pool_forward(xf, cl, weight, bias)
         ctx.save_for_backward(x, weight, p)
         ctx.has_bias = bias is not None
         return context, p
@@ -79,39 +129,91 @@ class _AttentionPool(torch.autograd.Function):
     def backward(ctx, grad_context, grad_p_out):
         x, weight, p = ctx.saved_tensors
         xf, cl = _flatten_positions(x)
-        dt = xf.dtype
-        g = grad_context.to(dt)  # (N, C)
-        # d context / d p_j = x_j . g
-        if cl:
-            gp = torch.bmm(xf, g.unsqueeze(2)).squeeze(2).to(p.dtype)  # (N, L)
-        else:
-            gp = torch.bmm(g.unsqueeze(1), xf).squeeze(1).to(p.dtype)  # (N, L)
-        if grad_p_out is not None:
-            gp = gp + grad_p_out.to(p.dtype)
-        # softmax backward: dl = p * (gp - sum_j p_j gp_j)
-        gl = p * (gp - (p * gp).sum(dim=1, keepdim=True))  # (N, L)
-        w = weight.reshape(-1).to(dt)
-        n, c = g.shape
+        gl, gw = _pool_backward(xf, cl, p, grad_context, grad_p_out)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            a = torch.stack([p.to(dt), gl.to(dt)], dim=2 if cl else 1)  # (N, L, 2) | (N, 2, L)
-            bmat = torch.stack([g, w.expand(n, c)], dim=1 if cl else 2)  # (N, 2, C) | (N, C, 2)
-            if cl:
-                grad_x = torch.bmm(a, bmat)  # (N, L, C)
-                t, h, wd = x.shape[2:]
-                grad_x = grad_x.view(n, t, h, wd, c).permute(0, 4, 1, 2, 3)  # channels-last (N, C, T, H, W)
-            else:
-                grad_x = torch.bmm(bmat, a).view_as(x)  # (N, C, L) -> (N, C, T, H, W)
+            # (N, C, T, H, W): dx_j = p_j g + gl_j w
+            w = weight.reshape(1, -1).expand_as(grad_context)
+            grad_x = _add_rank2(None, grad_context, p, w, gl, like=x)
         if ctx.needs_input_grad[1]:
-            gld = gl.to(dt)
-            if cl:
-                gw = torch.bmm(gld.unsqueeze(1), xf).sum(0).squeeze(0)  # (C,)
-            else:
-                gw = torch.bmm(xf, gld.unsqueeze(2)).sum(0).squeeze(1)  # (C,)
             grad_w = gw.to(weight.dtype).view_as(weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = gl.sum().reshape(1).to(weight.dtype)
         return grad_x, grad_w, grad_b
+
+
+class _ContextAdd(torch.autograd.Function):
+    """z = act(y + delta(pool(y)) [+ shortcut]): a whole add-fusion context block in one Function.
+
+    Used by ``ContextBlock`` (fused=True, add fusion) on its own (no shortcut, no ReLU)
+    and by the residual block for the pre_add position, where the broadcast add of the
+    (N, C, 1, 1, 1) term is merged into the residual add + ReLU
+    (relu(y + shortcut + term), one in-place add-ReLU pass instead of a separate add).
+
+    The transform delta (a few ops on (N, C)) keeps its own small autograd graph, built
+    in forward and differentiated with ``torch.autograd.grad`` in backward. In backward
+    dL/dy = g + (attention-pooling part) is written in one pass (``_add_rank2``), so
+    autograd never has to add the gradients of the identity path and of the pooling path.
+    Math: that of ``ContextBlock`` with fused=False (the reference path), to rounding.
+    First-order gradients only.
+    """
+
+    @staticmethod
+    def forward(ctx, y, shortcut, weight, bias, block, relu, *params):
+        n, c = y.shape[:2]
+        yf, cl = _flatten_positions(y)
+        if block.pooling == "att":
+            context, p = _pool_forward(yf, cl, weight, bias)  # (N, C), (N, L)
+        else:
+            context, p = y.mean(dim=(2, 3, 4)), None  # (N, C)
+        with torch.enable_grad():
+            c_in = context.detach().requires_grad_()
+            t = block._transform_vec(c_in)  # (N, C), differentiable in c_in and the transform's weights
+        term = t.detach().to(y.dtype).view(n, c, 1, 1, 1)
+        if shortcut is not None:
+            out = torch.add(y, shortcut)  # (N, C, T, H, W)
+            if relu and out.dtype in (torch.float32, torch.float64):
+                out = torch._add_relu_(out, term)  # one pass: out = relu(out + term)
+            else:  # no add-relu kernel for half/bfloat16
+                out = out.add_(term).relu_() if relu else out.add_(term)
+        else:
+            out = torch.add(y, term)
+            if relu:
+                out = out.relu_()
+        ctx.graph = (c_in, t, params)
+        ctx.relu, ctx.att, ctx.has_bias = relu, block.pooling == "att", bias is not None
+        ctx.has_shortcut = shortcut is not None
+        ctx.save_for_backward(y, weight, p, out if relu else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        y, weight, p, out = ctx.saved_tensors
+        c_in, t, params = ctx.graph  # kept (tiny) so that retain_graph / gradcheck can run backward again
+        g = torch.ops.aten.threshold_backward(grad_out, out, 0) if ctx.relu else grad_out  # (N, C, T, H, W)
+        n, c = y.shape[:2]
+        acc = _acc_dtype(g.dtype)
+        g_t = g.sum(dim=(2, 3, 4), dtype=acc).to(t.dtype)  # (N, C): the broadcast add's backward
+        wanted = [c_in] + [q for q in params if q.requires_grad]
+        grads = torch.autograd.grad(t, wanted, g_t, allow_unused=True, retain_graph=True)
+        g_ctx = grads[0]  # (N, C)
+        it = iter(grads[1:])
+        g_params = [next(it) if q.requires_grad else None for q in params]
+        grad_y = grad_w = grad_b = None
+        if ctx.att:
+            yf, cl = _flatten_positions(y)
+            gl, gw = _pool_backward(yf, cl, p, g_ctx)
+            if ctx.needs_input_grad[0]:
+                grad_y = _add_rank2(g, g_ctx, p, weight.reshape(1, -1).expand(n, c), gl)  # g + p g_ctx + gl w
+            if ctx.needs_input_grad[2]:
+                grad_w = gw.to(weight.dtype).view_as(weight)
+            if ctx.has_bias and ctx.needs_input_grad[3]:
+                grad_b = gl.sum().reshape(1).to(weight.dtype)
+        elif ctx.needs_input_grad[0]:
+            l = y[0, 0].numel()
+            grad_y = g + (g_ctx / l).to(g.dtype).view(n, c, 1, 1, 1)  # mean pooling: dctx / L everywhere
+        grad_s = g if ctx.has_shortcut and ctx.needs_input_grad[1] else None
+        return (grad_y, grad_s, grad_w, grad_b, None, None, *g_params)
 
 
 def attention_pool(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -143,7 +245,8 @@ class ContextBlock(nn.Module):
         fusion: "add" (broadcast add) or "mul" (x * sigmoid(transform)).
         att_bias: bias on the C->1 attention conv.
         zero_init: zero the last conv of an add-fusion transform (block starts as identity).
-        fused: use the memory-lean attention-pooling autograd function.
+        fused: use the fused autograd Functions (attention pooling; for add fusion the
+            whole block, see ``_ContextAdd``); False keeps the plain autograd reference path.
     """
 
     def __init__(self, channels: int, ratio: float = 0.25, pooling: str = "att",
@@ -220,9 +323,48 @@ class ContextBlock(nn.Module):
         t = self.transform(context.to(x.dtype).view(n, c, 1, 1, 1))  # (N, C, 1, 1, 1)
         return torch.sigmoid(t) if self.fusion == "mul" else t
 
+    def _transform_vec(self, context: torch.Tensor) -> torch.Tensor:
+        """The transform on (N, C) vectors: the 1x1x1 convs as matrices (F.linear), LayerNorm over Cr.
+
+        Same math as ``self.transform`` on (N, C, 1, 1, 1), without 5-D conv calls on 1x1x1 tensors.
+        """
+        h = context
+        for m in self.transform:
+            if isinstance(m, nn.Conv3d):
+                h = F.linear(h, m.weight.view(m.out_channels, m.in_channels), m.bias)  # (N, C_out)
+            elif isinstance(m, nn.LayerNorm):
+                h = F.layer_norm(h, (h.shape[1],), m.weight.view(-1), m.bias.view(-1), m.eps)  # (N, Cr)
+            elif isinstance(m, nn.ReLU):
+                h = torch.relu(h)
+            elif not isinstance(m, nn.Identity):
+                raise TypeError(f"unexpected transform layer {m}")
+        return h
+
+    def _use_fused_add(self, x: torch.Tensor) -> bool:
+        return (self.fused and self.fusion == "add" and not torch.jit.is_tracing()
+                and not torch.jit.is_scripting())
+
+    def _fused_add(self, x: torch.Tensor, shortcut: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
+        params = list(self.transform.parameters())
+        w = self.conv_mask.weight if self.pooling == "att" else None
+        b = self.conv_mask.bias if self.pooling == "att" else None
+        return _ContextAdd.apply(x, shortcut, w, b, self, relu, *params)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._use_fused_add(x):
+            return self._fused_add(x, None, relu=False)  # x + term(x), one Function
         t = self.term(x)
         return x * t if self.fusion == "mul" else x + t
+
+    def residual(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """relu(shortcut + self(x)): the block at the pre_add position of a residual unit.
+
+        Fused (add fusion, fused=True): one Function, the broadcast add merged into the
+        residual add + ReLU; otherwise the plain composition.
+        """
+        if self._use_fused_add(x):
+            return self._fused_add(x, shortcut, relu=True)
+        return torch.relu(self(x) + shortcut)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The attention weights over positions, (N, T, H, W) (softmax over all T*H*W)."""

@@ -61,6 +61,10 @@ class Bottleneck(BottleneckBlock):
         if context is not None:
             self.context = context
 
+    def forward_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """conv_a ... norm_c, without the context block: (N, C_in, T, H, W) -> (N, C_out, T, H', W')."""
+        return super().forward(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = super().forward(x)  # (N, C_out, T, H', W')
         if "context" in self._modules:
@@ -82,7 +86,13 @@ class ContextResBlock(ResBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.branch1_conv is None else self.branch1_norm(self.branch1_conv(x))
-        x = self.activation(self.branch2(x) + shortcut)  # (N, C_out, T, H', W')
+        pre = self.branch2._modules.get("context") if isinstance(self.branch2, Bottleneck) else None
+        if pre is not None and hasattr(pre, "residual"):
+            # relu(shortcut + context(norm_c(...))): a fused block merges its broadcast add into
+            # the residual add + ReLU (ContextBlock.residual); same math as the line below.
+            x = pre.residual(self.branch2.forward_branch(x), shortcut)  # (N, C_out, T, H', W')
+        else:
+            x = self.activation(self.branch2(x) + shortcut)  # (N, C_out, T, H', W')
         if "context" in self._modules:
             x = self.context(x)
         return x

@@ -1,0 +1,221 @@
+#!/usr/bin/env python
+"""Step time per clip of Slow-only R50 with and without context blocks, on the CPU.
+
+GCNet TPAMI (Cao et al. 2020), Table 10: +all GC costs 1.0015x the baseline's FLOPs
+(39.35 vs 39.29 G); the target here is a forward+backward step time within 1.03x of
+the baseline at 8x224x224.
+
+    python bench/bench_context.py                                  # everything, ~10-20 min on 2 cores
+    python bench/bench_context.py --variants fp32,fp32_cl --modes fwdbwd --repeats 9
+    python bench/bench_context.py --models base,gc_all,gc_all_unfused --json /tmp/b.json
+
+All models of one (variant, mode) are measured in one process, alternating between
+models every repeat, so slow drifts of a shared CPU hit them alike. Reported: the median
+time per model and, per model, the median over repeats of its time divided by the
+baseline's time in the same repeat (the ratio the target is about).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = {  # name -> (config, overrides)
+    "base": ("slow_r50_8x8", []),
+    "gc_all": ("slow_r50_8x8_gc_all", []),
+    "gc_all_unfused": ("slow_r50_8x8_gc_all", ["CONTEXT.FUSED", "False"]),
+    "gc5": ("slow_r50_8x8_gc5", []),
+    "nl5": ("slow_r50_8x8_nl5", []),
+}
+VARIANTS = {  # name -> (autocast dtype or None, channels_last_3d)
+    "fp32": (None, False),
+    "fp32_cl": (None, True),
+    "bf16": (torch.bfloat16, False),
+    "bf16_cl": (torch.bfloat16, True),
+}
+
+
+def build(name: str) -> torch.nn.Module:
+    from gcvideo.config import load_cfg
+    from gcvideo.models import build_model
+
+    config, opts = MODELS[name]
+    cfg = load_cfg(os.path.join(ROOT, "configs", "kinetics400", config + ".yaml"), opts, check_files=False)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    # Non-zero context transforms, so the blocks do real work in backward too (zero-init weights
+    # would give the same timings, but make the check below meaningless).
+    with torch.no_grad():
+        for m in model.context_blocks():
+            for p in m.parameters():
+                if p.dim() > 1 and not p.any():
+                    p.normal_(0, 0.01)
+    return model
+
+
+def to_memory_format(model: torch.nn.Module, fmt) -> torch.nn.Module:
+    """5-D parameters (conv kernels) to ``fmt``; ``model.to(memory_format=...)`` refuses 4-D LayerNorm weights."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 5:
+                p.data = p.data.contiguous(memory_format=fmt)
+    return model
+
+
+def step_fn(model, x, target, mode: str, dtype):
+    def run():
+        if mode == "fwd":
+            with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                model(x)
+        else:
+            for p in model.parameters():
+                p.grad = None
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                out = model(x)
+            F.cross_entropy(out.float(), target).backward()
+    return run
+
+
+def measure(models: List[str], variant: str, mode: str, repeats: int, warmup: int, thw) -> Dict[str, List[float]]:
+    dtype, cl = VARIANTS[variant]
+    fmt = torch.channels_last_3d if cl else torch.contiguous_format
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, *thw).contiguous(memory_format=fmt)
+    target = torch.tensor([3])
+    steps = {}
+    for name in models:
+        m = to_memory_format(build(name), fmt)
+        m.train(mode == "fwdbwd")
+        steps[name] = step_fn(m, x, target, mode, dtype)
+    for _ in range(warmup):
+        for name in models:
+            steps[name]()
+    times = {name: [] for name in models}
+    for r in range(repeats):
+        order = models if r % 2 == 0 else models[::-1]  # alternate the order too
+        for name in order:
+            t0 = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def summarise(times: Dict[str, List[float]], base: str = "base") -> Dict[str, dict]:
+    out = {}
+    for name, ts in times.items():
+        d = {"median_s": statistics.median(ts), "min_s": min(ts), "times_s": ts}
+        if base in times:
+            d["ratio_median_of_pairs"] = statistics.median(t / b for t, b in zip(ts, times[base]))
+            d["ratio_of_medians"] = d["median_s"] / statistics.median(times[base])
+        out[name] = d
+    return out
+
+
+def profile(models: List[str], variant: str, mode: str, thw, steps: int = 3, top: int = 25) -> str:
+    """Per-op self CPU time (torch.profiler), each model beside the baseline: where the extra time goes."""
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    dtype, cl = VARIANTS[variant]
+    fmt = torch.channels_last_3d if cl else torch.contiguous_format
+    x = torch.randn(1, 3, *thw).contiguous(memory_format=fmt)
+    target = torch.tensor([3])
+    per_model = {}
+    for name in models:
+        m = to_memory_format(build(name), fmt)
+        m.train(mode == "fwdbwd")
+        run = step_fn(m, x, target, mode, dtype)
+        run()
+        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                run()
+        per_model[name] = {e.key: (e.self_cpu_time_total / steps / 1e3, e.count // steps)
+                           for e in prof.key_averages()}
+    names = sorted({k for d in per_model.values() for k in d})
+    base = per_model[models[0]]
+    lines = [f"per-op self CPU ms per step ({mode}, {variant}); sorted by the largest difference to {models[0]}",
+             f"{'op':<44}" + "".join(f"{n:>17}" for n in models) + "   calls"]
+    rows = []
+    for k in names:
+        vals = [per_model[n].get(k, (0.0, 0))[0] for n in models]
+        diff = max(v - base.get(k, (0.0, 0))[0] for v in vals)
+        rows.append((diff, k, vals, [per_model[n].get(k, (0, 0))[1] for n in models]))
+    rows.sort(key=lambda r: -abs(r[0]))
+    for diff, k, vals, calls in rows[:top]:
+        lines.append(f"{k[:44]:<44}" + "".join(f"{v:17.1f}" for v in vals) + "   " + "/".join(map(str, calls)))
+    lines.append(f"{'total':<44}" + "".join(f"{sum(v for v, _ in per_model[n].values()):17.1f}" for n in models))
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads, "
+            f"CPU capability {torch.backends.cpu.get_cpu_capability()})")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="base,gc_all,gc_all_unfused,nl5")
+    ap.add_argument("--variants", default="fp32,fp32_cl,bf16,bf16_cl")
+    ap.add_argument("--modes", default="fwdbwd,fwd", help="fwdbwd (train step without optimizer), fwd (eval)")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--input", default="8,224,224", help="T,H,W")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--profile", action="store_true",
+                    help="print the per-op profile of each model beside the baseline instead of timing")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    thw = tuple(int(v) for v in args.input.split(","))
+    models = args.models.split(",")
+    if "base" not in models:
+        models = ["base"] + models
+    if args.profile:
+        for mode in args.modes.split(","):
+            for variant in args.variants.split(","):
+                print(profile(models, variant, mode, thw), flush=True)
+        return 0
+    results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+               "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv or sys.argv[1:])),
+               "input": list(thw), "repeats": args.repeats, "runs": []}
+    print(f"# {results['date']}  {results['machine']}")
+    print(f"# {results['command']}")
+    print(f"{'mode':<7} {'variant':<8} {'model':<15} {'median s':>9} {'min s':>7} {'ratio':>7} {'ratio(med)':>10}")
+    for mode in args.modes.split(","):
+        for variant in args.variants.split(","):
+            times = measure(models, variant, mode, args.repeats, args.warmup, thw)
+            summary = summarise(times)
+            results["runs"].append({"mode": mode, "variant": variant, "models": summary})
+            for name in models:
+                s = summary[name]
+                print(f"{mode:<7} {variant:<8} {name:<15} {s['median_s']:9.3f} {s['min_s']:7.3f} "
+                      f"{s['ratio_median_of_pairs']:7.3f} {s['ratio_of_medians']:10.3f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -37,7 +37,7 @@ import av  # noqa: E402
 import torch  # noqa: E402
 
 from gcvideo.data.decoder import open_video  # noqa: E402
-from gcvideo.data.sampling import sample_step, train_clip_indices, view_clip_indices  # noqa: E402
+from gcvideo.data.sampling import train_clip_indices, view_clip_indices  # noqa: E402
 from gcvideo.data.transforms import (crop_offsets, make_views, normalize, resize_short_side,  # noqa: E402
                                       to_tchw, train_transform)
 
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
         keys = [i for i, p in enumerate(sorted((p for p in c.demux(s) if p.size), key=lambda p: p.pts))
                 if p.is_keyframe]
         kbps = os.path.getsize(clips[0]) * 8 / 10 / 1000
-    out(f"# Decoding benchmark (bench/bench_decode.py)\n")
+    out("# Decoding benchmark (bench/bench_decode.py)\n")
     out(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, one thread "
         f"(torch.set_num_threads(1), decoder threads 1); PyAV {av.__version__}, torch {torch.__version__}.")
     out(f"Clips: {args.clips} generated 340x256 h264 (x264 medium, crf 23), 30 fps, 300 frames, keyframes at "

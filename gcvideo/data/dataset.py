@@ -17,7 +17,7 @@ epoch into shared memory, so persistent workers see it too.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch

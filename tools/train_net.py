@@ -25,7 +25,12 @@ def main(argv=None) -> int:
     try:
         cfg = load_cfg(args.config, opts)
         train(cfg)
-    except (ConfigError, NonFiniteLossError) as e:
+    except (ConfigError, NonFiniteLossError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if type(e).__name__ != "TooManyBrokenVideos":
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

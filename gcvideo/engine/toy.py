@@ -5,6 +5,7 @@ from ``configs/toy/``; the training code path is the one every config uses.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Dict, Optional, Sequence
@@ -24,8 +25,14 @@ def run_toy(config_file: str = "configs/toy/slow_gc_toy.yaml", data_dir: Optiona
     t0 = time.time()
     cfg = load_cfg(config_file, list(opts), check_files=False)
     data_dir = data_dir or cfg.DATA.PATH_TO_DATA_DIR
-    log(f"toy dataset: {data_dir} (generated if missing)")
-    meta = make_toy_dataset(data_dir, progress=True)
+    meta_path = os.path.join(data_dir, "meta.json")
+    if os.path.exists(meta_path) and os.path.exists(os.path.join(data_dir, "train.csv")):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        log(f"toy dataset: {data_dir} ({meta.get('num_train')} train / {meta.get('num_val')} val videos)")
+    else:
+        log(f"toy dataset: generating {data_dir}")
+        meta = make_toy_dataset(data_dir, progress=True)
     t_data = time.time() - t0
     overrides = ["DATA.PATH_TO_DATA_DIR", data_dir, "DATA.LABEL_MAP", os.path.join(data_dir, "classes.txt")]
     cfg = load_cfg(config_file, list(opts) + overrides)

@@ -1,0 +1,64 @@
+"""The main job's pipeline end to end at a tiny size: toy data -> run_toy (train + multi-view test)
+-> tools/test_net.py and tools/train_net.py on the same run; broken training videos are tracked."""
+import json
+import os
+import sys
+
+import pytest
+
+from engine_synthetic import builder, tiny_cfg
+from gcvideo.engine import train
+from gcvideo.engine.toy import run_toy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOY_CONFIG = os.path.join(ROOT, "configs/toy/slow_gc_toy.yaml")
+TINY = ["MODEL.WIDTH", "8", "SOLVER.MAX_EPOCH", "2", "TRAIN.BATCH_SIZE", "8", "TRAIN.EVAL_PERIOD", "1",
+        "DATA.NUM_FRAMES", "4", "DATA.SAMPLING_RATE", "4", "DATA.TRAIN_JITTER_SCALES", "[32, 40]",
+        "DATA.TRAIN_CROP_SIZE", "32", "DATA.TEST_CROP_SIZE", "32", "DATA.NUM_WORKERS", "0",
+        "TEST.NUM_ENSEMBLE_VIEWS", "2", "TEST.NUM_SPATIAL_CROPS", "3"]
+
+
+def test_toy_main_job_end_to_end(tmp_path, capsys):
+    from gcvideo.data.toy import make_toy_dataset
+
+    data = str(tmp_path / "toy")
+    make_toy_dataset(data, num_train=16, num_val=8, size=48, num_frames=24, workers=1)
+    out = str(tmp_path / "run")
+    res = run_toy(TOY_CONFIG, data, ["OUTPUT_DIR", out] + TINY)
+    printed = capsys.readouterr().out
+    assert "top-1" in printed and "report:" in printed
+    test = res["test"]
+    assert test["metrics"]["all"]["videos"] == 8
+    report = test["report_dir"]
+    assert os.path.basename(report) == "test_checkpoint_epoch0002_2x3"
+    for name in ("report.txt", "report.json", "predictions.csv", "confusion_matrix.png", "failed_videos.txt"):
+        assert os.path.exists(os.path.join(report, name)), name
+    rows = open(os.path.join(report, "predictions.csv")).read().splitlines()
+    assert len(rows) == 9 and rows[1].split(",")[2] in ("moving_left", "moving_right", "moving_up",
+                                                         "moving_down", "rotating_cw", "rotating_ccw",
+                                                         "growing", "shrinking")
+    assert os.path.exists(os.path.join(out, "curves.png")) and len(res["val"]) == 2
+
+    # the thin CLI wrappers on the same run: test_net (newest checkpoint), train_net (nothing left to train)
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import test_net
+    import train_net
+    opts = ["OUTPUT_DIR", out, "DATA.PATH_TO_DATA_DIR", data, "DATA.LABEL_MAP", os.path.join(data, "classes.txt")] + TINY
+    assert test_net.main(["--config", TOY_CONFIG] + opts + ["TEST.ENSEMBLE_METHOD", "logit_mean"]) == 0
+    rep = json.load(open(os.path.join(report, "report.json")))
+    assert rep["ensemble_method"] == "logit_mean" and rep["metrics"]["all"]["videos"] == 8
+    assert train_net.main(["--config", TOY_CONFIG] + opts + ["TRAIN.TEST_AT_END", "False"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+
+
+def test_broken_training_videos_are_listed_and_stop_the_run(tmp_path):
+    from gcvideo.data import TooManyBrokenVideos
+
+    out = tmp_path / "run"
+    cfg = tiny_cfg(out, "SOLVER.MAX_EPOCH", 1, "DATA.MAX_BROKEN_FRACTION", 0.2)
+    train(cfg, dataset_builder=builder(train={"skipped": [3, 5]}))  # 2 of 16 broken: under 20%
+    listed = (out / "broken_videos.txt").read_text().splitlines()
+    assert sorted(listed) == ["broken_0003.mp4\tcannot decode", "broken_0005.mp4\tcannot decode"]
+    cfg = tiny_cfg(tmp_path / "run2", "SOLVER.MAX_EPOCH", 1, "DATA.MAX_BROKEN_FRACTION", 0.1)
+    with pytest.raises(TooManyBrokenVideos, match="MAX_BROKEN_FRACTION"):
+        train(cfg, dataset_builder=builder(train={"skipped": [1, 2, 3, 4]}))

@@ -84,3 +84,26 @@ def test_changed_config_keeps_previous_copy(tmp_path):
     assert (out / "config.1.yaml").read_text() == first
     assert "MAX_EPOCH: 2" in (out / "config.yaml").read_text()
     assert os.path.basename(list_checkpoints(str(out))[-1]) == "checkpoint_epoch0002.pth"
+
+
+def test_init_from_3d_checkpoint_only_when_not_resuming(tmp_path, capsys):
+    from gcvideo.models import build_model
+
+    src_cfg = tiny_cfg(tmp_path / "src", num_classes=5)
+    torch.manual_seed(123)
+    src = build_model(src_cfg)
+    with torch.no_grad():
+        src.blocks[0].conv.weight.fill_(0.01)  # recognisable stem
+    path = str(tmp_path / "pretrained.pth")
+    torch.save(src.state_dict(), path)
+    out = tmp_path / "run"
+    cfg = tiny_cfg(out, "SOLVER.MAX_EPOCH", 1, "SOLVER.BASE_LR", 1e-6, "TRAIN.INIT_FROM", path)
+    train(cfg, dataset_builder=builder())
+    printed = capsys.readouterr().out
+    assert f"initialised from {path}" in printed and "re-initialised" in printed  # 5 -> 4 classes: new head
+    stem = load_checkpoint_file(str(out / "checkpoints" / "checkpoint_epoch0001.pth"))["model"]["blocks.0.conv.weight"]
+    torch.testing.assert_close(stem, torch.full_like(stem, 0.01), atol=1e-4, rtol=0)
+    cfg2 = tiny_cfg(out, "SOLVER.MAX_EPOCH", 2, "SOLVER.BASE_LR", 1e-6, "TRAIN.INIT_FROM", path)
+    train(cfg2, dataset_builder=builder())
+    printed = capsys.readouterr().out
+    assert "resuming from" in printed and "initialised from" not in printed

@@ -107,3 +107,40 @@ def test_init_from_3d_checkpoint_only_when_not_resuming(tmp_path, capsys):
     train(cfg2, dataset_builder=builder())
     printed = capsys.readouterr().out
     assert "resuming from" in printed and "initialised from" not in printed
+
+
+def test_options_smoke_gc_bf16_channels_last_clip_precise_bn(tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_cfg(out, "SOLVER.MAX_EPOCH", 1, "CONTEXT.TYPE", "gc", "CONTEXT.LOCATION", "all",
+                   "TRAIN.MIXED_PRECISION", "bf16", "TRAIN.CHANNELS_LAST", True, "SOLVER.CLIP_GRAD_NORM", 0.5,
+                   "TRAIN.PRECISE_BN_BATCHES", 2, "TRAIN.EVAL_PERIOD", 1, "SOLVER.NESTEROV", False)
+    res = train(cfg, dataset_builder=builder())
+    assert res["global_iter"] == 4 and len(res["val"]) == 1
+    ck = load_checkpoint_file(str(out / "checkpoints" / "checkpoint_epoch0001.pth"))
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_precise_bn_averages_batch_statistics():
+    from torch.utils.data import DataLoader
+
+    from gcvideo.engine.trainer import precise_bn
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = torch.nn.BatchNorm3d(2, momentum=0.1)
+
+        def forward_features(self, x):
+            return self.bn(x)
+
+    g = torch.Generator().manual_seed(0)
+    clips = [{"video": torch.randn(2, 1, 2, 2, generator=g) * (i + 1) + i} for i in range(12)]
+    net = Net()
+    used = precise_bn(net, DataLoader(clips, batch_size=4), 2, torch.device("cpu"), None, False)
+    assert used == 2
+    batches = [torch.stack([c["video"] for c in clips[b * 4:(b + 1) * 4]]) for b in range(2)]  # (4, 2, 1, 2, 2)
+    means = torch.stack([b.mean((0, 2, 3, 4)) for b in batches]).mean(0)
+    vars_ = torch.stack([b.transpose(0, 1).reshape(2, -1).var(1, unbiased=True) for b in batches]).mean(0)
+    torch.testing.assert_close(net.bn.running_mean, means)
+    torch.testing.assert_close(net.bn.running_var, vars_)
+    assert net.bn.momentum == 0.1

@@ -73,22 +73,34 @@ def select_blocks(model: nn.Module, names: Optional[Sequence[str]] = None,
 def context_input_hooks(model: nn.Module, callback: Callable[[str, nn.Module, torch.Tensor], None],
                         names: Optional[Sequence[str]] = None) -> Iterator[None]:
     """While active, ``callback(name, block, x)`` sees the input x of each context block
-    (all, or those named) on every forward (forward pre-hooks; removed on exit)."""
+    (all, or those named) on every forward (forward pre-hooks; removed on exit).
+
+    A fused add-fusion ``ContextBlock`` at the pre_add position is run by its residual unit
+    through ``ContextBlock.residual`` (one autograd Function for block + residual add + ReLU),
+    which does not call the module, so its hooks would not fire: while active, hooked blocks
+    use the plain-op path (``fused = False``; the same numbers), restored on exit.
+    """
     blocks = dict(_named_blocks(model))
     wanted = list(blocks) if names is None else list(names)
     missing = [n for n in wanted if n not in blocks]
     if missing:
         raise ValueError(f"unknown context blocks {missing}; available: {', '.join(blocks) or '(none)'}")
     handles = []
+    unfused = []
     try:
         for name in wanted:
             def hook(module, args, _name=name):
                 callback(_name, module, args[0])
             handles.append(blocks[name].register_forward_pre_hook(hook))
+            if getattr(blocks[name], "fused", False) is True:
+                blocks[name].fused = False
+                unfused.append(blocks[name])
         yield
     finally:
         for h in handles:
             h.remove()
+        for m in unfused:
+            m.fused = True
 
 
 @torch.no_grad()
@@ -103,6 +115,11 @@ def capture_context_inputs(model: nn.Module, clip: torch.Tensor, names: Optional
     model.eval()
     with context_input_hooks(model, keep, names):
         logits = model(clip)
+    wanted = [n for n, _ in _named_blocks(model)] if names is None else list(names)
+    lost = [n for n in wanted if n not in inputs]
+    if lost:
+        raise RuntimeError(f"the forward pass did not call context blocks {lost} as modules, so their inputs "
+                           "could not be captured with forward pre-hooks")
     return logits, inputs
 
 

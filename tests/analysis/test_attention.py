@@ -230,3 +230,17 @@ def test_visualize_tool_nl_on_real_video(toy, capsys):
     bad.write_bytes(b"nothing")
     assert tool.main(["--config", cfg_file, "--checkpoint", ckpt, str(bad), "--out", str(toy / "x")]) == 1
     assert "bad.mp4" in capsys.readouterr().err
+
+
+def test_hooks_fire_for_fused_blocks_and_restore_fused():
+    """Fused pre_add GC blocks run through ContextBlock.residual; the hooks must still see them."""
+    m = _model("gc", GC_LOC)
+    blocks = m.context_blocks()
+    assert all(b.fused for b in blocks)
+    x = _clip()
+    with torch.no_grad():
+        ref = m(x)
+        logits, inputs = capture_context_inputs(m, x)
+    assert len(inputs) == len(blocks)
+    torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-6)
+    assert all(b.fused for b in blocks)  # restored

@@ -8,11 +8,13 @@ the baseline at 8x224x224.
     python bench/bench_context.py                                  # everything, ~10-20 min on 2 cores
     python bench/bench_context.py --variants fp32,fp32_cl --modes fwdbwd --repeats 9
     python bench/bench_context.py --models base,gc_all,gc_all_unfused --json /tmp/b.json
+    python bench/bench_context.py --profile --models base,gc_all_orig,gc_all --variants fp32 --modes fwdbwd
 
 All models of one (variant, mode) are measured in one process, alternating between
 models every repeat, so slow drifts of a shared CPU hit them alike. Reported: the median
 time per model and, per model, the median over repeats of its time divided by the
-baseline's time in the same repeat (the ratio the target is about).
+baseline's time in the same repeat (the ratio the target is about); also the same ratio of
+process CPU time, less sensitive to other jobs preempting this one on a shared machine.
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ MODELS = {  # name -> (config, overrides)
     "gc_all": ("slow_r50_8x8_gc_all", []),
     "gc_all_unfused": ("slow_r50_8x8_gc_all", ["CONTEXT.FUSED", "False"]),
     "gc5": ("slow_r50_8x8_gc5", []),
+    # +all GC with gcvideo/layers/context.py as it was before the speed work (git rev ORIG_REV):
+    # a fused attention-pooling Function, then autograd for the transform and the broadcast add
+    "gc_all_orig": ("slow_r50_8x8_gc_all", []),
     "nl5": ("slow_r50_8x8_nl5", []),
 }
 VARIANTS = {  # name -> (autocast dtype or None, channels_last_3d)
@@ -45,6 +50,42 @@ VARIANTS = {  # name -> (autocast dtype or None, channels_last_3d)
     "bf16": (torch.bfloat16, False),
     "bf16_cl": (torch.bfloat16, True),
 }
+
+
+ORIG_REV = "ce9f78c"
+
+
+def _orig_context_module():
+    """gcvideo/layers/context.py at ORIG_REV, imported under another name (needs git)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    src = subprocess.run(["git", "-C", ROOT, "show", f"{ORIG_REV}:gcvideo/layers/context.py"], check=True,
+                         capture_output=True, text=True).stdout
+    path = os.path.join(tempfile.mkdtemp(), "context_orig.py")
+    with open(path, "w") as f:
+        f.write(src)
+    spec = importlib.util.spec_from_file_location("context_orig", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _swap_in_orig(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace every ContextBlock by the ORIG_REV class with the same weights (no ``residual``
+    method, so the residual block composes it as relu(branch2(x) + shortcut), as before)."""
+    orig = _orig_context_module()
+    for name, m in list(model.named_modules()):
+        if "context" in m._modules and type(m._modules["context"]).__name__ == "ContextBlock":
+            b = m._modules["context"]
+            nb = orig.ContextBlock(b.channels, pooling=b.pooling, transform=b.transform_kind, norm=b.norm_kind,
+                                   fusion=b.fusion, fused=True,
+                                   ratio=b.transform[0].out_channels / b.channels
+                                   if b.transform_kind == "bottleneck" else 0.25)
+            nb.load_state_dict(b.state_dict())
+            m._modules["context"] = nb
+    return model
 
 
 def build(name: str) -> torch.nn.Module:
@@ -62,7 +103,7 @@ def build(name: str) -> torch.nn.Module:
             for p in m.parameters():
                 if p.dim() > 1 and not p.any():
                     p.normal_(0, 0.01)
-    return model
+    return _swap_in_orig(model) if name.endswith("_orig") else model
 
 
 def to_memory_format(model: torch.nn.Module, fmt) -> torch.nn.Module:
@@ -103,19 +144,22 @@ def measure(models: List[str], variant: str, mode: str, repeats: int, warmup: in
         for name in models:
             steps[name]()
     times = {name: [] for name in models}
+    cpu = {name: [] for name in models}
     for r in range(repeats):
         order = models if r % 2 == 0 else models[::-1]  # alternate the order too
         for name in order:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - t0)
-    return times
+            cpu[name].append(time.process_time() - c0)
+    return times, cpu
 
 
-def summarise(times: Dict[str, List[float]], base: str = "base") -> Dict[str, dict]:
+def summarise(times: Dict[str, List[float]], cpu: Dict[str, List[float]], base: str = "base") -> Dict[str, dict]:
     out = {}
     for name, ts in times.items():
-        d = {"median_s": statistics.median(ts), "min_s": min(ts), "times_s": ts}
+        d = {"median_s": statistics.median(ts), "min_s": min(ts), "times_s": ts, "cpu_s": cpu[name],
+             "cpu_ratio_median_of_pairs": statistics.median(t / b for t, b in zip(cpu[name], cpu[base]))}
         if base in times:
             d["ratio_median_of_pairs"] = statistics.median(t / b for t, b in zip(ts, times[base]))
             d["ratio_of_medians"] = d["median_s"] / statistics.median(times[base])
@@ -201,16 +245,18 @@ def main(argv=None) -> int:
                "input": list(thw), "repeats": args.repeats, "runs": []}
     print(f"# {results['date']}  {results['machine']}")
     print(f"# {results['command']}")
-    print(f"{'mode':<7} {'variant':<8} {'model':<15} {'median s':>9} {'min s':>7} {'ratio':>7} {'ratio(med)':>10}")
+    print(f"{'mode':<7} {'variant':<8} {'model':<15} {'median s':>9} {'min s':>7} {'ratio':>7} {'ratio(med)':>10}"
+          f" {'cpu ratio':>9}")
     for mode in args.modes.split(","):
         for variant in args.variants.split(","):
-            times = measure(models, variant, mode, args.repeats, args.warmup, thw)
-            summary = summarise(times)
+            times, cpu = measure(models, variant, mode, args.repeats, args.warmup, thw)
+            summary = summarise(times, cpu)
             results["runs"].append({"mode": mode, "variant": variant, "models": summary})
             for name in models:
                 s = summary[name]
                 print(f"{mode:<7} {variant:<8} {name:<15} {s['median_s']:9.3f} {s['min_s']:7.3f} "
-                      f"{s['ratio_median_of_pairs']:7.3f} {s['ratio_of_medians']:10.3f}", flush=True)
+                      f"{s['ratio_median_of_pairs']:7.3f} {s['ratio_of_medians']:10.3f} "
+                      f"{s['cpu_ratio_median_of_pairs']:9.3f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

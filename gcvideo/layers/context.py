@@ -46,24 +46,34 @@ def _flatten_positions(x: torch.Tensor):
     return x.reshape(n, c, -1), False  # (N, C, L)
 
 
+def _sum_channels(xf: torch.Tensor, cl: bool, u: torch.Tensor) -> torch.Tensor:
+    """sum_c u[n, c] x[n, c, l] -> (N, L); u: (N, C) or (C,). One matrix-vector product per clip.
+
+    ``torch.mv`` on the (transposed) 2-D view reads x once in any layout and dtype; batched
+    matmuls of the same shapes hit slow kernels for some layouts (bf16 on AVX2 CPUs) or copy.
+    """
+    u = u.to(xf.dtype)
+    rows = [torch.mv(xf[i] if cl else xf[i].t(), u[i] if u.dim() == 2 else u) for i in range(xf.shape[0])]
+    return torch.stack(rows)  # (N, L)
+
+
+def _sum_positions(xf: torch.Tensor, cl: bool, v: torch.Tensor) -> torch.Tensor:
+    """sum_l v[n, l] x[n, c, l] -> (N, C); v: (N, L). One matrix-vector product per clip."""
+    v = v.to(xf.dtype)
+    return torch.stack([torch.mv(xf[i].t() if cl else xf[i], v[i]) for i in range(xf.shape[0])])  # (N, C)
+
+
 def _pool_forward(xf: torch.Tensor, cl: bool, weight: torch.Tensor, bias: Optional[torch.Tensor]):
     """Attention pooling on flattened x: (context (N, C) in x's dtype, p (N, L) in the softmax dtype).
 
     Two matrix-vector passes over x (logits, weighted sum); the softmax is over the small (N, L).
     """
-    w = weight.reshape(-1).to(xf.dtype)
-    logits = torch.matmul(xf, w) if cl else torch.matmul(w, xf)  # (N, L)
     acc = _acc_dtype(xf.dtype)
-    logits = logits.to(acc)
+    logits = _sum_channels(xf, cl, weight.reshape(-1)).to(acc)  # (N, L)
     if bias is not None:
         logits = logits + bias.to(acc)
     p = torch.softmax(logits, dim=1)  # (N, L), float32 (float64 for float64 input)
-    pc = p.to(xf.dtype).unsqueeze(1)  # (N, 1, L)
-    if cl:
-        context = torch.bmm(pc, xf).squeeze(1)  # (N, C)
-    else:
-        context = torch.matmul(xf, pc.transpose(1, 2)).squeeze(2)  # (N, C)
-    return context, p
+    return _sum_positions(xf, cl, p), p  # (N, C), (N, L)
 
 
 def _pool_backward(xf: torch.Tensor, cl: bool, p: torch.Tensor, g_ctx: torch.Tensor,
@@ -73,20 +83,11 @@ def _pool_backward(xf: torch.Tensor, cl: bool, p: torch.Tensor, g_ctx: torch.Ten
     g_ctx: dL/dcontext (N, C). Returns gl = dL/dlogits (N, L) in p's dtype and
     gw = dL/dw = sum_j gl_j x_j summed over the batch, (C,) in p's dtype. One pass over x each.
     """
-    g = g_ctx.to(xf.dtype)
-    if cl:
-        gp = torch.bmm(xf, g.unsqueeze(2)).squeeze(2)  # (N, L): x_j . g
-    else:
-        gp = torch.bmm(g.unsqueeze(1), xf).squeeze(1)  # (N, L)
-    gp = gp.to(p.dtype)
+    gp = _sum_channels(xf, cl, g_ctx).to(p.dtype)  # (N, L): x_j . g_ctx
     if g_p is not None:
         gp = gp + g_p.to(p.dtype)
     gl = p * (gp - (p * gp).sum(dim=1, keepdim=True))  # softmax backward, (N, L)
-    gld = gl.to(xf.dtype).unsqueeze(1)  # (N, 1, L)
-    if cl:
-        gw = torch.bmm(gld, xf).sum(0).squeeze(0)  # (C,)
-    else:
-        gw = torch.matmul(xf, gld.transpose(1, 2)).sum(0).squeeze(1)  # (C,)
+    gw = _sum_positions(xf, cl, gl).sum(0)  # (C,)
     return gl, gw.to(p.dtype)
 
 
@@ -166,8 +167,10 @@ class _ContextAdd(torch.autograd.Function):
             context, p = _pool_forward(yf, cl, weight, bias)  # (N, C), (N, L)
         else:
             context, p = y.mean(dim=(2, 3, 4)), None  # (N, C)
-        with torch.enable_grad():
-            c_in = context.detach().requires_grad_()
+        # The transform on (N, C) runs in its weights' dtype (float32) even under autocast: it is
+        # tiny, and bf16 weight casts and bf16 GEMMs with one row are slow on CPUs without bf16 units.
+        with torch.enable_grad(), torch.autocast(y.device.type, enabled=False):
+            c_in = context.detach().to(block.transform[0].weight.dtype).requires_grad_()
             t = block._transform_vec(c_in)  # (N, C), differentiable in c_in and the transform's weights
         term = t.detach().to(y.dtype).view(n, c, 1, 1, 1)
         if shortcut is not None:

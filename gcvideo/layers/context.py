@@ -363,11 +363,19 @@ class ContextBlock(nn.Module):
         """relu(shortcut + self(x)): the block at the pre_add position of a residual unit.
 
         Fused (add fusion, fused=True): one Function, the broadcast add merged into the
-        residual add + ReLU; otherwise the plain composition.
+        residual add + ReLU; otherwise, or while forward hooks are registered on this block
+        (or globally), the composition relu(self(x) + shortcut), which calls the module so
+        the hooks see its input and output.
         """
-        if self._use_fused_add(x):
+        if self._use_fused_add(x) and not self._has_forward_hooks():
             return self._fused_add(x, shortcut, relu=True)
         return torch.relu(self(x) + shortcut)
+
+    def _has_forward_hooks(self) -> bool:
+        from torch.nn.modules import module as _m
+
+        return bool(self._forward_hooks or self._forward_pre_hooks or _m._global_forward_hooks
+                    or _m._global_forward_pre_hooks)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The attention weights over positions, (N, T, H, W) (softmax over all T*H*W)."""

@@ -223,3 +223,17 @@ def test_model_fused_equals_unfused_with_gradients(kind, channels_last):
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-10, atol=1e-12)
     for (n, p), (_, q) in zip(models[0].named_parameters(), models[1].named_parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-10, msg=n)
+
+
+def test_residual_calls_the_module_when_hooked():
+    fused, ref = _pair()
+    seen = []
+    h = fused.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
+    x = torch.randn(N, C, T, H, W, dtype=torch.float64)
+    s = torch.randn_like(x)
+    out = fused.residual(x, s)
+    h.remove()
+    assert seen == [x.shape]
+    torch.testing.assert_close(out, ref.residual(x, s))
+    fused.residual(x, s)
+    assert len(seen) == 1  # unhooked: the fused Function again, no module call

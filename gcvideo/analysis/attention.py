@@ -19,7 +19,8 @@ alpha_j = softmax_j(W_k x_j) over all T*H*W positions we show here.
 
 Display normalisation: a GC map is divided by its maximum over the whole clip (so the
 frames of one block are comparable and the change over time is visible); a non-local map
-by the maximum of that query's map. The raw maps are saved beside the figures (``.pt``).
+by the maximum of that query's map. Labels give each map's peak relative to a uniform map
+(max / mean; 1.0 = uniform), since a nearly uniform map looks like a flat tint after scaling. The raw maps are saved beside the figures (``.pt``).
 """
 from __future__ import annotations
 
@@ -295,6 +296,12 @@ def _short(name: str) -> str:
     return f"res{stage}.{block}" + ("" if "branch2" in parts else "+")
 
 
+def _peak(m: torch.Tensor) -> float:
+    """Largest weight of a map relative to a uniform map (1.0 = uniform attention)."""
+    m = m.float()
+    return float(m.max() / m.mean().clamp_min(1e-30))
+
+
 def render_gc(frames: np.ndarray, maps: Dict[str, torch.Tensor], alpha: float = 0.5
               ) -> Tuple[bytes, bytes]:
     """frames uint8 (T, H, W, 3), maps {block: (T', h, w)} (one clip) -> (PNG grid, GIF).
@@ -311,7 +318,9 @@ def render_gc(frames: np.ndarray, maps: Dict[str, torch.Tensor], alpha: float = 
         up = (up / up.max().clamp_min(1e-20)).numpy()
         cols[name] = [overlay_heatmap(frames[i], up[i], alpha) for i in range(t)]
     tiles = [[frames[i]] + [cols[n][i] for n in maps] for i in range(t)]
-    png = _labelled_grid(tiles, [f"frame {i}" for i in range(t)], ["input"] + [_short(n) for n in maps],
+    peaks = {n: _peak(m) for n, m in maps.items()}
+    png = _labelled_grid(tiles, [f"frame {i}" for i in range(t)],
+                         ["input"] + [f"{_short(n)} (peak {peaks[n]:.1f}x uniform)" for n in maps],
                          title="GC attention (softmax over all T*H*W positions; each block scaled to its max)")
     gif = _gif([np.concatenate(row, axis=1) for row in tiles])
     return png, gif
@@ -337,7 +346,7 @@ def render_nl(frames: np.ndarray, nl: Dict[str, Dict], queries: Sequence[Tuple[f
             py, px = min(int(qy * hgt), hgt - 1), min(int(qx * wid), wid - 1)
             row[int(qt)] = _mark(row[int(qt)], py, px, radius=max(2, hgt // 40))
             tiles.append(row)
-            labels.append(f"{_short(name)} q{qi}\nt={int(qt)} y={qy:.2f} x={qx:.2f}")
+            labels.append(f"{_short(name)} q{qi} peak {_peak(maps[qi]):.1f}x\nt={int(qt)} y={qy:.2f} x={qx:.2f}")
     png = _labelled_grid(tiles, labels, [f"frame {i}" for i in range(t)],
                          title="non-local attention of query positions (red dot); each map scaled to its max")
     gif = _gif([np.concatenate([row[i] for row in tiles], axis=1) for i in range(t)])

@@ -14,6 +14,10 @@ For one block and one clip with L = T*H*W query positions and L_k key positions:
   w_i = (w_i1 .. w_iLk) of the normalised pairwise weights f(x_i, x_j) / C(x).
 - ``jsd``:    mean Jensen-Shannon divergence between the attention maps of query pairs
   (gaussian and embedded_gaussian only: their rows are probability distributions).
+- ``entropy``: mean over queries of H(w_i) / ln(L_k), the attention maps' normalised entropy
+  (1 = uniform, 0 = all weight on one key; gaussian and embedded_gaussian only). Small ``att``
+  and ``jsd`` with ``entropy`` near 1 mean the maps are alike because they are nearly flat;
+  with a low ``entropy`` they are alike *and* focused (the papers' observation).
 - ``query``:  the same cosine distance for the query embeddings theta(x_i) (Ci-vectors, L of them).
 - ``key``:    ... for the key embeddings phi(x_j) (Ci-vectors, L_k of them, after the key pool).
 - ``product``: ... for the rows of the query-key products s_i = (theta(x_i)^T phi(x_j))_j, the
@@ -50,7 +54,7 @@ __all__ = ["mean_pairwise_cosine_distance", "mean_pairwise_jsd", "nonlocal_block
            "read_video_list", "DEFINITIONS",
            "NonlocalStatsAccumulator", "collect_nonlocal_stats", "format_stats_table", "STAT_COLUMNS"]
 
-STAT_COLUMNS = ("input", "output", "att", "jsd", "query", "key", "product")
+STAT_COLUMNS = ("input", "output", "att", "jsd", "entropy", "query", "key", "product")
 
 
 def mean_pairwise_cosine_distance(v: torch.Tensor, include_self: bool = True, eps: float = 1e-12) -> torch.Tensor:
@@ -146,6 +150,8 @@ def nonlocal_block_stats(block: nn.Module, x: torch.Tensor, max_queries: Optiona
     out["att"] = cos(att)
     if inst in ("gaussian", "embedded_gaussian"):
         out["jsd"] = mean_pairwise_jsd(att, include_self=include_self, max_queries=max_queries, seed=seed)
+        lk = att.shape[-1]
+        out["entropy"] = _entropy(att.to(torch.float64)).mean(dim=1) / math.log(lk) if lk > 1 else None
     if inst != "gaussian":
         out["query"] = cos(_rows(q))
         out["key"] = cos(_rows(k))
@@ -247,6 +253,8 @@ DEFINITIONS = {
              "input features x_i",
     "output": "same for the block output before fusion, z_i - x_i = BN(W_z y_i)",
     "att": "same for the attention maps of the query positions (rows of f(x_i, x_j)/C(x) over the key positions)",
+    "entropy": "mean over query positions of the attention map's entropy divided by ln(L_k) (1 = uniform "
+               "attention, 0 = one key); gaussian / embedded_gaussian",
     "jsd": "mean Jensen-Shannon divergence (nats) between the attention maps over all L^2 query pairs "
            "(gaussian / embedded_gaussian; query subsample when L > max_queries)",
     "query": "mean cosine distance over pairs of query embeddings theta(x_i)",

@@ -153,9 +153,11 @@ def _direct(block, x):
         bn.running_var.to(F64).view(1, -1, 1, 1, 1) + bn.eps) * bn.weight.to(F64).view(1, -1, 1, 1, 1) + \
         bn.bias.to(F64).view(1, -1, 1, 1, 1)
     out = {"input": ref_cos_dist(x.flatten(2)[0].t()), "output": ref_cos_dist(delta.flatten(2)[0].t()),
-           "att": ref_cos_dist(att), "jsd": None, "query": None, "key": None, "product": None}
+           "att": ref_cos_dist(att), "jsd": None, "entropy": None, "query": None, "key": None, "product": None}
     if inst in ("gaussian", "embedded_gaussian"):
         out["jsd"] = ref_jsd(att)
+        rows = att.tolist()
+        out["entropy"] = sum(-sum(a * math.log(a) for a in r if a > 0) for r in rows) / len(rows) / math.log(len(rows[0]))
     if inst != "gaussian":
         out["query"], out["key"] = ref_cos_dist(q.t()), ref_cos_dist(k.t())
     if inst in ("embedded_gaussian", "dot_product"):
@@ -203,7 +205,7 @@ def test_collect_over_clips_is_the_mean_of_per_clip_stats():
         _, inputs = capture_context_inputs(m, c)
         blk = dict(m.named_context_blocks())[rows[1]["block"]]
         per.append(nonlocal_block_stats(blk, inputs[rows[1]["block"]], max_queries=None))
-    for col in ("input", "att", "jsd", "product"):
+    for col in ("input", "att", "jsd", "entropy", "product"):
         want = float(torch.cat([p[col] for p in per]).mean())
         assert rows[1][col] == pytest.approx(want, rel=1e-9)
     text = format_stats_table(rows)

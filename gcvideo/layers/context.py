@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 __all__ = ["ContextBlock", "attention_pool", "CONTEXT_PRESETS"]
 
@@ -127,6 +128,7 @@ class _AttentionPool(torch.autograd.Function):
         return context, p
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_context, grad_p_out):
         x, weight, p = ctx.saved_tensors
         xf, cl = _flatten_positions(x)
@@ -190,6 +192,7 @@ class _ContextAdd(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         y, weight, p, out = ctx.saved_tensors
         c_in, t, params = ctx.graph  # kept (tiny) so that retain_graph / gradcheck can run backward again

@@ -2,7 +2,7 @@
 """Parameters and FLOPs of a config, beside the paper's figures (GCNet TPAMI, Table 10).
 
     python tools/count_flops.py --config configs/kinetics400/slow_r50_8x8_gc_all.yaml
-    python tools/count_flops.py --config configs/kinetics400/slow_r50_8x8_nl5.yaml --nl-convention reference
+    python tools/count_flops.py --config configs/kinetics400/slow_r50_8x8_nl5.yaml
     python tools/count_flops.py --config configs/kinetics400/slow_r50_8x8.yaml --input 8,224,224 --json
     python tools/count_flops.py --explain        # the candidates for the paper's 39.29 / +20.31 (slow)
 
@@ -74,7 +74,7 @@ def format_report(config: str, reports: List[FlopReport], cfg) -> str:
         if r.context_blocks:
             lines.append(f"  inside {r.context_blocks} context blocks: {r.context_total / 1e9:.4f} G ("
                          + ", ".join(f"{k} {v / 1e9:.4f}" for k, v in sorted(r.context_by_operator.items()))
-                         + f"); non-local convention: {r.nl_convention}")
+                         + ")")
     lines.append("operators without a FLOP count (same at every input size):")
     lines.append("  inside context blocks:")
     lines += _skipped_lines(r0.skipped_context)
@@ -104,9 +104,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--config", help="config YAML (configs/kinetics400/*.yaml)")
     ap.add_argument("--input", type=_parse_input, action="append",
                     help="clip size T,H,W (repeatable); default: 8,224,224 and 8,256,256")
-    ap.add_argument("--nl-convention", choices=["model", "reference"], default="model",
-                    help="non-local counting: what our block computes (model) or the original NL code "
-                         "with the max pool before phi/g (reference); docs/flops.md")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ap.add_argument("--explain", action="store_true",
                     help="compute the candidate explanations of the paper's FLOPs (takes minutes)")
@@ -119,7 +116,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ap.error("--config is required (or --explain)")
     cfg, model = build(args.config, args.opts)
     sizes = args.input or [TRAIN_INPUT, TEST_INPUT]
-    reports = [count_flops(model, (1, 3) + tuple(s), nl_convention=args.nl_convention) for s in sizes]
+    reports = [count_flops(model, (1, 3) + tuple(s)) for s in sizes]
     if args.json:
         row = paper_row(args.config)
         print(json.dumps({"config": args.config, "params": reports[0].params,

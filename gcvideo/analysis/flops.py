@@ -22,22 +22,18 @@ count the backbone's residual adds and ReLUs either. Any other operator that
 has no handle is reported as *unexplained* (``FlopReport.unexplained``); the
 tests require that list to be empty inside context blocks.
 
-Non-local blocks can be counted two ways (``nl_convention``):
-
-- ``"model"``: what our block computes (PySlowFast layout: theta/phi/g 1x1x1
-  convs on all T*H*W positions, then the 1x2x2 max pool on phi and g);
-- ``"reference"``: the original non-local code (Wang et al. 2018, Caffe2
-  video-nonlocal-net; also mmaction v1): the max pool subsamples x *before* the
-  phi and g convs, so they run on T*H*W/4 positions. This is the convention that
-  brings +5 NL within 10% of the paper's +20.31 GFLOPs (docs/flops.md).
+Non-local blocks are counted as they compute. Their key/value subsampling is an
+architecture choice (``CONTEXT.NL_POOL_POSITION``): "after_conv" (PySlowFast:
+theta/phi/g 1x1x1 convs on all T*H*W positions, then the 1x2x2 max pool on phi
+and g) or "before_conv" (the original non-local code, Wang et al. 2018: max-pool
+x, then phi and g on T*H*W/4 positions). The paper's +5 NL row (+20.31 GFLOPs)
+fits the latter, which configs/kinetics400/slow_r50_8x8_nl5.yaml uses (docs/flops.md).
 """
 from __future__ import annotations
 
 import dataclasses
-import types
 from collections import Counter
-from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -156,55 +152,6 @@ EXTRA_HANDLES = {
 
 
 # ---------------------------------------------------------------------------
-# Non-local counting convention
-# ---------------------------------------------------------------------------
-def _nl_reference_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """Shape-faithful forward of the *original* non-local block, used only to count FLOPs.
-
-    As in Wang et al.'s Caffe2 code, the max pool subsamples x before the phi and
-    g convs (our block pools their outputs). Softmax/scale/normaliser are kept so
-    every operator type of the block appears in the trace.
-    """
-    n, c, t, h, w = x.shape
-    xs = self.pool(x) if self.pool is not None else x  # (N, C, T', H', W')
-    if self.instantiation == "gaussian":
-        q, k = x.reshape(n, c, -1), xs.reshape(n, c, -1)  # (N, C, L), (N, C, Lk)
-    else:
-        q = self.conv_theta(x).reshape(n, self.inner, -1)  # (N, Ci, L)
-        k = self.conv_phi(xs).reshape(n, self.inner, -1)  # (N, Ci, Lk)
-    if self.instantiation == "concat":
-        wf = self.concat_project.weight.reshape(2, self.inner)
-        u = torch.einsum("c,ncl->nl", wf[0], q)  # (N, L)
-        v = torch.einsum("c,ncl->nl", wf[1], k)  # (N, Lk)
-        attn = torch.relu(u.unsqueeze(2) + v.unsqueeze(1)) / k.shape[-1]  # (N, L, Lk)
-    else:
-        attn = torch.bmm(q.transpose(1, 2), k)  # (N, L, Lk)
-        attn = torch.softmax(attn, dim=-1) if self.instantiation != "dot_product" else attn / k.shape[-1]
-    g = self.conv_g(xs).reshape(n, self.inner, -1)  # (N, Ci, Lk)
-    y = torch.bmm(g, attn.transpose(1, 2)).reshape(n, self.inner, t, h, w)  # (N, Ci, T, H, W)
-    return x + self.bn(self.conv_out(y))
-
-
-@contextmanager
-def _nl_convention(model: nn.Module, convention: str) -> Iterator[None]:
-    if convention not in ("model", "reference"):
-        raise ValueError(f"nl_convention={convention!r}: expected 'model' or 'reference'")
-    from gcvideo.layers import NonLocalBlock
-
-    patched = []
-    if convention == "reference":
-        for m in model.modules():
-            if isinstance(m, NonLocalBlock):
-                m.forward = types.MethodType(_nl_reference_forward, m)
-                patched.append(m)
-    try:
-        yield
-    finally:
-        for m in patched:
-            del m.forward
-
-
-# ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
 @dataclasses.dataclass
@@ -222,7 +169,6 @@ class FlopReport:
     # op -> (count of occurrences, reason it is not counted or None if unexplained)
     skipped_context: Dict[str, Tuple[int, Optional[str]]]
     skipped_backbone: Dict[str, Tuple[int, Optional[str]]]
-    nl_convention: str = "model"
 
     @property
     def gflops(self) -> float:
@@ -279,7 +225,7 @@ def _analysis(model: nn.Module, x: torch.Tensor, extra: bool) -> FlopCountAnalys
 
 
 def count_flops(model: nn.Module, input_shape: Sequence[int] = (1, 3) + TRAIN_INPUT, *,
-                nl_convention: str = "model", extra_handles: bool = True) -> FlopReport:
+                extra_handles: bool = True) -> FlopReport:
     """Count FLOPs of ``model`` on one input of ``input_shape`` (N, C, T, H, W) or (T, H, W).
 
     ``extra_handles=False`` gives fvcore's own default count (no softmax, pooling, ...).
@@ -292,7 +238,7 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] = (1, 3) + TRAIN_IN
     model.eval()
     try:
         x = torch.zeros(shape, dtype=next(model.parameters()).dtype)
-        with _nl_convention(model, nl_convention), torch.no_grad():
+        with torch.no_grad():
             fa = _analysis(model, x, extra_handles)
             total = int(fa.total())
             by_op = {k: int(v) for k, v in fa.by_operator().items()}
@@ -315,8 +261,7 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] = (1, 3) + TRAIN_IN
         by_module=by_module, context_total=int(sum(ctx_ops.values())),
         context_by_operator={k: int(v) for k, v in ctx_ops.items()}, context_blocks=len(ctx_names),
         skipped_context={op: (int(c), _reason(op)) for op, c in sorted(skipped_ctx.items())},
-        skipped_backbone={op: (int(c), _reason(op)) for op, c in sorted(skipped_bb.items())},
-        nl_convention=nl_convention)
+        skipped_backbone={op: (int(c), _reason(op)) for op, c in sorted(skipped_bb.items())})
 
 
 # ---------------------------------------------------------------------------
@@ -482,36 +427,35 @@ def baseline_candidates(input_thw: Sequence[int] = TRAIN_INPUT) -> List[Candidat
 
 
 def nl_candidates(input_thw: Sequence[int] = TRAIN_INPUT) -> List[Candidate]:
-    """+5 NL over the baseline, counted in each convention (paper: +20.31 G)."""
+    """+5 NL over the baseline, for each key/value subsampling layout and counting (paper: +20.31 G)."""
     from gcvideo.layers import NonLocalBlock
 
     shape = (1, 3) + tuple(input_thw)
     where = {1: {1, 3}, 2: {1, 3, 5}}
 
-    def nl_model(pool=(1, 2, 2)):
-        return _r50(post_context_factory=lambda s, b, c: NonLocalBlock(c, pool=pool) if b in where.get(s, ()) else None)
+    def nl_model(pool=(1, 2, 2), position="after_conv"):
+        return _r50(post_context_factory=lambda s, b, c: NonLocalBlock(c, pool=pool, pool_position=position)
+                    if b in where.get(s, ()) else None)
 
     base = count_flops(_r50(), shape)
-    m = nl_model()
-    out = []
-    r_model = count_flops(m, shape)
-    r_ref = count_flops(m, shape, nl_convention="reference")
-    p = count_params(m)
-    no_bn = ("batch_norm",)
-    out.append(Candidate("model (PySlowFast): convs on all positions, then 1x2x2 max pool; all ops",
-                         p, (r_model.total - base.total) / 1e9))
-    out.append(Candidate("reference (Wang et al. Caffe2 / mmaction v1): 1x2x2 max pool before phi and g; "
-                         "all ops", p, (r_ref.total - base.total) / 1e9))
-    out.append(Candidate("reference, BN not counted", p,
-                         (r_ref.total - r_ref.by_operator.get("batch_norm", 0) - base.total
-                          + base.by_operator.get("batch_norm", 0)) / 1e9))
-    out.append(Candidate("model, convs only (affinity matmuls not counted)", p,
-                         (r_model.by_operator.get("conv", 0) - base.by_operator.get("conv", 0)) / 1e9))
-    out.append(Candidate("reference, convs only", p,
-                         (r_ref.by_operator.get("conv", 0) - base.by_operator.get("conv", 0)) / 1e9))
-    mm = count_flops_mmcv_style(nl_model(), shape) - count_flops_mmcv_style(_r50(), shape)
-    out.append(Candidate("model, mmcv-style module hooks (no matmul)", p, mm / 1e9))
+    after, before = nl_model(), nl_model(position="before_conv")
+    r_after, r_before = count_flops(after, shape), count_flops(before, shape)
+    p = count_params(after)
+    out = [
+        Candidate("pool after phi/g convs (PySlowFast, mmaction2): convs on all positions, then 1x2x2 max pool; "
+                  "all ops", p, (r_after.total - base.total) / 1e9),
+        Candidate("pool before phi/g convs (original non-local code, Wang et al. Caffe2): 1x2x2 max pool on x, "
+                  "phi and g on L/4 positions; all ops", p, (r_before.total - base.total) / 1e9),
+        Candidate("pool before phi/g, BN not counted", p,
+                  (r_before.total - r_before.by_operator.get("batch_norm", 0) - base.total
+                   + base.by_operator.get("batch_norm", 0)) / 1e9),
+        Candidate("pool after phi/g, convs only (affinity matmuls not counted)", p,
+                  (r_after.by_operator.get("conv", 0) - base.by_operator.get("conv", 0)) / 1e9),
+        Candidate("pool before phi/g, convs only", p,
+                  (r_before.by_operator.get("conv", 0) - base.by_operator.get("conv", 0)) / 1e9),
+        Candidate("pool after phi/g, mmcv-style module hooks (no matmul)", p,
+                  (count_flops_mmcv_style(nl_model(), shape) - count_flops_mmcv_style(_r50(), shape)) / 1e9),
+    ]
     r_np = count_flops(nl_model(pool=None), shape)
     out.append(Candidate("no subsampling, all ops", p, (r_np.total - base.total) / 1e9))
-    del no_bn
     return out

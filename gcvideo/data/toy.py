@@ -47,6 +47,7 @@ REVERSE_PAIRS = [[0, 1], [1, 0], [2, 3], [3, 2], [4, 5], [5, 4], [6, 7], [7, 6]]
 FPS = 30
 _SPLIT_IDS = {"train": 1, "val": 2}
 _FORMAT_VERSION = 2  # 2: low-contrast backgrounds, larger objects that stand out
+TOY_FORMAT_VERSION = _FORMAT_VERSION  # public: run_toy regenerates sets of an older version
 
 
 # ---------------------------------------------------------------------------

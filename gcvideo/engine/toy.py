@@ -18,21 +18,22 @@ __all__ = ["run_toy"]
 
 def run_toy(config_file: str = "configs/toy/slow_gc_toy.yaml", data_dir: Optional[str] = None,
             opts: Sequence[str] = (), log=print) -> Dict:
-    """Generate the toy dataset into ``data_dir`` (default: the config's DATA.PATH_TO_DATA_DIR) if it is
-    not there, train, run the multi-view test; returns train()'s result plus timings."""
-    from gcvideo.data.toy import make_toy_dataset
+    """Generate the toy dataset into ``data_dir`` (default: the config's DATA.PATH_TO_DATA_DIR) unless it is
+    there and current, train, run the multi-view test; returns train()'s result plus timings."""
+    from gcvideo.data.toy import TOY_FORMAT_VERSION, make_toy_dataset
 
     t0 = time.time()
     cfg = load_cfg(config_file, list(opts), check_files=False)
     data_dir = data_dir or cfg.DATA.PATH_TO_DATA_DIR
     meta_path = os.path.join(data_dir, "meta.json")
+    meta = None
     if os.path.exists(meta_path) and os.path.exists(os.path.join(data_dir, "train.csv")):
         with open(meta_path) as f:
             meta = json.load(f)
-        log(f"toy dataset: {data_dir} ({meta.get('num_train')} train / {meta.get('num_val')} val videos)")
-    else:
+    if meta is None or meta.get("version") != TOY_FORMAT_VERSION:  # missing, or made by an older generator
         log(f"toy dataset: generating {data_dir}")
         meta = make_toy_dataset(data_dir, progress=True)
+    log(f"toy dataset: {data_dir} ({meta.get('num_train')} train / {meta.get('num_val')} val videos)")
     t_data = time.time() - t0
     overrides = ["DATA.PATH_TO_DATA_DIR", data_dir, "DATA.LABEL_MAP", os.path.join(data_dir, "classes.txt")]
     cfg = load_cfg(config_file, list(opts) + overrides)

@@ -22,7 +22,8 @@ setup(
         "pillow",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist"],
+        # the test extra also brings the optional exporters/loggers, so that CI exercises them
+        "test": ["pytest>=7", "pytest-xdist", "tensorboard", "onnx", "onnxruntime", "onnxscript"],
         "extra": ["tensorboard", "onnx", "onnxruntime", "onnxscript"],
     },
 )

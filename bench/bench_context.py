@@ -10,8 +10,8 @@ the baseline at 8x224x224.
     python bench/bench_context.py --models base,gc_all,gc_all_unfused --json /tmp/b.json
     python bench/bench_context.py --profile --models base,gc_all_orig,gc_all --variants fp32 --modes fwdbwd
 
-All models of one (variant, mode) are measured in one process, alternating between
-models every repeat, so slow drifts of a shared CPU hit them alike. Reported: the median
+All models of one (variant, mode) are measured in one process, one step of each model per
+repeat in a shuffled order, so slow drifts of a shared CPU hit them alike. Reported: the median
 time per model and, per model, the median over repeats of its time divided by the
 baseline's time in the same repeat (the ratio the target is about); also the same ratio of
 process CPU time, less sensitive to other jobs preempting this one on a shared machine.
@@ -23,6 +23,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -145,8 +146,10 @@ def measure(models: List[str], variant: str, mode: str, repeats: int, warmup: in
             steps[name]()
     times = {name: [] for name in models}
     cpu = {name: [] for name in models}
+    rng = random.Random(0)
     for r in range(repeats):
-        order = models if r % 2 == 0 else models[::-1]  # alternate the order too
+        order = list(models)
+        rng.shuffle(order)  # a fresh order every repeat: no model always first, last or in between
         for name in order:
             c0, t0 = time.process_time(), time.perf_counter()
             steps[name]()
@@ -155,13 +158,25 @@ def measure(models: List[str], variant: str, mode: str, repeats: int, warmup: in
     return times, cpu
 
 
+def _bootstrap_ci(values: List[float], n: int = 2000, q: float = 0.05):
+    """90% percentile-bootstrap interval of the median."""
+    import random
+
+    rng = random.Random(0)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(n))
+    return [meds[int(q * n)], meds[int((1 - q) * n) - 1]]
+
+
 def summarise(times: Dict[str, List[float]], cpu: Dict[str, List[float]], base: str = "base") -> Dict[str, dict]:
     out = {}
     for name, ts in times.items():
         d = {"median_s": statistics.median(ts), "min_s": min(ts), "times_s": ts, "cpu_s": cpu[name],
              "cpu_ratio_median_of_pairs": statistics.median(t / b for t, b in zip(cpu[name], cpu[base]))}
         if base in times:
-            d["ratio_median_of_pairs"] = statistics.median(t / b for t, b in zip(ts, times[base]))
+            pairs = [t / b for t, b in zip(ts, times[base])]
+            d["ratio_median_of_pairs"] = statistics.median(pairs)
+            d["ratio_ci90"] = _bootstrap_ci(pairs)
+            d["cpu_ratio_ci90"] = _bootstrap_ci([t / b for t, b in zip(cpu[name], cpu[base])])
             d["ratio_of_medians"] = d["median_s"] / statistics.median(times[base])
         out[name] = d
     return out
@@ -202,6 +217,64 @@ def profile(models: List[str], variant: str, mode: str, thw, steps: int = 3, top
     return "\n".join(lines)
 
 
+STAGE_SHAPES = {  # R50 8x224x224, batch 1: (C, T, H, W) at each stage's output and GC blocks in +all GC
+    "res3": ((512, 8, 28, 28), 4), "res4": ((1024, 8, 14, 14), 6), "res5": ((2048, 8, 7, 7), 3)}
+
+
+def block_costs(variants: List[str], repeats: int, warmup: int) -> List[dict]:
+    """Extra forward+backward time of one GC block at each stage, over the residual add + ReLU it
+    sits in: relu(y + shortcut) (baseline) vs relu(GC(y) + shortcut) (the ORIG_REV implementation and
+    the plain autograd reference path) vs ContextBlock.residual(y, shortcut) (now). Process CPU time,
+    median over repeats, the four in a shuffled order every repeat."""
+    from gcvideo.layers import ContextBlock
+
+    orig = _orig_context_module()
+    rows = []
+    rng = random.Random(0)
+    for variant in variants:
+        dtype, cl = VARIANTS[variant]
+        fmt = torch.channels_last_3d if cl else torch.contiguous_format
+        for stage, ((c, t, h, w), count) in STAGE_SHAPES.items():
+            torch.manual_seed(0)
+            make = (lambda: torch.randn(1, c, t, h, w).contiguous(memory_format=fmt).to(dtype or torch.float32))
+            y, s, g = make().requires_grad_(), make(), make()
+            new = ContextBlock(c, 0.25, fused=True)
+            with torch.no_grad():
+                for p in new.parameters():
+                    p.normal_(0, 0.02)
+            ref = ContextBlock(c, 0.25, fused=False)
+            old = orig.ContextBlock(c, 0.25, fused=True)
+            ref.load_state_dict(new.state_dict())
+            old.load_state_dict(new.state_dict())
+            fns = {"baseline": lambda: torch.relu(y + s), "orig": lambda: torch.relu(old(y) + s),
+                   "reference": lambda: torch.relu(ref(y) + s), "now": lambda: new.residual(y, s)}
+
+            def step(f):
+                y.grad = None
+                for b in (new, ref, old):
+                    for p in b.parameters():
+                        p.grad = None
+                with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                    out = f()
+                out.backward(g)
+
+            for _ in range(warmup):
+                for f in fns.values():
+                    step(f)
+            ts = {k: [] for k in fns}
+            for _ in range(repeats):
+                order = list(fns)
+                rng.shuffle(order)
+                for k in order:
+                    c0 = time.process_time()
+                    step(fns[k])
+                    ts[k].append(time.process_time() - c0)
+            med = {k: statistics.median(v) * 1e3 for k, v in ts.items()}
+            rows.append({"variant": variant, "stage": stage, "blocks": count, "baseline_ms": med["baseline"],
+                         **{f"extra_{k}_ms": med[k] - med["baseline"] for k in ("orig", "reference", "now")}})
+    return rows
+
+
 def machine() -> str:
     cpu = platform.processor() or ""
     try:
@@ -226,6 +299,8 @@ def main(argv=None) -> int:
     ap.add_argument("--input", default="8,224,224", help="T,H,W")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--blocks", action="store_true",
+                    help="time single GC blocks at the res3/res4/res5 shapes instead (CPU time, see block_costs)")
     ap.add_argument("--profile", action="store_true",
                     help="print the per-op profile of each model beside the baseline instead of timing")
     args = ap.parse_args(argv)
@@ -235,6 +310,24 @@ def main(argv=None) -> int:
     models = args.models.split(",")
     if "base" not in models:
         models = ["base"] + models
+    if args.blocks:
+        print(f"# {machine()}")
+        print("extra forward+backward CPU ms of one GC block over relu(y + shortcut); x blocks = in +all GC")
+        print(f"{'variant':<8} {'stage':<5} {'blocks':>6} {'baseline':>9} {'orig':>8} {'reference':>10} {'now':>8}")
+        tot = {}
+        rows = block_costs(args.variants.split(","), args.repeats, args.warmup)
+        for r in rows:
+            print(f"{r['variant']:<8} {r['stage']:<5} {r['blocks']:>6} {r['baseline_ms']:9.2f} {r['extra_orig_ms']:8.2f} "
+                  f"{r['extra_reference_ms']:10.2f} {r['extra_now_ms']:8.2f}")
+            for k in ("orig", "reference", "now"):
+                tot[(r["variant"], k)] = tot.get((r["variant"], k), 0.0) + r["blocks"] * r[f"extra_{k}_ms"]
+        for v in args.variants.split(","):
+            print(f"{v:<8} +all GC total extra ms per step: " + ", ".join(
+                f"{k} {tot[(v, k)]:.0f}" for k in ("orig", "reference", "now")))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"machine": machine(), "blocks": rows}, f, indent=1)
+        return 0
     if args.profile:
         for mode in args.modes.split(","):
             for variant in args.variants.split(","):
@@ -246,7 +339,7 @@ def main(argv=None) -> int:
     print(f"# {results['date']}  {results['machine']}")
     print(f"# {results['command']}")
     print(f"{'mode':<7} {'variant':<8} {'model':<15} {'median s':>9} {'min s':>7} {'ratio':>7} {'ratio(med)':>10}"
-          f" {'cpu ratio':>9}")
+          f" {'90% CI':>13} {'cpu ratio':>9} {'90% CI':>13}")
     for mode in args.modes.split(","):
         for variant in args.variants.split(","):
             times, cpu = measure(models, variant, mode, args.repeats, args.warmup, thw)
@@ -256,7 +349,9 @@ def main(argv=None) -> int:
                 s = summary[name]
                 print(f"{mode:<7} {variant:<8} {name:<15} {s['median_s']:9.3f} {s['min_s']:7.3f} "
                       f"{s['ratio_median_of_pairs']:7.3f} {s['ratio_of_medians']:10.3f} "
-                      f"{s['cpu_ratio_median_of_pairs']:9.3f}", flush=True)
+                      f"{s['ratio_ci90'][0]:6.3f}-{s['ratio_ci90'][1]:.3f} "
+                      f"{s['cpu_ratio_median_of_pairs']:9.3f} {s['cpu_ratio_ci90'][0]:6.3f}-{s['cpu_ratio_ci90'][1]:.3f}",
+                      flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -215,9 +215,15 @@ def write_video(path: str, frames: np.ndarray, fps: int = FPS, crf: int = 26, pr
             stream.width, stream.height = frames.shape[2], frames.shape[1]
             stream.pix_fmt = "yuv420p"
             stream.codec_context.thread_count = 1
-            stream.options = {"crf": str(crf), "preset": preset, "threads": "1"}
+            # mbtree off: with it, single-threaded libx264 now and then encodes the same pixels
+            # to different bytes from one run to the next (measured: ~1 video in 100 at 48 px)
+            stream.options = {"crf": str(crf), "preset": preset, "threads": "1", "x264-params": "mbtree=0"}
             for i, img in enumerate(frames):
+                # from_ndarray copies into an aligned frame buffer; converting to yuv420p here
+                # rather than in the encoder keeps the bytes independent of where numpy put
+                # ``frames`` (swscale picks SIMD paths by alignment: different rounding)
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+                frame = frame.reformat(format="yuv420p")
                 frame.pts = i
                 for packet in stream.encode(frame):
                     container.mux(packet)

@@ -12,7 +12,6 @@ a result with ``ok = False`` and the decoder's reason, and the other videos go o
 from __future__ import annotations
 
 import json
-import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch

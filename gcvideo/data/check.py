@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Tuple
 from gcvideo.data.annotations import load_annotations
 from gcvideo.data.decoder import FrameCountChanged, VideoDecodeError, open_video
 from gcvideo.utils.io import atomic_write_text, path_manager
+from gcvideo.utils.progress import progress_bar
 
 __all__ = ["check_video", "check_annotations"]
 
@@ -58,8 +59,7 @@ def check_annotations(csv_path: str, fmt: str = "auto", path_prefix: str = "", l
     reasons: Dict[int, str] = {}
     bar = None
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(jobs), desc="checking videos", unit="video", dynamic_ncols=True)
+        bar = progress_bar(total=len(jobs), desc="checking videos", unit="video")
     pool = None
     if workers > 1 and len(jobs) > 1:
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()

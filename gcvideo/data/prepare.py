@@ -24,6 +24,7 @@ from fractions import Fraction
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from gcvideo.data.annotations import DEFAULT_KINETICS400_LABEL_MAP, class_key, kinetics_clip_name, read_label_map
+from gcvideo.utils.progress import progress_bar
 
 __all__ = ["reencode_video", "prepare_kinetics", "VIDEO_EXTENSIONS", "split_name"]
 
@@ -203,8 +204,7 @@ def prepare_kinetics(src: str, dst: str, short_side: int = 320, workers: Optiona
     workers = max(1, workers or (os.cpu_count() or 1))
     bar = None
     if progress and jobs:
-        from tqdm import tqdm
-        bar = tqdm(total=len(jobs), desc="re-encoding", unit="video", dynamic_ncols=True)
+        bar = progress_bar(total=len(jobs), desc="re-encoding", unit="video")
     pool = None
     if workers > 1 and len(jobs) > 1:
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()

@@ -36,6 +36,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from gcvideo.utils.progress import progress_bar
+
 __all__ = ["TOY_CLASSES", "FLIP_PAIRS", "REVERSE_PAIRS", "make_toy_dataset", "render_video", "write_video",
            "FPS"]
 
@@ -281,8 +283,7 @@ def make_toy_dataset(out_dir: str, seed: int = 0, num_train: int = 600, num_val:
     total = 0
     bar = None
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(jobs), desc="toy videos", unit="video", dynamic_ncols=True)
+        bar = progress_bar(total=len(jobs), desc="toy videos", unit="video")
     if workers <= 1:
         results = map(_job, jobs)
         pool = None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator, List
 
 import torch
 import torch.distributed as dist

@@ -11,11 +11,11 @@ import io
 import json
 import math
 import os
-import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from gcvideo.utils.io import atomic_write_bytes, path_manager
+from gcvideo.utils.progress import progress_bar
 
 __all__ = ["RunLogger", "format_duration"]
 
@@ -136,10 +136,7 @@ class RunLogger:
         """A tqdm bar on the main process (None elsewhere or when progress is off)."""
         if not self.progress:
             return None
-        from tqdm import tqdm
-
-        return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=True, file=sys.stderr,
-                    mininterval=1.0)
+        return progress_bar(total=total, initial=initial, desc=desc)
 
     def info(self, msg: str) -> None:
         if self.enabled:

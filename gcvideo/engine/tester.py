@@ -20,6 +20,7 @@ from gcvideo.engine.checkpoint import list_checkpoints, model_state_from_file
 from gcvideo.engine.common import (autocast, autocast_dtype, class_names, model_channels_last, select_device,
                                    set_determinism, to_device)
 from gcvideo.engine.metrics import combine_views, compute_metrics, format_summary, write_report
+from gcvideo.utils.progress import progress_bar
 
 __all__ = ["EvalResult", "evaluate", "test", "build_eval_loader", "resolve_test_checkpoint"]
 
@@ -52,8 +53,7 @@ def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, device: 
     mine = []
     bar = None
     if progress and du.is_main_process():
-        from tqdm import tqdm
-        bar = tqdm(total=len(loader), desc="eval", dynamic_ncols=True, mininterval=1.0)
+        bar = progress_bar(total=len(loader), desc="eval")
     for batch in loader:
         # 1. views of every video: (N, V, 3, T, H, W); one-view items (N, 3, T, H, W) get V = 1
         video = batch["video"]

@@ -13,14 +13,13 @@ other lines unchanged).
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 from typing import Dict, List, Optional, Tuple
 
 from gcvideo.data.annotations import load_annotations
 from gcvideo.data.decoder import FrameCountChanged, VideoDecodeError, open_video
 from gcvideo.utils.io import atomic_write_text, path_manager
-from gcvideo.utils.progress import progress_bar
+from gcvideo.utils.parallel import parallel_imap
 
 __all__ = ["check_video", "check_annotations"]
 
@@ -57,28 +56,9 @@ def check_annotations(csv_path: str, fmt: str = "auto", path_prefix: str = "", l
                                num_classes=num_classes, clip_layout=clip_layout)
     jobs = [(i, r.path, backend, full) for i, r in enumerate(records)]
     reasons: Dict[int, str] = {}
-    bar = None
-    if progress:
-        bar = progress_bar(total=len(jobs), desc="checking videos", unit="video")
-    pool = None
-    if workers > 1 and len(jobs) > 1:
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-        pool = ctx.Pool(workers)
-        results = pool.imap_unordered(_job, jobs, chunksize=8)
-    else:
-        results = map(_job, jobs)
-    try:
-        for i, reason in results:
-            if reason:
-                reasons[i] = reason
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
-        if bar is not None:
-            bar.close()
+    for i, reason in parallel_imap(_job, jobs, workers, "checking videos", "video", progress, chunksize=8):
+        if reason:
+            reasons[i] = reason
     out_dir = out_dir or os.path.dirname(csv_path) or "."
     base = os.path.basename(csv_path)
     stem, ext = os.path.splitext(base)

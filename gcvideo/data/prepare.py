@@ -18,13 +18,12 @@ the space when the path has spaces, label -1 when unknown), so that ``DATA.PATH_
 from __future__ import annotations
 
 import csv
-import multiprocessing as mp
 import os
 from fractions import Fraction
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from gcvideo.data.annotations import DEFAULT_KINETICS400_LABEL_MAP, class_key, kinetics_clip_name, read_label_map
-from gcvideo.utils.progress import progress_bar
+from gcvideo.utils.parallel import parallel_imap
 
 __all__ = ["reencode_video", "prepare_kinetics", "VIDEO_EXTENSIONS", "split_name"]
 
@@ -202,28 +201,9 @@ def prepare_kinetics(src: str, dst: str, short_side: int = 320, workers: Optiona
                 jobs.append((os.path.join(root, f), out_path, short_side, crf, preset, gop))
     failed: Dict[str, str] = {}
     workers = max(1, workers or (os.cpu_count() or 1))
-    bar = None
-    if progress and jobs:
-        bar = progress_bar(total=len(jobs), desc="re-encoding", unit="video")
-    pool = None
-    if workers > 1 and len(jobs) > 1:
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-        pool = ctx.Pool(workers)
-        results = pool.imap_unordered(_job, jobs)
-    else:
-        results = map(_job, jobs)
-    try:
-        for s, _, err in results:
-            if err:
-                failed[s] = err
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
-        if bar is not None:
-            bar.close()
+    for s, _, err in parallel_imap(_job, jobs, workers, "re-encoding", "video", progress):
+        if err:
+            failed[s] = err
     lines: Dict[str, List[str]] = {}
     for split, rel_out, label, s, out_path in entries:
         if s in failed or not os.path.exists(out_path):

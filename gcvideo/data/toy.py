@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing as mp
 import os
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from gcvideo.utils.progress import progress_bar
+from gcvideo.utils.parallel import parallel_imap
 
 __all__ = ["TOY_CLASSES", "FLIP_PAIRS", "REVERSE_PAIRS", "make_toy_dataset", "render_video", "write_video",
            "FPS"]
@@ -281,27 +280,8 @@ def make_toy_dataset(out_dir: str, seed: int = 0, num_train: int = 600, num_val:
             lines[split].append(f"{rel} {label}\n")
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     total = 0
-    bar = None
-    if progress:
-        bar = progress_bar(total=len(jobs), desc="toy videos", unit="video")
-    if workers <= 1:
-        results = map(_job, jobs)
-        pool = None
-    else:
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-        pool = ctx.Pool(workers)
-        results = pool.imap_unordered(_job, jobs, chunksize=4)
-    try:
-        for _, nbytes in results:
-            total += nbytes
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
-        if bar is not None:
-            bar.close()
+    for _, nbytes in parallel_imap(_job, jobs, workers, "toy videos", "video", progress, chunksize=4):
+        total += nbytes
     _write_text(os.path.join(out_dir, "train.csv"), "".join(lines["train"]))
     _write_text(os.path.join(out_dir, "val.csv"), "".join(lines["val"]))
     _write_text(os.path.join(out_dir, "classes.txt"), "".join(c + "\n" for c in TOY_CLASSES))

@@ -3,7 +3,7 @@
 
     python tools/analyze_nonlocal.py --config FILE --checkpoint CKPT --csv VIDEOS [--json OUT.json]
         [--max-videos N] [--clips 1] [--max-queries 256] [--seed 0] [--exclude-self] [--blocks NAME ...]
-        [--overwrite] [--device cpu] [--opts KEY VALUE ...]
+        [--overwrite] [--device auto] [--opts KEY VALUE ...]
 
 For every non-local block of a trained model: the mean cosine distance over all pairs of
 positions of the block input, of its output before fusion (z - x), of the attention maps
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--blocks", nargs="+", default=None, help="non-local blocks to analyse (default: all)")
     p.add_argument("--batch-size", type=int, default=4, help="clips per forward pass")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     args = p.parse_args(argv)
     try:

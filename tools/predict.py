@@ -2,7 +2,7 @@
 """Classify video files with a trained model: top-5 classes and their probabilities.
 
     python tools/predict.py VIDEO [VIDEO ...] --config FILE --checkpoint CKPT [--views 10x3] [--json]
-                            [--topk 5] [--device cpu] [KEY VALUE ...]
+                            [--topk 5] [--device auto] [KEY VALUE ...]
 
 Each video is decoded by the data pipeline (any container/codec decord or PyAV reads) and
 tested with CLIPS x CROPS views (default 10x3, the paper's protocol); probabilities are the
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--views", default="10x3", help="CLIPSxCROPS test views (crops 1 or 3), default 10x3")
     p.add_argument("--topk", type=int, default=5, help="classes to list per video")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     args = p.parse_args(argv)
     try:

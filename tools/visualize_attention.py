@@ -2,7 +2,7 @@
 """Show where context blocks attend in a video (GCNet papers, Figures 1-2).
 
     python tools/visualize_attention.py --config FILE --checkpoint CKPT VIDEO --out DIR
-        [--blocks NAME ...] [--queries "t,y,x;t,y,x"] [--alpha 0.5] [--overwrite] [--device cpu]
+        [--blocks NAME ...] [--queries "t,y,x;t,y,x"] [--alpha 0.5] [--overwrite] [--device auto]
         [--opts KEY VALUE ...]
 
 GC/SNL model: the global attention weights (softmax over all T*H*W positions) of each
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--queries", default=None, help='non-local query points "t,y,x;..." (y, x fractions 0..1)')
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     args = p.parse_args(argv)
     try:

@@ -358,7 +358,7 @@ def render_nl(frames: np.ndarray, nl: Dict[str, Dict], queries: Sequence[Tuple[f
 # ---------------------------------------------------------------------------
 def visualize_attention(cfg, checkpoint: str, video: str, out_dir: str, blocks: Optional[Sequence[str]] = None,
                         queries: Optional[Sequence[Tuple[float, float, float]]] = None, alpha: float = 0.5,
-                        overwrite: bool = False, device: str = "cpu") -> Dict[str, str]:
+                        overwrite: bool = False, device: str = "auto") -> Dict[str, str]:
     """Decode the centre clip of ``video`` (centre crop, DATA.TEST_CROP_SIZE), run the model of
     ``cfg`` with ``checkpoint`` and write to ``out_dir``:
     ``attention_grid.png``, ``attention.gif`` and ``attention_maps.pt`` (raw maps, queries, frames).
@@ -368,7 +368,7 @@ def visualize_attention(cfg, checkpoint: str, video: str, out_dir: str, blocks: 
     Existing files are not overwritten unless ``overwrite``; files are written atomically.
     Returns {"png", "gif", "maps", "kind"}.
     """
-    from gcvideo.analysis.predict import decode_views, load_inference_model
+    from gcvideo.analysis.predict import decode_views, load_inference_model, resolve_device
     from gcvideo.layers import ContextBlock, NonLocalBlock
     from gcvideo.utils.io import atomic_save, atomic_write_bytes, path_manager
 
@@ -377,6 +377,7 @@ def visualize_attention(cfg, checkpoint: str, video: str, out_dir: str, blocks: 
     existing = [p for p in paths.values() if path_manager.exists(p)]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} already exist; refusing to overwrite (pass --overwrite)")
+    device = resolve_device(device)
     model = load_inference_model(cfg, checkpoint, device=device)
     has_nl = any(isinstance(m, NonLocalBlock) for _, m in model.named_context_blocks())
     has_gc = any(isinstance(m, ContextBlock) and m.pooling == "att" for _, m in model.named_context_blocks())

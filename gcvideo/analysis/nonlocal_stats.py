@@ -293,7 +293,7 @@ def read_video_list(path: str, cfg=None) -> List[str]:
 def analyze_nonlocal(cfg, checkpoint: str, video_list: str, out_json: Optional[str] = None,
                      max_videos: Optional[int] = None, num_clips: int = 1, max_queries: Optional[int] = 256,
                      seed: int = 0, include_self: bool = True, blocks: Optional[Sequence[str]] = None,
-                     batch_size: int = 4, device: str = "cpu", overwrite: bool = False, log=print) -> Dict:
+                     batch_size: int = 4, device: str = "auto", overwrite: bool = False, log=print) -> Dict:
     """GCNet Tables 1-3 statistics of every non-local block of a trained model over videos.
 
     Each video gives ``num_clips`` evenly spread clips, centre crop (DATA.TEST_CROP_SIZE),
@@ -303,7 +303,7 @@ def analyze_nonlocal(cfg, checkpoint: str, video_list: str, out_json: Optional[s
     """
     import json
 
-    from gcvideo.analysis.predict import load_inference_model, video_views_dataset
+    from gcvideo.analysis.predict import load_inference_model, resolve_device, video_views_dataset
     from gcvideo.utils.io import atomic_write_text, path_manager
 
     if out_json and path_manager.exists(out_json) and not overwrite:
@@ -311,6 +311,7 @@ def analyze_nonlocal(cfg, checkpoint: str, video_list: str, out_json: Optional[s
     paths = read_video_list(video_list, cfg)
     if max_videos:
         paths = paths[:max_videos]
+    device = resolve_device(device)
     model = load_inference_model(cfg, checkpoint, device=device)
     ds = video_views_dataset(cfg, paths, num_clips, 1)
     failed: List[Dict[str, str]] = []

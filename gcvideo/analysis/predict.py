@@ -18,14 +18,21 @@ import torch
 import torch.nn as nn
 
 __all__ = ["load_inference_model", "parse_views", "video_views_dataset", "decode_views", "predict_videos",
-           "format_predictions", "InferenceCheckpointError"]
+           "format_predictions", "InferenceCheckpointError", "resolve_device"]
 
 
 class InferenceCheckpointError(ValueError):
     """The checkpoint does not hold a trained model for this config."""
 
 
-def load_inference_model(cfg, checkpoint: str, device="cpu") -> nn.Module:
+def resolve_device(device="auto") -> torch.device:
+    """``"auto"``: the first CUDA device when there is one, else the CPU; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_inference_model(cfg, checkpoint: str, device="auto") -> nn.Module:
     """The model of ``cfg`` with every weight from ``checkpoint``, in eval mode on ``device``.
 
     Any format ``load_pretrained`` reads (gcvideo training checkpoint or state dict,
@@ -47,7 +54,7 @@ def load_inference_model(cfg, checkpoint: str, device="cpu") -> nn.Module:
         raise InferenceCheckpointError(
             f"{checkpoint} has no weights for {len(rep.kept_init)} keys of this config's model, e.g. "
             f"{', '.join(rep.kept_init[:4])}; was it trained with another CONTEXT.* setting?")
-    return model.eval().to(device)
+    return model.eval().to(resolve_device(device))
 
 
 def parse_views(text: str) -> Tuple[int, int]:
@@ -82,7 +89,7 @@ def decode_views(cfg, paths: Sequence[str], num_clips: int, num_crops: int) -> L
 
 @torch.no_grad()
 def predict_videos(cfg, checkpoint: str, videos: Sequence[str], views: Tuple[int, int] = (10, 3), topk: int = 5,
-                   device: str = "cpu", max_batch_views: int = 10, model: Optional[nn.Module] = None,
+                   device: str = "auto", max_batch_views: int = 10, model: Optional[nn.Module] = None,
                    class_names: Optional[List[str]] = None, log=None) -> List[Dict]:
     """Top-``topk`` classes of each video: [{"path", "ok", "error", "views", "top": [{"index", "name",
     "prob"}]}], probabilities = mean over views of the softmax (``prob_mean``)."""
@@ -90,6 +97,7 @@ def predict_videos(cfg, checkpoint: str, videos: Sequence[str], views: Tuple[int
     from gcvideo.engine.common import class_names as cfg_class_names
 
     names = class_names if class_names is not None else cfg_class_names(cfg)
+    device = resolve_device(device)
     model = model if model is not None else load_inference_model(cfg, checkpoint, device)
     model.eval()
     ds = video_views_dataset(cfg, videos, *views)

@@ -130,3 +130,11 @@ def test_predict_tool_runs_as_a_script(setup):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)[0]["ok"]
+
+
+@pytest.mark.parametrize("given", ["auto", "cpu"])
+def test_device_auto_picks_cuda_only_when_present(given):
+    from gcvideo.analysis.predict import resolve_device
+
+    want = "cuda" if given == "auto" and torch.cuda.is_available() else "cpu"
+    assert resolve_device(given).type == want

@@ -39,6 +39,11 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _has_add_relu_kernel(t: torch.Tensor) -> bool:
+    """``torch._add_relu_`` (one pass for relu(a + b)) has CPU float32/float64 kernels only."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+
+
 def _flatten_positions(x: torch.Tensor):
     """View x (N, C, T, H, W) as (N, L, C) if channels-last, else (N, C, L); no copy if possible."""
     n, c = x.shape[:2]
@@ -177,9 +182,9 @@ class _ContextAdd(torch.autograd.Function):
         term = t.detach().to(y.dtype).view(n, c, 1, 1, 1)
         if shortcut is not None:
             out = torch.add(y, shortcut)  # (N, C, T, H, W)
-            if relu and out.dtype in (torch.float32, torch.float64):
+            if relu and _has_add_relu_kernel(out):
                 out = torch._add_relu_(out, term)  # one pass: out = relu(out + term)
-            else:  # no add-relu kernel for half/bfloat16
+            else:  # add-relu has CPU float kernels only (no CUDA, no half/bfloat16)
                 out = out.add_(term).relu_() if relu else out.add_(term)
         else:
             out = torch.add(y, term)

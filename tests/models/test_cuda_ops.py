@@ -1,0 +1,72 @@
+"""Every aten op of a training step has a CUDA kernel (no GPU here, so the GPU paths are checked by dispatch).
+
+The step runs on the CPU under a dispatch mode that records each aten op; each must have a CUDA
+kernel or a composite one that works on every backend. CPU-only fast paths are chosen by a
+device check, which the test turns to "not CPU" so that the ops CUDA would run are the ones
+recorded. This caught ``aten::_add_relu_`` (CPU kernels only) in the fused GC block, which
+crashed fp32 training of GC models on GPUs.
+"""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import gcvideo.layers.context as context_mod
+from gcvideo.config import get_cfg
+from gcvideo.engine.common import model_channels_last
+from gcvideo.models import build_model
+
+_ANY_BACKEND = ("CUDA", "CompositeExplicitAutograd", "CompositeImplicitAutograd",
+                "CompositeExplicitAutogradNonFunctional")
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+def _has_cuda_kernel(name: str) -> bool:
+    return any(torch._C._dispatch_has_kernel_for_dispatch_key(name, k) for k in _ANY_BACKEND)
+
+
+def test_the_check_sees_a_cpu_only_op():
+    assert not _has_cuda_kernel("aten::_add_relu_.Tensor") and _has_cuda_kernel("aten::addmv")
+    assert context_mod._has_add_relu_kernel(torch.zeros(1))  # the CPU fast path the GPU test turns off
+    assert not context_mod._has_add_relu_kernel(torch.zeros(1, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("kind, location, extra", [
+    ("gc", [[0], [0], [0], [0]], {}),
+    ("snl", [[], [0], [0], []], {}),
+    ("se", [[], [0], [], [0]], {}),
+    ("gc", [[], [0], [0], []], {"POOLING": "avg", "FUSION": "mul"}),
+    ("nl", [[], [0], [0], []], {"NL_INSTANTIATION": "embedded_gaussian"}),
+    ("nl", [[], [0], [], []], {"NL_INSTANTIATION": "concat"}),
+])
+def test_training_step_ops_have_cuda_kernels(kind, location, extra, channels_last, dtype, monkeypatch):
+    monkeypatch.setattr(context_mod, "_has_add_relu_kernel", lambda t: False)  # as on a GPU
+    cfg = get_cfg()
+    cfg.MODEL.WIDTH, cfg.MODEL.STAGE_DEPTHS, cfg.MODEL.NUM_CLASSES = 8, [1, 1, 1, 1], 5
+    cfg.CONTEXT.TYPE, cfg.CONTEXT.LOCATION, cfg.CONTEXT.ZERO_INIT = kind, location, False
+    for k, v in extra.items():
+        setattr(cfg.CONTEXT, k, v)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    x = torch.randn(2, 3, 4, 32, 32)
+    if channels_last:
+        model = model_channels_last(model)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    rec = _Recorder()
+    with rec, torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(model(x).float(), torch.tensor([1, 3]))
+    with rec:
+        loss.backward()
+    assert "aten::convolution" in rec.ops or "aten::mkldnn_convolution" in rec.ops  # it did record the step
+    missing = sorted(op for op in rec.ops if not _has_cuda_kernel(op))
+    assert not missing, f"aten ops without a CUDA kernel in a {kind} training step: {missing}"

@@ -125,7 +125,9 @@ def get_rng_state() -> Dict[str, Any]:
         "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),  # 624 uint32 as int64
         "numpy_pos": int(np_pos), "numpy_has_gauss": int(np_has_gauss), "numpy_gauss": float(np_gauss),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # this process's GPU only: get_rng_state_all() would open a CUDA context on every GPU
+        # of the machine in every torchrun process
+        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
     }
     return state
 
@@ -138,5 +140,4 @@ def set_rng_state(state: Dict[str, Any]) -> None:
                          int(state["numpy_has_gauss"]), float(state["numpy_gauss"])))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        cuda = list(state["cuda"])[: torch.cuda.device_count()]
-        torch.cuda.set_rng_state_all(cuda)
+        torch.cuda.set_rng_state(state["cuda"][0])  # the current device (cuda:LOCAL_RANK)

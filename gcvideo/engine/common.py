@@ -17,12 +17,17 @@ __all__ = ["select_device", "autocast_dtype", "autocast", "seed_everything", "cl
 
 
 def select_device(cfg: CfgNode) -> torch.device:
-    """cfg.DEVICE: "auto" -> cuda:LOCAL_RANK when CUDA is available, else cpu."""
+    """cfg.DEVICE: "auto" -> cuda:LOCAL_RANK when CUDA is available, else cpu.
+
+    A CUDA device also becomes the current one, so that its RNG state and nccl use it.
+    """
     want = cfg.DEVICE
     if want == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("DEVICE = 'cuda' but CUDA is not available here; use DEVICE cpu or auto")
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        return device
     return torch.device("cpu")
 
 

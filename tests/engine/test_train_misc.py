@@ -67,6 +67,23 @@ def test_rng_state_round_trip():
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
 
 
+def test_rng_state_takes_only_this_process_gpu(monkeypatch):
+    """On a GPU machine: the current device's CUDA generator only (get_rng_state_all would open a
+    CUDA context on every GPU from every torchrun process). CUDA is faked here."""
+    fake = torch.arange(16, dtype=torch.uint8)
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": fake.clone())
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("touched every GPU"))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda t, device="cuda": restored.append(t))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda ts: pytest.fail("touched every GPU"))
+    state = get_rng_state()
+    assert len(state["cuda"]) == 1
+    set_rng_state(state)
+    assert len(restored) == 1 and torch.equal(restored[0], fake)
+
+
 def test_refuses_folder_with_foreign_files(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()

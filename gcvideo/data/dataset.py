@@ -57,7 +57,7 @@ class VideoDataset(Dataset):
                  random_flip: bool = True, flip_pairs: Sequence[Sequence[int]] = (), reverse_prob: float = 0.0,
                  reverse_pairs: Sequence[Sequence[int]] = (), mean: Sequence[float] = (0.45, 0.45, 0.45),
                  std: Sequence[float] = (0.225, 0.225, 0.225), num_clips: int = 10, num_crops: int = 3,
-                 seed: int = 0, single_view_4d: bool = False):
+                 seed: int = 0, single_view_4d: bool = False, eval_uint8: bool = False):
         if not records:
             raise ValueError("VideoDataset needs at least one video")
         self.records = list(records)
@@ -80,6 +80,7 @@ class VideoDataset(Dataset):
         self.num_crops = int(num_crops)
         self.seed = int(seed)
         self.single_view_4d = bool(single_view_4d)
+        self.eval_uint8 = bool(eval_uint8)  # eval items: uint8 views, normalised later (normalize_views)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     # -- epoch / size ---------------------------------------------------------------
@@ -165,10 +166,11 @@ class VideoDataset(Dataset):
                 n, fps, self.num_frames, self.sampling_rate, self.target_fps, self.num_clips))
             row = {f: r for r, f in enumerate(flat)}
             video = make_views(frames, [[row[i] for i in c] for c in clips], self.test_crop, self.num_crops,
-                               self.mean, self.std)  # (V, 3, T, S, S)
+                               self.mean, self.std, as_uint8=self.eval_uint8)  # (V, 3, T, S, S)
             ok, error = True, ""
         except VideoDecodeError as e:
-            video = torch.zeros((self.num_views, 3, self.num_frames, self.test_crop, self.test_crop))
+            video = torch.zeros((self.num_views, 3, self.num_frames, self.test_crop, self.test_crop),
+                                dtype=torch.uint8 if self.eval_uint8 else torch.float32)
             ok, error = False, e.reason
         if self.single_view_4d and self.num_views == 1:
             video = video[0]  # (3, T, S, S)
@@ -217,4 +219,4 @@ def build_dataset(cfg, split: str) -> VideoDataset:
         jitter_scales=d.TRAIN_JITTER_SCALES, train_crop=d.TRAIN_CROP_SIZE, test_crop=d.TEST_CROP_SIZE,
         random_flip=d.RANDOM_FLIP, flip_pairs=d.FLIP_LABEL_PAIRS, reverse_prob=d.REVERSE_PROB,
         reverse_pairs=d.REVERSE_LABEL_PAIRS, mean=d.MEAN, std=d.STD, num_clips=clips, num_crops=crops,
-        seed=cfg.SEED, single_view_4d=(split == "val"))
+        seed=cfg.SEED, single_view_4d=(split == "val"), eval_uint8=d.EVAL_UINT8)

@@ -24,7 +24,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 __all__ = ["to_tchw", "short_side_size", "resize_short_side", "train_crop_box", "resized_crop",
-           "crop_offsets", "normalize", "train_transform", "make_views"]
+           "crop_offsets", "normalize", "normalize_views", "train_transform", "make_views"]
 
 
 def to_tchw(frames: np.ndarray) -> torch.Tensor:
@@ -70,9 +70,26 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     t, c, h, w = x.shape
     out = torch.empty((c, t, h, w), dtype=torch.float32)
     out.copy_(x.permute(1, 0, 2, 3))  # (3, T, H, W)
-    m = torch.tensor([255.0 * v for v in mean], dtype=torch.float32).view(c, 1, 1, 1)
-    s = torch.tensor([1.0 / (255.0 * v) for v in std], dtype=torch.float32).view(c, 1, 1, 1)
-    return out.sub_(m).mul_(s)
+    return _normalize_(out, mean, std, channel_dim=0)
+
+
+def _normalize_(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], channel_dim: int) -> torch.Tensor:
+    """In place on float ``x``: (x - 255 mean) * 1 / (255 std) along ``channel_dim`` (same rounding everywhere)."""
+    shape = [1] * x.dim()
+    shape[channel_dim] = len(mean)
+    m = torch.tensor([255.0 * v for v in mean], dtype=torch.float32, device=x.device).view(shape)
+    s = torch.tensor([1.0 / (255.0 * v) for v in std], dtype=torch.float32, device=x.device).view(shape)
+    return x.sub_(m).mul_(s)
+
+
+def normalize_views(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 ``(..., 3, T, H, W)`` (e.g. a batch of uint8 test views, on the GPU) -> normalised float32.
+
+    The same numbers as the float32 items of the dataset (``normalize``), bit for bit.
+    """
+    if x.dtype != torch.uint8:
+        raise TypeError(f"normalize_views expects uint8 views, got {x.dtype}")
+    return _normalize_(x.float(), mean, std, channel_dim=x.dim() - 4)
 
 
 def train_transform(frames: np.ndarray, rng: np.random.Generator, jitter: Sequence[int], crop: int,
@@ -105,17 +122,25 @@ def crop_offsets(height: int, width: int, size: int, num_crops: int) -> List[Tup
 
 
 def make_views(frames: np.ndarray, clips: Sequence[Sequence[int]], size: int, num_crops: int,
-               mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+               mean: Sequence[float], std: Sequence[float], as_uint8: bool = False) -> torch.Tensor:
     """All views of one video, clip-major: float ``(V, 3, T, size, size)``, V = clips x crops.
 
     ``frames`` holds each needed frame once (uint8 ``(K, H, W, 3)``); ``clips`` gives,
     per clip, the rows of ``frames`` it uses. Every frame is resized once (not once per
     view); each clip is normalised once, its views are copies of its crops.
+    ``as_uint8``: the views as uint8, not normalised (``normalize_views`` gives the float ones).
     """
     x = resize_short_side(to_tchw(frames), size)  # (K, 3, h, w)
     h, w = x.shape[-2:]
     offsets = crop_offsets(h, w, size, num_crops)
     t = len(clips[0])
+    if as_uint8:  # 4x smaller items; normalised on the device by the test loop
+        views = torch.empty((len(clips) * len(offsets), 3, t, size, size), dtype=torch.uint8)
+        for ci, rows in enumerate(clips):
+            clip = x[list(rows)].permute(1, 0, 2, 3)  # (3, T, h, w), a view
+            for oi, (top, left) in enumerate(offsets):
+                views[ci * len(offsets) + oi] = clip[..., top:top + size, left:left + size]
+        return views  # (V, 3, T, size, size) uint8
     views = torch.empty((len(clips) * len(offsets), 3, t, size, size), dtype=torch.float32)
     for ci, rows in enumerate(clips):
         # normalise the clip once (a clip-sized buffer, reused by the allocator), then copy its crops

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -77,9 +77,19 @@ def class_names(cfg: CfgNode) -> List[str]:
     return names
 
 
-def to_device(video: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """Move a (N, 3, T, H, W) batch to ``device`` (channels_last_3d if asked)."""
+def to_device(video: torch.Tensor, device: torch.device, channels_last: bool,
+              mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """Move a (N, 3, T, H, W) batch to ``device`` (channels_last_3d if asked).
+
+    uint8 batches (DATA.EVAL_UINT8 test views) are normalised with ``mean``/``std`` there.
+    """
     video = video.to(device, non_blocking=True)
+    if video.dtype == torch.uint8:
+        if mean is None or std is None:
+            raise ValueError("a uint8 video batch needs DATA.MEAN and DATA.STD to be normalised")
+        from gcvideo.data.transforms import normalize_views
+
+        video = normalize_views(video, mean, std)  # float32 (N, 3, T, H, W)
     if channels_last:
         video = video.contiguous(memory_format=torch.channels_last_3d)
     return video

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -47,8 +47,12 @@ def build_eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_m
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, device: torch.device,
              ensemble_method: str = "prob_mean", amp_dtype: Optional[torch.dtype] = None,
-             channels_last: bool = False, progress: bool = False) -> EvalResult:
-    """Scores of every video of ``loader.dataset`` combined over its views, gathered from all processes."""
+             channels_last: bool = False, progress: bool = False, mean: Optional[Sequence[float]] = None,
+             std: Optional[Sequence[float]] = None) -> EvalResult:
+    """Scores of every video of ``loader.dataset`` combined over its views, gathered from all processes.
+
+    ``mean``/``std`` (DATA.MEAN/STD) normalise uint8 views on the device (DATA.EVAL_UINT8).
+    """
     model.eval()
     mine = []
     bar = None
@@ -64,7 +68,7 @@ def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, device: 
         scores = torch.zeros(n, num_classes)
         # 2. forward the decodable videos' views as one batch: (n_ok * V, 3, T, H, W) -> (n_ok, V, K)
         if ok.any():
-            x = to_device(video[ok].flatten(0, 1), device, channels_last)
+            x = to_device(video[ok].flatten(0, 1), device, channels_last, mean, std)
             with autocast(device, amp_dtype):
                 logits = model(x)
             logits = logits.float().view(int(ok.sum()), v, num_classes).cpu()
@@ -122,7 +126,7 @@ def run_test(cfg: CfgNode, model: nn.Module, device: torch.device, *, tag: str,
                                cfg.DATA.PIN_MEMORY and device.type == "cuda")
     res = evaluate(model, loader, num_classes=cfg.MODEL.NUM_CLASSES, device=device,
                    ensemble_method=te.ENSEMBLE_METHOD, amp_dtype=autocast_dtype(cfg, device),
-                   channels_last=cfg.TRAIN.CHANNELS_LAST, progress=True)
+                   channels_last=cfg.TRAIN.CHANNELS_LAST, progress=True, mean=cfg.DATA.MEAN, std=cfg.DATA.STD)
     if not du.is_main_process():
         return None
     out_dir = os.path.join(cfg.OUTPUT_DIR, f"test_{tag}_{te.NUM_ENSEMBLE_VIEWS}x{te.NUM_SPATIAL_CROPS}")

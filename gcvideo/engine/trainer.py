@@ -372,7 +372,7 @@ def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str],
                 res = evaluate(model, build_eval_loader(val_set, cfg.TEST.BATCH_SIZE, cfg.DATA.NUM_WORKERS, False),
                                num_classes=cfg.MODEL.NUM_CLASSES, device=device,
                                ensemble_method=cfg.TEST.ENSEMBLE_METHOD, amp_dtype=amp_dtype,
-                               channels_last=t.CHANNELS_LAST)
+                               channels_last=t.CHANNELS_LAST, mean=cfg.DATA.MEAN, std=cfg.DATA.STD)
                 a = res.metrics["all"]
                 record.update(val_top1=a["top1"], val_top5=a["top5"], val_mean_class_acc=a["mean_class_acc"])
                 val_results.append({"epoch": epoch + 1, **a})

@@ -11,7 +11,7 @@ import data_helpers as H
 from gcvideo.config import get_cfg, validate_cfg
 from gcvideo.data import build_dataset
 from gcvideo.data import dataset as DS
-from gcvideo.data.transforms import crop_offsets, make_views, short_side_size
+from gcvideo.data.transforms import crop_offsets, make_views, normalize_views, short_side_size
 
 
 def toy_cfg(toy_dir, **over):
@@ -173,6 +173,31 @@ def test_make_views_content():
             for t, r in enumerate(rows):
                 expect = torch.from_numpy(frames[r, :, left:left + 20, :].astype(np.float32)).permute(2, 0, 1)
                 torch.testing.assert_close(v[:, t], expect, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_uint8_eval_items_normalise_to_the_float_items(files_dir, tmp_path, split, broken):
+    """DATA.EVAL_UINT8 (default): uint8 views, 4x smaller; normalize_views gives the float32 items bit for bit."""
+    csv = tmp_path / f"{split}.csv"
+    csv.write_text(f"{os.path.join(files_dir, 'demo.mp4')} 6\n{broken['empty']} 1\n")
+    cfg = get_cfg()
+    cfg.DATA.PATH_TO_DATA_DIR = str(tmp_path)
+    cfg.DATA.MEAN, cfg.DATA.STD = [0.43, 0.45, 0.47], [0.22, 0.225, 0.23]
+    cfg.TEST.NUM_ENSEMBLE_VIEWS, cfg.TRAIN.EVAL_VIEWS = 2, [2, 3]
+    assert cfg.DATA.EVAL_UINT8
+    small = build_dataset(cfg, split)
+    cfg.DATA.EVAL_UINT8 = False
+    full = build_dataset(cfg, split)
+    a, b = small[0], full[0]
+    assert a["video"].dtype == torch.uint8 and b["video"].dtype == torch.float32
+    assert a["video"].shape == b["video"].shape == (6, 3, 8, 256, 256)
+    assert torch.equal(normalize_views(a["video"], cfg.DATA.MEAN, cfg.DATA.STD), b["video"])
+    assert torch.equal(normalize_views(a["video"][None], cfg.DATA.MEAN, cfg.DATA.STD), b["video"][None])  # batched
+    # a failed video: zeros of the same dtype and shape, marked not ok
+    fa, fb = small[1], full[1]
+    assert not fa["ok"] and fa["video"].dtype == torch.uint8 and fa["video"].shape == fb["video"].shape
+    with pytest.raises(TypeError, match="uint8"):
+        normalize_views(b["video"], cfg.DATA.MEAN, cfg.DATA.STD)
 
 
 def test_test_item_decodes_once(files_dir, tmp_path, monkeypatch):

@@ -289,6 +289,31 @@ def machine() -> str:
             f"CPU capability {torch.backends.cpu.get_cpu_capability()})")
 
 
+def gemv_costs(repeats: int = 40) -> List[dict]:
+    """Cold-cache ms of the attention-pooling matrix-vector products at each stage's shape, on the
+    channels-last (L, C) view and on the contiguous (C, L) one, beside a plain read (sum) of the map."""
+    big = torch.empty(64 << 18)  # 64 MB, written before every call to push the map out of the caches
+
+    def cold(f):
+        ts = []
+        for _ in range(repeats):
+            big.add_(1)
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts) * 1e3
+
+    rows = []
+    for stage, ((c, t, h, w), _) in STAGE_SHAPES.items():
+        n = t * h * w
+        lc, cl_ = torch.randn(n, c), torch.randn(c, n)  # (L, C) channels-last view, (C, L) contiguous
+        u, v = torch.randn(c), torch.randn(n)
+        rows.append({"stage": stage, "logits_LC": cold(lambda: torch.mv(lc, u)),
+                     "wsum_LC": cold(lambda: torch.mv(lc.t(), v)), "logits_CL": cold(lambda: torch.mv(cl_.t(), u)),
+                     "wsum_CL": cold(lambda: torch.mv(cl_, v)), "read": cold(lambda: lc.sum())})
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="base,gc_all,gc_all_unfused,nl5")
@@ -303,9 +328,19 @@ def main(argv=None) -> int:
                     help="time single GC blocks at the res3/res4/res5 shapes instead (CPU time, see block_costs)")
     ap.add_argument("--profile", action="store_true",
                     help="print the per-op profile of each model beside the baseline instead of timing")
+    ap.add_argument("--gemv", action="store_true",
+                    help="time the pooling matrix-vector products per layout at each stage's shape instead")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.gemv:
+        print(f"# {machine()}")
+        print("cold-cache ms: torch.mv over the (L, C) channels-last view vs the (C, L) contiguous one; read = sum")
+        print(f"{'stage':<5} {'logits LC':>10} {'wsum LC':>8} {'logits CL':>10} {'wsum CL':>8} {'read':>6}")
+        for r in gemv_costs():
+            print(f"{r['stage']:<5} {r['logits_LC']:10.3f} {r['wsum_LC']:8.3f} {r['logits_CL']:10.3f} "
+                  f"{r['wsum_CL']:8.3f} {r['read']:6.3f}")
+        return 0
     thw = tuple(int(v) for v in args.input.split(","))
     models = args.models.split(",")
     if "base" not in models:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import os
 from typing import Iterable, List, Optional, Sequence
 
 import yaml
@@ -19,7 +20,9 @@ from fvcore.common.config import CfgNode
 
 _C = CfgNode()
 
-# Folder for checkpoints, logs, reports (any iopath location).
+# Folder for checkpoints, logs, reports (any iopath location). Left at this default with a
+# config file, load_cfg uses runs/<config file name> instead, so that two configs never share
+# (and auto-resume from) one folder.
 _C.OUTPUT_DIR = "runs/default"
 # Global random seed (python, numpy, torch; data workers derive theirs from it).
 _C.SEED = 0
@@ -233,10 +236,23 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------------------
 # Merging
 # ---------------------------------------------------------------------------
+# Element types of the list keys whose defaults are empty (the others follow their default's elements).
+_LIST_ITEMS = {"MODEL.STAGE_DEPTHS": int, "DATA.FLIP_LABEL_PAIRS": "pair", "DATA.REVERSE_LABEL_PAIRS": "pair",
+               "CONTEXT.LOCATION": None}  # LOCATION: checked in validate_cfg (lists or "all")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _coerce(new, old, key: str, source: str):
     """Check ``new`` against the default ``old``; allow int->float and list<->tuple."""
-    if old is None or new is None:
-        return new
+    def bad(what: str):
+        return ConfigError(f"{source}: {key} = {new!r} {what}; expected {type(old).__name__} like the "
+                           f"default {old!r}")
+
+    if new is None:
+        raise bad("is empty (null/None)")
     if isinstance(old, bool) or isinstance(new, bool):
         if isinstance(old, bool) and isinstance(new, bool):
             return new
@@ -245,15 +261,35 @@ def _coerce(new, old, key: str, source: str):
     elif isinstance(old, int) and isinstance(new, int):
         return new
     elif isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
-        return list(new)
+        kind = _LIST_ITEMS.get(key, type(old[0]) if old else None)
+        out = list(new)
+        for i, x in enumerate(out):
+            if kind is int and not _is_int(x):
+                raise bad(f"has element {x!r} at position {i}, not an integer")
+            if kind is float:
+                if not (_is_int(x) or isinstance(x, float)):
+                    raise bad(f"has element {x!r} at position {i}, not a number")
+                out[i] = float(x)
+            if kind == "pair" and not (isinstance(x, (list, tuple)) and len(x) == 2 and all(_is_int(v) for v in x)):
+                raise bad(f"has element {x!r} at position {i}, not a pair of class indices [a, b]")
+        return out
     elif isinstance(old, str) and isinstance(new, str):
         return new
     elif key == "CONTEXT.LOCATION" and isinstance(new, str):
         return new
-    raise ConfigError(
-        f"{source}: {key} = {new!r} has type {type(new).__name__}; expected "
-        f"{type(old).__name__} like the default {old!r}"
-    )
+    raise bad(f"has type {type(new).__name__}")
+
+
+def _check_types(cfg: CfgNode, defaults: CfgNode, prefix: str = "") -> None:
+    """Every key of ``cfg`` has its default's type (catches values set in Python, not through merging)."""
+    for k, old in defaults.items():
+        new = cfg.get(k)
+        if isinstance(old, CfgNode):
+            if not isinstance(new, CfgNode):
+                raise ConfigError(f"{prefix}{k} = {new!r}: expected a section of config keys")
+            _check_types(new, old, prefix + k + ".")
+        else:
+            _coerce(new, old, prefix + k, "config")
 
 
 def _merge_dict(cfg: CfgNode, d: dict, source: str, prefix: str = "") -> None:
@@ -269,13 +305,16 @@ def _merge_dict(cfg: CfgNode, d: dict, source: str, prefix: str = "") -> None:
                 f"{', '.join(prefix + c for c in sorted(cfg.keys()))}"
             )
         if isinstance(cfg[k], CfgNode):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{source}: {full} = {v!r} is a section of config keys; set its keys, e.g. "
+                                  f"{full}.{sorted(cfg[k].keys())[0]}")
             _merge_dict(cfg[k], v, source, prefix=full + ".")
         else:
             cfg[k] = _coerce(v, cfg[k], full, source)
 
 
-def merge_from_file(cfg: CfgNode, path: str) -> None:
-    """Merge a flat YAML override file into ``cfg`` (through iopath)."""
+def merge_from_file(cfg: CfgNode, path: str) -> dict:
+    """Merge a flat YAML override file into ``cfg`` (through iopath); returns what the file set."""
     from gcvideo.utils.io import path_manager
 
     if not path_manager.exists(path):
@@ -286,6 +325,7 @@ def merge_from_file(cfg: CfgNode, path: str) -> None:
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
     _merge_dict(cfg, d, source=path)
+    return d
 
 
 def _parse_value(text: str):
@@ -309,7 +349,13 @@ def merge_from_list(cfg: CfgNode, opts: Sequence[str]) -> None:
         parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = _parse_value(text) if isinstance(text, str) else text
+        default = cfg
+        for p in parts:
+            default = default.get(p) if isinstance(default, CfgNode) else None
+        if isinstance(default, str) and isinstance(text, str):
+            node[parts[-1]] = text  # a string key takes the text as given ("null", "2024", "~/runs")
+        else:
+            node[parts[-1]] = _parse_value(text) if isinstance(text, str) else text
         _merge_dict(cfg, d, source="command line")
 
 
@@ -317,9 +363,10 @@ def load_cfg(config_file: Optional[str] = None, opts: Optional[Sequence[str]] = 
              check_files: bool = True) -> CfgNode:
     """Defaults <- YAML file <- command-line pairs, validated and frozen."""
     cfg = get_cfg()
-    if config_file:
-        merge_from_file(cfg, config_file)
+    from_file = merge_from_file(cfg, config_file) if config_file else {}
     merge_from_list(cfg, opts or [])
+    if config_file and "OUTPUT_DIR" not in from_file and "OUTPUT_DIR" not in list(opts or [])[0::2]:
+        cfg.OUTPUT_DIR = "runs/" + os.path.splitext(os.path.basename(config_file))[0]
     validate_cfg(cfg, check_files=check_files)
     cfg.freeze()
     return cfg
@@ -365,6 +412,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     """Raise ConfigError for impossible values, naming key, value and what is allowed."""
     from gcvideo.utils.io import path_manager
 
+    _check_types(cfg, _C)
     m, c, d, s, t, te = cfg.MODEL, cfg.CONTEXT, cfg.DATA, cfg.SOLVER, cfg.TRAIN, cfg.TEST
     _one_of(cfg.DEVICE, "DEVICE", ["auto", "cpu", "cuda"])
     # ---- model
@@ -396,7 +444,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
                 continue
             _check(isinstance(entry, (list, tuple)), key, entry, 'a list of block indices or "all"')
             for i in entry:
-                _check(isinstance(i, int) and 0 <= i < dep, key, i,
+                _check(_is_int(i) and 0 <= i < dep, key, i,
                        f"block indices 0..{dep - 1} (res{si + 2} has {dep} blocks)")
             _check(len(set(entry)) == len(entry), key, entry, "indices without repeats")
     any_blocks = any(context_indices(loc, depths))

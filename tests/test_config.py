@@ -60,6 +60,15 @@ def test_yaml_and_command_line_override(tmp_path):
     (["DATA.TRAIN_CROP_SIZE", "300"], r"DATA\.TRAIN_CROP_SIZE = 300"),
     (["SOLVER.WARMUP_EPOCHS", "500.0"], r"SOLVER\.WARMUP_EPOCHS = 500\.0"),
     (["MODEL.DEPTH"], r"KEY VALUE pairs"),
+    (["CONTEXT.RATIO", "None"], r"CONTEXT\.RATIO = None is empty .*expected float"),
+    (["MODEL.WIDTH", "null"], r"MODEL\.WIDTH = None is empty"),
+    (["MODEL.STEM_KERNEL", "['a', 7, 7]"], r"MODEL\.STEM_KERNEL = .*element 'a' at position 0, not an integer"),
+    (["DATA.MEAN", "[0.4, 'x', 0.4]"], r"DATA\.MEAN = .*element 'x' at position 1, not a number"),
+    (["DATA.TRAIN_JITTER_SCALES", "[256, True]"], r"element True at position 1, not an integer"),
+    (["MODEL.STAGE_DEPTHS", "[1, 1, 1, 1.5]"], r"MODEL\.STAGE_DEPTHS = .*element 1\.5"),
+    (["DATA.FLIP_LABEL_PAIRS", "[[0, 1], [2]]"], r"DATA\.FLIP_LABEL_PAIRS = .*not a pair of class indices"),
+    (["CONTEXT.TYPE", "gc", "CONTEXT.LOCATION", "[[], [True], [], []]"], r"LOCATION\[1\].* = True"),
+    (["MODEL", "3"], r"MODEL = 3 is a section of config keys"),
 ])
 def test_bad_values_fail_before_work_with_clear_message(opts, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -79,3 +88,30 @@ def test_loaded_config_is_frozen():
     cfg = load_cfg()
     with pytest.raises(AttributeError):
         cfg.MODEL.DEPTH = 101
+
+
+def test_string_keys_take_command_line_text_verbatim():
+    cfg = load_cfg(None, ["OUTPUT_DIR", "null", "TEST.CHECKPOINT", ""], check_files=False)
+    assert cfg.OUTPUT_DIR == "null"
+
+
+def test_configs_edited_in_python_are_checked_by_build_model():
+    from gcvideo.models import build_model
+
+    cfg = get_cfg()
+    cfg.CONTEXT.TYPE, cfg.CONTEXT.LOCATION = "gc", [[], [7], [], []]  # res3 has 4 blocks
+    with pytest.raises(ConfigError, match=r"LOCATION\[1\] \(res3, 4 blocks\) = 7"):
+        build_model(cfg)
+    cfg.CONTEXT.LOCATION, cfg.CONTEXT.RATIO = [[], [1], [], []], None
+    with pytest.raises(ConfigError, match=r"CONTEXT\.RATIO = None"):
+        build_model(cfg)
+
+
+def test_each_config_file_gets_its_own_output_dir(tmp_path):
+    y = tmp_path / "my_gc_run.yaml"
+    y.write_text("CONTEXT:\n  TYPE: gc\n")
+    assert load_cfg(str(y)).OUTPUT_DIR == "runs/my_gc_run"
+    assert load_cfg(str(y), ["OUTPUT_DIR", "/data/out"]).OUTPUT_DIR == "/data/out"
+    (tmp_path / "explicit.yaml").write_text("OUTPUT_DIR: runs/here\n")
+    assert load_cfg(str(tmp_path / "explicit.yaml")).OUTPUT_DIR == "runs/here"
+    assert load_cfg().OUTPUT_DIR == "runs/default"

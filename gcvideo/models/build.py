@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fvcore.common.config import CfgNode
 
-from gcvideo.config import context_indices, stage_depths
+from gcvideo.config import context_indices, stage_depths, validate_cfg
 from gcvideo.layers import create_context_block
 from gcvideo.models.resnet import SlowResNet
 
@@ -16,7 +16,12 @@ def context_position(kind: str, position: str) -> str:
 
 
 def build_model(cfg: CfgNode) -> SlowResNet:
-    """Slow-only ResNet-3D with the context blocks the config places."""
+    """Slow-only ResNet-3D with the context blocks the config places.
+
+    The config is validated first (also one edited in Python rather than loaded with
+    ``load_cfg``), so a misplaced block index is an error, never a silently missing block.
+    """
+    validate_cfg(cfg, check_files=False)
     m, c = cfg.MODEL, cfg.CONTEXT
     depths = stage_depths(cfg)
     where = [set(ix) for ix in context_indices(c.LOCATION, depths)]

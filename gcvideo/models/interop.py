@@ -68,23 +68,112 @@ def _allowed_globals() -> Dict[Tuple[str, str], Any]:
     import collections
 
     table = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
+        ("numpy", "ndarray"): _SafeArray,
+        ("numpy", "dtype"): _safe_dtype,
         # Python 3 protocol <= 2 pickles bytes as _codecs.encode(text, "latin1"): a pure function.
         ("_codecs", "encode"): codecs.encode,
         ("collections", "OrderedDict"): collections.OrderedDict,
     }
+    def reconstruct(cls, shape, dtype):  # ndarray.__reduce__: an empty array, filled by __setstate__
+        if cls is not _SafeArray:
+            raise UnsafePickleError(f"refusing to rebuild an array of class {cls!r}")
+        return _ma._reconstruct(_SafeArray, shape, _plain_dtype(dtype))
+
+    def scalar(dtype, data=None):  # numpy scalars: raw bytes of one plain number
+        dtype = _plain_dtype(dtype)
+        if isinstance(data, str):  # Python 2 pickles, read with encoding="latin1"
+            data = data.encode("latin1")
+        if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+            raise UnsafePickleError(f"refusing a {dtype} scalar made of {type(data).__name__} data")
+        return _ma.scalar(dtype, data)
+
+    def frombuffer(buf, dtype, shape, order):  # protocol 5 arrays
+        return np.asarray(_num._frombuffer(buf, _plain_dtype(dtype), shape, order))
+
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        table[(mod, "_reconstruct")] = _ma._reconstruct
-        table[(mod, "scalar")] = _ma.scalar
-    if hasattr(_num, "_frombuffer"):  # protocol 5 arrays
+        table[(mod, "_reconstruct")] = reconstruct
+        table[(mod, "scalar")] = scalar
+    if hasattr(_num, "_frombuffer"):
         for mod in ("numpy.core.numeric", "numpy._core.numeric"):
-            table[(mod, "_frombuffer")] = _num._frombuffer
+            table[(mod, "_frombuffer")] = frombuffer
     for mod in ("builtins", "__builtin__"):
         for name, obj in (("set", set), ("frozenset", frozenset), ("bytearray", bytearray),
                           ("complex", complex)):
             table[(mod, name)] = obj
     return table
+
+
+_PLAIN_KINDS = "biufc"  # bool, int, uint, float, complex: what weights are made of
+
+
+def _plain_dtype(dtype) -> np.dtype:
+    """A fresh, canonical numeric dtype equal to ``dtype``; anything else is refused.
+
+    Object, structured, sub-array, string and void dtypes are refused, and the dtype object the
+    pickle built is never used itself: a pickle can rewrite a dtype's internal flags through
+    ``dtype.__setstate__`` (e.g. make an object dtype look plain), so arrays and scalars are
+    always made with ``np.dtype(dtype.str)`` rebuilt from the kind, byte order and size alone.
+    """
+    if isinstance(dtype, bytes):
+        dtype = dtype.decode("latin1")
+    if isinstance(dtype, str):
+        dtype = np.dtype(dtype)
+    if not isinstance(dtype, np.dtype):
+        raise UnsafePickleError(f"refusing dtype {dtype!r}: not a numpy dtype")
+    if dtype.kind not in _PLAIN_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise UnsafePickleError(f"refusing dtype {dtype.str!r}: weights pickles may only hold plain "
+                                "bool/int/float/complex arrays")
+    fresh = np.dtype(dtype.str)
+    if fresh.kind not in _PLAIN_KINDS or fresh.hasobject:
+        raise UnsafePickleError(f"refusing dtype {dtype.str!r}")
+    return fresh
+
+
+def _safe_dtype(spec, align=False, copy=False):
+    """``numpy.dtype`` for pickles: plain numeric type codes only. Always a private copy (the
+    pickle then sets its byte order through ``__setstate__``); it is checked and rebuilt again
+    wherever an array or scalar is made from it."""
+    if isinstance(spec, bytes):
+        spec = spec.decode("latin1")
+    if not isinstance(spec, str):
+        raise UnsafePickleError(f"refusing dtype spec {spec!r}: expected a type code string like 'f4'")
+    _plain_dtype(spec)
+    return np.dtype(spec, bool(align), True)
+
+
+class _SafeArray(np.ndarray):
+    """The ndarray class a weights pickle gets: plain dtypes only, in construction and in
+    ``__setstate__`` (where pickled arrays receive their dtype and bytes); turned back into
+    plain ndarrays after loading."""
+
+    def __new__(cls, shape, dtype=float, buffer=None, offset=0, strides=None, order=None):
+        if buffer is not None and not isinstance(buffer, (bytes, bytearray)):
+            raise UnsafePickleError(f"refusing an array over a {type(buffer).__name__} buffer")
+        return super().__new__(cls, shape, _plain_dtype(np.dtype(dtype) if not isinstance(dtype, np.dtype)
+                                                        else dtype), buffer, offset, strides, order)
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise UnsafePickleError("refusing an array state that is not (version, shape, dtype, fortran, data)")
+        version, shape, dtype, fortran, data = state
+        if isinstance(data, str):  # Python 2 pickles (Caffe2), read with encoding="latin1"
+            data = data.encode("latin1")
+        if not isinstance(data, (bytes, bytearray)):
+            raise UnsafePickleError(f"refusing array data of type {type(data).__name__} (object arrays)")
+        super().__setstate__((version, shape, _plain_dtype(dtype), fortran, data))
+
+
+def _plain_arrays(obj):
+    """Replace every _SafeArray in a loaded structure by a plain ndarray (the same memory)."""
+    if isinstance(obj, _SafeArray):
+        return obj.view(np.ndarray)
+    if isinstance(obj, dict):
+        return type(obj)((k, _plain_arrays(v)) for k, v in obj.items())
+    if isinstance(obj, list):
+        return [_plain_arrays(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_plain_arrays(v) for v in obj)
+    return obj
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -110,7 +199,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 def safe_pickle_load(data, encoding: str = "latin1") -> Any:
     """Unpickle bytes (or a binary file object) with :class:`RestrictedUnpickler`."""
     f = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    return RestrictedUnpickler(f, encoding=encoding).load()
+    return _plain_arrays(RestrictedUnpickler(f, encoding=encoding).load())
 
 
 _ZIP_MAGIC = b"PK\x03\x04"

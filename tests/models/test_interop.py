@@ -249,6 +249,41 @@ def test_restricted_unpickler_refuses_code(tmp_path):
         load_weights_file(str(junk))
 
 
+def _object_dtype_attacks():
+    """Pickles that use only allowed callables but make numpy read raw bytes as object pointers:
+    an object dtype whose flags ``dtype.__setstate__`` cleared, then a scalar / an array of it."""
+    import struct
+
+    a = bytearray(pickle.dumps(np.array([None], dtype=object), protocol=2))
+    i = a.index(b"K\x3ft")
+    a[i + 1] = 0  # dtype flags 63 -> 0: numpy would no longer treat the items as objects
+    j = a.index(b"]q\x11Na")
+    a[j:j + 5] = b"C\x08" + struct.pack("<Q", 0x4141414141414141)  # the "object" is a fake pointer
+    s = pickle.dumps(np.float64(1.0), protocol=2)
+    ma = b"numpy._core.multiarray" if b"numpy._core" in s else b"numpy.core.multiarray"
+    scalar = (b"\x80\x02c" + ma + b"\nscalar\ncnumpy\ndtype\nX\x02\x00\x00\x00O8\x89\x88\x87R"
+              b"(K\x03X\x01\x00\x00\x00|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+              b"C\x08" + struct.pack("<Q", 0x4141414141414141) + b"\x86R.")
+    return {"object_array": bytes(a), "object_scalar": scalar}
+
+
+@pytest.mark.parametrize("name", ["object_array", "object_scalar"])
+def test_restricted_unpickler_refuses_object_dtypes(tmp_path, name):
+    """Refused with a clear error, in a child process so that a regression crashes it, not pytest."""
+    import subprocess
+    import sys
+
+    path = tmp_path / f"{name}.pkl"
+    path.write_bytes(_object_dtype_attacks()[name])
+    code = ("import sys; from gcvideo.models.interop import safe_pickle_load, UnsafePickleError\n"
+            "try:\n    obj = safe_pickle_load(open(sys.argv[1], 'rb').read())\n"
+            "    print('LOADED', repr(obj)[:80])\n"
+            "except UnsafePickleError as e:\n    print('REFUSED', e)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("REFUSED") and "'|O'" in r.stdout, (r.returncode, r.stdout,
+                                                                                        r.stderr[-500:])
+
+
 @pytest.mark.parametrize("kind,location", [("gc", [[], "all", "all", [0]]), ("snl", [[], [1], [0, 1], []]),
                                            ("nl", NL_LOC)])
 def test_baseline_plus_zero_init_blocks_equals_baseline(tmp_path, kind, location):

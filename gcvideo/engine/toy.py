@@ -18,24 +18,41 @@ __all__ = ["run_toy"]
 
 def run_toy(config_file: str = "configs/toy/slow_gc_toy.yaml", data_dir: Optional[str] = None,
             opts: Sequence[str] = (), log=print) -> Dict:
-    """Generate the toy dataset into ``data_dir`` (default: the config's DATA.PATH_TO_DATA_DIR) unless it is
-    there and current, train, run the multi-view test; returns train()'s result plus timings."""
+    """Train ``config_file`` and run its multi-view test, making the toy dataset first when the
+    data folder (``data_dir``, default: the config's DATA.PATH_TO_DATA_DIR) needs it.
+
+    The folder is used as it is when it holds a dataset that is not a toy set (say Kinetics with
+    a Kinetics config: nothing here is toy-specific); a toy set is (re)generated only into an
+    empty or missing folder or over a toy set made by another generator version, so existing
+    data is never overwritten. Returns train()'s result plus timings.
+    """
     from gcvideo.data.toy import TOY_FORMAT_VERSION, make_toy_dataset
 
     t0 = time.time()
     cfg = load_cfg(config_file, list(opts), check_files=False)
     data_dir = data_dir or cfg.DATA.PATH_TO_DATA_DIR
+    if not data_dir:
+        raise ValueError(f"{config_file}: DATA.PATH_TO_DATA_DIR is empty; give the data folder (--data DIR)")
     meta_path = os.path.join(data_dir, "meta.json")
     meta = None
-    if os.path.exists(meta_path) and os.path.exists(os.path.join(data_dir, "train.csv")):
+    if os.path.exists(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
-    if meta is None or meta.get("version") != TOY_FORMAT_VERSION:  # missing, or made by an older generator
-        log(f"toy dataset: generating {data_dir}")
-        meta = make_toy_dataset(data_dir, progress=True)
-    log(f"toy dataset: {data_dir} ({meta.get('num_train')} train / {meta.get('num_val')} val videos)")
+        if not (isinstance(meta, dict) and "num_train" in meta and "classes" in meta):
+            meta = None  # a meta.json of something else
+    entries = os.listdir(data_dir) if os.path.isdir(data_dir) else []
+    overrides = ["DATA.PATH_TO_DATA_DIR", data_dir]
+    if meta is None and entries:  # somebody's dataset: train on it as it is, generate nothing
+        log(f"data: {data_dir} is not a toy dataset; training on it as it is")
+    else:
+        if meta is None or meta.get("version") != TOY_FORMAT_VERSION or not os.path.exists(
+                os.path.join(data_dir, "train.csv")):  # empty folder, or made by an older generator
+            log(f"toy dataset: generating {data_dir}")
+            meta = make_toy_dataset(data_dir, progress=True)
+        log(f"toy dataset: {data_dir} ({meta.get('num_train')} train / {meta.get('num_val')} val videos)")
+        overrides += ["DATA.LABEL_MAP", os.path.join(data_dir, "classes.txt")]
+    meta = meta or {}
     t_data = time.time() - t0
-    overrides = ["DATA.PATH_TO_DATA_DIR", data_dir, "DATA.LABEL_MAP", os.path.join(data_dir, "classes.txt")]
     cfg = load_cfg(config_file, list(opts) + overrides)
     result = train(cfg)
     result.update(data_s=t_data, total_s=time.time() - t0, num_train=meta.get("num_train"),

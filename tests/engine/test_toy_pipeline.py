@@ -51,6 +51,32 @@ def test_toy_main_job_end_to_end(tmp_path, capsys):
     assert "resuming from" in capsys.readouterr().out
 
 
+def test_main_job_trains_on_a_users_dataset_without_touching_it(tmp_path, capsys):
+    """A data folder that is not a toy set (here: toy videos listed by the user's own CSVs and class
+    list, no meta.json) is trained on as it is: nothing generated, nothing overwritten."""
+    import shutil
+
+    from gcvideo.data.toy import make_toy_dataset
+
+    toy = str(tmp_path / "toy")
+    make_toy_dataset(toy, num_train=16, num_val=8, size=48, num_frames=24, workers=1)
+    mine = tmp_path / "mine"
+    shutil.copytree(os.path.join(toy, "videos"), mine / "videos")
+    train_csv = "".join(f"videos/train/{i:06d}.mp4 {i % 2}\n" for i in range(16))  # 2 classes of my own
+    (mine / "train.csv").write_text(train_csv)
+    (mine / "val.csv").write_text("".join(f"videos/val/{i:06d}.mp4 {i % 2}\n" for i in range(8)))
+    (mine / "labels.txt").write_text("even\nodd\n")
+    before = {p.name: p.read_bytes() for p in mine.iterdir() if p.is_file()}
+    res = run_toy(TOY_CONFIG, str(mine), ["OUTPUT_DIR", str(tmp_path / "run"), "MODEL.NUM_CLASSES", "2",
+                                          "DATA.LABEL_MAP", str(mine / "labels.txt"), "DATA.FLIP_LABEL_PAIRS", "[]",
+                                          "DATA.REVERSE_LABEL_PAIRS", "[]", "DATA.REVERSE_PROB", "0.0"] + TINY)
+    assert "not a toy dataset; training on it as it is" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in mine.iterdir() if p.is_file()} == before
+    assert not (mine / "meta.json").exists() and res["test"]["metrics"]["all"]["videos"] == 8
+    rows = open(os.path.join(res["test"]["report_dir"], "predictions.csv")).read().splitlines()
+    assert rows[1].split(",")[2] in ("even", "odd")
+
+
 def test_broken_training_videos_are_listed_and_stop_the_run(tmp_path):
     from gcvideo.data import TooManyBrokenVideos
 

@@ -113,6 +113,8 @@ _C.DATA.VAL_FILE = "val.csv"
 _C.DATA.TEST_FILE = "test.csv"
 # Annotation format: "auto" | "slowfast" | "mmaction" | "kinetics_csv".
 _C.DATA.FORMAT = "auto"
+# Field separator of video lists (PySlowFast's PATH_LABEL_SEPARATOR); "" = whitespace (TAB if a line has one).
+_C.DATA.PATH_LABEL_SEPARATOR = ""
 # Class-name list, one a line (line i = class i); "" = labels must be integers.
 _C.DATA.LABEL_MAP = ""
 # Official-CSV layout: clips under {split folder}/{class}/ ("class") or flat ("flat"), or "auto".

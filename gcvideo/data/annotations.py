@@ -165,23 +165,42 @@ class _Labeler:
         return label
 
 
-def _parse_list(path: str, lines: List[str], prefix: str, labeler: _Labeler) -> List[VideoRecord]:
+def _parse_list(path: str, lines: List[str], prefix: str, labeler: _Labeler, sep: str = "",
+                fmt: str = "slowfast", explicit: bool = True) -> List[VideoRecord]:
+    """PySlowFast / mmaction2 video lists: ``path label``, and ``path`` alone (label unknown, -1:
+    test lists). PySlowFast's ``path fn label`` (fn an integer, ignored) with ``fmt="slowfast"``
+    given explicitly: in auto mode such a line could also be an mmaction2 multi-label line, so it
+    is an error that says which format to set. ``sep``: the field separator
+    (DATA.PATH_LABEL_SEPARATOR; "" = whitespace, or TAB when a line has one)."""
     records = []
     for n, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         where = f"{path}:{n}"
-        if "\t" in line:
+        if sep:
+            fields = [x.strip() for x in line.split(sep)]
+        elif "\t" in line:
             fields = [x.strip() for x in line.split("\t") if x.strip()]
         elif '"' in line:
             fields = [x for x in next(csv.reader([line], delimiter=" ", quotechar='"', skipinitialspace=True)) if x]
         else:
             fields = line.split()
-        if len(fields) != 2:
+        if len(fields) == 3 and re.fullmatch(r"\d+", fields[1]) and fmt == "slowfast":
+            if not explicit:
+                raise AnnotationError(
+                    f"{where}: 3 fields {line!r}: PySlowFast's 'path fn label' or an mmaction2 multi-label "
+                    "line? Set DATA.FORMAT slowfast to read it as 'path fn label' (multi-label lists are "
+                    "not supported)")
+            fields = [fields[0], fields[2]]  # PySlowFast "path fn label"
+        if len(fields) == 1:
+            records.append(VideoRecord(_join(prefix, fields[0]), -1, n))
+            continue
+        if len(fields) != 2 or not fields[0]:
             raise AnnotationError(
-                f"{where}: expected 2 fields 'path label', got {len(fields)}: {line!r} (multi-label lines and "
-                "raw-frame lists are not supported; a path with spaces needs a TAB before the label or quotes)")
+                f"{where}: expected 'path label' (or 'path', or 'path N label'), got {len(fields)} fields: "
+                f"{line!r} (multi-label lines and raw-frame lists are not supported; a path with spaces needs "
+                "a TAB before the label, quotes, or DATA.PATH_LABEL_SEPARATOR)")
         records.append(VideoRecord(_join(prefix, fields[0]), labeler(fields[1], where), n))
     return records
 
@@ -226,6 +245,10 @@ def _parse_kinetics(path: str, lines: List[str], prefix: str, labeler: _Labeler,
         rows.append((n, row))
     if header is None:  # header-less: by field count
         width = len(rows[0][1]) if rows else 0
+        if rows and width not in (4, 5, 6):
+            raise AnnotationError(f"{path}:{rows[0][0]}: expected the official Kinetics CSV columns "
+                                  "label,youtube_id,time_start,time_end,split[,is_cc] (or youtube_id,time_start,"
+                                  f"time_end,split for the test split), got {width} fields: {rows[0][1]}")
         header = (["youtube_id", "time_start", "time_end", "split"] if width == 4 else
                   ["label", "youtube_id", "time_start", "time_end", "split", "is_cc"][:width])
     col = {c: i for i, c in enumerate(header)}
@@ -267,7 +290,8 @@ def _parse_kinetics(path: str, lines: List[str], prefix: str, labeler: _Labeler,
 
 
 def load_annotations(path: str, fmt: str = "auto", path_prefix: str = "", label_map: str = "",
-                     num_classes: Optional[int] = None, clip_layout: str = "auto") -> List[VideoRecord]:
+                     num_classes: Optional[int] = None, clip_layout: str = "auto", sep: str = "",
+                     require_labels: bool = False) -> List[VideoRecord]:
     """Read one split's annotation file.
 
     Args:
@@ -279,10 +303,14 @@ def load_annotations(path: str, fmt: str = "auto", path_prefix: str = "", label_
             for the official Kinetics CSV, which then uses the shipped 400-class map.
         num_classes: labels must be below this (MODEL.NUM_CLASSES).
         clip_layout: "auto" | "class" | "flat" (DATA.CLIP_LAYOUT, official CSV only).
+        sep: field separator of video lists (DATA.PATH_LABEL_SEPARATOR; "" = whitespace/TAB).
+        require_labels: every video needs a label (training): an unknown one (-1, a path-only
+            line, the official test split) is an error naming the file and line.
     """
     if fmt not in FORMATS:
         raise AnnotationError(f"{path}: format {fmt!r} is not one of {FORMATS}")
     lines = _read_lines(path)
+    explicit = fmt != "auto"
     if fmt == "auto":
         fmt = detect_format(lines, path)
     if fmt == "kinetics_csv" and not label_map:
@@ -293,7 +321,12 @@ def load_annotations(path: str, fmt: str = "auto", path_prefix: str = "", label_
     if fmt == "kinetics_csv":
         records = _parse_kinetics(path, lines, prefix, labeler, clip_layout)
     else:
-        records = _parse_list(path, lines, prefix, labeler)
+        records = _parse_list(path, lines, prefix, labeler, sep, fmt, explicit)
     if not records:
         raise AnnotationError(f"{path}: annotation file has no entries")
+    if require_labels:
+        unlabelled = [r for r in records if r.label < 0]
+        if unlabelled:
+            raise AnnotationError(f"{path}:{unlabelled[0].line}: {unlabelled[0].path} has no label (-1 or none), "
+                                  f"as do {len(unlabelled) - 1} more lines; training needs a class for every video")
     return records

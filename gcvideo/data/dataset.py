@@ -208,7 +208,8 @@ def build_dataset(cfg, split: str) -> VideoDataset:
     prefix = d[f"{split.upper()}_PATH_PREFIX"] or d.PATH_PREFIX
     records = load_annotations(annotation_path(cfg, split), fmt=d.FORMAT, path_prefix=prefix,
                                label_map=d.LABEL_MAP, num_classes=cfg.MODEL.NUM_CLASSES,
-                               clip_layout=d.CLIP_LAYOUT)
+                               clip_layout=d.CLIP_LAYOUT, sep=d.PATH_LABEL_SEPARATOR,
+                               require_labels=(split == "train"))
     if split == "val":
         clips, crops = int(cfg.TRAIN.EVAL_VIEWS[0]), int(cfg.TRAIN.EVAL_VIEWS[1])
     else:

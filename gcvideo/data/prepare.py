@@ -212,7 +212,10 @@ def prepare_kinetics(src: str, dst: str, short_side: int = 320, workers: Optiona
         lines.setdefault(split, []).append(f"{rel_out}{sep}{label}\n")
     for split, ls in lines.items():
         _write_atomic(os.path.join(dst, f"{split}.csv"), "".join(ls))
+    failed_path = os.path.join(dst, "failed.txt")
     if failed:
-        _write_atomic(os.path.join(dst, "failed.txt"), "".join(f"{s}\t{r}\n" for s, r in sorted(failed.items())))
+        _write_atomic(failed_path, "".join(f"{s}\t{r}\n" for s, r in sorted(failed.items())))
+    elif os.path.exists(failed_path):  # from an earlier run: those clips are done now
+        os.remove(failed_path)
     return {"videos": len(entries), "encoded": len(jobs) - len(failed), "already_done": skipped_done,
             "failed": len(failed), "splits": {k: len(v) for k, v in lines.items()}}

@@ -20,6 +20,9 @@ def parallel_imap(fn: Callable[[J], R], jobs: Sequence[J], workers: int, desc: s
                   progress: bool = True, chunksize: int = 1) -> Iterator[R]:
     """Yield ``fn(job)`` for every job, unordered; ``workers`` <= 1 (or one job) runs in this process.
 
+    If the loop ends early (an exception in a job or in the caller, KeyboardInterrupt, or the
+    caller closing the generator), the workers are terminated instead of finishing the queue.
+
     Worker processes are forked where the platform allows it, so ``fn`` may be any module-level
     function of an imported module.
     """
@@ -31,14 +34,19 @@ def parallel_imap(fn: Callable[[J], R], jobs: Sequence[J], workers: int, desc: s
         results = pool.imap_unordered(fn, jobs, chunksize=chunksize)
     else:
         results = map(fn, jobs)
+    finished = False
     try:
         for result in results:
             if bar is not None:
                 bar.update(1)
             yield result
+        finished = True
     finally:
         if pool is not None:
-            pool.close()
+            if finished:
+                pool.close()
+            else:  # an error, Ctrl-C or the caller stopped early: drop the queued jobs now
+                pool.terminate()
             pool.join()
         if bar is not None:
             bar.close()

@@ -98,8 +98,10 @@ def test_detect_format():
 
 
 @pytest.mark.parametrize("text,fmt,message", [
-    ("a.mp4 1\nb.mp4\n", "slowfast", r"train.csv:2: expected 2 fields"),
-    ("a.mp4 1\nb.mp4 0 3\n", "mmaction", r"train.csv:2: expected 2 fields .*multi-label"),
+    ("a.mp4 1\nb.mp4 x y\n", "slowfast", r"train.csv:2: expected 'path label'.*got 3 fields"),
+    ("a.mp4 1\nb.mp4 0 3\n", "mmaction", r"train.csv:2: expected 'path label'.*multi-label"),
+    ("a.mp4 1\nb.mp4 0 3\n", "auto", r"train.csv:2: 3 fields .*Set DATA.FORMAT slowfast"),
+    ("abseiling,-3B32lodo2M,59\n", "kinetics_csv", r"train.csv:1: expected the official Kinetics CSV columns"),
     ("a.mp4 1\n\nb.mp4 400\n", "slowfast", r"train.csv:3: label 400 out of range 0..399"),
     ("a.mp4 -2\n", "slowfast", r"train.csv:1: label -2 out of range"),
     ("a.mp4 abseiling\n", "slowfast", r"train.csv:1: label 'abseiling' is not a class index and no label map"),
@@ -136,3 +138,29 @@ def test_smaller_label_map_limits_range(tmp_path):
     f = write(tmp_path / "t.csv", "a.mp4 right\nb.mp4 2\n")
     with pytest.raises(AnnotationError, match=r"t.csv:2: label 2 out of range 0..1"):
         load_annotations(f, label_map=m, num_classes=400)
+
+
+def test_pyslowfast_list_forms(tmp_path):
+    """PySlowFast also reads 'path fn label' and 'path' alone (test lists), and other separators."""
+    f = write(tmp_path / "train.csv", "a.mp4 1\nb.mp4 17 2\nc.mp4\n")
+    recs = load_annotations(f, fmt="slowfast", num_classes=400)
+    assert [(os.path.basename(r.path), r.label, r.line) for r in recs] == [("a.mp4", 1, 1), ("b.mp4", 2, 2),
+                                                                            ("c.mp4", -1, 3)]
+    with pytest.raises(AnnotationError, match=r"train.csv:3: .*c.mp4 has no label"):
+        load_annotations(f, fmt="slowfast", num_classes=400, require_labels=True)
+    g = write(tmp_path / "val.csv", "dir one/a b.mp4,3\nc.mp4,0\n")
+    recs = load_annotations(g, num_classes=400, sep=",")
+    assert [(os.path.basename(r.path), r.label) for r in recs] == [("a b.mp4", 3), ("c.mp4", 0)]
+
+
+def test_training_split_needs_labels(tmp_path):
+    from gcvideo.config import get_cfg
+    from gcvideo.data import build_dataset
+
+    write(tmp_path / "train.csv", "a.mp4 1\nb.mp4 -1\n")
+    write(tmp_path / "val.csv", "a.mp4 1\nb.mp4 -1\n")
+    cfg = get_cfg()
+    cfg.DATA.PATH_TO_DATA_DIR = str(tmp_path)
+    with pytest.raises(AnnotationError, match=r"train.csv:2: .*b.mp4 has no label"):
+        build_dataset(cfg, "train")
+    assert [r.label for r in build_dataset(cfg, "val").records] == [1, -1]  # unknown labels may be evaluated

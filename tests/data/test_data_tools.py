@@ -74,6 +74,11 @@ def test_prepare_kinetics(files_dir, tmp_path):
     out = run_tool("prepare_kinetics.py", "--src", str(src), "--dst", str(dst), "--short-side", "128")
     assert "0 re-encoded, 3 already done" in out
     assert os.path.getmtime(dst / "videos_val/abseiling/b.mp4") == before
+    assert not (dst / "videos_train/zumba/bad.mp4").exists()  # a failed clip leaves no output
+    # the bad clip removed: the next run lists no failures (no stale failed.txt)
+    (src / "videos_train" / "zumba" / "bad.mp4").unlink()
+    out = run_tool("prepare_kinetics.py", "--src", str(src), "--dst", str(dst), "--short-side", "128")
+    assert "0 failed" in out and not (dst / "failed.txt").exists()
     # the written CSVs load as they are
     from gcvideo.config import get_cfg
     from gcvideo.data import build_dataset

@@ -23,3 +23,19 @@ def test_every_job_once(workers):
 def test_errors_reach_the_caller():
     with pytest.raises(ValueError, match="job -1 failed"):
         list(parallel_imap(_square_and_pid, [1, -1, 2], 2, "test", progress=False))
+
+
+def _slow(x):
+    import time
+    time.sleep(0.3)
+    return x
+
+
+def test_stopping_early_drops_the_queued_jobs():
+    import time
+
+    t0 = time.perf_counter()
+    gen = parallel_imap(_slow, list(range(20)), 2, "test", progress=False)
+    next(gen)
+    gen.close()  # what an exception or Ctrl-C in the caller's loop does
+    assert time.perf_counter() - t0 < 1.5  # not the 20 x 0.3 s / 2 workers = 3 s of the whole queue

@@ -29,7 +29,8 @@ import torch.nn as nn
 from torch.utils.data import Sampler
 
 __all__ = ["init_distributed", "cleanup_distributed", "is_distributed", "get_rank", "get_world_size",
-           "is_main_process", "barrier", "all_gather_object", "all_reduce_sum", "TrainSampler",
+           "is_main_process", "barrier", "all_gather_object", "all_reduce_sum", "broadcast_object",
+           "broadcast_buffers", "TrainSampler",
            "ShardSampler", "convert_sync_batchnorm", "CPUSyncBatchNorm"]
 
 
@@ -88,6 +89,23 @@ def all_gather_object(obj: Any) -> List[Any]:
     out: List[Any] = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of process ``src`` on every process (itself without distribution)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
+    """Every process takes process ``src``'s buffers (BN running statistics): after the last
+    training step each process holds its own, while the checkpoint holds rank 0's."""
+    if is_distributed():
+        for b in model.buffers():
+            dist.broadcast(b, src)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

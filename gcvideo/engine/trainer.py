@@ -33,7 +33,7 @@ from gcvideo.engine.common import (autocast, autocast_dtype, model_channels_last
 from gcvideo.engine.logger import RunLogger, format_duration
 from gcvideo.engine.optim import WarmupCosineSchedule, build_optimizer, build_schedule, scaled_lr
 from gcvideo.engine.tester import build_eval_loader, evaluate, run_test
-from gcvideo.utils.io import atomic_write_text, path_manager
+from gcvideo.utils.io import atomic_write_text, load_checkpoint_file, path_manager
 
 __all__ = ["train", "train_one_epoch", "TrainState", "NonFiniteLossError", "TrainingStopped"]
 
@@ -102,12 +102,21 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                 f"(global iteration {st.global_iter + 1}); stopping. The last good checkpoint in "
                 f"{os.path.join(cfg.OUTPUT_DIR, 'checkpoints')} is unchanged; lower SOLVER.BASE_LR or "
                 "set SOLVER.CLIP_GRAD_NORM and restart.")
-        # 7. backward, optional gradient clipping, SGD step
+        # 7. backward; gradient norm (clipped if asked); a NaN / infinite gradient also stops
+        #    training before the weights change (with fp16 the grad scaler skips such steps instead)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # no-op without fp16
         if clip_norm > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+        if not scaler.is_enabled() and not math.isfinite(float(grad_norm)):
+            raise NonFiniteLossError(
+                f"gradient norm is {float(grad_norm)} (loss {mean_loss:.4g}) at epoch {st.epoch + 1}, iteration "
+                f"{it + 1} of {st.iters_per_epoch}; stopping before the weights change. The last good checkpoint "
+                f"in {os.path.join(cfg.OUTPUT_DIR, 'checkpoints')} is unchanged; lower SOLVER.BASE_LR or set "
+                "SOLVER.CLIP_GRAD_NORM and restart.")
         scaler.step(optimizer)
         scaler.update()
         st.global_iter += 1
@@ -270,7 +279,14 @@ def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str],
     # -- model (same initial weights on every process), optimizer, schedule, grad scaler
     seed_everything(cfg.SEED)
     model = build_model(cfg)
-    resume = load_latest_checkpoint(cfg.OUTPUT_DIR, log=print if main else (lambda m: None)) if t.AUTO_RESUME else None
+    resume = None
+    if t.AUTO_RESUME:
+        # rank 0 picks the checkpoint and every process loads that one (a stale view of a shared
+        # folder on one machine must not make it start over while the others resume)
+        found = load_latest_checkpoint(cfg.OUTPUT_DIR) if main else None
+        path = du.broadcast_object(found[0] if found else None)
+        if path is not None:
+            resume = found if main else (path, load_checkpoint_file(path))
     if resume is None and t.INIT_FROM:
         from gcvideo.models import load_pretrained
 
@@ -360,15 +376,17 @@ def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str],
             record = {"epoch": epoch + 1, "global_iter": st.global_iter, "loss": stats["loss"],
                       "lr": optimizer.param_groups[0]["lr"], "data_share": stats["data_share"],
                       "epoch_time_s": stats["time_s"]}
-            # precise BN statistics, then validation (neither uses the RNGs)
-            if t.PRECISE_BN_BATCHES > 0:
+            # precise BN statistics before a validation and at the end (neither uses the RNGs)
+            last = epoch + 1 == s.MAX_EPOCH
+            validate = val_set is not None and ((epoch + 1) % t.EVAL_PERIOD == 0 or last)
+            if t.PRECISE_BN_BATCHES > 0 and (validate or last):
                 sampler.set_epoch(epoch, 0)
                 bn_loader = DataLoader(train_set, batch_size=sampler.local_batch, sampler=sampler,
                                        num_workers=cfg.DATA.NUM_WORKERS, drop_last=True,
                                        generator=torch.Generator().manual_seed(cfg.SEED + epoch))
                 precise_bn(model, bn_loader, t.PRECISE_BN_BATCHES, device, amp_dtype, t.CHANNELS_LAST)
-            last = epoch + 1 == s.MAX_EPOCH
-            if val_set is not None and ((epoch + 1) % t.EVAL_PERIOD == 0 or last):
+            du.broadcast_buffers(model)  # every process evaluates (and rank 0 saves) the same BN statistics
+            if validate:
                 res = evaluate(model, build_eval_loader(val_set, cfg.TEST.BATCH_SIZE, cfg.DATA.NUM_WORKERS, False),
                                num_classes=cfg.MODEL.NUM_CLASSES, device=device,
                                ensemble_method=cfg.TEST.ENSEMBLE_METHOD, amp_dtype=amp_dtype,

@@ -35,6 +35,33 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path):
     assert _sha(ckpts[0]) == before
 
 
+def test_nan_gradient_with_finite_loss_stops_before_the_step(tmp_path, monkeypatch):
+    """A finite loss whose backward gives NaN gradients must not reach the weights (or a checkpoint)."""
+    import gcvideo.models
+
+    real_build = gcvideo.models.build_model
+    calls = {"n": 0}
+
+    def build_with_bad_backward(cfg):
+        model = real_build(cfg)
+        first = next(model.parameters())
+
+        def hook(g):
+            calls["n"] += 1
+            return g * float("nan") if calls["n"] == 6 else g  # global iteration 6 = epoch 2, iteration 2
+        first.register_hook(hook)
+        return model
+
+    monkeypatch.setattr(gcvideo.models, "build_model", build_with_bad_backward)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"gradient norm is nan .* epoch 2, iteration 2 of 4"):
+        train(tiny_cfg(out, "SOLVER.MAX_EPOCH", 2), dataset_builder=builder())
+    ckpts = list_checkpoints(str(out))
+    assert [os.path.basename(p) for p in ckpts] == ["checkpoint_epoch0001.pth"]
+    state = load_checkpoint_file(ckpts[0])
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
 def test_checkpoint_contents_and_keep_last(tmp_path):
     out = tmp_path / "run"
     cfg = tiny_cfg(out, "SOLVER.MAX_EPOCH", 2, "TRAIN.CHECKPOINT_ITERS", 1, "TRAIN.KEEP_LAST", 2,

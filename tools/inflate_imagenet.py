@@ -14,7 +14,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from gcvideo.config import ConfigError  # noqa: E402
+from gcvideo.models.inflate import InflationError  # noqa: E402
 from gcvideo.models.tools_api import inflate_imagenet_checkpoint  # noqa: E402
+from gcvideo.utils.io import CheckpointError  # noqa: E402
 
 
 def main(argv=None):
@@ -25,8 +28,13 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace --dst if it exists")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     a = p.parse_args(argv)
-    inflate_imagenet_checkpoint(a.src, a.config, a.dst, opts=a.opts, overwrite=a.overwrite)
+    try:
+        inflate_imagenet_checkpoint(a.src, a.config, a.dst, opts=a.opts, overwrite=a.overwrite)
+    except (ConfigError, CheckpointError, InflationError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -111,12 +111,20 @@ def inflate_state_dict(state_dict_2d: Mapping, model: nn.Module,
     rep = report if report is not None else InflationReport()
     target = model.state_dict()
     sources = {}
+    extra_blocks = []
     for k2 in sd2:
         k3 = map_2d_key(k2)
         if k3 is not None and k3 in target:
             sources[k3] = k2
         else:
             rep.unused_2d.append(k2)
+            if k3 is not None and k2.endswith(".weight"):  # a backbone layer the 3D model does not have
+                extra_blocks.append(k2)
+    if extra_blocks:
+        raise InflationError(
+            f"2D checkpoint has {len(extra_blocks)} backbone weights with no place in the 3D model, e.g. "
+            f"{', '.join(extra_blocks[:3])}: a deeper ResNet than the config's (MODEL.DEPTH / "
+            "MODEL.STAGE_DEPTHS)? Inflating it would keep only its first blocks")
     out: Dict[str, torch.Tensor] = {}
     for k3, v3 in target.items():
         if k3 not in sources:

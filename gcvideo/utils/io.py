@@ -42,7 +42,8 @@ def load_checkpoint_file(path: str, map_location: Any = "cpu") -> Any:
                 "tensors and plain containers (torch.load(weights_only=True)). Re-save it as a plain "
                 "state dict: torch.save(model.state_dict(), 'clean.pth') in a trusted environment."
             ) from e
-        raise CheckpointError(f"checkpoint {path} could not be read: {msg}") from e
+        raise CheckpointError(f"checkpoint {path} could not be read as a PyTorch file "
+                              f"({type(e).__name__}: {msg}); is it truncated or not a checkpoint?") from e
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

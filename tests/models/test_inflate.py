@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision
 
-from gcvideo.config import get_cfg
+from gcvideo.config import get_cfg, load_cfg
 from gcvideo.models import InflationError, build_model, inflate_state_dict, load_pretrained
 from gcvideo.models.inflate import InflationReport, map_2d_key
 from gcvideo.models.tools_api import inflate_imagenet_checkpoint
@@ -90,11 +90,12 @@ def test_errors_name_the_key():
     bad["layer1.0.conv2.weight"] = torch.zeros(64, 64, 5, 5)
     with pytest.raises(InflationError, match=r"layer1\.0\.conv2\.weight"):
         inflate_state_dict(bad, model)
-    r101 = _random_2d(101).state_dict()
-    with pytest.raises(InflationError):  # an R101 checkpoint into an R50 model
-        model101 = build_model(get_cfg())
-        del r101["layer3.5.conv1.weight"]
-        inflate_state_dict(r101, model101)
+    r101 = _random_2d(101).state_dict()  # a whole R101 checkpoint into the R50 model
+    with pytest.raises(InflationError, match=r"no place in the 3D model, e\.g\. layer3\.6\.conv1\.weight.*deeper"):
+        inflate_state_dict(r101, model)
+    r50_into_101 = build_model(load_cfg("configs/kinetics400/slow_r101_8x8.yaml", check_files=False))
+    with pytest.raises(InflationError, match=r"no weights for backbone key blocks\.3\.res_blocks\.6\."):
+        inflate_state_dict(sd, r50_into_101)
 
 
 def test_inflate_tool_writes_checkpoint_and_never_overwrites(tmp_path, capsys):

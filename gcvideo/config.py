@@ -88,10 +88,12 @@ _C.CONTEXT.NL_INSTANTIATION = "embedded_gaussian"
 _C.CONTEXT.NL_INNER_RATIO = 0.5
 # Max-pool kernel (T, H, W) subsampling the key/value paths; [] = none.
 _C.CONTEXT.NL_POOL = [1, 2, 2]
-# Where the key/value subsampling happens: "after_conv" (phi/g convs, then max pool; PySlowFast,
-# mmaction2) or "before_conv" (max-pool the block input, then phi/g; the original non-local code).
+# Where the key/value subsampling happens: "after_conv" (phi/g convs, then max pool; mmaction2) or
+# "before_conv" (max-pool the block input, then phi/g; the original Caffe2 non-local code and
+# PySlowFast: needed to run their checkpoints).
 _C.CONTEXT.NL_POOL_POSITION = "after_conv"
-# Scale embedded_gaussian logits by 1/sqrt(inner channels) (PySlowFast does; paper does not).
+# Scale embedded_gaussian logits by 1/sqrt(inner channels) (PySlowFast and the original Caffe2
+# code do; the paper's equations do not).
 _C.CONTEXT.NL_SCALE = False
 
 # ---------------------------------------------------------------------------

@@ -283,9 +283,10 @@ def slowfast_to_gcvideo_key(key: str, head_index: int = 5) -> Optional[str]:
     if m:
         part = ("norm_" if m.group(4) else "conv_") + m.group(3)
         return f"blocks.{int(m.group(1)) - 1}.res_blocks.{m.group(2)}.branch2.{part}.{m.group(5)}"
-    m = re.fullmatch(r"s([2-5])\.pathway0_nonlocal(\d+)\.(conv_theta|conv_phi|conv_g|conv_out|bn)\.(\w+)", key)
-    if m:
-        return f"blocks.{int(m.group(1)) - 1}.res_blocks.{m.group(2)}.context.{m.group(3)}.{m.group(4)}"
+    m = re.fullmatch(r"s([2-5])\.pathway0_nonlocal(\d+)\.(conv_theta|conv_phi|conv_g|conv_out|bn|norm)\.(\w+)", key)
+    if m:  # the block's BN is "bn" in older PySlowFast releases, "norm" in newer ones
+        part = "bn" if m.group(3) == "norm" else m.group(3)
+        return f"blocks.{int(m.group(1)) - 1}.res_blocks.{m.group(2)}.context.{part}.{m.group(4)}"
     m = re.fullmatch(r"head\.projection\.(weight|bias)", key)
     if m:
         return f"blocks.{head_index}.proj.{m.group(1)}"

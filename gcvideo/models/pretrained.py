@@ -79,6 +79,22 @@ def detect_format(sd: Mapping[str, torch.Tensor]) -> str:
                          + ", ".join(list(sd)[:5]))
 
 
+def _check_nonlocal_layout(model: nn.Module, sd: Mapping[str, torch.Tensor], fmt: str, name: str) -> None:
+    """PySlowFast / Caffe2 non-local weights only compute their function in blocks that max-pool
+    the input before phi/g and scale the softmax logits by 1/sqrt(inner channels), as those
+    codes do; other settings would load without error and give different outputs."""
+    from gcvideo.layers import NonLocalBlock
+
+    wrong = [n for n, m in model.named_modules() if isinstance(m, NonLocalBlock) and any(
+        k.startswith(n + ".") for k in sd) and (m.pool_position != "before_conv" or
+                                              (m.instantiation == "embedded_gaussian" and not m.scale))]
+    if wrong:
+        raise InflationError(
+            f"{name}: {fmt} non-local blocks max-pool their input before phi/g and scale the logits by "
+            f"1/sqrt(inner channels), but {wrong[0]} (and {len(wrong) - 1} more) is built otherwise; "
+            "set CONTEXT.NL_POOL_POSITION before_conv and CONTEXT.NL_SCALE True")
+
+
 def load_pretrained(model: nn.Module, source: Union[str, Mapping], verbose: bool = False) -> LoadReport:
     """Load weights from ``source`` (a path read with weights_only=True, or a state dict) into ``model``."""
     name = source if isinstance(source, str) else "<state dict>"
@@ -91,6 +107,7 @@ def load_pretrained(model: nn.Module, source: Union[str, Mapping], verbose: bool
     if rep.format in ("pyslowfast", "caffe2"):
         sd, rep.renamed, untranslated = convert_state_dict(sd, rep.format, head_index=len(model.blocks) - 1,
                                                            target=model.state_dict())
+        _check_nonlocal_layout(model, sd, rep.format, name)
     else:
         untranslated = []
     if rep.format == "imagenet-2d":

@@ -130,7 +130,7 @@ NL_LOC = [[], [1], [0], []]  # res3 block 1, res4 block 0
 
 
 def _nl_model(seed=0):
-    cfg = _tiny_cfg("nl", NL_LOC, NL_SCALE=True)
+    cfg = _tiny_cfg("nl", NL_LOC, NL_SCALE=True, NL_POOL_POSITION="before_conv")  # PySlowFast's layout
     return cfg, _randomise(build_model(cfg), seed)
 
 
@@ -170,7 +170,8 @@ def test_pyslowfast_checkpoint_loads_and_gives_same_outputs(tmp_path):
 def test_pyslowfast_nonlocal_at_another_block_is_reported(tmp_path):
     cfg, src = _nl_model()
     sd = {_to_slowfast(k): v for k, v in src.state_dict().items()}
-    other = build_model(_tiny_cfg("nl", [[], [0], [0], []], NL_SCALE=True))  # res3 NL at block 0
+    other = build_model(_tiny_cfg("nl", [[], [0], [0], []], NL_SCALE=True,
+                                  NL_POOL_POSITION="before_conv"))  # res3 NL at block 0
     rep = load_pretrained(other, sd)
     assert any(k.startswith("s3.pathway0_nonlocal1.") for k in rep.unused)
     assert any(k.startswith("blocks.2.res_blocks.0.context.") for k in rep.kept_init)
@@ -178,6 +179,58 @@ def test_pyslowfast_nonlocal_at_another_block_is_reported(tmp_path):
     del sd["s4.pathway0_res1.branch2.b.weight"]
     with pytest.raises(InflationError, match=r"blocks\.3\.res_blocks\.1\.branch2\.conv_b\.weight"):
         load_pretrained(build_model(cfg), sd)
+
+
+def _pyslowfast_nonlocal(x, w, pool=(1, 2, 2)):
+    """PySlowFast's Nonlocal.forward (slowfast/models/nonlocal_helper.py, softmax instantiation),
+    written out in float64 from its weights ``w`` (PySlowFast names): theta on x, then x max-pooled
+    before phi and g, softmax of theta^T phi / sqrt(inner), conv_out, BN (eval), residual."""
+    import torch.nn.functional as F
+
+    n, c, t, h, ww = x.shape
+    conv = lambda v, name: F.conv3d(v, w[name + ".weight"], w[name + ".bias"])  # noqa: E731
+    theta = conv(x, "conv_theta").flatten(2)  # (N, Ci, L)
+    xp = F.max_pool3d(x, pool, pool)
+    phi, g = conv(xp, "conv_phi").flatten(2), conv(xp, "conv_g").flatten(2)  # (N, Ci, Lk)
+    inner = theta.shape[1]
+    att = torch.softmax(torch.einsum("nct,ncp->ntp", theta, phi) * inner ** -0.5, dim=2)  # (N, L, Lk)
+    y = torch.einsum("ntg,ncg->nct", att, g).reshape(n, inner, t, h, ww)
+    p = conv(y, "conv_out")
+    p = F.batch_norm(p, w["norm.running_mean"], w["norm.running_var"], w["norm.weight"], w["norm.bias"],
+                     False, 0.0, 1e-5)
+    return x + p
+
+
+def test_pyslowfast_nonlocal_semantics_match():
+    """A PySlowFast non-local block's weights (newer releases name its BN "norm") give PySlowFast's
+    output in gcvideo with the layout its checkpoints need; any other layout is refused at load."""
+    from gcvideo.layers import NonLocalBlock
+
+    torch.manual_seed(0)
+    c, inner = 16, 8
+    w = {f"{n}.{p}": torch.randn(*s, dtype=torch.float64) * 0.3 for n, cin, cout in
+         (("conv_theta", c, inner), ("conv_phi", c, inner), ("conv_g", c, inner), ("conv_out", inner, c))
+         for p, s in (("weight", (cout, cin, 1, 1, 1)), ("bias", (cout,)))}
+    w.update({"norm.weight": torch.rand(c, dtype=torch.float64) + 0.5, "norm.bias": torch.randn(c, dtype=torch.float64),
+              "norm.running_mean": torch.randn(c, dtype=torch.float64) * 0.1,
+              "norm.running_var": torch.rand(c, dtype=torch.float64) + 0.5,
+              "norm.num_batches_tracked": torch.tensor(7)})
+    x = torch.randn(2, c, 4, 8, 8, dtype=torch.float64)
+    expect = _pyslowfast_nonlocal(x, w)
+    sd = {f"s3.pathway0_nonlocal1.{k}": v for k, v in w.items()}
+    ours = {slowfast_to_gcvideo_key(k): v for k, v in sd.items()}
+    prefix = "blocks.2.res_blocks.1.context."
+    block = NonLocalBlock(c, inner, pool=(1, 2, 2), pool_position="before_conv", scale=True).double().eval()
+    block.load_state_dict({k[len(prefix):]: v for k, v in ours.items()})
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expect, rtol=1e-10, atol=1e-10)
+        other = NonLocalBlock(c, inner, pool=(1, 2, 2), pool_position="after_conv", scale=True).double().eval()
+        other.load_state_dict(block.state_dict())
+        assert (other(x) - expect).abs().max() > 1e-3  # the other layout is a different function
+    cfg = _tiny_cfg("nl", NL_LOC, NL_SCALE=True)  # after_conv: refused for PySlowFast weights
+    _, src = _nl_model()
+    with pytest.raises(InflationError, match="NL_POOL_POSITION before_conv"):
+        load_pretrained(build_model(cfg), {_to_slowfast(k): v for k, v in src.state_dict().items()})
 
 
 def test_caffe2_pickle_loads_and_gives_same_outputs(tmp_path):

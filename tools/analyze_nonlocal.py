@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--config", required=True, help="YAML config the model was trained with")
     p.add_argument("--checkpoint", required=True, help="trained weights of a non-local model")
     p.add_argument("--csv", required=True, help="videos: annotation file or one path a line")
-    p.add_argument("--json", default="", help="write the report here (JSON)")
+    p.add_argument("--json", default="", help="write the report here (JSON); default: "
+                   "OUTPUT_DIR/nonlocal_stats_<checkpoint name>.json")
     p.add_argument("--max-videos", type=int, default=0, help="use the first N videos (0 = all)")
     p.add_argument("--clips", type=int, default=1, help="evenly spread clips per video (centre crop)")
     p.add_argument("--max-queries", type=int, default=256,
@@ -46,7 +47,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_cfg(args.config, args.opts)
-        report = analyze_nonlocal(cfg, args.checkpoint, args.csv, out_json=args.json or None,
+        out_json = args.json or os.path.join(
+            cfg.OUTPUT_DIR, f"nonlocal_stats_{os.path.splitext(os.path.basename(args.checkpoint))[0]}.json")
+        report = analyze_nonlocal(cfg, args.checkpoint, args.csv, out_json=out_json,
                                   max_videos=args.max_videos or None, num_clips=args.clips,
                                   max_queries=args.max_queries or None, seed=args.seed,
                                   include_self=not args.exclude_self, blocks=args.blocks,

@@ -40,9 +40,11 @@ def main(argv=None) -> int:
     p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "legacy"], help="ONNX exporter")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    p.add_argument("--opts", dest="opts_flag", nargs=argparse.REMAINDER, default=[],
+                   help="KEY VALUE config overrides (as in the other analysis tools)")
     args = p.parse_args(argv)
     try:
-        cfg = load_cfg(args.config, args.opts)
+        cfg = load_cfg(args.config, list(args.opts) + list(args.opts_flag))
         info = export_checkpoint(cfg, args.checkpoint, args.format, args.out, args.input,
                                  overwrite=args.overwrite, exporter=args.exporter)
     except (ConfigError, CheckpointError, FileExistsError, ExportMismatchError, ValueError) as e:

@@ -285,6 +285,13 @@ def test_analyze_tool_on_toy_set(toy_setup, capsys):
     assert r0["jsd_subsampled"] and r0["positions"] == 4 * 6 * 6
     for col in STAT_COLUMNS:
         assert 0.0 <= r0[col] <= 1.0
+    # without --json the report goes to OUTPUT_DIR/nonlocal_stats_<checkpoint name>.json
+    run_dir = toy_setup["dir"] / "run_default"
+    rc = tool.main(["--config", toy_setup["cfg_file"], "--checkpoint", toy_setup["ckpt"], "--csv",
+                    str(toy_setup["toy"] / "val.csv"), "--max-queries", "16", "--opts", "OUTPUT_DIR", str(run_dir)])
+    assert rc == 0, capsys.readouterr().err
+    stem = os.path.splitext(os.path.basename(toy_setup["ckpt"]))[0]
+    assert json.loads((run_dir / f"nonlocal_stats_{stem}.json").read_text())["blocks"][0]["jsd"] == r0["jsd"]
     # a config without non-local blocks: a clear error
     gc_cfg = toy_setup["dir"] / "gc.yaml"
     gc_cfg.write_text("MODEL:\n  WIDTH: 8\n  STAGE_DEPTHS: [1, 1, 1, 1]\n  NUM_CLASSES: 8\n")

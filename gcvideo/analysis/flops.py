@@ -32,17 +32,14 @@ fits the latter, which configs/kinetics400/slow_r50_8x8_nl5.yaml uses (docs/flop
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-with warnings.catch_warnings():  # fvcore.nn scripts its focal loss at import: torch warns
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-    from fvcore.nn import FlopCountAnalysis
-    from fvcore.nn.jit_handles import get_shape
+from fvcore.nn import FlopCountAnalysis  # imported quietly by gcvideo/__init__.py first
+from fvcore.nn.jit_handles import get_shape
 
 __all__ = [
     "FlopReport", "count_flops", "count_params", "count_flops_mmcv_style", "PAPER_TABLE10", "PaperRow",

@@ -1,5 +1,6 @@
 """Config: one place for defaults, flat YAML overrides, command-line pairs, clear validation errors."""
 import glob
+import os
 import re
 
 import pytest
@@ -115,3 +116,12 @@ def test_each_config_file_gets_its_own_output_dir(tmp_path):
     (tmp_path / "explicit.yaml").write_text("OUTPUT_DIR: runs/here\n")
     assert load_cfg(str(tmp_path / "explicit.yaml")).OUTPUT_DIR == "runs/here"
     assert load_cfg().OUTPUT_DIR == "runs/default"
+
+
+def test_shipped_label_map_found_from_any_working_directory(tmp_path, monkeypatch):
+    cfg_file = os.path.abspath("configs/kinetics400/slow_r50_8x8_gc_all.yaml")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_cfg(cfg_file)  # DATA.LABEL_MAP: datasets/kinetics400/label_map.txt, relative
+    assert os.path.isabs(cfg.DATA.LABEL_MAP) and open(cfg.DATA.LABEL_MAP).readline().strip() == "abseiling"
+    with pytest.raises(ConfigError, match="DATA.LABEL_MAP = 'no/such/map.txt': file does not exist"):
+        load_cfg(cfg_file, ["DATA.LABEL_MAP", "no/such/map.txt"])

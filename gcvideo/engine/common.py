@@ -25,7 +25,9 @@ def select_device(cfg: CfgNode) -> torch.device:
     if want == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("DEVICE = 'cuda' but CUDA is not available here; use DEVICE cpu or auto")
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        # torchrun: one process per GPU of the machine, GPU LOCAL_RANK; launchers that show each
+        # process only its own GPU(s) (srun --gpus-per-task): the index wraps around
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         torch.cuda.set_device(device)
         return device
     return torch.device("cpu")

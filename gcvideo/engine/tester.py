@@ -68,7 +68,8 @@ def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, device: 
         scores = torch.zeros(n, num_classes)
         # 2. forward the decodable videos' views as one batch: (n_ok * V, 3, T, H, W) -> (n_ok, V, K)
         if ok.any():
-            x = to_device(video[ok].flatten(0, 1), device, channels_last, mean, std)
+            kept = video if ok.all() else video[ok]  # (indexing would copy a pinned batch to pageable memory)
+            x = to_device(kept.flatten(0, 1), device, channels_last, mean, std)
             with autocast(device, amp_dtype):
                 logits = model(x)
             logits = logits.float().view(int(ok.sum()), v, num_classes).cpu()

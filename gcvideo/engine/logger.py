@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any, Dict, List
 
-from gcvideo.utils.io import atomic_write_bytes, path_manager
+from gcvideo.utils.io import atomic_write_bytes, atomic_write_text, path_manager
 from gcvideo.utils.progress import progress_bar
 
 __all__ = ["RunLogger", "format_duration"]
@@ -46,7 +46,11 @@ class RunLogger:
             return
         path_manager.mkdirs(output_dir)
         self._load_history(resume_iter)
-        self._file = path_manager.open(self.path, "a")
+        try:
+            self._file = path_manager.open(self.path, "a")
+        except (ValueError, NotImplementedError, OSError):  # object stores cannot append
+            self._file = None
+            self._lines = self._read_lines()  # kept and rewritten whole (each epoch and at the end)
         try:  # TensorBoard only when installed
             from torch.utils.tensorboard import SummaryWriter
 
@@ -72,8 +76,23 @@ class RunLogger:
                 elif rec.get("type") == "epoch":
                     self.epochs.append(rec)
 
+    def _read_lines(self) -> List[str]:
+        if not path_manager.exists(self.path):
+            return []
+        with path_manager.open(self.path, "r") as f:
+            return [ln if ln.endswith("\n") else ln + "\n" for ln in f]
+
+    def _rewrite(self) -> None:
+        if self.enabled and self._file is None:
+            atomic_write_text(self.path, "".join(self._lines))
+
     def write(self, record: Dict[str, Any]) -> None:
         if not self.enabled:
+            return
+        if self._file is None:
+            self._lines.append(json.dumps(record) + "\n")
+            if record.get("type") == "epoch":
+                self._rewrite()
             return
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
@@ -145,6 +164,8 @@ class RunLogger:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+        else:
+            self._rewrite()
             self._file = None
         if self._tb is not None:
             self._tb.close()

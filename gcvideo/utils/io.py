@@ -50,7 +50,9 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader never sees a half-written file.
 
     Local paths: write a temporary file in the same folder, fsync, rename.
-    Other iopath locations: write a temporary name, then move it into place.
+    Other iopath locations: write a temporary name, then move it into place; where the handler
+    cannot move files (object stores such as S3), write the object in one upload, which those
+    stores publish only when it is complete.
     """
     parent = os.path.dirname(path)
     if parent:
@@ -72,7 +74,14 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     else:
         with path_manager.open(tmp, "wb") as f:
             f.write(data)
-        path_manager.mv(tmp, path)
+        try:
+            moved = path_manager.mv(tmp, path)
+        except NotImplementedError:
+            moved = False
+        if moved is False:  # no rename here: one upload of the whole object
+            with path_manager.open(path, "wb") as f:
+                f.write(data)
+            path_manager.rm(tmp)
 
 
 def atomic_save(obj: Any, path: str) -> None:

@@ -37,7 +37,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-
 from fvcore.nn import FlopCountAnalysis  # imported quietly by gcvideo/__init__.py first
 from fvcore.nn.jit_handles import get_shape
 

@@ -134,17 +134,12 @@ def make_views(frames: np.ndarray, clips: Sequence[Sequence[int]], size: int, nu
     h, w = x.shape[-2:]
     offsets = crop_offsets(h, w, size, num_crops)
     t = len(clips[0])
-    if as_uint8:  # 4x smaller items; normalised on the device by the test loop
-        views = torch.empty((len(clips) * len(offsets), 3, t, size, size), dtype=torch.uint8)
-        for ci, rows in enumerate(clips):
-            clip = x[list(rows)].permute(1, 0, 2, 3)  # (3, T, h, w), a view
-            for oi, (top, left) in enumerate(offsets):
-                views[ci * len(offsets) + oi] = clip[..., top:top + size, left:left + size]
-        return views  # (V, 3, T, size, size) uint8
-    views = torch.empty((len(clips) * len(offsets), 3, t, size, size), dtype=torch.float32)
+    # uint8: 4x smaller items, normalised on the device by the test loop
+    views = torch.empty((len(clips) * len(offsets), 3, t, size, size),
+                        dtype=torch.uint8 if as_uint8 else torch.float32)
     for ci, rows in enumerate(clips):
-        # normalise the clip once (a clip-sized buffer, reused by the allocator), then copy its crops
-        clip = normalize(x[list(rows)], mean, std)  # (3, T, h, w)
+        # the clip as uint8 (a view) or normalised once (a clip-sized buffer), then its crops copied
+        clip = x[list(rows)].permute(1, 0, 2, 3) if as_uint8 else normalize(x[list(rows)], mean, std)  # (3, T, h, w)
         for oi, (top, left) in enumerate(offsets):
             views[ci * len(offsets) + oi] = clip[..., top:top + size, left:left + size]
     return views  # (V, 3, T, size, size)

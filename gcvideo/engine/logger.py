@@ -42,15 +42,15 @@ class RunLogger:
         self.epochs: List[Dict[str, Any]] = []
         self._tb = None
         self._file = None
+        self._lines: List[str] = []  # the file's lines where it cannot be appended to
         if not enabled:
             return
         path_manager.mkdirs(output_dir)
-        self._load_history(resume_iter)
+        lines = self._load_history(resume_iter)
         try:
             self._file = path_manager.open(self.path, "a")
-        except (ValueError, NotImplementedError, OSError):  # object stores cannot append
-            self._file = None
-            self._lines = self._read_lines()  # kept and rewritten whole (each epoch and at the end)
+        except (ValueError, NotImplementedError, OSError):  # object stores cannot append: the lines
+            self._lines = lines  # are kept and the file rewritten whole (each epoch and at the end)
         try:  # TensorBoard only when installed
             from torch.utils.tensorboard import SummaryWriter
 
@@ -59,28 +59,26 @@ class RunLogger:
             self._tb = None
         self.write({"type": "start", "global_iter": resume_iter, "time": time.time()})
 
-    def _load_history(self, resume_iter: int) -> None:
-        """Curves continue a resumed run; records past the resume point are replaced when redone."""
-        if not path_manager.exists(self.path):
-            return
-        with path_manager.open(self.path, "r") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # a line cut by a kill
-                if rec.get("global_iter", 0) > resume_iter:
-                    continue
-                if rec.get("type") == "iter":
-                    self.iters.append(rec)
-                elif rec.get("type") == "epoch":
-                    self.epochs.append(rec)
+    def _load_history(self, resume_iter: int) -> List[str]:
+        """Curves continue a resumed run; records past the resume point are replaced when redone.
 
-    def _read_lines(self) -> List[str]:
+        Returns the file's lines as they are (for locations that cannot append)."""
         if not path_manager.exists(self.path):
             return []
         with path_manager.open(self.path, "r") as f:
-            return [ln if ln.endswith("\n") else ln + "\n" for ln in f]
+            lines = [ln if ln.endswith("\n") else ln + "\n" for ln in f]
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill
+            if rec.get("global_iter", 0) > resume_iter:
+                continue
+            if rec.get("type") == "iter":
+                self.iters.append(rec)
+            elif rec.get("type") == "epoch":
+                self.epochs.append(rec)
+        return lines
 
     def _rewrite(self) -> None:
         if self.enabled and self._file is None:

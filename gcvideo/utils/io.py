@@ -71,6 +71,9 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             os.close(fd)
         except OSError:
             pass
+    elif path.split("://", 1)[0] in _NO_RENAME:  # one upload of the whole object
+        with path_manager.open(path, "wb") as f:
+            f.write(data)
     else:
         with path_manager.open(tmp, "wb") as f:
             f.write(data)
@@ -78,10 +81,13 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             moved = path_manager.mv(tmp, path)
         except NotImplementedError:
             moved = False
-        if moved is False:  # no rename here: one upload of the whole object
-            with path_manager.open(path, "wb") as f:
-                f.write(data)
+        if moved is False:  # this location cannot rename: remember it, upload the object itself
+            _NO_RENAME.add(path.split("://", 1)[0])
             path_manager.rm(tmp)
+            atomic_write_bytes(path, data)
+
+
+_NO_RENAME: set = set()  # URI schemes whose iopath handler cannot move files (learnt on first write)
 
 
 def atomic_save(obj: Any, path: str) -> None:

@@ -90,3 +90,11 @@ def test_training_run_writes_everything_to_the_store(objstore, tmp_path):
     # the same command resumes from the store
     res2 = train(tiny_cfg(out, "SOLVER.MAX_EPOCH", 2, "TRAIN.EVAL_PERIOD", 1), dataset_builder=builder())
     assert res2["global_iter"] == res["global_iter"]
+
+
+def test_later_writes_upload_once(objstore):
+    atomic_save({"w": torch.zeros(1)}, "objstore://b/one.pth")  # learns that the store cannot rename
+    objstore.uploads.clear()
+    atomic_save({"w": torch.ones(1)}, "objstore://b/two.pth")
+    assert objstore.uploads == ["objstore://b/two.pth"]  # no temporary object first
+    assert torch.equal(load_checkpoint_file("objstore://b/two.pth")["w"], torch.ones(1))

@@ -50,6 +50,8 @@ VARIANTS = {  # name -> (autocast dtype or None, channels_last_3d)
     "fp32_cl": (None, True),
     "bf16": (torch.bfloat16, False),
     "bf16_cl": (torch.bfloat16, True),
+    "fp16": (torch.float16, False),  # CUDA only
+    "fp16_cl": (torch.float16, True),
 }
 
 
@@ -117,28 +119,37 @@ def to_memory_format(model: torch.nn.Module, fmt) -> torch.nn.Module:
 
 
 def step_fn(model, x, target, mode: str, dtype):
+    dev = x.device.type
+
     def run():
         if mode == "fwd":
-            with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            with torch.no_grad(), torch.autocast(dev, dtype=dtype, enabled=dtype is not None):
                 model(x)
         else:
             for p in model.parameters():
                 p.grad = None
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            with torch.autocast(dev, dtype=dtype, enabled=dtype is not None):
                 out = model(x)
             F.cross_entropy(out.float(), target).backward()
+        if dev == "cuda":
+            torch.cuda.synchronize()  # the step's kernels are done when the timer stops
     return run
 
 
-def measure(models: List[str], variant: str, mode: str, repeats: int, warmup: int, thw) -> Dict[str, List[float]]:
+def measure(models: List[str], variant: str, mode: str, repeats: int, warmup: int, thw,
+            device: str = "cpu", batch: int = 1) -> Dict[str, List[float]]:
     dtype, cl = VARIANTS[variant]
+    if dtype == torch.float16 and device != "cuda":
+        raise SystemExit(f"variant {variant!r} needs --device cuda")
     fmt = torch.channels_last_3d if cl else torch.contiguous_format
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # as in training (TRAIN.DETERMINISTIC False)
     torch.manual_seed(0)
-    x = torch.randn(1, 3, *thw).contiguous(memory_format=fmt)
-    target = torch.tensor([3])
+    x = torch.randn(batch, 3, *thw, device=device).contiguous(memory_format=fmt)
+    target = torch.arange(batch, device=device) % 400
     steps = {}
     for name in models:
-        m = to_memory_format(build(name), fmt)
+        m = to_memory_format(build(name).to(device), fmt)
         m.train(mode == "fwdbwd")
         steps[name] = step_fn(m, x, target, mode, dtype)
     for _ in range(warmup):
@@ -286,7 +297,8 @@ def machine() -> str:
     except OSError:
         pass
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads, "
-            f"CPU capability {torch.backends.cpu.get_cpu_capability()})")
+            f"CPU capability {torch.backends.cpu.get_cpu_capability()})"
+            + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
 
 
 def gemv_costs(repeats: int = 40) -> List[dict]:
@@ -323,6 +335,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--input", default="8,224,224", help="T,H,W")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: step times of a GPU (synchronised; TF32 convolutions as PyTorch's default)")
+    ap.add_argument("--batch", type=int, default=1, help="clips per step")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--blocks", action="store_true",
                     help="time single GC blocks at the res3/res4/res5 shapes instead (CPU time, see block_costs)")
@@ -370,14 +385,15 @@ def main(argv=None) -> int:
         return 0
     results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
                "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv or sys.argv[1:])),
-               "input": list(thw), "repeats": args.repeats, "runs": []}
+               "input": list(thw), "repeats": args.repeats, "device": args.device, "batch": args.batch,
+               "runs": []}
     print(f"# {results['date']}  {results['machine']}")
     print(f"# {results['command']}")
     print(f"{'mode':<7} {'variant':<8} {'model':<15} {'median s':>9} {'min s':>7} {'ratio':>7} {'ratio(med)':>10}"
           f" {'90% CI':>13} {'cpu ratio':>9} {'90% CI':>13}")
     for mode in args.modes.split(","):
         for variant in args.variants.split(","):
-            times, cpu = measure(models, variant, mode, args.repeats, args.warmup, thw)
+            times, cpu = measure(models, variant, mode, args.repeats, args.warmup, thw, args.device, args.batch)
             summary = summarise(times, cpu)
             results["runs"].append({"mode": mode, "variant": variant, "models": summary})
             for name in models:

@@ -24,6 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from gcvideo.layers import kernels as _k
+
 __all__ = ["ContextBlock", "attention_pool", "CONTEXT_PRESETS"]
 
 # The named members of the family and their (pooling, transform, norm, fusion).
@@ -82,6 +84,16 @@ def _pool_forward(xf: torch.Tensor, cl: bool, weight: torch.Tensor, bias: Option
 
     Two matrix-vector passes over x (logits, weighted sum); the softmax is over the small (N, L).
     """
+    if x is not None and weight.dtype == torch.float32:
+        lay = _k.usable(x)
+        if lay is not None:  # one fused pass over x (online softmax), see _gc_kernels.c
+            n, c = x.shape[:2]
+            context, p = x.new_empty(n, c), x.new_empty(n, xf.shape[2 - cl])  # (N, C), (N, L)
+            b = float(bias.detach()) if bias is not None else 0.0
+            _k.cpu_kernels().gc_pool_forward(x.data_ptr(), weight.detach().reshape(-1).contiguous().data_ptr(), b,
+                                             n, c, p.shape[1], lay, torch.get_num_threads(),
+                                             context.data_ptr(), p.data_ptr())
+            return context, p
     acc = _acc_dtype(xf.dtype)
     logits = _sum_channels(xf, cl, weight.reshape(-1), x).to(acc)  # (N, L)
     if bias is not None:
@@ -103,6 +115,31 @@ def _pool_backward(xf: torch.Tensor, cl: bool, p: torch.Tensor, g_ctx: torch.Ten
     gl = p * (gp - (p * gp).sum(dim=1, keepdim=True))  # softmax backward, (N, L)
     gw = _sum_positions(xf, cl, gl).sum(0)  # (C,)
     return gl, gw.to(p.dtype)
+
+
+def _pool_backward_kernel(y: torch.Tensor, lay: int, g: Optional[torch.Tensor], p: torch.Tensor,
+                          context: torch.Tensor, g_ctx: torch.Tensor, weight: torch.Tensor, need_grad_y: bool):
+    """The fused kernel of the pooling backward: (grad_y = g + p g_ctx + gl w or None, gw (C,), gb (1,)).
+
+    One pass over y (and g), float32 CPU maps in layout ``lay``; g None means 0 (pooling alone)."""
+    n, c = y.shape[:2]
+    g_ctx = g_ctx.detach().float().contiguous()  # (N, C)
+    cg = (context.float() * g_ctx).sum(1).contiguous()  # (N,): sum_l p_l (y_l . g_ctx) = context . g_ctx
+    grad_y = torch.empty_like(y) if need_grad_y else None  # y's layout
+    gw, gb, sp = y.new_empty(c), y.new_empty(1), y.new_empty(n)
+    _k.cpu_kernels().gc_pool_backward(
+        y.data_ptr(), _k.ptr(g), p.data_ptr(), g_ctx.data_ptr(), cg.data_ptr(),
+        weight.detach().reshape(-1).contiguous().data_ptr(), n, c, p.shape[1], lay, torch.get_num_threads(),
+        _k.ptr(grad_y), gw.data_ptr(), gb.data_ptr(), sp.data_ptr())
+    # dL/dlogit_l = p_l (gp_l - sum_j p_j gp_j): the kernel used cg for the sum (needed before the
+    # pass); the exact sum sp shifts every dL/dlogit_l by p_l (cg - sp), which adds (cg - sp) context
+    # to dL/dw and (cg - sp) to dL/db, and p_l (cg - sp) w to dL/dy_l: an extra pass, made only where
+    # it is above float32 rounding of dL/dy's p_l g_ctx term (large attention weights w).
+    d = cg - sp  # (N,)
+    w = weight.detach().reshape(-1).float()
+    if grad_y is not None and (d.abs().max() * w.abs().max() > 1e-6 * g_ctx.abs().max()):
+        grad_y.addcmul_(w.view(1, c, 1, 1, 1), (p * d[:, None]).view(n, 1, *y.shape[2:]))
+    return grad_y, gw + d @ context.float(), gb + d.sum()
 
 
 def _add_rank2(g: Optional[torch.Tensor], u1: torch.Tensor, v1: torch.Tensor, u2: torch.Tensor,
@@ -136,14 +173,20 @@ class _AttentionPool(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         xf, cl = _flatten_positions(x)
         context, p = _pool_forward(xf, cl, weight, bias, x)
-        ctx.save_for_backward(x, weight, p)
+        ctx.save_for_backward(x, weight, p, context)
         ctx.has_bias = bias is not None
         return context, p
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_context, grad_p_out):
-        x, weight, p = ctx.saved_tensors
+        x, weight, p, context = ctx.saved_tensors
+        lay = _k.usable(x) if weight.dtype == torch.float32 and p.dtype == torch.float32 else None
+        if lay is not None and (grad_p_out is None or not grad_p_out.any()):
+            grad_x, gw, gb = _pool_backward_kernel(x, lay, None, p, context, grad_context, weight,
+                                                   ctx.needs_input_grad[0])
+            return (grad_x, gw.view_as(weight) if ctx.needs_input_grad[1] else None,
+                    gb if ctx.has_bias and ctx.needs_input_grad[2] else None)
         xf, cl = _flatten_positions(x)
         gl, gw = _pool_backward(xf, cl, p, grad_context, grad_p_out, x)
         grad_x = grad_w = grad_b = None
@@ -201,25 +244,38 @@ class _ContextAdd(torch.autograd.Function):
         ctx.graph = (c_in, t, params)
         ctx.relu, ctx.att, ctx.has_bias = relu, block.pooling == "att", bias is not None
         ctx.has_shortcut = shortcut is not None
-        ctx.save_for_backward(y, weight, p, out if relu else None)
+        ctx.save_for_backward(y, weight, p, out if relu else None, context if p is not None else None)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        y, weight, p, out = ctx.saved_tensors
+        y, weight, p, out, context = ctx.saved_tensors
         c_in, t, params = ctx.graph  # kept (tiny) so that retain_graph / gradcheck can run backward again
-        g = torch.ops.aten.threshold_backward(grad_out, out, 0) if ctx.relu else grad_out  # (N, C, T, H, W)
         n, c = y.shape[:2]
-        acc = _acc_dtype(g.dtype)
-        g_t = g.sum(dim=(2, 3, 4), dtype=acc).to(t.dtype)  # (N, C): the broadcast add's backward
+        # fused CPU kernels (float32, one layout for all maps): ReLU mask + sum in one pass
+        lay = (_k.usable(y, grad_out, *([out] if ctx.relu else []))
+               if ctx.att and weight.dtype == torch.float32 else None)
+        if lay is not None and ctx.relu:
+            g, g_t = torch.empty_like(y), y.new_empty(n, c)  # (N, C, T, H, W), (N, C)
+            _k.cpu_kernels().gc_relu_grad_sum(grad_out.data_ptr(), out.data_ptr(), g.data_ptr(), g_t.data_ptr(),
+                                              n, c, y[0, 0].numel(), lay,
+                                              torch.get_num_threads())
+            g_t = g_t.to(t.dtype)
+        else:
+            g = torch.ops.aten.threshold_backward(grad_out, out, 0) if ctx.relu else grad_out  # (N, C, T, H, W)
+            g_t = g.sum(dim=(2, 3, 4), dtype=_acc_dtype(g.dtype)).to(t.dtype)  # (N, C): the broadcast add's backward
         wanted = [c_in] + [q for q in params if q.requires_grad]
         grads = torch.autograd.grad(t, wanted, g_t, allow_unused=True, retain_graph=True)
         g_ctx = grads[0]  # (N, C)
         it = iter(grads[1:])
         g_params = [next(it) if q.requires_grad else None for q in params]
         grad_y = grad_w = grad_b = None
-        if ctx.att:
+        if ctx.att and lay is not None:  # one pass over y and g (_gc_kernels.c)
+            grad_y, gw, gb = _pool_backward_kernel(y, lay, g, p, context, g_ctx, weight, ctx.needs_input_grad[0])
+            grad_w = gw.view_as(weight) if ctx.needs_input_grad[2] else None
+            grad_b = gb if ctx.has_bias and ctx.needs_input_grad[3] else None
+        elif ctx.att:
             yf, cl = _flatten_positions(y)
             gl, gw = _pool_backward(yf, cl, p, g_ctx, x=y)
             if ctx.needs_input_grad[0]:

@@ -1,0 +1,192 @@
+"""The fused CPU kernels of attention pooling (gcvideo/layers/_gc_kernels.c) against float64.
+
+float32 blocks that run the kernels (both memory formats, every add-fusion variant with
+attention pooling, with and without the residual ReLU, the pooling Function alone) against
+the plain autograd path in float64; the same numbers with the kernels off, with one or two
+threads, and for logits large enough to overflow a naive softmax; the build's fallback.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gcvideo.layers import ContextBlock
+from gcvideo.layers import kernels as K
+
+needs_kernels = pytest.mark.skipif(K.cpu_kernels() is None, reason="no C compiler here: torch-op path only")
+pytestmark = needs_kernels
+
+# L = 3*10*9 = 270: not a multiple of the (C, L) layout's position blocks, split over threads
+SHAPES = [(2, 16, 3, 10, 9), (1, 64, 2, 7, 5), (3, 32, 1, 1, 1)]
+
+
+class _Spy:
+    """Counts the kernel calls (ctypes functions cannot be patched one by one)."""
+
+    def __init__(self, lib):
+        self.lib, self.calls = lib, []
+
+    def __getattr__(self, name):
+        fn = getattr(self.lib, name)
+
+        def call(*args):
+            self.calls.append(name)
+            return fn(*args)
+        return call
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    s = _Spy(K.cpu_kernels())
+    monkeypatch.setattr(K, "cpu_kernels", lambda: s)
+    return s
+
+
+def _blocks(c, transform="bottleneck", norm="layernorm", fusion="add", scale=0.5, seed=0):
+    """(float32 fused block, float64 reference-path block) with the same random weights."""
+    ref = ContextBlock(c, 0.25, transform=transform, norm=norm, fusion=fusion, fused=False).double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+    fused = ContextBlock(c, 0.25, transform=transform, norm=norm, fusion=fusion, fused=True)
+    fused.load_state_dict(ref.state_dict())
+    return fused, ref
+
+
+def _run(block, x, s, gout):
+    block.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    s = None if s is None else s.detach().clone().requires_grad_()
+    out = block(x) if s is None else block.residual(x, s)
+    out.backward(gout)
+    grads = {"out": out.detach(), "x": x.grad, **{n: p.grad for n, p in block.named_parameters()}}
+    if s is not None:
+        grads["shortcut"] = s.grad
+    return grads
+
+
+def _errors(got, want):
+    """max |got - want| per tensor over its scale (1% of the largest gradient at least: the
+    attention-conv bias has an exactly zero gradient, softmax being shift-invariant)."""
+    assert got.keys() == want.keys()
+    top = max(v.abs().max().item() for v in want.values())
+    return {k: (got[k].double() - want[k]).abs().max().item() / max(want[k].abs().max().item(), 1e-2 * top)
+            for k in want}
+
+
+def _close(got, want, torch_path=None, rtol=2e-5):
+    """Within rtol of float64, or (ill-conditioned attention gradients: dL/dlogits is a difference of
+    nearly equal terms) within 4x the error of the torch-op float32 path on the same input."""
+    err = _errors(got, want)
+    base = _errors(torch_path, want) if torch_path is not None else {k: 0.0 for k in err}
+    bad = {k: (e, base[k]) for k, e in err.items() if e > max(rtol, 4 * base[k])}
+    assert not bad, f"relative errors (kernels, torch path): {bad}"
+
+
+def _torch_path(monkeypatch, block, *args):
+    with monkeypatch.context() as m:
+        m.setattr(K, "cpu_kernels", lambda: None)
+        return _run(block, *args)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("transform,norm", [("bottleneck", "layernorm"), ("bottleneck", "none"), ("linear", "none")])
+def test_kernels_match_float64_reference(shape, memory_format, residual, transform, norm, spy, monkeypatch):
+    fused, ref = _blocks(shape[1], transform, norm)
+    torch.manual_seed(1)
+    x, s, gout = (torch.randn(shape, dtype=torch.float64) for _ in range(3))
+    want = _run(ref, x, s if residual else None, gout)
+    on = lambda t: t.float().contiguous(memory_format=memory_format)  # noqa: E731
+    args = (on(x), on(s) if residual else None, on(gout))
+    got = _run(fused, *args)
+    assert got["x"].is_contiguous(memory_format=memory_format)
+    expected = ["gc_pool_forward"] + (["gc_relu_grad_sum"] if residual else []) + ["gc_pool_backward"]
+    assert spy.calls == expected
+    _close(got, want, _torch_path(monkeypatch, fused, *args))
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
+def test_pooling_function_alone_mul_fusion(memory_format, spy, monkeypatch):
+    fused, ref = _blocks(16, fusion="mul")
+    x, gout = torch.randn(2, 16, 3, 10, 9, dtype=torch.float64), torch.randn(2, 16, 3, 10, 9, dtype=torch.float64)
+    want = _run(ref, x, None, gout)
+    args = (x.float().contiguous(memory_format=memory_format), None, gout.float().contiguous(memory_format=memory_format))
+    got = _run(fused, *args)
+    assert spy.calls == ["gc_pool_forward", "gc_pool_backward"]
+    _close(got, want, _torch_path(monkeypatch, fused, *args))
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
+def test_one_or_two_threads_same_numbers(memory_format):
+    fused, _ = _blocks(64, scale=0.2)
+    torch.manual_seed(2)
+    x, s, gout = (torch.randn(2, 64, 4, 9, 7).contiguous(memory_format=memory_format) for _ in range(3))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = _run(fused, x, s, gout)
+        torch.set_num_threads(1)
+        one = _run(fused, x, s, gout)
+    finally:
+        torch.set_num_threads(threads)
+    top = max(v.abs().max().item() for v in one.values())
+    for k in one:  # only the order of float32 sums differs
+        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6 * top, msg=lambda m, k=k: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
+def test_online_softmax_with_huge_logits(memory_format, monkeypatch):
+    fused, ref = _blocks(16, scale=0.5)
+    with torch.no_grad():  # logits in the thousands: exp() of them overflows float32
+        ref.conv_mask.weight.mul_(400)
+        fused.conv_mask.weight.copy_(ref.conv_mask.weight)
+    x = torch.randn(2, 16, 3, 10, 9, dtype=torch.float64)
+    logits = torch.einsum("c,nclhw->nlhw", ref.conv_mask.weight.view(-1), x)
+    assert logits.abs().max() > 1000
+    gout = torch.randn_like(x)
+    want = _run(ref, x, None, gout)
+    args = (x.float().contiguous(memory_format=memory_format), None, gout.float().contiguous(memory_format=memory_format))
+    got = _run(fused, *args)
+    assert all(torch.isfinite(v).all() for v in got.values())
+    _close(got, want, _torch_path(monkeypatch, fused, *args))
+
+
+def test_mixed_layouts_use_the_torch_path(spy):
+    fused, ref = _blocks(16)
+    x = torch.randn(2, 16, 3, 10, 9)
+    s = torch.randn_like(x).contiguous(memory_format=torch.channels_last_3d)  # out follows x: contiguous
+    gout = torch.randn_like(x).contiguous(memory_format=torch.channels_last_3d)  # differs from y's layout
+    got = _run(fused, x, s, gout)
+    assert spy.calls == ["gc_pool_forward"]  # forward on x; backward sees mixed layouts: torch ops
+    want = _run(ref, x.double(), s.double(), gout.double())
+    _close(got, want, rtol=1e-4)
+
+
+def test_build_cache_and_fallback_without_compiler(tmp_path):
+    code = ("import warnings, torch\n"
+            "from gcvideo.layers import kernels as K, ContextBlock\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    lib = K.cpu_kernels()\n"
+            "b = ContextBlock(8, 0.25)\n"
+            "x = torch.randn(1, 8, 2, 3, 3, requires_grad=True)\n"
+            "b.residual(x, torch.randn_like(x)).sum().backward()\n"
+            "print('LIB', lib is not None, 'WARN', [str(m.message)[:60] for m in w])\n")
+    env = dict(os.environ, GCVIDEO_KERNEL_DIR=str(tmp_path / "cache"), TMPDIR=str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    built = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert "LIB True WARN []" in built.stdout
+    assert [f.suffix for f in (tmp_path / "cache").iterdir()] == [".so"]  # no temporary left behind
+    env["CC"] = str(tmp_path / "no-such-compiler")
+    env["GCVIDEO_KERNEL_DIR"] = str(tmp_path / "cache2")
+    fallback = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert fallback.returncode == 0, fallback.stderr[-2000:]
+    assert "LIB False" in fallback.stdout and "fused CPU kernels of the GC block are not avail" in fallback.stdout

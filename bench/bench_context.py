@@ -39,6 +39,8 @@ MODELS = {  # name -> (config, overrides)
     "base": ("slow_r50_8x8", []),
     "gc_all": ("slow_r50_8x8_gc_all", []),
     "gc_all_unfused": ("slow_r50_8x8_gc_all", ["CONTEXT.FUSED", "False"]),
+    # the fused path with torch ops only, without the C kernels of gcvideo/layers/_gc_kernels.c
+    "gc_all_torchops": ("slow_r50_8x8_gc_all", []),
     "gc5": ("slow_r50_8x8_gc5", []),
     # +all GC with gcvideo/layers/context.py as it was before the speed work (git rev ORIG_REV):
     # a fused attention-pooling Function, then autograd for the transform and the broadcast add
@@ -136,6 +138,20 @@ def step_fn(model, x, target, mode: str, dtype):
     return run
 
 
+def _without_kernels(run):
+    """``run`` with the fused CPU kernels switched off (the torch-op path of the same Functions)."""
+    from gcvideo.layers import kernels
+
+    def wrapped():
+        saved = kernels.cpu_kernels
+        kernels.cpu_kernels = lambda: None
+        try:
+            run()
+        finally:
+            kernels.cpu_kernels = saved
+    return wrapped
+
+
 def measure(models: List[str], variant: str, mode: str, repeats: int, warmup: int, thw,
             device: str = "cpu", batch: int = 1) -> Dict[str, List[float]]:
     dtype, cl = VARIANTS[variant]
@@ -152,6 +168,8 @@ def measure(models: List[str], variant: str, mode: str, repeats: int, warmup: in
         m = to_memory_format(build(name).to(device), fmt)
         m.train(mode == "fwdbwd")
         steps[name] = step_fn(m, x, target, mode, dtype)
+        if name.endswith("_torchops"):
+            steps[name] = _without_kernels(steps[name])
     for _ in range(warmup):
         for name in models:
             steps[name]()
@@ -296,8 +314,11 @@ def machine() -> str:
                     break
     except OSError:
         pass
+    from gcvideo.layers import kernels
+
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads, "
-            f"CPU capability {torch.backends.cpu.get_cpu_capability()})"
+            f"CPU capability {torch.backends.cpu.get_cpu_capability()}), GC CPU kernels "
+            f"{'on' if kernels.cpu_kernels() is not None else 'off'}"
             + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
 
 
@@ -338,6 +359,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="cuda: step times of a GPU (synchronised; TF32 convolutions as PyTorch's default)")
     ap.add_argument("--batch", type=int, default=1, help="clips per step")
+    ap.add_argument("--glibc-default", action="store_true",
+                    help="leave glibc malloc as it is (default: keep freed memory, as the training engine does on "
+                         "CPUs; gcvideo/utils/malloc.py)")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--blocks", action="store_true",
                     help="time single GC blocks at the res3/res4/res5 shapes instead (CPU time, see block_costs)")
@@ -346,10 +370,13 @@ def main(argv=None) -> int:
     ap.add_argument("--gemv", action="store_true",
                     help="time the pooling matrix-vector products per layout at each stage's shape instead")
     args = ap.parse_args(argv)
+    from gcvideo.utils.malloc import keep_freed_memory
+
+    memory = "malloc: glibc default" if args.glibc_default else keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.gemv:
-        print(f"# {machine()}")
+        print(f"# {machine()}; {memory}")
         print("cold-cache ms: torch.mv over the (L, C) channels-last view vs the (C, L) contiguous one; read = sum")
         print(f"{'stage':<5} {'logits LC':>10} {'wsum LC':>8} {'logits CL':>10} {'wsum CL':>8} {'read':>6}")
         for r in gemv_costs():
@@ -361,7 +388,7 @@ def main(argv=None) -> int:
     if "base" not in models:
         models = ["base"] + models
     if args.blocks:
-        print(f"# {machine()}")
+        print(f"# {machine()}; {memory}")
         print("extra forward+backward CPU ms of one GC block over relu(y + shortcut); x blocks = in +all GC")
         print(f"{'variant':<8} {'stage':<5} {'blocks':>6} {'baseline':>9} {'orig':>8} {'reference':>10} {'now':>8}")
         tot = {}
@@ -383,7 +410,7 @@ def main(argv=None) -> int:
             for variant in args.variants.split(","):
                 print(profile(models, variant, mode, thw), flush=True)
         return 0
-    results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+    results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine() + "; " + memory,
                "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv or sys.argv[1:])),
                "input": list(thw), "repeats": args.repeats, "device": args.device, "batch": args.batch,
                "runs": []}

@@ -206,6 +206,9 @@ _C.TRAIN.MIXED_PRECISION = "none"
 _C.TRAIN.CHANNELS_LAST = True
 # SyncBatchNorm across processes.
 _C.TRAIN.SYNC_BN = False
+# CPU runs: glibc malloc keeps freed memory for reuse instead of page-faulting fresh pages every
+# step (gcvideo/utils/malloc.py; left alone where jemalloc/tcmalloc is preloaded).
+_C.TRAIN.CPU_KEEP_FREED_MEMORY = True
 # Recompute BN statistics on this many training batches before evaluation (0 = off).
 _C.TRAIN.PRECISE_BN_BATCHES = 0
 # Log a JSON line every N iterations.

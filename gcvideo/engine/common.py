@@ -12,7 +12,7 @@ from fvcore.common.config import CfgNode
 
 from gcvideo.utils.io import path_manager
 
-__all__ = ["select_device", "autocast_dtype", "autocast", "seed_everything", "class_names",
+__all__ = ["select_device", "tune_cpu_memory", "autocast_dtype", "autocast", "seed_everything", "class_names",
            "set_determinism", "to_device", "model_channels_last"]
 
 
@@ -31,6 +31,15 @@ def select_device(cfg: CfgNode) -> torch.device:
         torch.cuda.set_device(device)
         return device
     return torch.device("cpu")
+
+
+def tune_cpu_memory(cfg: CfgNode, device: torch.device) -> str:
+    """TRAIN.CPU_KEEP_FREED_MEMORY on CPU runs (see gcvideo/utils/malloc.py); returns a log line or ""."""
+    if device.type != "cpu" or not cfg.TRAIN.CPU_KEEP_FREED_MEMORY:
+        return ""
+    from gcvideo.utils.malloc import keep_freed_memory
+
+    return keep_freed_memory()
 
 
 def autocast_dtype(cfg: CfgNode, device: torch.device) -> Optional[torch.dtype]:

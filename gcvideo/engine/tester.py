@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from gcvideo.engine import distributed as du
 from gcvideo.engine.checkpoint import list_checkpoints, model_state_from_file
 from gcvideo.engine.common import (autocast, autocast_dtype, class_names, model_channels_last, select_device,
-                                   set_determinism, to_device)
+                                   set_determinism, to_device, tune_cpu_memory)
 from gcvideo.engine.metrics import combine_views, compute_metrics, format_summary, write_report
 from gcvideo.utils.progress import progress_bar
 
@@ -148,6 +148,7 @@ def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dat
     created = du.init_distributed(device.type)
     try:
         set_determinism(cfg.TRAIN.DETERMINISTIC, device)
+        tune_cpu_memory(cfg, device)
         ckpt = resolve_test_checkpoint(cfg)
         model = build_model(cfg)
         state = model_state_from_file(ckpt)

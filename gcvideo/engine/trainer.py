@@ -29,7 +29,7 @@ from gcvideo.engine import distributed as du
 from gcvideo.engine.checkpoint import (FORMAT, get_rng_state, load_latest_checkpoint, remove_stale_temporaries,
                                        save_checkpoint, set_rng_state)
 from gcvideo.engine.common import (autocast, autocast_dtype, model_channels_last, select_device, seed_everything,
-                                   set_determinism, to_device)
+                                   set_determinism, to_device, tune_cpu_memory)
 from gcvideo.engine.logger import RunLogger, format_duration
 from gcvideo.engine.optim import WarmupCosineSchedule, build_optimizer, build_schedule, scaled_lr
 from gcvideo.engine.tester import build_eval_loader, evaluate, run_test
@@ -270,6 +270,7 @@ def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str],
         remove_stale_temporaries(cfg.OUTPUT_DIR)
     du.barrier()
     set_determinism(t.DETERMINISTIC, device)
+    memory_note = tune_cpu_memory(cfg, device)
     amp_dtype = autocast_dtype(cfg, device)
     # -- data
     train_set = builder(cfg, "train")
@@ -354,7 +355,8 @@ def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str],
                     save=save, stop_requested=lambda: stop["requested"])
     logger.info(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {world} x "
                 f"{device.type}, {len(train_set)} clips, {iters_per_epoch} iterations/epoch, global batch "
-                f"{t.BATCH_SIZE}, LR {scaled_lr(cfg):.4g}, precision {t.MIXED_PRECISION}; output {cfg.OUTPUT_DIR}")
+                f"{t.BATCH_SIZE}, LR {scaled_lr(cfg):.4g}, precision {t.MIXED_PRECISION}; output {cfg.OUTPUT_DIR}"
+                + (f"; {memory_note}" if memory_note else ""))
     val_results: List[Dict] = []
     last_ckpt = None
     try:

@@ -296,3 +296,36 @@ void gc_pool_backward(const float *y, const float *g, const float *p, const floa
     free(accb);
     free(accs);
 }
+
+/* The block's output in one pass: out = relu(y + s + t) with t (N, C) broadcast over positions
+ * (the GC term merged into the residual add and ReLU). */
+void gc_add_relu(const float *y, const float *s, const float *t, float *out, i64 N, i64 C, i64 L, int cl, int nt) {
+    for (i64 n = 0; n < N; n++) {
+        const float *yn = y + n * C * L, *sn = s + n * C * L, *tn = t + n * C;
+        float *on = out + n * C * L;
+        if (cl) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+            for (i64 l = 0; l < L; l++) {
+                const float *yl = yn + l * C, *sl = sn + l * C;
+                float *ol = on + l * C;
+#pragma omp simd
+                for (i64 c = 0; c < C; c++) {
+                    float v = yl[c] + sl[c] + tn[c];
+                    ol[c] = v > 0.f ? v : 0.f;
+                }
+            }
+        } else {
+#pragma omp parallel for num_threads(nt) schedule(static)
+            for (i64 c = 0; c < C; c++) {
+                const float *yr = yn + c * L, *sr = sn + c * L;
+                float *orow = on + c * L;
+                const float tc = tn[c];
+#pragma omp simd
+                for (i64 l = 0; l < L; l++) {
+                    float v = yr[l] + sr[l] + tc;
+                    orow[l] = v > 0.f ? v : 0.f;
+                }
+            }
+        }
+    }
+}

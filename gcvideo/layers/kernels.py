@@ -6,7 +6,8 @@ The library links the OpenMP runtime PyTorch has already loaded (``libgomp.so.1`
 the same threads. Where no compiler is found, or the build fails, or ``GCVIDEO_CPU_KERNELS=0``,
 the blocks use their torch-op path (same math; ``gcvideo/layers/context.py``) after one warning.
 
-Cache folder: ``$GCVIDEO_KERNEL_DIR``, else ``$XDG_CACHE_HOME/gcvideo`` (``~/.cache/gcvideo``).
+Cache folder: ``$GCVIDEO_KERNEL_DIR``, else ``$XDG_CACHE_HOME/gcvideo`` (``~/.cache/gcvideo``), else
+``$TMPDIR/gcvideo-<uid>``; only a folder owned by this user and writable by nobody else is used.
 The file name holds a hash of the source, the flags and this CPU's model and feature flags, so
 machines with different CPUs that share a home folder build their own copy.
 """
@@ -36,6 +37,8 @@ _SIGNATURES = {
     "gc_pool_forward": [_P, _P, _F, _I64, _I64, _I64, _INT, _INT, _P, _P],
     # gout, out, g, gsum, N, C, L, cl, nt
     "gc_relu_grad_sum": [_P, _P, _P, _P, _I64, _I64, _I64, _INT, _INT],
+    # y, s, t, out, N, C, L, cl, nt
+    "gc_add_relu": [_P, _P, _P, _P, _I64, _I64, _I64, _INT, _INT],
     # y, g, p, gctx, cg, w, N, C, L, cl, nt, grad_y, gw, gb, sp
     "gc_pool_backward": [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _INT, _INT, _P, _P, _P, _P],
 }
@@ -64,25 +67,41 @@ def _cpu_id() -> str:
     return "\n".join(keep)
 
 
+def _private(folder: str) -> bool:
+    """Create ``folder`` (mode 700) if needed; True if it is ours and nobody else can write to it
+    (a library is loaded from there: a shared temporary folder must not let others plant one)."""
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    st = os.stat(folder)
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
 def _build(cc: str) -> str:
     with open(_SRC, "rb") as f:
         src = f.read()
     key = hashlib.sha256(src + " ".join([cc] + _FLAGS).encode() + _cpu_id().encode()).hexdigest()[:16]
     for folder in (_cache_dir(), os.path.join(tempfile.gettempdir(), f"gcvideo-{os.getuid()}")):
         path = os.path.join(folder, f"gc_kernels_{key}.so")
-        if os.path.exists(path):
-            return path
         try:
-            os.makedirs(folder, exist_ok=True)
+            if not _private(folder):
+                continue
+            if os.path.exists(path):
+                if os.stat(path).st_uid == os.getuid():
+                    return path
+                continue
             tmp = f"{path}.tmp-{os.getpid()}"
-            proc = subprocess.run([cc, *_FLAGS, "-o", tmp, _SRC], capture_output=True, text=True, timeout=300)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{cc} failed:\n{proc.stderr[-2000:]}")
-            os.replace(tmp, path)  # atomic: concurrent builds (test workers) both end with a whole file
+            try:
+                proc = subprocess.run([cc, *_FLAGS, "-o", tmp, _SRC], capture_output=True, text=True, timeout=300)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{cc} failed:\n{proc.stderr[-2000:]}")
+                os.replace(tmp, path)  # atomic: concurrent builds (test workers) both end with a whole file
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
             return path
         except PermissionError:
             continue  # read-only cache folder: try the temporary folder
-    raise RuntimeError(f"no writable cache folder for the kernels ({_cache_dir()!r} or the temporary folder)")
+    raise RuntimeError(f"no private writable folder for the kernels ({_cache_dir()!r} or the temporary folder; "
+                       "set GCVIDEO_KERNEL_DIR)")
 
 
 def cpu_kernels() -> Optional[ctypes.CDLL]:

@@ -105,7 +105,8 @@ def test_kernels_match_float64_reference(shape, memory_format, residual, transfo
     args = (on(x), on(s) if residual else None, on(gout))
     got = _run(fused, *args)
     assert got["x"].is_contiguous(memory_format=memory_format)
-    expected = ["gc_pool_forward"] + (["gc_relu_grad_sum"] if residual else []) + ["gc_pool_backward"]
+    expected = (["gc_pool_forward", "gc_add_relu", "gc_relu_grad_sum"] if residual else ["gc_pool_forward"]) + [
+        "gc_pool_backward"]
     assert spy.calls == expected
     _close(got, want, _torch_path(monkeypatch, fused, *args))
 
@@ -190,3 +191,15 @@ def test_build_cache_and_fallback_without_compiler(tmp_path):
     fallback = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert fallback.returncode == 0, fallback.stderr[-2000:]
     assert "LIB False" in fallback.stdout and "fused CPU kernels of the GC block are not avail" in fallback.stdout
+    # a cache folder others can write to is not used (a library is loaded from it): the private
+    # temporary folder gcvideo-<uid> is used instead
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    env.pop("CC")
+    env["GCVIDEO_KERNEL_DIR"] = str(shared)
+    again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert "LIB True WARN []" in again.stdout, again.stdout + again.stderr[-2000:]
+    assert not list(shared.iterdir())
+    private = tmp_path / "tmp" / f"gcvideo-{os.getuid()}"
+    assert [f.suffix for f in private.iterdir()] == [".so"] and (private.stat().st_mode & 0o777) == 0o700

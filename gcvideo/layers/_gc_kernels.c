@@ -1,13 +1,16 @@
-/* Fused CPU kernels of the GC block's attention pooling (float32), loaded by gcvideo/layers/kernels.py.
+/* Fused CPU kernels of the GC block (float32), loaded by gcvideo/layers/kernels.py.
  *
  * The block's own work is a few passes over a (C, T*H*W) feature map; torch ops need seven
  * (logits, weighted sum; gradient sum over positions, x.g_ctx, x^T dlogits, two rank-1 updates).
- * These kernels need three: the forward is one pass with an online softmax, the backward one
- * pass for relu-mask + sum over positions (replacing the ReLU backward the block has anyway) and
- * one pass that reads y and g and writes dL/dy while accumulating dL/dw_k.
+ * Here, channels-last (L, C) maps: the forward pooling is one pass with an online softmax; the
+ * backward is one pass for ReLU mask + sum over positions (replacing the ReLU backward the block
+ * has anyway) and one pass that reads y and g, writes dL/dy and accumulates dL/dw_k. Contiguous
+ * (C, L) maps take two row-streaming passes for the pooling and for its backward (a block of
+ * positions across all channels would be C short strided pieces: slower, bench_context.py).
+ * The output relu(y + shortcut + term) is one pass in both layouts.
  *
  * Layout: cl = 1: x[n][l][c] (channels_last_3d), cl = 0: x[n][c][l] (contiguous). L = T*H*W.
- * Threads: OpenMP (the libgomp that PyTorch has loaded), over ranges of positions.
+ * Threads: OpenMP (the libgomp that PyTorch has loaded), over ranges of positions or channels.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -16,13 +19,11 @@
 
 typedef long long i64;
 
-/* positions per block in the (C, L) layout: a C x B block of about 512 KB stays in L2 */
-static i64 block_of(i64 C) {
-    i64 b = 131072 / C;
-    if (b < 16) b = 16;
-    if (b > 1024) b = 1024;
-    return b;
-}
+static void gc_pool_forward_rows(const float *x, const float *w, float bias, i64 N, i64 C, i64 L, int nt,
+                                 float *ctx, float *p);
+static void gc_pool_backward_rows(const float *y, const float *g, const float *p, const float *gctx, const float *cg,
+                           const float *w, i64 N, i64 C, i64 L, int nt, float *grad_y, float *gw, float *gb,
+                           float *sp);
 
 /* [lo, hi) of the t-th of nt ranges of [0, n) in units of `unit` */
 static void split(i64 n, i64 unit, int t, int nt, i64 *lo, i64 *hi) {
@@ -35,7 +36,10 @@ static void split(i64 n, i64 unit, int t, int nt, i64 *lo, i64 *hi) {
 /* Forward: ctx[n][c] = sum_l p[n][l] x[n][c][l], p = softmax_l(w . x_l + b). Writes ctx (N, C), p (N, L). */
 void gc_pool_forward(const float *x, const float *w, float bias, i64 N, i64 C, i64 L, int cl, int nt,
                      float *ctx, float *p) {
-    const i64 B = block_of(C);
+    if (!cl) {
+        gc_pool_forward_rows(x, w, bias, N, C, L, nt, ctx, p);
+        return;
+    }
     float *acc = (float *)malloc(sizeof(float) * (size_t)(C * nt));
     float *ms = (float *)malloc(sizeof(float) * nt);
     double *zs = (double *)malloc(sizeof(double) * nt);  /* softmax sums in double: sum_l p_l = 1 to rounding */
@@ -49,62 +53,25 @@ void gc_pool_forward(const float *x, const float *w, float bias, i64 N, i64 C, i
             float m = -INFINITY;
             double z = 0.0;
             i64 lo, hi;
-            split(L, cl ? 1 : B, t, T, &lo, &hi);
+            split(L, 1, t, T, &lo, &hi);
             memset(a, 0, sizeof(float) * C);
-            if (cl) {
-                for (i64 l = lo; l < hi; l++) {
-                    const float *xl = xn + l * C;
-                    float s = bias;
+            for (i64 l = lo; l < hi; l++) {
+                const float *xl = xn + l * C;
+                float s = bias;
 #pragma omp simd reduction(+ : s)
-                    for (i64 c = 0; c < C; c++) s += w[c] * xl[c];
-                    pn[l] = s;  /* the logit; p in a second, small pass */
-                    if (s > m) {
-                        float r = expf(m - s);
-                        z *= (double)r;
+                for (i64 c = 0; c < C; c++) s += w[c] * xl[c];
+                pn[l] = s;  /* the logit; p in a second, small pass */
+                if (s > m) {
+                    float r = expf(m - s);
+                    z *= (double)r;
 #pragma omp simd
-                        for (i64 c = 0; c < C; c++) a[c] *= r;
-                        m = s;
-                    }
-                    float e = expf(s - m);
-                    z += e;
-#pragma omp simd
-                    for (i64 c = 0; c < C; c++) a[c] += e * xl[c];
+                    for (i64 c = 0; c < C; c++) a[c] *= r;
+                    m = s;
                 }
-            } else {
-                float s[1024];
-                for (i64 l0 = lo; l0 < hi; l0 += B) {
-                    i64 nb = hi - l0 < B ? hi - l0 : B;
-                    for (i64 j = 0; j < nb; j++) s[j] = bias;
-                    for (i64 c = 0; c < C; c++) {
-                        const float *xr = xn + c * L + l0;
-                        float wc = w[c];
+                float e = expf(s - m);
+                z += e;
 #pragma omp simd
-                        for (i64 j = 0; j < nb; j++) s[j] += wc * xr[j];
-                    }
-                    float bm = m;
-                    for (i64 j = 0; j < nb; j++) {
-                        pn[l0 + j] = s[j];
-                        if (s[j] > bm) bm = s[j];
-                    }
-                    if (bm > m) {
-                        float r = expf(m - bm);
-                        z *= (double)r;
-#pragma omp simd
-                        for (i64 c = 0; c < C; c++) a[c] *= r;
-                        m = bm;
-                    }
-                    for (i64 j = 0; j < nb; j++) {
-                        s[j] = expf(s[j] - m);
-                        z += s[j];
-                    }
-                    for (i64 c = 0; c < C; c++) {
-                        const float *xr = xn + c * L + l0;
-                        float v = 0.f;
-#pragma omp simd reduction(+ : v)
-                        for (i64 j = 0; j < nb; j++) v += s[j] * xr[j];
-                        a[c] += v;
-                    }
-                }
+                for (i64 c = 0; c < C; c++) a[c] += e * xl[c];
             }
             ms[t] = m;
             zs[t] = z;
@@ -197,7 +164,10 @@ void gc_relu_grad_sum(const float *gout, const float *out, float *g, float *gsum
 void gc_pool_backward(const float *y, const float *g, const float *p, const float *gctx, const float *cg,
                       const float *w, i64 N, i64 C, i64 L, int cl, int nt, float *grad_y, float *gw, float *gb,
                       float *sp) {
-    const i64 B = block_of(C);
+    if (!cl) {
+        gc_pool_backward_rows(y, g, p, gctx, cg, w, N, C, L, nt, grad_y, gw, gb, sp);
+        return;
+    }
     /* the two sums over positions accumulate in double (one term per position) */
     float *acc = (float *)malloc(sizeof(float) * (size_t)(C * nt));
     double *accb = (double *)malloc(sizeof(double) * nt), *accs = (double *)malloc(sizeof(double) * nt);
@@ -214,65 +184,26 @@ void gc_pool_backward(const float *y, const float *g, const float *p, const floa
             float *a = acc + (i64)t * C;
             double ab = 0.0, as = 0.0;
             i64 lo, hi;
-            split(L, cl ? 1 : B, t, T, &lo, &hi);
-            if (cl) {
-                for (i64 l = lo; l < hi; l++) {
-                    const float *yl = yn + l * C;
-                    float gp = 0.f;
+            split(L, 1, t, T, &lo, &hi);
+            for (i64 l = lo; l < hi; l++) {
+                const float *yl = yn + l * C;
+                float gp = 0.f;
 #pragma omp simd reduction(+ : gp)
-                    for (i64 c = 0; c < C; c++) gp += yl[c] * gc[c];
-                    float pl = pn[l], gll = pl * (gp - cgn);
-                    ab += gll;
-                    as += (double)pl * gp;
+                for (i64 c = 0; c < C; c++) gp += yl[c] * gc[c];
+                float pl = pn[l], gll = pl * (gp - cgn);
+                ab += gll;
+                as += (double)pl * gp;
 #pragma omp simd
-                    for (i64 c = 0; c < C; c++) a[c] += gll * yl[c];
-                    if (dn) {
-                        float *dl = dn + l * C;
-                        if (gn) {
-                            const float *gl = gn + l * C;
+                for (i64 c = 0; c < C; c++) a[c] += gll * yl[c];
+                if (dn) {
+                    float *dl = dn + l * C;
+                    if (gn) {
+                        const float *gl = gn + l * C;
 #pragma omp simd
-                            for (i64 c = 0; c < C; c++) dl[c] = gl[c] + pl * gc[c] + gll * w[c];
-                        } else {
+                        for (i64 c = 0; c < C; c++) dl[c] = gl[c] + pl * gc[c] + gll * w[c];
+                    } else {
 #pragma omp simd
-                            for (i64 c = 0; c < C; c++) dl[c] = pl * gc[c] + gll * w[c];
-                        }
-                    }
-                }
-            } else {
-                float gl[1024];
-                for (i64 l0 = lo; l0 < hi; l0 += B) {
-                    i64 nb = hi - l0 < B ? hi - l0 : B;
-                    for (i64 j = 0; j < nb; j++) gl[j] = 0.f;
-                    for (i64 c = 0; c < C; c++) {
-                        const float *yr = yn + c * L + l0;
-                        float gcc = gc[c];
-#pragma omp simd
-                        for (i64 j = 0; j < nb; j++) gl[j] += gcc * yr[j];
-                    }
-                    for (i64 j = 0; j < nb; j++) {
-                        as += (double)pn[l0 + j] * gl[j];
-                        gl[j] = pn[l0 + j] * (gl[j] - cgn);
-                        ab += gl[j];
-                    }
-                    const float *pb = pn + l0;
-                    for (i64 c = 0; c < C; c++) {
-                        const float *yr = yn + c * L + l0;
-                        float v = 0.f;
-#pragma omp simd reduction(+ : v)
-                        for (i64 j = 0; j < nb; j++) v += gl[j] * yr[j];
-                        a[c] += v;
-                        if (dn) {
-                            float *dr = dn + c * L + l0;
-                            float gcc = gc[c], wc = w[c];
-                            if (gn) {
-                                const float *gr = gn + c * L + l0;
-#pragma omp simd
-                                for (i64 j = 0; j < nb; j++) dr[j] = gr[j] + pb[j] * gcc + gl[j] * wc;
-                            } else {
-#pragma omp simd
-                                for (i64 j = 0; j < nb; j++) dr[j] = pb[j] * gcc + gl[j] * wc;
-                            }
-                        }
+                        for (i64 c = 0; c < C; c++) dl[c] = pl * gc[c] + gll * w[c];
                     }
                 }
             }
@@ -328,4 +259,128 @@ void gc_add_relu(const float *y, const float *s, const float *t, float *out, i64
             }
         }
     }
+}
+
+/* The (C, L) layout in two streaming passes (rows are contiguous; a block of positions across
+ * all channels would be C short strided pieces). Forward: logits over each thread's positions,
+ * row by row; softmax; then the weighted sum, each thread over whole rows. */
+static void gc_pool_forward_rows(const float *x, const float *w, float bias, i64 N, i64 C, i64 L, int nt,
+                          float *ctx, float *p) {
+    float *ms = (float *)malloc(sizeof(float) * nt);
+    double *zs = (double *)malloc(sizeof(double) * nt);
+    for (i64 n = 0; n < N; n++) {
+        const float *xn = x + n * C * L;
+        float *pn = p + n * L;
+#pragma omp parallel num_threads(nt)
+        {
+            int t = omp_get_thread_num(), T = omp_get_num_threads();
+            i64 lo, hi;
+            split(L, 16, t, T, &lo, &hi);
+            for (i64 l = lo; l < hi; l++) pn[l] = bias;
+            for (i64 c = 0; c < C; c++) {
+                const float *xr = xn + c * L;
+                const float wc = w[c];
+#pragma omp simd
+                for (i64 l = lo; l < hi; l++) pn[l] += wc * xr[l];
+            }
+            float m = -INFINITY;
+            for (i64 l = lo; l < hi; l++) if (pn[l] > m) m = pn[l];
+            ms[t] = m;
+#pragma omp barrier
+            float M = -INFINITY;
+            for (int u = 0; u < T; u++) if (ms[u] > M) M = ms[u];
+            double z = 0.0;
+            for (i64 l = lo; l < hi; l++) {
+                float e = expf(pn[l] - M);
+                pn[l] = e;
+                z += e;
+            }
+            zs[t] = z;
+#pragma omp barrier
+            double Z = 0.0;
+            for (int u = 0; u < T; u++) Z += zs[u];
+            for (i64 l = lo; l < hi; l++) pn[l] = (float)(pn[l] / Z);
+#pragma omp barrier
+#pragma omp for schedule(static)
+            for (i64 c = 0; c < C; c++) {
+                const float *xr = xn + c * L;
+                float v = 0.f;
+#pragma omp simd reduction(+ : v)
+                for (i64 l = 0; l < L; l++) v += pn[l] * xr[l];
+                ctx[n * C + c] = v;
+            }
+        }
+    }
+    free(ms);
+    free(zs);
+}
+
+/* Backward in the (C, L) layout, two streaming passes: gp = y^T gctx over each thread's positions
+ * (row by row) and the exact S = sum_l p_l gp_l; then each thread over whole rows writes
+ * grad_y = g + p gctx_c + gl w_c and dL/dw_c = sum_l gl_l y_cl. sp[n] = cg[n] (nothing to correct). */
+static void gc_pool_backward_rows(const float *y, const float *g, const float *p, const float *gctx, const float *cg,
+                           const float *w, i64 N, i64 C, i64 L, int nt, float *grad_y, float *gw, float *gb,
+                           float *sp) {
+    float *gl = (float *)malloc(sizeof(float) * (size_t)L);
+    double *ss = (double *)malloc(sizeof(double) * nt), *bs = (double *)malloc(sizeof(double) * nt);
+    double gbs = 0.0;
+    for (i64 c = 0; c < C; c++) gw[c] = 0.f;
+    for (i64 n = 0; n < N; n++) {
+        const float *yn = y + n * C * L, *pn = p + n * L, *gc = gctx + n * C;
+        const float *gn = g ? g + n * C * L : NULL;
+        float *dn = grad_y ? grad_y + n * C * L : NULL;
+#pragma omp parallel num_threads(nt)
+        {
+            int t = omp_get_thread_num(), T = omp_get_num_threads();
+            i64 lo, hi;
+            split(L, 16, t, T, &lo, &hi);
+            for (i64 l = lo; l < hi; l++) gl[l] = 0.f;
+            for (i64 c = 0; c < C; c++) {
+                const float *yr = yn + c * L;
+                const float gcc = gc[c];
+#pragma omp simd
+                for (i64 l = lo; l < hi; l++) gl[l] += gcc * yr[l];
+            }
+            double s = 0.0;
+            for (i64 l = lo; l < hi; l++) s += (double)pn[l] * gl[l];
+            ss[t] = s;
+#pragma omp barrier
+            double S = 0.0;
+            for (int u = 0; u < T; u++) S += ss[u];
+            double b = 0.0;
+            for (i64 l = lo; l < hi; l++) {
+                gl[l] = (float)(pn[l] * (gl[l] - S));
+                b += gl[l];
+            }
+            bs[t] = b;
+#pragma omp barrier
+#pragma omp for schedule(static)
+            for (i64 c = 0; c < C; c++) {
+                const float *yr = yn + c * L;
+                float v = 0.f;
+#pragma omp simd reduction(+ : v)
+                for (i64 l = 0; l < L; l++) v += gl[l] * yr[l];
+                gw[c] += v;
+                if (dn) {
+                    float *dr = dn + c * L;
+                    const float gcc = gc[c], wc = w[c];
+                    if (gn) {
+                        const float *gr = gn + c * L;
+#pragma omp simd
+                        for (i64 l = 0; l < L; l++) dr[l] = gr[l] + pn[l] * gcc + gl[l] * wc;
+                    } else {
+#pragma omp simd
+                        for (i64 l = 0; l < L; l++) dr[l] = pn[l] * gcc + gl[l] * wc;
+                    }
+                }
+            }
+#pragma omp single
+            for (int u = 0; u < T; u++) gbs += bs[u];
+        }
+        sp[n] = cg[n];
+    }
+    *gb = (float)gbs;
+    free(gl);
+    free(ss);
+    free(bs);
 }

@@ -85,14 +85,14 @@ def _pool_forward(xf: torch.Tensor, cl: bool, weight: torch.Tensor, bias: Option
     Two matrix-vector passes over x (logits, weighted sum); the softmax is over the small (N, L).
     """
     if x is not None and weight.dtype == torch.float32:
-        lay = _k.usable(x)
+        lay = _k.usable_pool(x)
         if lay is not None:  # one fused pass over x (online softmax), see _gc_kernels.c
             n, c = x.shape[:2]
             context, p = x.new_empty(n, c), x.new_empty(n, xf.shape[2 - cl])  # (N, C), (N, L)
             b = float(bias.detach()) if bias is not None else 0.0
-            _k.cpu_kernels().gc_pool_forward(x.data_ptr(), weight.detach().reshape(-1).contiguous().data_ptr(), b,
-                                             n, c, p.shape[1], lay, torch.get_num_threads(),
-                                             context.data_ptr(), p.data_ptr())
+            w = weight.detach().reshape(-1).contiguous()
+            _k.cpu_kernels().gc_pool_forward(x.data_ptr(), w.data_ptr(), b, n, c, p.shape[1], lay,
+                                             torch.get_num_threads(), context.data_ptr(), p.data_ptr())
             return context, p
     acc = _acc_dtype(xf.dtype)
     logits = _sum_channels(xf, cl, weight.reshape(-1), x).to(acc)  # (N, L)
@@ -127,12 +127,13 @@ def _pool_backward_kernel(y: torch.Tensor, lay: int, g: Optional[torch.Tensor], 
     cg = (context.float() * g_ctx).sum(1).contiguous()  # (N,): sum_l p_l (y_l . g_ctx) = context . g_ctx
     grad_y = torch.empty_like(y) if need_grad_y else None  # y's layout
     gw, gb, sp = y.new_empty(c), y.new_empty(1), y.new_empty(n)
+    w = weight.detach().reshape(-1).contiguous()
     _k.cpu_kernels().gc_pool_backward(
-        y.data_ptr(), _k.ptr(g), p.data_ptr(), g_ctx.data_ptr(), cg.data_ptr(),
-        weight.detach().reshape(-1).contiguous().data_ptr(), n, c, p.shape[1], lay, torch.get_num_threads(),
-        _k.ptr(grad_y), gw.data_ptr(), gb.data_ptr(), sp.data_ptr())
-    # dL/dlogit_l = p_l (gp_l - sum_j p_j gp_j): the kernel used cg for the sum (needed before the
-    # pass); the exact sum sp shifts every dL/dlogit_l by p_l (cg - sp), which adds (cg - sp) context
+        y.data_ptr(), _k.ptr(g), p.data_ptr(), g_ctx.data_ptr(), cg.data_ptr(), w.data_ptr(), n, c, p.shape[1],
+        lay, torch.get_num_threads(), _k.ptr(grad_y), gw.data_ptr(), gb.data_ptr(), sp.data_ptr())
+    # dL/dlogit_l = p_l (gp_l - sum_j p_j gp_j): in one pass (channels-last) the kernel used cg for
+    # the sum (needed before the pass; the two-pass (C, L) kernel uses the exact sum and returns
+    # sp = cg); the exact sum sp shifts every dL/dlogit_l by p_l (cg - sp), which adds (cg - sp) context
     # to dL/dw and (cg - sp) to dL/db, and p_l (cg - sp) w to dL/dy_l: an extra pass, made only where
     # it is above float32 rounding of dL/dy's p_l g_ctx term (large attention weights w).
     d = cg - sp  # (N,)
@@ -181,7 +182,7 @@ class _AttentionPool(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_context, grad_p_out):
         x, weight, p, context = ctx.saved_tensors
-        lay = _k.usable(x) if weight.dtype == torch.float32 and p.dtype == torch.float32 else None
+        lay = _k.usable_pool(x) if weight.dtype == torch.float32 and p.dtype == torch.float32 else None
         if lay is not None and (grad_p_out is None or not grad_p_out.any()):
             grad_x, gw, gb = _pool_backward_kernel(x, lay, None, p, context, grad_context, weight,
                                                    ctx.needs_input_grad[0])
@@ -280,7 +281,7 @@ class _ContextAdd(torch.autograd.Function):
         it = iter(grads[1:])
         g_params = [next(it) if q.requires_grad else None for q in params]
         grad_y = grad_w = grad_b = None
-        if ctx.att and lay is not None:  # one pass over y and g (_gc_kernels.c)
+        if ctx.att and lay is not None and lay in _k.POOL_LAYOUTS:  # one pass over y and g (_gc_kernels.c)
             grad_y, gw, gb = _pool_backward_kernel(y, lay, g, p, context, g_ctx, weight, ctx.needs_input_grad[0])
             grad_w = gw.view_as(weight) if ctx.needs_input_grad[2] else None
             grad_b = gb if ctx.has_bias and ctx.needs_input_grad[3] else None

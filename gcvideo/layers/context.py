@@ -210,8 +210,8 @@ class _ContextAdd(torch.autograd.Function):
     (N, C, 1, 1, 1) term is merged into the residual add + ReLU
     (relu(y + shortcut + term), one in-place add-ReLU pass instead of a separate add).
 
-    The transform delta (a few ops on (N, C)) keeps its own small autograd graph, built
-    in forward and differentiated with ``torch.autograd.grad`` in backward. In backward
+    The transform delta (a few ops on (N, C)) runs without autograd in forward and is
+    differentiated by hand in backward (``ContextBlock._transform_saved/_transform_grad``). In backward
     dL/dy = g + (attention-pooling part) is written in one pass (``_add_rank2``), so
     autograd never has to add the gradients of the identity path and of the pooling path.
     On float32 CPU maps of one layout the passes over the map run in the C kernels of
@@ -232,10 +232,9 @@ class _ContextAdd(torch.autograd.Function):
             context, p = y.mean(dim=(2, 3, 4)), None  # (N, C)
         # The transform on (N, C) runs in its weights' dtype (float32) even under autocast: it is
         # tiny, and bf16 weight casts and bf16 GEMMs with one row are slow on CPUs without bf16 units.
-        with torch.enable_grad(), torch.autocast(y.device.type, enabled=False):
-            c_in = context.detach().to(block.transform[0].weight.dtype).requires_grad_()
-            t = block._transform_vec(c_in)  # (N, C), differentiable in c_in and the transform's weights
-        term = t.detach().to(y.dtype).view(n, c, 1, 1, 1)
+        with torch.autocast(y.device.type, enabled=False):
+            t, saved = block._transform_saved(context.detach().to(block.transform[0].weight.dtype))  # (N, C)
+        term = t.to(y.dtype).view(n, c, 1, 1, 1)
         lay = _k.usable(y, shortcut) if shortcut is not None and relu else None
         if lay is not None:  # relu(y + shortcut + term) in one pass (_gc_kernels.c)
             out = torch.empty_like(y)
@@ -251,7 +250,7 @@ class _ContextAdd(torch.autograd.Function):
             out = torch.add(y, term)
             if relu:
                 out = out.relu_()
-        ctx.graph = (c_in, t, params)
+        ctx.transform = (block, saved, t.dtype)
         ctx.relu, ctx.att, ctx.has_bias = relu, block.pooling == "att", bias is not None
         ctx.has_shortcut = shortcut is not None
         ctx.save_for_backward(y, weight, p, out if relu else None, context if p is not None else None)
@@ -261,7 +260,7 @@ class _ContextAdd(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         y, weight, p, out, context = ctx.saved_tensors
-        c_in, t, params = ctx.graph  # kept (tiny) so that retain_graph / gradcheck can run backward again
+        block, saved, t_dtype = ctx.transform  # small (N, C) tensors: backward can run again (retain_graph)
         n, c = y.shape[:2]
         # fused CPU kernels (float32, one layout for all maps): ReLU mask + sum in one pass
         lay = (_k.usable(y, grad_out, *([out] if ctx.relu else []))
@@ -271,15 +270,11 @@ class _ContextAdd(torch.autograd.Function):
             _k.cpu_kernels().gc_relu_grad_sum(grad_out.data_ptr(), out.data_ptr(), g.data_ptr(), g_t.data_ptr(),
                                               n, c, y[0, 0].numel(), lay,
                                               torch.get_num_threads())
-            g_t = g_t.to(t.dtype)
+            g_t = g_t.to(t_dtype)
         else:
             g = torch.ops.aten.threshold_backward(grad_out, out, 0) if ctx.relu else grad_out  # (N, C, T, H, W)
-            g_t = g.sum(dim=(2, 3, 4), dtype=_acc_dtype(g.dtype)).to(t.dtype)  # (N, C): the broadcast add's backward
-        wanted = [c_in] + [q for q in params if q.requires_grad]
-        grads = torch.autograd.grad(t, wanted, g_t, allow_unused=True, retain_graph=True)
-        g_ctx = grads[0]  # (N, C)
-        it = iter(grads[1:])
-        g_params = [next(it) if q.requires_grad else None for q in params]
+            g_t = g.sum(dim=(2, 3, 4), dtype=_acc_dtype(g.dtype)).to(t_dtype)  # (N, C): the broadcast add's backward
+        g_ctx, g_params = block._transform_grad(saved, g_t)  # (N, C), one per transform parameter
         grad_y = grad_w = grad_b = None
         if ctx.att and lay is not None and lay in _k.POOL_LAYOUTS:  # one pass over y and g (_gc_kernels.c)
             grad_y, gw, gb = _pool_backward_kernel(y, lay, g, p, context, g_ctx, weight, ctx.needs_input_grad[0])
@@ -408,22 +403,59 @@ class ContextBlock(nn.Module):
         t = self.transform(context.to(x.dtype).view(n, c, 1, 1, 1))  # (N, C, 1, 1, 1)
         return torch.sigmoid(t) if self.fusion == "mul" else t
 
-    def _transform_vec(self, context: torch.Tensor) -> torch.Tensor:
-        """The transform on (N, C) vectors: the 1x1x1 convs as matrices (F.linear), LayerNorm over Cr.
+    @torch.no_grad()
+    def _transform_saved(self, context: torch.Tensor):
+        """The transform on (N, C) vectors, without autograd: (t (N, C), what ``_transform_grad`` needs).
 
-        Same math as ``self.transform`` on (N, C, 1, 1, 1), without 5-D conv calls on 1x1x1 tensors.
+        The 1x1x1 convs as matrices (F.linear), LayerNorm over Cr: the math of ``self.transform`` on
+        (N, C, 1, 1, 1), without 5-D conv calls on 1x1x1 tensors.
         """
-        h = context
+        h, saved = context, []
         for m in self.transform:
             if isinstance(m, nn.Conv3d):
+                saved.append(h)  # the layer's input, for dL/dW
                 h = F.linear(h, m.weight.view(m.out_channels, m.in_channels), m.bias)  # (N, C_out)
             elif isinstance(m, nn.LayerNorm):
-                h = F.layer_norm(h, (h.shape[1],), m.weight.view(-1), m.bias.view(-1), m.eps)  # (N, Cr)
+                mu = h.mean(dim=1, keepdim=True)
+                rstd = (h.var(dim=1, unbiased=False, keepdim=True) + m.eps).rsqrt()  # (N, 1)
+                hn = (h - mu) * rstd  # (N, Cr)
+                saved.append((hn, rstd))
+                h = hn * m.weight.view(-1) + m.bias.view(-1)
             elif isinstance(m, nn.ReLU):
                 h = torch.relu(h)
+                saved.append(h)
             elif not isinstance(m, nn.Identity):
                 raise TypeError(f"unexpected transform layer {m}")
-        return h
+            else:
+                saved.append(None)
+        return h, saved
+
+    @torch.no_grad()
+    def _transform_grad(self, saved, g: torch.Tensor, need_input: bool = True):
+        """Backward of ``_transform_saved`` by hand (a few (N, C) ops; no autograd graph to build
+        in forward and walk in backward): (dL/dcontext, grads of ``self.transform.parameters()``)."""
+        grads = {}
+        layers = list(self.transform)
+        for i in range(len(layers) - 1, -1, -1):
+            m, sv = layers[i], saved[i]
+            if isinstance(m, nn.Conv3d):
+                if m.weight.requires_grad:
+                    grads[m.weight] = (g.t() @ sv).view_as(m.weight)  # (C_out, C_in, 1, 1, 1)
+                if m.bias is not None and m.bias.requires_grad:
+                    grads[m.bias] = g.sum(0)
+                if i > 0 or need_input:
+                    g = g @ m.weight.view(m.out_channels, m.in_channels)  # (N, C_in)
+            elif isinstance(m, nn.LayerNorm):
+                hn, rstd = sv
+                if m.weight.requires_grad:
+                    grads[m.weight] = (g * hn).sum(0).view_as(m.weight)
+                if m.bias.requires_grad:
+                    grads[m.bias] = g.sum(0).view_as(m.bias)
+                gw = g * m.weight.view(-1)
+                g = rstd * (gw - gw.mean(dim=1, keepdim=True) - hn * (gw * hn).mean(dim=1, keepdim=True))
+            elif isinstance(m, nn.ReLU):
+                g = g * (sv > 0)
+        return (g if need_input else None), [grads.get(q) for q in self.transform.parameters()]
 
     def _use_fused_add(self, x: torch.Tensor) -> bool:
         return (self.fused and self.fusion == "add" and not torch.jit.is_tracing()

@@ -11,6 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import gcvideo.layers.context as context_mod
+import gcvideo.layers.kernels as kernels_mod
 from gcvideo.config import get_cfg
 from gcvideo.engine.common import model_channels_last
 from gcvideo.models import build_model
@@ -50,7 +51,8 @@ def test_the_check_sees_a_cpu_only_op():
     ("nl", [[], [0], [], []], {"NL_INSTANTIATION": "concat"}),
 ])
 def test_training_step_ops_have_cuda_kernels(kind, location, extra, channels_last, dtype, monkeypatch):
-    monkeypatch.setattr(context_mod, "_has_add_relu_kernel", lambda t: False)  # as on a GPU
+    monkeypatch.setattr(context_mod, "_has_add_relu_kernel", lambda t: False)  # as on a GPU:
+    monkeypatch.setattr(kernels_mod, "cpu_kernels", lambda: None)  # no CPU-only fused kernels either
     cfg = get_cfg()
     cfg.MODEL.WIDTH, cfg.MODEL.STAGE_DEPTHS, cfg.MODEL.NUM_CLASSES = 8, [1, 1, 1, 1], 5
     cfg.CONTEXT.TYPE, cfg.CONTEXT.LOCATION, cfg.CONTEXT.ZERO_INIT = kind, location, False

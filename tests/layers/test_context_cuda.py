@@ -11,7 +11,7 @@ import torch
 from gcvideo.layers import NL_INSTANTIATIONS, NonLocalBlock
 
 from test_context_fused import ADD_VARIANTS, C, H, N, T, W, _grads, _pair
-from test_nonlocal import reference as nl_reference
+from test_nonlocal import random_block, reference as nl_reference
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -92,14 +92,7 @@ def test_autocast_on_cuda_as_accurate_as_plain_autograd(fusion, dtype):
                                                 ((1, 2, 2), "before_conv")])
 def test_nonlocal_on_cuda_matches_eq1_and_cpu_gradients(instantiation, pool, pool_position):
     nc, nn_, nt, nh, nw = 8, 2, 2, 4, 6
-    block = NonLocalBlock(nc, instantiation=instantiation, pool=pool, pool_position=pool_position).double()
-    g = torch.Generator().manual_seed(len(instantiation))
-    with torch.no_grad():
-        for p in block.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
-        block.bn.running_mean.copy_(torch.randn(nc, generator=g, dtype=torch.float64))
-        block.bn.running_var.copy_(torch.rand(nc, generator=g, dtype=torch.float64) + 0.5)
-    block.eval()
+    block = random_block(nc, instantiation, pool, pool_position)
     x = torch.randn(nn_, nc, nt, nh, nw, dtype=torch.float64)
     gpu = NonLocalBlock(nc, instantiation=instantiation, pool=pool, pool_position=pool_position).double()
     gpu.load_state_dict(block.state_dict())

@@ -66,17 +66,23 @@ def reference(block: NonLocalBlock, x: np.ndarray) -> np.ndarray:
     return (xf + wz).reshape(x.shape)
 
 
-@pytest.mark.parametrize("instantiation", NL_INSTANTIATIONS)
-@pytest.mark.parametrize("pool,pool_position", [(None, "after_conv"), ((1, 2, 2), "after_conv"),
-                                                ((1, 2, 2), "before_conv"), ((2, 2, 2), "before_conv")])
-def test_nonlocal_matches_eq1_float64(instantiation, pool, pool_position):
-    block = NonLocalBlock(C, instantiation=instantiation, pool=pool, pool_position=pool_position).double().eval()
+def random_block(c, instantiation, pool, pool_position) -> NonLocalBlock:
+    """A float64 block in eval mode with every weight and BN statistic random."""
+    block = NonLocalBlock(c, instantiation=instantiation, pool=pool, pool_position=pool_position).double().eval()
     g = torch.Generator().manual_seed(len(instantiation))
     with torch.no_grad():
         for p in block.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
-        block.bn.running_mean.copy_(torch.randn(C, generator=g, dtype=torch.float64))
-        block.bn.running_var.copy_(torch.rand(C, generator=g, dtype=torch.float64) + 0.5)
+        block.bn.running_mean.copy_(torch.randn(c, generator=g, dtype=torch.float64))
+        block.bn.running_var.copy_(torch.rand(c, generator=g, dtype=torch.float64) + 0.5)
+    return block
+
+
+@pytest.mark.parametrize("instantiation", NL_INSTANTIATIONS)
+@pytest.mark.parametrize("pool,pool_position", [(None, "after_conv"), ((1, 2, 2), "after_conv"),
+                                                ((1, 2, 2), "before_conv"), ((2, 2, 2), "before_conv")])
+def test_nonlocal_matches_eq1_float64(instantiation, pool, pool_position):
+    block = random_block(C, instantiation, pool, pool_position)
     x = torch.randn(N, C, T, H, W, dtype=torch.float64)
     np.testing.assert_allclose(block(x).detach().numpy(), reference(block, x.numpy()), rtol=1e-9, atol=1e-10)
 

@@ -30,6 +30,27 @@ class _Recorder(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+# every member of the family, and the ablations, in a small network: (CONTEXT.TYPE, LOCATION, other keys)
+CASES = [
+    ("gc", [[0], [0], [0], [0]], {}),
+    ("snl", [[], [0], [0], []], {}),
+    ("se", [[], [0], [], [0]], {}),
+    ("gc", [[], [0], [0], []], {"POOLING": "avg", "FUSION": "mul"}),
+    ("nl", [[], [0], [0], []], {"NL_INSTANTIATION": "embedded_gaussian"}),
+    ("nl", [[], [0], [], []], {"NL_INSTANTIATION": "concat"}),
+]
+
+
+def _small_model(kind, location, extra, dropout=0.0):
+    cfg = get_cfg()
+    cfg.MODEL.WIDTH, cfg.MODEL.STAGE_DEPTHS, cfg.MODEL.NUM_CLASSES, cfg.MODEL.DROPOUT = 8, [1, 1, 1, 1], 5, dropout
+    cfg.CONTEXT.TYPE, cfg.CONTEXT.LOCATION, cfg.CONTEXT.ZERO_INIT = kind, location, False
+    for k, v in extra.items():
+        setattr(cfg.CONTEXT, k, v)
+    torch.manual_seed(0)
+    return build_model(cfg).train()
+
+
 def _has_cuda_kernel(name: str) -> bool:
     return any(torch._C._dispatch_has_kernel_for_dispatch_key(name, k) for k in _ANY_BACKEND)
 
@@ -42,24 +63,11 @@ def test_the_check_sees_a_cpu_only_op():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("kind, location, extra", [
-    ("gc", [[0], [0], [0], [0]], {}),
-    ("snl", [[], [0], [0], []], {}),
-    ("se", [[], [0], [], [0]], {}),
-    ("gc", [[], [0], [0], []], {"POOLING": "avg", "FUSION": "mul"}),
-    ("nl", [[], [0], [0], []], {"NL_INSTANTIATION": "embedded_gaussian"}),
-    ("nl", [[], [0], [], []], {"NL_INSTANTIATION": "concat"}),
-])
+@pytest.mark.parametrize("kind, location, extra", CASES)
 def test_training_step_ops_have_cuda_kernels(kind, location, extra, channels_last, dtype, monkeypatch):
     monkeypatch.setattr(context_mod, "_has_add_relu_kernel", lambda t: False)  # as on a GPU:
     monkeypatch.setattr(kernels_mod, "cpu_kernels", lambda: None)  # no CPU-only fused kernels either
-    cfg = get_cfg()
-    cfg.MODEL.WIDTH, cfg.MODEL.STAGE_DEPTHS, cfg.MODEL.NUM_CLASSES = 8, [1, 1, 1, 1], 5
-    cfg.CONTEXT.TYPE, cfg.CONTEXT.LOCATION, cfg.CONTEXT.ZERO_INIT = kind, location, False
-    for k, v in extra.items():
-        setattr(cfg.CONTEXT, k, v)
-    torch.manual_seed(0)
-    model = build_model(cfg).train()
+    model = _small_model(kind, location, extra, dropout=0.5)  # dropout's ops recorded too
     x = torch.randn(2, 3, 4, 32, 32)
     if channels_last:
         model = model_channels_last(model)
@@ -76,16 +84,6 @@ def test_training_step_ops_have_cuda_kernels(kind, location, extra, channels_las
 
 # --- on a GPU (skipped without one): the same training steps run there, and agree with the CPU ---
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def _small_model(kind, location, extra):
-    cfg = get_cfg()
-    cfg.MODEL.WIDTH, cfg.MODEL.STAGE_DEPTHS, cfg.MODEL.NUM_CLASSES, cfg.MODEL.DROPOUT = 8, [1, 1, 1, 1], 5, 0.0
-    cfg.CONTEXT.TYPE, cfg.CONTEXT.LOCATION, cfg.CONTEXT.ZERO_INIT = kind, location, False
-    for k, v in extra.items():
-        setattr(cfg.CONTEXT, k, v)
-    torch.manual_seed(0)
-    return build_model(cfg).train()
 
 
 def _step(model, x, target, device, dtype, channels_last):
@@ -106,14 +104,7 @@ def _step(model, x, target, device, dtype, channels_last):
 @needs_cuda
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("kind, location, extra", [
-    ("gc", [[0], [0], [0], [0]], {}),
-    ("snl", [[], [0], [0], []], {}),
-    ("se", [[], [0], [], [0]], {}),
-    ("gc", [[], [0], [0], []], {"POOLING": "avg", "FUSION": "mul"}),
-    ("nl", [[], [0], [0], []], {"NL_INSTANTIATION": "embedded_gaussian"}),
-    ("nl", [[], [0], [], []], {"NL_INSTANTIATION": "concat"}),
-])
+@pytest.mark.parametrize("kind, location, extra", CASES)
 def test_training_step_on_cuda_matches_cpu(kind, location, extra, channels_last, dtype):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:

@@ -4,6 +4,12 @@
 #   2. bench_context.py on the GPU (batch 8, 8x224x224, fwd+bwd; fp32/bf16/fp16, channels_last_3d)
 #   3. the toy main job on the GPU with fp16 autocast
 # Logs go to $OUT (default runs/gpu_checks). Each step has its own time limit.
+# Where the GPU machine's Python lacks this project's dependencies, bring them as wheels, e.g.
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#       --platform manylinux2010_x86_64 -d .whl av==18.1.0 decord==0.6.0
+#   pip wheel --no-deps -w .whl fvcore==0.1.5.post20221221 iopath==0.1.10 pytorchvideo==0.1.5
+#   pip download --no-deps -d .whl yacs==0.1.8 parameterized==0.9.0 termcolor==3.3.0
+# and there: pip install --no-index --no-deps --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site
 set -u
 OUT=${OUT:-runs/gpu_checks}
 mkdir -p "$OUT"

@@ -85,7 +85,7 @@ def _pool_forward(xf: torch.Tensor, cl: bool, weight: torch.Tensor, bias: Option
     Two matrix-vector passes over x (logits, weighted sum); the softmax is over the small (N, L).
     """
     if x is not None and weight.dtype == torch.float32:
-        lay = _k.usable_pool(x)
+        lay = _k.usable(x)
         if lay is not None:  # one fused pass over x (online softmax), see _gc_kernels.c
             n, c = x.shape[:2]
             context, p = x.new_empty(n, c), x.new_empty(n, xf.shape[2 - cl])  # (N, C), (N, L)
@@ -137,7 +137,6 @@ def _pool_backward_kernel(y: torch.Tensor, lay: int, g: Optional[torch.Tensor], 
     # to dL/dw and (cg - sp) to dL/db, and p_l (cg - sp) w to dL/dy_l: an extra pass, made only where
     # it is above float32 rounding of dL/dy's p_l g_ctx term (large attention weights w).
     d = cg - sp  # (N,)
-    w = weight.detach().reshape(-1).float()
     if grad_y is not None and (d.abs().max() * w.abs().max() > 1e-6 * g_ctx.abs().max()):
         grad_y.addcmul_(w.view(1, c, 1, 1, 1), (p * d[:, None]).view(n, 1, *y.shape[2:]))
     return grad_y, gw + d @ context.float(), gb + d.sum()
@@ -182,7 +181,7 @@ class _AttentionPool(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_context, grad_p_out):
         x, weight, p, context = ctx.saved_tensors
-        lay = _k.usable_pool(x) if weight.dtype == torch.float32 and p.dtype == torch.float32 else None
+        lay = _k.usable(x) if weight.dtype == torch.float32 and p.dtype == torch.float32 else None
         if lay is not None and (grad_p_out is None or not grad_p_out.any()):
             grad_x, gw, gb = _pool_backward_kernel(x, lay, None, p, context, grad_context, weight,
                                                    ctx.needs_input_grad[0])
@@ -276,7 +275,7 @@ class _ContextAdd(torch.autograd.Function):
             g_t = g.sum(dim=(2, 3, 4), dtype=_acc_dtype(g.dtype)).to(t_dtype)  # (N, C): the broadcast add's backward
         g_ctx, g_params = block._transform_grad(saved, g_t)  # (N, C), one per transform parameter
         grad_y = grad_w = grad_b = None
-        if ctx.att and lay is not None and lay in _k.POOL_LAYOUTS:  # one pass over y and g (_gc_kernels.c)
+        if ctx.att and lay is not None:  # one pass over y and g (_gc_kernels.c)
             grad_y, gw, gb = _pool_backward_kernel(y, lay, g, p, context, g_ctx, weight, ctx.needs_input_grad[0])
             grad_w = gw.view_as(weight) if ctx.needs_input_grad[2] else None
             grad_b = gb if ctx.has_bias and ctx.needs_input_grad[3] else None
@@ -431,7 +430,7 @@ class ContextBlock(nn.Module):
         return h, saved
 
     @torch.no_grad()
-    def _transform_grad(self, saved, g: torch.Tensor, need_input: bool = True):
+    def _transform_grad(self, saved, g: torch.Tensor):
         """Backward of ``_transform_saved`` by hand (a few (N, C) ops; no autograd graph to build
         in forward and walk in backward): (dL/dcontext, grads of ``self.transform.parameters()``)."""
         grads = {}
@@ -443,8 +442,7 @@ class ContextBlock(nn.Module):
                     grads[m.weight] = (g.t() @ sv).view_as(m.weight)  # (C_out, C_in, 1, 1, 1)
                 if m.bias is not None and m.bias.requires_grad:
                     grads[m.bias] = g.sum(0)
-                if i > 0 or need_input:
-                    g = g @ m.weight.view(m.out_channels, m.in_channels)  # (N, C_in)
+                g = g @ m.weight.view(m.out_channels, m.in_channels)  # (N, C_in)
             elif isinstance(m, nn.LayerNorm):
                 hn, rstd = sv
                 if m.weight.requires_grad:
@@ -455,7 +453,7 @@ class ContextBlock(nn.Module):
                 g = rstd * (gw - gw.mean(dim=1, keepdim=True) - hn * (gw * hn).mean(dim=1, keepdim=True))
             elif isinstance(m, nn.ReLU):
                 g = g * (sv > 0)
-        return (g if need_input else None), [grads.get(q) for q in self.transform.parameters()]
+        return g, [grads.get(q) for q in self.transform.parameters()]
 
     def _use_fused_add(self, x: torch.Tensor) -> bool:
         return (self.fused and self.fusion == "add" and not torch.jit.is_tracing()

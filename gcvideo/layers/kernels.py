@@ -148,15 +148,5 @@ def usable(*maps: torch.Tensor) -> Optional[int]:
     return lay.pop()
 
 
-# layouts (0: contiguous, 1: channels-last) whose attention pooling runs in the kernels; the
-# elementwise kernels (ReLU mask + sum, add + ReLU) run in both
-POOL_LAYOUTS = {0, 1}
-
-
-def usable_pool(*maps: torch.Tensor) -> Optional[int]:
-    lay = usable(*maps)
-    return lay if lay in POOL_LAYOUTS else None
-
-
 def ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()

@@ -20,6 +20,7 @@ it on CUDA and our ``CPUSyncBatchNorm`` (same maths, all_reduce over gloo) on CP
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from typing import Any, Iterator, List
 
@@ -72,8 +73,19 @@ def init_distributed(device_type: str) -> bool:
     return True
 
 
-def cleanup_distributed(created: bool) -> None:
+def cleanup_distributed(created: bool, finished: bool = True) -> None:
+    """Leave the process group we created (``init_distributed`` returned True).
+
+    ``finished``: this process ended normally, so every process meets at a barrier first and
+    none closes its gloo/nccl connections while another still talks over them. (After an
+    error the others may never arrive: no barrier then.) Garbage is collected before the
+    groups go, so that DDP's reducer and the SyncBN modules let go of them while they and
+    the interpreter are alive, not at interpreter exit.
+    """
     if created and is_distributed():
+        if finished:
+            dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
 
 

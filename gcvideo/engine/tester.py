@@ -145,7 +145,7 @@ def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dat
     from gcvideo.models import build_model
 
     device = select_device(cfg)
-    created = du.init_distributed(device.type)
+    created, finished = du.init_distributed(device.type), False
     try:
         set_determinism(cfg.TRAIN.DETERMINISTIC, device)
         tune_cpu_memory(cfg, device)
@@ -161,6 +161,8 @@ def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dat
         if cfg.TRAIN.CHANNELS_LAST:
             model_channels_last(model)
         tag = os.path.splitext(os.path.basename(ckpt))[0]
-        return run_test(cfg, model, device, tag=tag, dataset_builder=dataset_builder or _default_builder)
+        result = run_test(cfg, model, device, tag=tag, dataset_builder=dataset_builder or _default_builder)
+        finished = True
+        return result
     finally:
-        du.cleanup_distributed(created)
+        du.cleanup_distributed(created, finished)

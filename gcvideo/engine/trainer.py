@@ -252,10 +252,13 @@ def train(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Da
     """
     device = select_device(cfg)
     created = du.init_distributed(device.type)
+    finished = False
     try:
-        return _train(cfg, device, dataset_builder or _default_builder)
+        result = _train(cfg, device, dataset_builder or _default_builder)
+        finished = True
+        return result
     finally:
-        du.cleanup_distributed(created)
+        du.cleanup_distributed(created, finished)
 
 
 def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str], Dataset]) -> Dict:

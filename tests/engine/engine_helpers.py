@@ -13,7 +13,8 @@ RUNNER = Path(__file__).with_name("engine_runner.py")
 
 
 def child_env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    # PYTHONFAULTHANDLER: a child killed by a signal (SIGABRT, SIGSEGV) prints its Python stack
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONFAULTHANDLER="1")
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     return env

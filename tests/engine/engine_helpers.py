@@ -20,9 +20,9 @@ def child_env():
     return env
 
 
-def run_engine(out, mode="train", spec=None, *opts, nproc=1, timeout=300):
+def run_engine(out, mode="train", spec=None, *opts, nproc=1, timeout=300, runner=RUNNER):
     """Run tests/engine/engine_runner.py (under torchrun when nproc > 1); returns CompletedProcess."""
-    args = [str(RUNNER), str(out), mode, json.dumps(spec or {}), *[str(o) for o in opts]]
+    args = [str(runner), str(out), mode, json.dumps(spec or {}), *[str(o) for o in opts]]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
     else:

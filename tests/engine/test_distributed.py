@@ -7,6 +7,7 @@ masks come from per-process RNG streams). Everything else is the default trainin
 """
 import csv
 import json
+from pathlib import Path
 
 from engine_helpers import assert_same_state, checkpoint, ok, run_engine
 
@@ -40,3 +41,16 @@ def test_two_processes_match_one_process(tmp_path):
         rows = list(csv.DictReader(f))
     assert sorted(int(r["index"]) for r in rows) == list(range(7))
     assert (two / r2["report_dir"].split("/")[-1] / "failed_videos.txt").read_text().startswith("video_0003.mp4\t")
+
+
+def test_teardown_order(tmp_path):
+    """Each process frees its DDP/SyncBN model (which hold the process groups) before it destroys
+    the groups, not at interpreter exit: freed after destroy_process_group, during finalization,
+    gloo's objects went with the interpreter half gone (a rare SIGABRT, "terminate called without
+    an active exception", seen once in CI)."""
+    runner = Path(__file__).with_name("teardown_runner.py")
+    proc = ok(run_engine(tmp_path / "two", "train", SPEC, *OPTS, nproc=2, runner=runner))
+    for rank in (0, 1):
+        events = [line.split(": ", 1)[1] for line in proc.stdout.splitlines()
+                  if line.startswith(f"teardown rank{rank}: ")]
+        assert events == ["model freed", "destroy_process_group"], f"rank {rank}: {events}"

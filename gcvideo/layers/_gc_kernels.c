@@ -7,7 +7,9 @@
  * has anyway) and one pass that reads y and g, writes dL/dy and accumulates dL/dw_k. Contiguous
  * (C, L) maps take two row-streaming passes for the pooling and for its backward (a block of
  * positions across all channels would be C short strided pieces: slower, bench_context.py).
- * The output relu(y + shortcut + term) is one pass in both layouts.
+ * The output relu(y + shortcut + term) is one pass in both layouts. The transform's 1x1x1 convs
+ * on (N, C) context vectors at small batch are one multithreaded pass over their weights each
+ * (gc_linear_forward / gc_linear_backward).
  *
  * Layout: cl = 1: x[n][l][c] (channels_last_3d), cl = 0: x[n][c][l] (contiguous). L = T*H*W.
  * Threads: OpenMP (the libgomp that PyTorch has loaded), over ranges of positions or channels.
@@ -259,6 +261,74 @@ void gc_add_relu(const float *y, const float *s, const float *t, float *out, i64
             }
         }
     }
+}
+
+/* The transform's 1x1x1 convs at small batch (N <= GC_LINEAR_MAX_N): y[n][i] = b[i] + W[i] . x[n],
+ * W (R, K) row-major. At N = 1 these are matrix-vector products bound by reading W (the +all GC
+ * model's 10 M transform parameters); torch.mv here runs on one thread at a fraction of the
+ * memory rate. One pass over W, rows split over the threads; each row is used for all N inputs
+ * while it is in L1. b may be NULL. */
+void gc_linear_forward(const float *W, const float *x, const float *b, i64 N, i64 R, i64 K, int nt, float *y) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (i64 i = 0; i < R; i++) {
+        const float *wi = W + i * K;
+        for (i64 n = 0; n < N; n++) {
+            const float *xn = x + n * K;
+            float s = 0.f;
+#pragma omp simd reduction(+ : s)
+            for (i64 j = 0; j < K; j++) s += wi[j] * xn[j];
+            y[n * R + i] = (b ? b[i] : 0.f) + s;
+        }
+    }
+}
+
+/* Its backward in one pass over W: gW[i][j] = sum_n g[n][i] x[n][j] (if gW) and
+ * dx[n][j] = sum_i g[n][i] W[i][j] (if dx; per-thread partial sums, then added in thread order). */
+void gc_linear_backward(const float *W, const float *x, const float *g, i64 N, i64 R, i64 K, int nt, float *gW,
+                        float *dx) {
+    float *acc = dx ? (float *)malloc(sizeof(float) * (size_t)(N * K * nt)) : NULL;
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+        float *a = acc ? acc + (i64)t * N * K : NULL;
+        i64 lo, hi;
+        split(R, 1, t, T, &lo, &hi);
+        if (a) memset(a, 0, sizeof(float) * (size_t)(N * K));
+        for (i64 i = lo; i < hi; i++) {
+            const float *wi = W + i * K;
+            if (gW) {
+                float *gi = gW + i * K;
+                const float g0 = g[i];
+#pragma omp simd
+                for (i64 j = 0; j < K; j++) gi[j] = g0 * x[j];
+                for (i64 n = 1; n < N; n++) {
+                    const float gn = g[n * R + i];
+                    const float *xn = x + n * K;
+#pragma omp simd
+                    for (i64 j = 0; j < K; j++) gi[j] += gn * xn[j];
+                }
+            }
+            if (a) {
+                for (i64 n = 0; n < N; n++) {
+                    const float gn = g[n * R + i];
+                    float *an = a + n * K;
+#pragma omp simd
+                    for (i64 j = 0; j < K; j++) an[j] += gn * wi[j];
+                }
+            }
+        }
+#pragma omp barrier
+        if (a) {  /* dx = sum over threads of the partial sums, each thread over a range of dx */
+            i64 jlo, jhi;
+            split(N * K, 16, t, T, &jlo, &jhi);
+            for (i64 j = jlo; j < jhi; j++) {
+                float v = 0.f;
+                for (int u = 0; u < T; u++) v += acc[(i64)u * N * K + j];
+                dx[j] = v;
+            }
+        }
+    }
+    free(acc);
 }
 
 /* The (C, L) layout in two streaming passes (rows are contiguous; a block of positions across

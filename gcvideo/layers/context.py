@@ -406,14 +406,15 @@ class ContextBlock(nn.Module):
     def _transform_saved(self, context: torch.Tensor):
         """The transform on (N, C) vectors, without autograd: (t (N, C), what ``_transform_grad`` needs).
 
-        The 1x1x1 convs as matrices (F.linear), LayerNorm over Cr: the math of ``self.transform`` on
+        The 1x1x1 convs as matrices (``kernels.linear``: one C pass over W at small batch, else F.linear),
+        LayerNorm over Cr: the math of ``self.transform`` on
         (N, C, 1, 1, 1), without 5-D conv calls on 1x1x1 tensors.
         """
         h, saved = context, []
         for m in self.transform:
             if isinstance(m, nn.Conv3d):
                 saved.append(h)  # the layer's input, for dL/dW
-                h = F.linear(h, m.weight.view(m.out_channels, m.in_channels), m.bias)  # (N, C_out)
+                h = _k.linear(h, m.weight.view(m.out_channels, m.in_channels), m.bias)  # (N, C_out)
             elif isinstance(m, nn.LayerNorm):
                 mu = h.mean(dim=1, keepdim=True)
                 rstd = (h.var(dim=1, unbiased=False, keepdim=True) + m.eps).rsqrt()  # (N, 1)
@@ -438,11 +439,13 @@ class ContextBlock(nn.Module):
         for i in range(len(layers) - 1, -1, -1):
             m, sv = layers[i], saved[i]
             if isinstance(m, nn.Conv3d):
-                if m.weight.requires_grad:
-                    grads[m.weight] = (g.t() @ sv).view_as(m.weight)  # (C_out, C_in, 1, 1, 1)
                 if m.bias is not None and m.bias.requires_grad:
                     grads[m.bias] = g.sum(0)
-                g = g @ m.weight.view(m.out_channels, m.in_channels)  # (N, C_in)
+                # dL/dW = g^T sv, dL/dsv = g W: one pass over W (C kernel) at small batch
+                gw, g = _k.linear_backward(m.weight.view(m.out_channels, m.in_channels), sv, g.contiguous(),
+                                           m.weight.requires_grad)  # (C_out, C_in), (N, C_in)
+                if gw is not None:
+                    grads[m.weight] = gw.view_as(m.weight)  # (C_out, C_in, 1, 1, 1)
             elif isinstance(m, nn.LayerNorm):
                 hn, rstd = sv
                 if m.weight.requires_grad:

@@ -1,4 +1,5 @@
-"""Fused CPU kernels for the GC block's attention pooling (``_gc_kernels.c``), built on first use.
+"""Fused CPU kernels for the GC block (``_gc_kernels.c``): attention pooling, its fusion and the
+transform at small batch; built on first use.
 
 The C source is compiled once per machine with the system C compiler (``$CC`` or ``gcc``,
 ``-O3 -march=native -fopenmp``; about a second) into a cache folder, and loaded with ctypes.
@@ -24,7 +25,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["cpu_kernels", "usable"]
+__all__ = ["cpu_kernels", "usable", "linear", "linear_backward"]
 
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_gc_kernels.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
@@ -41,6 +42,10 @@ _SIGNATURES = {
     "gc_add_relu": [_P, _P, _P, _P, _I64, _I64, _I64, _INT, _INT],
     # y, g, p, gctx, cg, w, N, C, L, cl, nt, grad_y, gw, gb, sp
     "gc_pool_backward": [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _INT, _INT, _P, _P, _P, _P],
+    # W, x, b, N, R, K, nt, y
+    "gc_linear_forward": [_P, _P, _P, _I64, _I64, _I64, _INT, _P],
+    # W, x, g, N, R, K, nt, gW, dx
+    "gc_linear_backward": [_P, _P, _P, _I64, _I64, _I64, _INT, _P, _P],
 }
 
 
@@ -150,3 +155,37 @@ def usable(*maps: torch.Tensor) -> Optional[int]:
 
 def ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
+
+
+LINEAR_MAX_N = 8  # the transform's kernels take up to this many rows (clips); torch's GEMM beyond
+
+
+def _linear_ok(x: torch.Tensor, w: torch.Tensor, *more: Optional[torch.Tensor]) -> bool:
+    ts = [x, w, *[t for t in more if t is not None]]
+    return (x.dim() == 2 and w.dim() == 2 and x.shape[0] <= LINEAR_MAX_N and x.shape[1] == w.shape[1]
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in ts)
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting() and cpu_kernels() is not None)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.linear(x, w, b) for x (N, K), w (R, K): the C kernel at small N on float32 CPU tensors
+    (one multithreaded pass over w), else F.linear. No autograd (callers differentiate by hand)."""
+    if not _linear_ok(x, w, b):
+        return torch.nn.functional.linear(x, w, b)
+    (n, k), r = x.shape, w.shape[0]
+    y = x.new_empty(n, r)  # (N, R)
+    cpu_kernels().gc_linear_forward(w.data_ptr(), x.data_ptr(), ptr(b), n, r, k, torch.get_num_threads(), y.data_ptr())
+    return y
+
+
+def linear_backward(w: torch.Tensor, x: torch.Tensor, g: torch.Tensor, need_w: bool = True):
+    """Gradients of y = F.linear(x, w, b) given g = dL/dy (N, R): (dL/dw (R, K) or None, dL/dx (N, K)),
+    in one pass over w with the C kernel at small N on float32 CPU tensors, else two torch GEMMs."""
+    if not _linear_ok(x, w, g) or g.shape != (x.shape[0], w.shape[0]):
+        return (g.t() @ x if need_w else None), g @ w
+    (n, k), r = x.shape, w.shape[0]
+    gw = w.new_empty(r, k) if need_w else None
+    dx = x.new_empty(n, k)  # (N, K)
+    cpu_kernels().gc_linear_backward(w.data_ptr(), x.data_ptr(), g.data_ptr(), n, r, k, torch.get_num_threads(),
+                            ptr(gw), dx.data_ptr())
+    return gw, dx

@@ -105,8 +105,9 @@ def test_kernels_match_float64_reference(shape, memory_format, residual, transfo
     args = (on(x), on(s) if residual else None, on(gout))
     got = _run(fused, *args)
     assert got["x"].is_contiguous(memory_format=memory_format)
-    expected = ["gc_pool_forward"] + (["gc_add_relu", "gc_relu_grad_sum"] if residual else []) + [
-        "gc_pool_backward"]
+    convs = 2 if transform == "bottleneck" else 1  # the transform's 1x1x1 convs
+    expected = (["gc_pool_forward"] + ["gc_linear_forward"] * convs + (["gc_add_relu", "gc_relu_grad_sum"] if residual
+                else []) + ["gc_linear_backward"] * convs + ["gc_pool_backward"])
     assert spy.calls == expected
     _close(got, want, _torch_path(monkeypatch, fused, *args))
 
@@ -163,7 +164,9 @@ def test_mixed_layouts_use_the_torch_path(spy):
     s = torch.randn_like(x).contiguous(memory_format=torch.channels_last_3d)  # out follows x: contiguous
     gout = torch.randn_like(x).contiguous(memory_format=torch.channels_last_3d)  # differs from y's layout
     got = _run(fused, x, s, gout)
-    assert spy.calls == ["gc_pool_forward"]  # forward on x; backward sees mixed layouts: torch ops
+    # forward on x; the map passes of the backward see mixed layouts: torch ops (the transform's
+    # (N, C) kernels do not depend on the layout)
+    assert [c for c in spy.calls if "linear" not in c] == ["gc_pool_forward"]
     want = _run(ref, x.double(), s.double(), gout.double())
     _close(got, want, rtol=1e-4)
 
@@ -203,3 +206,41 @@ def test_build_cache_and_fallback_without_compiler(tmp_path):
     assert not list(shared.iterdir())
     private = tmp_path / "tmp" / f"gcvideo-{os.getuid()}"
     assert [f.suffix for f in private.iterdir()] == [".so"] and (private.stat().st_mode & 0o777) == 0o700
+
+
+@pytest.mark.parametrize("n", [1, 3, K.LINEAR_MAX_N])
+@pytest.mark.parametrize("r,k", [(37, 70), (128, 512), (512, 128)])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("need_w", [True, False])
+def test_linear_kernels_match_float64(n, r, k, threads, need_w, spy):
+    """The transform's matrix-vector kernels against float64 matrix products."""
+    g = torch.Generator().manual_seed(n * 1000 + r)
+    w, x, b, gy = (torch.randn(shape, generator=g, dtype=torch.float64) for shape in [(r, k), (n, k), (r,), (n, r)])
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = K.linear(x.float(), w.float(), b.float())
+        y_nobias = K.linear(x.float(), w.float())
+        gw, gx = K.linear_backward(w.float(), x.float(), gy.float(), need_w)
+    finally:
+        torch.set_num_threads(old)
+    assert spy.calls == ["gc_linear_forward"] * 2 + ["gc_linear_backward"]
+    # float32 dot products of length k (or r): relative to the sum of |terms|
+    tol = 1e-6 * max(k, r) ** 0.5 + 1e-6
+    torch.testing.assert_close(y.double(), x @ w.t() + b, atol=tol * (x.abs() @ w.abs().t()).max().item(), rtol=0)
+    torch.testing.assert_close(y_nobias.double(), x @ w.t(), atol=tol * (x.abs() @ w.abs().t()).max().item(), rtol=0)
+    torch.testing.assert_close(gx.double(), gy @ w, atol=tol * (gy.abs() @ w.abs()).max().item(), rtol=0)
+    if need_w:
+        torch.testing.assert_close(gw.double(), gy.t() @ x, atol=tol * (gy.abs().t() @ x.abs()).max().item(), rtol=0)
+    else:
+        assert gw is None
+
+
+def test_linear_beyond_small_batch_uses_torch(spy):
+    x, w = torch.randn(K.LINEAR_MAX_N + 1, 16), torch.randn(8, 16)
+    y = K.linear(x, w)
+    gw, gx = K.linear_backward(w, x, torch.ones(K.LINEAR_MAX_N + 1, 8))
+    assert spy.calls == []
+    torch.testing.assert_close(y, x @ w.t())
+    torch.testing.assert_close(gw, torch.ones(8, K.LINEAR_MAX_N + 1) @ x)
+    torch.testing.assert_close(gx, torch.ones(K.LINEAR_MAX_N + 1, 8) @ w)

@@ -331,6 +331,89 @@ void gc_linear_backward(const float *W, const float *x, const float *g, i64 N, i
     free(acc);
 }
 
+/* The whole bottleneck transform on (N, C) context vectors in one call (no per-op overhead):
+ * h = W1 x + b1 (Cr), [LayerNorm over Cr with weight lnw, bias lnb; lnw == NULL: none], r = ReLU,
+ * t = W2 r + b2 (C). Saves hn (N, Cr: the normalised h, or h without LayerNorm), rstd (N) and r. */
+void gc_transform_forward(const float *x, const float *W1, const float *b1, const float *lnw, const float *lnb,
+                          float eps, const float *W2, const float *b2, i64 N, i64 C, i64 Cr, int nt, float *hn,
+                          float *rstd, float *r, float *t) {
+    gc_linear_forward(W1, x, b1, N, Cr, C, nt, hn);
+    for (i64 n = 0; n < N; n++) {
+        float *hv = hn + n * Cr, *rv = r + n * Cr;
+        if (lnw) {
+            double mu = 0.0, var = 0.0;
+            for (i64 j = 0; j < Cr; j++) mu += hv[j];
+            mu /= (double)Cr;
+            for (i64 j = 0; j < Cr; j++) var += (hv[j] - mu) * (hv[j] - mu);
+            var /= (double)Cr;
+            const float rs = (float)(1.0 / sqrt(var + (double)eps));
+            rstd[n] = rs;
+            for (i64 j = 0; j < Cr; j++) {
+                hv[j] = (float)(hv[j] - mu) * rs;
+                const float v = hv[j] * lnw[j] + lnb[j];
+                rv[j] = v > 0.f ? v : 0.f;
+            }
+        } else {
+            rstd[n] = 1.f;
+            for (i64 j = 0; j < Cr; j++) rv[j] = hv[j] > 0.f ? hv[j] : 0.f;
+        }
+    }
+    gc_linear_forward(W2, r, b2, N, C, Cr, nt, t);
+}
+
+/* Its backward from g = dL/dt (N, C): parameter gradients (gW1 (Cr, C), gb1, glnw, glnb (Cr),
+ * gW2 (C, Cr), gb2 (C); a NULL weight-gradient pointer skips that write) and dx = dL/dx (N, C).
+ * work: 2 N Cr floats. */
+void gc_transform_backward(const float *x, const float *W1, const float *lnw, const float *W2, const float *hn,
+                           const float *rstd, const float *r, const float *g, i64 N, i64 C, i64 Cr, int nt,
+                           float *gW1, float *gb1, float *glnw, float *glnb, float *gW2, float *gb2, float *dx,
+                           float *work) {
+    float *dr = work, *dh = work + N * Cr;
+    for (i64 i = 0; i < C; i++) {
+        float s = 0.f;
+        for (i64 n = 0; n < N; n++) s += g[n * C + i];
+        gb2[i] = s;
+    }
+    gc_linear_backward(W2, r, g, N, C, Cr, nt, gW2, dr);  /* dL/dr */
+    for (i64 j = 0; j < N * Cr; j++)
+        if (!(r[j] > 0.f)) dr[j] = 0.f;  /* ReLU */
+    for (i64 j = 0; j < Cr; j++) {
+        float sw = 0.f, sb = 0.f;
+        for (i64 n = 0; n < N; n++) {
+            sw += dr[n * Cr + j] * hn[n * Cr + j];
+            sb += dr[n * Cr + j];
+        }
+        if (lnw) {
+            glnw[j] = sw;
+            glnb[j] = sb;
+        }
+    }
+    for (i64 n = 0; n < N; n++) {
+        const float *drv = dr + n * Cr, *hv = hn + n * Cr;
+        float *dhv = dh + n * Cr;
+        if (lnw) {  /* dh = rstd (gw - mean(gw) - hn mean(gw hn)), gw = dr * lnw */
+            double m1 = 0.0, m2 = 0.0;
+            for (i64 j = 0; j < Cr; j++) {
+                const double gw = (double)drv[j] * lnw[j];
+                m1 += gw;
+                m2 += gw * hv[j];
+            }
+            m1 /= (double)Cr;
+            m2 /= (double)Cr;
+            for (i64 j = 0; j < Cr; j++)
+                dhv[j] = rstd[n] * (float)((double)drv[j] * lnw[j] - m1 - hv[j] * m2);
+        } else {
+            memcpy(dhv, drv, sizeof(float) * (size_t)Cr);
+        }
+    }
+    for (i64 j = 0; j < Cr; j++) {
+        float s = 0.f;
+        for (i64 n = 0; n < N; n++) s += dh[n * Cr + j];
+        gb1[j] = s;
+    }
+    gc_linear_backward(W1, x, dh, N, Cr, C, nt, gW1, dx);
+}
+
 /* The (C, L) layout in two streaming passes (rows are contiguous; a block of positions across
  * all channels would be C short strided pieces). Forward: logits over each thread's positions,
  * row by row; softmax; then the weighted sum, each thread over whole rows. */
@@ -453,4 +536,68 @@ static void gc_pool_backward_rows(const float *y, const float *g, const float *p
     free(gl);
     free(ss);
     free(bs);
+}
+
+/* A whole GC block at the pre-add position in one call each way (float32, one layout, N small):
+ * the kernels above in sequence, so that the Python side makes one call, not a dozen small ops.
+ * Forward: attention pooling -> bottleneck transform -> out = relu(y + s + t). */
+void gc_block_forward(const float *y, const float *s, const float *w, float bias, const float *W1, const float *b1,
+                      const float *lnw, const float *lnb, float eps, const float *W2, const float *b2, i64 N, i64 C,
+                      i64 Cr, i64 L, int cl, int nt, float *ctx, float *p, float *hn, float *rstd, float *r, float *t,
+                      float *out) {
+    gc_pool_forward(y, w, bias, N, C, L, cl, nt, ctx, p);
+    gc_transform_forward(ctx, W1, b1, lnw, lnb, eps, W2, b2, N, C, Cr, nt, hn, rstd, r, t);
+    gc_add_relu(y, s, t, out, N, C, L, cl, nt);
+}
+
+/* Backward from gout: g = ReLU-masked gout (the shortcut's gradient), the transform's parameter
+ * gradients, grad_y = g + pooling term, gw (C) / gb (1) of the attention conv. work: 2 N C + 2 N + 2 N Cr floats.
+ * The pooling backward's one-pass form uses cg = ctx . gctx for sum_l p_l gp_l; the exact sum sp
+ * shifts every dL/dlogit_l by p_l (cg - sp): gw += (cg - sp) ctx, gb += (cg - sp), and, where
+ * above float32 rounding of grad_y's p_l gctx term, grad_y_l += p_l (cg - sp) w (one more pass). */
+void gc_block_backward(const float *gout, const float *out, const float *y, const float *p, const float *ctx,
+                       const float *w, const float *W1, const float *lnw, const float *W2, const float *hn,
+                       const float *rstd, const float *r, i64 N, i64 C, i64 Cr, i64 L, int cl, int nt, float *g,
+                       float *grad_y, float *gW1, float *gb1, float *glnw, float *glnb, float *gW2, float *gb2,
+                       float *gw, float *gb, float *work) {
+    float *gt = work, *gctx = work + N * C, *cg = work + 2 * N * C, *sp = cg + N, *tw = sp + N;
+    gc_relu_grad_sum(gout, out, g, gt, N, C, L, cl, nt);
+    gc_transform_backward(ctx, W1, lnw, W2, hn, rstd, r, gt, N, C, Cr, nt, gW1, gb1, glnw, glnb, gW2, gb2, gctx, tw);
+    for (i64 n = 0; n < N; n++) {
+        double v = 0.0;
+        for (i64 c = 0; c < C; c++) v += (double)ctx[n * C + c] * gctx[n * C + c];
+        cg[n] = (float)v;
+    }
+    gc_pool_backward(y, g, p, gctx, cg, w, N, C, L, cl, nt, grad_y, gw, gb, sp);
+    float dmax = 0.f, wmax = 0.f, gmax = 0.f;
+    for (i64 n = 0; n < N; n++) {
+        const float d = cg[n] - sp[n];
+        dmax = fmaxf(dmax, fabsf(d));
+        *gb += d;
+        for (i64 c = 0; c < C; c++) gw[c] += d * ctx[n * C + c];
+    }
+    for (i64 c = 0; c < C; c++) wmax = fmaxf(wmax, fabsf(w[c]));
+    for (i64 j = 0; j < N * C; j++) gmax = fmaxf(gmax, fabsf(gctx[j]));
+    if (!(dmax * wmax > 1e-6f * gmax)) return;
+    for (i64 n = 0; n < N; n++) {
+        const float d = cg[n] - sp[n], *pn = p + n * L;
+        float *dn = grad_y + n * C * L;
+        if (cl) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+            for (i64 l = 0; l < L; l++) {
+                const float a = pn[l] * d;
+                float *dl = dn + l * C;
+#pragma omp simd
+                for (i64 c = 0; c < C; c++) dl[c] += a * w[c];
+            }
+        } else {
+#pragma omp parallel for num_threads(nt) schedule(static)
+            for (i64 c = 0; c < C; c++) {
+                const float a = w[c] * d;
+                float *dr = dn + c * L;
+#pragma omp simd
+                for (i64 l = 0; l < L; l++) dr[l] += a * pn[l];
+            }
+        }
+    }
 }

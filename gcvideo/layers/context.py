@@ -224,6 +224,13 @@ class _ContextAdd(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, shortcut, weight, bias, block, relu, *params):
         n, c = y.shape[:2]
+        fast = block._block_kernel_forward(y, shortcut, weight, bias) if relu and shortcut is not None else None
+        if fast is not None:  # the whole block in one C call (_gc_kernels.c: gc_block_forward)
+            out, context, p, saved = fast
+            ctx.transform = (block, ("kernel", saved), torch.float32)
+            ctx.relu, ctx.att, ctx.has_bias, ctx.has_shortcut = True, True, bias is not None, True
+            ctx.save_for_backward(y, weight, p, out, context)
+            return out
         yf, cl = _flatten_positions(y)
         if block.pooling == "att":
             context, p = _pool_forward(yf, cl, weight, bias, y)  # (N, C), (N, L)
@@ -261,6 +268,13 @@ class _ContextAdd(torch.autograd.Function):
         y, weight, p, out, context = ctx.saved_tensors
         block, saved, t_dtype = ctx.transform  # small (N, C) tensors: backward can run again (retain_graph)
         n, c = y.shape[:2]
+        if isinstance(saved, tuple) and ctx.relu and ctx.has_shortcut and ctx.att:
+            fast = block._block_kernel_backward(grad_out, out, y, p, weight, saved[1])
+            if fast is not None:  # one C call (gc_block_backward)
+                g, grad_y, g_params, gw, gb = fast
+                return (grad_y if ctx.needs_input_grad[0] else None, g if ctx.needs_input_grad[1] else None,
+                        gw.view_as(weight) if ctx.needs_input_grad[2] else None,
+                        gb if ctx.has_bias and ctx.needs_input_grad[3] else None, None, None, *g_params)
         # fused CPU kernels (float32, one layout for all maps): ReLU mask + sum in one pass
         lay = (_k.usable(y, grad_out, *([out] if ctx.relu else []))
                if ctx.att and weight.dtype == torch.float32 else None)
@@ -406,10 +420,14 @@ class ContextBlock(nn.Module):
     def _transform_saved(self, context: torch.Tensor):
         """The transform on (N, C) vectors, without autograd: (t (N, C), what ``_transform_grad`` needs).
 
-        The 1x1x1 convs as matrices (``kernels.linear``: one C pass over W at small batch, else F.linear),
-        LayerNorm over Cr: the math of ``self.transform`` on
-        (N, C, 1, 1, 1), without 5-D conv calls on 1x1x1 tensors.
+        The math of ``self.transform`` on (N, C, 1, 1, 1), without 5-D conv calls on 1x1x1 tensors:
+        a float32 CPU bottleneck at small batch runs in one C call (``kernels.transform_forward``),
+        anything else as torch ops (the 1x1x1 convs as matrices, LayerNorm over Cr).
         """
+        if self.transform_kind == "bottleneck":
+            out = _k.transform_forward(context, *self._kernel_transform_params())
+            if out is not None:
+                return out[0], ("kernel", out[1])
         h, saved = context, []
         for m in self.transform:
             if isinstance(m, nn.Conv3d):
@@ -430,10 +448,47 @@ class ContextBlock(nn.Module):
                 saved.append(None)
         return h, saved
 
+    def _kernel_transform_params(self):
+        """(w1 (Cr, C), b1, lnw, lnb, eps, w2 (C, Cr), b2) of a bottleneck transform as matrices/vectors."""
+        conv1, norm, _, conv2 = self.transform
+        ln = isinstance(norm, nn.LayerNorm)
+        return (conv1.weight.view(conv1.out_channels, -1), conv1.bias, norm.weight.view(-1) if ln else None,
+                norm.bias.view(-1) if ln else None, norm.eps if ln else 0.0,
+                conv2.weight.view(conv2.out_channels, -1), conv2.bias)
+
+    def _kernel_param_grads(self, grads):
+        """[gW1, gb1, glnw, glnb, gW2, gb2] of the C transform -> grads in ``transform.parameters()`` order
+        (None for frozen parameters)."""
+        conv1, norm, _, conv2 = self.transform
+        gw1, gb1, glnw, glnb, gw2, gb2 = grads
+        ln = isinstance(norm, nn.LayerNorm)
+        params = [conv1.weight, conv1.bias] + ([norm.weight, norm.bias] if ln else []) + [conv2.weight, conv2.bias]
+        vals = [gw1, gb1] + ([glnw, glnb] if ln else []) + [gw2, gb2]
+        return [v.view_as(q) if q.requires_grad else None for q, v in zip(params, vals)]
+
+    def _block_kernel_forward(self, y, shortcut, weight, bias):
+        """relu(y + shortcut + term(y)) in one C call, or None where it does not apply."""
+        if self.pooling != "att" or self.transform_kind != "bottleneck" or y.shape[0] > _k.LINEAR_MAX_N:
+            return None
+        w = weight.detach().reshape(-1)
+        return _k.block_forward(y, shortcut, w, bias, *self._kernel_transform_params())
+
+    def _block_kernel_backward(self, grad_out, out, y, p, weight, saved):
+        w1, _, lnw, _, _, w2, _ = self._kernel_transform_params()
+        res = _k.block_backward(grad_out, out, y, p, weight.detach().reshape(-1), saved, w1, lnw, w2)
+        if res is None:
+            return None
+        g, grad_y, grads, gw, gb = res
+        return g, grad_y, self._kernel_param_grads(grads), gw, gb
+
     @torch.no_grad()
     def _transform_grad(self, saved, g: torch.Tensor):
         """Backward of ``_transform_saved`` by hand (a few (N, C) ops; no autograd graph to build
         in forward and walk in backward): (dL/dcontext, grads of ``self.transform.parameters()``)."""
+        if isinstance(saved, tuple):  # ("kernel", ...): the C transform (_transform_saved)
+            w1, _, lnw, _, _, w2, _ = self._kernel_transform_params()
+            g, grads = _k.transform_backward(saved[1], g, w1, lnw, w2, w1.requires_grad, w2.requires_grad)
+            return g, self._kernel_param_grads(grads)
         grads = {}
         layers = list(self.transform)
         for i in range(len(layers) - 1, -1, -1):

@@ -46,6 +46,17 @@ _SIGNATURES = {
     "gc_linear_forward": [_P, _P, _P, _I64, _I64, _I64, _INT, _P],
     # W, x, g, N, R, K, nt, gW, dx
     "gc_linear_backward": [_P, _P, _P, _I64, _I64, _I64, _INT, _P, _P],
+    # x, W1, b1, lnw, lnb, eps, W2, b2, N, C, Cr, nt, hn, rstd, r, t
+    "gc_transform_forward": [_P, _P, _P, _P, _P, _F, _P, _P, _I64, _I64, _I64, _INT, _P, _P, _P, _P],
+    # x, W1, lnw, W2, hn, rstd, r, g, N, C, Cr, nt, gW1, gb1, glnw, glnb, gW2, gb2, dx, work
+    "gc_transform_backward": [_P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _INT,
+                              _P, _P, _P, _P, _P, _P, _P, _P],
+    # y, s, w, bias, W1, b1, lnw, lnb, eps, W2, b2, N, C, Cr, L, cl, nt, ctx, p, hn, rstd, r, t, out
+    "gc_block_forward": [_P, _P, _P, _F, _P, _P, _P, _P, _F, _P, _P, _I64, _I64, _I64, _I64, _INT, _INT,
+                         _P, _P, _P, _P, _P, _P, _P],
+    # gout, out, y, p, ctx, w, W1, lnw, W2, hn, rstd, r, N, C, Cr, L, cl, nt,
+    # g, grad_y, gW1, gb1, glnw, glnb, gW2, gb2, gw, gb, work
+    "gc_block_backward": [_P] * 12 + [_I64, _I64, _I64, _I64, _INT, _INT] + [_P] * 11,
 }
 
 
@@ -189,3 +200,89 @@ def linear_backward(w: torch.Tensor, x: torch.Tensor, g: torch.Tensor, need_w: b
     cpu_kernels().gc_linear_backward(w.data_ptr(), x.data_ptr(), g.data_ptr(), n, r, k, torch.get_num_threads(),
                             ptr(gw), dx.data_ptr())
     return gw, dx
+
+
+def transform_forward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, lnw: Optional[torch.Tensor],
+                      lnb: Optional[torch.Tensor], eps: float, w2: torch.Tensor, b2: torch.Tensor,
+                      check_only: bool = False):
+    """The bottleneck transform (conv C->Cr, [LayerNorm], ReLU, conv Cr->C as matrices) on x (N, C)
+    in one C call: (t (N, C), saved for ``transform_backward``), or None where the kernel does not
+    apply (then the caller runs torch ops). w1 (Cr, C), w2 (C, Cr); lnw/lnb (Cr,) or None."""
+    if not (_linear_ok(x, w1, b1, lnw, lnb, w2, b2) and w2.shape == (x.shape[1], w1.shape[0])):
+        return None
+    if check_only:
+        return True
+    (n, c), cr = x.shape, w1.shape[0]
+    hn, r, rstd, t = x.new_empty(n, cr), x.new_empty(n, cr), x.new_empty(n), x.new_empty(n, c)
+    cpu_kernels().gc_transform_forward(x.data_ptr(), w1.data_ptr(), b1.data_ptr(), ptr(lnw), ptr(lnb), eps,
+                                       w2.data_ptr(), b2.data_ptr(), n, c, cr, torch.get_num_threads(),
+                                       hn.data_ptr(), rstd.data_ptr(), r.data_ptr(), t.data_ptr())
+    return t, (x, hn, rstd, r)
+
+
+def transform_backward(saved, g: torch.Tensor, w1: torch.Tensor, lnw: Optional[torch.Tensor], w2: torch.Tensor,
+                       need_w1: bool = True, need_w2: bool = True):
+    """Backward of ``transform_forward`` from g = dL/dt (N, C): (dL/dx, [gW1, gb1, glnw, glnb, gW2, gb2])
+    (glnw/glnb None without LayerNorm, gW None where not needed)."""
+    x, hn, rstd, r = saved
+    (n, c), cr = x.shape, w1.shape[0]
+    g = g.float().contiguous()
+    gw1 = x.new_empty(cr, c) if need_w1 else None
+    gw2 = x.new_empty(c, cr) if need_w2 else None
+    gb1, gb2, dx, work = x.new_empty(cr), x.new_empty(c), x.new_empty(n, c), x.new_empty(2 * n * cr)
+    glnw, glnb = (x.new_empty(cr), x.new_empty(cr)) if lnw is not None else (None, None)
+    cpu_kernels().gc_transform_backward(x.data_ptr(), w1.data_ptr(), ptr(lnw), w2.data_ptr(), hn.data_ptr(),
+                                        rstd.data_ptr(), r.data_ptr(), g.data_ptr(), n, c, cr,
+                                        torch.get_num_threads(), ptr(gw1), gb1.data_ptr(), ptr(glnw), ptr(glnb),
+                                        ptr(gw2), gb2.data_ptr(), dx.data_ptr(), work.data_ptr())
+    return dx, [gw1, gb1, glnw, glnb, gw2, gb2]
+
+
+def block_forward(y: torch.Tensor, s: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], w1: torch.Tensor,
+                  b1: torch.Tensor, lnw: Optional[torch.Tensor], lnb: Optional[torch.Tensor], eps: float,
+                  w2: torch.Tensor, b2: torch.Tensor):
+    """relu(y + s + GC term(y)) for a bottleneck GC block in one C call: (out, context (N, C),
+    p (N, L), saved for ``transform_backward``), or None where the kernels do not apply.
+    y, s: (N, C, T, H, W) float32 CPU maps of one layout; w (C,) and b (1,) or None: the attention
+    conv; w1 (Cr, C), b1, lnw, lnb (Cr,) or None, w2 (C, Cr), b2 (C,): the transform."""
+    lay = usable(y, s)
+    (n, c), l = y.shape[:2], y[0, 0].numel()
+    ctx = y.new_empty(n, c)
+    if lay is None or w.numel() != c or not w.is_contiguous() or transform_forward(ctx, w1, b1, lnw, lnb, eps, w2, b2,
+                                                                                   check_only=True) is None:
+        return None
+    cr = w1.shape[0]
+    p, hn, r, rstd, t, out = (y.new_empty(n, l), y.new_empty(n, cr), y.new_empty(n, cr), y.new_empty(n),
+                              y.new_empty(n, c), torch.empty_like(y))
+    cpu_kernels().gc_block_forward(y.data_ptr(), s.data_ptr(), w.data_ptr(), float(b.detach()) if b is not None else 0.0,
+                                   w1.data_ptr(), b1.data_ptr(), ptr(lnw), ptr(lnb), eps, w2.data_ptr(),
+                                   b2.data_ptr(), n, c, cr, l, lay, torch.get_num_threads(), ctx.data_ptr(),
+                                   p.data_ptr(), hn.data_ptr(), rstd.data_ptr(), r.data_ptr(), t.data_ptr(),
+                                   out.data_ptr())
+    return out, ctx, p, (ctx, hn, rstd, r)
+
+
+def block_backward(gout: torch.Tensor, out: torch.Tensor, y: torch.Tensor, p: torch.Tensor, w: torch.Tensor,
+                   saved, w1: torch.Tensor, lnw: Optional[torch.Tensor], w2: torch.Tensor):
+    """Backward of ``block_forward`` in one C call: (g = dL/ds, dL/dy, [gW1, gb1, glnw, glnb, gW2, gb2],
+    dL/dw (C,), dL/db (1,)), or None where the kernels do not apply (then the caller takes the
+    separate kernels / torch ops). A gout in another layout than y is copied into y's first."""
+    lay = usable(y, out)
+    if lay is None:
+        return None
+    if layout(gout) != lay:  # e.g. the expanded gradient of a global average pool: one copy of a small map
+        gout = gout.contiguous(memory_format=torch.channels_last_3d if lay else torch.contiguous_format)
+    if usable(gout) != lay:
+        return None
+    ctx, hn, rstd, r = saved
+    (n, c), l, cr = y.shape[:2], y[0, 0].numel(), w1.shape[0]
+    g, grad_y = torch.empty_like(y), torch.empty_like(y)
+    gw1, gb1, gw2, gb2 = y.new_empty(cr, c), y.new_empty(cr), y.new_empty(c, cr), y.new_empty(c)
+    glnw, glnb = (y.new_empty(cr), y.new_empty(cr)) if lnw is not None else (None, None)
+    gw, gb, work = y.new_empty(c), y.new_empty(1), y.new_empty(2 * n * c + 2 * n + 2 * n * cr)
+    cpu_kernels().gc_block_backward(
+        gout.data_ptr(), out.data_ptr(), y.data_ptr(), p.data_ptr(), ctx.data_ptr(), w.data_ptr(), w1.data_ptr(),
+        ptr(lnw), w2.data_ptr(), hn.data_ptr(), rstd.data_ptr(), r.data_ptr(), n, c, cr, l, lay,
+        torch.get_num_threads(), g.data_ptr(), grad_y.data_ptr(), gw1.data_ptr(), gb1.data_ptr(), ptr(glnw),
+        ptr(glnb), gw2.data_ptr(), gb2.data_ptr(), gw.data_ptr(), gb.data_ptr(), work.data_ptr())
+    return g, grad_y, [gw1, gb1, glnw, glnb, gw2, gb2], gw, gb

@@ -105,9 +105,11 @@ def test_kernels_match_float64_reference(shape, memory_format, residual, transfo
     args = (on(x), on(s) if residual else None, on(gout))
     got = _run(fused, *args)
     assert got["x"].is_contiguous(memory_format=memory_format)
-    convs = 2 if transform == "bottleneck" else 1  # the transform's 1x1x1 convs
-    expected = (["gc_pool_forward"] + ["gc_linear_forward"] * convs + (["gc_add_relu", "gc_relu_grad_sum"] if residual
-                else []) + ["gc_linear_backward"] * convs + ["gc_pool_backward"])
+    tf = "gc_transform" if transform == "bottleneck" else "gc_linear"  # the whole transform in one call
+    expected = ["gc_pool_forward", f"{tf}_forward"] + (["gc_add_relu", "gc_relu_grad_sum"] if residual
+                                                       else []) + [f"{tf}_backward", "gc_pool_backward"]
+    if residual and transform == "bottleneck":  # the GC block at the pre-add position: one call each way
+        expected = ["gc_block_forward", "gc_block_backward"]
     assert spy.calls == expected
     _close(got, want, _torch_path(monkeypatch, fused, *args))
 
@@ -142,7 +144,9 @@ def test_one_or_two_threads_same_numbers(memory_format):
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
-def test_online_softmax_with_huge_logits(memory_format, monkeypatch):
+@pytest.mark.parametrize("residual", [False, True])
+def test_online_softmax_with_huge_logits(memory_format, residual, monkeypatch):
+    """Also the case where dL/dy needs the one-pass backward's (cg - sp) correction pass: large w."""
     fused, ref = _blocks(16, scale=0.5)
     with torch.no_grad():  # logits in the thousands: exp() of them overflows float32
         ref.conv_mask.weight.mul_(400)
@@ -150,23 +154,24 @@ def test_online_softmax_with_huge_logits(memory_format, monkeypatch):
     x = torch.randn(2, 16, 3, 10, 9, dtype=torch.float64)
     logits = torch.einsum("c,nclhw->nlhw", ref.conv_mask.weight.view(-1), x)
     assert logits.abs().max() > 1000
-    gout = torch.randn_like(x)
-    want = _run(ref, x, None, gout)
-    args = (x.float().contiguous(memory_format=memory_format), None, gout.float().contiguous(memory_format=memory_format))
+    gout, s = torch.randn_like(x), (torch.randn_like(x) if residual else None)
+    want = _run(ref, x, s, gout)
+    on = lambda t: None if t is None else t.float().contiguous(memory_format=memory_format)  # noqa: E731
+    args = (on(x), on(s), on(gout))
     got = _run(fused, *args)
     assert all(torch.isfinite(v).all() for v in got.values())
     _close(got, want, _torch_path(monkeypatch, fused, *args))
 
 
-def test_mixed_layouts_use_the_torch_path(spy):
+def test_mixed_layouts(spy):
+    """y and shortcut in different layouts: the forward's add runs as torch ops around the pooling and
+    transform kernels; a gradient in another layout than y is copied into y's, then one backward call."""
     fused, ref = _blocks(16)
     x = torch.randn(2, 16, 3, 10, 9)
     s = torch.randn_like(x).contiguous(memory_format=torch.channels_last_3d)  # out follows x: contiguous
     gout = torch.randn_like(x).contiguous(memory_format=torch.channels_last_3d)  # differs from y's layout
     got = _run(fused, x, s, gout)
-    # forward on x; the map passes of the backward see mixed layouts: torch ops (the transform's
-    # (N, C) kernels do not depend on the layout)
-    assert [c for c in spy.calls if "linear" not in c] == ["gc_pool_forward"]
+    assert spy.calls == ["gc_pool_forward", "gc_transform_forward", "gc_block_backward"]
     want = _run(ref, x.double(), s.double(), gout.double())
     _close(got, want, rtol=1e-4)
 
@@ -244,3 +249,21 @@ def test_linear_beyond_small_batch_uses_torch(spy):
     torch.testing.assert_close(y, x @ w.t())
     torch.testing.assert_close(gw, torch.ones(8, K.LINEAR_MAX_N + 1) @ x)
     torch.testing.assert_close(gx, torch.ones(K.LINEAR_MAX_N + 1, 8) @ w)
+
+
+@pytest.mark.parametrize("frozen", ["channel_add_conv.0.weight", "channel_add_conv.3.weight",
+                                    "channel_add_conv.1.weight", "conv_mask.weight"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_kernels_with_a_frozen_parameter(frozen, residual, spy):
+    """A frozen parameter gets no gradient; the others match the float64 reference."""
+    fused, ref = _blocks(32)
+    for block in (fused, ref):
+        block.get_parameter(frozen).requires_grad_(False)
+    torch.manual_seed(2)
+    x, s, gout = (torch.randn(2, 32, 2, 5, 5, dtype=torch.float64) for _ in range(3))
+    want = _run(ref, x, s if residual else None, gout)
+    got = _run(fused, x.float(), s.float() if residual else None, gout.float())
+    assert ("gc_block_backward" if residual else "gc_transform_backward") in spy.calls
+    assert got[frozen] is None and want[frozen] is None
+    del got[frozen], want[frozen]
+    _close(got, want, rtol=1e-4)

@@ -216,8 +216,10 @@ class _ContextAdd(torch.autograd.Function):
     On float32 CPU maps of one layout the passes over the map run in the C kernels of
     ``_gc_kernels.c`` (``kernels.py``): the pooling in one pass (online softmax),
     relu(y + shortcut + term) in one pass, ReLU mask + sum over positions in one pass, and the
-    pooling backward with dL/dy in one pass (three passes in all instead of seven).
-    Math: that of ``ContextBlock`` with fused=False (the reference path), to rounding.
+    pooling backward with dL/dy in one pass (three passes in all instead of seven). For a
+    bottleneck GC block at the pre-add position (att pooling, shortcut, ReLU, batch <= 8) each
+    direction is one C call (``gc_block_forward``/``gc_block_backward``): no torch ops between
+    the kernels. Math: that of ``ContextBlock`` with fused=False (the reference path), to rounding.
     First-order gradients only.
     """
 

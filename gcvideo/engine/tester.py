@@ -38,10 +38,14 @@ class EvalResult:
 
 
 def build_eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
-    """This process's shard of ``dataset``, in index order."""
+    """This process's shard of ``dataset``, in index order.
+
+    The loader has its own generator: iterating a DataLoader draws a seed from the global RNG
+    otherwise, and a validation during training would shift the training's RNG stream (dropout,
+    augmentation), so a run with validation would not train the same weights as one without."""
     sampler = du.ShardSampler(len(dataset), du.get_rank(), du.get_world_size())
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, drop_last=False)
+                      pin_memory=pin_memory, drop_last=False, generator=torch.Generator().manual_seed(0))
 
 
 @torch.no_grad()

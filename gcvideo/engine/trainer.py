@@ -307,7 +307,7 @@ def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str],
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     # -- resume: weights, optimizer, position, RNG states of this process
     next_epoch, next_iter, global_iter = 0, 0, 0
-    rng = None
+    rng, pending_stats = None, None
     if resume is not None:
         path, ck = resume
         try:
@@ -323,6 +323,10 @@ def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str],
         if ck.get("iters_per_epoch") not in (None, iters_per_epoch) and next_iter:
             raise RuntimeError(f"checkpoint {path} was written mid-epoch with {ck['iters_per_epoch']} iterations "
                                f"per epoch but this run has {iters_per_epoch} (dataset or TRAIN.BATCH_SIZE changed)")
+        # a SIGTERM in an epoch's last iteration saved before that epoch's end-of-epoch work
+        # (precise BN, validation, epoch checkpoint, log record): its training stats come along
+        if next_iter == iters_per_epoch:
+            pending_stats = ck.get("epoch_stats")
         rng = ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0]
         if main:
             print(f"resuming from {path}: epoch {next_epoch + 1}, iteration {next_iter}", flush=True)
@@ -341,14 +345,15 @@ def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str],
     except ValueError:  # not the main thread
         pass
 
-    def save(next_e: int, next_i: int) -> Optional[str]:
+    def save(next_e: int, next_i: int, extra: Optional[Dict] = None) -> Optional[str]:
         rngs = du.all_gather_object(get_rng_state())
         path = None
         if main:
             state = {"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": schedule.state_dict(), "grad_scaler": scaler.state_dict() if scaler.is_enabled() else {},
                      "next_epoch": next_e, "next_iter": next_i, "global_iter": st.global_iter,
-                     "iters_per_epoch": iters_per_epoch, "world_size": world, "config": dump_cfg(cfg), "rng": rngs}
+                     "iters_per_epoch": iters_per_epoch, "world_size": world, "config": dump_cfg(cfg), "rng": rngs,
+                     **(extra or {})}
             path = save_checkpoint(cfg.OUTPUT_DIR, state, t.KEEP_LAST)
         du.barrier()
         return path
@@ -374,10 +379,14 @@ def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str],
                                 num_workers=cfg.DATA.NUM_WORKERS, drop_last=True, generator=gen,
                                 pin_memory=cfg.DATA.PIN_MEMORY and device.type == "cuda")
             stats = train_one_epoch(ddp, loader, optimizer, schedule, scaler, st)
-            if stats["stop"]:  # SIGTERM seen during the epoch's last iteration: save first, skip evaluation
-                last_ckpt = save(epoch + 1, 0)
+            if stats["stop"]:  # SIGTERM seen during the epoch's last iteration: save at "all iterations
+                # done", so that the run resumed with the same command does this epoch's evaluation
+                done = {k: v for k, v in stats.items() if k != "stop"}
+                last_ckpt = save(epoch, iters_per_epoch, {"epoch_stats": done})
                 logger.info(f"SIGTERM: saved {last_ckpt}; run the same command again to resume")
                 raise TrainingStopped(143)
+            if stats["iters"] == 0 and pending_stats is not None and epoch == next_epoch:
+                stats = dict(pending_stats, stop=False)  # resumed after that save: the epoch's own stats
             record = {"epoch": epoch + 1, "global_iter": st.global_iter, "loss": stats["loss"],
                       "lr": optimizer.param_groups[0]["lr"], "data_share": stats["data_share"],
                       "epoch_time_s": stats["time_s"]}

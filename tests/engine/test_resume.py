@@ -68,3 +68,30 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path, reference):
     assert "resuming from" in proc.stdout and "epoch 2, iteration 0" in proc.stdout
     assert not [p.name for p in ckdir.iterdir() if ".tmp-" in p.name]  # stale temporary removed
     _assert_matches(reference, out)
+
+
+def test_sigterm_in_an_epochs_last_iteration_evaluates_that_epoch_on_resume(tmp_path, reference):
+    """Saved at "all iterations of epoch 1 done", not as the end of epoch 1: the resumed run does
+    epoch 1's validation, epoch checkpoint and epoch record (with the epoch's training loss).
+    The weights equal those of the uninterrupted run without validation: validating does not
+    use the training's RNG stream (the eval loader has its own generator)."""
+    import json
+
+    out = tmp_path / "run"
+    opts = [*OPTS, "TRAIN.EVAL_PERIOD", 1]
+    # SIGTERM while loading the last batch (items 13-16) of epoch 1
+    spec = {"signal_at": [0, 14, int(signal.SIGTERM), str(tmp_path / "termed")]}
+    proc = run_engine(out, "train", spec, *opts)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert os.path.basename(list_checkpoints(str(out))[-1]) == "checkpoint_epoch0001_iter000004.pth"
+    assert "val top-1" not in proc.stdout
+    proc = ok(run_engine(out, "train", spec, *opts))
+    assert "epoch 1, iteration 4" in proc.stdout
+    assert "epoch 1: loss" in proc.stdout and "epoch 2: loss" in proc.stdout  # both epochs validated
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r.get("type") == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2] and all("val_top1" in r for r in epochs)
+    iters = [r["loss"] for r in records if r.get("type") == "iter" and r["epoch"] == 1]
+    assert abs(epochs[0]["loss"] - sum(iters) / len(iters)) < 1e-6  # epoch 1's own mean loss (LOG_PERIOD 1)
+    assert os.path.exists(out / "checkpoints" / "checkpoint_epoch0001.pth")
+    _assert_matches(reference, out)

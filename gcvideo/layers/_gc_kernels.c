@@ -538,6 +538,17 @@ static void gc_pool_backward_rows(const float *y, const float *g, const float *p
     free(bs);
 }
 
+/* m[i][j] += d u[i] v[j] for a (rows, cols) row-major m */
+static void add_outer(float *m, const float *u, const float *v, float d, i64 rows, i64 cols, int nt) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (i64 i = 0; i < rows; i++) {
+        const float a = u[i] * d;
+        float *mi = m + i * cols;
+#pragma omp simd
+        for (i64 j = 0; j < cols; j++) mi[j] += a * v[j];
+    }
+}
+
 /* A whole GC block at the pre-add position in one call each way (float32, one layout, N small):
  * the kernels above in sequence, so that the Python side makes one call, not a dozen small ops.
  * Forward: attention pooling -> bottleneck transform -> out = relu(y + s + t). */
@@ -579,25 +590,12 @@ void gc_block_backward(const float *gout, const float *out, const float *y, cons
     for (i64 c = 0; c < C; c++) wmax = fmaxf(wmax, fabsf(w[c]));
     for (i64 j = 0; j < N * C; j++) gmax = fmaxf(gmax, fabsf(gctx[j]));
     if (!(dmax * wmax > 1e-6f * gmax)) return;
-    for (i64 n = 0; n < N; n++) {
+    for (i64 n = 0; n < N; n++) {  /* grad_y_l += p_l (cg - sp) w: rows l (cl) or rows c (contiguous) */
         const float d = cg[n] - sp[n], *pn = p + n * L;
         float *dn = grad_y + n * C * L;
-        if (cl) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-            for (i64 l = 0; l < L; l++) {
-                const float a = pn[l] * d;
-                float *dl = dn + l * C;
-#pragma omp simd
-                for (i64 c = 0; c < C; c++) dl[c] += a * w[c];
-            }
-        } else {
-#pragma omp parallel for num_threads(nt) schedule(static)
-            for (i64 c = 0; c < C; c++) {
-                const float a = w[c] * d;
-                float *dr = dn + c * L;
-#pragma omp simd
-                for (i64 l = 0; l < L; l++) dr[l] += a * pn[l];
-            }
-        }
+        if (cl)
+            add_outer(dn, pn, w, d, L, C, nt);
+        else
+            add_outer(dn, w, pn, d, C, L, nt);
     }
 }

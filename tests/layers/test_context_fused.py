@@ -116,9 +116,13 @@ def test_float32_and_shortcut_without_grad(memory_format):
     torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_bf16_autocast_close_to_the_reference_path():
+@pytest.mark.parametrize("input_seed", [0, 1, 2])
+def test_bf16_autocast_close_to_the_reference_path(input_seed):
     fused, ref = _pair(dtype=torch.float32)
-    x = torch.randn(N, C, T, H, W).contiguous(memory_format=torch.channels_last_3d).to(torch.bfloat16)
+    # inputs at 0.1: with unit inputs the weights' logits saturate the softmax (one-hot attention,
+    # every attention gradient exactly 0 in both paths), and the test compared zeros
+    torch.manual_seed(input_seed)
+    x = (0.1 * torch.randn(N, C, T, H, W)).contiguous(memory_format=torch.channels_last_3d).to(torch.bfloat16)
     s = torch.randn_like(x)
     res = []
     for block in (fused, ref):

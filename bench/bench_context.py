@@ -211,34 +211,39 @@ def summarise(times: Dict[str, List[float]], cpu: Dict[str, List[float]], base: 
     return out
 
 
-def profile(models: List[str], variant: str, mode: str, thw, steps: int = 3, top: int = 25) -> str:
-    """Per-op self CPU time (torch.profiler), each model beside the baseline: where the extra time goes."""
+def profile(models: List[str], variant: str, mode: str, thw, steps: int = 6, top: int = 25) -> str:
+    """Per-op self CPU time (torch.profiler), each model beside the baseline: where the extra time goes.
+
+    One step of each model in turn, ``steps`` times (as in the timing runs), so that machine
+    noise spreads over all models; ops the GC blocks replace show as negative differences."""
     from torch.profiler import ProfilerActivity, profile as tprofile
 
     dtype, cl = VARIANTS[variant]
     fmt = torch.channels_last_3d if cl else torch.contiguous_format
     x = torch.randn(1, 3, *thw).contiguous(memory_format=fmt)
     target = torch.tensor([3])
-    per_model = {}
+    runs = {}
     for name in models:
         m = to_memory_format(build(name), fmt)
         m.train(mode == "fwdbwd")
-        run = step_fn(m, x, target, mode, dtype)
-        run()
-        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(steps):
+        runs[name] = step_fn(m, x, target, mode, dtype)
+        runs[name]()
+    per_model = {name: {} for name in models}  # op -> (ms per step, calls per step)
+    for _ in range(steps):
+        for name, run in runs.items():
+            with tprofile(activities=[ProfilerActivity.CPU]) as prof:
                 run()
-        per_model[name] = {e.key: (e.self_cpu_time_total / steps / 1e3, e.count // steps)
-                           for e in prof.key_averages()}
+            for e in prof.key_averages():
+                ms, calls = per_model[name].get(e.key, (0.0, 0))
+                per_model[name][e.key] = (ms + e.self_cpu_time_total / steps / 1e3, calls + e.count / steps)
     names = sorted({k for d in per_model.values() for k in d})
-    base = per_model[models[0]]
     lines = [f"per-op self CPU ms per step ({mode}, {variant}); sorted by the largest difference to {models[0]}",
              f"{'op':<44}" + "".join(f"{n:>17}" for n in models) + "   calls"]
     rows = []
     for k in names:
         vals = [per_model[n].get(k, (0.0, 0))[0] for n in models]
-        diff = max(v - base.get(k, (0.0, 0))[0] for v in vals)
-        rows.append((diff, k, vals, [per_model[n].get(k, (0, 0))[1] for n in models]))
+        diff = max((v - vals[0] for v in vals[1:]), key=abs, default=0.0)
+        rows.append((diff, k, vals, [round(per_model[n].get(k, (0, 0))[1]) for n in models]))
     rows.sort(key=lambda r: -abs(r[0]))
     for diff, k, vals, calls in rows[:top]:
         lines.append(f"{k[:44]:<44}" + "".join(f"{v:17.1f}" for v in vals) + "   " + "/".join(map(str, calls)))

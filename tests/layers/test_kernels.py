@@ -44,14 +44,15 @@ def spy(monkeypatch):
     return s
 
 
-def _blocks(c, transform="bottleneck", norm="layernorm", fusion="add", scale=0.5, seed=0):
+def _blocks(c, transform="bottleneck", norm="layernorm", fusion="add", scale=0.5, seed=0, att_bias=True):
     """(float32 fused block, float64 reference-path block) with the same random weights."""
-    ref = ContextBlock(c, 0.25, transform=transform, norm=norm, fusion=fusion, fused=False).double()
+    kw = dict(transform=transform, norm=norm, fusion=fusion, att_bias=att_bias)
+    ref = ContextBlock(c, 0.25, fused=False, **kw).double()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in ref.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
-    fused = ContextBlock(c, 0.25, transform=transform, norm=norm, fusion=fusion, fused=True)
+    fused = ContextBlock(c, 0.25, fused=True, **kw)
     fused.load_state_dict(ref.state_dict())
     return fused, ref
 
@@ -266,4 +267,16 @@ def test_kernels_with_a_frozen_parameter(frozen, residual, spy):
     assert ("gc_block_backward" if residual else "gc_transform_backward") in spy.calls
     assert got[frozen] is None and want[frozen] is None
     del got[frozen], want[frozen]
+    _close(got, want, rtol=1e-4)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
+def test_block_kernels_without_attention_bias(memory_format, spy):
+    """CONTEXT.ATT_BIAS False: the one-call block kernels take no bias and return no bias gradient."""
+    fused, ref = _blocks(32, att_bias=False)
+    x, s, gout = (torch.randn(2, 32, 2, 5, 5, dtype=torch.float64) for _ in range(3))
+    want = _run(ref, x, s, gout)
+    on = lambda t: t.float().contiguous(memory_format=memory_format)  # noqa: E731
+    got = _run(fused, on(x), on(s), on(gout))
+    assert spy.calls == ["gc_block_forward", "gc_block_backward"] and "conv_mask.bias" not in got
     _close(got, want, rtol=1e-4)

@@ -35,6 +35,14 @@ static void split(i64 n, i64 unit, int t, int nt, i64 *lo, i64 *hi) {
     *hi = b * unit < n ? b * unit : n;
 }
 
+/* sum_j a[j] b[j] (float, vectorised) */
+static inline float dotf(const float *a, const float *b, i64 n) {
+    float v = 0.f;
+#pragma omp simd reduction(+ : v)
+    for (i64 j = 0; j < n; j++) v += a[j] * b[j];
+    return v;
+}
+
 /* Forward: ctx[n][c] = sum_l p[n][l] x[n][c][l], p = softmax_l(w . x_l + b). Writes ctx (N, C), p (N, L). */
 void gc_pool_forward(const float *x, const float *w, float bias, i64 N, i64 C, i64 L, int cl, int nt,
                      float *ctx, float *p) {
@@ -189,9 +197,7 @@ void gc_pool_backward(const float *y, const float *g, const float *p, const floa
             split(L, 1, t, T, &lo, &hi);
             for (i64 l = lo; l < hi; l++) {
                 const float *yl = yn + l * C;
-                float gp = 0.f;
-#pragma omp simd reduction(+ : gp)
-                for (i64 c = 0; c < C; c++) gp += yl[c] * gc[c];
+                float gp = dotf(yl, gc, C);
                 float pl = pn[l], gll = pl * (gp - cgn);
                 ab += gll;
                 as += (double)pl * gp;
@@ -272,13 +278,7 @@ void gc_linear_forward(const float *W, const float *x, const float *b, i64 N, i6
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (i64 i = 0; i < R; i++) {
         const float *wi = W + i * K;
-        for (i64 n = 0; n < N; n++) {
-            const float *xn = x + n * K;
-            float s = 0.f;
-#pragma omp simd reduction(+ : s)
-            for (i64 j = 0; j < K; j++) s += wi[j] * xn[j];
-            y[n * R + i] = (b ? b[i] : 0.f) + s;
-        }
+        for (i64 n = 0; n < N; n++) y[n * R + i] = (b ? b[i] : 0.f) + dotf(wi, x + n * K, K);
     }
 }
 
@@ -455,13 +455,7 @@ static void gc_pool_forward_rows(const float *x, const float *w, float bias, i64
             for (i64 l = lo; l < hi; l++) pn[l] = (float)(pn[l] / Z);
 #pragma omp barrier
 #pragma omp for schedule(static)
-            for (i64 c = 0; c < C; c++) {
-                const float *xr = xn + c * L;
-                float v = 0.f;
-#pragma omp simd reduction(+ : v)
-                for (i64 l = 0; l < L; l++) v += pn[l] * xr[l];
-                ctx[n * C + c] = v;
-            }
+            for (i64 c = 0; c < C; c++) ctx[n * C + c] = dotf(pn, xn + c * L, L);
         }
     }
     free(ms);
@@ -510,10 +504,7 @@ static void gc_pool_backward_rows(const float *y, const float *g, const float *p
 #pragma omp for schedule(static)
             for (i64 c = 0; c < C; c++) {
                 const float *yr = yn + c * L;
-                float v = 0.f;
-#pragma omp simd reduction(+ : v)
-                for (i64 l = 0; l < L; l++) v += gl[l] * yr[l];
-                gw[c] += v;
+                gw[c] += dotf(gl, yr, L);
                 if (dn) {
                     float *dr = dn + c * L;
                     const float gcc = gc[c], wc = w[c];

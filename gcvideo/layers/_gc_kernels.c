@@ -27,6 +27,11 @@ static void gc_pool_backward_rows(const float *y, const float *g, const float *p
                            const float *w, i64 N, i64 C, i64 L, int nt, float *grad_y, float *gw, float *gb,
                            float *sp);
 
+static void pool_backward_onepass(const float *y, const float *g, const float *p, const float *gctx, const float *cg,
+                                  const float *w, i64 N, i64 C, i64 L, int nt, float *grad_y, float *gw, float *gb,
+                                  float *sp);
+static void add_outer(float *m, const float *u, const float *v, float d, i64 rows, i64 cols, int nt);
+
 /* [lo, hi) of the t-th of nt ranges of [0, n) in units of `unit` */
 static void split(i64 n, i64 unit, int t, int nt, i64 *lo, i64 *hi) {
     i64 units = (n + unit - 1) / unit;
@@ -165,19 +170,52 @@ void gc_relu_grad_sum(const float *gout, const float *out, float *g, float *gsum
     free(acc);
 }
 
-/* Backward of attention pooling, one pass over y and g:
- *   gp_l = y_l . gctx,  gl_l = p_l (gp_l - cg)   (cg = ctx . gctx, = sum_l p_l gp_l up to rounding)
+/* Backward of attention pooling from gctx = dL/dcontext (N, C), given the forward's context (N, C):
+ *   gp_l = y_l . gctx,  gl_l = p_l (gp_l - S),  S = sum_l p_l gp_l
  *   grad_y_l = g_l + p_l gctx + gl_l w            (if grad_y; g may be NULL: then 0)
- *   gw += sum_l gl_l y_l,  gb += sum_l gl_l        (summed over the batch too)
- *   sp[n] = sum_l p_l gp_l                         (the caller corrects gw, gb for cg - sp)
- * gctx (N, C), cg (N), p (N, L); gw (C), gb (1), sp (N) are written (not accumulated into). */
-void gc_pool_backward(const float *y, const float *g, const float *p, const float *gctx, const float *cg,
-                      const float *w, i64 N, i64 C, i64 L, int cl, int nt, float *grad_y, float *gw, float *gb,
-                      float *sp) {
-    if (!cl) {
-        gc_pool_backward_rows(y, g, p, gctx, cg, w, N, C, L, nt, grad_y, gw, gb, sp);
-        return;
+ *   gw = sum_l gl_l y_l,  gb = sum_l gl_l          (summed over the batch too; written, not accumulated)
+ * Channels-last maps take one pass (pool_backward_onepass), which needs S before the pass: it
+ * uses cg = ctx . gctx (= S up to rounding) and returns the exact sum sp; the difference shifts
+ * every gl_l by p_l (cg - sp): gw += (cg - sp) ctx, gb += (cg - sp), and, where above float32
+ * rounding of grad_y's p_l gctx term (large attention weights w), grad_y_l += p_l (cg - sp) w
+ * (one more pass). Contiguous maps take two passes with the exact sum (sp = cg: nothing to correct). */
+void gc_pool_backward(const float *y, const float *g, const float *p, const float *gctx, const float *ctx,
+                      const float *w, i64 N, i64 C, i64 L, int cl, int nt, float *grad_y, float *gw, float *gb) {
+    float *cg = (float *)malloc(sizeof(float) * (size_t)(2 * N)), *sp = cg + N;
+    for (i64 n = 0; n < N; n++) {
+        double v = 0.0;
+        for (i64 c = 0; c < C; c++) v += (double)ctx[n * C + c] * gctx[n * C + c];
+        cg[n] = (float)v;
     }
+    if (cl)
+        pool_backward_onepass(y, g, p, gctx, cg, w, N, C, L, nt, grad_y, gw, gb, sp);
+    else
+        gc_pool_backward_rows(y, g, p, gctx, cg, w, N, C, L, nt, grad_y, gw, gb, sp);
+    float dmax = 0.f, wmax = 0.f, gmax = 0.f;
+    for (i64 n = 0; n < N; n++) {
+        const float d = cg[n] - sp[n];
+        dmax = fmaxf(dmax, fabsf(d));
+        *gb += d;
+        for (i64 c = 0; c < C; c++) gw[c] += d * ctx[n * C + c];
+    }
+    for (i64 c = 0; c < C; c++) wmax = fmaxf(wmax, fabsf(w[c]));
+    for (i64 j = 0; j < N * C; j++) gmax = fmaxf(gmax, fabsf(gctx[j]));
+    if (grad_y && dmax * wmax > 1e-6f * gmax) {
+        for (i64 n = 0; n < N; n++) {  /* rows l (channels-last) or rows c (contiguous) */
+            const float d = cg[n] - sp[n], *pn = p + n * L;
+            float *dn = grad_y + n * C * L;
+            if (cl)
+                add_outer(dn, pn, w, d, L, C, nt);
+            else
+                add_outer(dn, w, pn, d, C, L, nt);
+        }
+    }
+    free(cg);
+}
+
+static void pool_backward_onepass(const float *y, const float *g, const float *p, const float *gctx, const float *cg,
+                                  const float *w, i64 N, i64 C, i64 L, int nt, float *grad_y, float *gw, float *gb,
+                                  float *sp) {
     /* the two sums over positions accumulate in double (one term per position) */
     float *acc = (float *)malloc(sizeof(float) * (size_t)(C * nt));
     double *accb = (double *)malloc(sizeof(double) * nt), *accs = (double *)malloc(sizeof(double) * nt);
@@ -377,16 +415,14 @@ void gc_transform_backward(const float *x, const float *W1, const float *lnw, co
     gc_linear_backward(W2, r, g, N, C, Cr, nt, gW2, dr);  /* dL/dr */
     for (i64 j = 0; j < N * Cr; j++)
         if (!(r[j] > 0.f)) dr[j] = 0.f;  /* ReLU */
-    for (i64 j = 0; j < Cr; j++) {
+    for (i64 j = 0; lnw && j < Cr; j++) {  /* LayerNorm's weight and bias */
         float sw = 0.f, sb = 0.f;
         for (i64 n = 0; n < N; n++) {
             sw += dr[n * Cr + j] * hn[n * Cr + j];
             sb += dr[n * Cr + j];
         }
-        if (lnw) {
-            glnw[j] = sw;
-            glnb[j] = sb;
-        }
+        glnw[j] = sw;
+        glnb[j] = sb;
     }
     for (i64 n = 0; n < N; n++) {
         const float *drv = dr + n * Cr, *hv = hn + n * Cr;
@@ -553,40 +589,14 @@ void gc_block_forward(const float *y, const float *s, const float *w, float bias
 }
 
 /* Backward from gout: g = ReLU-masked gout (the shortcut's gradient), the transform's parameter
- * gradients, grad_y = g + pooling term, gw (C) / gb (1) of the attention conv. work: 2 N C + 2 N + 2 N Cr floats.
- * The pooling backward's one-pass form uses cg = ctx . gctx for sum_l p_l gp_l; the exact sum sp
- * shifts every dL/dlogit_l by p_l (cg - sp): gw += (cg - sp) ctx, gb += (cg - sp), and, where
- * above float32 rounding of grad_y's p_l gctx term, grad_y_l += p_l (cg - sp) w (one more pass). */
+ * gradients, grad_y = g + pooling term, gw (C) / gb (1) of the attention conv. work: 2 N C + 2 N Cr floats. */
 void gc_block_backward(const float *gout, const float *out, const float *y, const float *p, const float *ctx,
                        const float *w, const float *W1, const float *lnw, const float *W2, const float *hn,
                        const float *rstd, const float *r, i64 N, i64 C, i64 Cr, i64 L, int cl, int nt, float *g,
                        float *grad_y, float *gW1, float *gb1, float *glnw, float *glnb, float *gW2, float *gb2,
                        float *gw, float *gb, float *work) {
-    float *gt = work, *gctx = work + N * C, *cg = work + 2 * N * C, *sp = cg + N, *tw = sp + N;
+    float *gt = work, *gctx = work + N * C, *tw = work + 2 * N * C;
     gc_relu_grad_sum(gout, out, g, gt, N, C, L, cl, nt);
     gc_transform_backward(ctx, W1, lnw, W2, hn, rstd, r, gt, N, C, Cr, nt, gW1, gb1, glnw, glnb, gW2, gb2, gctx, tw);
-    for (i64 n = 0; n < N; n++) {
-        double v = 0.0;
-        for (i64 c = 0; c < C; c++) v += (double)ctx[n * C + c] * gctx[n * C + c];
-        cg[n] = (float)v;
-    }
-    gc_pool_backward(y, g, p, gctx, cg, w, N, C, L, cl, nt, grad_y, gw, gb, sp);
-    float dmax = 0.f, wmax = 0.f, gmax = 0.f;
-    for (i64 n = 0; n < N; n++) {
-        const float d = cg[n] - sp[n];
-        dmax = fmaxf(dmax, fabsf(d));
-        *gb += d;
-        for (i64 c = 0; c < C; c++) gw[c] += d * ctx[n * C + c];
-    }
-    for (i64 c = 0; c < C; c++) wmax = fmaxf(wmax, fabsf(w[c]));
-    for (i64 j = 0; j < N * C; j++) gmax = fmaxf(gmax, fabsf(gctx[j]));
-    if (!(dmax * wmax > 1e-6f * gmax)) return;
-    for (i64 n = 0; n < N; n++) {  /* grad_y_l += p_l (cg - sp) w: rows l (cl) or rows c (contiguous) */
-        const float d = cg[n] - sp[n], *pn = p + n * L;
-        float *dn = grad_y + n * C * L;
-        if (cl)
-            add_outer(dn, pn, w, d, L, C, nt);
-        else
-            add_outer(dn, w, pn, d, C, L, nt);
-    }
+    gc_pool_backward(y, g, p, gctx, ctx, w, N, C, L, cl, nt, grad_y, gw, gb);
 }

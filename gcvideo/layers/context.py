@@ -121,25 +121,19 @@ def _pool_backward_kernel(y: torch.Tensor, lay: int, g: Optional[torch.Tensor], 
                           context: torch.Tensor, g_ctx: torch.Tensor, weight: torch.Tensor, need_grad_y: bool):
     """The fused kernel of the pooling backward: (grad_y = g + p g_ctx + gl w or None, gw (C,), gb (1,)).
 
-    One pass over y (and g), float32 CPU maps in layout ``lay``; g None means 0 (pooling alone)."""
+    One pass over y (and g), float32 CPU maps in layout ``lay``; g None means 0 (pooling alone).
+    The one-pass form's correction for its early softmax-backward sum is inside the kernel
+    (``gc_pool_backward`` in _gc_kernels.c)."""
     n, c = y.shape[:2]
     g_ctx = g_ctx.detach().float().contiguous()  # (N, C)
-    cg = (context.float() * g_ctx).sum(1).contiguous()  # (N,): sum_l p_l (y_l . g_ctx) = context . g_ctx
+    context = context.detach().float().contiguous()  # (N, C)
     grad_y = torch.empty_like(y) if need_grad_y else None  # y's layout
-    gw, gb, sp = y.new_empty(c), y.new_empty(1), y.new_empty(n)
+    gw, gb = y.new_empty(c), y.new_empty(1)
     w = weight.detach().reshape(-1).contiguous()
     _k.cpu_kernels().gc_pool_backward(
-        y.data_ptr(), _k.ptr(g), p.data_ptr(), g_ctx.data_ptr(), cg.data_ptr(), w.data_ptr(), n, c, p.shape[1],
-        lay, torch.get_num_threads(), _k.ptr(grad_y), gw.data_ptr(), gb.data_ptr(), sp.data_ptr())
-    # dL/dlogit_l = p_l (gp_l - sum_j p_j gp_j): in one pass (channels-last) the kernel used cg for
-    # the sum (needed before the pass; the two-pass (C, L) kernel uses the exact sum and returns
-    # sp = cg); the exact sum sp shifts every dL/dlogit_l by p_l (cg - sp), which adds (cg - sp) context
-    # to dL/dw and (cg - sp) to dL/db, and p_l (cg - sp) w to dL/dy_l: an extra pass, made only where
-    # it is above float32 rounding of dL/dy's p_l g_ctx term (large attention weights w).
-    d = cg - sp  # (N,)
-    if grad_y is not None and (d.abs().max() * w.abs().max() > 1e-6 * g_ctx.abs().max()):
-        grad_y.addcmul_(w.view(1, c, 1, 1, 1), (p * d[:, None]).view(n, 1, *y.shape[2:]))
-    return grad_y, gw + d @ context.float(), gb + d.sum()
+        y.data_ptr(), _k.ptr(g), p.data_ptr(), g_ctx.data_ptr(), context.data_ptr(), w.data_ptr(), n, c,
+        p.shape[1], lay, torch.get_num_threads(), _k.ptr(grad_y), gw.data_ptr(), gb.data_ptr())
+    return grad_y, gw, gb
 
 
 def _add_rank2(g: Optional[torch.Tensor], u1: torch.Tensor, v1: torch.Tensor, u2: torch.Tensor,
@@ -225,14 +219,22 @@ class _ContextAdd(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, shortcut, weight, bias, block, relu, *params):
-        n, c = y.shape[:2]
         fast = block._block_kernel_forward(y, shortcut, weight, bias) if relu and shortcut is not None else None
         if fast is not None:  # the whole block in one C call (_gc_kernels.c: gc_block_forward)
             out, context, p, saved = fast
-            ctx.transform = (block, ("kernel", saved), torch.float32)
-            ctx.relu, ctx.att, ctx.has_bias, ctx.has_shortcut = True, True, bias is not None, True
-            ctx.save_for_backward(y, weight, p, out, context)
-            return out
+            saved, t_dtype = ("kernel", saved), torch.float32
+        else:
+            out, context, p, saved, t_dtype = _ContextAdd._forward_steps(y, shortcut, weight, bias, block, relu)
+        ctx.transform = (block, saved, t_dtype)
+        ctx.relu, ctx.att, ctx.has_bias = relu, block.pooling == "att", bias is not None
+        ctx.has_shortcut = shortcut is not None
+        ctx.save_for_backward(y, weight, p, out if relu else None, context if p is not None else None)
+        return out
+
+    @staticmethod
+    def _forward_steps(y, shortcut, weight, bias, block, relu):
+        """The forward as separate steps (kernels or torch ops): (out, context, p, transform's saved, its dtype)."""
+        n, c = y.shape[:2]
         yf, cl = _flatten_positions(y)
         if block.pooling == "att":
             context, p = _pool_forward(yf, cl, weight, bias, y)  # (N, C), (N, L)
@@ -258,11 +260,7 @@ class _ContextAdd(torch.autograd.Function):
             out = torch.add(y, term)
             if relu:
                 out = out.relu_()
-        ctx.transform = (block, saved, t.dtype)
-        ctx.relu, ctx.att, ctx.has_bias = relu, block.pooling == "att", bias is not None
-        ctx.has_shortcut = shortcut is not None
-        ctx.save_for_backward(y, weight, p, out if relu else None, context if p is not None else None)
-        return out
+        return out, context, p, saved, t.dtype
 
     @staticmethod
     @once_differentiable
@@ -470,7 +468,7 @@ class ContextBlock(nn.Module):
 
     def _block_kernel_forward(self, y, shortcut, weight, bias):
         """relu(y + shortcut + term(y)) in one C call, or None where it does not apply."""
-        if self.pooling != "att" or self.transform_kind != "bottleneck" or y.shape[0] > _k.LINEAR_MAX_N:
+        if self.pooling != "att" or self.transform_kind != "bottleneck":
             return None
         w = weight.detach().reshape(-1)
         return _k.block_forward(y, shortcut, w, bias, *self._kernel_transform_params())

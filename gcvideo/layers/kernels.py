@@ -40,8 +40,8 @@ _SIGNATURES = {
     "gc_relu_grad_sum": [_P, _P, _P, _P, _I64, _I64, _I64, _INT, _INT],
     # y, s, t, out, N, C, L, cl, nt
     "gc_add_relu": [_P, _P, _P, _P, _I64, _I64, _I64, _INT, _INT],
-    # y, g, p, gctx, cg, w, N, C, L, cl, nt, grad_y, gw, gb, sp
-    "gc_pool_backward": [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _INT, _INT, _P, _P, _P, _P],
+    # y, g, p, gctx, ctx, w, N, C, L, cl, nt, grad_y, gw, gb
+    "gc_pool_backward": [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _INT, _INT, _P, _P, _P],
     # W, x, b, N, R, K, nt, y
     "gc_linear_forward": [_P, _P, _P, _I64, _I64, _I64, _INT, _P],
     # W, x, g, N, R, K, nt, gW, dx
@@ -202,16 +202,18 @@ def linear_backward(w: torch.Tensor, x: torch.Tensor, g: torch.Tensor, need_w: b
     return gw, dx
 
 
+def _transform_ok(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, lnw: Optional[torch.Tensor],
+                  lnb: Optional[torch.Tensor], w2: torch.Tensor, b2: torch.Tensor) -> bool:
+    return _linear_ok(x, w1, b1, lnw, lnb, w2, b2) and w2.shape == (x.shape[1], w1.shape[0])
+
+
 def transform_forward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, lnw: Optional[torch.Tensor],
-                      lnb: Optional[torch.Tensor], eps: float, w2: torch.Tensor, b2: torch.Tensor,
-                      check_only: bool = False):
+                      lnb: Optional[torch.Tensor], eps: float, w2: torch.Tensor, b2: torch.Tensor):
     """The bottleneck transform (conv C->Cr, [LayerNorm], ReLU, conv Cr->C as matrices) on x (N, C)
     in one C call: (t (N, C), saved for ``transform_backward``), or None where the kernel does not
     apply (then the caller runs torch ops). w1 (Cr, C), w2 (C, Cr); lnw/lnb (Cr,) or None."""
-    if not (_linear_ok(x, w1, b1, lnw, lnb, w2, b2) and w2.shape == (x.shape[1], w1.shape[0])):
+    if not _transform_ok(x, w1, b1, lnw, lnb, w2, b2):
         return None
-    if check_only:
-        return True
     (n, c), cr = x.shape, w1.shape[0]
     hn, r, rstd, t = x.new_empty(n, cr), x.new_empty(n, cr), x.new_empty(n), x.new_empty(n, c)
     cpu_kernels().gc_transform_forward(x.data_ptr(), w1.data_ptr(), b1.data_ptr(), ptr(lnw), ptr(lnb), eps,
@@ -248,8 +250,7 @@ def block_forward(y: torch.Tensor, s: torch.Tensor, w: torch.Tensor, b: Optional
     lay = usable(y, s)
     (n, c), l = y.shape[:2], y[0, 0].numel()
     ctx = y.new_empty(n, c)
-    if lay is None or w.numel() != c or not w.is_contiguous() or transform_forward(ctx, w1, b1, lnw, lnb, eps, w2, b2,
-                                                                                   check_only=True) is None:
+    if lay is None or w.numel() != c or not w.is_contiguous() or not _transform_ok(ctx, w1, b1, lnw, lnb, w2, b2):
         return None
     cr = w1.shape[0]
     p, hn, r, rstd, t, out = (y.new_empty(n, l), y.new_empty(n, cr), y.new_empty(n, cr), y.new_empty(n),
@@ -279,7 +280,7 @@ def block_backward(gout: torch.Tensor, out: torch.Tensor, y: torch.Tensor, p: to
     g, grad_y = torch.empty_like(y), torch.empty_like(y)
     gw1, gb1, gw2, gb2 = y.new_empty(cr, c), y.new_empty(cr), y.new_empty(c, cr), y.new_empty(c)
     glnw, glnb = (y.new_empty(cr), y.new_empty(cr)) if lnw is not None else (None, None)
-    gw, gb, work = y.new_empty(c), y.new_empty(1), y.new_empty(2 * n * c + 2 * n + 2 * n * cr)
+    gw, gb, work = y.new_empty(c), y.new_empty(1), y.new_empty(2 * n * c + 2 * n * cr)
     cpu_kernels().gc_block_backward(
         gout.data_ptr(), out.data_ptr(), y.data_ptr(), p.data_ptr(), ctx.data_ptr(), w.data_ptr(), w1.data_ptr(),
         ptr(lnw), w2.data_ptr(), hn.data_ptr(), rstd.data_ptr(), r.data_ptr(), n, c, cr, l, lay,

@@ -19,6 +19,7 @@ it on CUDA and our ``CPUSyncBatchNorm`` (same maths, all_reduce over gloo) on CP
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
 import os
@@ -29,7 +30,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import Sampler
 
-__all__ = ["init_distributed", "cleanup_distributed", "is_distributed", "get_rank", "get_world_size",
+__all__ = ["init_distributed", "cleanup_distributed", "process_group", "is_distributed", "get_rank", "get_world_size",
            "is_main_process", "barrier", "all_gather_object", "all_reduce_sum", "broadcast_object",
            "broadcast_buffers", "TrainSampler",
            "ShardSampler", "convert_sync_batchnorm", "CPUSyncBatchNorm"]
@@ -71,6 +72,18 @@ def init_distributed(device_type: str) -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
     return True
+
+
+@contextlib.contextmanager
+def process_group(device_type: str):
+    """``init_distributed`` on entry, ``cleanup_distributed`` on exit (``finished`` unless the
+    body raised): what ``train`` and ``test`` run inside."""
+    created, finished = init_distributed(device_type), False
+    try:
+        yield
+        finished = True
+    finally:
+        cleanup_distributed(created, finished)
 
 
 def cleanup_distributed(created: bool, finished: bool = True) -> None:

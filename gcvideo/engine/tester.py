@@ -149,8 +149,7 @@ def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dat
     from gcvideo.models import build_model
 
     device = select_device(cfg)
-    created, finished = du.init_distributed(device.type), False
-    try:
+    with du.process_group(device.type):
         set_determinism(cfg.TRAIN.DETERMINISTIC, device)
         tune_cpu_memory(cfg, device)
         ckpt = resolve_test_checkpoint(cfg)
@@ -165,8 +164,4 @@ def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dat
         if cfg.TRAIN.CHANNELS_LAST:
             model_channels_last(model)
         tag = os.path.splitext(os.path.basename(ckpt))[0]
-        result = run_test(cfg, model, device, tag=tag, dataset_builder=dataset_builder or _default_builder)
-        finished = True
-        return result
-    finally:
-        du.cleanup_distributed(created, finished)
+        return run_test(cfg, model, device, tag=tag, dataset_builder=dataset_builder or _default_builder)

@@ -251,14 +251,8 @@ def train(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Da
     Returns (on every process) ``{"epochs", "global_iter", "checkpoint", "val", "test"}``.
     """
     device = select_device(cfg)
-    created = du.init_distributed(device.type)
-    finished = False
-    try:
-        result = _train(cfg, device, dataset_builder or _default_builder)
-        finished = True
-        return result
-    finally:
-        du.cleanup_distributed(created, finished)
+    with du.process_group(device.type):
+        return _train(cfg, device, dataset_builder or _default_builder)
 
 
 def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str], Dataset]) -> Dict:

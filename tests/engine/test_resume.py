@@ -1,5 +1,6 @@
 """Kill / resume: SIGKILL mid-epoch and SIGTERM both resume to the weights of an uninterrupted run;
 a kill during a checkpoint write leaves the previous checkpoint loadable."""
+import json
 import os
 import signal
 
@@ -75,8 +76,6 @@ def test_sigterm_in_an_epochs_last_iteration_evaluates_that_epoch_on_resume(tmp_
     epoch 1's validation, epoch checkpoint and epoch record (with the epoch's training loss).
     The weights equal those of the uninterrupted run without validation: validating does not
     use the training's RNG stream (the eval loader has its own generator)."""
-    import json
-
     out = tmp_path / "run"
     opts = [*OPTS, "TRAIN.EVAL_PERIOD", 1]
     # SIGTERM while loading the last batch (items 13-16) of epoch 1

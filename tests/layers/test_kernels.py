@@ -1,4 +1,4 @@
-"""The fused CPU kernels of attention pooling (gcvideo/layers/_gc_kernels.c) against float64.
+"""The fused CPU kernels of attention pooling (gcvideo/layers/fused/_gc_kernels.c) against float64.
 
 float32 blocks that run the kernels (both memory formats, every add-fusion variant with
 attention pooling, with and without the residual ReLU, the pooling Function alone) against
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gcvideo.layers import ContextBlock
-from gcvideo.layers import kernels as K
+from gcvideo.layers.fused import kernels as K
 
 needs_kernels = pytest.mark.skipif(K.cpu_kernels() is None, reason="no C compiler here: torch-op path only")
 pytestmark = needs_kernels
@@ -179,7 +179,8 @@ def test_mixed_layouts(spy):
 
 def test_build_cache_and_fallback_without_compiler(tmp_path):
     code = ("import warnings, torch\n"
-            "from gcvideo.layers import kernels as K, ContextBlock\n"
+            "from gcvideo.layers import ContextBlock\n"
+            "from gcvideo.layers.fused import kernels as K\n"
             "with warnings.catch_warnings(record=True) as w:\n"
             "    warnings.simplefilter('always')\n"
             "    lib = K.cpu_kernels()\n"

@@ -6,7 +6,7 @@ setup(
     description="Global Context Networks (GCNet) for video action recognition: Slow-only ResNet-3D, "
                 "GC/SNL/SE/non-local blocks, Kinetics-400 training and 30-view testing",
     packages=find_packages(include=["gcvideo", "gcvideo.*"]),
-    package_data={"gcvideo.layers": ["_gc_kernels.c"]},  # built on first use (gcvideo/layers/kernels.py)
+    package_data={"gcvideo.layers.fused": ["_gc_kernels.c"]},  # built on first use (gcvideo/layers/fused/kernels.py)
     python_requires=">=3.9",
     install_requires=[
         "torch>=2.1",

@@ -18,6 +18,9 @@ from typing import Iterable, List, Optional, Sequence
 import yaml
 from fvcore.common.config import CfgNode
 
+from gcvideo.layers import (CONTEXT_TYPES, FUSIONS, NL_INSTANTIATIONS, NL_POOL_POSITIONS, NORMS, POOLINGS,
+                            TRANSFORMS)
+
 _C = CfgNode()
 
 # Folder for checkpoints, logs, reports (any iopath location). Left at this default with a
@@ -80,7 +83,8 @@ _C.CONTEXT.FUSION = "auto"
 _C.CONTEXT.ATT_BIAS = True
 # Zero-initialise the last transform conv (add fusion) so blocks start as identity.
 _C.CONTEXT.ZERO_INIT = True
-# Use the fused, memory-lean attention-pooling kernels (same numbers, faster).
+# Allow the fused path of the GC block (gcvideo/layers/fused: same numbers, faster on CPUs);
+# False always runs the reference ops.
 _C.CONTEXT.FUSED = True
 # Non-local: "gaussian" | "embedded_gaussian" | "dot_product" | "concat".
 _C.CONTEXT.NL_INSTANTIATION = "embedded_gaussian"
@@ -446,7 +450,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
            "MODEL.TEMPORAL_KERNELS", m.TEMPORAL_KERNELS, "4 odd temporal kernel sizes in {1, 3, 5}")
     _check(0.0 <= m.DROPOUT < 1.0, "MODEL.DROPOUT", m.DROPOUT, "a probability in [0, 1)")
     # ---- context blocks
-    _one_of(c.TYPE, "CONTEXT.TYPE", ["none", "gc", "snl", "se", "nl"])
+    _one_of(c.TYPE, "CONTEXT.TYPE", ["none", *CONTEXT_TYPES])
     depths = stage_depths(cfg)
     loc = c.LOCATION
     if isinstance(loc, str):
@@ -469,10 +473,10 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
         raise ConfigError(f"CONTEXT.LOCATION = {loc!r} places blocks but CONTEXT.TYPE = 'none'; "
                           "set CONTEXT.TYPE to gc, snl, se or nl")
     _one_of(c.POSITION, "CONTEXT.POSITION", ["auto", "pre_add", "post_relu"])
-    _one_of(c.POOLING, "CONTEXT.POOLING", ["auto", "att", "avg"])
-    _one_of(c.TRANSFORM, "CONTEXT.TRANSFORM", ["auto", "bottleneck", "linear"])
-    _one_of(c.NORM, "CONTEXT.NORM", ["auto", "layernorm", "none"])
-    _one_of(c.FUSION, "CONTEXT.FUSION", ["auto", "add", "mul"])
+    _one_of(c.POOLING, "CONTEXT.POOLING", ["auto", *POOLINGS])
+    _one_of(c.TRANSFORM, "CONTEXT.TRANSFORM", ["auto", *TRANSFORMS])
+    _one_of(c.NORM, "CONTEXT.NORM", ["auto", *NORMS])
+    _one_of(c.FUSION, "CONTEXT.FUSION", ["auto", *FUSIONS])
     _check(0.0 < c.RATIO <= 1.0, "CONTEXT.RATIO", c.RATIO, "a ratio in (0, 1], e.g. 0.25 or 0.0625")
     if c.TYPE in ("gc", "se", "snl") and any_blocks:
         idx = context_indices(loc, depths)
@@ -485,8 +489,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
                 _check(abs(inner - round(inner)) < 1e-6 and round(inner) >= 1, "CONTEXT.RATIO", c.RATIO,
                        f"a ratio r with C*r a whole number for every stage with blocks; res{si + 2} has "
                        f"C = {ch} channels, C*r = {inner:g}")
-    _one_of(c.NL_INSTANTIATION, "CONTEXT.NL_INSTANTIATION",
-            ["gaussian", "embedded_gaussian", "dot_product", "concat"])
+    _one_of(c.NL_INSTANTIATION, "CONTEXT.NL_INSTANTIATION", list(NL_INSTANTIATIONS))
     _check(0.0 < c.NL_INNER_RATIO <= 1.0, "CONTEXT.NL_INNER_RATIO", c.NL_INNER_RATIO, "a ratio in (0, 1]")
     if c.TYPE == "nl" and any_blocks:
         for si, ids in enumerate(context_indices(loc, depths)):
@@ -495,7 +498,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
             if ids:
                 _check(abs(inner - round(inner)) < 1e-6, "CONTEXT.NL_INNER_RATIO", c.NL_INNER_RATIO,
                        f"a ratio with C*ratio whole; res{si + 2} has C = {ch}")
-    _one_of(c.NL_POOL_POSITION, "CONTEXT.NL_POOL_POSITION", ["after_conv", "before_conv"])
+    _one_of(c.NL_POOL_POSITION, "CONTEXT.NL_POOL_POSITION", list(NL_POOL_POSITIONS))
     _check(len(c.NL_POOL) in (0, 3) and all(isinstance(k, int) and k >= 1 for k in c.NL_POOL),
            "CONTEXT.NL_POOL", c.NL_POOL, "[] or 3 positive integers (T, H, W), e.g. [1, 2, 2]")
     # ---- data

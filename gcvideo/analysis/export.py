@@ -4,10 +4,10 @@ Reference: the models of Y. Cao et al., "Global Context Networks" (TPAMI 2020) o
 Slow-only ResNet-3D. Exported graphs take a clip (N, 3, T, H, W) with a dynamic batch N
 and fixed T, H, W (``input_shape``) and return logits (N, num_classes).
 
-``ContextBlock``'s fused attention pooling is a custom autograd Function; it already
-falls back to plain ops while tracing, and the exported copy of the model sets
-``fused = False`` on every block besides, so both exporters only see standard ops
-(conv3d, softmax, matmul/einsum, layer_norm, max_pool3d, ...).
+The exporters trace an eval-mode CPU copy of the model. While a model is traced (torch.jit,
+torch.export, dynamo) its context blocks run their reference ops (the fused path of
+``gcvideo.layers.fused`` steps aside), so the graphs hold standard ops only (conv3d, softmax,
+einsum, layer_norm, max_pool3d, ...).
 
 ONNX: ``exporter="auto"`` uses PyTorch's torch.export-based exporter when ``onnxscript`` is
 installed and falls back to the TorchScript-based one (deprecated in PyTorch, no extra
@@ -28,22 +28,13 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ["FORMATS", "prepare_for_export", "export_model", "export_checkpoint", "ExportMismatchError"]
+__all__ = ["FORMATS", "export_model", "export_checkpoint", "ExportMismatchError"]
 
 FORMATS = ("torchscript", "onnx")
 
 
 class ExportMismatchError(RuntimeError):
     """The exported model's outputs differ from the eager model's beyond the tolerance."""
-
-
-def prepare_for_export(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` with plain-op attention pooling (``fused = False``)."""
-    m = copy.deepcopy(model).eval().cpu()
-    for mod in m.modules():
-        if hasattr(mod, "fused"):
-            mod.fused = False
-    return m
 
 
 def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -115,7 +106,7 @@ def export_model(model: nn.Module, fmt: str, out: str, input_shape: Sequence[int
         raise ValueError(f"input shape {tuple(input_shape)}: expected T, H, W (3 positive integers)")
     if path_manager.exists(out) and not overwrite:
         raise FileExistsError(f"{out} already exists; refusing to overwrite it (pass --overwrite)")
-    m = prepare_for_export(model)
+    m = copy.deepcopy(model).eval().cpu()  # the copy is traced; the caller's model is left as it is
     g = torch.Generator().manual_seed(seed)
     example = torch.randn(1, 3, *[int(v) for v in input_shape], generator=g)  # (1, 3, T, H, W)
     check = torch.randn(2, 3, *[int(v) for v in input_shape], generator=g)  # (2, 3, T, H, W), unseen

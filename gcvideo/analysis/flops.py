@@ -11,8 +11,6 @@ context block is skipped silently:
 - softmax and sigmoid: 3 FLOPs per element (exp, sum/add, divide);
 - mean and adaptive average pooling: 1 FLOP per input element;
 - max pooling: one comparison per kernel element per output element;
-- the fused attention-pooling autograd Function (``prim::PythonOp._AttentionPool``,
-  only seen if a trace records it): logits C*L + pooling C*L + softmax 3*L per clip;
 - convolutions, matmul/bmm/einsum, linear, batch norm and layer norm: fvcore's
   own handles (batch norm in eval mode: 2 FLOPs per element; layer norm: 5).
 
@@ -130,14 +128,6 @@ def _max_pool_handle(inputs, outputs):
     return k * _numel(outputs[0])  # one comparison per kernel element per output
 
 
-def _attention_pool_handle(inputs, outputs):
-    # inputs: x (N, C, T, H, W), weight (1, C, 1, 1, 1), bias
-    shape = get_shape(inputs[0])
-    n, c = int(shape[0]), int(shape[1])
-    L = _numel(inputs[0]) // (n * c)
-    return 2 * n * c * L + 3 * n * L  # logits, weighted sum, softmax
-
-
 EXTRA_HANDLES = {
     "aten::softmax": _per_input_element(3),
     "aten::_softmax": _per_input_element(3),
@@ -147,7 +137,6 @@ EXTRA_HANDLES = {
     "aten::adaptive_avg_pool3d": _per_input_element(1),
     "aten::avg_pool3d": _per_input_element(1),
     "aten::max_pool3d": _max_pool_handle,
-    "prim::PythonOp._AttentionPool": _attention_pool_handle,
 }
 
 

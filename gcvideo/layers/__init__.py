@@ -3,13 +3,15 @@ from typing import Optional
 
 import torch.nn as nn
 
-from gcvideo.layers.context import CONTEXT_PRESETS, ContextBlock, attention_pool
-from gcvideo.layers.nonlocal_block import NL_INSTANTIATIONS, NonLocalBlock
+from gcvideo.layers.context import (CONTEXT_PRESETS, FUSIONS, NORMS, POOLINGS, TRANSFORMS, ChannelLayerNorm,
+                                    ContextBlock, attention_pool)
+from gcvideo.layers.nonlocal_block import NL_INSTANTIATIONS, NL_POOL_POSITIONS, NonLocalBlock
 
-__all__ = ["ContextBlock", "NonLocalBlock", "attention_pool", "create_context_block",
-           "CONTEXT_PRESETS", "NL_INSTANTIATIONS", "CONTEXT_TYPES"]
+__all__ = ["ContextBlock", "ChannelLayerNorm", "NonLocalBlock", "attention_pool", "create_context_block",
+           "CONTEXT_PRESETS", "NL_INSTANTIATIONS", "NL_POOL_POSITIONS", "CONTEXT_TYPES", "POOLINGS", "TRANSFORMS",
+           "NORMS", "FUSIONS"]
 
-CONTEXT_TYPES = ("gc", "snl", "se", "nl")
+CONTEXT_TYPES = ("gc", "snl", "se", "nl")  # the kinds create_context_block builds
 
 
 def create_context_block(kind: Optional[str], channels: int, *, ratio: float = 0.25,

@@ -22,9 +22,10 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["NonLocalBlock", "NL_INSTANTIATIONS"]
+__all__ = ["NonLocalBlock", "NL_INSTANTIATIONS", "NL_POOL_POSITIONS"]
 
 NL_INSTANTIATIONS = ("gaussian", "embedded_gaussian", "dot_product", "concat")
+NL_POOL_POSITIONS = ("after_conv", "before_conv")  # where the key/value subsampling happens
 
 
 class NonLocalBlock(nn.Module):
@@ -49,8 +50,8 @@ class NonLocalBlock(nn.Module):
         super().__init__()
         if instantiation not in NL_INSTANTIATIONS:
             raise ValueError(f"instantiation={instantiation!r}: expected one of {NL_INSTANTIATIONS}")
-        if pool_position not in ("after_conv", "before_conv"):
-            raise ValueError(f"pool_position={pool_position!r}: expected 'after_conv' or 'before_conv'")
+        if pool_position not in NL_POOL_POSITIONS:
+            raise ValueError(f"pool_position={pool_position!r}: expected one of {NL_POOL_POSITIONS}")
         self.pool_position = pool_position
         inner = inner_channels or channels // 2
         self.channels, self.inner, self.instantiation, self.scale = channels, inner, instantiation, scale

@@ -19,77 +19,67 @@ from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from pytorchvideo.models.resnet import BottleneckBlock, ResBlock, ResStage
+from pytorchvideo.models.resnet import ResStage
 from pytorchvideo.models.stem import create_res_basic_stem
+
+from gcvideo.layers import ContextBlock
 
 __all__ = ["SlowResNet", "Bottleneck", "ContextResBlock", "ResNetHead"]
 
 
-def _restore_class(module: nn.Module, cls: type) -> None:
-    """Undo pytorchvideo's ``set_attributes(self, locals())`` resetting ``__class__``.
-
-    pytorchvideo's ``BottleneckBlock.__init__`` and ``ResBlock.__init__`` call
-    ``super().__init__()``, so their ``locals()`` hold the ``__class__`` cell, and
-    ``set_attributes`` assigns it to the instance: a subclass instance silently
-    becomes the pytorchvideo base class and our ``forward`` (the context block) is
-    never called. Restore the subclass after the base ``__init__``.
-    """
-    module.__class__ = cls
-
-
-class Bottleneck(BottleneckBlock):
-    """pytorchvideo's bottleneck with an optional context block after norm_c."""
+class Bottleneck(nn.Module):
+    """conv_a (Tk x1x1) -> conv_b (1x3x3, spatial stride) -> conv_c (1x1x1), BN after each, ReLU
+    after the first two; an optional context block after norm_c. Attribute names are those of
+    pytorchvideo's ``BottleneckBlock``, so its state-dict keys load as they are."""
 
     def __init__(self, *, dim_in: int, dim_inner: int, dim_out: int, temporal_kernel: int,
                  spatial_stride: int, bn_eps: float, bn_momentum: float,
                  context: Optional[nn.Module] = None):
-        def bn(c):
-            return nn.BatchNorm3d(c, eps=bn_eps, momentum=bn_momentum)
-
-        cls = type(self)
-        super().__init__(
-            conv_a=nn.Conv3d(dim_in, dim_inner, (temporal_kernel, 1, 1),
-                             padding=(temporal_kernel // 2, 0, 0), bias=False),
-            norm_a=bn(dim_inner), act_a=nn.ReLU(inplace=True),
-            conv_b=nn.Conv3d(dim_inner, dim_inner, (1, 3, 3), stride=(1, spatial_stride, spatial_stride),
-                             padding=(0, 1, 1), bias=False),
-            norm_b=bn(dim_inner), act_b=nn.ReLU(inplace=True),
-            conv_c=nn.Conv3d(dim_inner, dim_out, 1, bias=False),
-            norm_c=bn(dim_out),
-        )
-        _restore_class(self, cls)
+        super().__init__()
+        self.conv_a = nn.Conv3d(dim_in, dim_inner, (temporal_kernel, 1, 1), padding=(temporal_kernel // 2, 0, 0),
+                                bias=False)
+        self.norm_a = nn.BatchNorm3d(dim_inner, eps=bn_eps, momentum=bn_momentum)
+        self.act_a = nn.ReLU(inplace=True)
+        self.conv_b = nn.Conv3d(dim_inner, dim_inner, (1, 3, 3), stride=(1, spatial_stride, spatial_stride),
+                                padding=(0, 1, 1), bias=False)
+        self.norm_b = nn.BatchNorm3d(dim_inner, eps=bn_eps, momentum=bn_momentum)
+        self.act_b = nn.ReLU(inplace=True)
+        self.conv_c = nn.Conv3d(dim_inner, dim_out, 1, bias=False)
+        self.norm_c = nn.BatchNorm3d(dim_out, eps=bn_eps, momentum=bn_momentum)
         if context is not None:
             self.context = context
 
     def forward_branch(self, x: torch.Tensor) -> torch.Tensor:
         """conv_a ... norm_c, without the context block: (N, C_in, T, H, W) -> (N, C_out, T, H', W')."""
-        return super().forward(x)
+        x = self.act_a(self.norm_a(self.conv_a(x)))  # (N, C_inner, T, H, W)
+        x = self.act_b(self.norm_b(self.conv_b(x)))  # (N, C_inner, T, H', W')
+        return self.norm_c(self.conv_c(x))  # (N, C_out, T, H', W')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = super().forward(x)  # (N, C_out, T, H', W')
+        x = self.forward_branch(x)  # (N, C_out, T, H', W')
         if "context" in self._modules:
             x = self.context(x)
         return x
 
 
-class ContextResBlock(ResBlock):
-    """pytorchvideo's residual block with an optional context block after the output ReLU."""
+class ContextResBlock(nn.Module):
+    """relu(shortcut(x) + branch2(x)), then an optional context block (the post_relu position).
+
+    Attribute names are those of pytorchvideo's ``ResBlock`` (branch1_conv, branch1_norm: the
+    projection shortcut, or None for the identity; branch2: the ``Bottleneck``)."""
 
     def __init__(self, *, branch1_conv: Optional[nn.Module], branch1_norm: Optional[nn.Module],
-                 branch2: nn.Module, context: Optional[nn.Module] = None):
-        cls = type(self)
-        super().__init__(branch1_conv=branch1_conv, branch1_norm=branch1_norm, branch2=branch2,
-                         activation=nn.ReLU(inplace=True), branch_fusion=torch.add)
-        _restore_class(self, cls)
+                 branch2: Bottleneck, context: Optional[nn.Module] = None):
+        super().__init__()
+        self.branch1_conv, self.branch1_norm, self.branch2 = branch1_conv, branch1_norm, branch2
+        self.activation = nn.ReLU(inplace=True)
         if context is not None:
             self.context = context
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.branch1_conv is None else self.branch1_norm(self.branch1_conv(x))
-        pre = self.branch2._modules.get("context") if isinstance(self.branch2, Bottleneck) else None
-        if pre is not None and hasattr(pre, "residual"):
-            # relu(shortcut + context(norm_c(...))): a fused block merges its broadcast add into
-            # the residual add + ReLU (ContextBlock.residual); same math as the line below.
+        shortcut = x if self.branch1_conv is None else self.branch1_norm(self.branch1_conv(x))  # (N, C_out, T, H', W')
+        pre = self.branch2._modules.get("context")
+        if isinstance(pre, ContextBlock):  # relu(shortcut + pre(y)) as one call of the block
             x = pre.residual(self.branch2.forward_branch(x), shortcut)  # (N, C_out, T, H', W')
         else:
             x = self.activation(self.branch2(x) + shortcut)  # (N, C_out, T, H', W')

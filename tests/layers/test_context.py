@@ -134,3 +134,32 @@ def test_bad_arguments_name_the_value():
         ContextBlock(C, ratio=0.3)
     with pytest.raises(ValueError, match="'xx'"):
         create_context_block("xx", C)
+
+
+@pytest.mark.parametrize("old_shape", [(1, 1, 1), (1, 1), ()])
+def test_layernorm_weights_of_every_layout_load(old_shape):
+    """The GC LayerNorm holds (Cr,) weights; state dicts with (Cr, 1, 1, 1) (earlier gcvideo) and
+    (Cr, 1, 1) (GCNet's 2-D LayerNorm([Cr, 1, 1])) load into it, and the block then matches Eq. 5."""
+    src = create_context_block("gc", C, ratio=0.25).double()
+    _randomise(src, 5)
+    cr = C // 4
+    sd = {k: (v.reshape(cr, *old_shape) if ".1." in k else v) for k, v in src.state_dict().items()}
+    assert sd["channel_add_conv.1.weight"].shape == (cr, *old_shape)
+    block = create_context_block("gc", C, ratio=0.25).double()
+    block.load_state_dict(sd)
+    assert block.transform[1].weight.shape == (cr,) and torch.equal(block.transform[1].weight.view(-1),
+                                                                   src.transform[1].weight.view(-1))
+    assert sd["channel_add_conv.1.weight"].shape == (cr, *old_shape)  # the caller's dict is left as it is
+    x = torch.randn(N, C, T, H, W, dtype=torch.float64)
+    np.testing.assert_allclose(block(x).detach().numpy(), reference(src, x.numpy()), rtol=1e-10, atol=1e-12)
+    with pytest.raises(RuntimeError, match="channel_add_conv.1.weight"):  # a wrong size still fails
+        block.load_state_dict({**sd, "channel_add_conv.1.weight": torch.ones(cr + 1, *old_shape)})
+
+
+def test_allowed_values_are_the_layer_constants():
+    from gcvideo.layers import FUSIONS, NORMS, POOLINGS, TRANSFORMS
+    assert (POOLINGS, TRANSFORMS, NORMS, FUSIONS) == (("att", "avg"), ("bottleneck", "linear"),
+                                                    ("layernorm", "none"), ("add", "mul"))
+    for name, allowed in (("pooling", POOLINGS), ("transform", TRANSFORMS), ("norm", NORMS), ("fusion", FUSIONS)):
+        with pytest.raises(ValueError, match=f"{name}='nope'"):
+            ContextBlock(C, **{name: "nope"})

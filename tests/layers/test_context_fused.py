@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from gcvideo.config import get_cfg
-from gcvideo.layers import ContextBlock, attention_pool
-from gcvideo.layers.context import _add_rank2, _ContextAdd
+from gcvideo.layers import ContextBlock, attention_pool, fused as fused_path
+from gcvideo.layers.fused.functions import ContextAdd, _add_rank2
 from gcvideo.models import build_model
 
 N, C, T, H, W = 2, 16, 3, 5, 4
@@ -86,7 +86,7 @@ def test_gradcheck_float64_parameters(transform, norm):
     params = [block.conv_mask.weight, block.conv_mask.bias] + list(block.transform.parameters())
 
     def f(w, b, *ps):
-        return _ContextAdd.apply(x, s, w, b, block, True, *ps)
+        return ContextAdd.apply(x, s, w, b, block, True, *ps)
 
     assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-7)
 
@@ -181,9 +181,9 @@ def test_attention_pool_function_gradients():
     w = torch.randn(1, C, 1, 1, 1, dtype=torch.float64)
     b = torch.randn(1, dtype=torch.float64)
     inputs = [t.clone().requires_grad_() for t in (x, w, b)]
-    assert torch.autograd.gradcheck(lambda *a: attention_pool(*a, fused=True), inputs, eps=1e-6, atol=1e-7)
-    ctx_f, p_f = attention_pool(x, w, b, fused=True)
-    ctx_r, p_r = attention_pool(x, w, b, fused=False)
+    assert torch.autograd.gradcheck(lambda *a: fused_path.attention_pool(*a), inputs, eps=1e-6, atol=1e-7)
+    ctx_f, p_f = fused_path.attention_pool(x, w, b)
+    ctx_r, p_r = attention_pool(x, w, b)
     torch.testing.assert_close(ctx_f, ctx_r)
     torch.testing.assert_close(p_f, p_r)
 

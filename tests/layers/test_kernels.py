@@ -1,4 +1,4 @@
-"""The fused CPU kernels of attention pooling (gcvideo/layers/_gc_kernels.c) against float64.
+"""The fused CPU kernels of attention pooling (gcvideo/layers/fused/_gc_kernels.c) against float64.
 
 float32 blocks that run the kernels (both memory formats, every add-fusion variant with
 attention pooling, with and without the residual ReLU, the pooling Function alone) against
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gcvideo.layers import ContextBlock
-from gcvideo.layers import kernels as K
+from gcvideo.layers.fused import kernels as K
 
 needs_kernels = pytest.mark.skipif(K.cpu_kernels() is None, reason="no C compiler here: torch-op path only")
 pytestmark = needs_kernels
@@ -179,7 +179,8 @@ def test_mixed_layouts(spy):
 
 def test_build_cache_and_fallback_without_compiler(tmp_path):
     code = ("import warnings, torch\n"
-            "from gcvideo.layers import kernels as K, ContextBlock\n"
+            "from gcvideo.layers import ContextBlock\n"
+            "from gcvideo.layers.fused import kernels as K\n"
             "with warnings.catch_warnings(record=True) as w:\n"
             "    warnings.simplefilter('always')\n"
             "    lib = K.cpu_kernels()\n"
@@ -280,3 +281,176 @@ def test_block_kernels_without_attention_bias(memory_format, spy):
     got = _run(fused, on(x), on(s), on(gout))
     assert spy.calls == ["gc_block_forward", "gc_block_backward"] and "conv_mask.bias" not in got
     _close(got, want, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# Argument checks before any pointer reaches C
+# ---------------------------------------------------------------------------
+def _map(n=2, c=8, t=2, h=3, w=3, cl=False):
+    x = torch.randn(n, c, t, h, w)
+    return x.contiguous(memory_format=torch.channels_last_3d) if cl else x
+
+
+@pytest.mark.parametrize("case", ["dtype", "device", "shape", "strides", "layout", "missing", "empty", "fake"])
+def test_pool_forward_refuses_mismatched_arguments(case, spy):
+    x, w, ctx, p = _map(), torch.randn(8), torch.empty(2, 8), torch.empty(2, 18)
+    lay = 0
+    if case == "dtype":
+        x = x.double()
+    elif case == "device":
+        ctx = ctx.to("meta")
+    elif case == "shape":
+        p = torch.empty(2, 17)  # one position short: the kernel would write past its end
+    elif case == "strides":
+        x = x.transpose(3, 4)  # neither contiguous nor channels-last
+    elif case == "layout":
+        lay = 1  # a contiguous map declared channels-last
+    elif case == "missing":
+        w = None
+    elif case == "empty":
+        x, p = torch.empty(2, 8, 0, 3, 3), torch.empty(2, 0)
+    elif case == "fake":
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        with FakeTensorMode() as mode:
+            x = mode.from_tensor(x)
+    with pytest.raises(K.KernelArgumentError):
+        K.pool_forward(x, w, 0.0, lay, ctx, p)
+    assert spy.calls == []  # nothing reached C
+
+
+def test_every_wrapper_checks_its_tensors(spy):
+    y, s = _map(), _map()
+    n, c, l = 2, 8, 18
+    with pytest.raises(K.KernelArgumentError, match="t: shape"):
+        K.add_relu(y, s, torch.empty(2, 9), torch.empty_like(y), 0)
+    with pytest.raises(K.KernelArgumentError, match="gsum: strides"):
+        K.relu_grad_sum(y, s, torch.empty_like(y), torch.empty(c, n).t(), 0)
+    with pytest.raises(K.KernelArgumentError, match="grad_y: strides"):
+        K.pool_backward(y, None, torch.rand(n, l), torch.randn(n, c), torch.randn(n, c), torch.randn(c), 0,
+                        _map(cl=True), torch.empty(c), torch.empty(1))
+    with pytest.raises(K.KernelArgumentError, match="gb: shape"):
+        K.pool_backward(y, None, torch.rand(n, l), torch.randn(n, c), torch.randn(n, c), torch.randn(c), 0,
+                        None, torch.empty(c), torch.empty(2))
+    with pytest.raises(K.KernelArgumentError, match="lnw and lnb"):
+        K.transform_forward(torch.randn(n, c), torch.randn(2, c), torch.randn(2), torch.ones(2), None, 1e-5,
+                            torch.randn(c, 2), torch.randn(c))
+    x, w1, w2 = torch.randn(n, c), torch.randn(2, c), torch.randn(c, 2)
+    t, saved = K.transform_forward(x, w1, torch.randn(2), None, None, 0.0, w2, torch.randn(c))
+    assert spy.calls == ["gc_transform_forward"]
+    bad = (saved[0], saved[1][:1], saved[2], saved[3])  # hn of the wrong size
+    with pytest.raises(K.KernelArgumentError, match="hn: shape"):
+        K.transform_backward(bad, torch.randn(n, c), w1, None, w2)
+    assert spy.calls == ["gc_transform_forward"]
+
+
+# ---------------------------------------------------------------------------
+# The compiled library: private, and refused where anyone else could have written it
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A library built under umask 000 in a cache folder whose parents do not exist yet."""
+    root = tmp_path_factory.mktemp("kern")
+    folder = root / "a" / "b" / "cache"
+    old_env, old_mask = os.environ.get("GCVIDEO_KERNEL_DIR"), os.umask(0)
+    os.environ["GCVIDEO_KERNEL_DIR"] = str(folder)
+    try:
+        path = K._build(os.environ.get("CC", "gcc"))
+    finally:
+        os.umask(old_mask)
+        if old_env is None:
+            os.environ.pop("GCVIDEO_KERNEL_DIR")
+        else:
+            os.environ["GCVIDEO_KERNEL_DIR"] = old_env
+    return root, folder, path
+
+
+def test_library_built_under_umask_000_is_private(built):
+    root, folder, path = built
+    assert os.path.dirname(path) == str(folder)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    for d in (root / "a", root / "a" / "b", folder):
+        assert d.stat().st_mode & 0o777 == 0o700, d
+    assert K.untrusted_reason(path, is_file=True) is None
+
+
+def _load_in_child(folder, tmpdir):
+    """cpu_kernels() in a fresh process with GCVIDEO_KERNEL_DIR=folder: (loaded?, warning text)."""
+    code = ("import warnings\n"
+            "from gcvideo.layers.fused import kernels as K\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    lib = K.cpu_kernels()\n"
+            "print('LIB', lib is not None)\n"
+            "print('WARN', ' '.join(str(m.message) for m in w))\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, GCVIDEO_KERNEL_DIR=str(folder), TMPDIR=str(tmpdir),
+               PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("GCVIDEO_CPU_KERNELS", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return "LIB True" in out.stdout, out.stdout.split("WARN", 1)[1]
+
+
+def _copy_library(built, folder, mode=0o600):
+    """The built library copied into ``folder`` (mode 0700) under its own name, with ``mode``."""
+    import shutil
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    dst = folder / os.path.basename(built[2])
+    shutil.copyfile(built[2], dst)
+    dst.chmod(mode)
+    return dst
+
+
+@pytest.mark.parametrize("mode", [0o620, 0o602, 0o666, 0o777])
+def test_a_library_others_can_write_is_refused(built, tmp_path, mode):
+    lib = _copy_library(built, tmp_path / "cache", mode)
+    assert "writable by other users" in K.untrusted_reason(str(lib), is_file=True)
+    loaded, warning = _load_in_child(tmp_path / "cache", tmp_path)
+    assert not loaded  # falls back to the torch-op path, saying why and which file
+    assert "refusing to load the kernel library" in warning and str(lib) in warning and "writable by other" in warning
+    assert lib.stat().st_mode & 0o777 == mode  # left for the user to inspect
+
+
+def test_a_library_owned_by_another_user_is_refused(built, tmp_path):
+    lib = _copy_library(built, tmp_path / "cache")
+    os.chown(lib, 65534, 65534)
+    assert "owned by uid 65534" in K.untrusted_reason(str(lib), is_file=True)
+    loaded, warning = _load_in_child(tmp_path / "cache", tmp_path)
+    assert not loaded and "owned by uid 65534" in warning and str(lib) in warning
+    link = tmp_path / "cache2"
+    link.mkdir(mode=0o700)
+    (link / lib.name).symlink_to(built[2])  # a link to a good library is not loaded either
+    assert "not a regular file" in K.untrusted_reason(str(link / lib.name), is_file=True)
+
+
+@pytest.mark.parametrize("where", ["folder", "parent"])
+@pytest.mark.parametrize("how", ["group-writable", "world-writable", "other owner"])
+def test_a_folder_others_can_write_is_not_used(built, tmp_path, where, how):
+    """A cache folder (or a folder above it) that others can write or own: the library in it is not
+    loaded, and the private temporary folder gcvideo-<uid> is used instead (the library built there)."""
+    parent = tmp_path / "shared"
+    folder = parent / "cache"
+    lib = _copy_library(built, folder)
+    target = folder if where == "folder" else parent
+    if how == "other owner":
+        os.chown(target, 65534, 65534)
+    else:
+        target.chmod(0o770 if how == "group-writable" else 0o777)
+    assert K.untrusted_reason(str(folder)) is not None
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    _copy_library(built, tmpdir / f"gcvideo-{os.getuid()}")  # (no second compile in the child)
+    loaded, warning = _load_in_child(folder, tmpdir)
+    assert loaded and warning.strip() == ""
+    assert K.untrusted_reason(str(lib), is_file=True) is not None  # the planted path was passed over
+
+
+def test_a_sticky_world_writable_parent_is_trusted(built, tmp_path):
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)  # like /tmp
+    lib = _copy_library(built, sticky / "cache")
+    assert K.untrusted_reason(str(lib), is_file=True) is None
+    sticky.chmod(0o777)  # the same folder without the sticky bit: others could rename our folder
+    assert "writable by other users" in K.untrusted_reason(str(lib), is_file=True)

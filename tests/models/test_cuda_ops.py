@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import gcvideo.layers.context as context_mod
-import gcvideo.layers.kernels as kernels_mod
+import gcvideo.layers.fused.functions as context_mod
+import gcvideo.layers.fused.kernels as kernels_mod
 from gcvideo.config import get_cfg
 from gcvideo.engine.common import model_channels_last
 from gcvideo.models import build_model

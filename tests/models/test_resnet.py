@@ -1,4 +1,6 @@
 """Slow-only ResNet-3D: paper parameter counts, pytorchvideo parity, context placement."""
+import os
+
 import pytest
 import torch
 
@@ -172,3 +174,26 @@ def test_zero_init_blocks_leave_random_network_unchanged(kind):
     with_blocks.eval()
     base.eval()
     assert not torch.allclose(base(x), with_blocks(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(f for d in ("kinetics400", "toy") for f in
+                                        [f"{d}/{n}" for n in os.listdir(os.path.join("configs", d))]))
+def test_every_config_converts_to_channels_last_3d(name):
+    """Module.to(memory_format=channels_last_3d) converts every 4-D and 5-D parameter: a 4-D
+    parameter (the GC LayerNorm's old (Cr, 1, 1, 1) weight) made it raise."""
+    model = build_model(load_cfg(os.path.join("configs", name), check_files=False))
+    model.to(memory_format=torch.channels_last_3d)
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in convs)
+
+
+@pytest.mark.parametrize("kind", ["gc", "snl", "se", "nl"])
+def test_channels_last_3d_model_gives_the_same_logits(kind):
+    torch.manual_seed(0)
+    model = build_model(_small_cfg(TYPE=kind, LOCATION=[[], "all", "all", "all"], ZERO_INIT=False)).eval()
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+        model.to(memory_format=torch.channels_last_3d)
+        got = model(x.contiguous(memory_format=torch.channels_last_3d))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

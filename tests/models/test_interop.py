@@ -15,9 +15,10 @@ import torch
 from gcvideo.config import get_cfg
 from gcvideo.models import build_model, load_pretrained
 from gcvideo.models.inflate import InflationError
-from gcvideo.models.interop import (RestrictedUnpickler, UnsafePickleError, add_context_blocks,
-                                    caffe2_to_gcvideo_key, load_weights_file, safe_pickle_load,
-                                    slowfast_to_gcvideo_key)
+from gcvideo.models.checkpoint_file import load_weights_file
+from gcvideo.models.checkpoints import add_context_blocks
+from gcvideo.models.interop import caffe2_to_gcvideo_key, slowfast_to_gcvideo_key
+from gcvideo.models.safe_pickle import RestrictedUnpickler, UnsafePickleError, safe_pickle_load
 from gcvideo.utils.io import CheckpointError
 
 
@@ -328,7 +329,7 @@ def test_restricted_unpickler_refuses_object_dtypes(tmp_path, name):
 
     path = tmp_path / f"{name}.pkl"
     path.write_bytes(_object_dtype_attacks()[name])
-    code = ("import sys; from gcvideo.models.interop import safe_pickle_load, UnsafePickleError\n"
+    code = ("import sys; from gcvideo.models.safe_pickle import safe_pickle_load, UnsafePickleError\n"
             "try:\n    obj = safe_pickle_load(open(sys.argv[1], 'rb').read())\n"
             "    print('LOADED', repr(obj)[:80])\n"
             "except UnsafePickleError as e:\n    print('REFUSED', e)\n")

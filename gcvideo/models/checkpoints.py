@@ -170,12 +170,13 @@ def _load(model: nn.Module, ck: CheckpointContents, purpose: str) -> LoadReport:
         elif k in sd and k.startswith(head):
             out[k] = v
             rep.reinitialised.append(k)
+        elif k not in sd and k.endswith(".num_batches_tracked") and rep.format == "caffe2" and (
+                k[:-len("num_batches_tracked")] + "weight") in sd:
+            out[k] = v  # Caffe2 BNs have no counter; eval-mode outputs do not depend on it
+            rep.filled.append(k)
         elif k not in sd and _is_new_module_key(k, model):
             out[k] = v
             rep.kept_init.append(k)
-        elif k not in sd and k.endswith(".num_batches_tracked") and rep.format in ("caffe2",):
-            out[k] = v
-            rep.filled.append(k)
         elif k in sd:
             src = f" (from {rep.renamed[k]})" if k in rep.renamed else ""
             raise CheckpointMismatchError(f"checkpoint {name}: shape mismatch for {k}{src}: checkpoint "

@@ -6,13 +6,11 @@ shows up here as a missing key or a different output.
 """
 import os
 import pickle
-import struct
 
 import numpy as np
 import pytest
 import torch
 
-from gcvideo.config import get_cfg
 from gcvideo.models import build_model, load_pretrained
 from gcvideo.models.inflate import InflationError
 from gcvideo.models.checkpoint_file import load_weights_file

@@ -35,7 +35,7 @@ import torch.nn as nn
 from gcvideo.config import load_cfg
 from gcvideo.models.build import build_model
 from gcvideo.models.checkpoint_file import CheckpointContents, read_checkpoint
-from gcvideo.models.inflate import (InflationError, InflationReport, _compact, _is_new_module_key,
+from gcvideo.models.inflate import (CheckpointMismatchError, InflationReport, _compact, _is_new_module_key,
                                     inflate_state_dict)
 from gcvideo.models.interop import (NonLocalSettings, check_nonlocal_semantics, convert_state_dict,
                                     mmaction2_nonlocal_settings, pyslowfast_nonlocal_settings)
@@ -45,10 +45,6 @@ __all__ = ["load_pretrained", "build_model_from_checkpoint", "add_context_blocks
            "LoadReport", "detect_format", "CheckpointMismatchError"]
 
 PURPOSES = ("finetune", "inference")
-
-
-class CheckpointMismatchError(InflationError):
-    """The checkpoint does not hold the weights of the model of this config."""
 
 
 @dataclass

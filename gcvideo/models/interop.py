@@ -59,16 +59,12 @@ import torch.nn as nn
 import yaml
 
 from gcvideo.layers import NonLocalBlock
-from gcvideo.models.inflate import InflationError
+from gcvideo.models.inflate import CheckpointMismatchError
 from gcvideo.utils.io import CheckpointError
 
 __all__ = ["slowfast_to_gcvideo_key", "caffe2_to_gcvideo_key", "mmaction2_to_gcvideo_key", "convert_state_dict",
            "NonLocalSettings", "pyslowfast_nonlocal_settings", "mmaction2_nonlocal_settings",
-           "check_nonlocal_semantics", "NonLocalMismatchError"]
-
-
-class NonLocalMismatchError(InflationError):
-    """A checkpoint's non-local blocks compute another function than the model's would."""
+           "check_nonlocal_semantics"]
 
 
 # ---------------------------------------------------------------------------
@@ -360,7 +356,7 @@ def check_nonlocal_semantics(model: nn.Module, sd: Mapping[str, torch.Tensor], s
     compute another function than the checkpoint's writer did; the error gives the gcvideo keys and
     values to set. Returns notes for the report (what could not be checked)."""
     if settings.problems:
-        raise NonLocalMismatchError(
+        raise CheckpointMismatchError(
             f"checkpoint {source}: its {settings.writer} model cannot be built by gcvideo: "
             + "; ".join(settings.problems))
     loaded = [(n, m) for n, m in model.named_modules() if isinstance(m, NonLocalBlock)
@@ -376,12 +372,13 @@ def check_nonlocal_semantics(model: nn.Module, sd: Mapping[str, torch.Tensor], s
         if not ok:
             got = f"NL_INSTANTIATION {inst}, NL_SCALE {m.scale}, NL_POOL {pool}, NL_POOL_POSITION {position}"
             if settings.known:
-                raise NonLocalMismatchError(
+                raise CheckpointMismatchError(
                     f"checkpoint {source}: its {settings.writer} non-local blocks compute another function than "
                     f"the model of this config ({n}: {got}); set {settings.gcvideo_opts()}")
-            raise NonLocalMismatchError(
-                f"checkpoint {source}: {settings.writer} non-local blocks pool the input "
-                f"{'before' if settings.pool_position == 'before_conv' else 'after'} phi/g, but {n} has {got}; "
+            raise CheckpointMismatchError(
+                f"checkpoint {source}: {settings.writer} non-local blocks max-pool "
+                f"{'the block input before phi/g' if settings.pool_position == 'before_conv' else 'the phi/g outputs'}"
+                f", but {n} has {got}; "
                 f"the file stores no config saying which instantiation it was trained with: set "
                 f"{settings.gcvideo_opts()}")
     if loaded and not settings.known:

@@ -20,7 +20,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gcvideo.analysis.nonlocal_stats import analyze_nonlocal, format_stats_table  # noqa: E402
-from gcvideo.analysis.predict import InferenceCheckpointError  # noqa: E402
 from gcvideo.config import ConfigError, load_cfg  # noqa: E402
 from gcvideo.data import AnnotationError  # noqa: E402
 from gcvideo.utils.io import CheckpointError  # noqa: E402
@@ -55,7 +54,7 @@ def main(argv=None) -> int:
                                   include_self=not args.exclude_self, blocks=args.blocks,
                                   batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
                                   log=lambda m: print(m, file=sys.stderr, flush=True))
-    except (ConfigError, CheckpointError, InferenceCheckpointError, AnnotationError, FileExistsError,
+    except (ConfigError, CheckpointError, AnnotationError, FileExistsError,
             ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

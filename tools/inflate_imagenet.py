@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from gcvideo.config import ConfigError  # noqa: E402
 from gcvideo.models.inflate import InflationError  # noqa: E402
-from gcvideo.models.tools_api import inflate_imagenet_checkpoint  # noqa: E402
+from gcvideo.models.checkpoints import inflate_imagenet_checkpoint  # noqa: E402
 from gcvideo.utils.io import CheckpointError  # noqa: E402
 
 

@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gcvideo.analysis.predict import (InferenceCheckpointError, format_predictions, parse_views,  # noqa: E402
+from gcvideo.analysis.predict import (format_predictions, parse_views,  # noqa: E402
                                       predict_videos)
 from gcvideo.config import ConfigError, load_cfg  # noqa: E402
 from gcvideo.utils.io import CheckpointError  # noqa: E402
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
         cfg = load_cfg(args.config, args.opts)
         results = predict_videos(cfg, args.checkpoint, args.videos, views=views, topk=args.topk, device=args.device,
                                  log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    except (ConfigError, CheckpointError, InferenceCheckpointError, ValueError) as e:
+    except (ConfigError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_predictions(results, as_json=args.json))

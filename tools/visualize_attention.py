@@ -21,7 +21,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gcvideo.analysis.attention import parse_queries, visualize_attention  # noqa: E402
-from gcvideo.analysis.predict import InferenceCheckpointError  # noqa: E402
 from gcvideo.config import ConfigError, load_cfg  # noqa: E402
 from gcvideo.utils.io import CheckpointError  # noqa: E402
 
@@ -44,7 +43,7 @@ def main(argv=None) -> int:
         queries = parse_queries(args.queries) if args.queries else None
         out = visualize_attention(cfg, args.checkpoint, args.video, args.out, blocks=args.blocks, queries=queries,
                                   alpha=args.alpha, overwrite=args.overwrite, device=args.device)
-    except (ConfigError, CheckpointError, InferenceCheckpointError, FileExistsError, ValueError, RuntimeError) as e:
+    except (ConfigError, CheckpointError, FileExistsError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{out['kind']} attention of {args.video}: {out['png']}, {out['gif']} (raw maps: {out['maps']})")

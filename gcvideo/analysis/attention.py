@@ -368,8 +368,9 @@ def visualize_attention(cfg, checkpoint: str, video: str, out_dir: str, blocks: 
     Existing files are not overwritten unless ``overwrite``; files are written atomically.
     Returns {"png", "gif", "maps", "kind"}.
     """
-    from gcvideo.analysis.predict import decode_views, load_inference_model, resolve_device
+    from gcvideo.analysis.predict import decode_views, resolve_device
     from gcvideo.layers import ContextBlock, NonLocalBlock
+    from gcvideo.models import build_model_from_checkpoint
     from gcvideo.utils.io import atomic_save, atomic_write_bytes, path_manager
 
     paths = {"png": os.path.join(out_dir, "attention_grid.png"), "gif": os.path.join(out_dir, "attention.gif"),
@@ -378,7 +379,7 @@ def visualize_attention(cfg, checkpoint: str, video: str, out_dir: str, blocks: 
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} already exist; refusing to overwrite (pass --overwrite)")
     device = resolve_device(device)
-    model = load_inference_model(cfg, checkpoint, device=device)
+    model = build_model_from_checkpoint(cfg, checkpoint).to(device)
     has_nl = any(isinstance(m, NonLocalBlock) for _, m in model.named_context_blocks())
     has_gc = any(isinstance(m, ContextBlock) and m.pooling == "att" for _, m in model.named_context_blocks())
     if not (has_nl or has_gc):

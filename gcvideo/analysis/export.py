@@ -134,12 +134,12 @@ def export_checkpoint(cfg, checkpoint: str, fmt: str, out: str, input_shape: Opt
                       overwrite: bool = False, exporter: str = "auto") -> Dict:
     """Load the model of ``cfg`` with ``checkpoint`` (all weights required) and export it.
     ``input_shape`` defaults to (DATA.NUM_FRAMES, DATA.TEST_CROP_SIZE, DATA.TEST_CROP_SIZE)."""
-    from gcvideo.analysis.predict import load_inference_model
+    from gcvideo.models import build_model_from_checkpoint
     from gcvideo.utils.io import path_manager
 
     if path_manager.exists(out) and not overwrite:  # fail before loading anything
         raise FileExistsError(f"{out} already exists; refusing to overwrite it (pass --overwrite)")
     shape = tuple(input_shape) if input_shape else (cfg.DATA.NUM_FRAMES, cfg.DATA.TEST_CROP_SIZE,
                                                      cfg.DATA.TEST_CROP_SIZE)
-    model = load_inference_model(cfg, checkpoint, device="cpu")
+    model = build_model_from_checkpoint(cfg, checkpoint)
     return export_model(model, fmt, out, shape, overwrite=overwrite, exporter=exporter)

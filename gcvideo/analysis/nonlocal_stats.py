@@ -303,7 +303,8 @@ def analyze_nonlocal(cfg, checkpoint: str, video_list: str, out_json: Optional[s
     """
     import json
 
-    from gcvideo.analysis.predict import load_inference_model, resolve_device, video_views_dataset
+    from gcvideo.analysis.predict import resolve_device, video_views_dataset
+    from gcvideo.models import build_model_from_checkpoint
     from gcvideo.utils.io import atomic_write_text, path_manager
 
     if out_json and path_manager.exists(out_json) and not overwrite:
@@ -312,7 +313,7 @@ def analyze_nonlocal(cfg, checkpoint: str, video_list: str, out_json: Optional[s
     if max_videos:
         paths = paths[:max_videos]
     device = resolve_device(device)
-    model = load_inference_model(cfg, checkpoint, device=device)
+    model = build_model_from_checkpoint(cfg, checkpoint).to(device)
     ds = video_views_dataset(cfg, paths, num_clips, 1)
     failed: List[Dict[str, str]] = []
     used = 0

@@ -17,12 +17,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ["load_inference_model", "parse_views", "video_views_dataset", "decode_views", "predict_videos",
-           "format_predictions", "InferenceCheckpointError", "resolve_device"]
+from gcvideo.models import build_model_from_checkpoint
 
-
-class InferenceCheckpointError(ValueError):
-    """The checkpoint does not hold a trained model for this config."""
+__all__ = ["parse_views", "video_views_dataset", "decode_views", "predict_videos", "format_predictions",
+           "resolve_device"]
 
 
 def resolve_device(device="auto") -> torch.device:
@@ -30,31 +28,6 @@ def resolve_device(device="auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def load_inference_model(cfg, checkpoint: str, device="auto") -> nn.Module:
-    """The model of ``cfg`` with every weight from ``checkpoint``, in eval mode on ``device``.
-
-    Any format ``load_pretrained`` reads (gcvideo training checkpoint or state dict,
-    pytorchvideo, PySlowFast ``.pyth``, Caffe2 ``.pkl``). Unlike fine-tuning, nothing may
-    stay at its initialisation: a 2D ImageNet file, missing context-block weights or a head
-    with another class count are errors that name the keys.
-    """
-    from gcvideo.models import build_model, load_pretrained
-
-    model = build_model(cfg)
-    rep = load_pretrained(model, checkpoint)
-    if rep.inflation is not None:
-        raise InferenceCheckpointError(f"{checkpoint} is a 2D ImageNet ResNet, not a trained video model")
-    if rep.reinitialised:
-        raise InferenceCheckpointError(
-            f"{checkpoint}: the classifier has another class count than MODEL.NUM_CLASSES = "
-            f"{cfg.MODEL.NUM_CLASSES} ({', '.join(rep.reinitialised)})")
-    if rep.kept_init:
-        raise InferenceCheckpointError(
-            f"{checkpoint} has no weights for {len(rep.kept_init)} keys of this config's model, e.g. "
-            f"{', '.join(rep.kept_init[:4])}; was it trained with another CONTEXT.* setting?")
-    return model.eval().to(resolve_device(device))
 
 
 def parse_views(text: str) -> Tuple[int, int]:
@@ -98,7 +71,7 @@ def predict_videos(cfg, checkpoint: str, videos: Sequence[str], views: Tuple[int
 
     names = class_names if class_names is not None else cfg_class_names(cfg)
     device = resolve_device(device)
-    model = model if model is not None else load_inference_model(cfg, checkpoint, device)
+    model = model if model is not None else build_model_from_checkpoint(cfg, checkpoint).to(device)
     model.eval()
     ds = video_views_dataset(cfg, videos, *views)
     k = min(topk, cfg.MODEL.NUM_CLASSES)

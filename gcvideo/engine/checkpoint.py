@@ -26,7 +26,7 @@ import torch
 from gcvideo.utils.io import CheckpointError, atomic_save, load_checkpoint_file, path_manager
 
 __all__ = ["FORMAT", "checkpoint_dir", "checkpoint_name", "list_checkpoints", "save_checkpoint",
-           "load_latest_checkpoint", "get_rng_state", "set_rng_state", "model_state_from_file"]
+           "load_latest_checkpoint", "get_rng_state", "set_rng_state"]
 
 FORMAT = "gcvideo-checkpoint-v1"
 _NAME = re.compile(r"checkpoint_epoch(\d{4,})(?:_iter(\d{6,}))?\.pth$")
@@ -94,22 +94,6 @@ def load_latest_checkpoint(output_dir: str, log=print) -> Optional[Tuple[str, Di
             continue
         return path, state
     return None
-
-
-def model_state_from_file(path: str) -> Dict[str, torch.Tensor]:
-    """Model weights from a gcvideo training checkpoint or a plain state dict file."""
-    obj = load_checkpoint_file(path)
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        return obj["model"]
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict", "model_state"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"checkpoint {path} holds no model weights (expected a gcvideo checkpoint "
-                              "or a state dict)")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
 # ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from fvcore.common.config import CfgNode
 from torch.utils.data import DataLoader, Dataset
 
 from gcvideo.engine import distributed as du
-from gcvideo.engine.checkpoint import list_checkpoints, model_state_from_file
+from gcvideo.engine.checkpoint import list_checkpoints
 from gcvideo.engine.common import (autocast, autocast_dtype, class_names, model_channels_last, select_device,
                                    set_determinism, to_device, tune_cpu_memory)
 from gcvideo.engine.metrics import combine_views, compute_metrics, format_summary, write_report
@@ -146,20 +146,14 @@ def run_test(cfg: CfgNode, model: nn.Module, device: torch.device, *, tag: str,
 
 def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dataset]] = None) -> Optional[Dict]:
     """Evaluate TEST.CHECKPOINT (or the newest in OUTPUT_DIR) with TEST.* views; returns the report (rank 0)."""
-    from gcvideo.models import build_model
+    from gcvideo.models import build_model_from_checkpoint
 
     device = select_device(cfg)
     with du.process_group(device.type):
         set_determinism(cfg.TRAIN.DETERMINISTIC, device)
         tune_cpu_memory(cfg, device)
         ckpt = resolve_test_checkpoint(cfg)
-        model = build_model(cfg)
-        state = model_state_from_file(ckpt)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise RuntimeError(f"checkpoint {ckpt} does not fit the model of this config "
-                               f"(MODEL.*/CONTEXT.*): {str(e).splitlines()[0]}") from e
+        model = build_model_from_checkpoint(cfg, ckpt)  # any format; every weight must fit
         model.to(device)
         if cfg.TRAIN.CHANNELS_LAST:
             model_channels_last(model)

@@ -288,7 +288,7 @@ def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str],
     if resume is None and t.INIT_FROM:
         from gcvideo.models import load_pretrained
 
-        report = load_pretrained(model, t.INIT_FROM)
+        report = load_pretrained(model, t.INIT_FROM, purpose="finetune")
         if main:
             print(f"initialised from {t.INIT_FROM}:\n{getattr(report, 'summary', lambda: report)()}", flush=True)
     if t.SYNC_BN and world > 1:

@@ -20,14 +20,22 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ["inflate_state_dict", "InflationReport", "unwrap_state_dict", "map_2d_key"]
+from gcvideo.models.checkpoint_file import unwrap_state_dict
+from gcvideo.utils.io import CheckpointError
+
+__all__ = ["inflate_state_dict", "InflationReport", "InflationError", "CheckpointMismatchError", "map_2d_key"]
 
 _CONV_BN = {"conv1": "conv_a", "conv2": "conv_b", "conv3": "conv_c",
             "bn1": "norm_a", "bn2": "norm_b", "bn3": "norm_c"}
 
 
-class InflationError(ValueError):
+class InflationError(CheckpointError, ValueError):
     """The 2D checkpoint does not fit the 3D model (missing key or shape mismatch)."""
+
+
+class CheckpointMismatchError(InflationError):
+    """The checkpoint does not hold the weights of the model of this config (or computes another
+    function with them)."""
 
 
 @dataclass
@@ -50,31 +58,6 @@ class InflationReport:
 def _compact(keys: List[str], limit: int = 12) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def unwrap_state_dict(obj: Mapping) -> Dict[str, torch.Tensor]:
-    """Find the tensor dict inside a checkpoint ({'state_dict': ...}, {'model': ...}, ...)."""
-    seen = 0
-    while isinstance(obj, Mapping) and seen < 4:
-        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-        if tensors and len(tensors) >= len(obj) / 2:
-            break
-        for key in ("state_dict", "model", "model_state", "model_state_dict", "module"):
-            if key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
-                break
-        else:
-            break
-        seen += 1
-    if not isinstance(obj, Mapping):
-        raise InflationError(f"checkpoint holds a {type(obj).__name__}, expected a state dict")
-    out = {}
-    for k, v in obj.items():
-        if isinstance(v, torch.Tensor):
-            out[k[len("module."):] if k.startswith("module.") else k] = v
-    if not out:
-        raise InflationError("checkpoint holds no tensors (looked under state_dict/model keys too)")
-    return out
 
 
 def map_2d_key(key: str) -> Optional[str]:

@@ -1,10 +1,9 @@
-"""Checkpoint interop: PySlowFast (.pyth) and Caffe2 (.pkl) weights into gcvideo models.
+"""Checkpoint interop: the key names and semantics of PySlowFast, Caffe2 and mmaction2 models.
 
 References: C. Feichtenhofer et al., PySlowFast (Slow-only R50 "8x8" and its non-local
 variant); X. Wang et al., "Non-local Neural Networks" (CVPR 2018), whose Caffe2 code
-released the ``.pkl`` blob files; Y. Cao et al., "Global Context Networks" (TPAMI 2020),
-Sec. 5.3: context blocks are added to a trained baseline and fine-tuned
-(``add_context_blocks``).
+released the ``.pkl`` blob files; mmaction2 (``ResNet3dSlowOnly`` + ``I3DHead``, mmcv's
+``NonLocal3d``).
 
 Three naming schemes map onto gcvideo's (= pytorchvideo's ``slow_r50``) names:
 
@@ -22,245 +21,50 @@ PySlowFast ``model_state``                gcvideo
 ``head.projection.*``                     ``blocks.5.proj.*``
 ========================================  ==========================================================
 
+mmaction2 (``backbone.``/``cls_head.`` prefixes; mmcv ``ConvModule`` = ``conv`` + ``bn``):
+``backbone.conv1.conv|bn`` -> ``blocks.0.conv|norm``; ``backbone.layer{s}.{i}.conv1|2|3.conv|bn`` ->
+``blocks.{s}.res_blocks.{i}.branch2.conv_a|b|c / norm_a|b|c``; ``...downsample.conv|bn`` ->
+``branch1_conv|branch1_norm``; ``...non_local_block.theta|phi|g[.0].conv`` -> ``context.conv_theta|phi|g``
+(``.0`` when ``sub_sample`` max-pools after the conv), ``...non_local_block.conv_out.conv|bn`` ->
+``context.conv_out|bn`` (mmcv's conv_out has no bias before its BN: filled with zeros),
+``...non_local_block.concat_project.conv`` -> ``context.concat_project``; ``cls_head.fc_cls`` ->
+``blocks.5.proj``. mmaction2's non-local block sits after the block's output ReLU (``post_relu``).
+
 Caffe2 blob names (``{"blobs": {name: ndarray}}``): ``conv1_w``, ``res_conv1_bn_{s,b,rm,riv}``,
 ``res{k}_{i}_branch2{a,b,c}_w``, ``res{k}_{i}_branch2{a,b,c}_bn_{s,b,rm,riv}``,
 ``res{k}_{i}_branch1_w`` / ``_bn_*``, ``nonlocal_conv{k}_{i}_{theta,phi,g,out}_{w,b}``,
 ``nonlocal_conv{k}_{i}_bn_*``, ``pred_w`` / ``pred_b``. BN suffixes: ``s`` scale -> weight,
 ``b`` -> bias, ``rm`` -> running_mean, ``riv`` -> running_var (Caffe2's SpatialBN stores the
 running *variance* under this name, as PySlowFast's converter also assumes).
-``*_momentum`` (SGD state) and entries that are not arrays are skipped.
 
-Pickles are read by :class:`RestrictedUnpickler`, which only builds numpy arrays, dtypes,
-numpy scalars and plain containers: a pickle that names any other callable (``os.system``,
-``builtins.eval``, ``copy_reg._reconstructor`` ...) is refused before anything runs.
-Python-2 pickles are read with ``encoding="latin1"``.
+Non-local semantics the weights cannot show (checked in :func:`check_nonlocal_semantics`):
+PySlowFast (``slowfast/models/nonlocal_helper.py``) max-pools the block *input* before phi and g
+(``CONTEXT.NL_POOL_POSITION before_conv``); its ``NONLOCAL.INSTANTIATION`` is ``dot_product`` (its
+default: theta^T phi / number of key positions = ``CONTEXT.NL_INSTANTIATION dot_product``) or
+``softmax`` (softmax of theta^T phi / sqrt(inner) = ``embedded_gaussian`` with ``CONTEXT.NL_SCALE
+True``); its norm is a BatchNorm (``bn`` in newer releases, ``norm`` in older ones); ``NONLOCAL.GROUP``
+> 1 folds time into the batch, which gcvideo does not have. A ``.pyth`` carries its config (``cfg``,
+YAML text): these settings are read from it and compared with the model, and a mismatch is an error
+giving the exact gcvideo keys and values. mmcv's ``NonLocal3d`` pools after the convs (``after_conv``,
+kernel (1, 2, 2) with ``sub_sample``) and scales embedded-gaussian logits when ``use_scale``.
 """
 from __future__ import annotations
 
-import io
-import pickle
 import re
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-import numpy as np
 import torch
+import torch.nn as nn
+import yaml
 
-from gcvideo.utils.io import CheckpointError, load_checkpoint_file, path_manager
+from gcvideo.layers import NonLocalBlock
+from gcvideo.models.inflate import CheckpointMismatchError
+from gcvideo.utils.io import CheckpointError
 
-__all__ = ["UnsafePickleError", "RestrictedUnpickler", "safe_pickle_load", "load_weights_file",
-           "slowfast_to_gcvideo_key", "caffe2_to_gcvideo_key", "convert_state_dict",
-           "caffe2_blobs_to_tensors", "add_context_blocks"]
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle asked for a global that the restricted unpickler does not allow."""
-
-
-def _allowed_globals() -> Dict[Tuple[str, str], Any]:
-    """(module, name) -> the object: the only callables a weights pickle may name."""
-    try:  # numpy >= 2
-        from numpy._core import multiarray as _ma
-        from numpy._core import numeric as _num
-    except ImportError:  # numpy 1.x
-        from numpy.core import multiarray as _ma
-        from numpy.core import numeric as _num
-    import codecs
-    import collections
-
-    table = {
-        ("numpy", "ndarray"): _SafeArray,
-        ("numpy", "dtype"): _safe_dtype,
-        # Python 3 protocol <= 2 pickles bytes as _codecs.encode(text, "latin1"): a pure function.
-        ("_codecs", "encode"): codecs.encode,
-        ("collections", "OrderedDict"): collections.OrderedDict,
-    }
-    def reconstruct(cls, shape, dtype):  # ndarray.__reduce__: an empty array, filled by __setstate__
-        if cls is not _SafeArray:
-            raise UnsafePickleError(f"refusing to rebuild an array of class {cls!r}")
-        return _ma._reconstruct(_SafeArray, shape, _plain_dtype(dtype))
-
-    def scalar(dtype, data=None):  # numpy scalars: raw bytes of one plain number
-        dtype = _plain_dtype(dtype)
-        if isinstance(data, str):  # Python 2 pickles, read with encoding="latin1"
-            data = data.encode("latin1")
-        if not isinstance(data, bytes) or len(data) != dtype.itemsize:
-            raise UnsafePickleError(f"refusing a {dtype} scalar made of {type(data).__name__} data")
-        return _ma.scalar(dtype, data)
-
-    def frombuffer(buf, dtype, shape, order):  # protocol 5 arrays
-        return np.asarray(_num._frombuffer(buf, _plain_dtype(dtype), shape, order))
-
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        table[(mod, "_reconstruct")] = reconstruct
-        table[(mod, "scalar")] = scalar
-    if hasattr(_num, "_frombuffer"):
-        for mod in ("numpy.core.numeric", "numpy._core.numeric"):
-            table[(mod, "_frombuffer")] = frombuffer
-    for mod in ("builtins", "__builtin__"):
-        for name, obj in (("set", set), ("frozenset", frozenset), ("bytearray", bytearray),
-                          ("complex", complex)):
-            table[(mod, name)] = obj
-    return table
-
-
-_PLAIN_KINDS = "biufc"  # bool, int, uint, float, complex: what weights are made of
-
-
-def _plain_dtype(dtype) -> np.dtype:
-    """A fresh, canonical numeric dtype equal to ``dtype``; anything else is refused.
-
-    Object, structured, sub-array, string and void dtypes are refused, and the dtype object the
-    pickle built is never used itself: a pickle can rewrite a dtype's internal flags through
-    ``dtype.__setstate__`` (e.g. make an object dtype look plain), so arrays and scalars are
-    always made with ``np.dtype(dtype.str)`` rebuilt from the kind, byte order and size alone.
-    """
-    if isinstance(dtype, bytes):
-        dtype = dtype.decode("latin1")
-    if isinstance(dtype, str):
-        dtype = np.dtype(dtype)
-    if not isinstance(dtype, np.dtype):
-        raise UnsafePickleError(f"refusing dtype {dtype!r}: not a numpy dtype")
-    if dtype.kind not in _PLAIN_KINDS or dtype.fields is not None or dtype.subdtype is not None:
-        raise UnsafePickleError(f"refusing dtype {dtype.str!r}: weights pickles may only hold plain "
-                                "bool/int/float/complex arrays")
-    fresh = np.dtype(dtype.str)
-    if fresh.kind not in _PLAIN_KINDS or fresh.hasobject:
-        raise UnsafePickleError(f"refusing dtype {dtype.str!r}")
-    return fresh
-
-
-def _safe_dtype(spec, align=False, copy=False):
-    """``numpy.dtype`` for pickles: plain numeric type codes only. Always a private copy (the
-    pickle then sets its byte order through ``__setstate__``); it is checked and rebuilt again
-    wherever an array or scalar is made from it."""
-    if isinstance(spec, bytes):
-        spec = spec.decode("latin1")
-    if not isinstance(spec, str):
-        raise UnsafePickleError(f"refusing dtype spec {spec!r}: expected a type code string like 'f4'")
-    _plain_dtype(spec)
-    return np.dtype(spec, bool(align), True)
-
-
-class _SafeArray(np.ndarray):
-    """The ndarray class a weights pickle gets: plain dtypes only, in construction and in
-    ``__setstate__`` (where pickled arrays receive their dtype and bytes); turned back into
-    plain ndarrays after loading."""
-
-    def __new__(cls, shape, dtype=float, buffer=None, offset=0, strides=None, order=None):
-        if buffer is not None and not isinstance(buffer, (bytes, bytearray)):
-            raise UnsafePickleError(f"refusing an array over a {type(buffer).__name__} buffer")
-        return super().__new__(cls, shape, _plain_dtype(np.dtype(dtype) if not isinstance(dtype, np.dtype)
-                                                        else dtype), buffer, offset, strides, order)
-
-    def __setstate__(self, state):
-        if not isinstance(state, tuple) or len(state) != 5:
-            raise UnsafePickleError("refusing an array state that is not (version, shape, dtype, fortran, data)")
-        version, shape, dtype, fortran, data = state
-        if isinstance(data, str):  # Python 2 pickles (Caffe2), read with encoding="latin1"
-            data = data.encode("latin1")
-        if not isinstance(data, (bytes, bytearray)):
-            raise UnsafePickleError(f"refusing array data of type {type(data).__name__} (object arrays)")
-        super().__setstate__((version, shape, _plain_dtype(dtype), fortran, data))
-
-
-def _plain_arrays(obj):
-    """Replace every _SafeArray in a loaded structure by a plain ndarray (the same memory)."""
-    if isinstance(obj, _SafeArray):
-        return obj.view(np.ndarray)
-    if isinstance(obj, dict):
-        return type(obj)((k, _plain_arrays(v)) for k, v in obj.items())
-    if isinstance(obj, list):
-        return [_plain_arrays(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_plain_arrays(v) for v in obj)
-    return obj
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` that only resolves numpy array/dtype/scalar constructors and plain
-    containers; any other global raises :class:`UnsafePickleError` naming it."""
-
-    _ALLOWED: Optional[Dict[Tuple[str, str], Any]] = None
-
-    def find_class(self, module: str, name: str):
-        if RestrictedUnpickler._ALLOWED is None:
-            RestrictedUnpickler._ALLOWED = _allowed_globals()
-        obj = RestrictedUnpickler._ALLOWED.get((module, name))
-        if obj is None:
-            raise UnsafePickleError(
-                f"refusing to load global {module}.{name}: weights pickles may only contain numpy "
-                "arrays, dtypes, scalars and plain containers")
-        return obj
-
-    def persistent_load(self, pid):  # torch-style persistent ids are not plain pickles
-        raise UnsafePickleError(f"refusing persistent id {pid!r}: not a plain numpy pickle")
-
-
-def safe_pickle_load(data, encoding: str = "latin1") -> Any:
-    """Unpickle bytes (or a binary file object) with :class:`RestrictedUnpickler`."""
-    f = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    return _plain_arrays(RestrictedUnpickler(f, encoding=encoding).load())
-
-
-_ZIP_MAGIC = b"PK\x03\x04"
-# torch's legacy (< 1.6) format starts with its pickled magic number 0x1950a86a20f9469cfc6c.
-_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
-
-
-def load_weights_file(path: str) -> Any:
-    """Read a checkpoint file safely: torch files with ``weights_only=True``, other pickles
-    (Caffe2 ``.pkl``) with :class:`RestrictedUnpickler`. Errors name the file."""
-    if not path_manager.exists(path):
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    with path_manager.open(path, "rb") as f:
-        head = f.read(len(_TORCH_LEGACY_MAGIC))
-    is_torch = head.startswith(_ZIP_MAGIC) or head.startswith(_TORCH_LEGACY_MAGIC)
-    if is_torch or not head:
-        return load_checkpoint_file(path)
-    with path_manager.open(path, "rb") as f:
-        data = f.read()
-    try:
-        return safe_pickle_load(data)
-    except UnsafePickleError as e:
-        raise CheckpointError(f"checkpoint {path}: {e}") from e
-    except Exception as e:  # truncated / not a pickle
-        raise CheckpointError(f"checkpoint {path} is neither a torch checkpoint nor a readable pickle "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
-
-
-# ---------------------------------------------------------------------------
-# Caffe2 blobs -> tensors
-# ---------------------------------------------------------------------------
-def caffe2_blobs_to_tensors(obj: Mapping) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """``{"blobs": {name: ndarray}}`` (or a flat name -> ndarray dict) -> (tensors, skipped names).
-
-    ``*_momentum`` blobs and entries that are not numeric arrays are skipped.
-    """
-    blobs = obj["blobs"] if isinstance(obj.get("blobs"), Mapping) else obj
-    out: Dict[str, torch.Tensor] = {}
-    skipped: List[str] = []
-    for name, value in blobs.items():
-        name = name.decode("latin1") if isinstance(name, bytes) else str(name)
-        if name.endswith("_momentum"):
-            skipped.append(name)
-            continue
-        if isinstance(value, np.generic):
-            value = np.asarray(value)
-        if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiub":
-            skipped.append(name)
-            continue
-        out[name] = torch.from_numpy(np.ascontiguousarray(value).copy())
-    return out, skipped
-
-
-def is_caffe2_blobs(obj: Any) -> bool:
-    """A Caffe2 weights pickle: a dict with a ``blobs`` dict, or a dict of numpy arrays."""
-    if not isinstance(obj, Mapping):
-        return False
-    if isinstance(obj.get("blobs"), Mapping):
-        return True
-    return bool(obj) and any(isinstance(v, np.ndarray) for v in obj.values()) and not any(
-        isinstance(v, torch.Tensor) for v in obj.values())
+__all__ = ["slowfast_to_gcvideo_key", "caffe2_to_gcvideo_key", "mmaction2_to_gcvideo_key", "convert_state_dict",
+           "NonLocalSettings", "pyslowfast_nonlocal_settings", "mmaction2_nonlocal_settings",
+           "check_nonlocal_semantics"]
 
 
 # ---------------------------------------------------------------------------
@@ -325,19 +129,57 @@ def caffe2_to_gcvideo_key(name: str, head_index: int = 5) -> Optional[str]:
     return None
 
 
+_MM_CONV = {"conv1": "a", "conv2": "b", "conv3": "c"}
+
+
+def mmaction2_to_gcvideo_key(key: str, head_index: int = 5) -> Optional[str]:
+    """mmaction2 ``ResNet3dSlowOnly`` + ``I3DHead`` key -> gcvideo key (None if it has no place)."""
+    m = re.fullmatch(r"backbone\.conv1\.(conv|bn)\.(\w+)", key)
+    if m:
+        return f"blocks.0.{'conv' if m.group(1) == 'conv' else 'norm'}.{m.group(2)}"
+    m = re.fullmatch(r"backbone\.layer([1-4])\.(\d+)\.(conv[123])\.(conv|bn)\.(\w+)", key)
+    if m:
+        x = _MM_CONV[m.group(3)]
+        part = f"conv_{x}" if m.group(4) == "conv" else f"norm_{x}"
+        return f"blocks.{m.group(1)}.res_blocks.{m.group(2)}.branch2.{part}.{m.group(5)}"
+    m = re.fullmatch(r"backbone\.layer([1-4])\.(\d+)\.downsample\.(conv|bn)\.(\w+)", key)
+    if m:
+        part = "branch1_conv" if m.group(3) == "conv" else "branch1_norm"
+        return f"blocks.{m.group(1)}.res_blocks.{m.group(2)}.{part}.{m.group(4)}"
+    m = re.fullmatch(r"backbone\.layer([1-4])\.(\d+)\.non_local_block\.(theta|phi|g)(?:\.0)?\.conv\.(\w+)", key)
+    if m:
+        return f"blocks.{m.group(1)}.res_blocks.{m.group(2)}.context.conv_{m.group(3)}.{m.group(4)}"
+    m = re.fullmatch(r"backbone\.layer([1-4])\.(\d+)\.non_local_block\.conv_out\.(conv|bn)\.(\w+)", key)
+    if m:
+        part = "conv_out" if m.group(3) == "conv" else "bn"
+        return f"blocks.{m.group(1)}.res_blocks.{m.group(2)}.context.{part}.{m.group(4)}"
+    m = re.fullmatch(r"backbone\.layer([1-4])\.(\d+)\.non_local_block\.concat_project\.conv\.weight", key)
+    if m:
+        return f"blocks.{m.group(1)}.res_blocks.{m.group(2)}.context.concat_project.weight"
+    m = re.fullmatch(r"cls_head\.fc_cls\.(weight|bias)", key)
+    if m:
+        return f"blocks.{head_index}.proj.{m.group(1)}"
+    return None
+
+
+_TO_GCVIDEO = {"pyslowfast": slowfast_to_gcvideo_key, "caffe2": caffe2_to_gcvideo_key,
+               "mmaction2": mmaction2_to_gcvideo_key}
+
+
 def convert_state_dict(sd: Mapping[str, torch.Tensor], fmt: str, head_index: int = 5,
                        target: Optional[Mapping[str, torch.Tensor]] = None
                        ) -> Tuple[Dict[str, torch.Tensor], Dict[str, str], List[str]]:
-    """Rename a ``"pyslowfast"`` or ``"caffe2"`` state dict to gcvideo keys.
+    """Rename a ``"pyslowfast"``, ``"caffe2"`` or ``"mmaction2"`` state dict to gcvideo keys.
 
     Returns (converted dict, gcvideo key -> source key, source keys with no gcvideo name).
     With ``target`` (a model's state dict), a tensor whose shape differs from the target's
-    but has the same number of elements (Caffe2 FC weights stored as 1x1x1 convs, ...) is
-    reshaped to the target shape.
+    but has the same number of elements (Caffe2 FC weights stored as 1x1x1 convs, mmcv's 2-D
+    concat projection, ...) is reshaped to the target shape. mmaction2 non-local blocks get
+    their conv_out bias (absent: mmcv's conv before a BN has none) as zeros, source ``"(zero)"``.
     """
-    to_gc = {"pyslowfast": slowfast_to_gcvideo_key, "caffe2": caffe2_to_gcvideo_key}.get(fmt)
+    to_gc = _TO_GCVIDEO.get(fmt)
     if to_gc is None:
-        raise ValueError(f"fmt={fmt!r}: expected 'pyslowfast' or 'caffe2'")
+        raise ValueError(f"fmt={fmt!r}: expected one of {sorted(_TO_GCVIDEO)}")
     out: Dict[str, torch.Tensor] = {}
     source_of: Dict[str, str] = {}
     untranslated: List[str] = []
@@ -353,25 +195,194 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor], fmt: str, head_index: int
             v = v.reshape(target[g].shape)
         out[g] = v
         source_of[g] = k
+    if fmt == "mmaction2":
+        for g in [k for k in out if k.endswith(".context.conv_out.weight")]:
+            bias = g[:-len("weight")] + "bias"
+            if bias not in out:
+                out[bias] = torch.zeros(out[g].shape[0], dtype=out[g].dtype)
+                source_of[bias] = "(zero)"
     return out, source_of, untranslated
 
 
 # ---------------------------------------------------------------------------
-# The two-stage recipe: baseline -> + context blocks
+# Non-local semantics the weights do not show
 # ---------------------------------------------------------------------------
-def add_context_blocks(cfg, baseline: Any, verbose: bool = False):
-    """Build the model of ``cfg`` (with context blocks) and load a trained baseline into it.
+@dataclass
+class NonLocalSettings:
+    """What a checkpoint's writer says about its non-local blocks, in gcvideo terms.
 
-    The paper's recipe (TPAMI Sec. 5.3): train a baseline, insert blocks, fine-tune. Context
-    blocks are not in the baseline checkpoint and keep their initialisation; with
-    ``CONTEXT.ZERO_INIT`` (add fusion: last transform conv zero; non-local: BN scale zero)
-    the new model computes exactly the baseline's function. ``baseline`` is any file or
-    state dict :func:`gcvideo.models.load_pretrained` reads (gcvideo, pytorchvideo,
-    PySlowFast, Caffe2). Returns (model, LoadReport).
+    ``known`` False: the file does not say (no config stored); then ``options`` lists the
+    instantiations its code has, as (NL_INSTANTIATION, NL_SCALE) pairs.
     """
-    from gcvideo.models.build import build_model
-    from gcvideo.models.pretrained import load_pretrained
+    writer: str
+    known: bool
+    location: Optional[List[List[int]]] = None  # per stage res2..res5
+    instantiation: Optional[str] = None
+    scale: Optional[bool] = None
+    pool: Optional[List[int]] = None  # [] = no subsampling
+    pool_position: str = "before_conv"
+    options: List[Tuple[str, bool]] = field(default_factory=list)
+    problems: List[str] = field(default_factory=list)  # settings gcvideo cannot express
 
-    model = build_model(cfg)
-    report = load_pretrained(model, baseline, verbose=verbose)
-    return model, report
+    def gcvideo_opts(self) -> str:
+        """The gcvideo ``KEY VALUE`` settings that build these blocks."""
+        if not self.known:
+            return " or ".join(_opts_text(dict(NL_INSTANTIATION=i, NL_SCALE=s, NL_POOL_POSITION=self.pool_position))
+                               for i, s in self.options)
+        if not any(self.location or []):
+            return "CONTEXT.TYPE none (the checkpoint has no non-local blocks)"
+        opts = dict(TYPE="nl", LOCATION=self.location, POSITION="post_relu", NL_INSTANTIATION=self.instantiation,
+                    NL_INNER_RATIO=0.5, NL_POOL=self.pool, NL_POOL_POSITION=self.pool_position)
+        if self.instantiation == "embedded_gaussian":
+            opts["NL_SCALE"] = bool(self.scale)
+        return _opts_text(opts)
+
+
+def _opts_text(opts: Mapping[str, Any]) -> str:
+    def value(v):
+        if isinstance(v, list):
+            return "'" + str(v) + "'"
+        return str(v)
+    return " ".join(f"CONTEXT.{k} {value(v)}" for k, v in opts.items())
+
+
+_SLOWFAST_NL_DEFAULTS = {"LOCATION": [[[]], [[]], [[]], [[]]], "GROUP": [[1], [1], [1], [1]],
+                         "INSTANTIATION": "dot_product", "POOL": [[[1, 2, 2], [1, 2, 2]]] * 4}
+
+
+def pyslowfast_nonlocal_settings(cfg_text: Optional[str], source: str) -> NonLocalSettings:
+    """The non-local settings of a PySlowFast checkpoint from its ``cfg`` (YAML text, as
+    ``save_checkpoint`` stores ``cfg.dump()``); PySlowFast's defaults (``slowfast/config/defaults.py``)
+    fill keys the text leaves out. No ``cfg`` or no ``NONLOCAL`` section: ``known`` False."""
+    unknown = NonLocalSettings("PySlowFast", known=False, pool_position="before_conv",
+                               options=[("dot_product", False), ("embedded_gaussian", True)])
+    if not cfg_text:
+        return unknown
+    try:
+        cfg = yaml.safe_load(cfg_text)
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"checkpoint {source}: its cfg is not readable YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(cfg, Mapping):
+        raise CheckpointError(f"checkpoint {source}: its cfg is a {type(cfg).__name__}, expected a YAML mapping")
+    problems = []
+    arch = (cfg.get("MODEL") or {}).get("ARCH", "slowfast")
+    if arch != "slow":
+        problems.append(f"MODEL.ARCH {arch} (gcvideo builds Slow-only models: MODEL.ARCH slow)")
+    norm_type = (cfg.get("BN") or {}).get("NORM_TYPE", "batchnorm")
+    if norm_type not in ("batchnorm", "sync_batchnorm"):
+        problems.append(f"BN.NORM_TYPE {norm_type} (gcvideo has BatchNorm: batchnorm or sync_batchnorm)")
+    if "NONLOCAL" not in cfg:
+        unknown.problems = problems
+        return unknown
+    nl = dict(_SLOWFAST_NL_DEFAULTS, **(cfg["NONLOCAL"] or {}))
+    location = [sorted(int(i) for i in stage[0]) for stage in nl["LOCATION"]]
+    pools = {tuple(nl["POOL"][s][0]) for s in range(4) if location[s]}
+    groups = {int(nl["GROUP"][s][0]) for s in range(4) if location[s]}
+    inst = nl["INSTANTIATION"]
+    if inst not in ("dot_product", "softmax"):
+        problems.append(f"NONLOCAL.INSTANTIATION {inst}")
+    if len(pools) > 1:
+        problems.append(f"NONLOCAL.POOL differs between stages ({sorted(pools)}; gcvideo has one CONTEXT.NL_POOL)")
+    if groups - {1}:
+        problems.append(f"NONLOCAL.GROUP {sorted(groups)} (gcvideo's non-local blocks are not grouped over time)")
+    pool = list(next(iter(pools))) if pools else [1, 2, 2]
+    return NonLocalSettings(
+        "PySlowFast", known=True, location=location,
+        instantiation="embedded_gaussian" if inst == "softmax" else "dot_product", scale=inst == "softmax",
+        pool=pool if any(k > 1 for k in pool) else [], pool_position="before_conv", problems=problems)
+
+
+def mmaction2_nonlocal_settings(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> NonLocalSettings:
+    """mmaction2 non-local settings: locations and ``sub_sample`` from the key names, ``mode`` and
+    ``use_scale`` from the config text mmengine stores in ``meta["cfg"]`` (mmcv's defaults:
+    embedded_gaussian, use_scale True). Without that text the two are ``known`` False."""
+    location: List[List[int]] = [[], [], [], []]
+    sub_sample = set()
+    kinds = set()
+    for k in state_dict:
+        m = re.match(r"backbone\.layer([1-4])\.(\d+)\.non_local_block\.(\w+)(\.0)?\.", k)
+        if m:
+            s, i = int(m.group(1)) - 1, int(m.group(2))
+            if i not in location[s]:
+                location[s].append(i)
+            kinds.add(m.group(3))
+            if m.group(4) and m.group(3) in ("g", "phi"):
+                sub_sample.add(True)
+            elif m.group(3) in ("g", "phi"):
+                sub_sample.add(False)
+    location = [sorted(v) for v in location]
+    problems = []
+    if len(sub_sample) > 1:
+        problems.append("some non-local blocks sub-sample and others do not")
+    pool = [1, 2, 2] if True in sub_sample else []
+    if "theta" not in kinds and kinds:
+        mode = "gaussian"
+    elif "concat_project" in kinds:
+        mode = "concat"
+    else:
+        mode = None  # embedded_gaussian or dot_product: only the config says
+    text = meta.get("cfg") if isinstance(meta.get("cfg"), str) else None
+    if isinstance(meta.get("meta"), Mapping) and isinstance(meta["meta"].get("cfg"), str):
+        text = meta["meta"]["cfg"]
+    use_scale = True
+    if text is not None:
+        cfg_part = re.search(r"non_local_cfg\s*=\s*dict\(([^()]*(?:\([^()]*\)[^()]*)*)\)", text)
+        if cfg_part:
+            mm = re.search(r"mode\s*=\s*['\"](\w+)['\"]", cfg_part.group(1))
+            sc = re.search(r"use_scale\s*=\s*(True|False)", cfg_part.group(1))
+            mode_text = mm.group(1) if mm else "embedded_gaussian"
+            mode = {"concatenation": "concat"}.get(mode_text, mode_text)
+            use_scale = sc.group(1) == "True" if sc else True
+        elif mode is None:
+            text = None
+    if mode is None and text is None:
+        return NonLocalSettings("mmaction2", known=False, location=location, pool=pool, pool_position="after_conv",
+                                options=[("embedded_gaussian", True), ("embedded_gaussian", False),
+                                         ("dot_product", False)], problems=problems)
+    return NonLocalSettings("mmaction2", known=True, location=location, instantiation=mode,
+                            scale=use_scale if mode == "embedded_gaussian" else False, pool=pool,
+                            pool_position="after_conv", problems=problems)
+
+
+def _block_semantics(m: NonLocalBlock) -> Tuple[str, bool, List[int], str]:
+    pool = list(m.pool.kernel_size) if m.pool is not None else []
+    scale = bool(m.scale) if m.instantiation == "embedded_gaussian" else False
+    return m.instantiation, scale, pool, m.pool_position
+
+
+def check_nonlocal_semantics(model: nn.Module, sd: Mapping[str, torch.Tensor], settings: NonLocalSettings,
+                             source: str) -> List[str]:
+    """Refuse when a model's non-local block that receives weights from ``sd`` (gcvideo keys) would
+    compute another function than the checkpoint's writer did; the error gives the gcvideo keys and
+    values to set. Returns notes for the report (what could not be checked)."""
+    if settings.problems:
+        raise CheckpointMismatchError(
+            f"checkpoint {source}: its {settings.writer} model cannot be built by gcvideo: "
+            + "; ".join(settings.problems))
+    loaded = [(n, m) for n, m in model.named_modules() if isinstance(m, NonLocalBlock)
+              and any(k.startswith(n + ".") for k in sd)]
+    notes = []
+    for n, m in loaded:
+        inst, scale, pool, position = _block_semantics(m)
+        if settings.known:
+            want = (settings.instantiation, bool(settings.scale), list(settings.pool), settings.pool_position)
+            ok = (inst, scale, pool, position) == want
+        else:
+            ok = position == settings.pool_position and (inst, scale) in settings.options
+        if not ok:
+            got = f"NL_INSTANTIATION {inst}, NL_SCALE {m.scale}, NL_POOL {pool}, NL_POOL_POSITION {position}"
+            if settings.known:
+                raise CheckpointMismatchError(
+                    f"checkpoint {source}: its {settings.writer} non-local blocks compute another function than "
+                    f"the model of this config ({n}: {got}); set {settings.gcvideo_opts()}")
+            raise CheckpointMismatchError(
+                f"checkpoint {source}: {settings.writer} non-local blocks max-pool "
+                f"{'the block input before phi/g' if settings.pool_position == 'before_conv' else 'the phi/g outputs'}"
+                f", but {n} has {got}; "
+                f"the file stores no config saying which instantiation it was trained with: set "
+                f"{settings.gcvideo_opts()}")
+    if loaded and not settings.known:
+        notes.append(f"{settings.writer} non-local blocks: the file stores no config, so their instantiation "
+                     f"({' or '.join(i + (' + NL_SCALE' if s else '') for i, s in settings.options)}) and pool "
+                     "kernel could not be checked against the model's")
+    return notes

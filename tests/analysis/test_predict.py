@@ -8,10 +8,9 @@ import sys
 import pytest
 import torch
 
-from gcvideo.analysis.predict import (InferenceCheckpointError, load_inference_model, parse_views,
-                                      predict_videos, video_views_dataset)
+from gcvideo.analysis.predict import parse_views, predict_videos, video_views_dataset
 from gcvideo.config import load_cfg
-from gcvideo.models import build_model
+from gcvideo.models import CheckpointMismatchError, build_model, build_model_from_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FILES = os.path.join(ROOT, "tests", "data", "files")
@@ -89,9 +88,9 @@ def test_inference_model_needs_every_weight(setup, tmp_path):
     baseline = {k: v for k, v in sd.items() if ".context." not in k}
     path = tmp_path / "baseline.pth"
     torch.save(baseline, path)
-    with pytest.raises(InferenceCheckpointError, match="context"):
-        load_inference_model(cfg, str(path))
-    m = load_inference_model(cfg, setup["ckpt"])
+    with pytest.raises(CheckpointMismatchError, match="context"):
+        build_model_from_checkpoint(cfg, str(path))
+    m = build_model_from_checkpoint(cfg, setup["ckpt"])
     assert not m.training
 
 

@@ -6,124 +6,20 @@ shows up here as a missing key or a different output.
 """
 import os
 import pickle
-import struct
 
 import numpy as np
 import pytest
 import torch
 
-from gcvideo.config import get_cfg
 from gcvideo.models import build_model, load_pretrained
 from gcvideo.models.inflate import InflationError
-from gcvideo.models.interop import (RestrictedUnpickler, UnsafePickleError, add_context_blocks,
-                                    caffe2_to_gcvideo_key, load_weights_file, safe_pickle_load,
-                                    slowfast_to_gcvideo_key)
+from gcvideo.models.checkpoint_file import load_weights_file
+from gcvideo.models.checkpoints import add_context_blocks
+from gcvideo.models.interop import caffe2_to_gcvideo_key, slowfast_to_gcvideo_key
+from gcvideo.models.safe_pickle import RestrictedUnpickler, UnsafePickleError, safe_pickle_load
 from gcvideo.utils.io import CheckpointError
 
-
-def _tiny_cfg(kind="none", location=None, **ctx):
-    cfg = get_cfg()
-    cfg.MODEL.WIDTH = 8
-    cfg.MODEL.STAGE_DEPTHS = [1, 2, 2, 1]
-    cfg.MODEL.NUM_CLASSES = 5
-    cfg.MODEL.DROPOUT = 0.0
-    cfg.CONTEXT.TYPE = kind
-    cfg.CONTEXT.LOCATION = location or [[], [], [], []]
-    for k, v in ctx.items():
-        cfg.CONTEXT[k] = v
-    return cfg
-
-
-def _randomise(model, seed=0):
-    """Random weights everywhere (context blocks too) and random BN statistics."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if t.dtype.is_floating_point:
-                if name.endswith("running_var"):
-                    t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-                else:
-                    t.copy_(torch.randn(t.shape, generator=g) * 0.2)
-            elif name.endswith("num_batches_tracked"):
-                t.fill_(7)
-    return model.eval()
-
-
-def _clip(seed=1):
-    return torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(seed))
-
-
-# ---- hand-written name tables (gcvideo -> PySlowFast, gcvideo -> Caffe2) ----
-_SF_STEM = {"conv": "s1.pathway0_stem.conv", "norm": "s1.pathway0_stem.bn"}
-_SF_BLOCK = {"branch1_conv": "branch1", "branch1_norm": "branch1_bn",
-             "branch2.conv_a": "branch2.a", "branch2.norm_a": "branch2.a_bn",
-             "branch2.conv_b": "branch2.b", "branch2.norm_b": "branch2.b_bn",
-             "branch2.conv_c": "branch2.c", "branch2.norm_c": "branch2.c_bn"}
-_C2_BN = {"weight": "s", "bias": "b", "running_mean": "rm", "running_var": "riv"}
-_C2_BLOCK = {"branch1_conv": "branch1", "branch1_norm": "branch1_bn",
-             "branch2.conv_a": "branch2a", "branch2.norm_a": "branch2a_bn",
-             "branch2.conv_b": "branch2b", "branch2.norm_b": "branch2b_bn",
-             "branch2.conv_c": "branch2c", "branch2.norm_c": "branch2c_bn"}
-
-
-def _to_slowfast(key):
-    parts = key.split(".")
-    if parts[1] == "0":  # blocks.0.{conv,norm}.p
-        return f"{_SF_STEM[parts[2]]}.{parts[3]}"
-    if parts[1] == "5":  # blocks.5.proj.p
-        return f"head.projection.{parts[3]}"
-    stage, block = int(parts[1]) + 1, parts[3]
-    rest = parts[4:]
-    if rest[0] == "context":  # NL after res block `block`
-        return f"s{stage}.pathway0_nonlocal{block}.{rest[1]}.{rest[2]}"
-    mod = ".".join(rest[:-1])
-    return f"s{stage}.pathway0_res{block}.{_SF_BLOCK[mod]}.{rest[-1]}"
-
-
-def _to_caffe2(key):
-    """None for keys Caffe2 files do not have (BN counters)."""
-    parts = key.split(".")
-    p = parts[-1]
-    if p == "num_batches_tracked":
-        return None
-    if parts[1] == "0":
-        return "conv1_w" if parts[2] == "conv" else f"res_conv1_bn_{_C2_BN[p]}"
-    if parts[1] == "5":
-        return "pred_w" if p == "weight" else "pred_b"
-    stage, block = int(parts[1]) + 1, parts[3]
-    rest = parts[4:]
-    if rest[0] == "context":
-        mod = rest[1]
-        if mod == "bn":
-            return f"nonlocal_conv{stage}_{block}_bn_{_C2_BN[p]}"
-        return f"nonlocal_conv{stage}_{block}_{mod[len('conv_'):]}_{'w' if p == 'weight' else 'b'}"
-    name = _C2_BLOCK[".".join(rest[:-1])]
-    if name.endswith("_bn"):
-        return f"res{stage}_{block}_{name}_{_C2_BN[p]}"
-    return f"res{stage}_{block}_{name}_w"
-
-
-class _Py2Pickler(pickle._Pickler):
-    """Writes bytes as Python-2 ``str`` opcodes (SHORT_BINSTRING/BINSTRING), as Caffe2's
-    Python-2 pickles of numpy arrays have them; protocol 2."""
-
-    def save_bytes(self, obj):
-        n = len(obj)
-        if n < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", n) + obj)
-        self.memoize(obj)
-
-    dispatch = dict(pickle._Pickler.dispatch)
-    dispatch[bytes] = save_bytes
-
-
-def _py2_pickle(obj) -> bytes:
-    import io
-    f = io.BytesIO()
-    _Py2Pickler(f, protocol=2).dump(obj)
-    return f.getvalue()
+from model_helpers import _clip, _py2_pickle, _randomise, _tiny_cfg, _to_caffe2, _to_slowfast  # noqa: E402
 
 
 NL_LOC = [[], [1], [0], []]  # res3 block 1, res4 block 0
@@ -181,10 +77,11 @@ def test_pyslowfast_nonlocal_at_another_block_is_reported(tmp_path):
         load_pretrained(build_model(cfg), sd)
 
 
-def _pyslowfast_nonlocal(x, w, pool=(1, 2, 2)):
-    """PySlowFast's Nonlocal.forward (slowfast/models/nonlocal_helper.py, softmax instantiation),
-    written out in float64 from its weights ``w`` (PySlowFast names): theta on x, then x max-pooled
-    before phi and g, softmax of theta^T phi / sqrt(inner), conv_out, BN (eval), residual."""
+def _pyslowfast_nonlocal(x, w, pool=(1, 2, 2), instantiation="softmax"):
+    """PySlowFast's Nonlocal.forward (slowfast/models/nonlocal_helper.py), written out in float64 from
+    its weights ``w`` (PySlowFast names): theta on x, then x max-pooled before phi and g, softmax of
+    theta^T phi / sqrt(inner) ("softmax") or theta^T phi / number of key positions ("dot_product"),
+    conv_out, BN (eval), residual."""
     import torch.nn.functional as F
 
     n, c, t, h, ww = x.shape
@@ -193,7 +90,11 @@ def _pyslowfast_nonlocal(x, w, pool=(1, 2, 2)):
     xp = F.max_pool3d(x, pool, pool)
     phi, g = conv(xp, "conv_phi").flatten(2), conv(xp, "conv_g").flatten(2)  # (N, Ci, Lk)
     inner = theta.shape[1]
-    att = torch.softmax(torch.einsum("nct,ncp->ntp", theta, phi) * inner ** -0.5, dim=2)  # (N, L, Lk)
+    theta_phi = torch.einsum("nct,ncp->ntp", theta, phi)  # (N, L, Lk)
+    if instantiation == "softmax":
+        att = torch.softmax(theta_phi * inner ** -0.5, dim=2)
+    else:
+        att = theta_phi / theta_phi.shape[2]
     y = torch.einsum("ntg,ncg->nct", att, g).reshape(n, inner, t, h, ww)
     p = conv(y, "conv_out")
     p = F.batch_norm(p, w["norm.running_mean"], w["norm.running_var"], w["norm.weight"], w["norm.bias"],
@@ -328,7 +229,7 @@ def test_restricted_unpickler_refuses_object_dtypes(tmp_path, name):
 
     path = tmp_path / f"{name}.pkl"
     path.write_bytes(_object_dtype_attacks()[name])
-    code = ("import sys; from gcvideo.models.interop import safe_pickle_load, UnsafePickleError\n"
+    code = ("import sys; from gcvideo.models.safe_pickle import safe_pickle_load, UnsafePickleError\n"
             "try:\n    obj = safe_pickle_load(open(sys.argv[1], 'rb').read())\n"
             "    print('LOADED', repr(obj)[:80])\n"
             "except UnsafePickleError as e:\n    print('REFUSED', e)\n")
@@ -380,3 +281,115 @@ def test_pytorchvideo_style_checkpoint_file(tmp_path):
     x = _clip()
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-6)
+
+
+# ---- PySlowFast configs read from the .pyth ----
+def _slowfast_cfg_text(instantiation="dot_product", location="[[[]], [[1]], [[0]], [[]]]", extra=""):
+    """The parts of a PySlowFast cfg.dump() that matter here, as in configs/Kinetics/SLOW_NLN_8x8_R50.yaml
+    (its NONLOCAL.LOCATION [[[]], [[1, 3]], [[1, 3, 5]], [[]]] shrunk to the tiny model's depth)."""
+    return (f"MODEL:\n  ARCH: slow\n  NUM_CLASSES: 5\nRESNET:\n  DEPTH: 50\nBN:\n  NORM_TYPE: batchnorm\n"
+            f"NONLOCAL:\n  LOCATION: {location}\n  GROUP: [[1], [1], [1], [1]]\n"
+            f"  INSTANTIATION: {instantiation}\n" + extra)
+
+
+def _pyth(tmp_path, src, cfg_text, name="SLOW_NLN_8x8_R50.pyth"):
+    path = tmp_path / name
+    torch.save({"epoch": 196, "model_state": {_to_slowfast(k): v.clone() for k, v in src.state_dict().items()},
+                "optimizer_state": {}, "cfg": cfg_text}, path)
+    return str(path)
+
+
+def test_pyslowfast_dot_product_config_is_read_and_refused_with_the_right_fix(tmp_path):
+    """PySlowFast's own SLOW_NLN config (dot_product, its default) against the README's softmax settings:
+    refused, naming the keys that build the checkpoint's function (not NL_SCALE True)."""
+    cfg = _tiny_cfg("nl", NL_LOC, NL_INSTANTIATION="dot_product", NL_POOL_POSITION="before_conv")
+    src = _randomise(build_model(cfg), seed=4)
+    path = _pyth(tmp_path, src, _slowfast_cfg_text("dot_product"))
+    readme = _tiny_cfg("nl", NL_LOC, NL_SCALE=True, NL_POOL_POSITION="before_conv")
+    with pytest.raises(InflationError) as e:
+        load_pretrained(build_model(readme), path)
+    msg = str(e.value)
+    assert "SLOW_NLN_8x8_R50.pyth" in msg and "CONTEXT.NL_INSTANTIATION dot_product" in msg
+    assert "CONTEXT.LOCATION '[[], [1], [0], []]'" in msg and "NL_POOL_POSITION before_conv" in msg
+    assert "NL_SCALE True" not in msg.split("set ")[-1]
+    # gcvideo's defaults (embedded_gaussian, after_conv): the same fix, not "NL_SCALE True"
+    with pytest.raises(InflationError, match="CONTEXT.NL_INSTANTIATION dot_product"):
+        load_pretrained(build_model(_tiny_cfg("nl", NL_LOC)), path)
+    # the settings the message gives load it exactly
+    dst = build_model(cfg).eval()
+    rep = load_pretrained(dst, path, purpose="inference")
+    assert rep.settings.known and rep.settings.instantiation == "dot_product" and not rep.notes
+    with torch.no_grad():
+        x = _clip()
+        torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+
+
+def test_pyslowfast_softmax_config_needs_scale_and_before_conv(tmp_path):
+    cfg = _tiny_cfg("nl", NL_LOC, NL_SCALE=True, NL_POOL_POSITION="before_conv")
+    src = _randomise(build_model(cfg), seed=5)
+    path = _pyth(tmp_path, src, _slowfast_cfg_text("softmax"))
+    assert load_pretrained(build_model(cfg), path).settings.scale is True
+    for wrong in (dict(NL_INSTANTIATION="dot_product", NL_POOL_POSITION="before_conv"),
+                  dict(NL_SCALE=False, NL_POOL_POSITION="before_conv"), dict(NL_SCALE=True)):
+        with pytest.raises(InflationError, match=r"NL_INSTANTIATION embedded_gaussian .*NL_POOL_POSITION "
+                                                 r"before_conv CONTEXT.NL_SCALE True"):
+            load_pretrained(build_model(_tiny_cfg("nl", NL_LOC, **wrong)), path)
+    # a pool kernel the model does not have
+    with pytest.raises(InflationError, match=r"NL_POOL '\[1, 1, 1\]'|NL_POOL '\[\]'"):
+        load_pretrained(build_model(cfg), _pyth(tmp_path, src, _slowfast_cfg_text(
+            "softmax", extra="  POOL: [[[1, 1, 1], [1, 1, 1]], [[1, 1, 1], [1, 1, 1]], [[1, 1, 1], [1, 1, 1]], "
+            "[[1, 1, 1], [1, 1, 1]]]\n"), "nopool.pyth"))
+
+
+def test_pyslowfast_settings_gcvideo_cannot_build_are_refused(tmp_path):
+    cfg = _tiny_cfg("nl", NL_LOC, NL_INSTANTIATION="dot_product", NL_POOL_POSITION="before_conv")
+    src = _randomise(build_model(cfg), seed=6)
+    grouped = _slowfast_cfg_text().replace("GROUP: [[1], [1], [1], [1]]", "GROUP: [[1], [2], [2], [1]]")
+    with pytest.raises(InflationError, match=r"grouped.pyth.*NONLOCAL.GROUP \[2\]"):
+        load_pretrained(build_model(cfg), _pyth(tmp_path, src, grouped, "grouped.pyth"))
+    c2d = _slowfast_cfg_text().replace("ARCH: slow", "ARCH: c2d")
+    with pytest.raises(InflationError, match=r"MODEL.ARCH c2d"):
+        load_pretrained(build_model(cfg), _pyth(tmp_path, src, c2d, "c2d.pyth"))
+
+
+def test_pyslowfast_nonlocal_checkpoint_into_baseline_config_is_refused_for_inference(tmp_path):
+    """An NL checkpoint given to the baseline config: its 'non-local' weights would be dropped
+    (logits off); for inference that is an error naming them and the settings to use."""
+    from gcvideo.models import build_model_from_checkpoint
+
+    cfg = _tiny_cfg("nl", NL_LOC, NL_INSTANTIATION="dot_product", NL_POOL_POSITION="before_conv")
+    src = _randomise(build_model(cfg), seed=7)
+    path = _pyth(tmp_path, src, _slowfast_cfg_text())
+    with pytest.raises(InflationError) as e:
+        build_model_from_checkpoint(_tiny_cfg(), path)
+    msg = str(e.value)
+    assert "s3.pathway0_nonlocal1.conv_theta.weight" in msg and "SLOW_NLN_8x8_R50.pyth" in msg
+    assert "CONTEXT.TYPE nl CONTEXT.LOCATION '[[], [1], [0], []]'" in msg
+    # fine-tuning the baseline from it reports the non-local weights as unused
+    rep = load_pretrained(build_model(_tiny_cfg()), path)
+    assert any(k.startswith("s3.pathway0_nonlocal1.") for k in rep.unused)
+
+
+def test_pyslowfast_dot_product_block_matches_reference():
+    """PySlowFast's dot_product Nonlocal (theta^T phi / number of key positions) in float64 == gcvideo's
+    dot_product block built with before_conv pooling, on the same weights."""
+    from gcvideo.layers import NonLocalBlock
+
+    torch.manual_seed(1)
+    c, inner = 16, 8
+    w = {f"{n}.{p}": torch.randn(*s, dtype=torch.float64) * 0.3 for n, cin, cout in
+         (("conv_theta", c, inner), ("conv_phi", c, inner), ("conv_g", c, inner), ("conv_out", inner, c))
+         for p, s in (("weight", (cout, cin, 1, 1, 1)), ("bias", (cout,)))}
+    w.update({"bn.weight": torch.rand(c, dtype=torch.float64) + 0.5, "bn.bias": torch.randn(c, dtype=torch.float64),
+              "bn.running_mean": torch.randn(c, dtype=torch.float64) * 0.1,
+              "bn.running_var": torch.rand(c, dtype=torch.float64) + 0.5, "bn.num_batches_tracked": torch.tensor(7)})
+    x = torch.randn(2, c, 4, 8, 8, dtype=torch.float64)
+    expect = _pyslowfast_nonlocal(x, {k.replace("bn.", "norm."): v for k, v in w.items()},
+                                  instantiation="dot_product")
+    block = NonLocalBlock(c, inner, instantiation="dot_product", pool=(1, 2, 2),
+                          pool_position="before_conv").double().eval()
+    block.load_state_dict(w)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expect, rtol=1e-10, atol=1e-10)
+        softmax = _pyslowfast_nonlocal(x, {k.replace("bn.", "norm."): v for k, v in w.items()})
+        assert (softmax - expect).abs().max() > 1e-3  # the two instantiations differ (the test can fail)

@@ -46,14 +46,14 @@ from __future__ import annotations
 
 import bisect
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from gcvideo.utils.io import path_manager
 
 __all__ = ["VideoDecodeError", "FrameCountChanged", "VideoReader", "open_video", "decode_frames",
-           "BACKENDS"]
+           "resize_frames", "BACKENDS"]
 
 BACKENDS = ("decord", "pyav")
 # Containers whose packet timestamps reliably give presentation order.
@@ -92,6 +92,33 @@ def _first_line(e: BaseException) -> str:
     if msg.startswith("[") and "] " in msg:
         msg = msg.split("] ", 1)[1]
     return msg[:300]
+
+
+def check_size(size) -> Optional[Tuple[int, int]]:
+    """``size`` as a (height, width) pair of positive ints (None stays None); else ValueError."""
+    if size is None:
+        return None
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size = {size!r}; expected (height, width)")
+    if h <= 0 or w <= 0 or (h, w) != tuple(size):
+        raise ValueError(f"size = {size!r}; expected two positive integers (height, width)")
+    return h, w
+
+
+def resize_frames(frames: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """uint8 ``(K, H, W, 3)`` -> ``(K, h, w, 3)``: torchvision bilinear, antialiased (the backends
+    that cannot scale while converting to RGB resize after it with this)."""
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+
+    h, w = size
+    if frames.shape[1:3] == (h, w):
+        return frames
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (K, 3, H, W), channels-last
+    x = TF.resize(x, [h, w], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)  # (K, 3, h, w)
+    return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())  # (K, h, w, 3)
 
 
 def _valid_fps(fps) -> bool:
@@ -184,22 +211,30 @@ class _PyAVBackend:
         self._cc.skip_frame = "DEFAULT"
         return self._cc
 
-    def read(self, indices: Sequence[int]) -> np.ndarray:
+    def read(self, indices: Sequence[int], size: Optional[Tuple[int, int]] = None) -> np.ndarray:
         wanted = sorted(set(int(i) for i in indices))
         if wanted[0] < 0 or wanted[-1] >= self.num_frames:
             raise VideoDecodeError(self.path, f"bad_index: frame index out of range 0..{self.num_frames - 1}: "
                                               f"{[i for i in wanted if i < 0 or i >= self.num_frames][:5]}")
         frames: Optional[Dict[int, np.ndarray]] = None
         if self._indexed:
-            frames = self._read_indexed(wanted)
+            frames = self._read_indexed(wanted, size)
             if frames is None:  # surprise: trust only a sequential decode from now on
                 self._indexed = False
                 self.mode = "sequential"
         if frames is None:
-            frames = self._read_sequential(wanted)
+            frames = self._read_sequential(wanted, size)
         return np.stack([frames[int(i)] for i in indices])  # (K, H, W, 3)
 
-    def _read_indexed(self, wanted: List[int]) -> Optional[Dict[int, np.ndarray]]:
+    @staticmethod
+    def _to_rgb(reformatter, frame, size: Optional[Tuple[int, int]]) -> np.ndarray:
+        """uint8 ``(H, W, 3)``; with ``size`` = (h, w) scaled in the same swscale call (SWS_BILINEAR)."""
+        if size is None:
+            return reformatter.reformat(frame, format="rgb24").to_ndarray()
+        return reformatter.reformat(frame, format="rgb24", width=size[1], height=size[0],
+                                    interpolation="BILINEAR").to_ndarray()
+
+    def _read_indexed(self, wanted: List[int], size=None) -> Optional[Dict[int, np.ndarray]]:
         from av.video.reformatter import VideoReformatter
 
         pts_of = {self._frame_pts[i]: i for i in wanted}
@@ -238,7 +273,7 @@ class _PyAVBackend:
                         return None
                     last_pts = f.pts
                     if f.pts in pts_of and pts_of[f.pts] not in out:
-                        out[pts_of[f.pts]] = reformatter.reformat(f, format="rgb24").to_ndarray()
+                        out[pts_of[f.pts]] = self._to_rgb(reformatter, f, size)
                         remaining.remove(f.pts)
         finally:
             cc.skip_frame = "DEFAULT"
@@ -246,7 +281,7 @@ class _PyAVBackend:
             return None
         return out
 
-    def _read_sequential(self, wanted: List[int]) -> Dict[int, np.ndarray]:
+    def _read_sequential(self, wanted: List[int], size=None) -> Dict[int, np.ndarray]:
         from av.video.reformatter import VideoReformatter
 
         want = set(wanted)
@@ -262,7 +297,7 @@ class _PyAVBackend:
                 continue
             for f in decoded:
                 if n in want:
-                    out[n] = reformatter.reformat(f, format="rgb24").to_ndarray()
+                    out[n] = self._to_rgb(reformatter, f, size)
                 n += 1
             if n > last:
                 break
@@ -303,13 +338,15 @@ class _DecordBackend:
     def close(self) -> None:
         self._vr = None
 
-    def read(self, indices: Sequence[int]) -> np.ndarray:
+    def read(self, indices: Sequence[int], size: Optional[Tuple[int, int]] = None) -> np.ndarray:
         wanted = sorted(set(int(i) for i in indices))
         if wanted[0] < 0 or wanted[-1] >= self.num_frames:
             raise VideoDecodeError(self.path, f"bad_index: frame index out of range 0..{self.num_frames - 1}")
         if self._vr is None:
             raise VideoDecodeError(self.path, "unreadable: reader already closed")
         batch = self._vr.get_batch(wanted).asnumpy()  # (K', H, W, 3)
+        if size is not None:
+            batch = resize_frames(batch, size)  # (K', h, w, 3)
         pos = {i: j for j, i in enumerate(wanted)}
         return batch[[pos[int(i)] for i in indices]]  # (K, H, W, 3)
 
@@ -376,17 +413,23 @@ class VideoReader:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def read(self, indices: Sequence[int]) -> np.ndarray:
+    def read(self, indices: Sequence[int], size: Optional[Tuple[int, int]] = None) -> np.ndarray:
         """uint8 ``(len(indices), H, W, 3)`` for exactly these frame indices, in this order.
 
+        ``size`` = (height, width): the frames scaled to that size. PyAV scales inside its
+        YUV->RGB conversion (libswscale SWS_BILINEAR, which widens its filter when shrinking);
+        the other backends convert at full size and resize with :func:`resize_frames`
+        (torchvision bilinear, antialiased). Both are within a few grey levels of a full-size
+        decode followed by ``resize_frames`` (mean absolute difference < 2, tested).
         Raises FrameCountChanged (sample again with ``num_frames``) or VideoDecodeError.
         """
         indices = [int(i) for i in indices]
         if not indices:
             raise ValueError("read() needs at least one frame index")
+        size = check_size(size)
         if self._impl.name == "decord":
             try:
-                return self._impl.read(indices)
+                return self._impl.read(indices, size)
             except VideoDecodeError:
                 raise
             except Exception as e:  # damaged packets etc.: PyAV skips what it cannot decode
@@ -394,7 +437,7 @@ class VideoReader:
                 self._to_pyav(f"get_batch failed ({_first_line(e)})")
                 if self._impl.num_frames != announced:
                     raise FrameCountChanged(self.path, announced, self._impl.num_frames)
-        return self._impl.read(indices)
+        return self._impl.read(indices, size)
 
 
 def open_video(path: str, backend: str = "decord", threads: int = 1) -> VideoReader:
@@ -406,15 +449,17 @@ def open_video(path: str, backend: str = "decord", threads: int = 1) -> VideoRea
     return VideoReader(path, backend=backend, threads=threads)
 
 
-def decode_frames(path: str, indices: Sequence[int], backend: str = "decord", threads: int = 1) -> np.ndarray:
+def decode_frames(path: str, indices: Sequence[int], backend: str = "decord", threads: int = 1,
+                  size: Optional[Tuple[int, int]] = None) -> np.ndarray:
     """uint8 frames ``(len(indices), H, W, 3)`` for exactly the 0-based ``indices``.
 
-    Order is kept and duplicates are allowed. An index past the last decodable frame
-    raises VideoDecodeError (reason ``bad_index: ...``).
+    Order is kept and duplicates are allowed. ``size`` = (height, width) scales them (see
+    ``VideoReader.read``). An index past the last decodable frame raises VideoDecodeError
+    (reason ``bad_index: ...``).
     """
     with open_video(path, backend=backend, threads=threads) as reader:
         try:
-            return reader.read(indices)
+            return reader.read(indices, size=size)
         except FrameCountChanged as e:
             raise VideoDecodeError(path, f"bad_index: the video has only {e.num_frames} decodable frames "
                                          f"(container announced {e.announced}); asked for up to {max(indices)}")

@@ -185,6 +185,7 @@ class _PyAVBackend:
             else:
                 self._key_pos = [i for i, _ in keys]
                 self._key_pts = kpts
+                self._bad_keys = set()  # keyframe positions whose packet the decoder rejected
         self.num_frames = len(frame_packets)
         if self.num_frames == 0:
             self.close()
@@ -235,6 +236,13 @@ class _PyAVBackend:
                                     interpolation="BILINEAR").to_ndarray()
 
     def _read_indexed(self, wanted: List[int], size=None) -> Optional[Dict[int, np.ndarray]]:
+        """Frames by presentation timestamp; None on a surprise (then the sequential mode is used).
+
+        A wanted frame the decoder does not output (its packet was rejected, or a frame it
+        needs is missing) is never replaced by a neighbour: a later frame coming out first
+        means a hole (VideoDecodeError ``damaged``); nothing coming out up to the end of the
+        stream means the stream ends early (FrameCountChanged).
+        """
         from av.video.reformatter import VideoReformatter
 
         pts_of = {self._frame_pts[i]: i for i in wanted}
@@ -242,6 +250,7 @@ class _PyAVBackend:
         out: Dict[int, np.ndarray] = {}
         reformatter = VideoReformatter()
         cc = self._codec()
+        rejected = ""
         try:
             packets = self._packets
             pos = -1
@@ -249,39 +258,86 @@ class _PyAVBackend:
             done = False
             while remaining and not done:
                 # Keyframe to start from for the earliest frame still wanted.
-                k = bisect.bisect_right(self._key_pts, remaining[0]) - 1
-                target = self._key_pos[k]
+                target = self._key_pos[self._start_key(remaining[0])]
                 if target > pos:  # jump: everything wanted before it is already out
                     if pos >= 0:
                         cc.flush_buffers()
                     pos = target
                     last_pts = None
+                start = pos
                 if pos < len(packets):
                     p = packets[pos]
                     pos += 1
-                    cc.skip_frame = "DEFAULT" if p.pts in pts_of else "NONREF"
+                    # unwanted non-reference frames are skipped (keyframes are references anyway; decoding
+                    # them fully makes a damaged one fail here, not silently)
+                    cc.skip_frame = "DEFAULT" if p.pts in pts_of or p.is_keyframe else "NONREF"
                 else:
                     p = None  # drain the decoder
                     done = True
                     cc.skip_frame = "DEFAULT"
                 try:
                     decoded = cc.decode(p)
-                except Exception:  # damaged packet: skip it, as ffmpeg does
+                except Exception as e:  # damaged packet: skip it, as ffmpeg does
+                    rejected = rejected or _first_line(e)
+                    if p is not None and start == pos - 1 and start == target and start in self._key_pos:
+                        # a keyframe that does not decode is no place to start: again from an earlier one
+                        self._bad_keys.add(start)
+                        return self._read_indexed(wanted, size)
                     continue
                 for f in decoded:
                     if f.pts is None or (last_pts is not None and f.pts <= last_pts):
                         return None
                     last_pts = f.pts
+                    if remaining and f.pts > remaining[0]:  # frames come out in pts order: a hole
+                        self._raise_damaged([pts_of[t] for t in remaining if t < f.pts], rejected)
                     if f.pts in pts_of and pts_of[f.pts] not in out:
                         out[pts_of[f.pts]] = self._to_rgb(reformatter, f, size)
                         remaining.remove(f.pts)
         finally:
             cc.skip_frame = "DEFAULT"
-        if remaining:
-            return None
+        if remaining:  # nothing came out after them: does the stream end early?
+            missing = [pts_of[t] for t in remaining]
+            end = self._decodable_end(missing[0])
+            if missing[0] < end:
+                self._raise_damaged([i for i in missing if i < end], rejected)
+            announced = self.num_frames
+            self.num_frames = end
+            if end == 0:
+                raise VideoDecodeError(self.path, "no_frames: no frame of the video stream decodes")
+            raise FrameCountChanged(self.path, announced, end)
         return out
 
+    def _raise_damaged(self, missing: List[int], rejected: str) -> None:
+        why = f"the decoder rejected a packet: {rejected}" if rejected else "the decoder dropped them"
+        raise VideoDecodeError(self.path, f"damaged: frame(s) {missing[:5]} of {self.num_frames} do not decode "
+                                          f"({why}); later frames do, so no frame is substituted")
+
+    def _start_key(self, pts: int) -> int:
+        """Index (into the keyframe lists) of the last decodable keyframe at or before ``pts``."""
+        k = bisect.bisect_right(self._key_pts, pts) - 1
+        while k > 0 and self._key_pos[k] in self._bad_keys:
+            k -= 1
+        return k
+
+    def _decodable_end(self, index: int) -> int:
+        """1 + the last frame index that decodes, decoding everything from the keyframe before ``index``."""
+        k = self._start_key(self._frame_pts[index])
+        start = bisect.bisect_left(self._frame_pts, self._key_pts[k])
+        cc = self._codec()
+        last = start - 1
+        for p in self._packets[self._key_pos[k]:] + [None]:
+            try:
+                decoded = cc.decode(p)
+            except Exception:
+                continue
+            for f in decoded:
+                if f.pts is not None:
+                    last = max(last, bisect.bisect_left(self._frame_pts, f.pts))
+        return min(last + 1, self.num_frames)
+
     def _read_sequential(self, wanted: List[int], size=None) -> Dict[int, np.ndarray]:
+        """Frames by output position. After a rejected packet the positions of later frames are
+        unknown (the lost frame would shift them), so wanting one of them is an error."""
         from av.video.reformatter import VideoReformatter
 
         want = set(wanted)
@@ -290,12 +346,19 @@ class _PyAVBackend:
         reformatter = VideoReformatter()
         cc = self._codec()
         n = 0
+        rejected_at, rejected = None, ""
         for p in self._packets + [None]:
             try:
                 decoded = cc.decode(p)
-            except Exception:  # damaged packet: skip it, as ffmpeg does
+            except Exception as e:  # damaged packet: skip it, as ffmpeg does (and remember where)
+                if rejected_at is None:
+                    rejected_at, rejected = n, _first_line(e)
                 continue
             for f in decoded:
+                if rejected_at is not None and last >= rejected_at:
+                    raise VideoDecodeError(self.path, f"damaged: the decoder rejected a packet after frame "
+                                           f"{rejected_at - 1} ({rejected}) and later frames decode, so frames "
+                                           f"from {rejected_at} on cannot be numbered; asked for up to {last}")
                 if n in want:
                     out[n] = self._to_rgb(reformatter, f, size)
                 n += 1

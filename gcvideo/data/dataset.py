@@ -34,6 +34,9 @@ SPLITS = ("train", "val", "test")
 # Replacement attempts for one training item before giving up (the tracker stops far earlier
 # unless almost everything is broken).
 MAX_ATTEMPTS = 50
+# Other random clips of a video tried when frames of a clip do not decode (``damaged:``) before
+# the video is replaced: the frames that do decode are exact, so the rest of the video is usable.
+DAMAGED_RETRIES = 3
 
 
 def _pair_map(pairs: Sequence[Sequence[int]], key: str) -> Dict[int, int]:
@@ -143,6 +146,8 @@ class VideoDataset(Dataset):
                 _, _, frames = self._decode(rec.path, lambda n, fps: train_clip_indices(
                     n, fps, self.num_frames, self.sampling_rate, self.target_fps, rng))
             except VideoDecodeError as e:
+                if e.reason.startswith("damaged:") and attempt < DAMAGED_RETRIES:
+                    continue  # frames of this clip do not decode: another clip of the same video
                 skipped.append(f"{rec.path}\t{e.reason}")
                 idx = int(self._rng(index, attempt, stream=1).integers(len(self)))
                 continue

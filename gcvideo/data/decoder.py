@@ -45,6 +45,7 @@ reuses one ``VideoReformatter`` per reader (a fresh swscale context per frame co
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -55,9 +56,10 @@ from gcvideo.utils.io import path_manager
 __all__ = ["VideoDecodeError", "FrameCountChanged", "VideoReader", "open_video", "decode_frames",
            "resize_frames", "BACKENDS"]
 
-BACKENDS = ("decord", "pyav")
+BACKENDS = ("pyav", "decord", "torchcodec")
 # Containers whose packet timestamps reliably give presentation order.
 _TIMESTAMP_CONTAINERS = ("mov", "mp4", "matroska", "webm")
+logger = logging.getLogger(__name__)
 # Frame rates outside this range are treated as unknown.
 _FPS_RANGE = (0.1, 1000.0)
 
@@ -197,6 +199,13 @@ class _PyAVBackend:
                 fps = (len(pts) - 1) / span
         self.fps = fps if fps is not None and _valid_fps(fps) else float("nan")
         self.mode = "indexed" if self._indexed else "sequential"
+        self.indexed = self._indexed  # the packet index as opened (reads may later fall back)
+        self.container_format = self._container_format
+        self.height, self.width = int(self._cc.height or 0), int(self._cc.width or 0)
+
+    def frame_times(self) -> np.ndarray:
+        """Start time in seconds of every frame (indexed files): the sorted packet timestamps."""
+        return np.array([float(t * self._time_base) for t in self._frame_pts], dtype=np.float64)
 
     # -- decoding -----------------------------------------------------------------
     def close(self) -> None:
@@ -373,12 +382,43 @@ class _PyAVBackend:
         return out
 
 
+def index_mismatch(name: str, count: int, times: Optional[np.ndarray], index: "_PyAVBackend",
+                   relative: bool = False) -> str:
+    """"" when a backend's frame table agrees with PyAV's packet index of the same file, else why not.
+
+    ``count``: the backend's frame count; ``times``: its frame start times in seconds (None: not
+    compared); ``relative``: compare times relative to the first frame (decord shifts them by the
+    stream start). Each time must lie within half the smallest frame gap of the index's time of
+    that frame, i.e. point at the same frame.
+    """
+    if not index.indexed:
+        return f"the {index.container_format or 'unknown'} container has no packet timestamps to check {name} against"
+    if index.demux_error:
+        return f"the container does not demux to its end ({index.demux_error})"
+    if count != index.num_frames:
+        return f"{name} counts {count} frames, the container's packet index {index.num_frames}"
+    if times is None:
+        return ""
+    ref = index.frame_times()
+    times = np.asarray(times, dtype=np.float64)
+    if relative:
+        ref, times = ref - ref[0], times - times[0]
+    tol = 0.5 * float(np.diff(ref).min()) if len(ref) > 1 else 1e-3
+    bad = np.flatnonzero(~(np.abs(times - ref) <= tol))
+    if bad.size:
+        i = int(bad[0])
+        return f"{name} puts frame {i} at {times[i]:.4f} s, the packet index at {ref[i]:.4f} s"
+    return ""
+
+
 class _DecordBackend:
-    """decord ``VideoReader`` with ``get_batch`` random access and consistency checks."""
+    """decord ``VideoReader`` with ``get_batch`` random access, trusted only where its frame
+    table matches PyAV's packet index of the file (count and every frame's timestamp)."""
 
     name = "decord"
+    call = "get_batch"
 
-    def __init__(self, path: str, local: str, threads: int = 1):
+    def __init__(self, path: str, local: str, threads: int, index: "_PyAVBackend"):
         import decord
 
         self.path = path
@@ -388,7 +428,7 @@ class _DecordBackend:
             raise RuntimeError("decord reports 0 frames")
         fps = self._vr.get_avg_fps()
         self.fps = float(fps) if _valid_fps(fps) else float("nan")
-        ts = self._vr.get_frame_timestamp([0, self.num_frames - 1])
+        ts = self._vr.get_frame_timestamp(list(range(self.num_frames)))  # (N, 2) start/end seconds
         if ts[0][0] < -1e6:
             raise RuntimeError("inconsistent frame table: frame timestamps are unknown to decord")
         if ts[0][0] < -1e-3:
@@ -396,6 +436,9 @@ class _DecordBackend:
                                "(an edit list discards leading frames that decord still counts)")
         if self.num_frames > 1 and not ts[1][0] > ts[0][0]:
             raise RuntimeError("inconsistent frame table: timestamps do not increase")
+        why = index_mismatch("decord", self.num_frames, ts[:, 0], index, relative=True)
+        if why:
+            raise RuntimeError(f"not verified: {why}")
         self.mode = "get_batch"
 
     def close(self) -> None:
@@ -414,17 +457,37 @@ class _DecordBackend:
         return batch[[pos[int(i)] for i in indices]]  # (K, H, W, 3)
 
 
-class VideoReader:
-    """An opened video: ``num_frames``, ``fps``, ``backend`` (actually used), ``read(indices)``.
+_logged_fallbacks: set = set()
 
-    ``fallback`` says why decord was not used ("" when it was, or PyAV was asked for).
+
+def _log_fallback(path: str, backend: str, why: str) -> None:
+    """One warning per file and process: which backend was not used for it, and why."""
+    if (path, backend) in _logged_fallbacks:
+        return
+    _logged_fallbacks.add((path, backend))
+    logger.warning("%s: %s not used, PyAV decodes it instead: %s", path, backend, why)
+
+
+class VideoReader:
+    """An opened video: ``num_frames``, ``fps``, ``width``, ``height``, ``backend`` (actually
+    used), ``read(indices, size=None)``.
+
+    Every file is first demuxed by PyAV (its packet index, no decoding); decord and torchcodec
+    are used only where their frame table agrees with it, and PyAV takes over (the reason in
+    ``fallback``, logged once per file) where it does not, or when they fail to decode.
+    ``device`` ("cpu" | "cuda", torchcodec only): where decoded frames are made; with "cuda"
+    ``read`` returns a uint8 torch tensor on the GPU (NVDEC), else a numpy array.
     """
 
-    def __init__(self, path: str, backend: str = "decord", threads: int = 1):
+    def __init__(self, path: str, backend: str = "pyav", threads: int = 1, device: str = "cpu"):
         if backend not in BACKENDS:
             raise ValueError(f"decoder backend {backend!r} is not known; expected one of {BACKENDS}")
+        if device != "cpu" and not (backend == "torchcodec" and str(device).startswith("cuda")):
+            raise ValueError(f"decode device {device!r} needs backend 'torchcodec' and a 'cuda' device; "
+                             f"backend {backend!r} decodes on the CPU only")
         self.path = path
         self.threads = threads
+        self.device = str(device)
         self.fallback = ""
         if not path_manager.exists(path):
             raise VideoDecodeError(path, "missing: file does not exist")
@@ -437,16 +500,20 @@ class VideoReader:
         if os.path.getsize(local) == 0:
             raise VideoDecodeError(path, "empty: file is 0 bytes")
         self._local = local
-        self._impl = None
-        if backend == "decord":
+        self._pyav = _PyAVBackend(path, local, threads)  # the packet index; the decoder of last resort
+        self._impl = self._pyav
+        if backend != "pyav":
             try:
-                self._impl = _DecordBackend(path, local, threads)
-            except ImportError:
-                self.fallback = "decord is not installed"
+                if backend == "decord":
+                    self._impl = _DecordBackend(path, local, threads, self._pyav)
+                else:
+                    from gcvideo.data.decoder_torchcodec import TorchCodecBackend
+
+                    self._impl = TorchCodecBackend(path, local, threads, self._pyav, self.device)
+            except ImportError as e:
+                self._use_pyav(backend, f"{backend} is not installed or cannot load ({_first_line(e)})")
             except Exception as e:  # DECORDError, RuntimeError, ...
-                self.fallback = f"decord: {_first_line(e)}"
-        if self._impl is None:
-            self._impl = _PyAVBackend(path, local, threads)
+                self._use_pyav(backend, _first_line(e))
 
     @property
     def backend(self) -> str:
@@ -461,14 +528,27 @@ class VideoReader:
         """Average frame rate (NaN when the file does not say; callers then assume TARGET_FPS)."""
         return self._impl.fps
 
-    def _to_pyav(self, why: str) -> None:
-        self.fallback = f"decord: {why}"
-        self._impl.close()
-        self._impl = _PyAVBackend(self.path, self._local, self.threads)
+    @property
+    def height(self) -> int:
+        """Frame height in pixels as the container declares it (0 if unknown)."""
+        return self._pyav.height
+
+    @property
+    def width(self) -> int:
+        return self._pyav.width
+
+    def _use_pyav(self, backend: str, why: str) -> None:
+        self.fallback = f"{backend}: {why}"
+        _log_fallback(self.path, backend, why)
+        if self._impl is not self._pyav:
+            self._impl.close()
+        self._impl = self._pyav
 
     def close(self) -> None:
         """Release the file (also done by ``with open_video(...) as reader``)."""
-        self._impl.close()
+        if self._impl is not self._pyav:
+            self._impl.close()
+        self._pyav.close()
 
     def __enter__(self) -> "VideoReader":
         return self
@@ -476,7 +556,7 @@ class VideoReader:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def read(self, indices: Sequence[int], size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    def read(self, indices: Sequence[int], size: Optional[Tuple[int, int]] = None):
         """uint8 ``(len(indices), H, W, 3)`` for exactly these frame indices, in this order.
 
         ``size`` = (height, width): the frames scaled to that size. PyAV scales inside its
@@ -490,37 +570,39 @@ class VideoReader:
         if not indices:
             raise ValueError("read() needs at least one frame index")
         size = check_size(size)
-        if self._impl.name == "decord":
+        if self._impl is not self._pyav:
             try:
                 return self._impl.read(indices, size)
             except VideoDecodeError:
                 raise
-            except Exception as e:  # damaged packets etc.: PyAV skips what it cannot decode
-                announced = self._impl.num_frames
-                self._to_pyav(f"get_batch failed ({_first_line(e)})")
-                if self._impl.num_frames != announced:
-                    raise FrameCountChanged(self.path, announced, self._impl.num_frames)
-        return self._impl.read(indices, size)
+            except Exception as e:  # damaged packets etc.: PyAV decides what is exact
+                self._use_pyav(self._impl.name, f"{self._impl.call} failed ({_first_line(e)})")
+        frames = self._pyav.read(indices, size)  # (K, H, W, 3)
+        if self.device != "cpu":
+            import torch
+
+            return torch.from_numpy(frames).to(self.device)
+        return frames
 
 
-def open_video(path: str, backend: str = "decord", threads: int = 1) -> VideoReader:
-    """Open ``path`` (any iopath location) with ``backend`` ("decord" or "pyav").
+def open_video(path: str, backend: str = "pyav", threads: int = 1, device: str = "cpu") -> VideoReader:
+    """Open ``path`` (any iopath location) with ``backend`` ("pyav", "decord" or "torchcodec").
 
     Raises VideoDecodeError (with ``reason``) when the file is missing, empty, not a
     video, has no video stream or no frames.
     """
-    return VideoReader(path, backend=backend, threads=threads)
+    return VideoReader(path, backend=backend, threads=threads, device=device)
 
 
-def decode_frames(path: str, indices: Sequence[int], backend: str = "decord", threads: int = 1,
-                  size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+def decode_frames(path: str, indices: Sequence[int], backend: str = "pyav", threads: int = 1,
+                  size: Optional[Tuple[int, int]] = None, device: str = "cpu"):
     """uint8 frames ``(len(indices), H, W, 3)`` for exactly the 0-based ``indices``.
 
     Order is kept and duplicates are allowed. ``size`` = (height, width) scales them (see
     ``VideoReader.read``). An index past the last decodable frame raises VideoDecodeError
     (reason ``bad_index: ...``).
     """
-    with open_video(path, backend=backend, threads=threads) as reader:
+    with open_video(path, backend=backend, threads=threads, device=device) as reader:
         try:
             return reader.read(indices, size=size)
         except FrameCountChanged as e:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import data_helpers as H
+import video_faults as F
 from gcvideo.data import decoder as D
 from gcvideo.data.decoder import FrameCountChanged, VideoDecodeError, decode_frames, open_video
 
@@ -126,7 +127,7 @@ def test_damaged_packets_decord_falls_back_to_pyav(index_videos):
     assert frames.shape == (4, 256, 340, 3)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", F.BACKENDS)
 @pytest.mark.parametrize("kind,reason", [
     ("missing", "missing"), ("empty", "empty"), ("text", "unreadable"), ("truncated", "unreadable"),
     ("audio_only", "no_video_stream"), ("no_packets", "no_video_stream"), ("undecodable", "no_frames"),

@@ -14,22 +14,7 @@ BACKENDS = ["decord", "pyav"]
 
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory):
-    d = tmp_path_factory.mktemp("faults")
-    base = H.write_index_video(str(d / "base.mp4"), 120, gop=250)
-    nal = F.frames_by_nal(base)
-    nonref = min(i for i in range(40, 80) if nal[i] & 0x60 == 0)
-    ref = min(i for i in range(40, 80) if nal[i] & 0x60 and nal[i] & 0x1F == 1)
-    out = {"base": base, "nonref": nonref, "ref": ref}
-    F.damage_slice(base, str(d / "nonref_header.mp4"), nonref, "header")
-    F.damage_slice(base, str(d / "ref_idr.mp4"), ref, "idr")
-    F.damage_slice(base, str(d / "ref_payload.mp4"), ref, "payload")
-    for k in ("nonref_header", "ref_idr", "ref_payload"):
-        out[k] = str(d / f"{k}.mp4")
-    gop25 = H.write_index_video(str(d / "gop25.mp4"), 100, gop=25)
-    out["cut"] = F.remux_cut(gop25, str(d / "cut.mp4"), 37)
-    out["lie_avi"] = F.lying_header_avi(str(d / "lie.avi"), 40, claims=100000)
-    out["vfr"] = H.write_index_video(str(d / "vfr.mp4"), 60, vfr=True)
-    return out
+    return F.make_faults(str(tmp_path_factory.mktemp("faults")))
 
 
 def test_fault_files_are_what_they_claim(faults):
@@ -113,3 +98,75 @@ def test_odd_files_equal_sequential_decode(faults, backend, kind, count, first):
     assert [H.read_index(f) for f in got] == [first + i for i in idx]
     with pytest.raises(VideoDecodeError, match="bad_index"):
         decode_frames(path, [count], backend=backend)
+
+
+class _Index:
+    """Stand-in for the PyAV packet index in index_mismatch's hand-computed cases."""
+    indexed, container_format, demux_error = True, "mov,mp4", ""
+
+    def __init__(self, times):
+        self._t = np.array(times, dtype=float)
+        self.num_frames = len(times)
+
+    def frame_times(self):
+        return self._t
+
+
+def test_index_mismatch_hand_computed():
+    from gcvideo.data.decoder import index_mismatch
+
+    idx = _Index([0.0, 0.1, 0.2, 0.4])  # smallest gap 0.1 s: tolerance 0.05 s
+    assert index_mismatch("x", 4, [0.0, 0.1, 0.249, 0.4], idx) == ""
+    assert "frame 2 at 0.2510 s" in index_mismatch("x", 4, [0.0, 0.1, 0.251, 0.4], idx)
+    assert "counts 5 frames" in index_mismatch("x", 5, None, idx)
+    # decord's times relative to its first frame: a constant offset is fine only with relative=True
+    assert index_mismatch("x", 4, [1.0, 1.1, 1.2, 1.4], idx, relative=True) == ""
+    assert "frame 0" in index_mismatch("x", 4, [1.0, 1.1, 1.2, 1.4], idx)
+    idx.indexed, idx.container_format = False, "avi"
+    assert "avi container has no packet timestamps" in index_mismatch("x", 4, None, idx)
+
+
+def test_decord_used_only_where_verified_and_fallback_logged_once(faults, files_dir, caplog, monkeypatch):
+    from gcvideo.data import decoder as D
+
+    monkeypatch.setattr(D, "_logged_fallbacks", set())  # earlier tests of this process logged theirs
+    with open_video(faults["base"], "decord") as r:
+        assert r.backend == "decord" and r.fallback == ""
+    for path, why in ((faults["cut"], "edit list"), (faults["lie_avi"], "no packet timestamps"),
+                      (os.path.join(files_dir, "test.avi"), "")):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="gcvideo.data.decoder"):
+            for _ in range(3):
+                with open_video(path, "decord") as r:
+                    assert r.backend == "pyav" and r.fallback.startswith("decord: ") and why in r.fallback
+        logged = [rec.getMessage() for rec in caplog.records if path in rec.getMessage()]
+        assert len(logged) == 1 and "decord not used" in logged[0] and r.fallback[len("decord: "):] in logged[0]
+
+
+def test_decord_frame_table_checked_against_the_packet_index(faults, monkeypatch):
+    """A decord frame table one frame off (same count) is not trusted."""
+    import decord
+
+    real = decord.VideoReader.get_frame_timestamp
+
+    def shifted(self, idx):
+        ts = real(self, idx)
+        ts[len(ts) // 2:] += 1 / 30
+        return ts
+
+    monkeypatch.setattr(decord.VideoReader, "get_frame_timestamp", shifted)
+    with open_video(faults["base"], "decord") as r:
+        assert r.backend == "pyav" and "not verified: decord puts frame" in r.fallback
+
+
+def test_pyav_is_the_default():
+    from gcvideo.config import ConfigError, get_cfg, validate_cfg
+
+    cfg = get_cfg()
+    assert cfg.DATA.DECODER == "pyav" and cfg.DATA.DECODE_DEVICE == "cpu"
+    assert open_video.__defaults__[0] == "pyav"
+    cfg.DATA.DECODE_DEVICE = "cuda"
+    with pytest.raises(ConfigError, match="DATA.DECODE_DEVICE"):
+        validate_cfg(cfg)
+    cfg.DATA.DECODER = "torchcodec"
+    validate_cfg(cfg)

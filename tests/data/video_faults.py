@@ -15,6 +15,19 @@ import numpy as np
 import data_helpers as H
 
 
+def torchcodec_missing():
+    """"" when torchcodec and the FFmpeg libraries it loads are there, else why not."""
+    try:
+        from torchcodec.decoders import VideoDecoder  # noqa: F401  (loads libavcodec & co.)
+    except Exception as e:  # ImportError, or RuntimeError when FFmpeg's shared libraries are missing
+        return f"torchcodec unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+    return ""
+
+
+# every decoder backend this machine can run (tests parametrised over backends use it)
+BACKENDS = ["pyav", "decord"] + ([] if torchcodec_missing() else ["torchcodec"])
+
+
 def packet_table(path):
     """[(pts, byte offset, size, keyframe)] of the first video stream, in file (decode) order;
     packets an edit list discards are left out."""
@@ -124,3 +137,29 @@ def frames_by_nal(path):
     pts_sorted = sorted(t[0] for t in table)
     data = open(path, "rb").read()
     return {pts_sorted.index(pts): data[pos + 4] for pts, pos, _, _ in table}
+
+
+def make_faults(folder):
+    """name -> path of every fault file of the exactness tests (plus "nonref"/"ref": the damaged frames).
+
+    base: 120 index-stamped frames, one GOP, B-frames; nonref_header: a non-reference frame's
+    packet rejected; ref_idr: a reference frame's slice made a bad IDR NAL unit; ref_payload:
+    bytes inverted inside a reference frame (decodes with concealed errors); cut: a stream-copy
+    cut from frame 37 of a GOP-25 video (edit list hides 12 frames); lie_avi: 40 frames, AVI
+    headers claim 100000; vfr: variable frame rate."""
+    import os
+
+    p = lambda name: os.path.join(folder, name)  # noqa: E731
+    base = H.write_index_video(p("base.mp4"), 120, gop=250)
+    nal = frames_by_nal(base)
+    nonref = min(i for i in range(40, 80) if nal[i] & 0x60 == 0)
+    ref = min(i for i in range(40, 80) if nal[i] & 0x60 and nal[i] & 0x1F == 1)
+    out = {"base": base, "nonref": nonref, "ref": ref}
+    for name, frame, how in (("nonref_header", nonref, "header"), ("ref_idr", ref, "idr"),
+                             ("ref_payload", ref, "payload")):
+        damage_slice(base, p(name + ".mp4"), frame, how)
+        out[name] = p(name + ".mp4")
+    out["cut"] = remux_cut(H.write_index_video(p("gop25.mp4"), 100, gop=25), p("cut.mp4"), 37)
+    out["lie_avi"] = lying_header_avi(p("lie.avi"), 40, claims=100000)
+    out["vfr"] = H.write_index_video(p("vfr.mp4"), 60, vfr=True)
+    return out

@@ -23,8 +23,11 @@ setup(
         "pillow",
     ],
     extras_require={
-        # the test extra also brings the optional exporters/loggers, so that CI exercises them
-        "test": ["pytest>=7", "pytest-xdist", "tensorboard", "onnx", "onnxruntime", "onnxscript"],
+        # the test extra also brings the optional exporters/loggers and the torchcodec decoder
+        # (it needs FFmpeg's shared libraries: .ci/run installs them), so that CI exercises them
+        "test": ["pytest>=7", "pytest-xdist", "tensorboard", "onnx", "onnxruntime", "onnxscript",
+                 "torchcodec==0.17.*"],
         "extra": ["tensorboard", "onnx", "onnxruntime", "onnxscript"],
+        "torchcodec": ["torchcodec==0.17.*"],
     },
 )

@@ -127,8 +127,13 @@ _C.DATA.PATH_LABEL_SEPARATOR = ""
 _C.DATA.LABEL_MAP = ""
 # Official-CSV layout: clips under {split folder}/{class}/ ("class") or flat ("flat"), or "auto".
 _C.DATA.CLIP_LAYOUT = "auto"
-# Decoder backend: "decord" | "pyav".
-_C.DATA.DECODER = "decord"
+# Decoder backend: "pyav" (exact on every file, fastest in bench/results/decode.md) | "decord" |
+# "torchcodec" (pip install torchcodec + FFmpeg's shared libraries). decord and torchcodec are used
+# for a file only where their frame table matches PyAV's packet index; else PyAV (logged once).
+_C.DATA.DECODER = "pyav"
+# Where frames are decoded: "cpu", or "cuda" (DECODER torchcodec only: NVDEC, frames and the
+# training augmentation on the GPU; use DATA.NUM_WORKERS 0, CUDA does not work in forked workers).
+_C.DATA.DECODE_DEVICE = "cpu"
 # Decoding threads per video reader (1 per DataLoader worker; 0 = library default/auto).
 _C.DATA.DECODER_THREADS = 1
 # Frames per clip and the stride between them (at TARGET_FPS): 8x8.
@@ -504,7 +509,9 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     # ---- data
     _one_of(d.FORMAT, "DATA.FORMAT", ["auto", "slowfast", "mmaction", "kinetics_csv"])
     _one_of(d.CLIP_LAYOUT, "DATA.CLIP_LAYOUT", ["auto", "class", "flat"])
-    _one_of(d.DECODER, "DATA.DECODER", ["decord", "pyav"])
+    _one_of(d.DECODER, "DATA.DECODER", ["pyav", "decord", "torchcodec"])
+    _check(d.DECODE_DEVICE == "cpu" or (str(d.DECODE_DEVICE).startswith("cuda") and d.DECODER == "torchcodec"),
+           "DATA.DECODE_DEVICE", d.DECODE_DEVICE, "'cpu', or 'cuda' with DATA.DECODER torchcodec")
     _check(isinstance(d.DECODER_THREADS, int) and d.DECODER_THREADS >= 0, "DATA.DECODER_THREADS",
            d.DECODER_THREADS, "0 (auto) or a positive number of threads")
     _check(d.NUM_FRAMES >= 1, "DATA.NUM_FRAMES", d.NUM_FRAMES, "a positive integer")

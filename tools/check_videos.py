@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     ap.add_argument("--label-map", default="", help="DATA.LABEL_MAP for class-name labels")
     ap.add_argument("--layout", default="auto", choices=["auto", "class", "flat"], help="DATA.CLIP_LAYOUT")
     ap.add_argument("--num-classes", type=int, default=None, help="labels must be below this")
-    ap.add_argument("--backend", default="decord", choices=["decord", "pyav"], help="DATA.DECODER")
+    ap.add_argument("--backend", default="pyav", choices=["pyav", "decord", "torchcodec"], help="DATA.DECODER")
     ap.add_argument("--out", default="", help="folder for the outputs (default: the CSV's folder)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)

@@ -24,7 +24,7 @@ from gcvideo.utils.parallel import parallel_imap
 __all__ = ["check_video", "check_annotations"]
 
 
-def check_video(path: str, backend: str = "decord", full: bool = False) -> str:
+def check_video(path: str, backend: str = "pyav", full: bool = False) -> str:
     """"" when the video decodes, else the reason."""
     try:
         with open_video(path, backend) as reader:
@@ -49,7 +49,7 @@ def _job(args: Tuple[int, str, str, bool]) -> Tuple[int, str]:
 
 
 def check_annotations(csv_path: str, fmt: str = "auto", path_prefix: str = "", label_map: str = "",
-                      num_classes: Optional[int] = None, clip_layout: str = "auto", backend: str = "decord",
+                      num_classes: Optional[int] = None, clip_layout: str = "auto", backend: str = "pyav",
                       workers: int = 1, full: bool = False, out_dir: str = "", progress: bool = True) -> Dict:
     """Check every video of ``csv_path``; write the broken list and a cleaned copy. Returns a summary."""
     records = load_annotations(csv_path, fmt=fmt, path_prefix=path_prefix, label_map=label_map,

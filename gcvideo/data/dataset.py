@@ -34,6 +34,9 @@ SPLITS = ("train", "val", "test")
 # Replacement attempts for one training item before giving up (the tracker stops far earlier
 # unless almost everything is broken).
 MAX_ATTEMPTS = 50
+# Other random clips of a video tried when frames of a clip do not decode (``damaged:``) before
+# the video is replaced: the frames that do decode are exact, so the rest of the video is usable.
+DAMAGED_RETRIES = 3
 
 
 def _pair_map(pairs: Sequence[Sequence[int]], key: str) -> Dict[int, int]:
@@ -51,8 +54,8 @@ class VideoDataset(Dataset):
     ``train=False``: ``num_clips x num_crops`` deterministic views, broken videos marked.
     """
 
-    def __init__(self, records: Sequence[VideoRecord], train: bool, *, decoder: str = "decord",
-                 decoder_threads: int = 1, num_frames: int = 8, sampling_rate: int = 8, target_fps: float = 30,
+    def __init__(self, records: Sequence[VideoRecord], train: bool, *, decoder: str = "pyav",
+                 decoder_threads: int = 1, decode_device: str = "cpu", num_frames: int = 8, sampling_rate: int = 8, target_fps: float = 30,
                  jitter_scales: Sequence[int] = (256, 320), train_crop: int = 224, test_crop: int = 256,
                  random_flip: bool = True, flip_pairs: Sequence[Sequence[int]] = (), reverse_prob: float = 0.0,
                  reverse_pairs: Sequence[Sequence[int]] = (), mean: Sequence[float] = (0.45, 0.45, 0.45),
@@ -64,6 +67,7 @@ class VideoDataset(Dataset):
         self.train = bool(train)
         self.decoder = decoder
         self.decoder_threads = int(decoder_threads)
+        self.decode_device = str(decode_device)  # "cuda": torchcodec frames and augmentation on the GPU
         self.num_frames = int(num_frames)
         self.sampling_rate = int(sampling_rate)
         self.target_fps = float(target_fps)
@@ -119,7 +123,7 @@ class VideoDataset(Dataset):
     def _decode(self, path: str, sample) -> tuple:
         """Open once, compute indices with ``sample(num_frames, fps)``, read them in one pass."""
         try:
-            with open_video(path, self.decoder, self.decoder_threads) as reader:
+            with open_video(path, self.decoder, self.decoder_threads, self.decode_device) as reader:
                 for _ in range(3):
                     want = sample(reader.num_frames, reader.fps)
                     flat = want if isinstance(want[0], int) else sorted({i for c in want for i in c})
@@ -143,6 +147,8 @@ class VideoDataset(Dataset):
                 _, _, frames = self._decode(rec.path, lambda n, fps: train_clip_indices(
                     n, fps, self.num_frames, self.sampling_rate, self.target_fps, rng))
             except VideoDecodeError as e:
+                if e.reason.startswith("damaged:") and attempt < DAMAGED_RETRIES:
+                    continue  # frames of this clip do not decode: another clip of the same video
                 skipped.append(f"{rec.path}\t{e.reason}")
                 idx = int(self._rng(index, attempt, stream=1).integers(len(self)))
                 continue
@@ -216,6 +222,7 @@ def build_dataset(cfg, split: str) -> VideoDataset:
         clips, crops = int(cfg.TEST.NUM_ENSEMBLE_VIEWS), int(cfg.TEST.NUM_SPATIAL_CROPS)
     return VideoDataset(
         records, train=(split == "train"), decoder=d.DECODER, decoder_threads=d.DECODER_THREADS,
+        decode_device=d.DECODE_DEVICE,
         num_frames=d.NUM_FRAMES, sampling_rate=d.SAMPLING_RATE, target_fps=d.TARGET_FPS,
         jitter_scales=d.TRAIN_JITTER_SCALES, train_crop=d.TRAIN_CROP_SIZE, test_crop=d.TEST_CROP_SIZE,
         random_flip=d.RANDOM_FLIP, flip_pairs=d.FLIP_LABEL_PAIRS, reverse_prob=d.REVERSE_PROB,

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+import video_faults as F
 from gcvideo.config import get_cfg
 from gcvideo.data import BrokenVideoTracker, TooManyBrokenVideos, accuracy_with_failures, build_dataset, parse_skipped
 
@@ -32,7 +33,7 @@ def small_cfg(folder, decoder="decord"):
     return cfg
 
 
-@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+@pytest.mark.parametrize("decoder", F.BACKENDS)
 def test_train_replaces_each_broken_kind(mixed_csv, decoder):
     folder, rows = mixed_csv
     ds = build_dataset(small_cfg(folder, decoder), "train")
@@ -51,7 +52,7 @@ def test_train_replaces_each_broken_kind(mixed_csv, decoder):
     assert ds[8]["skipped"] == "" and ds[8]["index"] == 8
 
 
-@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+@pytest.mark.parametrize("decoder", F.BACKENDS)
 def test_test_mode_marks_failed_never_substitutes(mixed_csv, decoder):
     folder, rows = mixed_csv
     ds = build_dataset(small_cfg(folder, decoder), "test")
@@ -65,11 +66,12 @@ def test_test_mode_marks_failed_never_substitutes(mixed_csv, decoder):
         assert item["ok"] and item["error"] == "" and item["video"].abs().sum() > 0
 
 
-def test_damaged_edit_list_and_short_data_still_usable(index_videos, tmp_path):
+@pytest.mark.parametrize("decoder", F.BACKENDS)
+def test_damaged_edit_list_and_short_data_still_usable(index_videos, tmp_path, decoder):
     rows = [index_videos[k] for k in ("damaged", "edit_list", "short_data")]
     (tmp_path / "train.csv").write_text("".join(f"{p} 0\n" for p in rows))
     (tmp_path / "test.csv").write_text("".join(f"{p} 0\n" for p in rows))
-    cfg = small_cfg(str(tmp_path))
+    cfg = small_cfg(str(tmp_path), decoder)
     train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
     for i in range(3):
         assert train[i]["skipped"] == "" and train[i]["index"] == i

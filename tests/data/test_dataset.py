@@ -209,14 +209,14 @@ def test_test_item_decodes_once(files_dir, tmp_path, monkeypatch):
     opens, reads = [], []
     real_open = DS.open_video
 
-    def spy_open(path, backend, threads):
-        r = real_open(path, backend, threads)
+    def spy_open(path, backend, threads, *args, **kwargs):
+        r = real_open(path, backend, threads, *args, **kwargs)
         real_read = r.read
         opens.append(path)
 
-        def spy_read(indices):
+        def spy_read(indices, *args, **kwargs):
             reads.append(list(indices))
-            return real_read(indices)
+            return real_read(indices, *args, **kwargs)
         r.read = spy_read
         return r
 

@@ -52,17 +52,19 @@ class BrokenVideoTracker:
     Args:
         output_dir: folder for ``broken_videos.txt`` (any iopath location); None or "" =
             count and log only. An existing list there (from a run being resumed) is read
-            and counted.
+            and counted: its entries for ``videos`` only, when given.
         num_videos: videos in the training set (the share's denominator).
         max_fraction: DATA.MAX_BROKEN_FRACTION; more than ``max_fraction * num_videos``
             distinct broken videos raises TooManyBrokenVideos.
+        videos: the paths of the current annotation file (None = count every listed entry), so
+            that a rerun after cleaning the list does not count videos it no longer has.
 
     Use from the main process only: ``tracker.update(batch["skipped"])`` after every
     batch (a str or a list of str). Returns the newly seen (path, reason) pairs.
     """
 
     def __init__(self, output_dir: Optional[str], num_videos: int, max_fraction: float = 0.05,
-                 log: Optional[logging.Logger] = None):
+                 log: Optional[logging.Logger] = None, videos: Optional[Iterable[str]] = None):
         if num_videos <= 0:
             raise ValueError(f"num_videos = {num_videos}; expected the (positive) size of the dataset")
         self.output_dir = output_dir
@@ -75,10 +77,12 @@ class BrokenVideoTracker:
             self.path = ""
         self.log = log or logger
         self.broken: Dict[str, str] = {}
+        known = set(videos) if videos is not None else None
         if self.path and path_manager.exists(self.path):
             with path_manager.open(self.path, "r") as f:
                 for path, reason in parse_skipped(f.read()):
-                    self.broken.setdefault(path, reason)
+                    if known is None or path in known:
+                        self.broken.setdefault(path, reason)
 
     @property
     def num_broken(self) -> int:
@@ -96,7 +100,7 @@ class BrokenVideoTracker:
                 continue
             self.broken[path] = reason
             new.append((path, reason))
-            self.log.warning("broken video skipped (%d so far, limit %.0f): %s: %s",
+            self.log.warning("broken video skipped (%d so far, limit %g): %s: %s",
                              self.num_broken, self.limit, path, reason)
         if new and self.path:
             text = "".join(f"{p}\t{r}\n" for p, r in self.broken.items())
@@ -111,7 +115,7 @@ class BrokenVideoTracker:
         if self.num_broken > self.limit:
             raise TooManyBrokenVideos(
                 f"{self.num_broken} of {self.num_videos} videos could not be decoded, more than "
-                f"DATA.MAX_BROKEN_FRACTION = {self.max_fraction:g} ({self.limit:.1f} videos); they are listed "
+                f"DATA.MAX_BROKEN_FRACTION = {self.max_fraction:g} ({self.limit:g} videos); they are listed "
                 f"with reasons in {self.path or 'broken_videos.txt of the main process'}. Fix or remove them (tools/check_videos.py writes a cleaned CSV) "
                 "or raise DATA.MAX_BROKEN_FRACTION.")
 

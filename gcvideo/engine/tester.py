@@ -29,8 +29,8 @@ from gcvideo.utils.malloc import tune_cpu_memory
 from gcvideo.utils.progress import progress_bar
 from gcvideo.utils.reproducibility import set_determinism
 
-__all__ = ["EvalResult", "evaluate", "test", "run_test", "test_settings", "build_eval_loader", "class_names",
-           "test_checkpoints"]
+__all__ = ["EvalResult", "evaluate", "test", "run_test", "settings_for_test", "build_eval_loader", "class_names",
+           "checkpoints_to_test"]
 
 
 @dataclass
@@ -123,7 +123,7 @@ def class_names(label_map: str, num_classes: int) -> List[str]:
     return names
 
 
-def test_checkpoints(checkpoint: str, output_dir: str) -> List[str]:
+def checkpoints_to_test(checkpoint: str, output_dir: str) -> List[str]:
     """The checkpoints to try, best first: ``checkpoint`` alone, else OUTPUT_DIR's, newest first."""
     if checkpoint:
         return [checkpoint]
@@ -134,7 +134,7 @@ def test_checkpoints(checkpoint: str, output_dir: str) -> List[str]:
     return found[::-1]
 
 
-def test_settings(cfg: CfgNode) -> Dict:
+def settings_for_test(cfg: CfgNode) -> Dict:
     """The keyword arguments of ``run_test`` that TEST.*, DATA.*, MODEL.* and OUTPUT_DIR give."""
     te, d = cfg.TEST, cfg.DATA
     return {"output_dir": cfg.OUTPUT_DIR, "num_classes": cfg.MODEL.NUM_CLASSES,
@@ -174,13 +174,13 @@ def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dat
         set_determinism(cfg.TRAIN.DETERMINISTIC, device)
         tune_cpu_memory(cfg.TRAIN.CPU_KEEP_FREED_MEMORY, device)
         model = build_model(cfg)
-        ckpt = _load_test_weights(model, test_checkpoints(cfg.TEST.CHECKPOINT, cfg.OUTPUT_DIR))
+        ckpt = _load_test_weights(model, checkpoints_to_test(cfg.TEST.CHECKPOINT, cfg.OUTPUT_DIR))
         model.to(device)
         if cfg.TRAIN.CHANNELS_LAST:
             model_channels_last(model)
         dataset = (dataset_builder or build_dataset)(cfg, "test")
         tag = os.path.splitext(os.path.basename(ckpt))[0]
-        return run_test(model, dataset, device, tag=tag, **test_settings(cfg))
+        return run_test(model, dataset, device, tag=tag, **settings_for_test(cfg))
 
 
 def _load_test_weights(model: nn.Module, candidates: List[str]) -> str:

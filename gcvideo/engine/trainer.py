@@ -40,7 +40,7 @@ from gcvideo.engine.logger import RunLogger, format_duration
 from gcvideo.engine.memory_format import model_channels_last, to_device
 from gcvideo.engine.optim import WarmupCosineSchedule, build_optimizer, build_schedule, scaled_lr
 from gcvideo.engine.precision import autocast, autocast_dtype
-from gcvideo.engine.tester import build_eval_loader, evaluate, run_test, test_settings
+from gcvideo.engine.tester import build_eval_loader, evaluate, run_test, settings_for_test
 from gcvideo.models import build_model, load_pretrained
 from gcvideo.utils.device import select_device
 from gcvideo.utils.folder_lock import FolderLock
@@ -333,15 +333,15 @@ def _claim_output_dir(cfg: CfgNode, main: bool) -> Iterator[None]:
     error = None
     if main:
         try:
-            _check_foreign_files(cfg.OUTPUT_DIR)
             lock.acquire()
             if lock.note:
                 print(lock.note, flush=True)
+            _check_foreign_files(cfg.OUTPUT_DIR)
             for folder in (cfg.OUTPUT_DIR, checkpoint_dir(cfg.OUTPUT_DIR)):
                 remove_temporaries(folder)
             _write_config(cfg)
         except BaseException as e:
-            lock.release()
+            lock.release(remove=isinstance(e, FileExistsError))  # leave a foreign folder as it was
             error = e
     message = du.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
     if error is not None:
@@ -555,7 +555,7 @@ def _validate(cfg: CfgNode, run: _Run) -> Dict:
 
 def _final_test(cfg: CfgNode, run: _Run, last_ckpt: Optional[str]) -> Optional[Dict]:
     tag = os.path.splitext(os.path.basename(last_ckpt))[0] if last_ckpt else "final"
-    return run_test(run.model, run.test_set, run.device, tag=tag, **test_settings(cfg))
+    return run_test(run.model, run.test_set, run.device, tag=tag, **settings_for_test(cfg))
 
 
 def _video_paths(dataset: Dataset) -> Optional[List[str]]:

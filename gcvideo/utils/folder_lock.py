@@ -42,6 +42,7 @@ class FolderLock:
         self.folder, self.what = folder, what
         self.fd: Optional[int] = None
         self.note = ""  # why no lock could be taken ("" when held)
+        self.created = False  # acquire created the lock file
 
     def acquire(self) -> "FolderLock":
         local = local_path(self.folder)
@@ -51,6 +52,7 @@ class FolderLock:
             return self
         os.makedirs(local, exist_ok=True)
         path = os.path.join(local, LOCK_NAME)
+        self.created = not os.path.exists(path)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -71,8 +73,11 @@ class FolderLock:
         self.fd = fd
         return self
 
-    def release(self) -> None:
+    def release(self, remove: bool = False) -> None:
+        """Let the lock go; ``remove``: also delete the lock file if ``acquire`` created it."""
         if self.fd is not None:
+            if remove and self.created:
+                os.remove(os.path.join(local_path(self.folder), LOCK_NAME))
             os.ftruncate(self.fd, 0)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)

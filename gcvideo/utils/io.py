@@ -60,6 +60,9 @@ def local_path(path: str):
 class WriteError(OSError):
     """A file could not be written (full disk, quota); its temporary file was removed."""
 
+    def __str__(self) -> str:  # the one-line message, without OSError's "[Errno N]"
+        return str(self.strerror)
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint file cannot be read safely or does not have the expected content."""

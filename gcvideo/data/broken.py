@@ -6,9 +6,9 @@ process, feeds every batch's ``skipped`` to :class:`BrokenVideoTracker`, which l
 each path once, lists it in ``OUTPUT_DIR/broken_videos.txt`` and stops the run
 (:class:`TooManyBrokenVideos`) once more than ``max_fraction`` of the videos failed.
 
-Testing: nothing is replaced; items carry ``ok``/``error``. ``accuracy_with_failures``
-computes top-k accuracy over all listed videos (a failed video counts as wrong)
-and over the decodable ones.
+Testing: nothing is replaced; items carry ``ok``/``error``; the engine's ``compute_metrics``
+gives top-k accuracy over all listed videos (a failed video counts as wrong) and over the
+decodable ones.
 """
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ import torch
 
 from gcvideo.utils.io import atomic_write_text, path_manager
 
-__all__ = ["BrokenVideoTracker", "TooManyBrokenVideos", "parse_skipped", "accuracy_with_failures",
-           "BROKEN_LIST_NAME"]
+__all__ = ["BrokenVideoTracker", "TooManyBrokenVideos", "parse_skipped", "BROKEN_LIST_NAME"]
 
 BROKEN_LIST_NAME = "broken_videos.txt"
 logger = logging.getLogger(__name__)
@@ -118,36 +117,3 @@ class BrokenVideoTracker:
                 f"DATA.MAX_BROKEN_FRACTION = {self.max_fraction:g} ({self.limit:g} videos); they are listed "
                 f"with reasons in {self.path or 'broken_videos.txt of the main process'}. Fix or remove them (tools/check_videos.py writes a cleaned CSV) "
                 "or raise DATA.MAX_BROKEN_FRACTION.")
-
-
-def accuracy_with_failures(scores: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor,
-                           topk: Sequence[int] = (1, 5)) -> Dict[str, float]:
-    """Top-k accuracy over all listed videos and over the decodable ones.
-
-    Args:
-        scores: ``(N, C)`` video-level scores (rows of failed videos are ignored).
-        labels: ``(N,)`` class indices; rows with label < 0 (unlabelled) are left out of both.
-        ok: ``(N,)`` bool, the items' ``ok`` field.
-    Returns:
-        ``{"top1_all", "top1_decodable", "top5_all", ...}`` in percent (``all``: failed
-        videos count as wrong; ``decodable``: failed videos left out; NaN if none),
-        plus ``num_videos``, ``num_failed``, ``num_unlabeled`` (counts over all N rows).
-    """
-    scores = torch.as_tensor(scores)
-    labels = torch.as_tensor(labels).long().view(-1)
-    ok = torch.as_tensor(ok).bool().view(-1)
-    if scores.ndim != 2 or scores.shape[0] != labels.shape[0] or ok.shape[0] != labels.shape[0]:
-        raise ValueError(f"scores {tuple(scores.shape)}, labels {tuple(labels.shape)}, ok {tuple(ok.shape)}: "
-                         "expected (N, C), (N,), (N,)")
-    labelled = labels >= 0
-    out: Dict[str, float] = {"num_videos": int(labels.numel()), "num_failed": int((~ok).sum()),
-                             "num_unlabeled": int((~labelled).sum())}
-    n_all = int(labelled.sum())
-    n_ok = int((labelled & ok).sum())
-    for k in topk:
-        kk = min(int(k), scores.shape[1])
-        top = scores.topk(kk, dim=1).indices if scores.numel() else torch.zeros((0, kk), dtype=torch.long)
-        hit = (top == labels.view(-1, 1)).any(dim=1) & ok & labelled
-        out[f"top{k}_all"] = 100.0 * int(hit.sum()) / n_all if n_all else float("nan")
-        out[f"top{k}_decodable"] = 100.0 * int(hit.sum()) / n_ok if n_ok else float("nan")
-    return out

@@ -29,7 +29,7 @@ from gcvideo.utils.malloc import tune_cpu_memory
 from gcvideo.utils.progress import progress_bar
 from gcvideo.utils.reproducibility import set_determinism
 
-__all__ = ["EvalResult", "evaluate", "test", "run_test", "settings_for_test", "build_eval_loader", "class_names",
+__all__ = ["EvalResult", "evaluate", "test", "run_test", "build_test_settings", "build_eval_loader", "class_names",
            "checkpoints_to_test"]
 
 
@@ -134,7 +134,7 @@ def checkpoints_to_test(checkpoint: str, output_dir: str) -> List[str]:
     return found[::-1]
 
 
-def settings_for_test(cfg: CfgNode) -> Dict:
+def build_test_settings(cfg: CfgNode) -> Dict:
     """The keyword arguments of ``run_test`` that TEST.*, DATA.*, MODEL.* and OUTPUT_DIR give."""
     te, d = cfg.TEST, cfg.DATA
     return {"output_dir": cfg.OUTPUT_DIR, "num_classes": cfg.MODEL.NUM_CLASSES,
@@ -180,7 +180,7 @@ def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dat
             model_channels_last(model)
         dataset = (dataset_builder or build_dataset)(cfg, "test")
         tag = os.path.splitext(os.path.basename(ckpt))[0]
-        return run_test(model, dataset, device, tag=tag, **settings_for_test(cfg))
+        return run_test(model, dataset, device, tag=tag, **build_test_settings(cfg))
 
 
 def _load_test_weights(model: nn.Module, candidates: List[str]) -> str:

@@ -40,7 +40,7 @@ from gcvideo.engine.logger import RunLogger, format_duration
 from gcvideo.engine.memory_format import model_channels_last, to_device
 from gcvideo.engine.optim import WarmupCosineSchedule, build_optimizer, build_schedule, scaled_lr
 from gcvideo.engine.precision import autocast, autocast_dtype
-from gcvideo.engine.tester import build_eval_loader, evaluate, run_test, settings_for_test
+from gcvideo.engine.tester import build_eval_loader, evaluate, run_test, build_test_settings
 from gcvideo.models import build_model, load_pretrained
 from gcvideo.utils.device import select_device
 from gcvideo.utils.folder_lock import FolderLock
@@ -555,7 +555,7 @@ def _validate(cfg: CfgNode, run: _Run) -> Dict:
 
 def _final_test(cfg: CfgNode, run: _Run, last_ckpt: Optional[str]) -> Optional[Dict]:
     tag = os.path.splitext(os.path.basename(last_ckpt))[0] if last_ckpt else "final"
-    return run_test(run.model, run.test_set, run.device, tag=tag, **settings_for_test(cfg))
+    return run_test(run.model, run.test_set, run.device, tag=tag, **build_test_settings(cfg))
 
 
 def _video_paths(dataset: Dataset) -> Optional[List[str]]:

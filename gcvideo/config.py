@@ -266,8 +266,16 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _declared(key: str):
+    """The default of ``key`` ("SECTION.NAME") as declared above, or None for keys added elsewhere."""
+    node = _C
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, CfgNode) else None
+    return node
+
+
 def _coerce(new, old, key: str, source: str):
-    """Check ``new`` against the default ``old``; allow int->float and list<->tuple."""
+    """Check ``new`` against the declared default ``old``; allow int->float and list<->tuple."""
     def bad(what: str):
         return ConfigError(f"{source}: {key} = {new!r} {what}; expected {type(old).__name__} like the "
                            f"default {old!r}")
@@ -331,7 +339,8 @@ def _merge_dict(cfg: CfgNode, d: dict, source: str, prefix: str = "") -> None:
                                   f"{full}.{sorted(cfg[k].keys())[0]}")
             _merge_dict(cfg[k], v, source, prefix=full + ".")
         else:
-            cfg[k] = _coerce(v, cfg[k], full, source)
+            declared = _declared(full)  # the key's own type, not a value an earlier file gave
+            cfg[k] = _coerce(v, cfg[k] if declared is None else declared, full, source)
 
 
 def merge_from_file(cfg: CfgNode, path: str) -> dict:
@@ -370,9 +379,11 @@ def merge_from_list(cfg: CfgNode, opts: Sequence[str]) -> None:
         parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        default = cfg
-        for p in parts:
-            default = default.get(p) if isinstance(default, CfgNode) else None
+        default = _declared(key)  # the key's allowed forms decide the parse, not its current value
+        if default is None:
+            default = cfg
+            for p in parts:
+                default = default.get(p) if isinstance(default, CfgNode) else None
         if isinstance(default, str) and isinstance(text, str):
             node[parts[-1]] = text  # a string key takes the text as given ("null", "2024", "~/runs")
         else:

@@ -125,3 +125,23 @@ def test_shipped_label_map_found_from_any_working_directory(tmp_path, monkeypatc
     assert os.path.isabs(cfg.DATA.LABEL_MAP) and open(cfg.DATA.LABEL_MAP).readline().strip() == "abseiling"
     with pytest.raises(ConfigError, match="DATA.LABEL_MAP = 'no/such/map.txt': file does not exist"):
         load_cfg(cfg_file, ["DATA.LABEL_MAP", "no/such/map.txt"])
+
+
+def test_command_line_list_overrides_a_yaml_all_for_context_location(tmp_path):
+    """The key's allowed forms decide how the command-line text is read, not the YAML's value."""
+    y = tmp_path / "gc_all.yaml"
+    y.write_text("CONTEXT:\n  TYPE: gc\n  LOCATION: all\n")
+    cfg = load_cfg(str(y), ["CONTEXT.LOCATION", "[[], [1, 3], [], []]"])
+    assert cfg.CONTEXT.LOCATION == [[], [1, 3], [], []]
+    assert context_indices(cfg.CONTEXT.LOCATION, [3, 4, 6, 3]) == [[], [1, 3], [], []]
+    y.write_text("CONTEXT:\n  TYPE: gc\n  LOCATION: [[0], [], [], []]\n")
+    assert load_cfg(str(y), ["CONTEXT.LOCATION", "all"]).CONTEXT.LOCATION == "all"
+    assert load_cfg(str(y), ["CONTEXT.LOCATION", "[all, [0], [], []]"]).CONTEXT.LOCATION == ["all", [0], [], []]
+
+
+def test_type_error_quotes_the_declared_default_not_the_yaml_value(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("DATA:\n  NUM_FRAMES: 16\n")
+    with pytest.raises(ConfigError) as e:
+        load_cfg(str(y), ["DATA.NUM_FRAMES", "'sixteen'"])
+    assert "expected int like the default 8" in str(e.value) and "16" not in str(e.value)

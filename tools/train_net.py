@@ -11,7 +11,17 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gcvideo.config import ConfigError, load_cfg  # noqa: E402
+from gcvideo.data.annotations import AnnotationError  # noqa: E402
+from gcvideo.data.broken import TooManyBrokenVideos  # noqa: E402
 from gcvideo.engine import NonFiniteLossError, train  # noqa: E402
+from gcvideo.engine.distributed import BatchSizeError  # noqa: E402
+from gcvideo.models import InflationError  # noqa: E402
+from gcvideo.utils.folder_lock import FolderInUse  # noqa: E402
+from gcvideo.utils.io import CheckpointError, WriteError  # noqa: E402
+
+# errors that a user fixes (config, files, data, disk): one "error: ..." line, no traceback
+USER_ERRORS = (ConfigError, AnnotationError, CheckpointError, InflationError, FolderInUse, FileExistsError,
+               WriteError, NonFiniteLossError, TooManyBrokenVideos, BatchSizeError)
 
 
 def main(argv=None) -> int:
@@ -25,12 +35,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_cfg(args.config, opts)
         train(cfg)
-    except (ConfigError, NonFiniteLossError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except RuntimeError as e:
-        if type(e).__name__ != "TooManyBrokenVideos":
-            raise
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -17,17 +17,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from gcvideo.engine.tester import class_names as label_map_names
+from gcvideo.utils.device import select_device
+
 from gcvideo.models import build_model_from_checkpoint
 
 __all__ = ["parse_views", "video_views_dataset", "decode_views", "predict_videos", "format_predictions",
            "resolve_device"]
 
 
-def resolve_device(device="auto") -> torch.device:
-    """``"auto"``: the first CUDA device when there is one, else the CPU; anything else as given."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+resolve_device = select_device  # "auto" | "cpu" | "cuda" | "cuda:1" | a torch.device
 
 
 def parse_views(text: str) -> Tuple[int, int]:
@@ -67,9 +66,8 @@ def predict_videos(cfg, checkpoint: str, videos: Sequence[str], views: Tuple[int
     """Top-``topk`` classes of each video: [{"path", "ok", "error", "views", "top": [{"index", "name",
     "prob"}]}], probabilities = mean over views of the softmax (``prob_mean``)."""
     from gcvideo.engine import combine_views
-    from gcvideo.engine.common import class_names as cfg_class_names
 
-    names = class_names if class_names is not None else cfg_class_names(cfg)
+    names = class_names if class_names is not None else label_map_names(cfg.DATA.LABEL_MAP, cfg.MODEL.NUM_CLASSES)
     device = resolve_device(device)
     model = model if model is not None else build_model_from_checkpoint(cfg, checkpoint).to(device)
     model.eval()

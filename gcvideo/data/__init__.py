@@ -7,7 +7,7 @@ Public API (see docs/data.md):
 * ``decode_frames(path, indices, backend="decord")``: uint8 ``(len(indices), H, W, 3)``.
 * ``open_video(path, backend)``: a reader to decode several index sets from one open.
 * ``BrokenVideoTracker(output_dir, num_videos, max_fraction)``: the engine's bookkeeping of
-  training videos that failed; ``accuracy_with_failures`` for test accuracy with failures.
+  training videos that failed (test accuracy with failures: ``gcvideo.engine.compute_metrics``).
 * ``load_annotations``, ``read_label_map``: the annotation formats.
 * ``make_toy_dataset``: the synthetic motion dataset (gcvideo.data.toy).
 
@@ -20,7 +20,7 @@ _EXPORTS = {
     "build_dataset": "dataset", "VideoDataset": "dataset",
     "decode_frames": "decoder", "open_video": "decoder", "VideoReader": "decoder",
     "VideoDecodeError": "decoder", "FrameCountChanged": "decoder",
-    "BrokenVideoTracker": "broken", "TooManyBrokenVideos": "broken", "accuracy_with_failures": "broken",
+    "BrokenVideoTracker": "broken", "TooManyBrokenVideos": "broken",
     "parse_skipped": "broken",
     "load_annotations": "annotations", "read_label_map": "annotations", "class_key": "annotations",
     "AnnotationError": "annotations", "VideoRecord": "annotations",

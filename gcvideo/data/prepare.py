@@ -23,6 +23,7 @@ from fractions import Fraction
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from gcvideo.data.annotations import DEFAULT_KINETICS400_LABEL_MAP, class_key, kinetics_clip_name, read_label_map
+from gcvideo.utils.io import TEMPORARY_NAME, atomic_write_text
 from gcvideo.utils.parallel import parallel_imap
 
 __all__ = ["reencode_video", "prepare_kinetics", "VIDEO_EXTENSIONS", "split_name"]
@@ -147,13 +148,6 @@ def _read_kinetics_csvs(paths: Sequence[str]) -> Dict[str, Tuple[str, str]]:
     return out
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}{_TMP_MARK}{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def prepare_kinetics(src: str, dst: str, short_side: int = 320, workers: Optional[int] = None,
                      label_map: str = "", annotations: Sequence[str] = (), default_split: str = "train",
                      crf: int = 23, preset: str = "veryfast", gop: int = 0, progress: bool = True) -> Dict:
@@ -168,7 +162,7 @@ def prepare_kinetics(src: str, dst: str, short_side: int = 320, workers: Optiona
     # stale temporaries of an interrupted run
     for root, _, files in os.walk(dst):
         for f in files:
-            if _TMP_MARK in f:
+            if _TMP_MARK in f or TEMPORARY_NAME.fullmatch(f):
                 os.remove(os.path.join(root, f))
     jobs, entries, skipped_done = [], [], 0
     for root, dirs, files in os.walk(src):
@@ -211,10 +205,10 @@ def prepare_kinetics(src: str, dst: str, short_side: int = 320, workers: Optiona
         sep = "\t" if any(c.isspace() for c in rel_out) else " "  # a path with spaces: TAB before the label
         lines.setdefault(split, []).append(f"{rel_out}{sep}{label}\n")
     for split, ls in lines.items():
-        _write_atomic(os.path.join(dst, f"{split}.csv"), "".join(ls))
+        atomic_write_text(os.path.join(dst, f"{split}.csv"), "".join(ls))
     failed_path = os.path.join(dst, "failed.txt")
     if failed:
-        _write_atomic(failed_path, "".join(f"{s}\t{r}\n" for s, r in sorted(failed.items())))
+        atomic_write_text(failed_path, "".join(f"{s}\t{r}\n" for s, r in sorted(failed.items())))
     elif os.path.exists(failed_path):  # from an earlier run: those clips are done now
         os.remove(failed_path)
     return {"videos": len(entries), "encoded": len(jobs) - len(failed), "already_done": skipped_done,

@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from gcvideo.utils.io import atomic_write_text
 from gcvideo.utils.parallel import parallel_imap
 
 __all__ = ["TOY_CLASSES", "FLIP_PAIRS", "REVERSE_PAIRS", "make_toy_dataset", "render_video", "write_video",
@@ -243,13 +244,6 @@ def _job(args: Tuple[str, int, int, int, int, int, int]) -> Tuple[str, int]:
     return path, os.path.getsize(path)
 
 
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def make_toy_dataset(out_dir: str, seed: int = 0, num_train: int = 600, num_val: int = 200, size: int = 128,
                      num_frames: int = 72, workers: Optional[int] = None, progress: bool = False) -> Dict:
     """Write the toy dataset to ``out_dir`` (see module docstring); returns its ``meta.json`` content.
@@ -282,14 +276,14 @@ def make_toy_dataset(out_dir: str, seed: int = 0, num_train: int = 600, num_val:
     total = 0
     for _, nbytes in parallel_imap(_job, jobs, workers, "toy videos", "video", progress, chunksize=4):
         total += nbytes
-    _write_text(os.path.join(out_dir, "train.csv"), "".join(lines["train"]))
-    _write_text(os.path.join(out_dir, "val.csv"), "".join(lines["val"]))
-    _write_text(os.path.join(out_dir, "classes.txt"), "".join(c + "\n" for c in TOY_CLASSES))
+    atomic_write_text(os.path.join(out_dir, "train.csv"), "".join(lines["train"]))
+    atomic_write_text(os.path.join(out_dir, "val.csv"), "".join(lines["val"]))
+    atomic_write_text(os.path.join(out_dir, "classes.txt"), "".join(c + "\n" for c in TOY_CLASSES))
     pairs = {"FLIP_LABEL_PAIRS": FLIP_PAIRS, "REVERSE_LABEL_PAIRS": REVERSE_PAIRS}
-    _write_text(os.path.join(out_dir, "label_pairs.json"), json.dumps(pairs, indent=1) + "\n")
-    _write_text(os.path.join(out_dir, "toy_config.yaml"), toy_config_yaml(out_dir))
+    atomic_write_text(os.path.join(out_dir, "label_pairs.json"), json.dumps(pairs, indent=1) + "\n")
+    atomic_write_text(os.path.join(out_dir, "toy_config.yaml"), toy_config_yaml(out_dir))
     meta = dict(params, bytes=total, files=len(jobs))
-    _write_text(meta_path, json.dumps(meta, indent=1) + "\n")
+    atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
     return meta
 
 

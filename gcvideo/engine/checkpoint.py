@@ -70,17 +70,6 @@ def save_checkpoint(output_dir: str, state: Dict[str, Any], keep_last: int) -> s
     return path
 
 
-def remove_stale_temporaries(output_dir: str) -> List[str]:
-    """Delete leftovers of checkpoint writes that were killed (``*.pth.tmp-*``); return them."""
-    d = checkpoint_dir(output_dir)
-    if not path_manager.exists(d):
-        return []
-    stale = [os.path.join(d, n) for n in path_manager.ls(d) if re.match(r"checkpoint_epoch\d+.*\.pth\.tmp-", n)]
-    for p in stale:
-        path_manager.rm(p)
-    return stale
-
-
 def load_latest_checkpoint(output_dir: str, log=print) -> Optional[Tuple[str, Dict[str, Any]]]:
     """(path, state) of the newest checkpoint that loads; older ones are tried if the newest fails."""
     for path in reversed(list_checkpoints(output_dir)):

@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import Sampler
 
-__all__ = ["init_distributed", "cleanup_distributed", "process_group", "is_distributed", "get_rank", "get_world_size",
+__all__ = ["BatchSizeError", "init_distributed", "cleanup_distributed", "process_group", "is_distributed", "get_rank", "get_world_size",
            "is_main_process", "barrier", "all_gather_object", "all_reduce_sum", "broadcast_object",
            "broadcast_buffers", "TrainSampler",
            "ShardSampler", "convert_sync_batchnorm", "CPUSyncBatchNorm"]
@@ -143,6 +143,10 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 # Samplers
 # ---------------------------------------------------------------------------
+class BatchSizeError(ValueError):
+    """TRAIN.BATCH_SIZE does not fit the training set or the number of processes."""
+
+
 class TrainSampler(Sampler[int]):
     """Shuffled indices of this process's share of one epoch, resumable mid-epoch.
 
@@ -156,7 +160,7 @@ class TrainSampler(Sampler[int]):
     def __init__(self, dataset_len: int, global_batch: int, rank: int, world_size: int, seed: int,
                  shuffle: bool = True):
         if global_batch % world_size:
-            raise ValueError(f"TRAIN.BATCH_SIZE = {global_batch} must be divisible by the number of "
+            raise BatchSizeError(f"TRAIN.BATCH_SIZE = {global_batch} must be divisible by the number of "
                              f"processes ({world_size})")
         self.n = dataset_len
         self.global_batch = global_batch
@@ -165,7 +169,7 @@ class TrainSampler(Sampler[int]):
         self.seed, self.shuffle = seed, shuffle
         self.iters_per_epoch = dataset_len // global_batch
         if self.iters_per_epoch == 0:
-            raise ValueError(f"the training set has {dataset_len} clips, fewer than one global batch "
+            raise BatchSizeError(f"the training set has {dataset_len} clips, fewer than one global batch "
                              f"(TRAIN.BATCH_SIZE = {global_batch}); lower TRAIN.BATCH_SIZE")
         self.epoch, self.start_iter = 0, 0
 

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any, Dict, List
 
-from gcvideo.utils.io import atomic_write_bytes, atomic_write_text, path_manager
+from gcvideo.utils.io import atomic_write_bytes, atomic_write_text, local_path, path_manager
 from gcvideo.utils.progress import progress_bar
 
 __all__ = ["RunLogger", "format_duration"]
@@ -54,7 +54,8 @@ class RunLogger:
         try:  # TensorBoard only when installed
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=os.path.join(output_dir, "tb"), purge_step=resume_iter or None)
+            tb = os.path.join(output_dir, "tb")  # a file:// folder as its local path, like every other writer
+            self._tb = SummaryWriter(log_dir=local_path(tb) or tb, purge_step=resume_iter or None)
         except Exception:  # ImportError, or tensorboard missing inside torch's wrapper
             self._tb = None
         self.write({"type": "start", "global_iter": resume_iter, "time": time.time()})

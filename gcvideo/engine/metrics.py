@@ -38,17 +38,17 @@ def combine_views(logits: torch.Tensor, method: str) -> torch.Tensor:
     raise ValueError(f"TEST.ENSEMBLE_METHOD = {method!r}: expected prob_mean, logit_mean or prob_max")
 
 
-def _accuracies(correct1: torch.Tensor, correct5: torch.Tensor, labels: torch.Tensor,
-                num_classes: int) -> Dict[str, float]:
+def _accuracies(correct1: torch.Tensor, correctk: torch.Tensor, labels: torch.Tensor,
+                num_classes: int, k: int) -> Dict[str, float]:
     n = len(labels)
     if n == 0:
-        return {"top1": float("nan"), "top5": float("nan"), "mean_class_acc": float("nan"), "videos": 0}
+        return {"top1": float("nan"), f"top{k}": float("nan"), "mean_class_acc": float("nan"), "videos": 0}
     per_class = []
     for c in range(num_classes):
         mask = labels == c
         if mask.any():
             per_class.append(correct1[mask].float().mean().item())
-    return {"top1": 100.0 * correct1.float().mean().item(), "top5": 100.0 * correct5.float().mean().item(),
+    return {"top1": 100.0 * correct1.float().mean().item(), f"top{k}": 100.0 * correctk.float().mean().item(),
             "mean_class_acc": 100.0 * sum(per_class) / len(per_class), "videos": n}
 
 
@@ -61,7 +61,8 @@ def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor
         labels: (N,) int64 class indices; -1 = unknown (left out of accuracy).
         ok: (N,) bool, False for videos that could not be decoded.
     Returns ``{"all": {...}, "decodable": {...}}``: "all" counts failed videos as
-    wrong, "decodable" leaves them out. Each has top1, top5, mean_class_acc, videos.
+    wrong, "decodable" leaves them out. Each has top1, top{topk} (top5), mean_class_acc and
+    videos (labelled ones); "all" also has failed (labelled videos that failed) and unlabeled.
     """
     labels, ok = labels.long(), ok.bool()
     known = labels >= 0
@@ -69,9 +70,10 @@ def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor
     top = scores.topk(k, dim=1).indices  # (N, k)
     hit1 = (top[:, 0] == labels) & ok
     hitk = (top == labels[:, None]).any(1) & ok
-    out = {"all": _accuracies(hit1[known], hitk[known], labels[known], num_classes),
-           "decodable": _accuracies(hit1[known & ok], hitk[known & ok], labels[known & ok], num_classes)}
+    out = {"all": _accuracies(hit1[known], hitk[known], labels[known], num_classes, topk),
+           "decodable": _accuracies(hit1[known & ok], hitk[known & ok], labels[known & ok], num_classes, topk)}
     out["all"]["failed"] = int((~ok & known).sum())
+    out["all"]["unlabeled"] = int((~known).sum())
     return out
 
 

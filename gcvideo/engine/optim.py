@@ -25,9 +25,9 @@ __all__ = ["scaled_lr", "param_groups", "build_optimizer", "WarmupCosineSchedule
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
-def scaled_lr(cfg: CfgNode) -> float:
-    """Base LR scaled linearly from SOLVER.REFERENCE_BATCH_SIZE to the global TRAIN.BATCH_SIZE."""
-    return cfg.SOLVER.BASE_LR * cfg.TRAIN.BATCH_SIZE / cfg.SOLVER.REFERENCE_BATCH_SIZE
+def scaled_lr(base_lr: float, batch_size: int, reference_batch_size: int) -> float:
+    """``base_lr`` (for ``reference_batch_size`` clips) scaled linearly to the global ``batch_size``."""
+    return base_lr * batch_size / reference_batch_size
 
 
 def param_groups(model: nn.Module, weight_decay: float, zero_wd_norm_bias: bool) -> List[Dict]:
@@ -51,7 +51,7 @@ def param_groups(model: nn.Module, weight_decay: float, zero_wd_norm_bias: bool)
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.SGD:
     s = cfg.SOLVER
     groups = param_groups(model, s.WEIGHT_DECAY, s.ZERO_WD_NORM_BIAS)
-    return torch.optim.SGD(groups, lr=scaled_lr(cfg), momentum=s.MOMENTUM,
+    return torch.optim.SGD(groups, lr=scaled_lr(s.BASE_LR, cfg.TRAIN.BATCH_SIZE, s.REFERENCE_BATCH_SIZE), momentum=s.MOMENTUM,
                            nesterov=s.NESTEROV and s.MOMENTUM > 0, weight_decay=s.WEIGHT_DECAY)
 
 
@@ -99,6 +99,6 @@ class WarmupCosineSchedule:
 
 def build_schedule(cfg: CfgNode, optimizer: torch.optim.Optimizer, iters_per_epoch: int) -> WarmupCosineSchedule:
     s = cfg.SOLVER
-    return WarmupCosineSchedule(optimizer, lr=scaled_lr(cfg), max_epoch=s.MAX_EPOCH,
+    return WarmupCosineSchedule(optimizer, lr=scaled_lr(s.BASE_LR, cfg.TRAIN.BATCH_SIZE, s.REFERENCE_BATCH_SIZE), max_epoch=s.MAX_EPOCH,
                                 warmup_epochs=s.WARMUP_EPOCHS, warmup_start_factor=s.WARMUP_START_FACTOR,
                                 end_factor=s.COSINE_END_FACTOR, iters_per_epoch=iters_per_epoch)

@@ -8,21 +8,30 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from fvcore.common.config import CfgNode
 from torch.utils.data import DataLoader, Dataset
 
+from gcvideo.data.annotations import read_label_map
+from gcvideo.data.dataset import build_dataset
 from gcvideo.engine import distributed as du
 from gcvideo.engine.checkpoint import list_checkpoints
-from gcvideo.engine.common import (autocast, autocast_dtype, class_names, model_channels_last, select_device,
-                                   set_determinism, to_device, tune_cpu_memory)
+from gcvideo.engine.memory_format import model_channels_last, to_device
 from gcvideo.engine.metrics import combine_views, compute_metrics, format_summary, write_report
+from gcvideo.engine.precision import autocast, autocast_dtype
+from gcvideo.models import build_model_from_checkpoint
+from gcvideo.models.inflate import InflationError
+from gcvideo.utils.device import select_device
+from gcvideo.utils.io import CheckpointError, path_join
+from gcvideo.utils.malloc import tune_cpu_memory
 from gcvideo.utils.progress import progress_bar
+from gcvideo.utils.reproducibility import set_determinism
 
-__all__ = ["EvalResult", "evaluate", "test", "build_eval_loader", "resolve_test_checkpoint"]
+__all__ = ["EvalResult", "evaluate", "test", "run_test", "build_test_settings", "build_eval_loader", "class_names",
+           "checkpoints_to_test"]
 
 
 @dataclass
@@ -104,58 +113,85 @@ def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, device: 
     return res
 
 
-def resolve_test_checkpoint(cfg: CfgNode) -> str:
-    """TEST.CHECKPOINT, else the newest checkpoint in OUTPUT_DIR."""
-    if cfg.TEST.CHECKPOINT:
-        return cfg.TEST.CHECKPOINT
-    found = list_checkpoints(cfg.OUTPUT_DIR)
+def class_names(label_map: str, num_classes: int) -> List[str]:
+    """Names from the label map (``read_label_map``: line i = class i), else "0", "1", ..."""
+    if not label_map:
+        return [str(i) for i in range(num_classes)]
+    names = read_label_map(label_map)
+    if len(names) != num_classes:
+        raise ValueError(f"DATA.LABEL_MAP = {label_map!r} lists {len(names)} classes but "
+                         f"MODEL.NUM_CLASSES = {num_classes}")
+    return names
+
+
+def checkpoints_to_test(checkpoint: str, output_dir: str) -> List[str]:
+    """The checkpoints to try, best first: ``checkpoint`` alone, else OUTPUT_DIR's, newest first."""
+    if checkpoint:
+        return [checkpoint]
+    found = list_checkpoints(output_dir)
     if not found:
         raise FileNotFoundError(f"no checkpoint to test: TEST.CHECKPOINT is empty and OUTPUT_DIR = "
-                                f"{cfg.OUTPUT_DIR!r} has no checkpoints/checkpoint_epoch*.pth")
-    return found[-1]
+                                f"{output_dir!r} has no checkpoints/checkpoint_epoch*.pth")
+    return found[::-1]
 
 
-def _default_builder(cfg: CfgNode, split: str) -> Dataset:
-    from gcvideo.data import build_dataset
+def build_test_settings(cfg: CfgNode) -> Dict:
+    """The keyword arguments of ``run_test`` that TEST.*, DATA.*, MODEL.* and OUTPUT_DIR give."""
+    te, d = cfg.TEST, cfg.DATA
+    return {"output_dir": cfg.OUTPUT_DIR, "num_classes": cfg.MODEL.NUM_CLASSES,
+            "views": (te.NUM_ENSEMBLE_VIEWS, te.NUM_SPATIAL_CROPS), "batch_size": te.BATCH_SIZE,
+            "num_workers": d.NUM_WORKERS, "pin_memory": d.PIN_MEMORY, "ensemble_method": te.ENSEMBLE_METHOD,
+            "mixed_precision": cfg.TRAIN.MIXED_PRECISION, "channels_last": cfg.TRAIN.CHANNELS_LAST,
+            "mean": d.MEAN, "std": d.STD, "class_names": class_names(d.LABEL_MAP, cfg.MODEL.NUM_CLASSES)}
 
-    return build_dataset(cfg, split)
 
-
-def run_test(cfg: CfgNode, model: nn.Module, device: torch.device, *, tag: str,
-             dataset_builder: Callable[[CfgNode, str], Dataset]) -> Optional[Dict]:
-    """The TEST.* multi-view test of ``model``; rank 0 writes the report and returns a summary."""
-    te = cfg.TEST
-    views = f"{te.NUM_ENSEMBLE_VIEWS}x{te.NUM_SPATIAL_CROPS} views"
-    dataset = dataset_builder(cfg, "test")
-    loader = build_eval_loader(dataset, te.BATCH_SIZE, cfg.DATA.NUM_WORKERS,
-                               cfg.DATA.PIN_MEMORY and device.type == "cuda")
-    res = evaluate(model, loader, num_classes=cfg.MODEL.NUM_CLASSES, device=device,
-                   ensemble_method=te.ENSEMBLE_METHOD, amp_dtype=autocast_dtype(cfg, device),
-                   channels_last=cfg.TRAIN.CHANNELS_LAST, progress=True, mean=cfg.DATA.MEAN, std=cfg.DATA.STD)
+def run_test(model: nn.Module, dataset: Dataset, device: torch.device, *, tag: str, output_dir: str,
+             num_classes: int, views: Tuple[int, int], batch_size: int, num_workers: int, pin_memory: bool,
+             ensemble_method: str, mixed_precision: str, channels_last: bool, mean: Sequence[float],
+             std: Sequence[float], class_names: Sequence[str]) -> Optional[Dict]:
+    """The multi-view test of ``model`` on ``dataset``; rank 0 writes the report under
+    ``output_dir/test_TAG_CxS`` and returns a summary."""
+    text = f"{views[0]}x{views[1]} views"
+    loader = build_eval_loader(dataset, batch_size, num_workers, pin_memory and device.type == "cuda")
+    res = evaluate(model, loader, num_classes=num_classes, device=device, ensemble_method=ensemble_method,
+                   amp_dtype=autocast_dtype(mixed_precision, device), channels_last=channels_last, progress=True,
+                   mean=mean, std=std)
     if not du.is_main_process():
         return None
-    out_dir = os.path.join(cfg.OUTPUT_DIR, f"test_{tag}_{te.NUM_ENSEMBLE_VIEWS}x{te.NUM_SPATIAL_CROPS}")
+    out_dir = path_join(output_dir, f"test_{tag}_{views[0]}x{views[1]}")
     files = write_report(out_dir, scores=res.scores, labels=res.labels, ok=res.ok, paths=res.paths,
-                         errors=res.errors, indices=res.indices, class_names=class_names(cfg),
-                         metrics=res.metrics, views=views,
-                         extra={"ensemble_method": te.ENSEMBLE_METHOD, "checkpoint": tag})
-    summary = format_summary(res.metrics, views)
+                         errors=res.errors, indices=res.indices, class_names=class_names,
+                         metrics=res.metrics, views=text, extra={"ensemble_method": ensemble_method, "checkpoint": tag})
+    summary = format_summary(res.metrics, text)
     print(summary + f"\nreport: {files['text']} (predictions: {files['predictions']})", flush=True)
     return {"metrics": res.metrics, "report_dir": out_dir, "files": files, "summary": summary}
 
 
 def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dataset]] = None) -> Optional[Dict]:
-    """Evaluate TEST.CHECKPOINT (or the newest in OUTPUT_DIR) with TEST.* views; returns the report (rank 0)."""
-    from gcvideo.models import build_model_from_checkpoint
-
-    device = select_device(cfg)
+    """Evaluate TEST.CHECKPOINT (or the newest readable one in OUTPUT_DIR) with TEST.* views; returns
+    the report (rank 0)."""
+    device = select_device(cfg.DEVICE)
     with du.process_group(device.type):
         set_determinism(cfg.TRAIN.DETERMINISTIC, device)
-        tune_cpu_memory(cfg, device)
-        ckpt = resolve_test_checkpoint(cfg)
-        model = build_model_from_checkpoint(cfg, ckpt)  # any format; every weight must fit
+        tune_cpu_memory(cfg.TRAIN.CPU_KEEP_FREED_MEMORY, device)
+        model, ckpt = _load_test_model(cfg, checkpoints_to_test(cfg.TEST.CHECKPOINT, cfg.OUTPUT_DIR))
         model.to(device)
         if cfg.TRAIN.CHANNELS_LAST:
             model_channels_last(model)
+        dataset = (dataset_builder or build_dataset)(cfg, "test")
         tag = os.path.splitext(os.path.basename(ckpt))[0]
-        return run_test(cfg, model, device, tag=tag, dataset_builder=dataset_builder or _default_builder)
+        return run_test(model, dataset, device, tag=tag, **build_test_settings(cfg))
+
+
+def _load_test_model(cfg: CfgNode, candidates: List[str]) -> Tuple[nn.Module, str]:
+    """The config's model with the first candidate that reads (any format; every weight must fit).
+    An unreadable newest checkpoint is skipped, as training does; one that reads but does not fit
+    the config is an error."""
+    for i, ckpt in enumerate(candidates):
+        try:
+            return build_model_from_checkpoint(cfg, ckpt), ckpt
+        except CheckpointError as e:
+            if isinstance(e, InflationError) or i + 1 == len(candidates):
+                raise
+            print(f"warning: skipping unreadable checkpoint {ckpt}: {e}", flush=True)
+    raise FileNotFoundError("no checkpoint to test")

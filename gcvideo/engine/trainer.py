@@ -7,15 +7,20 @@ mid-epoch ends with the same weights as an uninterrupted one, because the
 checkpoint holds the position inside the epoch and every RNG state, the sampler
 order depends only on (SEED, epoch), and data augmentation only on
 (SEED, epoch, index).
+
+A run is four steps (``train``): set-up (every check that can fail before any file is
+written: data, model, initial weights, the test annotation), the output folder (lock,
+leftovers, config.yaml), resume, fit (the epochs), and the final multi-view test.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -25,17 +30,27 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from gcvideo.config import dump_cfg
+from gcvideo.data.annotations import AnnotationError
+from gcvideo.data.broken import BrokenVideoTracker
+from gcvideo.data.dataset import annotation_path, build_dataset
 from gcvideo.engine import distributed as du
-from gcvideo.engine.checkpoint import (FORMAT, get_rng_state, load_latest_checkpoint, remove_stale_temporaries,
+from gcvideo.engine.checkpoint import (FORMAT, checkpoint_dir, get_rng_state, list_checkpoints, load_latest_checkpoint,
                                        save_checkpoint, set_rng_state)
-from gcvideo.engine.common import (autocast, autocast_dtype, model_channels_last, select_device, seed_everything,
-                                   set_determinism, to_device, tune_cpu_memory)
 from gcvideo.engine.logger import RunLogger, format_duration
+from gcvideo.engine.memory_format import model_channels_last, to_device
 from gcvideo.engine.optim import WarmupCosineSchedule, build_optimizer, build_schedule, scaled_lr
-from gcvideo.engine.tester import build_eval_loader, evaluate, run_test
-from gcvideo.utils.io import atomic_write_text, load_checkpoint_file, path_manager
+from gcvideo.engine.precision import autocast, autocast_dtype
+from gcvideo.engine.tester import build_eval_loader, evaluate, run_test, build_test_settings
+from gcvideo.models import build_model, load_pretrained
+from gcvideo.utils.device import select_device
+from gcvideo.utils.folder_lock import FolderLock
+from gcvideo.utils.io import atomic_write_text, load_checkpoint_file, path_join, path_manager, remove_temporaries
+from gcvideo.utils.malloc import tune_cpu_memory
+from gcvideo.utils.reproducibility import seed_everything, set_determinism
 
-__all__ = ["train", "train_one_epoch", "TrainState", "NonFiniteLossError", "TrainingStopped"]
+__all__ = ["train", "train_one_epoch", "EpochMeters", "NonFiniteLossError", "TrainingStopped", "precise_bn"]
+
+DatasetBuilder = Callable[[CfgNode, str], Dataset]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -47,61 +62,74 @@ class TrainingStopped(SystemExit):
 
 
 @dataclass
-class TrainState:
-    """Everything ``train_one_epoch`` needs besides the model, optimizer and data."""
-    cfg: CfgNode
-    device: torch.device
-    epoch: int  # 0-based epoch being trained
-    start_iter: int  # iterations of this epoch already done (resume)
-    global_iter: int  # iterations done over all epochs
-    iters_per_epoch: int
-    amp_dtype: Optional[torch.dtype]
-    logger: RunLogger
-    broken: Any  # BrokenVideoTracker or None
-    save: Callable[[int, int], Optional[str]]  # (next_epoch, next_iter) -> checkpoint path
-    stop_requested: Callable[[], bool]
-    run_start: float = field(default_factory=time.perf_counter)
-    iters_this_run: int = 0
+class EpochMeters:
+    """Running sums of one epoch; mid-epoch checkpoints hold them, so that a resumed epoch's
+    mean loss covers all its iterations."""
+    loss_sum: float = 0.0
+    iters: int = 0
+    data_s: float = 0.0
+    time_s: float = 0.0
+
+    def summary(self) -> Dict[str, float]:
+        return {"loss": self.loss_sum / max(self.iters, 1), "data_share": self.data_s / max(self.time_s, 1e-9),
+                "iters": self.iters, "time_s": self.time_s}
+
+
+def _non_finite(what: str, epoch: int, it: int, iters_per_epoch: int, global_iter: int) -> NonFiniteLossError:
+    return NonFiniteLossError(
+        f"{what} at epoch {epoch + 1}, iteration {it + 1} of {iters_per_epoch} (global iteration "
+        f"{global_iter + 1}); stopping before the weights change. Lower SOLVER.BASE_LR or set "
+        "SOLVER.CLIP_GRAD_NORM and restart")
 
 
 # ---------------------------------------------------------------------------
 # One epoch
 # ---------------------------------------------------------------------------
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    schedule: WarmupCosineSchedule, scaler: torch.amp.GradScaler, st: TrainState) -> Dict:
-    """Train one epoch (from ``st.start_iter``); returns the epoch's mean loss and timings."""
-    cfg, device = st.cfg, st.device
-    clip_norm, log_period = cfg.SOLVER.CLIP_GRAD_NORM, cfg.TRAIN.LOG_PERIOD
+                    schedule: WarmupCosineSchedule, scaler: torch.amp.GradScaler, *, device: torch.device,
+                    epoch: int, iters_per_epoch: int, start_iter: int = 0, global_iter: int = 0,
+                    total_iters: Optional[int] = None, amp_dtype: Optional[torch.dtype] = None,
+                    channels_last: bool = False, clip_norm: float = 0.0, log_period: int = 10,
+                    meters: Optional[EpochMeters] = None, logger: Optional[RunLogger] = None,
+                    stop_requested: Callable[[], bool] = lambda: False,
+                    on_skipped: Optional[Callable[[List[str]], None]] = None,
+                    on_step: Optional[Callable[[int, int, EpochMeters, bool], None]] = None) -> Dict:
+    """Train iterations ``start_iter..iters_per_epoch-1`` of ``epoch`` (0-based).
+
+    ``meters``: the epoch's sums so far (resume); ``on_skipped(lines)``: the ``path<TAB>reason`` lines
+    of videos the loader replaced (every process gets all of them); ``on_step(iters_done,
+    global_iter, meters, stop)``: after each step (checkpoints, SIGTERM). Returns the epoch's
+    mean loss and timings, ``global_iter`` and ``stop`` (SIGTERM seen in the last iteration).
+    """
     world = du.get_world_size()
+    meters = meters if meters is not None else EpochMeters()
+    total_iters = total_iters or iters_per_epoch
     model.train()
-    bar = st.logger.progress_bar(st.iters_per_epoch, st.start_iter, f"epoch {st.epoch + 1}/{cfg.SOLVER.MAX_EPOCH}")
-    loss_sum, loss_n, data_wait, busy, stop = 0.0, 0, 0.0, 0.0, False
+    bar = None if logger is None else \
+        logger.progress_bar(iters_per_epoch, start_iter, f"epoch {epoch + 1}/{-(-total_iters // iters_per_epoch)}")
     window = {"loss": 0.0, "n": 0, "data": 0.0, "time": 0.0, "clips": 0}
+    stop, run_time, run_iters = False, 0.0, 0
     tic = time.perf_counter()
-    for it, batch in enumerate(loader, start=st.start_iter):
+    for it, batch in enumerate(loader, start=start_iter):
         # 1. time spent waiting for the loader
         t_data = time.perf_counter() - tic
         # 2. learning rate of this iteration (warmup, then cosine)
-        lr = schedule.step(st.global_iter)
+        lr = schedule.step(global_iter)
         # 3. clips and labels to the device: (B, 3, T, H, W), (B,)
-        x = to_device(batch["video"], device, cfg.TRAIN.CHANNELS_LAST)
+        x = to_device(batch["video"], device, channels_last)
         y = batch["label"].to(device, non_blocking=True)
         # 4. forward and cross-entropy (in autocast when mixed precision is on)
-        with autocast(device, st.amp_dtype):
+        with autocast(device, amp_dtype):
             logits = model(x)  # (B, K)
         loss = F.cross_entropy(logits.float(), y)
         # 5. one all-reduce: mean loss, stop request, videos skipped as broken
         skipped = [s for s in batch.get("skipped", []) if s]
-        flags = torch.tensor([loss.item(), float(st.stop_requested()), float(len(skipped))], dtype=torch.float64)
+        flags = torch.tensor([loss.item(), float(stop_requested()), float(len(skipped))], dtype=torch.float64)
         flags = du.all_reduce_sum(flags.to(device)).cpu() if world > 1 else flags
         mean_loss, stop, n_skipped = flags[0].item() / world, flags[1].item() > 0, int(flags[2].item())
         # 6. a NaN / infinite loss stops training before the weights change
         if not math.isfinite(mean_loss):
-            raise NonFiniteLossError(
-                f"loss is {mean_loss} at epoch {st.epoch + 1}, iteration {it + 1} of {st.iters_per_epoch} "
-                f"(global iteration {st.global_iter + 1}); stopping. The last good checkpoint in "
-                f"{os.path.join(cfg.OUTPUT_DIR, 'checkpoints')} is unchanged; lower SOLVER.BASE_LR or "
-                "set SOLVER.CLIP_GRAD_NORM and restart.")
+            raise _non_finite(f"loss is {mean_loss}", epoch, it, iters_per_epoch, global_iter)
         # 7. backward; gradient norm (clipped if asked); a NaN / infinite gradient also stops
         #    training before the weights change (with fp16 the grad scaler skips such steps instead)
         optimizer.zero_grad(set_to_none=True)
@@ -112,99 +140,47 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
         if not scaler.is_enabled() and not math.isfinite(float(grad_norm)):
-            raise NonFiniteLossError(
-                f"gradient norm is {float(grad_norm)} (loss {mean_loss:.4g}) at epoch {st.epoch + 1}, iteration "
-                f"{it + 1} of {st.iters_per_epoch}; stopping before the weights change. The last good checkpoint "
-                f"in {os.path.join(cfg.OUTPUT_DIR, 'checkpoints')} is unchanged; lower SOLVER.BASE_LR or set "
-                "SOLVER.CLIP_GRAD_NORM and restart.")
+            raise _non_finite(f"gradient norm is {float(grad_norm)} (loss {mean_loss:.4g})", epoch, it,
+                              iters_per_epoch, global_iter)
         scaler.step(optimizer)
         scaler.update()
-        st.global_iter += 1
-        st.iters_this_run += 1
-        # 8. broken videos the loader replaced: every process learns them, rank 0 writes the list
-        if n_skipped and st.broken is not None:
+        global_iter += 1
+        # 8. broken videos the loader replaced: every process learns them
+        if n_skipped and on_skipped is not None:
             for lines in du.all_gather_object(skipped):
-                _feed_broken(st.broken, lines)
+                on_skipped(lines)
         # 9. meters, JSON log line, progress bar
         t_iter = time.perf_counter() - tic
-        loss_sum, loss_n, data_wait, busy = loss_sum + mean_loss, loss_n + 1, data_wait + t_data, busy + t_iter
+        meters.loss_sum, meters.iters = meters.loss_sum + mean_loss, meters.iters + 1
+        meters.data_s, meters.time_s = meters.data_s + t_data, meters.time_s + t_iter
+        run_time, run_iters = run_time + t_iter, run_iters + 1
         window = {"loss": window["loss"] + mean_loss, "n": window["n"] + 1, "data": window["data"] + t_data,
                   "time": window["time"] + t_iter, "clips": window["clips"] + x.shape[0] * world}
-        remaining = (cfg.SOLVER.MAX_EPOCH * st.iters_per_epoch - st.global_iter)
-        eta = remaining * (time.perf_counter() - st.run_start) / st.iters_this_run
-        if (it + 1) % log_period == 0 or it + 1 == st.iters_per_epoch:
-            st.logger.log_iter({"epoch": st.epoch + 1, "iter": it + 1, "global_iter": st.global_iter,
-                                "epoch_progress": st.epoch + (it + 1) / st.iters_per_epoch,
-                                "loss": window["loss"] / window["n"], "lr": lr,
-                                "clips_per_s": window["clips"] / window["time"],
-                                "data_share": window["data"] / window["time"], "eta_s": eta})
+        eta = (total_iters - global_iter) * run_time / run_iters
+        if logger is not None and ((it + 1) % log_period == 0 or it + 1 == iters_per_epoch):
+            logger.log_iter({"epoch": epoch + 1, "iter": it + 1, "global_iter": global_iter,
+                             "epoch_progress": epoch + (it + 1) / iters_per_epoch,
+                             "loss": window["loss"] / window["n"], "lr": lr,
+                             "clips_per_s": window["clips"] / window["time"],
+                             "data_share": window["data"] / window["time"], "eta_s": eta})
             window = {"loss": 0.0, "n": 0, "data": 0.0, "time": 0.0, "clips": 0}
         if bar is not None:
             bar.set_postfix_str(f"loss {mean_loss:.3f} lr {lr:.4g} {x.shape[0] * world / t_iter:.1f} clips/s "
-                                f"data {100 * data_wait / busy:.0f}% eta {format_duration(eta)}", refresh=False)
+                                f"data {100 * meters.data_s / meters.time_s:.0f}% eta {format_duration(eta)}",
+                                refresh=False)
             bar.update(1)
-        # 10. checkpoint every TRAIN.CHECKPOINT_ITERS iterations; on SIGTERM save and exit
-        done = it + 1
-        if done < st.iters_per_epoch and (stop or (cfg.TRAIN.CHECKPOINT_ITERS
-                                                   and done % cfg.TRAIN.CHECKPOINT_ITERS == 0)):
-            path = st.save(st.epoch, done)
-            if stop:
+        # 10. the caller's step hook: checkpoints, SIGTERM
+        if on_step is not None:
+            try:
+                on_step(it + 1, global_iter, meters, stop)
+            except BaseException:
                 if bar is not None:
                     bar.close()
-                st.logger.info(f"SIGTERM: saved {path}; run the same command again to resume")
-                raise TrainingStopped(143)
+                raise
         tic = time.perf_counter()
     if bar is not None:
         bar.close()
-    # (a stop requested in the last iteration is handled by the caller after the epoch checkpoint)
-    return {"loss": loss_sum / max(loss_n, 1), "data_share": data_wait / max(busy, 1e-9),
-            "iters": loss_n, "time_s": busy, "stop": stop}
-
-
-def _feed_broken(tracker, lines: List[str]) -> None:
-    """Give the tracker each ``path<TAB>reason`` line of a batch's ``skipped`` field."""
-    tracker.update(lines)  # raises TooManyBrokenVideos past DATA.MAX_BROKEN_FRACTION
-
-
-# ---------------------------------------------------------------------------
-# Whole run
-# ---------------------------------------------------------------------------
-def _default_builder(cfg: CfgNode, split: str) -> Dataset:
-    from gcvideo.data import build_dataset
-
-    return build_dataset(cfg, split)
-
-
-def _prepare_output_dir(cfg: CfgNode) -> None:
-    """Create OUTPUT_DIR and save the resolved config; refuse a folder with someone else's files."""
-    out = cfg.OUTPUT_DIR
-    cfg_path = os.path.join(out, "config.yaml")
-    if path_manager.exists(out):
-        entries = [e for e in path_manager.ls(out) if not e.startswith(".")]
-        if entries and not path_manager.exists(cfg_path):
-            raise FileExistsError(
-                f"OUTPUT_DIR = {out!r} already holds files not written by gcvideo ({', '.join(sorted(entries)[:5])}"
-                f"{', ...' if len(entries) > 5 else ''}); choose an empty or new folder so nothing is overwritten")
-    path_manager.mkdirs(out)
-    text = dump_cfg(cfg)
-    if path_manager.exists(cfg_path):
-        with path_manager.open(cfg_path, "r") as f:
-            old = f.read()
-        if old != text:  # keep the earlier run's config beside the new one
-            n = 1
-            while path_manager.exists(os.path.join(out, f"config.{n}.yaml")):
-                n += 1
-            atomic_write_text(os.path.join(out, f"config.{n}.yaml"), old)
-    atomic_write_text(cfg_path, text)
-
-
-def _make_broken_tracker(cfg: CfgNode, num_videos: int, write: bool):
-    try:
-        from gcvideo.data import BrokenVideoTracker
-    except ImportError:
-        return None
-    return BrokenVideoTracker(output_dir=cfg.OUTPUT_DIR if write else None, num_videos=num_videos,
-                              max_fraction=cfg.DATA.MAX_BROKEN_FRACTION)
+    return {**meters.summary(), "global_iter": global_iter, "stop": stop}
 
 
 def _bn_modules(model: nn.Module) -> List[nn.Module]:
@@ -244,182 +220,345 @@ def precise_bn(model: nn.Module, loader: DataLoader, num_batches: int, device: t
     return used
 
 
-def train(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dataset]] = None) -> Dict:
+# ---------------------------------------------------------------------------
+# Whole run
+# ---------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """What the set-up builds, before any file is written."""
+    device: torch.device
+    rank: int
+    world: int
+    amp_dtype: Optional[torch.dtype]
+    memory_note: str
+    train_set: Dataset
+    val_set: Optional[Dataset]
+    test_set: Optional[Dataset]
+    sampler: du.TrainSampler
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: WarmupCosineSchedule
+    scaler: torch.amp.GradScaler
+    init_note: str = ""
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class _Position:
+    """Where training continues: 0-based epoch, iterations of it done, and the epoch's meters."""
+    epoch: int = 0
+    iter: int = 0
+    global_iter: int = 0
+    meters: Optional[EpochMeters] = None
+
+
+def train(cfg: CfgNode, *, dataset_builder: Optional[DatasetBuilder] = None) -> Dict:
     """Train the model of ``cfg`` (resuming automatically), validate, and test at the end.
 
     ``dataset_builder(cfg, split)`` defaults to ``gcvideo.data.build_dataset``.
     Returns (on every process) ``{"epochs", "global_iter", "checkpoint", "val", "test"}``.
     """
-    device = select_device(cfg)
+    device = select_device(cfg.DEVICE)
     with du.process_group(device.type):
-        return _train(cfg, device, dataset_builder or _default_builder)
+        # 1. set-up: data, model, initial weights, every file the run needs -- all before any is written
+        run = _set_up(cfg, device, dataset_builder or build_dataset)
+        # 2. the output folder: lock (rank 0), leftovers of earlier runs, config.yaml
+        with _claim_output_dir(cfg, run.main):
+            # 3. resume: weights, optimizer, position, RNG states
+            pos = _resume(cfg, run)
+            # 4. the epochs
+            fit = _fit(cfg, run, pos)
+            # 5. the full multi-view test of the final weights
+            test_result = _final_test(cfg, run, fit["checkpoint"]) if cfg.TRAIN.TEST_AT_END else None
+        return {"epochs": cfg.SOLVER.MAX_EPOCH, "global_iter": fit["global_iter"], "checkpoint": fit["checkpoint"],
+                "val": fit["val"], "test": test_result}
 
 
-def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str], Dataset]) -> Dict:
-    from gcvideo.models import build_model
-
-    t, s = cfg.TRAIN, cfg.SOLVER
+def _set_up(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _Run:
+    """Datasets, sampler, model (initial weights), optimizer; raises before anything is written."""
+    t = cfg.TRAIN
     rank, world = du.get_rank(), du.get_world_size()
-    main = rank == 0
-    # -- output folder, config copy, leftovers of killed checkpoint writes
-    if main:
-        _prepare_output_dir(cfg)
-        remove_stale_temporaries(cfg.OUTPUT_DIR)
-    du.barrier()
     set_determinism(t.DETERMINISTIC, device)
-    memory_note = tune_cpu_memory(cfg, device)
-    amp_dtype = autocast_dtype(cfg, device)
-    # -- data
+    memory_note = tune_cpu_memory(t.CPU_KEEP_FREED_MEMORY, device)
+    amp_dtype = autocast_dtype(t.MIXED_PRECISION, device)
+    # -- data (annotation errors, fewer clips than one global batch), and the test set used at the end
     train_set = builder(cfg, "train")
     sampler = du.TrainSampler(len(train_set), t.BATCH_SIZE, rank, world, cfg.SEED)
-    iters_per_epoch = sampler.iters_per_epoch
     val_set = builder(cfg, "val") if t.EVAL_PERIOD > 0 else None
-    # -- model (same initial weights on every process), optimizer, schedule, grad scaler
+    test_set = _test_set(cfg, builder) if t.TEST_AT_END else None
+    # -- model (same initial weights on every process); TRAIN.INIT_FROM unless a checkpoint will be resumed
     seed_everything(cfg.SEED)
     model = build_model(cfg)
-    resume = None
-    if t.AUTO_RESUME:
-        # rank 0 picks the checkpoint and every process loads that one (a stale view of a shared
-        # folder on one machine must not make it start over while the others resume)
-        found = load_latest_checkpoint(cfg.OUTPUT_DIR) if main else None
-        path = du.broadcast_object(found[0] if found else None)
-        if path is not None:
-            resume = found if main else (path, load_checkpoint_file(path))
-    if resume is None and t.INIT_FROM:
-        from gcvideo.models import load_pretrained
-
+    init_note = ""
+    if t.INIT_FROM and not (t.AUTO_RESUME and list_checkpoints(cfg.OUTPUT_DIR)):
         report = load_pretrained(model, t.INIT_FROM, purpose="finetune")
-        if main:
-            print(f"initialised from {t.INIT_FROM}:\n{getattr(report, 'summary', lambda: report)()}", flush=True)
+        init_note = f"initialised from {t.INIT_FROM}:\n{getattr(report, 'summary', lambda: report)()}"
     if t.SYNC_BN and world > 1:
         model = du.convert_sync_batchnorm(model, device.type)
     model.to(device)
     if t.CHANNELS_LAST:
         model_channels_last(model)
+    # -- optimizer, schedule, grad scaler
     optimizer = build_optimizer(cfg, model)
-    schedule = build_schedule(cfg, optimizer, iters_per_epoch)
+    schedule = build_schedule(cfg, optimizer, sampler.iters_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    # -- resume: weights, optimizer, position, RNG states of this process
-    next_epoch, next_iter, global_iter = 0, 0, 0
-    rng, pending_stats = None, None
-    if resume is not None:
-        path, ck = resume
+    return _Run(device=device, rank=rank, world=world, amp_dtype=amp_dtype, memory_note=memory_note,
+                train_set=train_set, val_set=val_set, test_set=test_set, sampler=sampler, model=model,
+                optimizer=optimizer, schedule=schedule, scaler=scaler, init_note=init_note)
+
+
+def _test_set(cfg: CfgNode, builder: DatasetBuilder) -> Dataset:
+    """The TRAIN.TEST_AT_END test set, built at the start so that a missing file is said before training."""
+    try:
+        return builder(cfg, "test")
+    except AnnotationError as e:
+        path = annotation_path(cfg, "test")
+        if path_manager.exists(path):
+            raise
+        raise AnnotationError(
+            f"TRAIN.TEST_AT_END is on but the test annotation file {path} (DATA.TEST_FILE = "
+            f"{cfg.DATA.TEST_FILE!r}) does not exist: provide it, point DATA.TEST_FILE at another list "
+            f"(e.g. DATA.TEST_FILE {cfg.DATA.VAL_FILE} to test on the validation list), or set TRAIN.TEST_AT_END "
+            "False") from e
+
+
+@contextlib.contextmanager
+def _claim_output_dir(cfg: CfgNode, main: bool) -> Iterator[None]:
+    """Rank 0 locks OUTPUT_DIR for the run, removes the temporary files of earlier runs and writes
+    config.yaml; an error there is raised on every process."""
+    lock = FolderLock(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    error = None
+    if main:
         try:
-            model.load_state_dict(ck["model"])
-        except RuntimeError as e:
-            raise RuntimeError(f"checkpoint {path} does not fit the model of this config; use a new "
-                               f"OUTPUT_DIR for a different model: {str(e).splitlines()[0]}") from e
-        optimizer.load_state_dict(ck["optimizer"])
-        schedule.load_state_dict(ck["scheduler"])
-        if ck.get("grad_scaler"):
-            scaler.load_state_dict(ck["grad_scaler"])
-        next_epoch, next_iter, global_iter = ck["next_epoch"], ck["next_iter"], ck["global_iter"]
-        if ck.get("iters_per_epoch") not in (None, iters_per_epoch) and next_iter:
-            raise RuntimeError(f"checkpoint {path} was written mid-epoch with {ck['iters_per_epoch']} iterations "
-                               f"per epoch but this run has {iters_per_epoch} (dataset or TRAIN.BATCH_SIZE changed)")
-        # a SIGTERM in an epoch's last iteration saved before that epoch's end-of-epoch work
-        # (precise BN, validation, epoch checkpoint, log record): its training stats come along
-        if next_iter == iters_per_epoch:
-            pending_stats = ck.get("epoch_stats")
-        rng = ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0]
-        if main:
-            print(f"resuming from {path}: epoch {next_epoch + 1}, iteration {next_iter}", flush=True)
-    seed_everything(cfg.SEED * 1000 + rank)  # per-process RNG streams (dropout) from here on
+            lock.acquire()
+            if lock.note:
+                print(lock.note, flush=True)
+            _check_foreign_files(cfg.OUTPUT_DIR)
+            for folder in (cfg.OUTPUT_DIR, checkpoint_dir(cfg.OUTPUT_DIR)):
+                remove_temporaries(folder)
+            _write_config(cfg)
+        except BaseException as e:
+            lock.release(remove=isinstance(e, FileExistsError))  # leave a foreign folder as it was
+            error = e
+    message = du.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    if message is not None:
+        raise RuntimeError(f"rank 0 could not prepare OUTPUT_DIR: {message}")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _check_foreign_files(out: str) -> None:
+    """Refuse a folder with files not written by gcvideo (no config.yaml)."""
+    if path_manager.exists(out):
+        entries = [e for e in path_manager.ls(out) if not e.startswith(".")]
+        if entries and not path_manager.exists(path_join(out, "config.yaml")):
+            raise FileExistsError(
+                f"OUTPUT_DIR = {out!r} already holds files not written by gcvideo ({', '.join(sorted(entries)[:5])}"
+                f"{', ...' if len(entries) > 5 else ''}); choose an empty or new folder so nothing is overwritten")
+
+
+def _write_config(cfg: CfgNode) -> None:
+    """OUTPUT_DIR/config.yaml; an earlier run's different config is kept as config.N.yaml."""
+    out = cfg.OUTPUT_DIR
+    cfg_path = path_join(out, "config.yaml")
+    path_manager.mkdirs(out)
+    text = dump_cfg(cfg)
+    if path_manager.exists(cfg_path):
+        with path_manager.open(cfg_path, "r") as f:
+            old = f.read()
+        if old != text:
+            n = 1
+            while path_manager.exists(path_join(out, f"config.{n}.yaml")):
+                n += 1
+            atomic_write_text(path_join(out, f"config.{n}.yaml"), old)
+    atomic_write_text(cfg_path, text)
+
+
+def _resume(cfg: CfgNode, run: _Run) -> _Position:
+    """Load the newest complete checkpoint of OUTPUT_DIR (rank 0 picks it, every process loads that
+    one: a stale view of a shared folder on one machine must not make it start over)."""
+    pos, rng = _Position(), None
+    if cfg.TRAIN.AUTO_RESUME:
+        found = load_latest_checkpoint(cfg.OUTPUT_DIR) if run.main else None
+        path = du.broadcast_object(found[0] if found else None)
+        if path is not None:
+            path, ck = found if run.main else (path, load_checkpoint_file(path))
+            pos, rng = _load_training_state(run, path, ck)
+    if pos.global_iter == 0 and run.init_note and run.main:
+        print(run.init_note, flush=True)
+    seed_everything(cfg.SEED * 1000 + run.rank)  # per-process RNG streams (dropout) from here on
     if rng is not None:
         set_rng_state(rng)
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else model
-    # -- logging, broken-video tracking, SIGTERM
-    logger = RunLogger(cfg.OUTPUT_DIR, enabled=main, resume_iter=global_iter)
-    broken = _make_broken_tracker(cfg, len(train_set), write=main)
-    stop = {"requested": False}
-    old_handler = None
-    try:
-        old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
-    except ValueError:  # not the main thread
-        pass
+    return pos
 
-    def save(next_e: int, next_i: int, extra: Optional[Dict] = None) -> Optional[str]:
+
+def _load_training_state(run: _Run, path: str, ck: Dict[str, Any]) -> Tuple[_Position, Dict]:
+    try:
+        run.model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise RuntimeError(f"checkpoint {path} does not fit the model of this config; use a new "
+                           f"OUTPUT_DIR for a different model: {str(e).splitlines()[0]}") from e
+    run.optimizer.load_state_dict(ck["optimizer"])
+    run.schedule.load_state_dict(ck["scheduler"])
+    if ck.get("grad_scaler"):
+        run.scaler.load_state_dict(ck["grad_scaler"])
+    ipe = run.sampler.iters_per_epoch
+    pos = _Position(ck["next_epoch"], ck["next_iter"], ck["global_iter"])
+    if ck.get("iters_per_epoch") not in (None, ipe) and pos.iter:
+        raise RuntimeError(f"checkpoint {path} was written mid-epoch with {ck['iters_per_epoch']} iterations "
+                           f"per epoch but this run has {ipe} (dataset or TRAIN.BATCH_SIZE changed)")
+    if pos.iter and ck.get("epoch_meters"):
+        pos.meters = EpochMeters(**ck["epoch_meters"])
+    if run.main:
+        print(f"resuming from {path}: epoch {pos.epoch + 1}, iteration {pos.iter}", flush=True)
+    rng = ck["rng"][run.rank] if run.rank < len(ck["rng"]) else ck["rng"][0]
+    return pos, rng
+
+
+def _fit(cfg: CfgNode, run: _Run, pos: _Position) -> Dict:
+    """Epochs ``pos.epoch..MAX_EPOCH-1``: train, precise BN, validate, checkpoint, log."""
+    t, s = cfg.TRAIN, cfg.SOLVER
+    model, ipe = run.model, run.sampler.iters_per_epoch
+    ddp = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None) \
+        if run.world > 1 else model
+    logger = RunLogger(cfg.OUTPUT_DIR, enabled=run.main, resume_iter=pos.global_iter)
+    broken = BrokenVideoTracker(output_dir=cfg.OUTPUT_DIR if run.main else None, num_videos=len(run.train_set),
+                                max_fraction=cfg.DATA.MAX_BROKEN_FRACTION, videos=_video_paths(run.train_set))
+    state = {"global_iter": pos.global_iter, "stop": False}
+
+    def save(next_epoch: int, next_iter: int, meters: Optional[EpochMeters] = None) -> Optional[str]:
         rngs = du.all_gather_object(get_rng_state())
         path = None
-        if main:
-            state = {"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": schedule.state_dict(), "grad_scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                     "next_epoch": next_e, "next_iter": next_i, "global_iter": st.global_iter,
-                     "iters_per_epoch": iters_per_epoch, "world_size": world, "config": dump_cfg(cfg), "rng": rngs,
-                     **(extra or {})}
-            path = save_checkpoint(cfg.OUTPUT_DIR, state, t.KEEP_LAST)
+        if run.main:
+            ck = {"format": FORMAT, "model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                  "scheduler": run.schedule.state_dict(),
+                  "grad_scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
+                  "next_epoch": next_epoch, "next_iter": next_iter, "global_iter": state["global_iter"],
+                  "iters_per_epoch": ipe, "world_size": run.world, "config": dump_cfg(cfg), "rng": rngs,
+                  "epoch_meters": asdict(meters) if meters is not None else {}}
+            path = save_checkpoint(cfg.OUTPUT_DIR, ck, t.KEEP_LAST)
         du.barrier()
         return path
 
-    st = TrainState(cfg=cfg, device=device, epoch=next_epoch, start_iter=next_iter, global_iter=global_iter,
-                    iters_per_epoch=iters_per_epoch, amp_dtype=amp_dtype, logger=logger, broken=broken,
-                    save=save, stop_requested=lambda: stop["requested"])
-    logger.info(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {world} x "
-                f"{device.type}, {len(train_set)} clips, {iters_per_epoch} iterations/epoch, global batch "
-                f"{t.BATCH_SIZE}, LR {scaled_lr(cfg):.4g}, precision {t.MIXED_PRECISION}; output {cfg.OUTPUT_DIR}"
-                + (f"; {memory_note}" if memory_note else ""))
+    def stop_with_checkpoint(epoch: int, done: int, meters: EpochMeters) -> None:
+        path = save(epoch, done, meters)
+        logger.info(f"SIGTERM: saved {path}; run the same command again to resume")
+        raise TrainingStopped(143)
+
+    def on_step(epoch: int, done: int, global_iter: int, meters: EpochMeters, stop: bool) -> None:
+        # checkpoint every TRAIN.CHECKPOINT_ITERS iterations; on SIGTERM save and exit (a stop in the
+        # epoch's last iteration is saved after the loop, as "all iterations of the epoch done")
+        state["global_iter"] = global_iter
+        if done < ipe and stop:
+            stop_with_checkpoint(epoch, done, meters)
+        if done < ipe and t.CHECKPOINT_ITERS and done % t.CHECKPOINT_ITERS == 0:
+            save(epoch, done, meters)
+
+    logger.info(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {run.world} x "
+                f"{run.device.type}, {len(run.train_set)} clips, {ipe} iterations/epoch, global batch "
+                f"{t.BATCH_SIZE}, LR {scaled_lr(s.BASE_LR, t.BATCH_SIZE, s.REFERENCE_BATCH_SIZE):.4g}, precision "
+                f"{t.MIXED_PRECISION}; output {cfg.OUTPUT_DIR}" + (f"; {run.memory_note}" if run.memory_note else ""))
     val_results: List[Dict] = []
     last_ckpt = None
+    with _sigterm_flag(state):
+        try:
+            for epoch in range(pos.epoch, s.MAX_EPOCH):
+                start = pos.iter if epoch == pos.epoch else 0
+                meters = (pos.meters if epoch == pos.epoch else None) or EpochMeters()
+                # 1. one epoch of training, from the resumed position
+                try:
+                    stats = train_one_epoch(
+                        ddp, _train_loader(cfg, run, epoch, start), run.optimizer, run.schedule, run.scaler,
+                        device=run.device, epoch=epoch, iters_per_epoch=ipe, start_iter=start,
+                        global_iter=state["global_iter"], total_iters=s.MAX_EPOCH * ipe, amp_dtype=run.amp_dtype,
+                        channels_last=t.CHANNELS_LAST, clip_norm=s.CLIP_GRAD_NORM, log_period=t.LOG_PERIOD,
+                        meters=meters, logger=logger, stop_requested=lambda: state["stop"],
+                        on_skipped=broken.update, on_step=lambda *a, e=epoch: on_step(e, *a))
+                except NonFiniteLossError as e:
+                    raise NonFiniteLossError(f"{e}; the last good checkpoint in {checkpoint_dir(cfg.OUTPUT_DIR)} "
+                                             "is unchanged") from None
+                state["global_iter"] = stats["global_iter"]
+                if stats["stop"]:  # SIGTERM in the epoch's last iteration: the resumed run does the epoch's end
+                    stop_with_checkpoint(epoch, ipe, meters)
+                record = {"epoch": epoch + 1, "global_iter": state["global_iter"], "loss": stats["loss"],
+                          "lr": run.optimizer.param_groups[0]["lr"], "data_share": stats["data_share"],
+                          "epoch_time_s": stats["time_s"]}
+                # 2. precise BN statistics before a validation and at the end (neither uses the RNGs)
+                last = epoch + 1 == s.MAX_EPOCH
+                validate = run.val_set is not None and ((epoch + 1) % t.EVAL_PERIOD == 0 or last)
+                if t.PRECISE_BN_BATCHES > 0 and (validate or last):
+                    run.sampler.set_epoch(epoch, 0)
+                    bn_loader = DataLoader(run.train_set, batch_size=run.sampler.local_batch, sampler=run.sampler,
+                                           num_workers=cfg.DATA.NUM_WORKERS, drop_last=True,
+                                           generator=torch.Generator().manual_seed(cfg.SEED + epoch))
+                    precise_bn(model, bn_loader, t.PRECISE_BN_BATCHES, run.device, run.amp_dtype, t.CHANNELS_LAST)
+                du.broadcast_buffers(model)  # every process evaluates (and rank 0 saves) the same BN statistics
+                # 3. validation
+                if validate:
+                    a = _validate(cfg, run)
+                    record.update(val_top1=a["top1"], val_top5=a["top5"], val_mean_class_acc=a["mean_class_acc"])
+                    val_results.append({"epoch": epoch + 1, **a})
+                    logger.info(f"epoch {epoch + 1}: loss {stats['loss']:.4f}, val top-1 {a['top1']:.2f}% "
+                                f"top-5 {a['top5']:.2f}% ({a['videos']} videos)")
+                # 4. checkpoint every TRAIN.CHECKPOINT_PERIOD epochs and at the end; the epoch's record
+                if last or (t.CHECKPOINT_PERIOD and (epoch + 1) % t.CHECKPOINT_PERIOD == 0):
+                    last_ckpt = save(epoch + 1, 0)
+                logger.log_epoch(record)
+        finally:
+            logger.close()
+    if not last_ckpt and run.main:
+        found = list_checkpoints(cfg.OUTPUT_DIR)
+        last_ckpt = found[-1] if found else None
+    return {"global_iter": state["global_iter"], "checkpoint": last_ckpt, "val": val_results}
+
+
+@contextlib.contextmanager
+def _sigterm_flag(state: Dict) -> Iterator[None]:
+    """SIGTERM sets ``state["stop"]`` (the loop saves a checkpoint and exits) while the block runs."""
+    old = None
     try:
-        for epoch in range(next_epoch, s.MAX_EPOCH):
-            st.epoch, st.start_iter = epoch, (next_iter if epoch == next_epoch else 0)
-            # per-epoch order and augmentation, workers seeded from (SEED, epoch, rank)
-            sampler.set_epoch(epoch, st.start_iter)
-            if hasattr(train_set, "set_epoch"):
-                train_set.set_epoch(epoch)
-            gen = torch.Generator().manual_seed(cfg.SEED * 7919 + epoch * 104729 + rank)
-            loader = DataLoader(train_set, batch_size=sampler.local_batch, sampler=sampler,
-                                num_workers=cfg.DATA.NUM_WORKERS, drop_last=True, generator=gen,
-                                pin_memory=cfg.DATA.PIN_MEMORY and device.type == "cuda")
-            stats = train_one_epoch(ddp, loader, optimizer, schedule, scaler, st)
-            if stats["stop"]:  # SIGTERM seen during the epoch's last iteration: save at "all iterations
-                # done", so that the run resumed with the same command does this epoch's evaluation
-                done = {k: v for k, v in stats.items() if k != "stop"}
-                last_ckpt = save(epoch, iters_per_epoch, {"epoch_stats": done})
-                logger.info(f"SIGTERM: saved {last_ckpt}; run the same command again to resume")
-                raise TrainingStopped(143)
-            if stats["iters"] == 0 and pending_stats is not None and epoch == next_epoch:
-                stats = dict(pending_stats, stop=False)  # resumed after that save: the epoch's own stats
-            record = {"epoch": epoch + 1, "global_iter": st.global_iter, "loss": stats["loss"],
-                      "lr": optimizer.param_groups[0]["lr"], "data_share": stats["data_share"],
-                      "epoch_time_s": stats["time_s"]}
-            # precise BN statistics before a validation and at the end (neither uses the RNGs)
-            last = epoch + 1 == s.MAX_EPOCH
-            validate = val_set is not None and ((epoch + 1) % t.EVAL_PERIOD == 0 or last)
-            if t.PRECISE_BN_BATCHES > 0 and (validate or last):
-                sampler.set_epoch(epoch, 0)
-                bn_loader = DataLoader(train_set, batch_size=sampler.local_batch, sampler=sampler,
-                                       num_workers=cfg.DATA.NUM_WORKERS, drop_last=True,
-                                       generator=torch.Generator().manual_seed(cfg.SEED + epoch))
-                precise_bn(model, bn_loader, t.PRECISE_BN_BATCHES, device, amp_dtype, t.CHANNELS_LAST)
-            du.broadcast_buffers(model)  # every process evaluates (and rank 0 saves) the same BN statistics
-            if validate:
-                res = evaluate(model, build_eval_loader(val_set, cfg.TEST.BATCH_SIZE, cfg.DATA.NUM_WORKERS, False),
-                               num_classes=cfg.MODEL.NUM_CLASSES, device=device,
-                               ensemble_method=cfg.TEST.ENSEMBLE_METHOD, amp_dtype=amp_dtype,
-                               channels_last=t.CHANNELS_LAST, mean=cfg.DATA.MEAN, std=cfg.DATA.STD)
-                a = res.metrics["all"]
-                record.update(val_top1=a["top1"], val_top5=a["top5"], val_mean_class_acc=a["mean_class_acc"])
-                val_results.append({"epoch": epoch + 1, **a})
-                logger.info(f"epoch {epoch + 1}: loss {stats['loss']:.4f}, val top-1 {a['top1']:.2f}% "
-                            f"top-5 {a['top5']:.2f}% ({a['videos']} videos)")
-            # checkpoint every TRAIN.CHECKPOINT_PERIOD epochs and at the end
-            if last or (t.CHECKPOINT_PERIOD and (epoch + 1) % t.CHECKPOINT_PERIOD == 0):
-                last_ckpt = save(epoch + 1, 0)
-            logger.log_epoch(record)
-        if not last_ckpt and main:
-            from gcvideo.engine.checkpoint import list_checkpoints
-            found = list_checkpoints(cfg.OUTPUT_DIR)
-            last_ckpt = found[-1] if found else None
-        # full multi-view test of the final weights
-        test_result = None
-        if t.TEST_AT_END:
-            tag = os.path.splitext(os.path.basename(last_ckpt))[0] if last_ckpt else "final"
-            test_result = run_test(cfg, model, device, tag=tag, dataset_builder=builder)
-        return {"epochs": s.MAX_EPOCH, "global_iter": st.global_iter, "checkpoint": last_ckpt,
-                "val": val_results, "test": test_result}
+        old = signal.signal(signal.SIGTERM, lambda *_: state.update(stop=True))
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
     finally:
-        logger.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _train_loader(cfg: CfgNode, run: _Run, epoch: int, start_iter: int) -> DataLoader:
+    """The epoch's loader: per-epoch order and augmentation, workers seeded from (SEED, epoch, rank)."""
+    run.sampler.set_epoch(epoch, start_iter)
+    if hasattr(run.train_set, "set_epoch"):
+        run.train_set.set_epoch(epoch)
+    gen = torch.Generator().manual_seed(cfg.SEED * 7919 + epoch * 104729 + run.rank)
+    return DataLoader(run.train_set, batch_size=run.sampler.local_batch, sampler=run.sampler,
+                      num_workers=cfg.DATA.NUM_WORKERS, drop_last=True, generator=gen,
+                      pin_memory=cfg.DATA.PIN_MEMORY and run.device.type == "cuda")
+
+
+def _validate(cfg: CfgNode, run: _Run) -> Dict:
+    res = evaluate(run.model, build_eval_loader(run.val_set, cfg.TEST.BATCH_SIZE, cfg.DATA.NUM_WORKERS, False),
+                   num_classes=cfg.MODEL.NUM_CLASSES, device=run.device, ensemble_method=cfg.TEST.ENSEMBLE_METHOD,
+                   amp_dtype=run.amp_dtype, channels_last=cfg.TRAIN.CHANNELS_LAST, mean=cfg.DATA.MEAN,
+                   std=cfg.DATA.STD)
+    return res.metrics["all"]
+
+
+def _final_test(cfg: CfgNode, run: _Run, last_ckpt: Optional[str]) -> Optional[Dict]:
+    tag = os.path.splitext(os.path.basename(last_ckpt))[0] if last_ckpt else "final"
+    return run_test(run.model, run.test_set, run.device, tag=tag, **build_test_settings(cfg))
+
+
+def _video_paths(dataset: Dataset) -> Optional[List[str]]:
+    """The video paths of a ``VideoDataset`` (None for datasets without ``records``)."""
+    records = getattr(dataset, "records", None)
+    return [r.path for r in records] if records is not None else None

@@ -5,15 +5,63 @@ location an iopath handler serves works like a local folder.
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
+import re
+import shutil
 import uuid
-from typing import Any
+from typing import Any, List
 
 import torch
-from iopath.common.file_io import PathManager
+from iopath.common.file_io import NativePathHandler, PathManager
+
+__all__ = ["path_manager", "CheckpointError", "WriteError", "load_checkpoint_file", "atomic_write_bytes",
+           "atomic_save", "atomic_write_text", "local_path", "path_join", "remove_temporaries", "TEMPORARY_NAME"]
+
+FILE_URI = "file://"
+
+
+class _FileURIHandler(NativePathHandler):
+    """``file:///abs/path`` is the local file ``/abs/path`` (iopath's native handler alone would
+    treat the URI as a relative path and write ``./file:/abs/path``)."""
+
+    def _get_supported_prefixes(self) -> List[str]:
+        return [FILE_URI]
+
+    def _get_path_with_cwd(self, path: str) -> str:
+        return super()._get_path_with_cwd(path[len(FILE_URI):] if path.startswith(FILE_URI) else path)
+
+    def _get_local_path(self, path: str, force: bool = False, **kwargs: Any) -> str:
+        self._check_kwargs(kwargs)
+        return self._get_path_with_cwd(path)
+
+    def _mkdirs(self, path: str, **kwargs: Any) -> None:
+        super()._mkdirs(self._get_path_with_cwd(path), **kwargs)
+
+    def _rm(self, path: str, **kwargs: Any) -> None:
+        super()._rm(self._get_path_with_cwd(path), **kwargs)
+
 
 path_manager = PathManager()
+path_manager.register_handler(_FileURIHandler())
+
+# the temporary name of an atomic write: ``NAME.tmp-PID-HEX8``
+TEMPORARY_NAME = re.compile(r".+\.tmp-\d+-[0-9a-f]{8}$")
+
+
+def local_path(path: str):
+    """The local file-system path of ``path`` (plain or ``file://``), or None for other iopath locations."""
+    if "://" in path and not path.startswith(FILE_URI):
+        return None
+    return path_manager.get_local_path(path) if path.startswith(FILE_URI) else path
+
+
+class WriteError(OSError):
+    """A file could not be written (full disk, quota); its temporary file was removed."""
+
+    def __str__(self) -> str:  # the one-line message, without OSError's "[Errno N]"
+        return str(self.strerror)
 
 
 class CheckpointError(RuntimeError):
@@ -49,42 +97,98 @@ def load_checkpoint_file(path: str, map_location: Any = "cpu") -> Any:
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader never sees a half-written file.
 
-    Local paths: write a temporary file in the same folder, fsync, rename.
+    Local paths (plain or ``file://``): write a temporary file in the same folder, fsync, rename.
     Other iopath locations: write a temporary name, then move it into place; where the handler
     cannot move files (object stores such as S3), write the object in one upload, which those
-    stores publish only when it is complete.
+    stores publish only when it is complete. A write that fails leaves no temporary file; a full
+    disk (or quota) raises :class:`WriteError`, one line naming the path and the bytes needed.
     """
-    parent = os.path.dirname(path)
-    if parent:
-        path_manager.mkdirs(parent)
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    local = path_manager.get_local_path(parent or ".") if _is_local(path) else None
+    local = local_path(path)
     if local is not None:
+        _write_local(local, data)
+    elif path.split("://", 1)[0] in _NO_RENAME:  # one upload of the whole object
+        with path_manager.open(path, "wb") as f:
+            f.write(data)
+    else:
+        parent = os.path.dirname(path)
+        if parent:
+            path_manager.mkdirs(parent)
+        tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            with path_manager.open(tmp, "wb") as f:
+                f.write(data)
+            try:
+                moved = path_manager.mv(tmp, path)
+            except NotImplementedError:
+                moved = False
+        except BaseException:
+            _remove_quietly(lambda: path_manager.rm(tmp))
+            raise
+        if moved is False:  # this location cannot rename: remember it, upload the object itself
+            _NO_RENAME.add(path.split("://", 1)[0])
+            path_manager.rm(tmp)
+            atomic_write_bytes(path, data)
+
+
+def _write_local(path: str, data: bytes) -> None:
+    """Temporary file beside ``path``, fsync, rename, fsync of the folder."""
+    parent = os.path.dirname(path) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        try:  # make the rename itself durable
-            fd = os.open(parent or ".", os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
-        except OSError:
-            pass
-    elif path.split("://", 1)[0] in _NO_RENAME:  # one upload of the whole object
-        with path_manager.open(path, "wb") as f:
-            f.write(data)
-    else:
-        with path_manager.open(tmp, "wb") as f:
-            f.write(data)
-        try:
-            moved = path_manager.mv(tmp, path)
-        except NotImplementedError:
-            moved = False
-        if moved is False:  # this location cannot rename: remember it, upload the object itself
-            _NO_RENAME.add(path.split("://", 1)[0])
-            path_manager.rm(tmp)
-            atomic_write_bytes(path, data)
+    except BaseException as e:
+        _remove_quietly(lambda: os.remove(tmp))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            try:
+                free = f", {_size(shutil.disk_usage(parent).free)} free"
+            except OSError:
+                free = ""
+            raise WriteError(e.errno, f"cannot write {path}: {os.strerror(e.errno).lower()} (it needs "
+                             f"{_size(len(data))}{free}); nothing was half-written and earlier files are "
+                             "intact: free some space and run the same command again") from None
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(parent, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _remove_quietly(remove) -> None:
+    try:
+        remove()
+    except (OSError, NotImplementedError):
+        pass
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def remove_temporaries(folder: str) -> List[str]:
+    """Delete the temporary files (``NAME.tmp-PID-HEX8``) that killed or failed writes left in
+    ``folder``; returns their paths. Only call it while no other process writes there."""
+    if not path_manager.exists(folder) or not path_manager.isdir(folder):
+        return []
+    stale = [path_join(folder, n) for n in sorted(path_manager.ls(folder)) if TEMPORARY_NAME.fullmatch(n)]
+    for p in stale:
+        path_manager.rm(p)
+    return stale
+
+
+def path_join(folder: str, name: str) -> str:
+    """``folder/name`` for local paths and URIs alike."""
+    return folder.rstrip("/") + "/" + name if "://" in folder else os.path.join(folder, name)
 
 
 _NO_RENAME: set = set()  # URI schemes whose iopath handler cannot move files (learnt on first write)
@@ -99,7 +203,3 @@ def atomic_save(obj: Any, path: str) -> None:
 
 def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")

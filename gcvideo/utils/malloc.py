@@ -20,7 +20,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "tune_cpu_memory"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_MAX = 32 << 20  # glibc's largest mmap threshold on 64-bit (HEAP_MAX_SIZE / 2)
@@ -49,3 +49,10 @@ def keep_freed_memory() -> str:
         except (OSError, AttributeError):  # musl and other C libraries have no mallopt
             _done = "malloc: no glibc mallopt, left as is"
     return _done
+
+
+def tune_cpu_memory(enabled: bool, device) -> str:
+    """``keep_freed_memory()`` for CPU runs when ``enabled`` (TRAIN.CPU_KEEP_FREED_MEMORY); returns a log line or ""."""
+    if getattr(device, "type", str(device)) != "cpu" or not enabled:
+        return ""
+    return keep_freed_memory()

@@ -7,7 +7,7 @@ import torch
 
 import video_faults as F
 from gcvideo.config import get_cfg
-from gcvideo.data import BrokenVideoTracker, TooManyBrokenVideos, accuracy_with_failures, build_dataset, parse_skipped
+from gcvideo.data import BrokenVideoTracker, TooManyBrokenVideos, build_dataset, parse_skipped
 
 KINDS = {"missing": "missing", "empty": "empty", "text": "unreadable", "truncated": "unreadable",
          "audio_only": "no_video_stream", "no_packets": "no_video_stream", "undecodable": "no_frames"}
@@ -111,15 +111,3 @@ def test_tracker_with_dataset_items(mixed_csv, tmp_path):
     assert set(t.broken) == set(rows[:7])
     with pytest.raises(TooManyBrokenVideos):
         BrokenVideoTracker(str(tmp_path), num_videos=len(ds), max_fraction=0.5).check()
-
-
-def test_accuracy_with_failures():
-    scores = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.5, 0.4, 0.1], [0.0, 0.0, 1.0], [0.3, 0.3, 0.4]])
-    labels = torch.tensor([0, 1, 1, 2, -1])
-    ok = torch.tensor([True, True, True, False, True])
-    m = accuracy_with_failures(scores, labels, ok, topk=(1, 2))
-    # labelled: rows 0-3; row 3 failed (its perfect score is ignored); top-1 right: rows 0, 1
-    assert m["top1_all"] == pytest.approx(50.0) and m["top1_decodable"] == pytest.approx(200 / 3)
-    # top-2 right: rows 0, 1, 2
-    assert m["top2_all"] == pytest.approx(75.0) and m["top2_decodable"] == pytest.approx(100.0)
-    assert (m["num_videos"], m["num_failed"], m["num_unlabeled"]) == (5, 1, 1)

@@ -6,7 +6,7 @@ import torch
 
 from gcvideo.config import get_cfg
 from gcvideo.data import build_dataset
-from gcvideo.engine.common import to_device
+from gcvideo.engine.memory_format import to_device
 from gcvideo.engine.tester import build_eval_loader, evaluate
 from gcvideo.models import build_model
 

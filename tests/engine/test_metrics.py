@@ -63,6 +63,19 @@ def test_topk_per_class_and_failed_videos():
     assert m2["all"]["videos"] == 5 and m2["all"]["top1"] == pytest.approx(60.0)
 
 
+def test_accuracy_with_failed_and_unlabelled_videos():
+    scores = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.5, 0.4, 0.1], [0.0, 0.0, 1.0], [0.3, 0.3, 0.4]])
+    labels = torch.tensor([0, 1, 1, 2, -1])
+    ok = torch.tensor([True, True, True, False, True])
+    m = compute_metrics(scores, labels, ok, num_classes=3, topk=2)
+    a, d = m["all"], m["decodable"]
+    # labelled: rows 0-3; row 3 failed (its perfect score is ignored); top-1 right: rows 0, 1
+    assert a["top1"] == pytest.approx(50.0) and d["top1"] == pytest.approx(200 / 3)
+    # top-2 right: rows 0, 1, 2
+    assert a["top2"] == pytest.approx(75.0) and d["top2"] == pytest.approx(100.0)
+    assert (len(labels), a["failed"], a["unlabeled"]) == (5, 1, 1)
+
+
 def test_report_files(tmp_path):
     scores = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.0, 0.0, 0.0]])
     labels, ok = torch.tensor([0, 1, 2]), torch.tensor([True, True, False])
@@ -79,3 +92,23 @@ def test_report_files(tmp_path):
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "top-1 33.33%" in (tmp_path / "report.txt").read_text()
     assert set(files) == {"predictions", "failed", "confusion", "json", "text"}
+
+
+def test_class_names_use_the_one_label_map_reader(tmp_path):
+    """The report's class names come from ``read_label_map`` (one set of rules for annotations
+    and reports): trailing blank lines are fine, a blank line inside or a repeated name is an error."""
+    from gcvideo.data.annotations import AnnotationError
+    from gcvideo.engine.tester import class_names
+
+    assert class_names("", 3) == ["0", "1", "2"]
+    good = tmp_path / "good.txt"
+    good.write_text("run\njump\nswim\n\n")
+    assert class_names(str(good), 3) == ["run", "jump", "swim"]
+    with pytest.raises(ValueError, match=r"lists 3 classes but MODEL\.NUM_CLASSES = 4"):
+        class_names(str(good), 4)
+    (tmp_path / "gap.txt").write_text("run\n\njump\n")
+    with pytest.raises(AnnotationError, match=r"gap\.txt:2: empty line inside the label map"):
+        class_names(str(tmp_path / "gap.txt"), 2)
+    (tmp_path / "twice.txt").write_text("run\nRun\n")
+    with pytest.raises(AnnotationError, match=r"twice\.txt:2: class 'Run' repeats line 1"):
+        class_names(str(tmp_path / "twice.txt"), 2)

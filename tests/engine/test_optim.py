@@ -23,8 +23,11 @@ def test_defaults_follow_slow_8x8_recipe():
 
 
 def test_linear_scaling_with_global_batch():
-    assert scaled_lr(_cfg("TRAIN.BATCH_SIZE", "128")) == pytest.approx(0.2)
-    assert scaled_lr(_cfg("TRAIN.BATCH_SIZE", "16", "SOLVER.BASE_LR", "0.4")) == pytest.approx(0.1)
+    assert scaled_lr(0.1, 128, 64) == pytest.approx(0.2)
+    assert scaled_lr(0.4, 16, 64) == pytest.approx(0.1)
+    # the optimizer gets the scaled LR of the config
+    cfg = _cfg("TRAIN.BATCH_SIZE", "16", "SOLVER.BASE_LR", "0.4")
+    assert build_optimizer(cfg, build_model(cfg)).param_groups[0]["lr"] == pytest.approx(0.1)
 
 
 def test_warmup_then_cosine_hand_values():

@@ -17,7 +17,13 @@ OPTS = ["TRAIN.CHECKPOINT_ITERS", 2, "TRAIN.KEEP_LAST", 10]
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
     ok(run_engine(out, "train", {}, *OPTS))
-    return checkpoint(out, "checkpoint_epoch0002.pth")
+    final = checkpoint(out, "checkpoint_epoch0002.pth")
+    final["epoch_records"] = _epoch_records(out)
+    return final
+
+
+def _epoch_records(out):
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r.get("type") == "epoch"]
 
 
 def _assert_matches(reference, out):
@@ -39,6 +45,8 @@ def test_sigkill_mid_epoch_resumes_to_same_weights(tmp_path, reference):
     proc = ok(run_engine(out, "train", spec, *OPTS))  # the same command again
     assert "resuming from" in proc.stdout and "epoch 2, iteration 2" in proc.stdout
     _assert_matches(reference, out)
+    # epoch 2's mean loss covers its 4 iterations, the 2 before the kill included (bit-exact run: equal)
+    assert [r["loss"] for r in _epoch_records(out)] == [r["loss"] for r in reference["epoch_records"]]
 
 
 def test_sigterm_saves_and_resumes_to_same_weights(tmp_path, reference):

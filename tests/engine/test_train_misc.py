@@ -37,9 +37,9 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path):
 
 def test_nan_gradient_with_finite_loss_stops_before_the_step(tmp_path, monkeypatch):
     """A finite loss whose backward gives NaN gradients must not reach the weights (or a checkpoint)."""
-    import gcvideo.models
+    import gcvideo.engine.trainer
 
-    real_build = gcvideo.models.build_model
+    real_build = gcvideo.engine.trainer.build_model
     calls = {"n": 0}
 
     def build_with_bad_backward(cfg):
@@ -52,7 +52,7 @@ def test_nan_gradient_with_finite_loss_stops_before_the_step(tmp_path, monkeypat
         first.register_hook(hook)
         return model
 
-    monkeypatch.setattr(gcvideo.models, "build_model", build_with_bad_backward)
+    monkeypatch.setattr(gcvideo.engine.trainer, "build_model", build_with_bad_backward)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"gradient norm is nan .* epoch 2, iteration 2 of 4"):
         train(tiny_cfg(out, "SOLVER.MAX_EPOCH", 2), dataset_builder=builder())

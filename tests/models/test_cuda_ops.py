@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import gcvideo.layers.fused.functions as context_mod
 import gcvideo.layers.fused.kernels as kernels_mod
 from gcvideo.config import get_cfg
-from gcvideo.engine.common import model_channels_last
+from gcvideo.engine.memory_format import model_channels_last
 from gcvideo.models import build_model
 
 _ANY_BACKEND = ("CUDA", "CompositeExplicitAutograd", "CompositeImplicitAutograd",

@@ -52,13 +52,13 @@ def test_left_alone_when_the_environment_chooses():
 
 
 def test_engine_logs_it_on_cpu(tmp_path):
-    from gcvideo.engine.common import tune_cpu_memory
+    from gcvideo.utils.malloc import tune_cpu_memory
     from gcvideo.config import get_cfg
     import torch
 
     cfg = get_cfg()
     assert cfg.TRAIN.CPU_KEEP_FREED_MEMORY
-    assert tune_cpu_memory(cfg, torch.device("cpu")).startswith("malloc:")
-    assert tune_cpu_memory(cfg, torch.device("cuda")) == ""
+    assert tune_cpu_memory(cfg.TRAIN.CPU_KEEP_FREED_MEMORY, torch.device("cpu")).startswith("malloc:")
+    assert tune_cpu_memory(cfg.TRAIN.CPU_KEEP_FREED_MEMORY, torch.device("cuda")) == ""
     cfg.TRAIN.CPU_KEEP_FREED_MEMORY = False
-    assert tune_cpu_memory(cfg, torch.device("cpu")) == ""
+    assert tune_cpu_memory(cfg.TRAIN.CPU_KEEP_FREED_MEMORY, torch.device("cpu")) == ""

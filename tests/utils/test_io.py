@@ -1,0 +1,47 @@
+"""Atomic writes: a failed write (full disk) leaves the old file and no temporary; file:// is local."""
+import errno
+import os
+
+import pytest
+
+import gcvideo.utils.io as gio
+from gcvideo.utils.io import WriteError, atomic_write_text, path_manager, remove_temporaries
+
+
+def test_full_disk_keeps_the_old_file_and_removes_the_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "config.yaml"
+    target.write_text("old\n")
+    real_open = open
+
+    def full_open(path, mode="r", *a, **k):  # half the data reaches the disk, then ENOSPC
+        f = real_open(path, mode, *a, **k)
+        if "w" in mode:
+            write = f.write
+            f.write = lambda data: (write(data[: len(data) // 2]), f.flush(),
+                                    (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+        return f
+
+    monkeypatch.setattr(gio, "open", full_open, raising=False)
+    with pytest.raises(WriteError) as e:
+        atomic_write_text(str(target), "x" * 3000)
+    assert str(e.value).startswith(f"cannot write {target}: no space left on device (it needs 3.0 KB, ")
+    assert "\n" not in str(e.value) and e.value.errno == errno.ENOSPC
+    assert os.listdir(tmp_path) == ["config.yaml"] and target.read_text() == "old\n"
+
+
+def test_file_uri_is_the_local_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = "file://" + str(tmp_path / "a" / "b.txt")
+    atomic_write_text(uri, "hi")
+    assert (tmp_path / "a" / "b.txt").read_text() == "hi" and not (tmp_path / "file:").exists()
+    assert path_manager.exists(uri) and path_manager.ls("file://" + str(tmp_path / "a")) == ["b.txt"]
+    path_manager.mkdirs("file://" + str(tmp_path / "c"))
+    assert (tmp_path / "c").is_dir() and not (tmp_path / "file:").exists()
+
+
+def test_remove_temporaries_only_removes_write_leftovers(tmp_path):
+    for name in ("config.yaml", "config.yaml.tmp-12-0123abcd", "ck.pth.tmp-7-89abcdef", "notes.tmp-x"):
+        (tmp_path / name).write_text("")
+    removed = remove_temporaries(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in removed) == ["ck.pth.tmp-7-89abcdef", "config.yaml.tmp-12-0123abcd"]
+    assert sorted(os.listdir(tmp_path)) == ["config.yaml", "notes.tmp-x"]

@@ -24,6 +24,7 @@ from typing import Dict, List, Mapping, Union
 import torch
 import torch.nn as nn
 
+from gcvideo.layers import layernorm_as_vectors
 from gcvideo.models.inflate import (InflationError, InflationReport, _compact, _is_new_module_key,
                                     inflate_state_dict, unwrap_state_dict)
 from gcvideo.models.interop import caffe2_blobs_to_tensors, convert_state_dict, is_caffe2_blobs, load_weights_file
@@ -115,6 +116,7 @@ def load_pretrained(model: nn.Module, source: Union[str, Mapping], verbose: bool
         model.load_state_dict(inflate_state_dict(sd, model, rep.inflation), strict=True)
     else:
         target = model.state_dict()
+        sd = layernorm_as_vectors(model, sd)  # GC LayerNorm weights saved as (Cr, 1, 1[, 1])
         out: Dict[str, torch.Tensor] = {}
         head = f"blocks.{len(model.blocks) - 1}."
         for k, v in target.items():

@@ -71,7 +71,9 @@ class ChannelLayerNorm(nn.LayerNorm):
         super().__init__(channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.movedim(1, -1), self.normalized_shape, self.weight, self.bias, self.eps).movedim(-1, 1)
+        last = x.dim() - 1  # channels to the last dim and back (positive dims: ONNX's legacy exporter)
+        y = F.layer_norm(x.movedim(1, last), self.normalized_shape, self.weight, self.bias, self.eps)
+        return y.movedim(last, 1)
 
     def as_vector(self, t: torch.Tensor) -> torch.Tensor:
         """A saved weight or bias (Cr,), (Cr, 1, 1) or (Cr, 1, 1, 1) as (Cr,); any other shape as it is."""

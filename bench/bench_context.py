@@ -39,7 +39,7 @@ MODELS = {  # name -> (config, overrides)
     "base": ("slow_r50_8x8", []),
     "gc_all": ("slow_r50_8x8_gc_all", []),
     "gc_all_unfused": ("slow_r50_8x8_gc_all", ["CONTEXT.FUSED", "False"]),
-    # the fused path with torch ops only, without the C kernels of gcvideo/layers/_gc_kernels.c
+    # the fused path with torch ops only, without the C kernels of gcvideo/layers/fused/_gc_kernels.c
     "gc_all_torchops": ("slow_r50_8x8_gc_all", []),
     "gc5": ("slow_r50_8x8_gc5", []),
     # +all GC with gcvideo/layers/context.py as it was before the speed work (git rev ORIG_REV):
@@ -112,7 +112,7 @@ def build(name: str) -> torch.nn.Module:
 
 
 def to_memory_format(model: torch.nn.Module, fmt) -> torch.nn.Module:
-    """5-D parameters (conv kernels) to ``fmt``; ``model.to(memory_format=...)`` refuses 4-D LayerNorm weights."""
+    """5-D parameters (conv kernels) to ``fmt`` (the ORIG_REV block holds 4-D LayerNorm weights, which ``model.to(memory_format=...)`` refuses)."""
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 5:
@@ -140,7 +140,7 @@ def step_fn(model, x, target, mode: str, dtype):
 
 def _without_kernels(run):
     """``run`` with the fused CPU kernels switched off (the torch-op path of the same Functions)."""
-    from gcvideo.layers import kernels
+    from gcvideo.layers.fused import kernels
 
     def wrapped():
         saved = kernels.cpu_kernels
@@ -319,7 +319,7 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    from gcvideo.layers import kernels
+    from gcvideo.layers.fused import kernels
 
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads, "
             f"CPU capability {torch.backends.cpu.get_cpu_capability()}), GC CPU kernels "

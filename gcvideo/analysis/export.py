@@ -110,7 +110,11 @@ def export_model(model: nn.Module, fmt: str, out: str, input_shape: Sequence[int
     g = torch.Generator().manual_seed(seed)
     example = torch.randn(1, 3, *[int(v) for v in input_shape], generator=g)  # (1, 3, T, H, W)
     check = torch.randn(2, 3, *[int(v) for v in input_shape], generator=g)  # (2, 3, T, H, W), unseen
-    ref = model.eval()(check.to(next(model.parameters()).device)).float().cpu()  # the original eager model
+    was_training = model.training
+    try:  # the original eager model (its fused path where it has one), in eval mode
+        ref = model.eval()(check.to(next(model.parameters()).device)).float().cpu()
+    finally:
+        model.train(was_training)
     if fmt == "torchscript":
         data, used = _torchscript_bytes(m, example), "torch.jit.trace"
         with warnings.catch_warnings():

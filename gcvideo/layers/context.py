@@ -30,7 +30,7 @@ from torch.nn.modules import module as _module
 
 from gcvideo.layers import fused
 
-__all__ = ["ContextBlock", "ChannelLayerNorm", "attention_pool", "CONTEXT_PRESETS", "POOLINGS", "TRANSFORMS",
+__all__ = ["ContextBlock", "ChannelLayerNorm", "layernorm_as_vectors", "attention_pool", "CONTEXT_PRESETS", "POOLINGS", "TRANSFORMS",
            "NORMS", "FUSIONS"]
 
 POOLINGS = ("att", "avg")  # context modeling: softmax attention / global average pooling
@@ -71,14 +71,33 @@ class ChannelLayerNorm(nn.LayerNorm):
         super().__init__(channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.movedim(1, -1), self.normalized_shape, self.weight, self.bias, self.eps).movedim(-1, 1)
+        last = x.dim() - 1  # channels to the last dim and back (positive dims: ONNX's legacy exporter)
+        y = F.layer_norm(x.movedim(1, last), self.normalized_shape, self.weight, self.bias, self.eps)
+        return y.movedim(last, 1)
+
+    def as_vector(self, t: torch.Tensor) -> torch.Tensor:
+        """A saved weight or bias (Cr,), (Cr, 1, 1) or (Cr, 1, 1, 1) as (Cr,); any other shape as it is."""
+        if t.dim() > 1 and t.shape[0] == self.normalized_shape[0] and t[0].numel() == 1:
+            return t.reshape(-1)
+        return t
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in ("weight", "bias"):
-            t = state_dict.get(prefix + name)
-            if t is not None and t.dim() > 1 and t.shape[0] == self.normalized_shape[0] and t[0].numel() == 1:
-                state_dict[prefix + name] = t.reshape(-1)  # (Cr, 1, 1[, 1]) -> (Cr,)
+            if prefix + name in state_dict:
+                state_dict[prefix + name] = self.as_vector(state_dict[prefix + name])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def layernorm_as_vectors(model: nn.Module, state_dict):
+    """A shallow copy of ``state_dict`` with the weights of ``model``'s ``ChannelLayerNorm`` layers
+    shaped (C,), as ``load_state_dict`` reshapes them; for loaders that compare shapes first."""
+    out = dict(state_dict)
+    for name, m in model.named_modules():
+        if isinstance(m, ChannelLayerNorm):
+            for k in (f"{name}.weight", f"{name}.bias"):
+                if k in out:
+                    out[k] = m.as_vector(out[k])
+    return out
 
 
 def _one_of(name: str, value: str, allowed) -> None:

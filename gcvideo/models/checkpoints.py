@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from gcvideo.config import load_cfg
+from gcvideo.layers import layernorm_as_vectors
 from gcvideo.models.build import build_model
 from gcvideo.models.checkpoint_file import CheckpointContents, read_checkpoint
 from gcvideo.models.inflate import (CheckpointMismatchError, InflationReport, _compact, _is_new_module_key,
@@ -157,6 +158,7 @@ def _load(model: nn.Module, ck: CheckpointContents, purpose: str) -> LoadReport:
         rep.settings = _nonlocal_settings(ck, rep.format)
         rep.notes += check_nonlocal_semantics(model, sd, rep.settings, name)
     target = model.state_dict()
+    sd = layernorm_as_vectors(model, sd)  # GC LayerNorm weights saved as (Cr, 1, 1[, 1])
     out: Dict[str, torch.Tensor] = {}
     head = f"blocks.{len(model.blocks) - 1}."
     for k, v in target.items():

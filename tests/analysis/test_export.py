@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from gcvideo.analysis.export import export_model, prepare_for_export
+from gcvideo.analysis.export import export_model
 from gcvideo.config import get_cfg
 from gcvideo.layers import ContextBlock
 from gcvideo.models import build_model
@@ -46,11 +46,20 @@ GC = ("gc", [[], "all", "all", "all"])
 NL = ("nl", [[], [0], [0], []])
 
 
-def test_prepare_for_export_unfuses_a_copy():
+def test_export_leaves_the_model_as_it_is(tmp_path):
+    """The exporters trace a copy; the caller's blocks keep their fused path and their mode."""
+    m = _model(*GC).train()
+    export_model(m, "torchscript", str(tmp_path / "m.ts"), input_shape=(4, 32, 32))
+    blocks = [b for b in m.modules() if isinstance(b, ContextBlock)]
+    assert blocks and all(b.fused for b in blocks)
+    assert all(mod.training for mod in m.modules())
+
+
+def test_traced_graph_of_the_fused_model_holds_reference_ops_only():
     m = _model(*GC)
-    e = prepare_for_export(m)
-    assert all(b.fused for b in m.modules() if isinstance(b, ContextBlock))
-    assert not any(b.fused for b in e.modules() if isinstance(b, ContextBlock))
+    with torch.no_grad():
+        graph = str(torch.jit.trace(m, torch.randn(1, 3, 4, 32, 32), check_trace=False).inlined_graph)
+    assert "PythonOp" not in graph and "aten::softmax" in graph and "aten::layer_norm" in graph
 
 
 @pytest.mark.parametrize("spec", [GC, NL], ids=["gc", "nl"])

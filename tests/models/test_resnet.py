@@ -191,9 +191,29 @@ def test_every_config_converts_to_channels_last_3d(name):
 def test_channels_last_3d_model_gives_the_same_logits(kind):
     torch.manual_seed(0)
     model = build_model(_small_cfg(TYPE=kind, LOCATION=[[], "all", "all", "all"], ZERO_INIT=False)).eval()
-    x = torch.randn(2, 3, 4, 32, 32)
+    x = torch.randn(2, 3, 4, 64, 64)
     with torch.no_grad():
         want = model(x)
         model.to(memory_format=torch.channels_last_3d)
         got = model(x.contiguous(memory_format=torch.channels_last_3d))
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("old_shape", [(1, 1, 1), (1, 1)])
+def test_checkpoints_with_the_old_layernorm_shape_load(old_shape):
+    """GC checkpoints saved with LayerNorm weights (Cr, 1, 1, 1) (earlier gcvideo) or (Cr, 1, 1) load
+    through load_pretrained and load_state_dict, and give the same logits."""
+    torch.manual_seed(0)
+    src = build_model(_small_cfg(TYPE="gc", LOCATION=[[], [0], [0], [0]], ZERO_INIT=False)).eval()
+    with torch.no_grad():
+        for m in src.context_blocks():
+            m.transform[1].weight.uniform_(0.5, 1.5)
+            m.transform[1].bias.normal_()
+    old = {k: (v.reshape(-1, *old_shape) if ".channel_add_conv.1." in k else v) for k, v in src.state_dict().items()}
+    assert sum(".channel_add_conv.1." in k for k in old) == 6
+    x = torch.randn(1, 3, 4, 32, 32)
+    for load in (lambda m: load_pretrained(m, old), lambda m: m.load_state_dict(old)):
+        model = build_model(_small_cfg(TYPE="gc", LOCATION=[[], [0], [0], [0]])).eval()
+        load(model)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), src(x))

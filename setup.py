@@ -24,7 +24,7 @@ setup(
     ],
     extras_require={
         # the test extra also brings the optional exporters/loggers, so that CI exercises them
-        "test": ["pytest>=7", "pytest-xdist", "tensorboard", "onnx", "onnxruntime", "onnxscript"],
+        "test": ["pytest>=7", "pytest-xdist", "tensorboard", "onnx", "onnxruntime", "onnxscript", "timm"],
         "extra": ["tensorboard", "onnx", "onnxruntime", "onnxscript"],
     },
 )

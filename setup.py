@@ -23,10 +23,11 @@ setup(
         "pillow",
     ],
     extras_require={
-        # the test extra also brings the optional exporters/loggers and the torchcodec decoder
-        # (it needs FFmpeg's shared libraries: .ci/run installs them), so that CI exercises them
+        # the test extra also brings the optional exporters/loggers, the torchcodec decoder (it needs
+        # FFmpeg's shared libraries: .ci/run installs them) and timm (its GC/SE ResNets are an
+        # interop source), so that CI exercises them
         "test": ["pytest>=7", "pytest-xdist", "tensorboard", "onnx", "onnxruntime", "onnxscript",
-                 "torchcodec==0.17.*"],
+                 "torchcodec==0.17.*", "timm"],
         "extra": ["tensorboard", "onnx", "onnxruntime", "onnxscript"],
         "torchcodec": ["torchcodec==0.17.*"],
     },

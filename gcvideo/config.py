@@ -55,6 +55,12 @@ _C.MODEL.BN_MOMENTUM = 0.1
 _C.MODEL.BN_EPS = 1e-5
 # Initialise the last BN of every bottleneck to zero scale (PySlowFast ZERO_INIT_FINAL_BN).
 _C.MODEL.ZERO_INIT_FINAL_BN = False
+# Classifier pooling (docs/interop.md): "global" (average over all positions, any input size gives one
+# vector) | "train_crop_logits" (pytorchvideo's slow_r50: an average pool sized for the training clip,
+# (NUM_FRAMES, TRAIN_CROP_SIZE/32, TRAIN_CROP_SIZE/32), stride 1; larger test crops give several
+# positions whose logits are averaged) | "train_crop_probs" (PySlowFast: the same pool; in eval each
+# position's softmax is averaged and the model returns the log of that mean, so softmax(output) is it).
+_C.MODEL.HEAD_POOL = "global"
 
 # ---------------------------------------------------------------------------
 # Context blocks: the global-context family (GC, SNL, SE, ablations) and non-local
@@ -465,6 +471,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _check(len(m.TEMPORAL_KERNELS) == 4 and all(k in (1, 3, 5) for k in m.TEMPORAL_KERNELS),
            "MODEL.TEMPORAL_KERNELS", m.TEMPORAL_KERNELS, "4 odd temporal kernel sizes in {1, 3, 5}")
     _check(0.0 <= m.DROPOUT < 1.0, "MODEL.DROPOUT", m.DROPOUT, "a probability in [0, 1)")
+    _one_of(m.HEAD_POOL, "MODEL.HEAD_POOL", ["global", "train_crop_logits", "train_crop_probs"])
     # ---- context blocks
     _one_of(c.TYPE, "CONTEXT.TYPE", ["none", *CONTEXT_TYPES])
     depths = stage_depths(cfg)

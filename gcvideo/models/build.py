@@ -37,9 +37,13 @@ def build_model(cfg: CfgNode) -> SlowResNet:
             bn_eps=m.BN_EPS, bn_momentum=m.BN_MOMENTUM)
 
     pos = context_position(c.TYPE, c.POSITION)
+    # the peers' head: a pool sized for the training clip's last-stage features (stride 32, no time stride)
+    d = cfg.DATA
+    head_kernel = None if m.HEAD_POOL == "global" else (d.NUM_FRAMES, d.TRAIN_CROP_SIZE // 32, d.TRAIN_CROP_SIZE // 32)
     return SlowResNet(
         stage_depths=depths, num_classes=m.NUM_CLASSES, width=m.WIDTH, stem_kernel=m.STEM_KERNEL,
         temporal_kernels=m.TEMPORAL_KERNELS, dropout=m.DROPOUT, bn_eps=m.BN_EPS,
         bn_momentum=m.BN_MOMENTUM, zero_init_final_bn=m.ZERO_INIT_FINAL_BN,
         context_factory=factory if pos == "pre_add" else None,
-        post_context_factory=factory if pos == "post_relu" else None)
+        post_context_factory=factory if pos == "post_relu" else None,
+        head_pool_kernel=head_kernel, head_position_average="probs" if m.HEAD_POOL == "train_crop_probs" else "logits")

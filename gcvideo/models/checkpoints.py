@@ -37,7 +37,7 @@ from gcvideo.layers import layernorm_as_vectors
 from gcvideo.models.build import build_model
 from gcvideo.models.checkpoint_file import CheckpointContents, read_checkpoint
 from gcvideo.models.inflate import (CheckpointMismatchError, InflationReport, _compact, _is_new_module_key,
-                                    inflate_state_dict)
+                                    check_resnet_layout, inflate_state_dict)
 from gcvideo.models.interop import (NonLocalSettings, check_nonlocal_semantics, convert_state_dict,
                                     mmaction2_nonlocal_settings, pyslowfast_nonlocal_settings)
 from gcvideo.utils.io import CheckpointError, atomic_save, path_manager
@@ -95,13 +95,8 @@ def detect_format(sd: Mapping[str, torch.Tensor], source: str = "<state dict>") 
         return "caffe2"
     if any(k.startswith("backbone.conv1.conv.") or k.startswith("backbone.layer1.") for k in sd):
         return "mmaction2"
-    if any(k.startswith("conv1.") or k.startswith("layer1.") for k in sd) or any(
-            k.startswith("stem.") or k.startswith("stages.") for k in sd):
-        raise CheckpointMismatchError(
-            f"checkpoint {source}: a 2D network whose layout is not a ResNet of the torchvision/timm kind "
-            "(a single 7x7 conv1 stem, then layer1..layer4 of bottlenecks); deep-stem variants such as timm's "
-            f"'...t'/'...d' ResNets or ByobNet models cannot be inflated into this model; first keys: "
-            + ", ".join(list(sd)[:5]))
+    if any(k.startswith(("conv1.", "layer1.", "stem.", "stages.")) for k in sd):
+        check_resnet_layout(sd)  # a 2D network of another layout: refused as such
     raise CheckpointMismatchError(
         f"checkpoint {source}: unrecognised checkpoint: expected a torchvision/timm ResNet (conv1.weight, "
         "layer1.*), a pytorchvideo/gcvideo 3D model (blocks.*), a PySlowFast model (s1.pathway0_stem.*), "

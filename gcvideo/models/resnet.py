@@ -89,17 +89,39 @@ class ContextResBlock(nn.Module):
 
 
 class ResNetHead(nn.Module):
-    """Global average pool over (T, H, W), dropout, linear: (N, C, T, H, W) -> (N, classes)."""
+    """Average pool, dropout, linear: (N, C, T, H, W) -> (N, classes).
 
-    def __init__(self, in_features: int, num_classes: int, dropout: float):
+    ``pool_kernel`` None: global average pool over (T, H, W). Otherwise the peers' fixed pool
+    (pytorchvideo ``create_res_basic_head``, PySlowFast ``ResNetBasicHead``): ``AvgPool3d(pool_kernel,
+    stride 1)``, the classifier at every pooled position, and the positions averaged: their logits
+    (``position_average="logits"``, pytorchvideo) or, in eval mode, their softmax probabilities
+    (``"probs"``, PySlowFast), returned as the log of the mean so that a softmax of the output gives it.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, dropout: float,
+                 pool_kernel: Optional[Sequence[int]] = None, position_average: str = "logits"):
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool3d(1)
+        if position_average not in ("logits", "probs"):
+            raise ValueError(f"position_average={position_average!r}: expected 'logits' or 'probs'")
+        self.pool_kernel = tuple(pool_kernel) if pool_kernel is not None else None
+        self.position_average = position_average
+        self.pool = nn.AdaptiveAvgPool3d(1) if pool_kernel is None else nn.AvgPool3d(self.pool_kernel, stride=1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.proj = nn.Linear(in_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(x).flatten(1)  # (N, C)
-        return self.proj(self.dropout(x))  # (N, classes)
+        if self.pool_kernel is None:
+            x = self.pool(x).flatten(1)  # (N, C)
+            return self.proj(self.dropout(x))  # (N, classes)
+        if any(s < k for s, k in zip(x.shape[2:], self.pool_kernel)):
+            raise ValueError(f"features {tuple(x.shape[2:])} are smaller than the head's pool {self.pool_kernel} "
+                             "(MODEL.HEAD_POOL train_crop_*: inputs must be at least the training clip size)")
+        x = self.pool(x)  # (N, C, T', H', W'): one vector per position
+        logits = self.proj(self.dropout(x.permute(0, 2, 3, 4, 1))).flatten(1, 3)  # (N, positions, classes)
+        if self.position_average == "probs" and not self.training:
+            acc = torch.promote_types(logits.dtype, torch.float32)  # half/bf16 softmax in float32
+            return torch.log(torch.softmax(logits.to(acc), dim=-1).mean(1)).to(logits.dtype)  # (N, classes)
+        return logits.mean(1)  # (N, classes)
 
 
 ContextFactory = "Callable[[int, int, int], Optional[nn.Module]]"
@@ -120,13 +142,16 @@ class SlowResNet(nn.Module):
         context_factory: ``f(stage, block, channels) -> module or None`` for the
             pre_add position (after norm_c).
         post_context_factory: same for the post_relu position.
+        head_pool_kernel, head_position_average: the head's fixed pool (None: global) and how
+            its positions are averaged (see ``ResNetHead``).
     """
 
     def __init__(self, *, stage_depths: Sequence[int] = (3, 4, 6, 3), num_classes: int = 400,
                  width: int = 64, stem_kernel: Sequence[int] = (1, 7, 7),
                  temporal_kernels: Sequence[int] = (1, 1, 3, 3), dropout: float = 0.5,
                  bn_eps: float = 1e-5, bn_momentum: float = 0.1, zero_init_final_bn: bool = False,
-                 context_factory=None, post_context_factory=None):
+                 context_factory=None, post_context_factory=None,
+                 head_pool_kernel: Optional[Sequence[int]] = None, head_position_average: str = "logits"):
         super().__init__()
         self.stage_depths = list(stage_depths)
         blocks: List[nn.Module] = [create_res_basic_stem(
@@ -156,7 +181,7 @@ class SlowResNet(nn.Module):
                     context=post_context_factory(s, b, dim_out) if post_context_factory else None))
                 dim_in = dim_out
             blocks.append(ResStage(nn.ModuleList(res_blocks)))
-        blocks.append(ResNetHead(dim_in, num_classes, dropout))
+        blocks.append(ResNetHead(dim_in, num_classes, dropout, head_pool_kernel, head_position_average))
         self.blocks = nn.ModuleList(blocks)
         self.num_features = dim_in
         self._init_weights(zero_init_final_bn)

@@ -16,8 +16,6 @@ import logging
 import os
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
-import torch
-
 from gcvideo.utils.io import atomic_write_text, path_manager
 
 __all__ = ["BrokenVideoTracker", "TooManyBrokenVideos", "parse_skipped", "BROKEN_LIST_NAME"]

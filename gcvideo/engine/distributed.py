@@ -30,7 +30,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import Sampler
 
-__all__ = ["BatchSizeError", "init_distributed", "cleanup_distributed", "process_group", "is_distributed", "get_rank", "get_world_size",
+__all__ = ["BatchSizeError",
+           "init_distributed", "cleanup_distributed", "process_group", "is_distributed", "get_rank", "get_world_size",
            "is_main_process", "barrier", "all_gather_object", "all_reduce_sum", "broadcast_object",
            "broadcast_buffers", "TrainSampler",
            "ShardSampler", "convert_sync_batchnorm", "CPUSyncBatchNorm"]

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any, Dict, List
 
-from gcvideo.utils.io import atomic_write_bytes, atomic_write_text, local_path, path_manager
+from gcvideo.utils.io import atomic_write_bytes, atomic_write_text, disk_full_error, local_path, path_manager
 from gcvideo.utils.progress import progress_bar
 
 __all__ = ["RunLogger", "format_duration"]
@@ -93,8 +93,15 @@ class RunLogger:
             if record.get("type") == "epoch":
                 self._rewrite()
             return
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        line = json.dumps(record) + "\n"
+        try:
+            self._file.write(line)
+            self._file.flush()
+        except OSError as e:
+            full = disk_full_error(e, self.path, len(line))
+            if full is None:
+                raise
+            raise full from None
 
     def log_iter(self, record: Dict[str, Any]) -> None:
         """One logging step: ``global_iter``, ``loss``, ``lr`` and timings."""
@@ -162,7 +169,10 @@ class RunLogger:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:  # the data it could not flush was already reported by ``write``
+                pass
         else:
             self._rewrite()
             self._file = None

@@ -51,8 +51,8 @@ def param_groups(model: nn.Module, weight_decay: float, zero_wd_norm_bias: bool)
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.SGD:
     s = cfg.SOLVER
     groups = param_groups(model, s.WEIGHT_DECAY, s.ZERO_WD_NORM_BIAS)
-    return torch.optim.SGD(groups, lr=scaled_lr(s.BASE_LR, cfg.TRAIN.BATCH_SIZE, s.REFERENCE_BATCH_SIZE), momentum=s.MOMENTUM,
-                           nesterov=s.NESTEROV and s.MOMENTUM > 0, weight_decay=s.WEIGHT_DECAY)
+    return torch.optim.SGD(groups, lr=scaled_lr(s.BASE_LR, cfg.TRAIN.BATCH_SIZE, s.REFERENCE_BATCH_SIZE),
+                           momentum=s.MOMENTUM, nesterov=s.NESTEROV and s.MOMENTUM > 0, weight_decay=s.WEIGHT_DECAY)
 
 
 class WarmupCosineSchedule:
@@ -99,6 +99,7 @@ class WarmupCosineSchedule:
 
 def build_schedule(cfg: CfgNode, optimizer: torch.optim.Optimizer, iters_per_epoch: int) -> WarmupCosineSchedule:
     s = cfg.SOLVER
-    return WarmupCosineSchedule(optimizer, lr=scaled_lr(s.BASE_LR, cfg.TRAIN.BATCH_SIZE, s.REFERENCE_BATCH_SIZE), max_epoch=s.MAX_EPOCH,
+    return WarmupCosineSchedule(optimizer, lr=scaled_lr(s.BASE_LR, cfg.TRAIN.BATCH_SIZE, s.REFERENCE_BATCH_SIZE),
+                                max_epoch=s.MAX_EPOCH,
                                 warmup_epochs=s.WARMUP_EPOCHS, warmup_start_factor=s.WARMUP_START_FACTOR,
                                 end_factor=s.COSINE_END_FACTOR, iters_per_epoch=iters_per_epoch)

@@ -48,7 +48,8 @@ from gcvideo.utils.io import atomic_write_text, load_checkpoint_file, path_join,
 from gcvideo.utils.malloc import tune_cpu_memory
 from gcvideo.utils.reproducibility import seed_everything, set_determinism
 
-__all__ = ["train", "train_one_epoch", "EpochMeters", "NonFiniteLossError", "TrainingStopped", "precise_bn"]
+__all__ = ["train", "train_one_epoch", "EpochMeters", "FitSettings", "build_fit_settings", "build_run",
+           "NonFiniteLossError", "TrainingStopped", "precise_bn"]
 
 DatasetBuilder = Callable[[CfgNode, str], Dataset]
 
@@ -224,6 +225,48 @@ def precise_bn(model: nn.Module, loader: DataLoader, num_batches: int, device: t
 # Whole run
 # ---------------------------------------------------------------------------
 @dataclass
+class FitSettings:
+    """The plain values the run's steps after the set-up use (``build_fit_settings`` reads them from a config)."""
+    output_dir: str
+    config_text: str  # the resolved config as YAML (config.yaml, checkpoints)
+    seed: int
+    max_epoch: int
+    batch_size: int
+    lr: float  # scaled to the global batch
+    mixed_precision: str
+    auto_resume: bool
+    clip_norm: float
+    log_period: int
+    checkpoint_period: int
+    checkpoint_iters: int
+    keep_last: int
+    eval_period: int
+    precise_bn_batches: int
+    channels_last: bool
+    num_workers: int
+    pin_memory: bool
+    max_broken_fraction: float
+    eval: Dict[str, Any]  # keyword arguments of ``evaluate`` for validation
+    eval_batch_size: int
+    test: Optional[Dict[str, Any]]  # keyword arguments of ``run_test`` (None: no test at the end)
+
+
+def build_fit_settings(cfg: CfgNode) -> FitSettings:
+    t, s, d = cfg.TRAIN, cfg.SOLVER, cfg.DATA
+    return FitSettings(
+        output_dir=cfg.OUTPUT_DIR, config_text=dump_cfg(cfg), seed=cfg.SEED, max_epoch=s.MAX_EPOCH,
+        batch_size=t.BATCH_SIZE, lr=scaled_lr(s.BASE_LR, t.BATCH_SIZE, s.REFERENCE_BATCH_SIZE),
+        mixed_precision=t.MIXED_PRECISION, auto_resume=t.AUTO_RESUME, clip_norm=s.CLIP_GRAD_NORM,
+        log_period=t.LOG_PERIOD, checkpoint_period=t.CHECKPOINT_PERIOD, checkpoint_iters=t.CHECKPOINT_ITERS,
+        keep_last=t.KEEP_LAST, eval_period=t.EVAL_PERIOD, precise_bn_batches=t.PRECISE_BN_BATCHES,
+        channels_last=t.CHANNELS_LAST, num_workers=d.NUM_WORKERS, pin_memory=d.PIN_MEMORY,
+        max_broken_fraction=d.MAX_BROKEN_FRACTION,
+        eval={"num_classes": cfg.MODEL.NUM_CLASSES, "ensemble_method": cfg.TEST.ENSEMBLE_METHOD,
+              "channels_last": t.CHANNELS_LAST, "mean": d.MEAN, "std": d.STD},
+        eval_batch_size=cfg.TEST.BATCH_SIZE, test=build_test_settings(cfg) if t.TEST_AT_END else None)
+
+
+@dataclass
 class _Run:
     """What the set-up builds, before any file is written."""
     device: torch.device
@@ -239,6 +282,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     schedule: WarmupCosineSchedule
     scaler: torch.amp.GradScaler
+    settings: FitSettings
     init_note: str = ""
 
     @property
@@ -263,32 +307,42 @@ def train(cfg: CfgNode, *, dataset_builder: Optional[DatasetBuilder] = None) -> 
     """
     device = select_device(cfg.DEVICE)
     with du.process_group(device.type):
-        # 1. set-up: data, model, initial weights, every file the run needs -- all before any is written
-        run = _set_up(cfg, device, dataset_builder or build_dataset)
-        # 2. the output folder: lock (rank 0), leftovers of earlier runs, config.yaml
-        with _claim_output_dir(cfg, run.main):
-            # 3. resume: weights, optimizer, position, RNG states
-            pos = _resume(cfg, run)
-            # 4. the epochs
-            fit = _fit(cfg, run, pos)
-            # 5. the full multi-view test of the final weights
-            test_result = _final_test(cfg, run, fit["checkpoint"]) if cfg.TRAIN.TEST_AT_END else None
-        return {"epochs": cfg.SOLVER.MAX_EPOCH, "global_iter": fit["global_iter"], "checkpoint": fit["checkpoint"],
-                "val": fit["val"], "test": test_result}
+        # (the steps run in their own function: its locals, the DDP/SyncBN model among them, are
+        # freed before the process groups are destroyed)
+        return _train_steps(cfg, device, dataset_builder or build_dataset)
 
 
-def _set_up(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _Run:
-    """Datasets, sampler, model (initial weights), optimizer; raises before anything is written."""
+def _train_steps(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> Dict:
+    # 1. set-up: data, model, initial weights, every file the run needs -- all before any is written
+    run = build_run(cfg, device, builder)
+    fs = run.settings
+    # 2. the output folder: lock (rank 0), leftovers of earlier runs, config.yaml
+    with _claim_output_dir(fs.output_dir, fs.config_text, run.main):
+        # 3. resume: weights, optimizer, position, RNG states
+        pos = _resume(run, fs.output_dir if fs.auto_resume else None, fs.seed)
+        # 4. the epochs
+        fit = _fit(run, pos, fs)
+        # 5. the full multi-view test of the final weights
+        test_result = _final_test(run, fit["checkpoint"], fs.test) if fs.test is not None else None
+    return {"epochs": fs.max_epoch, "global_iter": fit["global_iter"], "checkpoint": fit["checkpoint"],
+            "val": fit["val"], "test": test_result}
+
+
+def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _Run:
+    """Datasets, sampler, model (initial weights), optimizer and the run's settings; raises before
+    anything is written (annotation errors, a training set smaller than one global batch, an
+    unreadable or unfitting TRAIN.INIT_FROM, a missing test annotation or label map)."""
     t = cfg.TRAIN
     rank, world = du.get_rank(), du.get_world_size()
     set_determinism(t.DETERMINISTIC, device)
     memory_note = tune_cpu_memory(t.CPU_KEEP_FREED_MEMORY, device)
     amp_dtype = autocast_dtype(t.MIXED_PRECISION, device)
+    settings = build_fit_settings(cfg)
     # -- data (annotation errors, fewer clips than one global batch), and the test set used at the end
     train_set = builder(cfg, "train")
     sampler = du.TrainSampler(len(train_set), t.BATCH_SIZE, rank, world, cfg.SEED)
     val_set = builder(cfg, "val") if t.EVAL_PERIOD > 0 else None
-    test_set = _test_set(cfg, builder) if t.TEST_AT_END else None
+    test_set = _build_test_set(cfg, builder) if t.TEST_AT_END else None
     # -- model (same initial weights on every process); TRAIN.INIT_FROM unless a checkpoint will be resumed
     seed_everything(cfg.SEED)
     model = build_model(cfg)
@@ -307,10 +361,10 @@ def _set_up(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _Run
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return _Run(device=device, rank=rank, world=world, amp_dtype=amp_dtype, memory_note=memory_note,
                 train_set=train_set, val_set=val_set, test_set=test_set, sampler=sampler, model=model,
-                optimizer=optimizer, schedule=schedule, scaler=scaler, init_note=init_note)
+                optimizer=optimizer, schedule=schedule, scaler=scaler, settings=settings, init_note=init_note)
 
 
-def _test_set(cfg: CfgNode, builder: DatasetBuilder) -> Dataset:
+def _build_test_set(cfg: CfgNode, builder: DatasetBuilder) -> Dataset:
     """The TRAIN.TEST_AT_END test set, built at the start so that a missing file is said before training."""
     try:
         return builder(cfg, "test")
@@ -326,20 +380,20 @@ def _test_set(cfg: CfgNode, builder: DatasetBuilder) -> Dataset:
 
 
 @contextlib.contextmanager
-def _claim_output_dir(cfg: CfgNode, main: bool) -> Iterator[None]:
-    """Rank 0 locks OUTPUT_DIR for the run, removes the temporary files of earlier runs and writes
+def _claim_output_dir(out: str, config_text: str, main: bool) -> Iterator[None]:
+    """Rank 0 locks ``out`` for the run, removes the temporary files of earlier runs and writes
     config.yaml; an error there is raised on every process."""
-    lock = FolderLock(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    lock = FolderLock(out, "OUTPUT_DIR")
     error = None
     if main:
         try:
             lock.acquire()
             if lock.note:
                 print(lock.note, flush=True)
-            _check_foreign_files(cfg.OUTPUT_DIR)
-            for folder in (cfg.OUTPUT_DIR, checkpoint_dir(cfg.OUTPUT_DIR)):
+            _check_foreign_files(out)
+            for folder in (out, checkpoint_dir(out)):
                 remove_temporaries(folder)
-            _write_config(cfg)
+            _write_config(out, config_text)
         except BaseException as e:
             lock.release(remove=isinstance(e, FileExistsError))  # leave a foreign folder as it was
             error = e
@@ -364,12 +418,10 @@ def _check_foreign_files(out: str) -> None:
                 f"{', ...' if len(entries) > 5 else ''}); choose an empty or new folder so nothing is overwritten")
 
 
-def _write_config(cfg: CfgNode) -> None:
-    """OUTPUT_DIR/config.yaml; an earlier run's different config is kept as config.N.yaml."""
-    out = cfg.OUTPUT_DIR
+def _write_config(out: str, text: str) -> None:
+    """``out``/config.yaml; an earlier run's different config is kept as config.N.yaml."""
     cfg_path = path_join(out, "config.yaml")
     path_manager.mkdirs(out)
-    text = dump_cfg(cfg)
     if path_manager.exists(cfg_path):
         with path_manager.open(cfg_path, "r") as f:
             old = f.read()
@@ -381,19 +433,20 @@ def _write_config(cfg: CfgNode) -> None:
     atomic_write_text(cfg_path, text)
 
 
-def _resume(cfg: CfgNode, run: _Run) -> _Position:
-    """Load the newest complete checkpoint of OUTPUT_DIR (rank 0 picks it, every process loads that
-    one: a stale view of a shared folder on one machine must not make it start over)."""
+def _resume(run: _Run, output_dir: Optional[str], seed: int) -> _Position:
+    """Load the newest complete checkpoint of ``output_dir`` (None: start afresh). Rank 0 picks it and
+    every process loads that one: a stale view of a shared folder on one machine must not make it
+    start over while the others resume."""
     pos, rng = _Position(), None
-    if cfg.TRAIN.AUTO_RESUME:
-        found = load_latest_checkpoint(cfg.OUTPUT_DIR) if run.main else None
+    if output_dir is not None:
+        found = load_latest_checkpoint(output_dir) if run.main else None
         path = du.broadcast_object(found[0] if found else None)
         if path is not None:
             path, ck = found if run.main else (path, load_checkpoint_file(path))
             pos, rng = _load_training_state(run, path, ck)
     if pos.global_iter == 0 and run.init_note and run.main:
         print(run.init_note, flush=True)
-    seed_everything(cfg.SEED * 1000 + run.rank)  # per-process RNG streams (dropout) from here on
+    seed_everything(seed * 1000 + run.rank)  # per-process RNG streams (dropout) from here on
     if rng is not None:
         set_rng_state(rng)
     return pos
@@ -422,15 +475,14 @@ def _load_training_state(run: _Run, path: str, ck: Dict[str, Any]) -> Tuple[_Pos
     return pos, rng
 
 
-def _fit(cfg: CfgNode, run: _Run, pos: _Position) -> Dict:
-    """Epochs ``pos.epoch..MAX_EPOCH-1``: train, precise BN, validate, checkpoint, log."""
-    t, s = cfg.TRAIN, cfg.SOLVER
+def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
+    """Epochs ``pos.epoch..max_epoch-1``: train, precise BN, validate, checkpoint, log."""
     model, ipe = run.model, run.sampler.iters_per_epoch
     ddp = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None) \
         if run.world > 1 else model
-    logger = RunLogger(cfg.OUTPUT_DIR, enabled=run.main, resume_iter=pos.global_iter)
-    broken = BrokenVideoTracker(output_dir=cfg.OUTPUT_DIR if run.main else None, num_videos=len(run.train_set),
-                                max_fraction=cfg.DATA.MAX_BROKEN_FRACTION, videos=_video_paths(run.train_set))
+    logger = RunLogger(fs.output_dir, enabled=run.main, resume_iter=pos.global_iter)
+    broken = BrokenVideoTracker(output_dir=fs.output_dir if run.main else None, num_videos=len(run.train_set),
+                                max_fraction=fs.max_broken_fraction, videos=_video_paths(run.train_set))
     state = {"global_iter": pos.global_iter, "stop": False}
 
     def save(next_epoch: int, next_iter: int, meters: Optional[EpochMeters] = None) -> Optional[str]:
@@ -441,9 +493,9 @@ def _fit(cfg: CfgNode, run: _Run, pos: _Position) -> Dict:
                   "scheduler": run.schedule.state_dict(),
                   "grad_scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
                   "next_epoch": next_epoch, "next_iter": next_iter, "global_iter": state["global_iter"],
-                  "iters_per_epoch": ipe, "world_size": run.world, "config": dump_cfg(cfg), "rng": rngs,
+                  "iters_per_epoch": ipe, "world_size": run.world, "config": fs.config_text, "rng": rngs,
                   "epoch_meters": asdict(meters) if meters is not None else {}}
-            path = save_checkpoint(cfg.OUTPUT_DIR, ck, t.KEEP_LAST)
+            path = save_checkpoint(fs.output_dir, ck, fs.keep_last)
         du.barrier()
         return path
 
@@ -458,31 +510,31 @@ def _fit(cfg: CfgNode, run: _Run, pos: _Position) -> Dict:
         state["global_iter"] = global_iter
         if done < ipe and stop:
             stop_with_checkpoint(epoch, done, meters)
-        if done < ipe and t.CHECKPOINT_ITERS and done % t.CHECKPOINT_ITERS == 0:
+        if done < ipe and fs.checkpoint_iters and done % fs.checkpoint_iters == 0:
             save(epoch, done, meters)
 
     logger.info(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {run.world} x "
                 f"{run.device.type}, {len(run.train_set)} clips, {ipe} iterations/epoch, global batch "
-                f"{t.BATCH_SIZE}, LR {scaled_lr(s.BASE_LR, t.BATCH_SIZE, s.REFERENCE_BATCH_SIZE):.4g}, precision "
-                f"{t.MIXED_PRECISION}; output {cfg.OUTPUT_DIR}" + (f"; {run.memory_note}" if run.memory_note else ""))
+                f"{fs.batch_size}, LR {fs.lr:.4g}, precision {fs.mixed_precision}; output {fs.output_dir}"
+                + (f"; {run.memory_note}" if run.memory_note else ""))
     val_results: List[Dict] = []
     last_ckpt = None
     with _sigterm_flag(state):
         try:
-            for epoch in range(pos.epoch, s.MAX_EPOCH):
+            for epoch in range(pos.epoch, fs.max_epoch):
                 start = pos.iter if epoch == pos.epoch else 0
                 meters = (pos.meters if epoch == pos.epoch else None) or EpochMeters()
                 # 1. one epoch of training, from the resumed position
                 try:
                     stats = train_one_epoch(
-                        ddp, _train_loader(cfg, run, epoch, start), run.optimizer, run.schedule, run.scaler,
+                        ddp, _train_loader(run, epoch, start, fs), run.optimizer, run.schedule, run.scaler,
                         device=run.device, epoch=epoch, iters_per_epoch=ipe, start_iter=start,
-                        global_iter=state["global_iter"], total_iters=s.MAX_EPOCH * ipe, amp_dtype=run.amp_dtype,
-                        channels_last=t.CHANNELS_LAST, clip_norm=s.CLIP_GRAD_NORM, log_period=t.LOG_PERIOD,
+                        global_iter=state["global_iter"], total_iters=fs.max_epoch * ipe, amp_dtype=run.amp_dtype,
+                        channels_last=fs.channels_last, clip_norm=fs.clip_norm, log_period=fs.log_period,
                         meters=meters, logger=logger, stop_requested=lambda: state["stop"],
                         on_skipped=broken.update, on_step=lambda *a, e=epoch: on_step(e, *a))
                 except NonFiniteLossError as e:
-                    raise NonFiniteLossError(f"{e}; the last good checkpoint in {checkpoint_dir(cfg.OUTPUT_DIR)} "
+                    raise NonFiniteLossError(f"{e}; the last good checkpoint in {checkpoint_dir(fs.output_dir)} "
                                              "is unchanged") from None
                 state["global_iter"] = stats["global_iter"]
                 if stats["stop"]:  # SIGTERM in the epoch's last iteration: the resumed run does the epoch's end
@@ -491,30 +543,31 @@ def _fit(cfg: CfgNode, run: _Run, pos: _Position) -> Dict:
                           "lr": run.optimizer.param_groups[0]["lr"], "data_share": stats["data_share"],
                           "epoch_time_s": stats["time_s"]}
                 # 2. precise BN statistics before a validation and at the end (neither uses the RNGs)
-                last = epoch + 1 == s.MAX_EPOCH
-                validate = run.val_set is not None and ((epoch + 1) % t.EVAL_PERIOD == 0 or last)
-                if t.PRECISE_BN_BATCHES > 0 and (validate or last):
+                last = epoch + 1 == fs.max_epoch
+                validate = run.val_set is not None and ((epoch + 1) % fs.eval_period == 0 or last)
+                if fs.precise_bn_batches > 0 and (validate or last):
                     run.sampler.set_epoch(epoch, 0)
                     bn_loader = DataLoader(run.train_set, batch_size=run.sampler.local_batch, sampler=run.sampler,
-                                           num_workers=cfg.DATA.NUM_WORKERS, drop_last=True,
-                                           generator=torch.Generator().manual_seed(cfg.SEED + epoch))
-                    precise_bn(model, bn_loader, t.PRECISE_BN_BATCHES, run.device, run.amp_dtype, t.CHANNELS_LAST)
+                                           num_workers=fs.num_workers, drop_last=True,
+                                           generator=torch.Generator().manual_seed(fs.seed + epoch))
+                    precise_bn(model, bn_loader, fs.precise_bn_batches, run.device, run.amp_dtype, fs.channels_last)
                 du.broadcast_buffers(model)  # every process evaluates (and rank 0 saves) the same BN statistics
                 # 3. validation
                 if validate:
-                    a = _validate(cfg, run)
+                    loader = build_eval_loader(run.val_set, fs.eval_batch_size, fs.num_workers, False)
+                    a = evaluate(model, loader, device=run.device, amp_dtype=run.amp_dtype, **fs.eval).metrics["all"]
                     record.update(val_top1=a["top1"], val_top5=a["top5"], val_mean_class_acc=a["mean_class_acc"])
                     val_results.append({"epoch": epoch + 1, **a})
                     logger.info(f"epoch {epoch + 1}: loss {stats['loss']:.4f}, val top-1 {a['top1']:.2f}% "
                                 f"top-5 {a['top5']:.2f}% ({a['videos']} videos)")
                 # 4. checkpoint every TRAIN.CHECKPOINT_PERIOD epochs and at the end; the epoch's record
-                if last or (t.CHECKPOINT_PERIOD and (epoch + 1) % t.CHECKPOINT_PERIOD == 0):
+                if last or (fs.checkpoint_period and (epoch + 1) % fs.checkpoint_period == 0):
                     last_ckpt = save(epoch + 1, 0)
                 logger.log_epoch(record)
         finally:
             logger.close()
     if not last_ckpt and run.main:
-        found = list_checkpoints(cfg.OUTPUT_DIR)
+        found = list_checkpoints(fs.output_dir)
         last_ckpt = found[-1] if found else None
     return {"global_iter": state["global_iter"], "checkpoint": last_ckpt, "val": val_results}
 
@@ -534,28 +587,20 @@ def _sigterm_flag(state: Dict) -> Iterator[None]:
             signal.signal(signal.SIGTERM, old)
 
 
-def _train_loader(cfg: CfgNode, run: _Run, epoch: int, start_iter: int) -> DataLoader:
+def _train_loader(run: _Run, epoch: int, start_iter: int, fs: FitSettings) -> DataLoader:
     """The epoch's loader: per-epoch order and augmentation, workers seeded from (SEED, epoch, rank)."""
     run.sampler.set_epoch(epoch, start_iter)
     if hasattr(run.train_set, "set_epoch"):
         run.train_set.set_epoch(epoch)
-    gen = torch.Generator().manual_seed(cfg.SEED * 7919 + epoch * 104729 + run.rank)
+    gen = torch.Generator().manual_seed(fs.seed * 7919 + epoch * 104729 + run.rank)
     return DataLoader(run.train_set, batch_size=run.sampler.local_batch, sampler=run.sampler,
-                      num_workers=cfg.DATA.NUM_WORKERS, drop_last=True, generator=gen,
-                      pin_memory=cfg.DATA.PIN_MEMORY and run.device.type == "cuda")
+                      num_workers=fs.num_workers, drop_last=True, generator=gen,
+                      pin_memory=fs.pin_memory and run.device.type == "cuda")
 
 
-def _validate(cfg: CfgNode, run: _Run) -> Dict:
-    res = evaluate(run.model, build_eval_loader(run.val_set, cfg.TEST.BATCH_SIZE, cfg.DATA.NUM_WORKERS, False),
-                   num_classes=cfg.MODEL.NUM_CLASSES, device=run.device, ensemble_method=cfg.TEST.ENSEMBLE_METHOD,
-                   amp_dtype=run.amp_dtype, channels_last=cfg.TRAIN.CHANNELS_LAST, mean=cfg.DATA.MEAN,
-                   std=cfg.DATA.STD)
-    return res.metrics["all"]
-
-
-def _final_test(cfg: CfgNode, run: _Run, last_ckpt: Optional[str]) -> Optional[Dict]:
+def _final_test(run: _Run, last_ckpt: Optional[str], settings: Dict[str, Any]) -> Optional[Dict]:
     tag = os.path.splitext(os.path.basename(last_ckpt))[0] if last_ckpt else "final"
-    return run_test(run.model, run.test_set, run.device, tag=tag, **build_test_settings(cfg))
+    return run_test(run.model, run.test_set, run.device, tag=tag, **settings)
 
 
 def _video_paths(dataset: Dataset) -> Optional[List[str]]:

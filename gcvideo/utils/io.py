@@ -17,7 +17,7 @@ import torch
 from iopath.common.file_io import NativePathHandler, PathManager
 
 __all__ = ["path_manager", "CheckpointError", "WriteError", "load_checkpoint_file", "atomic_write_bytes",
-           "atomic_save", "atomic_write_text", "local_path", "path_join", "remove_temporaries", "TEMPORARY_NAME"]
+           "atomic_save", "atomic_write_text", "disk_full_error", "local_path", "path_join", "remove_temporaries", "TEMPORARY_NAME"]
 
 FILE_URI = "file://"
 
@@ -143,14 +143,9 @@ def _write_local(path: str, data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         _remove_quietly(lambda: os.remove(tmp))
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            try:
-                free = f", {_size(shutil.disk_usage(parent).free)} free"
-            except OSError:
-                free = ""
-            raise WriteError(e.errno, f"cannot write {path}: {os.strerror(e.errno).lower()} (it needs "
-                             f"{_size(len(data))}{free}); nothing was half-written and earlier files are "
-                             "intact: free some space and run the same command again") from None
+        full = disk_full_error(e, path, len(data))
+        if full is not None:
+            raise full from None
         raise
     try:  # make the rename itself durable
         fd = os.open(parent, os.O_RDONLY)
@@ -158,6 +153,21 @@ def _write_local(path: str, data: bytes) -> None:
         os.close(fd)
     except OSError:
         pass
+
+
+def disk_full_error(e: BaseException, path: str, nbytes: int):
+    """A one-line :class:`WriteError` for a full disk or quota (``e`` ENOSPC/EDQUOT) while writing
+    ``nbytes`` to ``path``; None for any other error."""
+    if not isinstance(e, OSError) or e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    local = local_path(path)
+    try:
+        free = f", {_size(shutil.disk_usage(os.path.dirname(local) or '.').free)} free" if local else ""
+    except OSError:
+        free = ""
+    return WriteError(e.errno, f"cannot write {path}: {os.strerror(e.errno).lower()} (it needs {_size(nbytes)}"
+                      f"{free}); nothing was half-written and earlier files are intact: free some space and run "
+                      "the same command again")
 
 
 def _remove_quietly(remove) -> None:

@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -128,12 +129,41 @@ def test_full_disk_leaves_no_temporary_and_a_restart_cleans_earlier_leftovers(tm
                                                                          "checkpoint_epoch0002.pth"]
 
 
+def test_full_disk_while_logging_is_one_line(tmp_path):
+    from gcvideo.engine.logger import RunLogger
+
+    class FullFile:
+        def write(self, *text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        flush = close = write
+
+    log = RunLogger(str(tmp_path), enabled=True, progress=False)
+    log._file = FullFile()
+    with pytest.raises(WriteError, match=rf"^cannot write {tmp_path / 'metrics.jsonl'}: no space left on device"):
+        log.log_iter({"epoch": 1, "iter": 1, "global_iter": 1, "loss": 1.0, "lr": 0.1})
+    log.close()  # the unflushed line is not reported twice
+
+
 def test_file_uri_output_dir_is_written_in_its_folder(tmp_path, monkeypatch):
+    """Every writer uses the folder of a file:// OUTPUT_DIR; a rerun after the annotation list was
+    cleaned counts only the broken videos that are still in it."""
     monkeypatch.chdir(tmp_path)
     real = tmp_path / "elsewhere" / "run"
+    real.mkdir(parents=True)
+    (real / "config.yaml").write_text("OUTPUT_DIR: an earlier run\n")
+    # an earlier run's list: 2 videos since removed from the list (limit 0.1 * 16 = 1.6 videos)
+    (real / "broken_videos.txt").write_text("gone_0001.mp4\tmissing\ngone_0002.mp4\tempty\n")
+    synthetic = builder(train={"skipped": [3]})
+
+    def build(cfg, split):
+        ds = synthetic(cfg, split)
+        ds.records = [SimpleNamespace(path=f"broken_{i:04d}.mp4") for i in range(len(ds))]  # as VideoDataset
+        return ds
+
     cfg = tiny_cfg("file://" + str(real), "SOLVER.MAX_EPOCH", 1, "TRAIN.TEST_AT_END", True, "TRAIN.EVAL_PERIOD", 1,
                    "DATA.MAX_BROKEN_FRACTION", 0.1)
-    res = train(cfg, dataset_builder=builder(train={"skipped": [3]}))
+    res = train(cfg, dataset_builder=build)
+    assert (real / "broken_videos.txt").read_text() == "broken_0003.mp4\tcannot decode\n"
     assert not (tmp_path / "file:").exists(), sorted(os.listdir(tmp_path))
     names = set(os.listdir(real))
     assert {"config.yaml", "metrics.jsonl", "curves.png", "checkpoints", "tb", "broken_videos.txt",

@@ -158,6 +158,12 @@ _C.DATA.STD = [0.225, 0.225, 0.225]
 _C.DATA.EVAL_UINT8 = True
 # Training stops if more than this share of videos failed to decode.
 _C.DATA.MAX_BROKEN_FRACTION = 0.05
+# Bounds on a video's frame size, so that one hostile file is a failed video ("bad_size: ...")
+# instead of the end of a run: at most this many pixels per decoded frame (4096 x 2304)...
+_C.DATA.MAX_FRAME_PIXELS = 4096 * 2304
+# ...and at most this aspect ratio (long side / short side): resizing the short side of a
+# 4000x2 video to 256 pixels would make frames 512000 pixels wide (12 GB for 30 views).
+_C.DATA.MAX_ASPECT_RATIO = 10.0
 # DataLoader workers per process and pinned memory.
 _C.DATA.NUM_WORKERS = 4
 _C.DATA.PIN_MEMORY = True
@@ -530,6 +536,10 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
         sources = [p[0] for p in pairs]
         _check(len(set(sources)) == len(sources), f"DATA.{key}", pairs,
                "each class at most once as 'from' (pairs are directed: give [a, b] and [b, a] for a swap)")
+    _check(isinstance(d.MAX_FRAME_PIXELS, int) and d.MAX_FRAME_PIXELS >= 1, "DATA.MAX_FRAME_PIXELS",
+           d.MAX_FRAME_PIXELS, "a positive number of pixels")
+    _check(isinstance(d.MAX_ASPECT_RATIO, (int, float)) and d.MAX_ASPECT_RATIO >= 1, "DATA.MAX_ASPECT_RATIO",
+           d.MAX_ASPECT_RATIO, "a number >= 1 (long side / short side)")
     _check(0.0 <= d.MAX_BROKEN_FRACTION <= 1.0, "DATA.MAX_BROKEN_FRACTION", d.MAX_BROKEN_FRACTION,
            "a share in [0, 1]")
     _check(d.NUM_WORKERS >= 0, "DATA.NUM_WORKERS", d.NUM_WORKERS, "0 or more")

@@ -54,7 +54,7 @@ import numpy as np
 from gcvideo.utils.io import path_manager
 
 __all__ = ["VideoDecodeError", "FrameCountChanged", "VideoReader", "open_video", "decode_frames",
-           "resize_frames", "BACKENDS"]
+           "resize_frames", "check_frame_size", "BACKENDS"]
 
 BACKENDS = ("pyav", "decord", "torchcodec")
 # Containers whose packet timestamps reliably give presentation order.
@@ -68,7 +68,9 @@ class VideoDecodeError(RuntimeError):
     """A video cannot be used. ``reason`` is a short ``kind: detail`` string.
 
     Kinds: ``missing``, ``empty``, ``unreadable`` (not a media file / container
-    error), ``no_video_stream``, ``no_frames`` (nothing decodes), ``bad_index``.
+    error), ``no_video_stream``, ``no_frames`` (nothing decodes), ``bad_index``,
+    ``damaged`` (wanted frames do not decode, later ones do), ``bad_size`` (frames too large or
+    too elongated, see ``check_frame_size``).
     """
 
     def __init__(self, path: str, reason: str):
@@ -107,6 +109,24 @@ def check_size(size) -> Optional[Tuple[int, int]]:
     if h <= 0 or w <= 0 or (h, w) != tuple(size):
         raise ValueError(f"size = {size!r}; expected two positive integers (height, width)")
     return h, w
+
+
+def check_frame_size(path: str, height: int, width: int, max_pixels: int, max_aspect: float) -> None:
+    """VideoDecodeError ``bad_size: ...`` when frames of ``height`` x ``width`` pixels are more
+    than ``max_pixels`` (DATA.MAX_FRAME_PIXELS) or their long side is more than ``max_aspect``
+    (DATA.MAX_ASPECT_RATIO) times the short one. Every resize of the data pipeline scales the
+    short side to a crop size, so these two bounds bound what any resize allocates. Unknown
+    sizes (0) pass; the dataset checks the decoded frames again."""
+    h, w = int(height), int(width)
+    if h <= 0 or w <= 0:
+        return
+    if h * w > max_pixels:
+        raise VideoDecodeError(path, f"bad_size: {w}x{h} frames ({h * w / 1e6:.1f} Mpixels) are larger than "
+                                     f"DATA.MAX_FRAME_PIXELS = {max_pixels} ({max_pixels / 1e6:.1f} Mpixels)")
+    aspect = max(h, w) / min(h, w)
+    if aspect > max_aspect:
+        raise VideoDecodeError(path, f"bad_size: {w}x{h} frames have an aspect ratio of {aspect:g}:1, more than "
+                                     f"DATA.MAX_ASPECT_RATIO = {max_aspect:g}")
 
 
 def resize_frames(frames: np.ndarray, size: Tuple[int, int]) -> np.ndarray:

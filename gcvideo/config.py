@@ -128,7 +128,7 @@ _C.DATA.CLIP_LAYOUT = "auto"
 # for a file only where their frame table matches PyAV's packet index; else PyAV (logged once).
 _C.DATA.DECODER = "pyav"
 # Where frames are decoded: "cpu", or "cuda" (DECODER torchcodec only: NVDEC, frames and the
-# training augmentation on the GPU; use DATA.NUM_WORKERS 0, CUDA does not work in forked workers).
+# augmentation on the GPU, in the main process: needs DATA.NUM_WORKERS 0 and DATA.PIN_MEMORY False).
 _C.DATA.DECODE_DEVICE = "cpu"
 # Decoding threads per video reader (1 per DataLoader worker; 0 = library default/auto).
 _C.DATA.DECODER_THREADS = 1
@@ -515,6 +515,9 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _one_of(d.DECODER, "DATA.DECODER", ["pyav", "decord", "torchcodec"])
     _check(d.DECODE_DEVICE == "cpu" or (str(d.DECODE_DEVICE).startswith("cuda") and d.DECODER == "torchcodec"),
            "DATA.DECODE_DEVICE", d.DECODE_DEVICE, "'cpu', or 'cuda' with DATA.DECODER torchcodec")
+    _check(d.DECODE_DEVICE == "cpu" or (d.NUM_WORKERS == 0 and not d.PIN_MEMORY), "DATA.DECODE_DEVICE", d.DECODE_DEVICE,
+           "'cpu' with DataLoader workers or pinned memory (GPU frames are made in the main process: "
+           "set DATA.NUM_WORKERS 0 and DATA.PIN_MEMORY False)")
     _check(isinstance(d.DECODER_THREADS, int) and d.DECODER_THREADS >= 0, "DATA.DECODER_THREADS",
            d.DECODER_THREADS, "0 (auto) or a positive number of threads")
     _check(d.NUM_FRAMES >= 1, "DATA.NUM_FRAMES", d.NUM_FRAMES, "a positive integer")

@@ -194,7 +194,7 @@ class VideoDataset(Dataset):
             ok, error = True, ""
         except Exception as e:  # decode or transform (MemoryError, ...): a failed video, never the end of a run
             video = torch.zeros((self.num_views, 3, self.num_frames, self.test_crop, self.test_crop),
-                                dtype=torch.uint8 if self.eval_uint8 else torch.float32)
+                                dtype=torch.uint8 if self.eval_uint8 else torch.float32, device=self.decode_device)
             ok, error = False, e.reason if isinstance(e, VideoDecodeError) else _failure("transform", e)
         if self.single_view_4d and self.num_views == 1:
             video = video[0]  # (3, T, S, S)

@@ -167,6 +167,9 @@ def test_pyav_is_the_default():
     assert open_video.__defaults__[0] == "pyav"
     cfg.DATA.DECODE_DEVICE = "cuda"
     with pytest.raises(ConfigError, match="DATA.DECODE_DEVICE"):
-        validate_cfg(cfg)
+        validate_cfg(cfg, check_files=False)
     cfg.DATA.DECODER = "torchcodec"
-    validate_cfg(cfg)
+    with pytest.raises(ConfigError, match="DATA.NUM_WORKERS 0"):
+        validate_cfg(cfg, check_files=False)
+    cfg.DATA.NUM_WORKERS, cfg.DATA.PIN_MEMORY = 0, False
+    validate_cfg(cfg, check_files=False)

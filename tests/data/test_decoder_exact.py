@@ -173,3 +173,11 @@ def test_pyav_is_the_default():
         validate_cfg(cfg, check_files=False)
     cfg.DATA.NUM_WORKERS, cfg.DATA.PIN_MEMORY = 0, False
     validate_cfg(cfg, check_files=False)
+
+
+def test_check_videos_reports_damaged_frames(faults):
+    from gcvideo.data.check import check_video
+
+    assert check_video(faults["base"], full=True) == ""
+    assert check_video(faults["nonref_header"], full=True).startswith("damaged: frame(s) [")
+    assert check_video(faults["cut"], "decord", full=True) == ""

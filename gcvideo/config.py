@@ -138,7 +138,7 @@ _C.DATA.CLIP_LAYOUT = "auto"
 # for a file only where their frame table matches PyAV's packet index; else PyAV (logged once).
 _C.DATA.DECODER = "pyav"
 # Where frames are decoded: "cpu", or "cuda" (DECODER torchcodec only: NVDEC, frames and the
-# training augmentation on the GPU; use DATA.NUM_WORKERS 0, CUDA does not work in forked workers).
+# augmentation on the GPU, in the main process: needs DATA.NUM_WORKERS 0 and DATA.PIN_MEMORY False).
 _C.DATA.DECODE_DEVICE = "cpu"
 # Decoding threads per video reader (1 per DataLoader worker; 0 = library default/auto).
 _C.DATA.DECODER_THREADS = 1
@@ -168,6 +168,12 @@ _C.DATA.STD = [0.225, 0.225, 0.225]
 _C.DATA.EVAL_UINT8 = True
 # Training stops if more than this share of videos failed to decode.
 _C.DATA.MAX_BROKEN_FRACTION = 0.05
+# Bounds on a video's frame size, so that one hostile file is a failed video ("bad_size: ...")
+# instead of the end of a run: at most this many pixels per decoded frame (4096 x 2304)...
+_C.DATA.MAX_FRAME_PIXELS = 4096 * 2304
+# ...and at most this aspect ratio (long side / short side): resizing the short side of a
+# 4000x2 video to 256 pixels would make frames 512000 pixels wide (12 GB for 30 views).
+_C.DATA.MAX_ASPECT_RATIO = 10.0
 # DataLoader workers per process and pinned memory.
 _C.DATA.NUM_WORKERS = 4
 _C.DATA.PIN_MEMORY = True
@@ -530,6 +536,9 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _one_of(d.DECODER, "DATA.DECODER", ["pyav", "decord", "torchcodec"])
     _check(d.DECODE_DEVICE == "cpu" or (str(d.DECODE_DEVICE).startswith("cuda") and d.DECODER == "torchcodec"),
            "DATA.DECODE_DEVICE", d.DECODE_DEVICE, "'cpu', or 'cuda' with DATA.DECODER torchcodec")
+    _check(d.DECODE_DEVICE == "cpu" or (d.NUM_WORKERS == 0 and not d.PIN_MEMORY), "DATA.DECODE_DEVICE", d.DECODE_DEVICE,
+           "'cpu' with DataLoader workers or pinned memory (GPU frames are made in the main process: "
+           "set DATA.NUM_WORKERS 0 and DATA.PIN_MEMORY False)")
     _check(isinstance(d.DECODER_THREADS, int) and d.DECODER_THREADS >= 0, "DATA.DECODER_THREADS",
            d.DECODER_THREADS, "0 (auto) or a positive number of threads")
     _check(d.NUM_FRAMES >= 1, "DATA.NUM_FRAMES", d.NUM_FRAMES, "a positive integer")
@@ -551,6 +560,10 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
         sources = [p[0] for p in pairs]
         _check(len(set(sources)) == len(sources), f"DATA.{key}", pairs,
                "each class at most once as 'from' (pairs are directed: give [a, b] and [b, a] for a swap)")
+    _check(isinstance(d.MAX_FRAME_PIXELS, int) and d.MAX_FRAME_PIXELS >= 1, "DATA.MAX_FRAME_PIXELS",
+           d.MAX_FRAME_PIXELS, "a positive number of pixels")
+    _check(isinstance(d.MAX_ASPECT_RATIO, (int, float)) and d.MAX_ASPECT_RATIO >= 1, "DATA.MAX_ASPECT_RATIO",
+           d.MAX_ASPECT_RATIO, "a number >= 1 (long side / short side)")
     _check(0.0 <= d.MAX_BROKEN_FRACTION <= 1.0, "DATA.MAX_BROKEN_FRACTION", d.MAX_BROKEN_FRACTION,
            "a share in [0, 1]")
     _check(d.NUM_WORKERS >= 0, "DATA.NUM_WORKERS", d.NUM_WORKERS, "0 or more")

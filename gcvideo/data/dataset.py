@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from gcvideo.data.annotations import VideoRecord, load_annotations
-from gcvideo.data.decoder import FrameCountChanged, VideoDecodeError, open_video
+from gcvideo.data.decoder import FrameCountChanged, VideoDecodeError, check_frame_size, open_video
 from gcvideo.data.sampling import view_clip_indices, train_clip_indices
 from gcvideo.data.transforms import make_views, train_transform
 
@@ -37,6 +37,12 @@ MAX_ATTEMPTS = 50
 # Other random clips of a video tried when frames of a clip do not decode (``damaged:``) before
 # the video is replaced: the frames that do decode are exact, so the rest of the video is usable.
 DAMAGED_RETRIES = 3
+
+
+def _failure(kind: str, e: BaseException) -> str:
+    """``kind: ExceptionType: first line`` for the ``error``/``skipped`` fields."""
+    text = str(e).strip().splitlines()
+    return f"{kind}: {type(e).__name__}" + (f": {text[0][:200]}" if text else "")
 
 
 def _pair_map(pairs: Sequence[Sequence[int]], key: str) -> Dict[int, int]:
@@ -60,7 +66,8 @@ class VideoDataset(Dataset):
                  random_flip: bool = True, flip_pairs: Sequence[Sequence[int]] = (), reverse_prob: float = 0.0,
                  reverse_pairs: Sequence[Sequence[int]] = (), mean: Sequence[float] = (0.45, 0.45, 0.45),
                  std: Sequence[float] = (0.225, 0.225, 0.225), num_clips: int = 10, num_crops: int = 3,
-                 seed: int = 0, single_view_4d: bool = False, eval_uint8: bool = False):
+                 seed: int = 0, single_view_4d: bool = False, eval_uint8: bool = False,
+                 max_frame_pixels: int = 4096 * 2304, max_aspect_ratio: float = 10.0):
         if not records:
             raise ValueError("VideoDataset needs at least one video")
         self.records = list(records)
@@ -84,6 +91,8 @@ class VideoDataset(Dataset):
         self.num_crops = int(num_crops)
         self.seed = int(seed)
         self.single_view_4d = bool(single_view_4d)
+        self.max_frame_pixels = int(max_frame_pixels)  # per-video bounds on what decoding/resizing allocates
+        self.max_aspect_ratio = float(max_aspect_ratio)
         self.eval_uint8 = bool(eval_uint8)  # eval items: uint8 views, normalised later (normalize_views)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
@@ -124,11 +133,15 @@ class VideoDataset(Dataset):
         """Open once, compute indices with ``sample(num_frames, fps)``, read them in one pass."""
         try:
             with open_video(path, self.decoder, self.decoder_threads, self.decode_device) as reader:
+                check_frame_size(path, reader.height, reader.width, self.max_frame_pixels, self.max_aspect_ratio)
                 for _ in range(3):
                     want = sample(reader.num_frames, reader.fps)
                     flat = want if isinstance(want[0], int) else sorted({i for c in want for i in c})
                     try:
-                        return want, flat, reader.read(flat)  # (K, H, W, 3)
+                        frames = reader.read(flat)  # (K, H, W, 3)
+                        check_frame_size(path, frames.shape[1], frames.shape[2], self.max_frame_pixels,
+                                         self.max_aspect_ratio)  # the frames as decoded, whatever the header said
+                        return want, flat, frames
                     except FrameCountChanged:
                         continue  # fewer frames decode than announced: sample again
                 raise VideoDecodeError(path, "no_frames: frame count keeps changing while decoding")
@@ -153,8 +166,13 @@ class VideoDataset(Dataset):
                 idx = int(self._rng(index, attempt, stream=1).integers(len(self)))
                 continue
             label = rec.label
-            video, flipped = train_transform(frames, rng, self.jitter_scales, self.train_crop, self.random_flip,
-                                             self.mean, self.std)  # (3, T, crop, crop)
+            try:
+                video, flipped = train_transform(frames, rng, self.jitter_scales, self.train_crop, self.random_flip,
+                                                 self.mean, self.std)  # (3, T, crop, crop)
+            except Exception as e:  # a per-video failure (MemoryError, ...): replaced like a broken video
+                skipped.append(f"{rec.path}\t{_failure('transform', e)}")
+                idx = int(self._rng(index, attempt, stream=1).integers(len(self)))
+                continue
             if flipped:
                 label = self.flip_map.get(label, label)
             if self.reverse_prob > 0 and rng.random() < self.reverse_prob:
@@ -174,10 +192,10 @@ class VideoDataset(Dataset):
             video = make_views(frames, [[row[i] for i in c] for c in clips], self.test_crop, self.num_crops,
                                self.mean, self.std, as_uint8=self.eval_uint8)  # (V, 3, T, S, S)
             ok, error = True, ""
-        except VideoDecodeError as e:
+        except Exception as e:  # decode or transform (MemoryError, ...): a failed video, never the end of a run
             video = torch.zeros((self.num_views, 3, self.num_frames, self.test_crop, self.test_crop),
-                                dtype=torch.uint8 if self.eval_uint8 else torch.float32)
-            ok, error = False, e.reason
+                                dtype=torch.uint8 if self.eval_uint8 else torch.float32, device=self.decode_device)
+            ok, error = False, e.reason if isinstance(e, VideoDecodeError) else _failure("transform", e)
         if self.single_view_4d and self.num_views == 1:
             video = video[0]  # (3, T, S, S)
         return {"video": video, "label": rec.label, "index": index, "path": rec.path, "ok": ok, "error": error,
@@ -227,4 +245,5 @@ def build_dataset(cfg, split: str) -> VideoDataset:
         jitter_scales=d.TRAIN_JITTER_SCALES, train_crop=d.TRAIN_CROP_SIZE, test_crop=d.TEST_CROP_SIZE,
         random_flip=d.RANDOM_FLIP, flip_pairs=d.FLIP_LABEL_PAIRS, reverse_prob=d.REVERSE_PROB,
         reverse_pairs=d.REVERSE_LABEL_PAIRS, mean=d.MEAN, std=d.STD, num_clips=clips, num_crops=crops,
-        seed=cfg.SEED, single_view_4d=(split == "val"), eval_uint8=d.EVAL_UINT8)
+        seed=cfg.SEED, single_view_4d=(split == "val"), eval_uint8=d.EVAL_UINT8,
+        max_frame_pixels=d.MAX_FRAME_PIXELS, max_aspect_ratio=d.MAX_ASPECT_RATIO)

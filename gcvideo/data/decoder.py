@@ -1,43 +1,47 @@
-"""Video decoding: one reader interface, two backends (decord and PyAV).
+"""Video decoding: one reader interface, three backends (PyAV, decord, torchcodec).
 
 ``open_video(path, backend)`` returns a :class:`VideoReader` that knows the video's
-frame count and frame rate and decodes any set of 0-based frame indices in one
-pass (``reader.read(indices)`` -> uint8 ``(len(indices), H, W, 3)``, in the
+frame count, frame rate and size and decodes any set of 0-based frame indices in one
+pass (``reader.read(indices, size=None)`` -> uint8 ``(len(indices), H, W, 3)``, in the
 requested order, duplicates allowed). ``decode_frames`` is the one-call form.
 
-Frame index ``i`` means the ``i``-th frame a full, sequential decode of the first
-video stream outputs (presentation order, frames an edit list discards not
-counted). Both backends must agree on that; when they might not, decord is not
-trusted:
+Frame index ``i`` means the frame with the ``i``-th smallest presentation timestamp
+of the first video stream's packets (frames an edit list discards not counted); on a
+clean file, the ``i``-th frame a full sequential decode outputs. A read returns exactly
+those frames or raises VideoDecodeError naming the file and why; never a neighbour.
 
-* decord (default): random access through ``VideoReader.get_batch`` (never
-  ``seek()`` + ``next()``, which returns wrong frames). PyAV takes over when decord
-  cannot open the file (GIF, truncated index, ...), when ``get_batch`` fails
-  (damaged packets), or when decord's frame table is inconsistent: a first frame
-  with a negative timestamp means an edit list discards leading frames, which
-  decord still counts (its count is then too large and its last indices repeat the
-  last frame); non-increasing timestamps or a non-positive frame rate also count
-  as inconsistent.
-* PyAV: the container is demuxed once into memory (video packets only). The frame
-  count is the number of non-discarded video packets. For MP4/MOV/Matroska with
-  unique packet timestamps the reader maps index ``i`` to the ``i``-th smallest
-  presentation timestamp, starts decoding at the last keyframe at or before the
-  first wanted frame, jumps (in memory, no container seek) to a later keyframe
-  when nothing is wanted in between, and tells the decoder to skip
-  non-reference frames that are not wanted (``skip_frame=NONREF``; exact, those
-  frames are never used by other frames). Other containers (AVI with packed
-  B-frames, GIF, ...) or any surprise (output timestamps not increasing, a wanted
-  frame not produced) use the sequential mode: decode from the first packet and
-  count output frames. Packets the decoder rejects are skipped (as the ffmpeg
-  command line does); a container that stops demuxing early (truncated file) keeps
-  the packets read so far.
+* PyAV (default): the container is demuxed once into memory (video packets only); that
+  packet index is also what the other backends are checked against. The frame count is
+  the number of non-discarded video packets. For MP4/MOV/Matroska with unique packet
+  timestamps the reader starts decoding at the last keyframe at or before the first
+  wanted frame (a keyframe whose packet the decoder rejects is never a start), jumps
+  (in memory, no container seek) to a later keyframe when nothing is wanted in between,
+  and tells the decoder to skip non-reference frames that are not wanted
+  (``skip_frame=NONREF``; exact, those frames are never used by other frames). A wanted
+  frame that does not come out while a later one does is ``damaged: ...``; none coming
+  out up to the end means the stream ends early (FrameCountChanged). Other containers
+  (AVI with packed B-frames, GIF, ...) or a surprise (output timestamps not increasing)
+  use the sequential mode: decode from the first packet and count output frames; after
+  a rejected packet later frames cannot be numbered, and asking for one is ``damaged``.
+  A container that stops demuxing early (truncated file) keeps the packets read so far.
+* decord: ``VideoReader.get_batch`` (never ``seek()`` + ``next()``), used only where its
+  frame table agrees with the packet index (same count, every frame's timestamp within
+  half a frame interval: ``index_mismatch``) and a first frame without a negative
+  timestamp (an edit list decord would count).
+* torchcodec (:mod:`gcvideo.data.decoder_torchcodec`): exact seek mode, same count as the
+  packet index, and every returned frame must carry the asked frame's timestamp; on
+  ``device="cuda"`` NVDEC decodes into GPU tensors.
+
+Where decord or torchcodec cannot be used for a file (cannot open it, no packet index to
+check against, a mismatch, a decoding error), PyAV decodes it; ``reader.fallback`` says
+why and the reason is logged once per file and process.
 
 When a read finds fewer frames than the reader announced (declared frame count
 larger than what decodes), it updates ``reader.num_frames`` and raises
 :class:`FrameCountChanged`; callers sample again with the new count (the
 dataset does this once, transparently).
 
-Colour conversion: both backends convert with libswscale's default YUV->RGB path,
+Colour conversion: the CPU backends convert with libswscale's default YUV->RGB path,
 so they return identical pixels for the same frame of an h264 file (tested). PyAV
 reuses one ``VideoReformatter`` per reader (a fresh swscale context per frame costs
 ~10x more).
@@ -54,7 +58,7 @@ import numpy as np
 from gcvideo.utils.io import path_manager
 
 __all__ = ["VideoDecodeError", "FrameCountChanged", "VideoReader", "open_video", "decode_frames",
-           "resize_frames", "BACKENDS"]
+           "resize_frames", "check_frame_size", "BACKENDS"]
 
 BACKENDS = ("pyav", "decord", "torchcodec")
 # Containers whose packet timestamps reliably give presentation order.
@@ -68,7 +72,9 @@ class VideoDecodeError(RuntimeError):
     """A video cannot be used. ``reason`` is a short ``kind: detail`` string.
 
     Kinds: ``missing``, ``empty``, ``unreadable`` (not a media file / container
-    error), ``no_video_stream``, ``no_frames`` (nothing decodes), ``bad_index``.
+    error), ``no_video_stream``, ``no_frames`` (nothing decodes), ``bad_index``,
+    ``damaged`` (wanted frames do not decode, later ones do), ``bad_size`` (frames too large or
+    too elongated, see ``check_frame_size``).
     """
 
     def __init__(self, path: str, reason: str):
@@ -107,6 +113,24 @@ def check_size(size) -> Optional[Tuple[int, int]]:
     if h <= 0 or w <= 0 or (h, w) != tuple(size):
         raise ValueError(f"size = {size!r}; expected two positive integers (height, width)")
     return h, w
+
+
+def check_frame_size(path: str, height: int, width: int, max_pixels: int, max_aspect: float) -> None:
+    """VideoDecodeError ``bad_size: ...`` when frames of ``height`` x ``width`` pixels are more
+    than ``max_pixels`` (DATA.MAX_FRAME_PIXELS) or their long side is more than ``max_aspect``
+    (DATA.MAX_ASPECT_RATIO) times the short one. Every resize of the data pipeline scales the
+    short side to a crop size, so these two bounds bound what any resize allocates. Unknown
+    sizes (0) pass; the dataset checks the decoded frames again."""
+    h, w = int(height), int(width)
+    if h <= 0 or w <= 0:
+        return
+    if h * w > max_pixels:
+        raise VideoDecodeError(path, f"bad_size: {w}x{h} frames ({h * w / 1e6:.1f} Mpixels) are larger than "
+                                     f"DATA.MAX_FRAME_PIXELS = {max_pixels} ({max_pixels / 1e6:.1f} Mpixels)")
+    aspect = max(h, w) / min(h, w)
+    if aspect > max_aspect:
+        raise VideoDecodeError(path, f"bad_size: {w}x{h} frames have an aspect ratio of {aspect:g}:1, more than "
+                                     f"DATA.MAX_ASPECT_RATIO = {max_aspect:g}")
 
 
 def resize_frames(frames: np.ndarray, size: Tuple[int, int]) -> np.ndarray:

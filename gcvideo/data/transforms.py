@@ -27,8 +27,11 @@ __all__ = ["to_tchw", "short_side_size", "resize_short_side", "train_crop_box", 
            "crop_offsets", "normalize", "normalize_views", "train_transform", "make_views"]
 
 
-def to_tchw(frames: np.ndarray) -> torch.Tensor:
-    """uint8 ``(T, H, W, 3)`` numpy -> uint8 ``(T, 3, H, W)`` tensor view (channels-last memory)."""
+def to_tchw(frames) -> torch.Tensor:
+    """uint8 ``(T, H, W, 3)`` numpy or tensor (e.g. frames decoded on the GPU) -> uint8
+    ``(T, 3, H, W)`` tensor view (channels-last memory, on the frames' device)."""
+    if isinstance(frames, torch.Tensor):
+        return frames.contiguous().permute(0, 3, 1, 2)  # (T, 3, H, W)
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W)
 
 
@@ -68,7 +71,7 @@ def resized_crop(x: torch.Tensor, top: int, left: int, side: int, size: int) -> 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 ``(T, 3, H, W)`` -> float32 ``(3, T, H, W)``: (x / 255 - mean) / std, contiguous."""
     t, c, h, w = x.shape
-    out = torch.empty((c, t, h, w), dtype=torch.float32)
+    out = torch.empty((c, t, h, w), dtype=torch.float32, device=x.device)
     out.copy_(x.permute(1, 0, 2, 3))  # (3, T, H, W)
     return _normalize_(out, mean, std, channel_dim=0)
 
@@ -136,7 +139,7 @@ def make_views(frames: np.ndarray, clips: Sequence[Sequence[int]], size: int, nu
     t = len(clips[0])
     # uint8: 4x smaller items, normalised on the device by the test loop
     views = torch.empty((len(clips) * len(offsets), 3, t, size, size),
-                        dtype=torch.uint8 if as_uint8 else torch.float32)
+                        dtype=torch.uint8 if as_uint8 else torch.float32, device=x.device)
     for ci, rows in enumerate(clips):
         # the clip as uint8 (a view) or normalised once (a clip-sized buffer), then its crops copied
         clip = x[list(rows)].permute(1, 0, 2, 3) if as_uint8 else normalize(x[list(rows)], mean, std)  # (3, T, h, w)

@@ -167,6 +167,17 @@ def test_pyav_is_the_default():
     assert open_video.__defaults__[0] == "pyav"
     cfg.DATA.DECODE_DEVICE = "cuda"
     with pytest.raises(ConfigError, match="DATA.DECODE_DEVICE"):
-        validate_cfg(cfg)
+        validate_cfg(cfg, check_files=False)
     cfg.DATA.DECODER = "torchcodec"
-    validate_cfg(cfg)
+    with pytest.raises(ConfigError, match="DATA.NUM_WORKERS 0"):
+        validate_cfg(cfg, check_files=False)
+    cfg.DATA.NUM_WORKERS, cfg.DATA.PIN_MEMORY = 0, False
+    validate_cfg(cfg, check_files=False)
+
+
+def test_check_videos_reports_damaged_frames(faults):
+    from gcvideo.data.check import check_video
+
+    assert check_video(faults["base"], full=True) == ""
+    assert check_video(faults["nonref_header"], full=True).startswith("damaged: frame(s) [")
+    assert check_video(faults["cut"], "decord", full=True) == ""

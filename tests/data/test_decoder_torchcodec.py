@@ -123,3 +123,38 @@ def test_cuda_fallback_still_returns_gpu_tensors(files_dir, faults):
     assert got.is_cuda and got.shape == (2, 240, 320, 3)
     with pytest.raises(VideoDecodeError, match="damaged"):
         decode_frames(faults["nonref_header"], [faults["nonref"]], backend="torchcodec", device="cuda")
+
+
+def test_tensor_frames_give_the_same_items(index_videos):
+    """The GPU path's transforms take the decoder's tensors: on CPU tensors they give exactly the
+    items of numpy frames (the same code runs on CUDA tensors with DATA.DECODE_DEVICE cuda)."""
+    from gcvideo.data.transforms import make_views, train_transform
+
+    frames = decode_frames(index_videos["fps30"], list(range(0, 64, 8)), backend="pyav")
+    for as_tensor in (False, True):
+        x = torch.from_numpy(frames.copy()) if as_tensor else frames
+        v, f = train_transform(x, np.random.default_rng(3), (64, 80), 64, True, (0.45,) * 3, (0.225,) * 3)
+        views = make_views(x, [[0, 1, 2, 3], [4, 5, 6, 7]], 64, 3, (0.45,) * 3, (0.225,) * 3, as_uint8=True)
+        if as_tensor:
+            assert torch.equal(v, v0) and f == f0 and torch.equal(views, views0)
+        v0, f0, views0 = v, f, views
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_dataset_items_on_the_gpu(index_videos, tmp_path):
+    from gcvideo.config import get_cfg
+    from gcvideo.data import build_dataset
+
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.csv").write_text(f"{index_videos['fps30']} 0\n{tmp_path / 'missing.mp4'} 0\n")
+    cfg = get_cfg()
+    cfg.DATA.PATH_TO_DATA_DIR = str(tmp_path)
+    cfg.DATA.DECODER, cfg.DATA.DECODE_DEVICE, cfg.DATA.NUM_WORKERS, cfg.DATA.PIN_MEMORY = "torchcodec", "cuda", 0, False
+    cfg.DATA.TRAIN_JITTER_SCALES, cfg.DATA.TRAIN_CROP_SIZE, cfg.DATA.TEST_CROP_SIZE = [64, 80], 64, 64
+    item = build_dataset(cfg, "train")[0]
+    assert item["video"].is_cuda and item["video"].shape == (3, 8, 64, 64) and item["video"].dtype == torch.float32
+    test = build_dataset(cfg, "test")
+    good, bad = test[0], test[1]
+    assert good["ok"] and good["video"].is_cuda and good["video"].shape == (30, 3, 8, 64, 64)
+    assert not bad["ok"] and bad["video"].is_cuda and bad["error"].startswith("missing:")

@@ -3,12 +3,10 @@
 #   1. the CUDA tests (pytest -m cuda: context/NL blocks, training steps, fp16 resume, 30-view test)
 #   2. bench_context.py on the GPU (batch 8, 8x224x224, fwd+bwd; fp32/bf16/fp16, channels_last_3d)
 #   3. the toy main job on the GPU with fp16 autocast
-#   4. decoder backends: torchcodec NVDEC (DATA.DECODE_DEVICE cuda) against PyAV, clips/s (needs
-#      torchcodec and FFmpeg's shared libraries, e.g. apt-get install ffmpeg)
 # Logs go to $OUT (default runs/gpu_checks). Each step has its own time limit.
 # Where the GPU machine's Python lacks this project's dependencies, bring them as wheels, e.g.
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
-#       --platform manylinux2010_x86_64 -d .whl av==18.1.0 decord==0.6.0 torchcodec==0.17.0
+#       --platform manylinux2010_x86_64 -d .whl av==18.1.0 decord==0.6.0
 #   pip wheel --no-deps -w .whl fvcore==0.1.5.post20221221 iopath==0.1.10 pytorchvideo==0.1.5
 #   pip download --no-deps -d .whl yacs==0.1.8 parameterized==0.9.0 termcolor==3.3.0
 # and there: pip install --no-index --no-deps --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site
@@ -30,7 +28,4 @@ rm -rf runs/toy_gpu
 timeout "${T_TOY:-300}" $PY tools/run_toy.py DATA.NUM_WORKERS 12 TRAIN.MIXED_PRECISION fp16 OUTPUT_DIR runs/toy_gpu \
     2>&1 | tee "$OUT/toy_gpu.log" | grep -v "^  " | tail -25
 cp runs/toy_gpu/test_*/report.txt "$OUT/toy_report.txt" 2>/dev/null
-echo "== 4. decoder backends, NVDEC"
-timeout "${T_DECODE:-120}" $PY bench/bench_backends.py --device cuda --clips 30 2>&1 | tee "$OUT/bench_backends_cuda.log" \
-    | grep -v "^\[h264"
 exit 0

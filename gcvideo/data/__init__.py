@@ -4,7 +4,7 @@ Public API (see docs/data.md):
 
 * ``build_dataset(cfg, split)``: the dataset of "train" | "val" | "test" (item contract in
   docs/DESIGN.md).
-* ``decode_frames(path, indices, backend="decord")``: uint8 ``(len(indices), H, W, 3)``.
+* ``decode_frames(path, indices, backend="pyav", size=None)``: uint8 ``(len(indices), H, W, 3)``, exact or an error.
 * ``open_video(path, backend)``: a reader to decode several index sets from one open.
 * ``BrokenVideoTracker(output_dir, num_videos, max_fraction)``: the engine's bookkeeping of
   training videos that failed (test accuracy with failures: ``gcvideo.engine.compute_metrics``).

@@ -203,6 +203,7 @@ class _PyAVBackend:
             any(n in self._container_format.split(",") for n in _TIMESTAMP_CONTAINERS)
             and all(x is not None for x in pts) and len(set(pts)) == len(pts))
         self._frame_pts: List[int] = sorted(pts) if self._indexed else []
+        self._pts_set = set(self._frame_pts)
         if self._indexed:
             keys = [(i, p.pts) for i, p in enumerate(packets) if p.is_keyframe]
             kpts = [k for _, k in keys]
@@ -318,8 +319,8 @@ class _PyAVBackend:
                         return self._read_indexed(wanted, size)
                     continue
                 for f in decoded:
-                    if f.pts is None or (last_pts is not None and f.pts <= last_pts):
-                        return None
+                    if f.pts is None or (last_pts is not None and f.pts <= last_pts) or f.pts not in self._pts_set:
+                        return None  # not the packets' timestamps in order: the index cannot place it
                     last_pts = f.pts
                     if remaining and f.pts > remaining[0]:  # frames come out in pts order: a hole
                         self._raise_damaged([pts_of[t] for t in remaining if t < f.pts], rejected)

@@ -102,12 +102,18 @@ def test_tracker_logs_once_writes_list_and_stops(tmp_path, caplog):
         t3.update("x.mp4\tmissing: x")
 
 
-def test_tracker_with_dataset_items(mixed_csv, tmp_path):
+@pytest.mark.parametrize("decoder", F.BACKENDS)
+def test_tracker_with_dataset_items(mixed_csv, tmp_path, caplog, decoder):
+    """Every backend: each broken video logged once and listed, the run stopped past the limit."""
     folder, rows = mixed_csv
-    ds = build_dataset(small_cfg(folder), "train")
+    ds = build_dataset(small_cfg(folder, decoder), "train")
     t = BrokenVideoTracker(str(tmp_path), num_videos=len(ds), max_fraction=1.0)
-    for i in range(len(ds)):
-        t.update(ds[i]["skipped"])
+    with caplog.at_level("WARNING", logger="gcvideo.data.broken"):
+        for _ in range(2):  # two epochs: the same videos again
+            for i in range(len(ds)):
+                t.update(ds[i]["skipped"])
     assert set(t.broken) == set(rows[:7])
+    for p in rows[:7]:
+        assert sum(p in r.getMessage() and "broken video skipped" in r.getMessage() for r in caplog.records) == 1
     with pytest.raises(TooManyBrokenVideos):
         BrokenVideoTracker(str(tmp_path), num_videos=len(ds), max_fraction=0.5).check()

@@ -77,6 +77,12 @@ def _orig_context_module():
     return mod
 
 
+def _in_shapes_of(module: torch.nn.Module, sd):
+    """``sd`` reshaped to ``module``'s parameter shapes (the ORIG_REV LayerNorm holds (Cr, 1, 1, 1))."""
+    shapes = {k: v.shape for k, v in module.state_dict().items()}
+    return {k: v.reshape(shapes[k]) for k, v in sd.items()}
+
+
 def _swap_in_orig(model: torch.nn.Module) -> torch.nn.Module:
     """Replace every ContextBlock by the ORIG_REV class with the same weights (no ``residual``
     method, so the residual block composes it as relu(branch2(x) + shortcut), as before)."""
@@ -88,7 +94,7 @@ def _swap_in_orig(model: torch.nn.Module) -> torch.nn.Module:
                                    fusion=b.fusion, fused=True,
                                    ratio=b.transform[0].out_channels / b.channels
                                    if b.transform_kind == "bottleneck" else 0.25)
-            nb.load_state_dict(b.state_dict())
+            nb.load_state_dict(_in_shapes_of(nb, b.state_dict()))
             m._modules["context"] = nb
     return model
 
@@ -279,7 +285,7 @@ def block_costs(variants: List[str], repeats: int, warmup: int) -> List[dict]:
             ref = ContextBlock(c, 0.25, fused=False)
             old = orig.ContextBlock(c, 0.25, fused=True)
             ref.load_state_dict(new.state_dict())
-            old.load_state_dict(new.state_dict())
+            old.load_state_dict(_in_shapes_of(old, new.state_dict()))
             fns = {"baseline": lambda: torch.relu(y + s), "orig": lambda: torch.relu(old(y) + s),
                    "reference": lambda: torch.relu(ref(y) + s), "now": lambda: new.residual(y, s)}
 

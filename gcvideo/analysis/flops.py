@@ -69,7 +69,7 @@ PAPER_TABLE10: Tuple[PaperRow, ...] = (
 
 # Operators that do no arithmetic (shape, layout, dtype, allocation).
 ZERO_FLOP_OPS = frozenset(f"aten::{n}" for n in (
-    "view", "view_as", "reshape", "reshape_as", "permute", "transpose", "t", "flatten", "squeeze",
+    "view", "view_as", "reshape", "reshape_as", "permute", "movedim", "transpose", "t", "flatten", "squeeze",
     "squeeze_", "unsqueeze", "unsqueeze_", "expand", "expand_as", "contiguous", "to", "type_as", "size",
     "numel", "Int", "ScalarImplicit", "select", "slice", "narrow", "chunk", "split", "split_with_sizes",
     "unbind", "stack", "cat", "detach", "copy_", "clone", "zeros", "zeros_like", "ones", "ones_like",

@@ -186,9 +186,9 @@ class AttentionPool(torch.autograd.Function):
 class ContextAdd(torch.autograd.Function):
     """z = act(y + delta(pool(y)) [+ shortcut]): a whole add-fusion context block in one Function.
 
-    Used by ``ContextBlock`` (fused=True, add fusion) on its own (no shortcut, no ReLU)
-    and by the residual block for the pre_add position, where the broadcast add of the
-    (N, C, 1, 1, 1) term is merged into the residual add + ReLU
+    Called through ``context_block`` (gcvideo/layers/fused/__init__.py) for ``block(y)`` (no
+    shortcut, no ReLU) and for ``block.residual(y, shortcut)`` at the pre_add position, where the
+    broadcast add of the (N, C, 1, 1, 1) term is merged into the residual add + ReLU
     (relu(y + shortcut + term), one in-place add-ReLU pass instead of a separate add).
 
     The transform delta (a few ops on (N, C)) runs without autograd in forward and is
@@ -201,7 +201,7 @@ class ContextAdd(torch.autograd.Function):
     pooling backward with dL/dy in one pass (three passes in all instead of seven). For a
     bottleneck GC block at the pre-add position (att pooling, shortcut, ReLU, batch <= 8) each
     direction is one C call (``gc_block_forward``/``gc_block_backward``): no torch ops between
-    the kernels. Math: that of ``ContextBlock`` with fused=False (the reference path), to rounding.
+    the kernels. Math: that of the reference ``ContextBlock.forward``, to rounding.
     First-order gradients only.
     """
 

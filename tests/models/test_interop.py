@@ -350,6 +350,9 @@ def test_pyslowfast_settings_gcvideo_cannot_build_are_refused(tmp_path):
     c2d = _slowfast_cfg_text().replace("ARCH: slow", "ARCH: c2d")
     with pytest.raises(InflationError, match=r"MODEL.ARCH c2d"):
         load_pretrained(build_model(cfg), _pyth(tmp_path, src, c2d, "c2d.pyth"))
+    stride = _slowfast_cfg_text().replace("RESNET:\n", "RESNET:\n  STRIDE_1X1: true\n")
+    with pytest.raises(InflationError, match=r"RESNET.STRIDE_1X1 True"):  # same shapes, another function
+        load_pretrained(build_model(cfg), _pyth(tmp_path, src, stride, "stride1x1.pyth"))
 
 
 def test_pyslowfast_nonlocal_checkpoint_into_baseline_config_is_refused_for_inference(tmp_path):

@@ -137,6 +137,7 @@ def _is_backbone_key(key: str, model: nn.Module) -> bool:
 
 
 def _load(model: nn.Module, ck: CheckpointContents, purpose: str) -> LoadReport:
+    """Rename (foreign formats) or inflate (2D), check against the model, then load strictly."""
     name, sd = ck.source, ck.state_dict
     rep = LoadReport(source=name, format=detect_format(sd, name), skipped=list(ck.skipped))
     if rep.format == "imagenet-2d":
@@ -202,10 +203,10 @@ def _check_complete(rep: LoadReport, source_sd: Mapping[str, torch.Tensor], extr
             f"(MODEL.NUM_CLASSES): {', '.join(rep.reinitialised)}")
     if rep.kept_init:
         loc = _context_location(rep.kept_init)
+        where = f" (context blocks at CONTEXT.LOCATION {loc})" if any(loc) else ""
         raise CheckpointMismatchError(
             f"checkpoint {name} has no weights for {len(rep.kept_init)} keys of this config's model, e.g. "
-            f"{_compact(rep.kept_init, 4)} (context blocks at CONTEXT.LOCATION {loc}); was it trained with "
-            f"another CONTEXT.* setting?{hint}")
+            f"{_compact(rep.kept_init, 4)}{where}; was it trained with another CONTEXT.* setting?{hint}")
     # single numbers stored beside the weights (a Caffe2 'lr' blob) are not weights
     unused_weights = [rep.renamed.get(k, k) for k in extra] + [k for k in untranslated if source_sd[k].numel() > 1]
     if unused_weights:

@@ -31,6 +31,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
+import yaml
 
 from gcvideo.config import load_cfg
 from gcvideo.layers import layernorm_as_vectors
@@ -137,6 +138,7 @@ def _is_backbone_key(key: str, model: nn.Module) -> bool:
 
 
 def _load(model: nn.Module, ck: CheckpointContents, purpose: str) -> LoadReport:
+    """Rename (foreign formats) or inflate (2D), check against the model, then load strictly."""
     name, sd = ck.source, ck.state_dict
     rep = LoadReport(source=name, format=detect_format(sd, name), skipped=list(ck.skipped))
     if rep.format == "imagenet-2d":
@@ -156,7 +158,10 @@ def _load(model: nn.Module, ck: CheckpointContents, purpose: str) -> LoadReport:
     sd = layernorm_as_vectors(model, sd)  # GC LayerNorm weights saved as (Cr, 1, 1[, 1])
     out: Dict[str, torch.Tensor] = {}
     head = f"blocks.{len(model.blocks) - 1}."
+    sd = dict(sd)
     for k, v in target.items():
+        if k in sd and sd[k].shape != v.shape and ".context." in k and sd[k].numel() == v.numel():
+            sd[k] = sd[k].reshape(v.shape)  # a context block's LayerNorm saved as (C/r, 1, 1, 1) or (C/r,)
         if k in sd and sd[k].shape == v.shape:
             out[k] = sd[k].to(v.dtype)
             rep.mapped.append(k)
@@ -200,10 +205,10 @@ def _check_complete(rep: LoadReport, source_sd: Mapping[str, torch.Tensor], extr
             f"(MODEL.NUM_CLASSES): {', '.join(rep.reinitialised)}")
     if rep.kept_init:
         loc = _context_location(rep.kept_init)
+        where = f" (context blocks at CONTEXT.LOCATION {loc})" if any(loc) else ""
         raise CheckpointMismatchError(
             f"checkpoint {name} has no weights for {len(rep.kept_init)} keys of this config's model, e.g. "
-            f"{_compact(rep.kept_init, 4)} (context blocks at CONTEXT.LOCATION {loc}); was it trained with "
-            f"another CONTEXT.* setting?{hint}")
+            f"{_compact(rep.kept_init, 4)}{where}; was it trained with another CONTEXT.* setting?{hint}")
     # single numbers stored beside the weights (a Caffe2 'lr' blob) are not weights
     unused_weights = [rep.renamed.get(k, k) for k in extra] + [k for k in untranslated if source_sd[k].numel() > 1]
     if unused_weights:
@@ -224,16 +229,20 @@ def load_pretrained(model: nn.Module, source: Union[str, Mapping], verbose: bool
     """
     if purpose not in PURPOSES:
         raise ValueError(f"purpose={purpose!r}: expected one of {PURPOSES}")
-    ck = read_checkpoint(source)
+    rep = _load_named(model, read_checkpoint(source), purpose)
+    if verbose:
+        print(rep.summary())
+    return rep
+
+
+def _load_named(model: nn.Module, ck: CheckpointContents, purpose: str) -> LoadReport:
+    """``_load`` with every error naming the checkpoint."""
     try:
-        rep = _load(model, ck, purpose)
+        return _load(model, ck, purpose)
     except CheckpointError as e:
         if ck.source in str(e):
             raise
         raise type(e)(f"checkpoint {ck.source}: {e}") from e
-    if verbose:
-        print(rep.summary())
-    return rep
 
 
 def build_model_from_checkpoint(cfg, checkpoint: Union[str, Mapping]) -> nn.Module:
@@ -242,8 +251,45 @@ def build_model_from_checkpoint(cfg, checkpoint: Union[str, Mapping]) -> nn.Modu
     a 2D ImageNet file, missing or extra context-block weights or a head with another class count are
     errors that name the keys (and, for a PySlowFast ``.pyth``, the gcvideo settings it needs)."""
     model = build_model(cfg)
-    load_pretrained(model, checkpoint, purpose="inference")
+    ck = read_checkpoint(checkpoint)
+    rep = _load_named(model, ck, "inference")
+    if rep.format == "3d":
+        _check_saved_config(cfg, ck.meta.get("config"), ck.source)
     return model.eval()
+
+
+def _check_saved_config(cfg, saved_text, source: str) -> None:
+    """A gcvideo checkpoint stores its config: settings that change what the same weights compute
+    (non-local instantiation and pooling, BN epsilon) must be this config's too."""
+    if not isinstance(saved_text, str):
+        return
+    try:
+        saved = yaml.safe_load(saved_text)
+    except yaml.YAMLError:
+        return
+    if not isinstance(saved, Mapping) or not isinstance(saved.get("CONTEXT"), Mapping):
+        return
+    keys = [("MODEL", "BN_EPS")]
+    if saved["CONTEXT"].get("TYPE") == "nl" and cfg.CONTEXT.TYPE == "nl":
+        keys += [("CONTEXT", "NL_INSTANTIATION"), ("CONTEXT", "NL_POOL"), ("CONTEXT", "NL_POOL_POSITION")]
+        if cfg.CONTEXT.NL_INSTANTIATION == "embedded_gaussian":
+            keys.append(("CONTEXT", "NL_SCALE"))
+    wrong = []
+    for sec, name in keys:
+        if name not in (saved.get(sec) or {}):
+            continue
+        want, have = saved[sec][name], cfg[sec][name]
+        if (list(want) if isinstance(want, (list, tuple)) else want) != (
+                list(have) if isinstance(have, (list, tuple)) else have):
+            wrong.append((f"{sec}.{name}", want, have))
+    if wrong:
+        raise CheckpointMismatchError(
+            f"checkpoint {source} was trained with "
+            + ", ".join(f"{k} = {w!r}" for k, w, _ in wrong) + " but this config has "
+            + ", ".join(f"{k} = {h!r}" for k, _, h in wrong)
+            + ": the same weights compute another function; set "
+            + " ".join(f"{k} {chr(39) + str(list(w)) + chr(39) if isinstance(w, (list, tuple)) else w}"
+                       for k, w, _ in wrong))
 
 
 def add_context_blocks(cfg, baseline: Union[str, Mapping], verbose: bool = False):

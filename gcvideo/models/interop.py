@@ -271,6 +271,11 @@ def pyslowfast_nonlocal_settings(cfg_text: Optional[str], source: str) -> NonLoc
     norm_type = (cfg.get("BN") or {}).get("NORM_TYPE", "batchnorm")
     if norm_type not in ("batchnorm", "sync_batchnorm"):
         problems.append(f"BN.NORM_TYPE {norm_type} (gcvideo has BatchNorm: batchnorm or sync_batchnorm)")
+    resnet = cfg.get("RESNET") or {}  # settings that change the function, not the weights' shapes
+    for key, default in (("STRIDE_1X1", False), ("SPATIAL_DILATIONS", [[1], [1], [1], [1]]),
+                         ("SPATIAL_STRIDES", [[1], [2], [2], [2]])):
+        if key in resnet and resnet[key] != default:
+            problems.append(f"RESNET.{key} {resnet[key]} (gcvideo's Slow-only ResNet has {default})")
     if "NONLOCAL" not in cfg:
         unknown.problems = problems
         return unknown
@@ -312,6 +317,17 @@ def mmaction2_nonlocal_settings(meta: Mapping[str, Any], state_dict: Mapping[str
                 sub_sample.add(False)
     location = [sorted(v) for v in location]
     problems = []
+    text = meta.get("cfg") if isinstance(meta.get("cfg"), str) else None
+    if isinstance(meta.get("meta"), Mapping) and isinstance(meta["meta"].get("cfg"), str):
+        text = meta["meta"]["cfg"]
+    # backbone options that change the function, not the weights' names or shapes
+    for pattern, what in ((r"style\s*=\s*['\"]caffe['\"]", "style='caffe' (stride on conv1)"),
+                          (r"with_pool2\s*=\s*True", "with_pool2=True (a temporal pool after layer1)"),
+                          (r"conv1_stride_t\s*=\s*[2-9]", "conv1_stride_t > 1"),
+                          (r"pool1_stride_t\s*=\s*[2-9]", "pool1_stride_t > 1"),
+                          (r"dilations\s*=\s*\((?!\s*1\s*,\s*1\s*,\s*1\s*,\s*1\s*\))", "dilations other than 1")):
+        if text is not None and re.search(pattern, text):
+            problems.append(f"backbone {what}: gcvideo's Slow-only ResNet differs")
     if len(sub_sample) > 1:
         problems.append("some non-local blocks sub-sample and others do not")
     pool = [1, 2, 2] if True in sub_sample else []
@@ -321,9 +337,6 @@ def mmaction2_nonlocal_settings(meta: Mapping[str, Any], state_dict: Mapping[str
         mode = "concat"
     else:
         mode = None  # embedded_gaussian or dot_product: only the config says
-    text = meta.get("cfg") if isinstance(meta.get("cfg"), str) else None
-    if isinstance(meta.get("meta"), Mapping) and isinstance(meta["meta"].get("cfg"), str):
-        text = meta["meta"]["cfg"]
     use_scale = True
     if text is not None:
         cfg_part = re.search(r"non_local_cfg\s*=\s*dict\(([^()]*(?:\([^()]*\)[^()]*)*)\)", text)

@@ -162,3 +162,35 @@ def test_caffe2_scalars_beside_the_weights_are_not_an_inference_error(tmp_path):
     path.write_bytes(_py2_pickle({"blobs": blobs}))
     with pytest.raises(CheckpointMismatchError, match=r"c2\.pkl.*res6_0_branch2a_w"):
         build_model_from_checkpoint(cfg, str(path))
+
+
+def test_gcvideo_checkpoint_config_must_match_where_weights_cannot_tell(tmp_path):
+    """A gcvideo checkpoint trained with dot_product non-local blocks has the same weights as an
+    embedded_gaussian one: its stored config decides, and a config that differs is refused."""
+    cfg = _tiny_cfg("nl", NL_LOC, NL_INSTANTIATION="dot_product")
+    src = _randomise(build_model(cfg), seed=17)
+    path = tmp_path / "nl_dot.pth"
+    torch.save({"model": src.state_dict(), "config": cfg.dump(), "format": "gcvideo-checkpoint-v1"}, path)
+    with pytest.raises(CheckpointMismatchError, match=r"nl_dot\.pth was trained with CONTEXT.NL_INSTANTIATION = "
+                                                      r"'dot_product'.*set CONTEXT.NL_INSTANTIATION dot_product"):
+        build_model_from_checkpoint(_tiny_cfg("nl", NL_LOC), str(path))
+    eps = _tiny_cfg("nl", NL_LOC, NL_INSTANTIATION="dot_product")
+    eps.MODEL.BN_EPS = 1e-3
+    with pytest.raises(CheckpointMismatchError, match=r"MODEL.BN_EPS"):
+        build_model_from_checkpoint(eps, str(path))
+    with torch.no_grad():
+        torch.testing.assert_close(build_model_from_checkpoint(cfg, str(path))(_clip()), src(_clip()), rtol=0, atol=0)
+
+
+def test_context_layernorm_loads_in_either_saved_shape(tmp_path):
+    """GC LayerNorm parameters saved as (C/r, 1, 1, 1) or as (C/r,) load into the model's shape."""
+    cfg = _tiny_cfg("gc", [[], [0], [0], []])
+    src = _randomise(build_model(cfg), seed=18)
+    sd = src.state_dict()
+    ln = [k for k in sd if ".channel_add_conv.1." in k]
+    assert ln
+    for shape in ((-1,), (-1, 1, 1, 1), (-1, 1, 1)):
+        torch.save({k: (v.reshape(shape) if k in ln else v) for k, v in sd.items()}, tmp_path / "gc.pth")
+        model = build_model_from_checkpoint(cfg, str(tmp_path / "gc.pth"))
+        with torch.no_grad():
+            torch.testing.assert_close(model(_clip()), src(_clip()), rtol=0, atol=0)

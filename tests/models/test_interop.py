@@ -350,6 +350,9 @@ def test_pyslowfast_settings_gcvideo_cannot_build_are_refused(tmp_path):
     c2d = _slowfast_cfg_text().replace("ARCH: slow", "ARCH: c2d")
     with pytest.raises(InflationError, match=r"MODEL.ARCH c2d"):
         load_pretrained(build_model(cfg), _pyth(tmp_path, src, c2d, "c2d.pyth"))
+    stride = _slowfast_cfg_text().replace("RESNET:\n", "RESNET:\n  STRIDE_1X1: true\n")
+    with pytest.raises(InflationError, match=r"RESNET.STRIDE_1X1 True"):  # same shapes, another function
+        load_pretrained(build_model(cfg), _pyth(tmp_path, src, stride, "stride1x1.pyth"))
 
 
 def test_pyslowfast_nonlocal_checkpoint_into_baseline_config_is_refused_for_inference(tmp_path):
@@ -393,3 +396,56 @@ def test_pyslowfast_dot_product_block_matches_reference():
         torch.testing.assert_close(block(x), expect, rtol=1e-10, atol=1e-10)
         softmax = _pyslowfast_nonlocal(x, {k.replace("bn.", "norm."): v for k, v in w.items()})
         assert (softmax - expect).abs().max() > 1e-3  # the two instantiations differ (the test can fail)
+
+
+def _pyslowfast_forward(sd, x, depths, instantiation, nl_loc):
+    """PySlowFast's ResNet (MODEL.ARCH slow) forward in eval, written out from its source
+    (video_model_builder.ResNet, stem_helper.ResNetBasicStem, resnet_helper.ResBlock /
+    BottleneckTransform with STRIDE_1X1 False, Nonlocal, head_helper.ResNetBasicHead), in PySlowFast's
+    key names. Temporal kernels of "slow": stem 1, res2 1, res3 1, res4 3, res5 3. Returns the head's
+    projection (its eval softmax is applied by the caller)."""
+    import torch.nn.functional as F
+
+    def bn(v, p):
+        return F.batch_norm(v, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"],
+                            False, 0.0, 1e-5)
+
+    x = F.relu(bn(F.conv3d(x, sd["s1.pathway0_stem.conv.weight"], None, (1, 2, 2), (0, 3, 3)), "s1.pathway0_stem.bn"))
+    x = F.max_pool3d(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
+    for s, depth in enumerate(depths):
+        tk = (1, 1, 3, 3)[s]
+        for i in range(depth):
+            p = f"s{s + 2}.pathway0_res{i}"
+            stride = (1, 2, 2, 2)[s] if i == 0 else 1
+            a = F.relu(bn(F.conv3d(x, sd[f"{p}.branch2.a.weight"], None, 1, (tk // 2, 0, 0)), f"{p}.branch2.a_bn"))
+            b = F.relu(bn(F.conv3d(a, sd[f"{p}.branch2.b.weight"], None, (1, stride, stride), (0, 1, 1)),
+                          f"{p}.branch2.b_bn"))
+            c = bn(F.conv3d(b, sd[f"{p}.branch2.c.weight"]), f"{p}.branch2.c_bn")
+            short = bn(F.conv3d(x, sd[f"{p}.branch1.weight"], None, (1, stride, stride)), f"{p}.branch1_bn") \
+                if f"{p}.branch1.weight" in sd else x
+            x = F.relu(short + c)
+            if i in nl_loc[s]:
+                w = {k[len(f"s{s + 2}.pathway0_nonlocal{i}."):].replace("bn.", "norm."): v for k, v in sd.items()
+                     if k.startswith(f"s{s + 2}.pathway0_nonlocal{i}.")}
+                x = _pyslowfast_nonlocal(x, w, instantiation=instantiation)
+    x = F.adaptive_avg_pool3d(x, 1).permute(0, 2, 3, 4, 1)  # ResNetBasicHead: pool, (N, T, H, W, C)
+    return F.linear(x, sd["head.projection.weight"], sd["head.projection.bias"]).flatten(1)
+
+
+@pytest.mark.parametrize("instantiation", ["dot_product", "softmax"])
+def test_pyslowfast_checkpoint_matches_pyslowfast_forward(tmp_path, instantiation):
+    """A .pyth with its cfg, loaded with the settings the cfg calls for, against PySlowFast's forward."""
+    ctx = dict(NL_INSTANTIATION="dot_product") if instantiation == "dot_product" else dict(NL_SCALE=True)
+    cfg = _tiny_cfg("nl", NL_LOC, NL_POOL_POSITION="before_conv", **ctx)
+    src = _randomise(build_model(cfg), seed=8)
+    path = _pyth(tmp_path, src, _slowfast_cfg_text(instantiation))
+    sd = {k: v.double() if v.is_floating_point() else v for k, v in
+          torch.load(path, weights_only=True)["model_state"].items()}
+    model = build_model(cfg).double().eval()
+    load_pretrained(model, path, purpose="inference")
+    x = _clip().double()
+    with torch.no_grad():
+        ref = _pyslowfast_forward(sd, x, cfg.MODEL.STAGE_DEPTHS, instantiation, NL_LOC)
+        torch.testing.assert_close(model(x), ref, rtol=1e-10, atol=1e-10)
+        # PySlowFast's eval output is the softmax of this (HEAD_ACT softmax)
+        torch.testing.assert_close(torch.softmax(model(x), 1), torch.softmax(ref, 1), rtol=1e-10, atol=1e-12)

@@ -213,3 +213,12 @@ def test_without_a_stored_config_the_unverifiable_part_is_reported(tmp_path):
     # what the keys do show (sub_sample: a max pool after the convs) is still checked
     with pytest.raises(CheckpointMismatchError, match=r"no_meta\.pth.*max-pool the phi/g outputs"):
         load_pretrained(build_model(_tiny_cfg("nl", NL_LOC, NL_POOL_POSITION="before_conv")), path)
+
+
+def test_backbone_options_that_weights_do_not_show_are_refused(tmp_path):
+    src = _randomise(build_model(_tiny_cfg()), seed=25)
+    for option in ("style='caffe'", "with_pool2=True", "conv1_stride_t=2"):
+        meta = {"cfg": f"model = dict(backbone=dict(type='ResNet3dSlowOnly', depth=50, {option}))"}
+        path = _save(tmp_path, _mm_state_dict(src), meta, "option.pth")
+        with pytest.raises(CheckpointMismatchError, match=r"option\.pth.*" + re.escape(option.split("=")[0])):
+            load_pretrained(build_model(_tiny_cfg()), path)

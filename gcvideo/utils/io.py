@@ -17,7 +17,8 @@ import torch
 from iopath.common.file_io import NativePathHandler, PathManager
 
 __all__ = ["path_manager", "CheckpointError", "WriteError", "load_checkpoint_file", "atomic_write_bytes",
-           "atomic_save", "atomic_write_text", "disk_full_error", "local_path", "path_join", "remove_temporaries", "TEMPORARY_NAME"]
+           "atomic_save", "atomic_write_text", "disk_full_error", "local_path", "path_join", "remove_temporaries",
+           "TEMPORARY_NAME"]
 
 FILE_URI = "file://"
 
@@ -166,8 +167,8 @@ def disk_full_error(e: BaseException, path: str, nbytes: int):
     except OSError:
         free = ""
     return WriteError(e.errno, f"cannot write {path}: {os.strerror(e.errno).lower()} (it needs {_size(nbytes)}"
-                      f"{free}); nothing was half-written and earlier files are intact: free some space and run "
-                      "the same command again")
+                      f"{free}); its temporary file was removed and earlier files are intact: free some space and "
+                      "run the same command again")
 
 
 def _remove_quietly(remove) -> None:

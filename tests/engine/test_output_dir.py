@@ -232,3 +232,23 @@ def test_errors_before_work_are_one_line(tmp_path, capsys, files, opts, expected
         opts = ["--init-from", str(tmp_path / "r2d.pth")]
     err, _ = _train_net(tmp_path, capsys, dict(files, **{"test.csv": "e.mp4 1\n"}), *opts)
     assert re.search(expected, err), err
+
+
+def test_folder_in_use_is_one_line_from_train_net(tmp_path, capsys):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import train_net
+
+    (tmp_path / "data").mkdir()
+    for name, text in dict(LISTS, **{"test.csv": "e.mp4 1\n"}).items():
+        (tmp_path / "data" / name).write_text(text)
+    out = tmp_path / "run"
+    y = tmp_path / "c.yaml"
+    y.write_text(f"OUTPUT_DIR: {out}\nDATA:\n  PATH_TO_DATA_DIR: {tmp_path / 'data'}\n")
+    with FolderLock(str(out)):  # another run (this process) holds the folder
+        rc = train_net.main(["--config", str(y), "MODEL.WIDTH", "8", "MODEL.STAGE_DEPTHS", "[1, 1, 1, 1]",
+                             "MODEL.NUM_CLASSES", "2", "DEVICE", "cpu", "TRAIN.BATCH_SIZE", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1, err
+    assert err[0].startswith(f"error: OUTPUT_DIR = {str(out)!r} is in use by another run (pid {os.getpid()} "
+                             f"on host {socket.gethostname()}, since "), err
+    assert os.listdir(out) == [".gcvideo.lock"]

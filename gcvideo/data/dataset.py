@@ -17,13 +17,13 @@ epoch into shared memory, so persistent workers see it too.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gcvideo.data.annotations import VideoRecord, load_annotations
+from gcvideo.data.annotations import VideoRecord, VideoRecords, load_annotations
 from gcvideo.data.decoder import FrameCountChanged, VideoDecodeError, open_video
 from gcvideo.data.sampling import view_clip_indices, train_clip_indices
 from gcvideo.data.transforms import make_views, train_transform
@@ -51,16 +51,17 @@ class VideoDataset(Dataset):
     ``train=False``: ``num_clips x num_crops`` deterministic views, broken videos marked.
     """
 
-    def __init__(self, records: Sequence[VideoRecord], train: bool, *, decoder: str = "decord",
+    def __init__(self, records: Union[VideoRecords, Sequence[VideoRecord]], train: bool, *, decoder: str = "decord",
                  decoder_threads: int = 1, num_frames: int = 8, sampling_rate: int = 8, target_fps: float = 30,
                  jitter_scales: Sequence[int] = (256, 320), train_crop: int = 224, test_crop: int = 256,
                  random_flip: bool = True, flip_pairs: Sequence[Sequence[int]] = (), reverse_prob: float = 0.0,
                  reverse_pairs: Sequence[Sequence[int]] = (), mean: Sequence[float] = (0.45, 0.45, 0.45),
                  std: Sequence[float] = (0.225, 0.225, 0.225), num_clips: int = 10, num_crops: int = 3,
                  seed: int = 0, single_view_4d: bool = False, eval_uint8: bool = False):
-        if not records:
+        if not len(records):
             raise ValueError("VideoDataset needs at least one video")
-        self.records = list(records)
+        # one bytes buffer + numpy arrays: DataLoader workers share these pages, never copy them
+        self.records = VideoRecords.from_records(records)
         self.train = bool(train)
         self.decoder = decoder
         self.decoder_threads = int(decoder_threads)

@@ -83,8 +83,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         t_data = time.perf_counter() - tic
         # 2. learning rate of this iteration (warmup, then cosine)
         lr = schedule.step(st.global_iter)
-        # 3. clips and labels to the device: (B, 3, T, H, W), (B,)
-        x = to_device(batch["video"], device, cfg.TRAIN.CHANNELS_LAST)
+        # 3. clips and labels to the device: (B, 3, T, H, W), (B,) (B = videos x DATA.NUM_SAMPLES;
+        #    uint8 clips are normalised there)
+        x = to_device(batch["video"], device, cfg.TRAIN.CHANNELS_LAST, cfg.DATA.MEAN, cfg.DATA.STD)
         y = batch["label"].to(device, non_blocking=True)
         # 4. forward and cross-entropy (in autocast when mixed precision is on)
         with autocast(device, st.amp_dtype):
@@ -213,7 +214,8 @@ def _bn_modules(model: nn.Module) -> List[nn.Module]:
 
 @torch.no_grad()
 def precise_bn(model: nn.Module, loader: DataLoader, num_batches: int, device: torch.device,
-               amp_dtype: Optional[torch.dtype], channels_last: bool) -> int:
+               amp_dtype: Optional[torch.dtype], channels_last: bool, mean: Optional[List[float]] = None,
+               std: Optional[List[float]] = None) -> int:
     """Recompute BN running statistics as the plain average over ``num_batches`` training batches.
 
     Runs ``forward_features`` (the BN layers; no dropout, so no RNG is used) in train
@@ -233,7 +235,7 @@ def precise_bn(model: nn.Module, loader: DataLoader, num_batches: int, device: t
         if used >= num_batches:
             break
         with autocast(device, amp_dtype):
-            model.forward_features(to_device(batch["video"], device, channels_last))
+            model.forward_features(to_device(batch["video"], device, channels_last, mean, std))
         used += 1
     for bn, m in zip(bns, saved):
         bn.momentum = m
@@ -371,7 +373,8 @@ def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str],
             gen = torch.Generator().manual_seed(cfg.SEED * 7919 + epoch * 104729 + rank)
             loader = DataLoader(train_set, batch_size=sampler.local_batch, sampler=sampler,
                                 num_workers=cfg.DATA.NUM_WORKERS, drop_last=True, generator=gen,
-                                pin_memory=cfg.DATA.PIN_MEMORY and device.type == "cuda")
+                                pin_memory=cfg.DATA.PIN_MEMORY and device.type == "cuda",
+                                collate_fn=getattr(train_set, "collate", None))  # K clips per video as K rows
             stats = train_one_epoch(ddp, loader, optimizer, schedule, scaler, st)
             if stats["stop"]:  # SIGTERM seen during the epoch's last iteration: save at "all iterations
                 # done", so that the run resumed with the same command does this epoch's evaluation
@@ -391,8 +394,10 @@ def _train(cfg: CfgNode, device: torch.device, builder: Callable[[CfgNode, str],
                 sampler.set_epoch(epoch, 0)
                 bn_loader = DataLoader(train_set, batch_size=sampler.local_batch, sampler=sampler,
                                        num_workers=cfg.DATA.NUM_WORKERS, drop_last=True,
-                                       generator=torch.Generator().manual_seed(cfg.SEED + epoch))
-                precise_bn(model, bn_loader, t.PRECISE_BN_BATCHES, device, amp_dtype, t.CHANNELS_LAST)
+                                       generator=torch.Generator().manual_seed(cfg.SEED + epoch),
+                                       collate_fn=getattr(train_set, "collate", None))
+                precise_bn(model, bn_loader, t.PRECISE_BN_BATCHES, device, amp_dtype, t.CHANNELS_LAST,
+                           cfg.DATA.MEAN, cfg.DATA.STD)
             du.broadcast_buffers(model)  # every process evaluates (and rank 0 saves) the same BN statistics
             if validate:
                 res = evaluate(model, build_eval_loader(val_set, cfg.TEST.BATCH_SIZE, cfg.DATA.NUM_WORKERS, False),

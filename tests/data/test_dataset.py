@@ -420,3 +420,45 @@ def test_num_samples_training_resumes_bit_exact(tiny_toy, tmp_path):
     assert final_a["global_iter"] == final_b["global_iter"] == 8
     for k, v in final_a["model"].items():
         assert torch.equal(v, final_b["model"][k]), k
+
+
+def test_one_clip_is_decoded_at_its_jitter_scale(tiny_toy, monkeypatch):
+    """K = 1 with a reader that scales in its colour conversion (read(indices, size=(h, w))): the
+    scale is drawn before the read, the read asks for the scaled size, and the clip is the crop of
+    what it returns at the drawn position (no second resize)."""
+    real_open = DS.open_video
+    asked = []
+
+    class ScalingReader:
+        def __init__(self, r):
+            self.r, self.num_frames, self.fps = r, r.num_frames, r.fps
+            self.height, self.width = 48, 48  # the toy videos
+
+        def read(self, indices, size=None):
+            asked.append(size)
+            frames = self.r.read(indices)
+            if size is None:
+                return frames
+            x = torch.from_numpy(frames).permute(0, 3, 1, 2)
+            return torch.nn.functional.interpolate(x.float(), size=size).round().byte().permute(0, 2, 3, 1).numpy()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.r.close()
+
+    monkeypatch.setattr(DS, "open_video", lambda path, *a, **k: ScalingReader(real_open(path, *a, **k)))
+    ds = build_dataset(toy_cfg(tiny_toy, **{"DATA.RANDOM_FLIP": False, "DATA.TRAIN_UINT8": True}), "train")
+    for i in (1, 6):
+        item = ds[i]
+        rng = np.random.default_rng([0, 0, i, 0, 0])
+        rng.integers(0, 24 - 16 + 1)  # the start
+        s = int(rng.integers(48, 61))
+        assert asked[-1] == (s, s)  # square 48 x 48 frames scaled to short side s
+        top, left = int(rng.integers(0, s - 40 + 1)), int(rng.integers(0, s - 40 + 1))
+        with real_open(item["path"], "decord", 1) as r:
+            idx = DS.train_clip_indices(r.num_frames, r.fps, 4, 4, 30, np.random.default_rng([0, 0, i, 0, 0]))
+            x = torch.from_numpy(r.read(idx)).permute(0, 3, 1, 2)
+        ref = torch.nn.functional.interpolate(x.float(), size=(s, s)).round().byte()[..., top:top + 40, left:left + 40]
+        assert torch.equal(item["video"], ref.permute(1, 0, 2, 3))

@@ -192,8 +192,11 @@ class VideoDataset(Dataset):
                 continue
             x = to_tchw(frames)  # (T, 3, h, w) uint8
             hw = source[-1] if scales else tuple(x.shape[-2:])  # the frame size the crops are drawn for
+            c, t, kk = self.train_crop, x.shape[0], self.num_samples
+            # the clips, written straight into the item (uint8) or normalised one by one (float32)
+            video = torch.empty((kk, 3, t, c, c), dtype=torch.uint8) if self.train_uint8 else None
             clips, labels = [], []
-            for k in range(self.num_samples):
+            for k in range(kk):
                 # draws per clip, in order: scale (already drawn for one clip), crop top, crop left, flip,
                 # reversal
                 scale = scales[-1] if scales else draw_scale(rng, self.jitter_scales)
@@ -202,14 +205,17 @@ class VideoDataset(Dataset):
                 if self.reverse_prob > 0 and rng.random() < self.reverse_prob:
                     clip = clip.flip(0)  # time reversal
                     label = self.reverse_map.get(label, label)
-                # uint8 (normalised on the device) or float32, (3, T, C, C)
-                clips.append(clip.permute(1, 0, 2, 3).contiguous() if self.train_uint8 else
-                             normalize(clip, self.mean, self.std))
+                if video is not None:
+                    video[k].copy_(clip.permute(1, 0, 2, 3))  # uint8 (3, T, C, C), normalised on the device
+                else:
+                    clips.append(normalize(clip, self.mean, self.std))  # float32 (3, T, C, C)
                 labels.append(label)
-            if self.num_samples == 1:
-                video, label = clips[0], labels[0]  # (3, T, C, C), int
+            if video is None:
+                video = torch.stack(clips) if kk > 1 else clips[0][None]  # (K, 3, T, C, C)
+            if kk == 1:
+                video, label = video[0], labels[0]  # (3, T, C, C), int
             else:
-                video, label = torch.stack(clips), torch.tensor(labels, dtype=torch.int64)  # (K, 3, T, C, C), (K,)
+                label = torch.tensor(labels, dtype=torch.int64)  # (K,)
             return {"video": video, "label": label, "index": idx, "path": rec.path, "ok": True, "error": "",
                     "skipped": "\n".join(skipped)}
         raise RuntimeError(f"{MAX_ATTEMPTS} videos in a row failed to decode while building training item "

@@ -181,7 +181,7 @@ class VideoDataset(Dataset):
                 if self.num_samples > 1 or height <= 0 or width <= 0:
                     return None  # K clips at K scales (or an unknown size): full-size frames
                 scales.append(draw_scale(rng, self.jitter_scales))
-                return short_side_size(height, width, scales[0])
+                return short_side_size(height, width, scales[-1])
 
             try:
                 _, _, frames = self._decode(rec.path, lambda n, fps: train_clip_indices(

@@ -1,29 +1,39 @@
 #!/usr/bin/env python
-"""Decoding benchmarks of the data pipeline (one CPU core, one decoder thread).
+"""Data pipeline throughput, side by side in one process (one CPU core, one decoder thread).
 
-    python bench/bench_decode.py [--clips 4] [--repeats 3] [--out bench/results/decode.md]
+    python bench/bench_decode.py [--clips 4] [--train-items 24] [--rounds 3] [--feed 100 200 400]
+                                 [--out bench/results/decode.md]
 
-1. 30-view test cost per video: gcvideo's decode-once item (one open, one pass over
-   the union of the 10 clips' frames, frames resized once, 30 crops) against decoding
-   every view separately the way PySlowFast's Kinetics loader does (one item per
-   view: open the container, seek to the clip, decode to the clip's end, convert the
-   clip window's frames to RGB, sample, resize, crop; 10 clips x 3 crops = 30 opens and
-   seeks), and against a lean per-view variant that converts only the 8 sampled frames.
-2. Training clips per second per worker (8x8 at 30 fps, scale jitter 256-320, 224
-   crop, flip, normalisation) with decord and PyAV, and where the time goes.
-
-Test clips are made here with PyAV: Kinetics-style 340x256 h264, 30 fps, 300 frames
-(10 s), x264 "medium" with keyframes every 250 frames (ffmpeg's default GOP, as in
-YouTube-derived Kinetics clips), textured content with camera motion; plus the real
-Kinetics clip tests/data/files/demo.mp4 (280 frames, 28 fps). All numbers come from
-one run; ratios are computed within that run.
+1. Training clips per second per core (8x8 at 30 fps, short-side jitter 256-320, 224 crop,
+   flip; CPU time of this process, so other processes on the machine do not count):
+   gcvideo's training item (``VideoDataset``, every decoder backend installed, K = 1 and 2
+   clips per decode, uint8 clips as the workers return them by default, plus float32 items)
+   against pytorchvideo 0.1.5's ``LabeledVideoDataset`` with its random clip sampler (PyAV
+   decoder; the same augmentation applied with torchvision.transforms.v2, since pytorchvideo's
+   own transforms do not import with this torchvision) and against PySlowFast's Kinetics
+   decoding path (``pyav_decode`` + ``temporal_sampling`` + ``tensor_normalize`` +
+   ``spatial_sampling``, written here from facebookresearch/SlowFast slowfast/datasets/
+   decoder.py, utils.py and transform.py). Clips: Kinetics-like originals made here with PyAV
+   (340x256, 30 fps, 300 frames, x264 medium crf 23, keyframes 250 apart, 3 B-frames), the
+   real Kinetics clip tests/data/files/demo.mp4, and both after ``reencode_video`` with
+   ``tools/prepare_kinetics.py``'s defaults. Methods run interleaved, ``--rounds`` times.
+2. Keyframe interval table for the prepared copies: training clips/s per core (default
+   backend, K = 1) and bytes, intervals 1/8/16/32/250, with the default encoder settings and
+   with x264's defaults.
+3. 30-view test cost per video: gcvideo's decode-once item against decoding every view
+   separately the way PySlowFast's loader does (one item per view: open, seek, decode to the
+   clip's end, convert every frame of the window to RGB), and a lean per-view variant.
+4. Capacity: clips/s per core and the cores that feed N clips/s.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
+import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,15 +45,20 @@ sys.path.insert(0, ROOT)
 
 import av  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
-from gcvideo.data.decoder import open_video  # noqa: E402
-from gcvideo.data.sampling import train_clip_indices, view_clip_indices  # noqa: E402
-from gcvideo.data.transforms import (crop_offsets, make_views, normalize, resize_short_side,  # noqa: E402
-                                      to_tchw, train_transform)
+from gcvideo.config import get_cfg  # noqa: E402
+from gcvideo.data.annotations import VideoRecords  # noqa: E402
+from gcvideo.data.dataset import VideoDataset  # noqa: E402
+from gcvideo.data.decoder import BACKENDS, open_video  # noqa: E402
+from gcvideo.data.prepare import PREPARE_DEFAULTS, reencode_video  # noqa: E402
+from gcvideo.data.sampling import view_clip_indices  # noqa: E402
+from gcvideo.data.transforms import crop_offsets, make_views, normalize, resize_short_side, to_tchw  # noqa: E402
 
 MEAN, STD = [0.45] * 3, [0.225] * 3
-# CPU time of this process: the cost on one core, unaffected by other processes sharing the machine
-# (the development machine is shared). Wall-clock numbers are printed beside it.
+JITTER, CROP, T, RATE, FPS = (256, 320), 224, 8, 8, 30
+# CPU time of this process: the cost on one core, unaffected by other processes sharing the machine.
 CLOCK = time.process_time
 
 
@@ -133,194 +148,301 @@ def per_view_item(path: str, clips=10, crops=3, lean=False):
 
 
 # ---------------------------------------------------------------------------
-# Training clips
+# Training clips: gcvideo
 # ---------------------------------------------------------------------------
-def train_clip(path: str, backend: str, rng: np.random.Generator, times: dict):
-    w0 = time.perf_counter()
-    t0 = CLOCK()
-    r = open_video(path, backend, 1)
-    t1 = CLOCK()
-    idx = train_clip_indices(r.num_frames, r.fps, 8, 8, 30, rng)
-    frames = r.read(idx)  # (8, H, W, 3)
-    t2 = CLOCK()
-    r.close()
-    video, _ = train_transform(frames, rng, [256, 320], 224, True, MEAN, STD)  # (3, 8, 224, 224)
-    t3 = CLOCK()
-    times["wall"].append(time.perf_counter() - w0)
-    times["open"].append(t1 - t0)
-    times["read"].append(t2 - t1)
-    times["transform"].append(t3 - t2)
-    times["total"].append(t3 - t0)
-    times["span"].append(idx[-1])
-    return video
+def gcvideo_items(paths, backend: str, k: int, uint8: bool = True) -> VideoDataset:
+    """gcvideo's training dataset over ``paths`` (the config defaults: 8x8, jitter 256-320, crop 224, flip)."""
+    recs = VideoRecords(paths, [0] * len(paths), list(range(1, len(paths) + 1)))
+    return VideoDataset(recs, True, decoder=backend, num_frames=T, sampling_rate=RATE, target_fps=FPS,
+                        jitter_scales=JITTER, train_crop=CROP, mean=MEAN, std=STD, num_samples=k,
+                        train_uint8=uint8)
 
 
-def pyav_breakdown(path: str, rng: np.random.Generator) -> dict:
-    """Where PyAV's read time goes: demux, decode (keyframe to last frame, non-reference skipping), RGB."""
-    from av.video.reformatter import VideoReformatter
-    with open_video(path, "pyav", 1) as r:
-        idx = train_clip_indices(r.num_frames, r.fps, 8, 8, 30, rng)
-        impl = r._impl
-        wanted = {impl._frame_pts[i] for i in idx}
-        import bisect
-        k = bisect.bisect_right(impl._key_pts, min(wanted)) - 1
-        cc = impl._codec()
-        t0 = CLOCK()
-        frames = []
-        decoded = 0
-        for p in impl._packets[impl._key_pos[k]:]:
-            cc.skip_frame = "DEFAULT" if p.pts in wanted else "NONREF"
-            for f in cc.decode(p):
-                decoded += 1
-                if f.pts in wanted:
-                    frames.append(f)
-            if len(frames) == len(wanted):
-                break
-        t1 = CLOCK()
-        ref = VideoReformatter()
-        for f in frames:
-            ref.reformat(f, format="rgb24").to_ndarray()
-        t2 = CLOCK()
-    t3 = CLOCK()
-    with open_video(path, "pyav", 1):
-        pass
-    t4 = CLOCK()
-    return {"decode": t1 - t0, "rgb": t2 - t1, "open_demux": t4 - t3, "frames_decoded": decoded,
-            "from_frame": impl._frame_pts.index(impl._key_pts[k]) if impl._key_pts[k] in impl._frame_pts else 0}
+def run_gcvideo(ds: VideoDataset, n: int, epoch: int) -> int:
+    """``n`` items (K clips each); returns the clips made."""
+    ds.set_epoch(epoch)
+    for i in range(n):
+        item = ds[i % len(ds)]
+        assert item["ok"] and not item["skipped"], item["skipped"]
+    return n * ds.num_samples
+
+
+# ---------------------------------------------------------------------------
+# Training clips: pytorchvideo 0.1.5 (LabeledVideoDataset + random clip sampler, PyAV)
+# ---------------------------------------------------------------------------
+def v2_augment(video: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """pytorchvideo's usual Kinetics chain with torchvision v2 ops: UniformTemporalSubsample(8),
+    RandomShortSideScale(256, 320), RandomCrop(224), RandomHorizontalFlip, /255, Normalize.
+    float ``(3, T', H, W)`` in [0, 255] -> ``(3, 8, 224, 224)``."""
+    t = video.shape[1]
+    idx = torch.linspace(0, t - 1, T).clamp(0, t - 1).long()
+    x = video.index_select(1, idx).permute(1, 0, 2, 3)  # (8, 3, H, W)
+    x = TF.resize(x, [rng.randint(*JITTER)], antialias=True)  # short side
+    h, w = x.shape[-2:]
+    top, left = rng.randint(0, h - CROP), rng.randint(0, w - CROP)
+    x = x[..., top:top + CROP, left:left + CROP]
+    if rng.random() < 0.5:
+        x = x.flip(-1)
+    x = TF.normalize(x / 255.0, MEAN, STD)
+    return x.permute(1, 0, 2, 3).contiguous()  # (3, 8, 224, 224)
+
+
+def run_pytorchvideo(paths, n: int, seed: int) -> int:
+    from pytorchvideo.data import LabeledVideoDataset, make_clip_sampler
+
+    torch.manual_seed(seed)
+    ds = LabeledVideoDataset([(paths[i % len(paths)], {"label": 0}) for i in range(n)],
+                             make_clip_sampler("random", T * RATE / FPS), torch.utils.data.SequentialSampler,
+                             decode_audio=False, decoder="pyav")
+    rng = random.Random(seed)
+    made = 0
+    for item in ds:
+        v2_augment(item["video"], rng)
+        made += 1
+    assert made == n
+    return made
+
+
+# ---------------------------------------------------------------------------
+# Training clips: PySlowFast's Kinetics path (slowfast/datasets/decoder.py, utils.py, transform.py)
+# ---------------------------------------------------------------------------
+def slowfast_start_end(video_size: float, clip_size: float, clip_idx: int, num_clips: int):
+    """get_start_end_idx: a random (clip_idx -1) or the clip_idx-th of num_clips windows."""
+    delta = max(video_size - clip_size, 0)
+    start = random.uniform(0, delta) if clip_idx == -1 else delta * clip_idx / num_clips
+    return start, start + clip_size - 1
+
+
+def slowfast_decode(path: str) -> torch.Tensor:
+    """pyav_decode + decode (clip_idx -1): seek to the window's start pts minus a margin of 1024,
+    decode to its end pts, every frame to RGB, then 8 frames by temporal_sampling (linspace)."""
+    container = av.open(path)
+    stream = container.streams.video[0]
+    stream.codec_context.thread_count = 1
+    fps = float(stream.average_rate)
+    frames_length, duration = stream.frames, stream.duration
+    clip_size = RATE * T / FPS * fps
+    start_idx, end_idx = slowfast_start_end(frames_length, clip_size, -1, 10)
+    timebase = duration / frames_length
+    start_pts, end_pts = int(start_idx * timebase), int(end_idx * timebase)
+    container.seek(max(start_pts - 1024, 0), any_frame=False, backward=True, stream=stream)
+    frames = {}
+    for frame in container.decode(video=0):  # pyav_decode_stream, buffer_size 0
+        if frame.pts < start_pts:
+            continue
+        frames[frame.pts] = frame
+        if frame.pts > end_pts:
+            break
+    container.close()
+    video = torch.as_tensor(np.stack([frames[p].to_rgb().to_ndarray() for p in sorted(frames)]))  # (N, H, W, 3)
+    s, e = slowfast_start_end(video.shape[0], clip_size, 0, 1)
+    idx = torch.linspace(s, e, T).clamp(0, video.shape[0] - 1).long()  # temporal_sampling
+    return video.index_select(0, idx)  # (8, H, W, 3) uint8
+
+
+def slowfast_augment(frames: torch.Tensor) -> torch.Tensor:
+    """kinetics.py: tensor_normalize, permute to (C, T, H, W), spatial_sampling(-1): short-side jitter
+    with F.interpolate (bilinear), random crop, horizontal flip (numpy's global RNG, as PySlowFast)."""
+    x = (frames.float() / 255.0 - torch.tensor(MEAN)) / torch.tensor(STD)  # tensor_normalize, (T, H, W, 3)
+    x = x.permute(3, 0, 1, 2)  # (3, T, H, W)
+    size = int(round(np.random.uniform(*JITTER)))  # random_short_side_scale_jitter
+    h, w = x.shape[-2:]
+    nh, nw = (size, int(math.floor(float(w) / h * size))) if w > h else (int(math.floor(float(h) / w * size)), size)
+    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
+    top, left = np.random.randint(0, nh - CROP + 1), np.random.randint(0, nw - CROP + 1)  # random_crop
+    x = x[:, :, top:top + CROP, left:left + CROP]
+    if np.random.uniform() < 0.5:  # horizontal_flip
+        x = x.flip(-1)
+    return x
+
+
+def run_slowfast(paths, n: int, seed: int) -> int:
+    random.seed(seed)
+    np.random.seed(seed)
+    for i in range(n):
+        slowfast_augment(slowfast_decode(paths[i % len(paths)]))
+    return n
+
+
+# ---------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------
+def measure(methods: dict, rounds: int) -> dict:
+    """name -> clips per CPU second; the methods run interleaved, ``rounds`` times each."""
+    cpu = {m: 0.0 for m in methods}
+    clips = {m: 0 for m in methods}
+    for r in range(rounds):
+        for name, fn in methods.items():
+            t = CLOCK()
+            clips[name] += fn(r)
+            cpu[name] += CLOCK() - t
+    return {m: clips[m] / cpu[m] for m in methods}
+
+
+def prepared(paths, cache: str, tag: str, **kw) -> list:
+    """``paths`` re-encoded by reencode_video (tools/prepare_kinetics.py) with ``kw``, cached under ``tag``."""
+    out = []
+    for p in paths:
+        q = os.path.join(cache, f"{os.path.splitext(os.path.basename(p))[0]}_{tag}.mp4")
+        if not os.path.exists(q):
+            reencode_video(p, q, **kw)
+        out.append(q)
+    return out
+
+
+def shell(cmd: str) -> str:
+    try:
+        return subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:
+        return ""
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=4, help="generated 10 s clips")
-    ap.add_argument("--repeats", type=int, default=3, help="30-view items per clip and method")
-    ap.add_argument("--train-items", type=int, default=60, help="training clips per backend")
+    ap.add_argument("--train-items", type=int, default=24, help="training clips per method, clip set and round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every method")
+    ap.add_argument("--repeats", type=int, default=2, help="30-view items per clip and method")
+    ap.add_argument("--feed", type=float, nargs="*", default=[100, 200, 400], help="clips/s to feed (capacity)")
+    ap.add_argument("--skip-views", action="store_true", help="leave out the 30-view section")
+    ap.add_argument("--default-backend", default=get_cfg().DATA.DECODER,
+                    help="the backend the targets and the capacity line use (default: DATA.DECODER's default)")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "gcvideo_bench_decode"),
                     help="where the generated clips are kept")
     ap.add_argument("--out", default="", help="also write the markdown report here")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     os.makedirs(args.cache, exist_ok=True)
-    clips = [make_kinetics_like(os.path.join(args.cache, f"k_like_{i}.mp4"), i) for i in range(args.clips)]
-    demo = os.path.join(ROOT, "tests", "data", "files", "demo.mp4")
+    originals = [make_kinetics_like(os.path.join(args.cache, f"k_like_{i}.mp4"), i) for i in range(args.clips)]
+    demo = [os.path.join(ROOT, "tests", "data", "files", "demo.mp4")]
     lines = []
 
     def out(s=""):
         print(s, flush=True)
         lines.append(s)
 
-    with av.open(clips[0]) as c:
-        s = c.streams.video[0]
-        keys = [i for i, p in enumerate(sorted((p for p in c.demux(s) if p.size), key=lambda p: p.pts))
-                if p.is_keyframe]
-        kbps = os.path.getsize(clips[0]) * 8 / 10 / 1000
-    out("# Decoding benchmark (bench/bench_decode.py)\n")
-    out(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, one thread "
-        f"(torch.set_num_threads(1), decoder threads 1); PyAV {av.__version__}, torch {torch.__version__}.")
-    out(f"Clips: {args.clips} generated 340x256 h264 (x264 medium, crf 23), 30 fps, 300 frames, keyframes at "
-        f"{keys} (~{kbps:.0f} kbit/s), plus the real Kinetics clip demo.mp4 (340x256, 28 fps, 280 frames, "
-        f"keyframes at 0/187/230/268, ~505 kbit/s).\n")
+    n, rounds = args.train_items, args.rounds
+    load = os.getloadavg()
+    out("# Data pipeline throughput (bench/bench_decode.py)\n")
+    out(f"Command: `python bench/bench_decode.py {' '.join(argv if argv is not None else sys.argv[1:])}`  ")
+    cpu = shell("lscpu | grep 'Model name' | sed 's/.*: *//'") or platform.processor()
+    out(f"Machine: {cpu}, "
+        f"{os.cpu_count()} cores; load average at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; "
+        f"one thread (torch.set_num_threads(1), decoder threads 1); PyAV {av.__version__}, torch {torch.__version__}. "
+        "Rates are clips per CPU-second of this process (per core).\n")
+    defaults = dict(PREPARE_DEFAULTS)
+    out(f"Prepared copies: reencode_video with prepare_kinetics' defaults {defaults} "
+        "(short side 320 is never an upscale, so the copies stay 340x256).\n")
+    prep = prepared(originals, args.cache, "prepared", **defaults)
+    prep_demo = prepared(demo, args.cache, "prepared", **defaults)
+    sets = {"originals": originals, "demo.mp4": demo, "prepared originals": prep, "prepared demo.mp4": prep_demo}
+    size = {k: sum(os.path.getsize(p) for p in v) for k, v in sets.items()}
 
-    # ---- 1. 30-view items
-    out("## 1. 30-view test item (10 clips x 3 crops of 256, 8x8) per video\n")
-    out("CPU ms per video (process time on one core; median).\n")
-    out("| method | opens | ms / video (generated) | ms / video (demo.mp4) |")
-    out("|---|---|---|---|")
+    # ---- 1. training clips
+    out("## 1. Training clips per second per core (8x8, jitter 256-320, crop 224, flip)\n")
+    backends = []
+    for b in BACKENDS:
+        try:
+            with open_video(demo[0], b, 1) as r:
+                if r.backend == b:
+                    backends.append(b)
+        except Exception as e:  # a backend whose library is missing here
+            out(f"(backend {b} left out: {type(e).__name__}: {str(e)[:120]})")
+    methods = {}
+    results = {}
+    for set_name, paths in sets.items():
+        m = {}
+        for b in backends:
+            for k in (1, 2):
+                ds = gcvideo_items(paths, b, k)
+                m[f"gcvideo {b}, K={k}"] = (lambda ds: lambda r: run_gcvideo(ds, n // ds.num_samples, r))(ds)
+        ds = gcvideo_items(paths, args.default_backend, 1, uint8=False)
+        m[f"gcvideo {ds.decoder}, K=1, float32 items"] = (lambda ds: lambda r: run_gcvideo(ds, n, r))(ds)
+        m["pytorchvideo LabeledVideoDataset (PyAV)"] = lambda r, paths=paths: run_pytorchvideo(paths, n, r)
+        m["PySlowFast pyav_decode + spatial_sampling"] = lambda r, paths=paths: run_slowfast(paths, n, r)
+        results[set_name] = measure(m, rounds)
+        methods = list(m)
+    out("| method | " + " | ".join(f"{s} ({size[s] / 1e6:.1f} MB)" for s in sets) + " |")
+    out("|---|" + "---|" * len(sets))
+    for name in methods:
+        out(f"| {name} | " + " | ".join(f"{results[s][name]:.1f}" for s in sets) + " |")
+    out("\ngcvideo rows: uint8 clips (DATA.TRAIN_UINT8, the default; float conversion and normalisation "
+        "run on the device), K clips per decode (DATA.NUM_SAMPLES); the float32 row normalises in the worker "
+        "like the two peers. The peers make float32 normalised clips.")
+    default = f"gcvideo {args.default_backend}, K=1"
+    ptv = "pytorchvideo LabeledVideoDataset (PyAV)"
+
+    # ---- 2. keyframe interval table
+    out(f"\n## 2. Keyframe interval of the prepared copies (generated originals, gcvideo {args.default_backend}, "
+        "K=1)\n")
+    out("| encoder settings | keyframe interval | clips/s per core | x originals' clips/s | bytes | x originals' bytes |")
+    out("|---|---|---|---|---|---|")
+    variants = {}
+    for label, extra in ((f"prepare defaults ({defaults.get('x264_options')})", defaults.get("x264_options")),
+                         ("the same without x264_options", None)):
+        for g in (1, 8, 16, 32, 250):
+            kw = dict(defaults, gop=g, x264_options=extra)
+            variants[(label, g)] = prepared(originals, args.cache, f"{'tuned' if extra else 'plain'}_g{g}", **kw)
+    gmethods = {"originals": lambda r: run_gcvideo(gcvideo_items(originals, args.default_backend, 1), n, r)}
+    for key, paths in variants.items():
+        gmethods[key] = (lambda paths: lambda r: run_gcvideo(gcvideo_items(paths, args.default_backend, 1), n, r))(paths)
+    grates = measure(gmethods, rounds)
+    for key, paths in variants.items():
+        b = sum(os.path.getsize(p) for p in paths)
+        out(f"| {key[0]} | {key[1]} | {grates[key]:.1f} | {grates[key] / grates['originals']:.2f} | "
+            f"{b / 1e6:.2f} MB | {b / size['originals']:.2f} |")
+    out(f"| originals (x264 medium, 3 B-frames) | 250 | {grates['originals']:.1f} | 1.00 | "
+        f"{size['originals'] / 1e6:.2f} MB | 1.00 |")
+
+    # ---- 3. 30-view items
     res = {}
-    for name, fn in (("decode-once, decord", lambda p: decode_once_item(p, "decord")),
-                     ("decode-once, PyAV", lambda p: decode_once_item(p, "pyav")),
-                     ("per view, PySlowFast style (PyAV)", per_view_item),
-                     ("per view, lean (PyAV, 8 frames converted)", lambda p: per_view_item(p, lean=True))):
-        t_gen, t_demo = [], []
-        for _ in range(args.repeats):
-            for p in clips:
+    if not args.skip_views:
+        out("\n## 3. 30-view test item (10 clips x 3 crops of 256, 8x8) per video\n")
+        out("CPU ms per video (median).\n")
+        out("| method | opens | ms / video (generated) | ms / video (demo.mp4) |")
+        out("|---|---|---|---|")
+        vb = args.default_backend
+        for name, fn in ((f"decode-once, {vb}", lambda p: decode_once_item(p, vb)),
+                         ("per view, PySlowFast style (PyAV)", per_view_item),
+                         ("per view, lean (PyAV, 8 frames converted)", lambda p: per_view_item(p, lean=True))):
+            t_gen, t_demo = [], []
+            for _ in range(args.repeats):
+                for p in originals:
+                    t = CLOCK()
+                    fn(p)
+                    t_gen.append(CLOCK() - t)
                 t = CLOCK()
-                fn(p)
-                t_gen.append(CLOCK() - t)
-            t = CLOCK()
-            fn(demo)
-            t_demo.append(CLOCK() - t)
-        res[name] = (statistics.median(t_gen), statistics.median(t_demo))
-        out(f"| {name} | {30 if 'per view' in name else 1} | {1000 * res[name][0]:.0f} | {1000 * res[name][1]:.0f} |")
-    out("\nAll methods produce the same 30 normalised float views (189 MB per video); writing them into fresh "
-        "memory alone costs ~130 ms here (page faults), included in every row.")
-    out("\nSpeed-up of decode-once (ratio of CPU times in this run):\n")
-    out("| decode-once | over PySlowFast-style per view: generated | demo.mp4 | over lean per view: generated | demo.mp4 |")
-    out("|---|---|---|---|---|")
-    for name in ("decode-once, decord", "decode-once, PyAV"):
-        a, b = res["per view, PySlowFast style (PyAV)"], res["per view, lean (PyAV, 8 frames converted)"]
-        out(f"| {name.split(', ')[1]} | **{a[0] / res[name][0]:.1f}x** | **{a[1] / res[name][1]:.1f}x** | "
-            f"{b[0] / res[name][0]:.1f}x | {b[1] / res[name][1]:.1f}x |")
+                fn(demo[0])
+                t_demo.append(CLOCK() - t)
+            res[name] = (statistics.median(t_gen), statistics.median(t_demo))
+            out(f"| {name} | {30 if 'per view' in name else 1} | {1000 * res[name][0]:.0f} | "
+                f"{1000 * res[name][1]:.0f} |")
 
-    # ---- 2. training clips
-    out("\n## 2. Training clips per second per worker (8x8, jitter 256-320, crop 224, flip, normalise)\n")
-    out("clips/s = 1 / mean CPU time per clip on one core; wall = the same from wall-clock time in this run "
-        "(lower when other processes share the cores). Stage columns: CPU ms per clip, generated clips.\n")
-    out("| backend | clips/s (generated) | clips/s (demo.mp4) | wall clips/s (generated) | open ms | "
-        "seek+decode+RGB ms | resize+crop+norm ms |")
-    out("|---|---|---|---|---|---|---|")
-    tr = {}
-    for backend in ("decord", "pyav"):
-        times = {k: [] for k in ("open", "read", "transform", "total", "span", "wall")}
-        rng = np.random.default_rng(0)
-        for i in range(args.train_items):
-            train_clip(clips[i % len(clips)], backend, rng, times)
-        dt = {k: statistics.mean(v) for k, v in times.items()}
-        tdemo = {k: [] for k in times}
-        rng = np.random.default_rng(1)
-        for i in range(max(args.train_items // 3, 5)):
-            train_clip(demo, backend, rng, tdemo)
-        tr[backend] = (1 / dt["total"], 1 / statistics.mean(tdemo["total"]))
-        out(f"| {backend} | {tr[backend][0]:.1f} | {tr[backend][1]:.1f} | {1 / dt['wall']:.1f} | {1000 * dt['open']:.1f} | "
-            f"{1000 * dt['read']:.1f} | {1000 * dt['transform']:.1f} |")
-    # the same clips re-encoded with short GOPs (tools/prepare_kinetics.py --gop 32)
-    from gcvideo.data.prepare import reencode_video
-    short = []
-    for p in clips:
-        q = p.replace(".mp4", "_gop32.mp4")
-        if not os.path.exists(q):
-            reencode_video(p, q, short_side=256, crf=23, preset="medium", gop=32)
-        short.append(q)
-    size_ratio = sum(os.path.getsize(q) for q in short) / sum(os.path.getsize(p) for p in clips)
-    for backend in ("decord", "pyav"):
-        times = {k: [] for k in ("open", "read", "transform", "total", "span", "wall")}
-        rng = np.random.default_rng(0)
-        for i in range(args.train_items):
-            train_clip(short[i % len(short)], backend, rng, times)
-        dt = {k: statistics.mean(v) for k, v in times.items()}
-        out(f"| {backend}, clips re-encoded with GOP 32 | {1 / dt['total']:.1f} | | {1 / dt['wall']:.1f} | "
-            f"{1000 * dt['open']:.1f} | {1000 * dt['read']:.1f} | {1000 * dt['transform']:.1f} |")
-    out(f"\n(GOP-32 copies made with gcvideo.data.prepare.reencode_video(short_side=256, crf=23, preset='medium', "
-        f"gop=32): {size_ratio:.2f}x the size of the GOP-250 originals.)")
-    # PyAV breakdown
-    b = {k: [] for k in ("decode", "rgb", "open_demux", "frames_decoded")}
-    rng = np.random.default_rng(2)
-    for i in range(args.train_items):
-        r = pyav_breakdown(clips[i % len(clips)], rng)
-        for k in b:
-            b[k].append(r[k])
-    m = {k: statistics.mean(v) for k, v in b.items()}
-    out(f"\nPyAV read, split (generated clips, mean over {args.train_items} clips): open + demux "
-        f"{1000 * m['open_demux']:.1f} ms, decode {1000 * m['decode']:.1f} ms for {m['frames_decoded']:.0f} output "
-        f"frames on average (from the keyframe before the clip to its last frame; unwanted non-reference "
-        f"frames skipped), RGB conversion of the 8 frames {1000 * m['rgb']:.1f} ms.")
-    # decode speed reference
-    with av.open(clips[0]) as c:
-        s = c.streams.video[0]
-        s.codec_context.thread_count = 1
-        t = CLOCK()
-        n = sum(1 for _ in c.decode(s))
-        per_frame = (CLOCK() - t) / n
-    with av.open(demo) as c:
-        s = c.streams.video[0]
-        s.codec_context.thread_count = 1
-        t = CLOCK()
-        n = sum(1 for _ in c.decode(s))
-        per_frame_demo = (CLOCK() - t) / n
-    out(f"Plain h264 decoding (no conversion): {1000 * per_frame:.2f} ms/frame (generated), "
-        f"{1000 * per_frame_demo:.2f} ms/frame (demo.mp4).")
-    out(f"\nTarget 15 clips/s per core: decord {'met' if tr['decord'][0] >= 15 else 'NOT met'} "
-        f"({tr['decord'][0]:.1f}), PyAV {'met' if tr['pyav'][0] >= 15 else 'NOT met'} ({tr['pyav'][0]:.1f}) "
-        "on the generated clips.")
+    # ---- 4. capacity and targets
+    best = results["prepared originals"][default]
+    orig = results["originals"][default]
+    out("\n## 4. Capacity (this machine, one core per DataLoader worker)\n")
+    out(f"gcvideo default ({default}): {orig:.1f} clips/s per core on the originals, {best:.1f} on the prepared "
+        f"copies, {results['prepared originals'][default.replace('K=1', 'K=2')]:.1f} with K=2 on the prepared copies.")
+    for feed in args.feed:
+        out(f"* {feed:.0f} clips/s need {math.ceil(feed / orig)} cores on the originals, {math.ceil(feed / best)} on "
+            f"the prepared copies, {math.ceil(feed / results['prepared originals'][default.replace('K=1', 'K=2')])} "
+            "with K=2 on the prepared copies.")
+    out("\n## Targets\n")
+    k2 = results["originals"][default.replace("K=1", "K=2")] / orig
+    out(f"* default backend vs pytorchvideo per core on the originals: **{orig / results['originals'][ptv]:.2f}x** "
+        f"(target 3x); on demo.mp4 {results['demo.mp4'][default] / results['demo.mp4'][ptv]:.2f}x")
+    out(f"* K=2 vs K=1 clips/s (originals): **{k2:.2f}x** (target 1.8x)")
+    out(f"* prepared copies vs originals: **{best / orig:.2f}x** the clips/s at "
+        f"**{size['prepared originals'] / size['originals']:.2f}x** the bytes (target 2.5x at <= 2x); demo.mp4: "
+        f"{results['prepared demo.mp4'][default] / results['demo.mp4'][default]:.2f}x at "
+        f"{size['prepared demo.mp4'] / size['demo.mp4']:.2f}x")
+    if res:
+        once, sf = res[f"decode-once, {vb}"], res["per view, PySlowFast style (PyAV)"]
+        out(f"* 30-view item vs per-view decoding: **{sf[0] / once[0]:.1f}x** (generated), {sf[1] / once[1]:.1f}x "
+            "(demo.mp4) (target 5x)")
+    load = os.getloadavg()
+    out(f"\nLoad average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.")
     if args.out:
         with open(args.out + ".tmp", "w") as f:
             f.write("\n".join(lines) + "\n")

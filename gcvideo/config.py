@@ -166,6 +166,13 @@ _C.DATA.STD = [0.225, 0.225, 0.225]
 # Validation/test items as uint8 views, normalised (MEAN/STD) on the device by the test loop:
 # a 30-view Kinetics item is 47 MB instead of 189 MB in float32. False: float32 items.
 _C.DATA.EVAL_UINT8 = True
+# Training items as uint8 clips, normalised (MEAN/STD) on the device by the training loop (the same
+# numbers as float32 items; 4x less to build, pass between processes and copy). False: float32 items.
+_C.DATA.TRAIN_UINT8 = True
+# Clips per training video (PySlowFast's AUG.NUM_SAMPLE, "repeated augmentation"): one open and one
+# decode of the window give K clips with their own scale, crop, flip (and reversal); all K go into
+# the batch, so a step trains TRAIN.BATCH_SIZE x K clips of TRAIN.BATCH_SIZE videos (docs/data.md).
+_C.DATA.NUM_SAMPLES = 1
 # Training stops if more than this share of videos failed to decode.
 _C.DATA.MAX_BROKEN_FRACTION = 0.05
 # Bounds on a video's frame size, so that one hostile file is a failed video ("bad_size: ...")
@@ -567,6 +574,8 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _check(0.0 <= d.MAX_BROKEN_FRACTION <= 1.0, "DATA.MAX_BROKEN_FRACTION", d.MAX_BROKEN_FRACTION,
            "a share in [0, 1]")
     _check(d.NUM_WORKERS >= 0, "DATA.NUM_WORKERS", d.NUM_WORKERS, "0 or more")
+    _check(isinstance(d.NUM_SAMPLES, int) and d.NUM_SAMPLES >= 1, "DATA.NUM_SAMPLES", d.NUM_SAMPLES,
+           "a positive number of clips per training video")
     # ---- solver / train / test
     _check(s.BASE_LR > 0, "SOLVER.BASE_LR", s.BASE_LR, "a positive learning rate")
     _check(s.REFERENCE_BATCH_SIZE >= 1, "SOLVER.REFERENCE_BATCH_SIZE", s.REFERENCE_BATCH_SIZE, "a positive integer")

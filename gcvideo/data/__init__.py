@@ -8,7 +8,8 @@ Public API (see docs/data.md):
 * ``open_video(path, backend)``: a reader to decode several index sets from one open.
 * ``BrokenVideoTracker(output_dir, num_videos, max_fraction)``: the engine's bookkeeping of
   training videos that failed (test accuracy with failures: ``gcvideo.engine.compute_metrics``).
-* ``load_annotations``, ``read_label_map``: the annotation formats.
+* ``load_annotations`` (a ``VideoRecords`` table), ``read_label_map``: the annotation formats.
+* ``collate_train``: the training loader's collate (K clips per video as K batch rows).
 * ``make_toy_dataset``: the synthetic motion dataset (gcvideo.data.toy).
 
 Names are imported lazily, so that the command-line tools (toy generator, video checker)
@@ -17,13 +18,13 @@ do not pay for importing torchvision.
 import importlib
 
 _EXPORTS = {
-    "build_dataset": "dataset", "VideoDataset": "dataset",
+    "build_dataset": "dataset", "VideoDataset": "dataset", "collate_train": "dataset",
     "decode_frames": "decoder", "open_video": "decoder", "VideoReader": "decoder",
     "VideoDecodeError": "decoder", "FrameCountChanged": "decoder",
     "BrokenVideoTracker": "broken", "TooManyBrokenVideos": "broken",
     "parse_skipped": "broken",
     "load_annotations": "annotations", "read_label_map": "annotations", "class_key": "annotations",
-    "AnnotationError": "annotations", "VideoRecord": "annotations",
+    "AnnotationError": "annotations", "VideoRecord": "annotations", "VideoRecords": "annotations",
     "train_clip_indices": "sampling", "view_clip_indices": "sampling",
     "make_toy_dataset": "toy",
 }

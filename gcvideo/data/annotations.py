@@ -1,7 +1,8 @@
 """Annotation files: PySlowFast CSVs, mmaction2 video lists and the official Kinetics CSV.
 
-``load_annotations`` turns any of them into a list of :class:`VideoRecord`
-``(path, label, line)``. Formats (see docs/data.md):
+``load_annotations`` turns any of them into a :class:`VideoRecords` table of
+``(path, label, line)`` rows (indexing it gives a :class:`VideoRecord`). Formats
+(see docs/data.md):
 
 * ``slowfast`` / ``mmaction``: one video a line, ``path label``, separated by
   whitespace (or one TAB, then the path may contain spaces; a double-quoted path
@@ -25,15 +26,18 @@ fields, unknown class name, label out of range, unreadable number) raises
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
 
 from gcvideo.utils.io import path_manager
 
-__all__ = ["VideoRecord", "AnnotationError", "load_annotations", "read_label_map", "class_key",
+__all__ = ["VideoRecord", "VideoRecords", "AnnotationError", "load_annotations", "read_label_map", "class_key",
            "detect_format", "kinetics_clip_name", "FORMATS", "DEFAULT_KINETICS400_LABEL_MAP"]
 
 FORMATS = ("auto", "slowfast", "mmaction", "kinetics_csv")
@@ -57,6 +61,58 @@ class VideoRecord:
     line: int
 
 
+class VideoRecords:
+    """An immutable table of videos: all paths in one UTF-8 bytes buffer, labels and lines in numpy arrays.
+
+    A sequence of :class:`VideoRecord` (``len``, ``records[i]``, iteration), built for
+    DataLoader workers: a forked worker reading rows touches no per-row Python object, so
+    it shares the parent's pages instead of copying them as reference counts change (a
+    list of 240k records costs every worker a copy of the list; pytorch/pytorch#13246).
+    """
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], lines: Sequence[int]):
+        if not (len(paths) == len(labels) == len(lines)):
+            raise ValueError(f"VideoRecords: {len(paths)} paths, {len(labels)} labels, {len(lines)} lines")
+        encoded = [p.encode("utf-8", "surrogateescape") for p in paths]
+        self._paths = b"".join(encoded)  # every path, back to back
+        self._ends = np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)))  # (N,)
+        self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)  # (N,)
+        self.lines = np.asarray(lines, dtype=np.int64).reshape(-1)  # (N,) 1-based line in the file
+        self.labels.flags.writeable = False
+        self.lines.flags.writeable = False
+
+    @classmethod
+    def from_records(cls, records: Union["VideoRecords", Sequence[VideoRecord]]) -> "VideoRecords":
+        """The table of ``records`` (returned as is when it already is one)."""
+        if isinstance(records, VideoRecords):
+            return records
+        return cls([r.path for r in records], [r.label for r in records], [r.line for r in records])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def path(self, i: int) -> str:
+        """Path of row ``i`` (decoded from the buffer; no per-row object is kept)."""
+        start = int(self._ends[i - 1]) if i > 0 else 0
+        return self._paths[start:int(self._ends[i])].decode("utf-8", "surrogateescape")
+
+    def __getitem__(self, i: int) -> VideoRecord:
+        n = len(self)
+        i = int(i)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"record {i} out of range 0..{n - 1}")
+        return VideoRecord(self.path(i), int(self.labels[i]), int(self.lines[i]))
+
+    def __iter__(self) -> Iterator[VideoRecord]:
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"VideoRecords({len(self)} videos, {len(self._paths)} path bytes)"
+
+
+@functools.lru_cache(maxsize=4096)
 def class_key(name: str) -> str:
     """Normalised class name: ``"Passing American football (in game)"`` -> ``passing_american_football_in_game``.
 
@@ -104,6 +160,14 @@ def _join(prefix: str, path: str) -> str:
     return prefix.rstrip("/") + "/" + path if "://" in prefix else os.path.join(prefix, path)
 
 
+def _joiner(prefix: str):
+    """``_join`` with ``prefix`` fixed, for one call per annotation line."""
+    if not prefix:
+        return lambda path: path
+    head = prefix.rstrip("/") + "/" if "://" in prefix else (prefix if prefix.endswith("/") else prefix + "/")
+    return lambda path: path if path.startswith("/") or "://" in path else head + path
+
+
 def _read_lines(path: str) -> List[str]:
     if not path_manager.exists(path):
         raise AnnotationError(f"{path}: annotation file does not exist")
@@ -139,8 +203,15 @@ class _Labeler:
         self.map_path = map_path
         limit = [x for x in (num_classes, len(names) if names else None) if x is not None]
         self.limit = min(limit) if limit else None
+        self._seen: Dict[str, int] = {}  # label text -> index (a split has few distinct labels)
 
     def __call__(self, text: str, where: str) -> int:
+        label = self._seen.get(text)
+        if label is None:
+            label = self._seen[text] = self._parse(text, where)  # only valid labels are remembered
+        return label
+
+    def _parse(self, text: str, where: str) -> int:
         t = text.strip()
         if re.fullmatch(r"[+-]?\d+", t):
             label = int(t)
@@ -166,13 +237,16 @@ class _Labeler:
 
 
 def _parse_list(path: str, lines: List[str], prefix: str, labeler: _Labeler, sep: str = "",
-                fmt: str = "slowfast", explicit: bool = True) -> List[VideoRecord]:
+                fmt: str = "slowfast", explicit: bool = True) -> VideoRecords:
     """PySlowFast / mmaction2 video lists: ``path label``, and ``path`` alone (label unknown, -1:
     test lists). PySlowFast's ``path fn label`` (fn an integer, ignored) with ``fmt="slowfast"``
     given explicitly: in auto mode such a line could also be an mmaction2 multi-label line, so it
     is an error that says which format to set. ``sep``: the field separator
     (DATA.PATH_LABEL_SEPARATOR; "" = whitespace, or TAB when a line has one)."""
-    records = []
+    join = _joiner(prefix)
+    paths: List[str] = []
+    labels: List[int] = []
+    numbers: List[int] = []
     for n, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -194,15 +268,19 @@ def _parse_list(path: str, lines: List[str], prefix: str, labeler: _Labeler, sep
                     "not supported)")
             fields = [fields[0], fields[2]]  # PySlowFast "path fn label"
         if len(fields) == 1:
-            records.append(VideoRecord(_join(prefix, fields[0]), -1, n))
+            paths.append(join(fields[0]))
+            labels.append(-1)
+            numbers.append(n)
             continue
         if len(fields) != 2 or not fields[0]:
             raise AnnotationError(
                 f"{where}: expected 'path label' (or 'path', or 'path N label'), got {len(fields)} fields: "
                 f"{line!r} (multi-label lines and raw-frame lists are not supported; a path with spaces needs "
                 "a TAB before the label, quotes, or DATA.PATH_LABEL_SEPARATOR)")
-        records.append(VideoRecord(_join(prefix, fields[0]), labeler(fields[1], where), n))
-    return records
+        labels.append(labeler(fields[1], where))
+        paths.append(join(fields[0]))
+        numbers.append(n)
+    return VideoRecords(paths, labels, numbers)
 
 
 def _int_field(text: str, name: str, where: str) -> int:
@@ -229,13 +307,15 @@ def _class_folders(prefix: str) -> Dict[str, str]:
     return out
 
 
-def _parse_kinetics(path: str, lines: List[str], prefix: str, labeler: _Labeler, layout: str) -> List[VideoRecord]:
+def _parse_kinetics(path: str, lines: List[str], prefix: str, labeler: _Labeler, layout: str) -> VideoRecords:
     rows = []
     header = None
     for n, row in enumerate(csv.reader(io.StringIO("\n".join(lines))), 1):
-        if not row or not any(c.strip() for c in row) or row[0].lstrip().startswith("#"):
+        if not row:
             continue
         row = [c.strip() for c in row]
+        if not any(row) or row[0].startswith("#"):
+            continue
         if header is None and "youtube_id" in [c.lower() for c in row]:
             header = [c.lower() for c in row]
             missing = {"youtube_id", "time_start", "time_end"} - set(header)
@@ -266,32 +346,38 @@ def _parse_kinetics(path: str, lines: List[str], prefix: str, labeler: _Labeler,
                               "(test split); use 'flat' or 'auto'")
     else:
         layout = "flat"
-    records = []
+    join = _joiner(prefix)
+    i_yid, i_ts, i_te, i_label = col["youtube_id"], col["time_start"], col["time_end"], col.get("label")
+    paths: List[str] = []
+    labels: List[int] = []
+    numbers: List[int] = []
     for n, row in rows:
         where = f"{path}:{n}"
         if len(row) != len(header):
             raise AnnotationError(f"{where}: expected {len(header)} fields ({','.join(header)}), "
                                   f"got {len(row)}: {row}")
-        yid = row[col["youtube_id"]]
+        yid = row[i_yid]
         if not yid:
             raise AnnotationError(f"{where}: empty youtube_id")
-        ts = _int_field(row[col["time_start"]], "time_start", where)
-        te = _int_field(row[col["time_end"]], "time_end", where)
+        ts = _int_field(row[i_ts], "time_start", where)
+        te = _int_field(row[i_te], "time_end", where)
         name = kinetics_clip_name(yid, ts, te)
         label = -1
         if has_label:
-            text = row[col["label"]]
+            text = row[i_label]
             label = labeler(text, where)
             if layout == "class":
                 folder = folders.get(class_key(text)) or text.replace(" ", "_")
                 name = folder + "/" + name
-        records.append(VideoRecord(_join(prefix, name), label, n))
-    return records
+        paths.append(join(name))
+        labels.append(label)
+        numbers.append(n)
+    return VideoRecords(paths, labels, numbers)
 
 
 def load_annotations(path: str, fmt: str = "auto", path_prefix: str = "", label_map: str = "",
                      num_classes: Optional[int] = None, clip_layout: str = "auto", sep: str = "",
-                     require_labels: bool = False) -> List[VideoRecord]:
+                     require_labels: bool = False) -> VideoRecords:
     """Read one split's annotation file.
 
     Args:
@@ -325,8 +411,9 @@ def load_annotations(path: str, fmt: str = "auto", path_prefix: str = "", label_
     if not records:
         raise AnnotationError(f"{path}: annotation file has no entries")
     if require_labels:
-        unlabelled = [r for r in records if r.label < 0]
-        if unlabelled:
-            raise AnnotationError(f"{path}:{unlabelled[0].line}: {unlabelled[0].path} has no label (-1 or none), "
+        unlabelled = np.flatnonzero(records.labels < 0)
+        if len(unlabelled):
+            first = records[int(unlabelled[0])]
+            raise AnnotationError(f"{path}:{first.line}: {first.path} has no label (-1 or none), "
                                   f"as do {len(unlabelled) - 1} more lines; training needs a class for every video")
     return records

@@ -3,10 +3,13 @@
 ``build_dataset(cfg, split)`` is the only function here that reads a config.
 
 Item contract (docs/DESIGN.md): a dict with
-``video`` float32 ``(3, T, H, W)`` (train; val with one view) or ``(V, 3, T, H, W)``
-(test; val with several views; clip-major), ``label`` int (-1 unknown), ``index``
-(row of the video used in the annotation list), ``path``, ``ok``, ``error`` and
-``skipped``.
+``video`` ``(3, T, H, W)`` (train; val with one view), ``(K, 3, T, H, W)`` (train with
+``num_samples`` K > 1: K clips of one decoded window) or ``(V, 3, T, H, W)`` (test; val
+with several views; clip-major), uint8 (``train_uint8`` / ``eval_uint8``: normalised on
+the device by ``normalize_views``) or normalised float32; ``label`` int (-1 unknown; an
+int64 tensor ``(K,)`` with K > 1), ``index`` (row of the video used in the annotation
+list), ``path``, ``ok``, ``error`` and ``skipped``. ``collate_train`` batches training
+items: K clips per item become K rows of the batch.
 
 Randomness: every random choice of item ``index`` in epoch ``e`` comes from
 ``numpy.random.default_rng([SEED, e, index, attempt])``, so the same
@@ -17,18 +20,18 @@ epoch into shared memory, so persistent workers see it too.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
-from gcvideo.data.annotations import VideoRecord, load_annotations
+from gcvideo.data.annotations import VideoRecord, VideoRecords, load_annotations
 from gcvideo.data.decoder import FrameCountChanged, VideoDecodeError, check_frame_size, open_video
 from gcvideo.data.sampling import view_clip_indices, train_clip_indices
-from gcvideo.data.transforms import make_views, train_transform
+from gcvideo.data.transforms import draw_scale, make_views, normalize, short_side_size, to_tchw, train_clip
 
-__all__ = ["VideoDataset", "build_dataset", "SPLITS"]
+__all__ = ["VideoDataset", "build_dataset", "collate_train", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
 # Replacement attempts for one training item before giving up (the tracker stops far earlier
@@ -43,6 +46,23 @@ def _failure(kind: str, e: BaseException) -> str:
     """``kind: ExceptionType: first line`` for the ``error``/``skipped`` fields."""
     text = str(e).strip().splitlines()
     return f"{kind}: {type(e).__name__}" + (f": {text[0][:200]}" if text else "")
+
+
+def read_frames(reader, indices: Sequence[int], size=None) -> np.ndarray:
+    """uint8 ``(K, h, w, 3)`` at the frame size ``size(height, width)`` returns (None: the source
+    size), scaled by the decoder in its colour conversion (``reader.read(indices, size=...)``)."""
+    hw = size(reader.height, reader.width) if size is not None else None
+    return reader.read(indices) if hw is None else reader.read(indices, size=hw)
+
+
+def collate_train(items: List[dict]) -> dict:
+    """``default_collate``, then K clips per item (video ``(B, K, 3, T, H, W)``, label ``(B, K)``) as K
+    rows each: video ``(B * K, 3, T, H, W)``, label ``(B * K,)`` (item b's clips are rows b*K..b*K+K-1)."""
+    batch = default_collate(items)
+    if batch["video"].dim() == 6:
+        batch["video"] = batch["video"].flatten(0, 1)  # (B * K, 3, T, H, W)
+        batch["label"] = batch["label"].flatten()  # (B * K,)
+    return batch
 
 
 def _pair_map(pairs: Sequence[Sequence[int]], key: str) -> Dict[int, int]:
@@ -60,17 +80,19 @@ class VideoDataset(Dataset):
     ``train=False``: ``num_clips x num_crops`` deterministic views, broken videos marked.
     """
 
-    def __init__(self, records: Sequence[VideoRecord], train: bool, *, decoder: str = "pyav",
-                 decoder_threads: int = 1, decode_device: str = "cpu", num_frames: int = 8, sampling_rate: int = 8, target_fps: float = 30,
+    def __init__(self, records: Union[VideoRecords, Sequence[VideoRecord]], train: bool, *, decoder: str = "pyav",
+                 decoder_threads: int = 1, decode_device: str = "cpu", num_frames: int = 8, sampling_rate: int = 8,
+                 target_fps: float = 30,
                  jitter_scales: Sequence[int] = (256, 320), train_crop: int = 224, test_crop: int = 256,
                  random_flip: bool = True, flip_pairs: Sequence[Sequence[int]] = (), reverse_prob: float = 0.0,
                  reverse_pairs: Sequence[Sequence[int]] = (), mean: Sequence[float] = (0.45, 0.45, 0.45),
                  std: Sequence[float] = (0.225, 0.225, 0.225), num_clips: int = 10, num_crops: int = 3,
-                 seed: int = 0, single_view_4d: bool = False, eval_uint8: bool = False,
-                 max_frame_pixels: int = 4096 * 2304, max_aspect_ratio: float = 10.0):
-        if not records:
+                 seed: int = 0, single_view_4d: bool = False, eval_uint8: bool = False, num_samples: int = 1,
+                 train_uint8: bool = False, max_frame_pixels: int = 4096 * 2304, max_aspect_ratio: float = 10.0):
+        if not len(records):
             raise ValueError("VideoDataset needs at least one video")
-        self.records = list(records)
+        # one bytes buffer + numpy arrays: DataLoader workers share these pages, never copy them
+        self.records = VideoRecords.from_records(records)
         self.train = bool(train)
         self.decoder = decoder
         self.decoder_threads = int(decoder_threads)
@@ -94,6 +116,11 @@ class VideoDataset(Dataset):
         self.max_frame_pixels = int(max_frame_pixels)  # per-video bounds on what decoding/resizing allocates
         self.max_aspect_ratio = float(max_aspect_ratio)
         self.eval_uint8 = bool(eval_uint8)  # eval items: uint8 views, normalised later (normalize_views)
+        self.train_uint8 = bool(train_uint8)  # train items: uint8 clips, normalised later (normalize_views)
+        self.num_samples = int(num_samples)  # clips per training item, from one decode
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples = {num_samples}; expected a positive number of clips per video")
+        self.collate = collate_train if self.train else None  # DataLoader collate_fn (None: the default)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     # -- epoch / size ---------------------------------------------------------------
@@ -115,7 +142,8 @@ class VideoDataset(Dataset):
     def video_shape(self) -> tuple:
         """Shape of the ``video`` field of every item."""
         if self.train:
-            return (3, self.num_frames, self.train_crop, self.train_crop)
+            shape = (3, self.num_frames, self.train_crop, self.train_crop)
+            return shape if self.num_samples == 1 else (self.num_samples,) + shape
         shape = (3, self.num_frames, self.test_crop, self.test_crop)
         return shape if (self.single_view_4d and self.num_views == 1) else (self.num_views,) + shape
 
@@ -129,8 +157,9 @@ class VideoDataset(Dataset):
             index += len(self)
         return self._train_item(index) if self.train else self._eval_item(index)
 
-    def _decode(self, path: str, sample) -> tuple:
-        """Open once, compute indices with ``sample(num_frames, fps)``, read them in one pass."""
+    def _decode(self, path: str, sample, size=None) -> tuple:
+        """Open once, compute indices with ``sample(num_frames, fps)``, read them in one pass, at the
+        frame size ``size(height, width)`` returns (called after ``sample``; None: the source size)."""
         try:
             with open_video(path, self.decoder, self.decoder_threads, self.decode_device) as reader:
                 check_frame_size(path, reader.height, reader.width, self.max_frame_pixels, self.max_aspect_ratio)
@@ -138,7 +167,7 @@ class VideoDataset(Dataset):
                     want = sample(reader.num_frames, reader.fps)
                     flat = want if isinstance(want[0], int) else sorted({i for c in want for i in c})
                     try:
-                        frames = reader.read(flat)  # (K, H, W, 3)
+                        frames = read_frames(reader, flat, size)  # (K, h, w, 3)
                         check_frame_size(path, frames.shape[1], frames.shape[2], self.max_frame_pixels,
                                          self.max_aspect_ratio)  # the frames as decoded, whatever the header said
                         return want, flat, frames
@@ -156,28 +185,57 @@ class VideoDataset(Dataset):
         for attempt in range(MAX_ATTEMPTS):
             rec = self.records[idx]
             rng = self._rng(index, attempt)
+            scales: List[int] = []
+            source: List[Tuple[int, int]] = []
+
+            def scaled_size(height: int, width: int):
+                """One clip: its scale drawn before the read, frames converted straight to that size."""
+                source.append((height, width))
+                if self.num_samples > 1 or height <= 0 or width <= 0:
+                    return None  # K clips at K scales (or an unknown size): full-size frames
+                scales.append(draw_scale(rng, self.jitter_scales))
+                return short_side_size(height, width, scales[-1])
+
             try:
                 _, _, frames = self._decode(rec.path, lambda n, fps: train_clip_indices(
-                    n, fps, self.num_frames, self.sampling_rate, self.target_fps, rng))
+                    n, fps, self.num_frames, self.sampling_rate, self.target_fps, rng), scaled_size)
             except VideoDecodeError as e:
                 if e.reason.startswith("damaged:") and attempt < DAMAGED_RETRIES:
                     continue  # frames of this clip do not decode: another clip of the same video
                 skipped.append(f"{rec.path}\t{e.reason}")
                 idx = int(self._rng(index, attempt, stream=1).integers(len(self)))
                 continue
-            label = rec.label
             try:
-                video, flipped = train_transform(frames, rng, self.jitter_scales, self.train_crop, self.random_flip,
-                                                 self.mean, self.std)  # (3, T, crop, crop)
+                x = to_tchw(frames)  # (T, 3, h, w) uint8
+                hw = source[-1] if scales else tuple(x.shape[-2:])  # the frame size the crops are drawn for
+                c, t, kk = self.train_crop, x.shape[0], self.num_samples
+                # the clips, written straight into the item (uint8) or normalised one by one (float32)
+                video = torch.empty((kk, 3, t, c, c), dtype=torch.uint8) if self.train_uint8 else None
+                clips, labels = [], []
+                for k in range(kk):
+                    # draws per clip, in order: scale (already drawn for one clip), crop top, crop left, flip,
+                    # reversal
+                    scale = scales[-1] if scales else draw_scale(rng, self.jitter_scales)
+                    clip, flipped = train_clip(x, hw, scale, self.train_crop, self.random_flip, rng)  # (T, 3, C, C)
+                    label = self.flip_map.get(rec.label, rec.label) if flipped else rec.label
+                    if self.reverse_prob > 0 and rng.random() < self.reverse_prob:
+                        clip = clip.flip(0)  # time reversal
+                        label = self.reverse_map.get(label, label)
+                    if video is not None:
+                        video[k].copy_(clip.permute(1, 0, 2, 3))  # uint8 (3, T, C, C), normalised on the device
+                    else:
+                        clips.append(normalize(clip, self.mean, self.std))  # float32 (3, T, C, C)
+                    labels.append(label)
+                if video is None:
+                    video = torch.stack(clips) if kk > 1 else clips[0][None]  # (K, 3, T, C, C)
+                if kk == 1:
+                    video, label = video[0], labels[0]  # (3, T, C, C), int
+                else:
+                    label = torch.tensor(labels, dtype=torch.int64)  # (K,)
             except Exception as e:  # a per-video failure (MemoryError, ...): replaced like a broken video
                 skipped.append(f"{rec.path}\t{_failure('transform', e)}")
                 idx = int(self._rng(index, attempt, stream=1).integers(len(self)))
                 continue
-            if flipped:
-                label = self.flip_map.get(label, label)
-            if self.reverse_prob > 0 and rng.random() < self.reverse_prob:
-                video = video.flip(1)  # time reversal, (3, T, H, W)
-                label = self.reverse_map.get(label, label)
             return {"video": video, "label": label, "index": idx, "path": rec.path, "ok": True, "error": "",
                     "skipped": "\n".join(skipped)}
         raise RuntimeError(f"{MAX_ATTEMPTS} videos in a row failed to decode while building training item "
@@ -245,5 +303,5 @@ def build_dataset(cfg, split: str) -> VideoDataset:
         jitter_scales=d.TRAIN_JITTER_SCALES, train_crop=d.TRAIN_CROP_SIZE, test_crop=d.TEST_CROP_SIZE,
         random_flip=d.RANDOM_FLIP, flip_pairs=d.FLIP_LABEL_PAIRS, reverse_prob=d.REVERSE_PROB,
         reverse_pairs=d.REVERSE_LABEL_PAIRS, mean=d.MEAN, std=d.STD, num_clips=clips, num_crops=crops,
-        seed=cfg.SEED, single_view_4d=(split == "val"), eval_uint8=d.EVAL_UINT8,
-        max_frame_pixels=d.MAX_FRAME_PIXELS, max_aspect_ratio=d.MAX_ASPECT_RATIO)
+        seed=cfg.SEED, single_view_4d=(split == "val"), eval_uint8=d.EVAL_UINT8, num_samples=d.NUM_SAMPLES,
+        train_uint8=d.TRAIN_UINT8, max_frame_pixels=d.MAX_FRAME_PIXELS, max_aspect_ratio=d.MAX_ASPECT_RATIO)

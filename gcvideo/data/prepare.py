@@ -26,7 +26,16 @@ from gcvideo.data.annotations import DEFAULT_KINETICS400_LABEL_MAP, class_key, k
 from gcvideo.utils.io import TEMPORARY_NAME, atomic_write_text
 from gcvideo.utils.parallel import parallel_imap
 
-__all__ = ["reencode_video", "prepare_kinetics", "VIDEO_EXTENSIONS", "split_name"]
+__all__ = ["reencode_video", "prepare_kinetics", "VIDEO_EXTENSIONS", "split_name", "PREPARE_DEFAULTS"]
+
+# Encoder settings of the training copies, chosen from the keyframe-interval table in
+# bench/results/decode.md (training clips/s per core and bytes, measured on Kinetics-like clips):
+# a keyframe every 32 frames (x264's default is 250: a random 8x8 clip then starts on average ~120
+# frames after its keyframe, all of which must be decoded), x264's "fastdecode" tuning (CAVLC
+# instead of CABAC, no deblocking filter, no weighted prediction: the decoder does less per frame)
+# and B-frames that no frame references (b-pyramid none: the reader skips every unwanted B-frame).
+PREPARE_DEFAULTS = {"short_side": 320, "crf": 23, "preset": "veryfast", "gop": 32,
+                    "x264_options": {"tune": "fastdecode", "b-pyramid": "none"}}
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".gif")
 _TMP_MARK = ".tmp-prepare-"
@@ -37,11 +46,13 @@ def _even(x: float) -> int:
 
 
 def reencode_video(src: str, dst: str, short_side: int = 320, crf: int = 23, preset: str = "veryfast",
-                   threads: int = 1, gop: int = 0) -> Tuple[int, int, int]:
+                   threads: int = 1, gop: int = 0, x264_options: Optional[Dict[str, str]] = None) -> Tuple[int, int, int]:
     """Re-encode ``src`` to h264 ``dst`` with the short side ``short_side`` (no upscaling).
 
-    ``gop`` > 0: at most that many frames between keyframes (x264's default is 250); short
+    ``gop`` > 0: at most that many frames between keyframes (0: x264's default, 250); short
     GOPs make random access to training clips much cheaper (bench/results/decode.md).
+    ``x264_options``: more libx264 options (e.g. ``{"tune": "fastdecode"}``). The training
+    copies of ``prepare_kinetics`` use ``PREPARE_DEFAULTS``.
 
     Returns (width, height, frames written). Writes ``dst`` atomically (temp file + rename).
     """
@@ -76,6 +87,8 @@ def reencode_video(src: str, dst: str, short_side: int = 320, crf: int = 23, pre
                 vout.options = {"crf": str(crf), "preset": preset}
                 if gop > 0:
                     vout.options = dict(vout.options, g=str(gop))
+                if x264_options:
+                    vout.options = dict(vout.options, **{k: str(v) for k, v in x264_options.items()})
                 for frame in _frames(inp, vin):
                     f = reformatter.reformat(frame, width=w, height=h, format="yuv420p",
                                              interpolation=Interpolation.AREA)
@@ -117,9 +130,9 @@ def split_name(folder: str) -> str:
 
 
 def _job(args) -> Tuple[str, str, str]:
-    src, dst, short_side, crf, preset, gop = args
+    src, dst, short_side, crf, preset, gop, x264_options = args
     try:
-        reencode_video(src, dst, short_side=short_side, crf=crf, preset=preset, gop=gop)
+        reencode_video(src, dst, short_side=short_side, crf=crf, preset=preset, gop=gop, x264_options=x264_options)
         return src, dst, ""
     except Exception as e:  # any decoder/encoder error: report, go on
         return src, dst, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -148,10 +161,16 @@ def _read_kinetics_csvs(paths: Sequence[str]) -> Dict[str, Tuple[str, str]]:
     return out
 
 
-def prepare_kinetics(src: str, dst: str, short_side: int = 320, workers: Optional[int] = None,
-                     label_map: str = "", annotations: Sequence[str] = (), default_split: str = "train",
-                     crf: int = 23, preset: str = "veryfast", gop: int = 0, progress: bool = True) -> Dict:
-    """Re-encode ``src`` into ``dst`` and write ``dst/{split}.csv``; returns a summary dict."""
+def prepare_kinetics(src: str, dst: str, short_side: int = PREPARE_DEFAULTS["short_side"],
+                     workers: Optional[int] = None, label_map: str = "", annotations: Sequence[str] = (),
+                     default_split: str = "train", crf: int = PREPARE_DEFAULTS["crf"],
+                     preset: str = PREPARE_DEFAULTS["preset"], gop: int = PREPARE_DEFAULTS["gop"],
+                     x264_options: Optional[Dict[str, str]] = None, progress: bool = True) -> Dict:
+    """Re-encode ``src`` into ``dst`` and write ``dst/{split}.csv``; returns a summary dict.
+
+    ``x264_options`` None: ``PREPARE_DEFAULTS["x264_options"]`` ({} for none)."""
+    if x264_options is None:
+        x264_options = dict(PREPARE_DEFAULTS["x264_options"])
     src, dst = os.path.abspath(src), os.path.abspath(dst)
     if not os.path.isdir(src):
         raise FileNotFoundError(f"source folder {src} does not exist")
@@ -192,7 +211,7 @@ def prepare_kinetics(src: str, dst: str, short_side: int = 320, workers: Optiona
             if os.path.exists(out_path):
                 skipped_done += 1
             else:
-                jobs.append((os.path.join(root, f), out_path, short_side, crf, preset, gop))
+                jobs.append((os.path.join(root, f), out_path, short_side, crf, preset, gop, x264_options))
     failed: Dict[str, str] = {}
     workers = max(1, workers or (os.cpu_count() or 1))
     for s, _, err in parallel_imap(_job, jobs, workers, "re-encoding", "video", progress):

@@ -5,11 +5,15 @@ channels-last memory (no copy), which is what torchvision's fast uint8 bilinear
 (antialiased) resize kernel wants, and only turn into float at the very end, on
 the cropped pixels.
 
-Training (``train_transform``): short-side scale jitter S ~ U{min..max}, a random
-square crop, horizontal flip, normalisation. The scale-then-crop is done as one
-resized crop: the crop of size C in the video scaled to short side S is the
-square of side round(C * short / S) in the source, resized to C x C, so only the
-crop's pixels are ever resized (same result up to sub-pixel rounding of the box).
+Training (``train_clip``): short-side scale jitter S ~ U{min..max}, a random C x C
+crop of the video scaled to short side S (top and left drawn in the scaled
+frame), horizontal flip; uint8 out (``normalize`` or, batched on the device,
+``normalize_views`` make it float). Frames already decoded at the scale
+(``VideoReader.read(..., size=scaled_size(...))``, one clip per video) are only
+cropped; full-size frames are cut as one resized crop: the crop's box mapped to
+the source (side round(C * short / S)) and resized to C x C, so only the crop's
+pixels are resized (same clip up to resampling and sub-pixel rounding of the box).
+``train_transform`` is the same with normalisation, for one clip.
 
 Testing (``make_views``): the short side is resized to the crop size S, then 1 or
 3 crops S x S along the long side: left/centre/right for landscape,
@@ -24,7 +28,8 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 __all__ = ["to_tchw", "short_side_size", "resize_short_side", "train_crop_box", "resized_crop",
-           "crop_offsets", "normalize", "normalize_views", "train_transform", "make_views"]
+           "crop_offsets", "normalize", "normalize_views", "draw_scale", "train_clip", "train_transform",
+           "make_views"]
 
 
 def to_tchw(frames) -> torch.Tensor:
@@ -95,21 +100,46 @@ def normalize_views(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]
     return _normalize_(x.float(), mean, std, channel_dim=x.dim() - 4)
 
 
+def draw_scale(rng: np.random.Generator, jitter: Sequence[int]) -> int:
+    """Short side S ~ uniform integer in ``jitter`` = [min, max]."""
+    return int(rng.integers(int(jitter[0]), int(jitter[1]) + 1))
+
+
+def train_clip(x: torch.Tensor, source_hw: Tuple[int, int], scale: int, crop: int, flip: bool,
+               rng: np.random.Generator) -> Tuple[torch.Tensor, bool]:
+    """uint8 ``(T, 3, H, W)`` -> uint8 ``(T, 3, crop, crop)``: a random crop at short side ``scale``, flipped or not.
+
+    ``x`` holds the frames at their source size ``source_hw`` or already scaled to
+    ``short_side_size(*source_hw, scale)``. Random draws, in this order: crop top,
+    crop left (in the scaled frame), flip (if enabled).
+    """
+    sh, sw = short_side_size(source_hw[0], source_hw[1], scale)
+    top = int(rng.integers(0, max(sh - crop, 0) + 1))
+    left = int(rng.integers(0, max(sw - crop, 0) + 1))
+    h, w = x.shape[-2:]
+    if (h, w) == (sh, sw):  # decoded at the scale: crop only
+        side = min(crop, h, w)
+        x = resized_crop(x, top, left, side, crop)  # (T, 3, crop, crop)
+    else:  # full size: the same box in source pixels, resized
+        side = max(1, min(int(round(crop * min(h, w) / scale)), h, w))
+        t = min(int(round(top * h / sh)), h - side)
+        lf = min(int(round(left * w / sw)), w - side)
+        x = resized_crop(x, t, lf, side, crop)  # (T, 3, crop, crop)
+    flipped = bool(flip) and bool(rng.random() < 0.5)
+    if flipped:
+        x = x.flip(-1)
+    return x, flipped
+
+
 def train_transform(frames: np.ndarray, rng: np.random.Generator, jitter: Sequence[int], crop: int,
                     flip: bool, mean: Sequence[float], std: Sequence[float]) -> Tuple[torch.Tensor, bool]:
-    """uint8 ``(T, H, W, 3)`` -> float ``(3, T, crop, crop)`` and whether it was flipped.
+    """uint8 full-size ``(T, H, W, 3)`` -> float ``(3, T, crop, crop)`` and whether it was flipped.
 
     Random draws, in this order: scale, crop top, crop left, flip (if enabled).
     """
     x = to_tchw(frames)  # (T, 3, H, W)
-    h, w = x.shape[-2:]
-    scale = int(rng.integers(int(jitter[0]), int(jitter[1]) + 1))
-    top, left, side = train_crop_box(h, w, scale, crop, rng)
-    x = resized_crop(x, top, left, side, crop)  # (T, 3, crop, crop)
-    flipped = bool(flip) and bool(rng.random() < 0.5)
-    if flipped:
-        x = x.flip(-1)
-    return normalize(x, mean, std), flipped  # (3, T, crop, crop)
+    clip, flipped = train_clip(x, tuple(x.shape[-2:]), draw_scale(rng, jitter), crop, flip, rng)
+    return normalize(clip, mean, std), flipped  # (3, T, crop, crop)
 
 
 def crop_offsets(height: int, width: int, size: int, num_crops: int) -> List[Tuple[int, int]]:

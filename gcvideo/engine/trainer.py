@@ -20,7 +20,7 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from gcvideo.config import dump_cfg
 from gcvideo.data.annotations import AnnotationError
 from gcvideo.data.broken import BrokenVideoTracker
-from gcvideo.data.dataset import annotation_path, build_dataset
+from gcvideo.data.dataset import annotation_path, build_dataset, collate_train
 from gcvideo.engine import distributed as du
 from gcvideo.engine.checkpoint import (FORMAT, checkpoint_dir, get_rng_state, list_checkpoints, load_latest_checkpoint,
                                        save_checkpoint, set_rng_state)
@@ -90,7 +90,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                     schedule: WarmupCosineSchedule, scaler: torch.amp.GradScaler, *, device: torch.device,
                     epoch: int, iters_per_epoch: int, start_iter: int = 0, global_iter: int = 0,
                     total_iters: Optional[int] = None, amp_dtype: Optional[torch.dtype] = None,
-                    channels_last: bool = False, clip_norm: float = 0.0, log_period: int = 10,
+                    channels_last: bool = False, mean: Optional[Sequence[float]] = None,
+                    std: Optional[Sequence[float]] = None, clip_norm: float = 0.0, log_period: int = 10,
                     meters: Optional[EpochMeters] = None, logger: Optional[RunLogger] = None,
                     stop_requested: Callable[[], bool] = lambda: False,
                     on_skipped: Optional[Callable[[List[str]], None]] = None,
@@ -116,8 +117,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         t_data = time.perf_counter() - tic
         # 2. learning rate of this iteration (warmup, then cosine)
         lr = schedule.step(global_iter)
-        # 3. clips and labels to the device: (B, 3, T, H, W), (B,)
-        x = to_device(batch["video"], device, channels_last)
+        # 3. clips and labels to the device: (B, 3, T, H, W), (B,) (B = videos x DATA.NUM_SAMPLES;
+        #    uint8 clips are normalised there)
+        x = to_device(batch["video"], device, channels_last, mean, std)
         y = batch["label"].to(device, non_blocking=True)
         # 4. forward and cross-entropy (in autocast when mixed precision is on)
         with autocast(device, amp_dtype):
@@ -190,7 +192,8 @@ def _bn_modules(model: nn.Module) -> List[nn.Module]:
 
 @torch.no_grad()
 def precise_bn(model: nn.Module, loader: DataLoader, num_batches: int, device: torch.device,
-               amp_dtype: Optional[torch.dtype], channels_last: bool) -> int:
+               amp_dtype: Optional[torch.dtype], channels_last: bool, mean: Optional[List[float]] = None,
+               std: Optional[List[float]] = None) -> int:
     """Recompute BN running statistics as the plain average over ``num_batches`` training batches.
 
     Runs ``forward_features`` (the BN layers; no dropout, so no RNG is used) in train
@@ -210,7 +213,7 @@ def precise_bn(model: nn.Module, loader: DataLoader, num_batches: int, device: t
         if used >= num_batches:
             break
         with autocast(device, amp_dtype):
-            model.forward_features(to_device(batch["video"], device, channels_last))
+            model.forward_features(to_device(batch["video"], device, channels_last, mean, std))
         used += 1
     for bn, m in zip(bns, saved):
         bn.momentum = m
@@ -243,6 +246,8 @@ class FitSettings:
     eval_period: int
     precise_bn_batches: int
     channels_last: bool
+    mean: List[float]  # uint8 clips are normalised on the device with these
+    std: List[float]
     num_workers: int
     pin_memory: bool
     max_broken_fraction: float
@@ -259,7 +264,7 @@ def build_fit_settings(cfg: CfgNode) -> FitSettings:
         mixed_precision=t.MIXED_PRECISION, auto_resume=t.AUTO_RESUME, clip_norm=s.CLIP_GRAD_NORM,
         log_period=t.LOG_PERIOD, checkpoint_period=t.CHECKPOINT_PERIOD, checkpoint_iters=t.CHECKPOINT_ITERS,
         keep_last=t.KEEP_LAST, eval_period=t.EVAL_PERIOD, precise_bn_batches=t.PRECISE_BN_BATCHES,
-        channels_last=t.CHANNELS_LAST, num_workers=d.NUM_WORKERS, pin_memory=d.PIN_MEMORY,
+        channels_last=t.CHANNELS_LAST, mean=list(d.MEAN), std=list(d.STD), num_workers=d.NUM_WORKERS, pin_memory=d.PIN_MEMORY,
         max_broken_fraction=d.MAX_BROKEN_FRACTION,
         eval={"num_classes": cfg.MODEL.NUM_CLASSES, "ensemble_method": cfg.TEST.ENSEMBLE_METHOD,
               "channels_last": t.CHANNELS_LAST, "mean": d.MEAN, "std": d.STD},
@@ -530,7 +535,7 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
                         ddp, _train_loader(run, epoch, start, fs), run.optimizer, run.schedule, run.scaler,
                         device=run.device, epoch=epoch, iters_per_epoch=ipe, start_iter=start,
                         global_iter=state["global_iter"], total_iters=fs.max_epoch * ipe, amp_dtype=run.amp_dtype,
-                        channels_last=fs.channels_last, clip_norm=fs.clip_norm, log_period=fs.log_period,
+                        channels_last=fs.channels_last, mean=fs.mean, std=fs.std, clip_norm=fs.clip_norm, log_period=fs.log_period,
                         meters=meters, logger=logger, stop_requested=lambda: state["stop"],
                         on_skipped=broken.update, on_step=lambda *a, e=epoch: on_step(e, *a))
                 except NonFiniteLossError as e:
@@ -549,8 +554,10 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
                     run.sampler.set_epoch(epoch, 0)
                     bn_loader = DataLoader(run.train_set, batch_size=run.sampler.local_batch, sampler=run.sampler,
                                            num_workers=fs.num_workers, drop_last=True,
-                                           generator=torch.Generator().manual_seed(fs.seed + epoch))
-                    precise_bn(model, bn_loader, fs.precise_bn_batches, run.device, run.amp_dtype, fs.channels_last)
+                                           generator=torch.Generator().manual_seed(fs.seed + epoch),
+                                           collate_fn=collate_train)
+                    precise_bn(model, bn_loader, fs.precise_bn_batches, run.device, run.amp_dtype, fs.channels_last,
+                               fs.mean, fs.std)
                 du.broadcast_buffers(model)  # every process evaluates (and rank 0 saves) the same BN statistics
                 # 3. validation
                 if validate:
@@ -595,7 +602,8 @@ def _train_loader(run: _Run, epoch: int, start_iter: int, fs: FitSettings) -> Da
     gen = torch.Generator().manual_seed(fs.seed * 7919 + epoch * 104729 + run.rank)
     return DataLoader(run.train_set, batch_size=run.sampler.local_batch, sampler=run.sampler,
                       num_workers=fs.num_workers, drop_last=True, generator=gen,
-                      pin_memory=fs.pin_memory and run.device.type == "cuda")
+                      pin_memory=fs.pin_memory and run.device.type == "cuda",
+                      collate_fn=collate_train)  # K clips per video (DATA.NUM_SAMPLES) as K rows
 
 
 def _final_test(run: _Run, last_ckpt: Optional[str], settings: Dict[str, Any]) -> Optional[Dict]:

@@ -164,3 +164,41 @@ def test_training_split_needs_labels(tmp_path):
     with pytest.raises(AnnotationError, match=r"train.csv:2: .*b.mp4 has no label"):
         build_dataset(cfg, "train")
     assert [r.label for r in build_dataset(cfg, "val").records] == [1, -1]  # unknown labels may be evaluated
+
+
+def test_video_records_table_rows(tmp_path):
+    """load_annotations gives a VideoRecords table: rows as VideoRecord, paths of any characters kept."""
+    from gcvideo.data.annotations import VideoRecord, VideoRecords
+
+    f = write(tmp_path / "u.csv", "caf\u00e9/\u00e0 b.mp4\t3\nx.mp4 1\n\n/abs/\u4e2d.mp4 -1\n")
+    recs = load_annotations(f, num_classes=400)
+    assert isinstance(recs, VideoRecords) and len(recs) == 3
+    assert list(recs) == [VideoRecord(os.path.join(str(tmp_path), "caf\u00e9/\u00e0 b.mp4"), 3, 1),
+                          VideoRecord(os.path.join(str(tmp_path), "x.mp4"), 1, 2), VideoRecord("/abs/\u4e2d.mp4", -1, 4)]
+    assert recs[-1] == recs[2] and recs.labels.tolist() == [3, 1, -1] and recs.lines.tolist() == [1, 2, 4]
+    with pytest.raises(IndexError):
+        recs[3]
+    assert VideoRecords.from_records(recs) is recs
+    again = VideoRecords.from_records(list(recs))
+    assert list(again) == list(recs) and again._paths == recs._paths
+    with pytest.raises(ValueError):
+        recs.labels[0] = 5  # read-only: workers share the pages
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="needs Linux /proc/self/smaps_rollup")
+def test_forked_reader_shares_the_table_pages():
+    """A forked process reading every row copies almost nothing of a VideoRecords table; the same rows
+    as a list of VideoRecord objects are copied page by page (pytorch/pytorch#13246)."""
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from bench_records import worker_growth
+    from gcvideo.data.annotations import VideoRecords
+
+    n = 60000
+    table = VideoRecords([f"/k400/train/class_{i % 400:03d}/{i:011d}_000010_000020.mp4" for i in range(n)],
+                         [i % 400 for i in range(n)], list(range(1, n + 1)))
+    got = worker_growth(table, 2)
+    assert all(g["n"] == got[0]["n"] for g in got) and max(g["uss"] for g in got) < 2048  # kB
+    rows = list(table)
+    assert min(g["uss"] for g in worker_growth(rows, 2)) > 8 * 1024  # ~250 bytes a row copied

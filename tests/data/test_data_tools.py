@@ -103,3 +103,30 @@ def test_reencode_short_gop(files_dir, tmp_path):
     with av.open(out) as c:
         keys = [p.is_keyframe for p in c.demux(video=0) if p.size]
     assert len(keys) == 32 and sum(keys) >= 4
+
+
+def test_prepare_defaults_make_cheap_to_seek_copies(tmp_path):
+    """The tool's default copies: a keyframe every 32 frames, x264 fastdecode (no CABAC, no deblocking),
+    B-frames no frame references; every frame kept, in order (frame k still shows k)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import data_helpers as H
+    from gcvideo.data import decode_frames
+
+    src = tmp_path / "src" / "abseiling"
+    src.mkdir(parents=True)
+    H.write_index_video(str(src / "a.mp4"), 100, gop=250)
+    dst = tmp_path / "dst"
+    run_tool("prepare_kinetics.py", "--src", str(tmp_path / "src"), "--dst", str(dst), "--workers", "1")
+    out = dst / "abseiling" / "a.mp4"
+    with av.open(str(out)) as c:
+        packets = sorted((p for p in c.demux(video=0) if p.size), key=lambda p: p.pts)
+    assert [i for i, p in enumerate(packets) if p.is_keyframe] == [0, 32, 64, 96]
+    info = out.read_bytes()
+    assert b"cabac=0" in info and b"deblock=0" in info and b"b_pyramid=0" in info and b"keyint=32" in info
+    frames = decode_frames(str(out), list(range(100)), backend="pyav")
+    assert [H.read_index(f) for f in frames] == list(range(100))
+    # x264's own settings on request: --gop 0 and no options
+    run_tool("prepare_kinetics.py", "--src", str(tmp_path / "src"), "--dst", str(tmp_path / "plain"), "--workers",
+             "1", "--gop", "0", "--x264-options")
+    info = (tmp_path / "plain" / "abseiling" / "a.mp4").read_bytes()
+    assert b"cabac=1" in info and b"keyint=250" in info

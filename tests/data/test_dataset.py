@@ -36,7 +36,7 @@ def toy_cfg(toy_dir, **over):
 
 
 def test_train_item_contract(tiny_toy):
-    ds = build_dataset(toy_cfg(tiny_toy), "train")
+    ds = build_dataset(toy_cfg(tiny_toy, **{"DATA.TRAIN_UINT8": False}), "train")
     assert len(ds) == 16
     item = ds[3]
     assert set(item) == {"video", "label", "index", "path", "ok", "error", "skipped"}
@@ -266,13 +266,14 @@ def test_train_clip_frames_at_25fps(index_videos, tmp_path, monkeypatch):
     cfg = get_cfg()
     cfg.DATA.PATH_TO_DATA_DIR = str(tmp_path)
     got = []
-    real = DS.train_transform
+    real = DS.read_frames
 
-    def spy(frames, *a, **k):
+    def spy(reader, indices, size=None):
+        frames = real(reader, indices, None)  # full size, so that the drawn indices stay readable
         got.append([H.read_index(f) for f in frames])
-        return real(frames, *a, **k)
+        return frames
 
-    monkeypatch.setattr(DS, "train_transform", spy)
+    monkeypatch.setattr(DS, "read_frames", spy)
     ds = build_dataset(cfg, "train")
     for e in range(3):
         ds.set_epoch(e)
@@ -292,3 +293,172 @@ def test_per_split_path_prefix(tmp_path):
     assert build_dataset(cfg, "train").records[0].path == "/k400/common/abseiling/a.mp4"
     assert build_dataset(cfg, "val").records[0].path == "/k400/videos_val/abseiling/a.mp4"
     assert build_dataset(cfg, "test").records[0].path == "/k400/common/abseiling/a.mp4"
+
+
+def test_uint8_train_items_normalise_to_the_float_items(tiny_toy):
+    """DATA.TRAIN_UINT8 (default): uint8 clips; normalize_views (the device side) gives the float32 items bit for bit."""
+    over = {"DATA.MEAN": [0.43, 0.45, 0.47], "DATA.STD": [0.22, 0.225, 0.23], "DATA.REVERSE_PROB": 0.5}
+    for k in (1, 2):
+        small = build_dataset(toy_cfg(tiny_toy, **over, **{"DATA.NUM_SAMPLES": k}), "train")
+        full = build_dataset(toy_cfg(tiny_toy, **over, **{"DATA.NUM_SAMPLES": k, "DATA.TRAIN_UINT8": False}), "train")
+        for i in (0, 5, 11):
+            a, b = small[i], full[i]
+            assert a["video"].dtype == torch.uint8 and b["video"].dtype == torch.float32
+            assert a["video"].shape == b["video"].shape == small.video_shape() and a["video"].is_contiguous()
+            assert torch.equal(normalize_views(a["video"], over["DATA.MEAN"], over["DATA.STD"]), b["video"])
+            assert torch.equal(torch.as_tensor(a["label"]), torch.as_tensor(b["label"]))
+
+
+def _spy_decoder(monkeypatch):
+    """Count opens and reads of the dataset's decoder."""
+    opens, reads = [], []
+    real_open = DS.open_video
+
+    def spy_open(path, *a, **k):
+        r = real_open(path, *a, **k)
+        real_read = r.read
+        opens.append(path)
+
+        def spy_read(indices, **kw):
+            reads.append(list(indices))
+            return real_read(indices, **kw)
+        r.read = spy_read
+        return r
+
+    monkeypatch.setattr(DS, "open_video", spy_open)
+    return opens, reads
+
+
+def test_num_samples_k_clips_from_one_decode(tiny_toy, monkeypatch):
+    """DATA.NUM_SAMPLES 3: one open and one read; 3 clips with their own scale, crop and flip, each the
+    resized crop of the decoded window that the documented draws give; labels mapped per clip."""
+    from torchvision.transforms.v2 import functional as TF
+    from gcvideo.data import decode_frames
+    from gcvideo.data.sampling import train_clip_indices
+
+    pairs = [[i, (i + 1) % 8] for i in range(8)]  # a flipped clip's label is the next class
+    cfg = toy_cfg(tiny_toy, **{"DATA.NUM_SAMPLES": 3, "DATA.FLIP_LABEL_PAIRS": pairs, "DATA.TRAIN_UINT8": False,
+                               "DATA.MEAN": [0, 0, 0], "DATA.STD": [1 / 255] * 3})
+    ds = build_dataset(cfg, "train")
+    opens, reads = _spy_decoder(monkeypatch)
+    flips = 0
+    for i in range(8):
+        item = ds[i]
+        assert len(opens) == len(reads) == i + 1  # one open, one decode per item, whatever K
+        video = item["video"]
+        assert video.shape == (3, 3, 4, 40, 40) and item["label"].shape == (3,)
+        # the draws, replayed: clip start, then per clip scale, crop top, crop left (scaled frame), flip
+        rng = np.random.default_rng([0, 0, i, 0, 0])
+        frames = decode_frames(opens[-1], reads[-1])  # (4, 48, 48, 3): the toy videos are 48 x 48, 24 frames
+        h, w = frames.shape[1:3]
+        assert reads[-1] == train_clip_indices(24, 30, 4, 4, 30, np.random.default_rng([0, 0, i, 0, 0]))
+        rng.integers(0, 24 - 16 + 1)  # the start
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, 3, H, W)
+        boxes = []
+        for k in range(3):
+            s = int(rng.integers(48, 61))
+            top, left = int(rng.integers(0, s - 40 + 1)), int(rng.integers(0, s - 40 + 1))  # square frames: s x s
+            side = round(40 * 48 / s)
+            t, lf = min(round(top * 48 / s), 48 - side), min(round(left * 48 / s), 48 - side)
+            ref = TF.resized_crop(x, t, lf, side, side, [40, 40], antialias=True) if side != 40 else \
+                x[..., t:t + 40, lf:lf + 40]
+            flipped = rng.random() < 0.5
+            ref = ref.flip(-1) if flipped else ref
+            torch.testing.assert_close(video[k], ref.permute(1, 0, 2, 3).float(), rtol=0, atol=1e-3)
+            assert int(item["label"][k]) == ((i % 8 + 1) % 8 if flipped else i % 8)
+            boxes.append((s, top, left, bool(flipped)))
+            flips += flipped
+        assert len(set(boxes)) == 3  # three different augmentations
+    assert 3 <= flips <= 21
+    # the same item again: the same K clips (exact resume needs nothing but (seed, epoch, index))
+    torch.testing.assert_close(ds[5]["video"], build_dataset(cfg, "train")[5]["video"], rtol=0, atol=0)
+
+
+def test_collate_train_puts_k_clips_in_the_batch(tiny_toy):
+    ds = build_dataset(toy_cfg(tiny_toy, **{"DATA.NUM_SAMPLES": 2, "DATA.FLIP_LABEL_PAIRS": [[0, 3]]}), "train")
+    batch = next(iter(DataLoader(ds, batch_size=3, collate_fn=ds.collate)))
+    items = [ds[i] for i in range(3)]
+    assert batch["video"].shape == (6, 3, 4, 40, 40) and batch["video"].dtype == torch.uint8
+    assert batch["label"].tolist() == [int(lab) for it in items for lab in it["label"]]
+    for b, it in enumerate(items):
+        assert torch.equal(batch["video"][2 * b:2 * b + 2], it["video"])
+    assert batch["index"].tolist() == [0, 1, 2] and len(batch["skipped"]) == 3
+    one = build_dataset(toy_cfg(tiny_toy), "train")  # K = 1: the default batch
+    batch = next(iter(DataLoader(one, batch_size=3, collate_fn=one.collate)))
+    assert batch["video"].shape == (3, 3, 4, 40, 40) and batch["label"].tolist() == [0, 1, 2]
+
+
+def test_num_samples_training_resumes_bit_exact(tiny_toy, tmp_path):
+    """K = 2, uint8 clips normalised in the loop: a run resumed from a mid-epoch checkpoint ends with the
+    weights of the uninterrupted run."""
+    import shutil
+    from gcvideo.engine import train
+    from gcvideo.utils.io import load_checkpoint_file
+
+    def cfg_for(out):
+        cfg = toy_cfg(tiny_toy, **{"DATA.NUM_SAMPLES": 2, "DATA.TRAIN_JITTER_SCALES": [32, 40],
+                                   "DATA.TRAIN_CROP_SIZE": 32})
+        opts = ["OUTPUT_DIR", str(out), "MODEL.WIDTH", "8", "MODEL.STAGE_DEPTHS", "[1, 1, 1, 1]",
+                "TRAIN.BATCH_SIZE", "4", "TRAIN.CHANNELS_LAST", "False", "TRAIN.TEST_AT_END", "False",
+                "TRAIN.EVAL_PERIOD", "0", "TRAIN.DETERMINISTIC", "True", "TRAIN.CHECKPOINT_ITERS", "2",
+                "TRAIN.KEEP_LAST", "10", "SOLVER.MAX_EPOCH", "2", "SOLVER.WARMUP_EPOCHS", "1.0",
+                "SOLVER.REFERENCE_BATCH_SIZE", "4", "DEVICE", "cpu", "MODEL.DROPOUT", "0.5"]
+        cfg.merge_from_list(opts)
+        return cfg
+
+    torch.set_num_threads(1)
+    a = tmp_path / "a"
+    train(cfg_for(a))
+    b = tmp_path / "b"
+    (b / "checkpoints").mkdir(parents=True)
+    shutil.copy(a / "config.yaml", b / "config.yaml")
+    shutil.copy(a / "checkpoints" / "checkpoint_epoch0002_iter000002.pth", b / "checkpoints")
+    train(cfg_for(b))
+    assert not (b / "checkpoints" / "checkpoint_epoch0001.pth").exists()  # b started at epoch 2, iteration 2
+    final_a = load_checkpoint_file(str(a / "checkpoints" / "checkpoint_epoch0002.pth"))
+    final_b = load_checkpoint_file(str(b / "checkpoints" / "checkpoint_epoch0002.pth"))
+    assert final_a["global_iter"] == final_b["global_iter"] == 8
+    for k, v in final_a["model"].items():
+        assert torch.equal(v, final_b["model"][k]), k
+
+
+def test_one_clip_is_decoded_at_its_jitter_scale(tiny_toy, monkeypatch):
+    """K = 1 with a reader that scales in its colour conversion (read(indices, size=(h, w))): the
+    scale is drawn before the read, the read asks for the scaled size, and the clip is the crop of
+    what it returns at the drawn position (no second resize)."""
+    real_open = DS.open_video
+    asked = []
+
+    class ScalingReader:
+        def __init__(self, r):
+            self.r, self.num_frames, self.fps = r, r.num_frames, r.fps
+            self.height, self.width = 48, 48  # the toy videos
+
+        def read(self, indices, size=None):
+            asked.append(size)
+            frames = self.r.read(indices)
+            if size is None:
+                return frames
+            x = torch.from_numpy(frames).permute(0, 3, 1, 2)
+            return torch.nn.functional.interpolate(x.float(), size=size).round().byte().permute(0, 2, 3, 1).numpy()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.r.close()
+
+    monkeypatch.setattr(DS, "open_video", lambda path, *a, **k: ScalingReader(real_open(path, *a, **k)))
+    ds = build_dataset(toy_cfg(tiny_toy, **{"DATA.RANDOM_FLIP": False, "DATA.TRAIN_UINT8": True}), "train")
+    for i in (1, 6):
+        item = ds[i]
+        rng = np.random.default_rng([0, 0, i, 0, 0])
+        rng.integers(0, 24 - 16 + 1)  # the start
+        s = int(rng.integers(48, 61))
+        assert asked[-1] == (s, s)  # square 48 x 48 frames scaled to short side s
+        top, left = int(rng.integers(0, s - 40 + 1)), int(rng.integers(0, s - 40 + 1))
+        with real_open(item["path"], "decord", 1) as r:
+            idx = DS.train_clip_indices(r.num_frames, r.fps, 4, 4, 30, np.random.default_rng([0, 0, i, 0, 0]))
+            x = torch.from_numpy(r.read(idx)).permute(0, 3, 1, 2)
+        ref = torch.nn.functional.interpolate(x.float(), size=(s, s)).round().byte()[..., top:top + 40, left:left + 40]
+        assert torch.equal(item["video"], ref.permute(1, 0, 2, 3))

@@ -102,14 +102,14 @@ def test_memory_error_in_a_transform_is_a_failed_video(hostile, tmp_path, monkey
     assert [it["ok"] for it in items] == [True, False, True]
     assert items[1]["error"] == "transform: MemoryError: cannot allocate 12 GB"
 
-    real_train = DS.train_transform
+    real_train = DS.train_clip
 
-    def boom_train(frames, *a, **kw):
-        if frames.shape[1] == 48:
+    def boom_train(x, source_hw, *a, **kw):
+        if source_hw[0] == 48:  # the one-frame video's frames (48 px high before any scaling)
             raise MemoryError("cannot allocate")
-        return real_train(frames, *a, **kw)
+        return real_train(x, source_hw, *a, **kw)
 
-    monkeypatch.setattr(DS, "train_transform", boom_train)
+    monkeypatch.setattr(DS, "train_clip", boom_train)
     item = build_dataset(cfg, "train")[1]
     assert item["ok"] and item["index"] in (0, 2) and item["video"].shape == (3, 4, 64, 64)
     skipped = item["skipped"].splitlines()

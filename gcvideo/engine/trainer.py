@@ -547,22 +547,11 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
                 record = {"epoch": epoch + 1, "global_iter": state["global_iter"], "loss": stats["loss"],
                           "lr": run.optimizer.param_groups[0]["lr"], "data_share": stats["data_share"],
                           "epoch_time_s": stats["time_s"]}
-                # 2. precise BN statistics before a validation and at the end (neither uses the RNGs)
+                # 2. precise BN statistics before a validation and at the end; 3. validation
                 last = epoch + 1 == fs.max_epoch
                 validate = run.val_set is not None and ((epoch + 1) % fs.eval_period == 0 or last)
-                if fs.precise_bn_batches > 0 and (validate or last):
-                    run.sampler.set_epoch(epoch, 0)
-                    bn_loader = DataLoader(run.train_set, batch_size=run.sampler.local_batch, sampler=run.sampler,
-                                           num_workers=fs.num_workers, drop_last=True,
-                                           generator=torch.Generator().manual_seed(fs.seed + epoch),
-                                           collate_fn=collate_train)
-                    precise_bn(model, bn_loader, fs.precise_bn_batches, run.device, run.amp_dtype, fs.channels_last,
-                               fs.mean, fs.std)
-                du.broadcast_buffers(model)  # every process evaluates (and rank 0 saves) the same BN statistics
-                # 3. validation
+                a = _precise_bn_and_validate(run, fs, epoch, validate, last)
                 if validate:
-                    loader = build_eval_loader(run.val_set, fs.eval_batch_size, fs.num_workers, False)
-                    a = evaluate(model, loader, device=run.device, amp_dtype=run.amp_dtype, **fs.eval).metrics["all"]
                     record.update(val_top1=a["top1"], val_top5=a["top5"], val_mean_class_acc=a["mean_class_acc"])
                     val_results.append({"epoch": epoch + 1, **a})
                     logger.info(f"epoch {epoch + 1}: loss {stats['loss']:.4f}, val top-1 {a['top1']:.2f}% "
@@ -577,6 +566,23 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
         found = list_checkpoints(fs.output_dir)
         last_ckpt = found[-1] if found else None
     return {"global_iter": state["global_iter"], "checkpoint": last_ckpt, "val": val_results}
+
+
+def _precise_bn_and_validate(run: _Run, fs: FitSettings, epoch: int, validate: bool, last: bool) -> Optional[Dict]:
+    """Precise BN statistics (before a validation and at the end; no RNG is used), the same BN
+    statistics on every process, then the validation metrics over all videos (None without)."""
+    if fs.precise_bn_batches > 0 and (validate or last):
+        run.sampler.set_epoch(epoch, 0)
+        bn_loader = DataLoader(run.train_set, batch_size=run.sampler.local_batch, sampler=run.sampler,
+                               num_workers=fs.num_workers, drop_last=True,
+                               generator=torch.Generator().manual_seed(fs.seed + epoch), collate_fn=collate_train)
+        precise_bn(run.model, bn_loader, fs.precise_bn_batches, run.device, run.amp_dtype, fs.channels_last,
+                   fs.mean, fs.std)
+    du.broadcast_buffers(run.model)  # every process evaluates (and rank 0 saves) the same BN statistics
+    if not validate:
+        return None
+    loader = build_eval_loader(run.val_set, fs.eval_batch_size, fs.num_workers, False)
+    return evaluate(run.model, loader, device=run.device, amp_dtype=run.amp_dtype, **fs.eval).metrics["all"]
 
 
 @contextlib.contextmanager

@@ -100,20 +100,21 @@ class _FullDisk:
 
 def test_full_disk_leaves_no_temporary_and_a_restart_cleans_earlier_leftovers(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    cfg = tiny_cfg(out, "SOLVER.MAX_EPOCH", 2)
-    # 1. the disk is full when epoch 2's checkpoint is written: one-line error naming the path and size
-    full = _FullDisk(lambda p: "checkpoint_epoch0002.pth" in p)
+    cfg = tiny_cfg(out, "SOLVER.MAX_EPOCH", 1, "TRAIN.CHECKPOINT_ITERS", 2, "TRAIN.KEEP_LAST", 10)
+    # 1. the disk is full when the end-of-epoch checkpoint is written (after the one of iteration 2):
+    #    a one-line error naming the path and size
+    full = _FullDisk(lambda p: "checkpoint_epoch0001.pth" in p)
     monkeypatch.setattr(gio, "open", full, raising=False)
     with pytest.raises(WriteError) as e:
         train(cfg, dataset_builder=builder())
     msg = str(e.value)
-    target = out / "checkpoints" / "checkpoint_epoch0002.pth"
+    target = out / "checkpoints" / "checkpoint_epoch0001.pth"
     assert "\n" not in msg and f"cannot write {target}: no space left on device (it needs " in msg
     assert re.search(r"needs [\d.]+ (KB|MB), [\d.]+ (KB|MB|GB) free\)", msg), msg
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_epoch0001.pth"]
-    epoch1 = out / "checkpoints" / "checkpoint_epoch0001.pth"
-    before = _sha(epoch1)
-    assert load_checkpoint_file(str(epoch1))["next_epoch"] == 1
+    earlier = out / "checkpoints" / "checkpoint_epoch0001_iter000002.pth"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [earlier.name]
+    before = _sha(earlier)
+    assert load_checkpoint_file(str(earlier))["next_iter"] == 2
     # 2. leftovers of an earlier run killed in its writes fill the disk: the restart removes them
     #    before it writes anything (config.yaml first), then resumes and finishes
     stale = [out / "config.yaml.tmp-4242-0123abcd", out / "checkpoints" / "checkpoint_epoch0002.pth.tmp-4242-89abcdef",
@@ -124,9 +125,8 @@ def test_full_disk_leaves_no_temporary_and_a_restart_cleans_earlier_leftovers(tm
     monkeypatch.setattr(gio, "open", full)
     res = train(cfg, dataset_builder=builder())
     assert not full.failed and not any(s.exists() for s in stale)
-    assert res["global_iter"] == 8 and _sha(epoch1) == before
-    assert [os.path.basename(p) for p in list_checkpoints(str(out))] == ["checkpoint_epoch0001.pth",
-                                                                         "checkpoint_epoch0002.pth"]
+    assert res["global_iter"] == 4 and _sha(earlier) == before
+    assert [os.path.basename(p) for p in list_checkpoints(str(out))] == [earlier.name, "checkpoint_epoch0001.pth"]
 
 
 def test_full_disk_while_logging_is_one_line(tmp_path):

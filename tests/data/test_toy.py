@@ -191,3 +191,37 @@ def test_one_reformatter_per_video_gives_the_bytes_of_one_per_frame(tmp_path):
         for packet in stream.encode():
             container.mux(packet)
     assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
+
+
+def test_flipped_and_reversed_training_items_carry_the_label_of_what_they_show(tmp_path):
+    """The toy config's label-mapping augmentations, end to end through the dataset: for the
+    translation classes the object's measured motion in each training item (after its random flip
+    and time reversal) is the direction its label names; a dataset that kept the label would be
+    right about half the time."""
+    import torch
+
+    from gcvideo.data import build_dataset
+
+    data = str(tmp_path / "toy")
+    make_toy_dataset(data, seed=1, num_train=16, num_val=0, size=96, num_frames=40, workers=1)
+    cfg = load_cfg(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "configs", "toy", "slow_gc_toy.yaml"),
+                   ["DATA.PATH_TO_DATA_DIR", data, "DATA.LABEL_MAP", os.path.join(data, "classes.txt"),
+                    "DATA.TRAIN_JITTER_SCALES", "[96, 96]", "DATA.TRAIN_CROP_SIZE", "96", "DATA.DECODER", "pyav"])
+    ds = build_dataset(cfg, "train")
+    right, mapped = 0, 0
+    items = [(epoch, i) for epoch in range(4) for i in range(16) if i % 8 < 4]  # moving_left/right/up/down
+    for epoch, i in items:
+        ds.set_epoch(epoch)
+        item = ds[i]
+        g = item["video"].mean(0)  # (T, H, W)
+        d = (g - g.median(0).values).abs()  # the moving object against the still background
+        grid = torch.arange(g.shape[-1], dtype=torch.float32)
+        cx = (d.sum(1) * grid).sum(1) / d.sum((1, 2))  # (T,) centroid x
+        cy = (d.sum(2) * grid).sum(1) / d.sum((1, 2))
+        dx, dy = float(cx[-1] - cx[0]), float(cy[-1] - cy[0])
+        shown = (1 if dx > 0 else 0) if abs(dx) > abs(dy) else (3 if dy > 0 else 2)
+        right += shown == item["label"]
+        mapped += item["label"] != ds.records[i].label
+    assert mapped >= len(items) // 4  # flips and reversals did change labels
+    assert right >= 0.9 * len(items), f"{right} of {len(items)} items show their label's motion"

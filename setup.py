@@ -1,11 +1,30 @@
 from setuptools import find_packages, setup
 
+# Console commands installed with the package: each is the ``main`` of a ``tools/*.py`` script
+# (same arguments; ``tools/`` is installed as ``gcvideo.tools``), e.g. ``gcvideo-train --config FILE``.
+CONSOLE_SCRIPTS = {
+    "gcvideo-train": "train_net",
+    "gcvideo-test": "test_net",
+    "gcvideo-predict": "predict",
+    "gcvideo-toy": "run_toy",
+    "gcvideo-make-toy-dataset": "make_toy_dataset",
+    "gcvideo-visualize-attention": "visualize_attention",
+    "gcvideo-analyze-nonlocal": "analyze_nonlocal",
+    "gcvideo-count-flops": "count_flops",
+    "gcvideo-export": "export",
+    "gcvideo-check-videos": "check_videos",
+    "gcvideo-prepare-kinetics": "prepare_kinetics",
+    "gcvideo-inflate-imagenet": "inflate_imagenet",
+}
+
 setup(
     name="gcvideo",
     version="0.1.0",
     description="Global Context Networks (GCNet) for video action recognition: Slow-only ResNet-3D, "
                 "GC/SNL/SE/non-local blocks, Kinetics-400 training and 30-view testing",
-    packages=find_packages(include=["gcvideo", "gcvideo.*"]),
+    packages=find_packages(include=["gcvideo", "gcvideo.*"]) + ["gcvideo.tools"],
+    package_dir={"gcvideo.tools": "tools"},
+    entry_points={"console_scripts": [f"{cmd} = gcvideo.tools.{tool}:main" for cmd, tool in CONSOLE_SCRIPTS.items()]},
     package_data={"gcvideo.layers.fused": ["_gc_kernels.c"]},  # built on first use (gcvideo/layers/fused/kernels.py)
     python_requires=">=3.9",
     install_requires=[

@@ -228,7 +228,8 @@ _C.TRAIN.KEEP_LAST = 3
 _C.TRAIN.AUTO_RESUME = True
 # Initial weights: inflated ImageNet or pytorchvideo/PySlowFast checkpoint ("" = random).
 _C.TRAIN.INIT_FROM = ""
-# Mixed precision: "none" | "bf16" | "fp16" (fp16 uses a grad scaler).
+# Mixed precision: "none" | "bf16" | "fp16" (fp16 uses a grad scaler) | "auto": bf16 on GPUs that
+# support it and on CPUs with bf16 matrix units (AMX / AVX512-BF16) where it measures faster, else fp32.
 _C.TRAIN.MIXED_PRECISION = "none"
 # channels_last_3d memory format for the model and inputs.
 _C.TRAIN.CHANNELS_LAST = True
@@ -589,7 +590,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _check(len(t.EVAL_VIEWS) == 2 and all(isinstance(v, int) and v >= 1 for v in t.EVAL_VIEWS),
            "TRAIN.EVAL_VIEWS", t.EVAL_VIEWS, "[clips, crops], two positive integers")
     _check(t.KEEP_LAST >= 1, "TRAIN.KEEP_LAST", t.KEEP_LAST, "1 or more")
-    _one_of(t.MIXED_PRECISION, "TRAIN.MIXED_PRECISION", ["none", "bf16", "fp16"])
+    _one_of(t.MIXED_PRECISION, "TRAIN.MIXED_PRECISION", ["none", "bf16", "fp16", "auto"])
     _check(te.NUM_ENSEMBLE_VIEWS >= 1, "TEST.NUM_ENSEMBLE_VIEWS", te.NUM_ENSEMBLE_VIEWS, "a positive integer")
     _one_of(te.NUM_SPATIAL_CROPS, "TEST.NUM_SPATIAL_CROPS", [1, 3])
     _one_of(te.ENSEMBLE_METHOD, "TEST.ENSEMBLE_METHOD", ["prob_mean", "logit_mean", "prob_max"])

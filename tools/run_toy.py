@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """The main job (``make toy``): toy dataset (made if missing), train a small GC Slow-only model on
-the CPU, 30-view test, print top-1/top-5 and where the report is.
+the CPU, 30-view test, GC attention of one validation video per class; prints top-1/top-5 and the
+paths of the report, training curves, confusion matrix and attention figures.
 
-    python tools/run_toy.py [--config configs/toy/slow_gc_toy.yaml] [--data data/toy] [KEY VALUE ...]
+    python tools/run_toy.py [--config configs/toy/slow_gc_toy.yaml] [--data data/toy] [--no-attention]
+                            [KEY VALUE ...]
 """
 import argparse
 import os
@@ -11,16 +13,17 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from gcvideo.engine.toy import run_toy  # noqa: E402
+from gcvideo.recipes.toy import run_toy  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=os.path.join(ROOT, "configs/toy/slow_gc_toy.yaml"))
     p.add_argument("--data", default=None, help="toy dataset folder (default: the config's DATA.PATH_TO_DATA_DIR)")
+    p.add_argument("--no-attention", action="store_true", help="skip the attention figures")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. OUTPUT_DIR runs/toy2")
     args = p.parse_args(argv)
-    run_toy(args.config, args.data, args.opts)
+    run_toy(args.config, args.data, args.opts, attention=not args.no_attention)
     return 0
 
 

@@ -14,8 +14,8 @@ alpha_j = softmax_j(W_k x_j) over all T*H*W positions we show here.
   chosen query positions, reshaped to the key grid (N, Q, T_k, H_k, W_k).
 - ``render_gc`` / ``render_nl``: heatmaps (bilinearly upsampled to the frame, jet colour
   map, alpha-blended) over the input frames: a PNG grid and an animated GIF.
-- ``visualize_attention``: decode one centre clip of a video with the data pipeline, run a
-  trained model, write the figures (the library behind tools/visualize_attention.py).
+- ``visualize_attention``: run a model on one clip and write the figures (the library behind
+  tools/visualize_attention.py, which loads the checkpoint and decodes the video's centre clip).
 
 Display normalisation: a GC map is divided by its maximum over the whole clip (so the
 frames of one block are comparable and the change over time is visible); a non-local map
@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from gcvideo.data.transforms import normalize_views
 
 __all__ = ["context_input_hooks", "capture_context_inputs", "select_blocks", "gc_attention_maps",
            "nl_attention_maps", "default_queries", "parse_queries", "denormalize", "overlay_heatmap",
@@ -356,40 +358,41 @@ def render_nl(frames: np.ndarray, nl: Dict[str, Dict], queries: Sequence[Tuple[f
 # ---------------------------------------------------------------------------
 # The tool's library function
 # ---------------------------------------------------------------------------
-def visualize_attention(cfg, checkpoint: str, video: str, out_dir: str, blocks: Optional[Sequence[str]] = None,
+def visualize_attention(model: nn.Module, clip: torch.Tensor, out_dir: str, mean: Sequence[float],
+                        std: Sequence[float], blocks: Optional[Sequence[str]] = None,
                         queries: Optional[Sequence[Tuple[float, float, float]]] = None, alpha: float = 0.5,
-                        overwrite: bool = False, device: str = "auto") -> Dict[str, str]:
-    """Decode the centre clip of ``video`` (centre crop, DATA.TEST_CROP_SIZE), run the model of
-    ``cfg`` with ``checkpoint`` and write to ``out_dir``:
-    ``attention_grid.png``, ``attention.gif`` and ``attention_maps.pt`` (raw maps, queries, frames).
+                        overwrite: bool = False, video: str = "") -> Dict[str, str]:
+    """Run ``model`` on one ``clip`` (1, 3, T, S, S) (normalised, or uint8 and normalised here with
+    ``mean``/``std``; moved to the model's device) and write to
+    ``out_dir``: ``attention_grid.png``, ``attention.gif`` and ``attention_maps.pt`` (raw maps, queries,
+    frames, logits; ``video`` is recorded there as the clip's source).
 
     GC/SNL models: every attention-pooling block (or ``blocks``); non-local models: the maps
     of ``queries`` ((frame, y, x), default ``default_queries``) in every NL block (or ``blocks``).
-    Existing files are not overwritten unless ``overwrite``; files are written atomically.
-    Returns {"png", "gif", "maps", "kind"}.
+    ``mean``/``std`` undo the clip's normalisation for display. Existing files are not
+    overwritten unless ``overwrite``; files are written atomically. Returns {"png", "gif", "maps", "kind"}.
     """
-    from gcvideo.analysis.predict import decode_views, resolve_device
     from gcvideo.layers import ContextBlock, NonLocalBlock
-    from gcvideo.models import build_model_from_checkpoint
     from gcvideo.utils.io import atomic_save, atomic_write_bytes, path_manager
 
+    if clip.dim() != 5 or clip.shape[0] != 1 or clip.shape[1] != 3:
+        raise ValueError(f"visualize_attention needs one clip (1, 3, T, S, S), got {tuple(clip.shape)}")
     paths = {"png": os.path.join(out_dir, "attention_grid.png"), "gif": os.path.join(out_dir, "attention.gif"),
              "maps": os.path.join(out_dir, "attention_maps.pt")}
     existing = [p for p in paths.values() if path_manager.exists(p)]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} already exist; refusing to overwrite (pass --overwrite)")
-    device = resolve_device(device)
-    model = build_model_from_checkpoint(cfg, checkpoint).to(device)
+    kinds = {type(m).__name__ for _, m in _named_blocks(model)}
     has_nl = any(isinstance(m, NonLocalBlock) for _, m in model.named_context_blocks())
     has_gc = any(isinstance(m, ContextBlock) and m.pooling == "att" for _, m in model.named_context_blocks())
     if not (has_nl or has_gc):
-        raise ValueError(f"the model of this config (CONTEXT.TYPE = {cfg.CONTEXT.TYPE!r}) has no attention "
-                         "to show: it needs GC/SNL blocks (attention pooling) or non-local blocks")
-    views = decode_views(cfg, [video], num_clips=1, num_crops=1)[0]
-    if not views["ok"]:
-        raise RuntimeError(f"{video}: cannot be decoded: {views['error']}")
-    clip = views["video"][:1].to(device)  # (1, 3, T, S, S)
-    frames = denormalize(views["video"][0], cfg.DATA.MEAN, cfg.DATA.STD)  # (T, S, S, 3)
+        raise ValueError(f"the model has no attention to show (context blocks: {', '.join(sorted(kinds)) or 'none'}"
+                         "): it needs GC/SNL blocks (attention pooling) or non-local blocks")
+    device = next(model.parameters()).device
+    if clip.dtype == torch.uint8:  # a uint8 test view (DATA.EVAL_UINT8)
+        clip = normalize_views(clip, mean, std)
+    frames = denormalize(clip[0].float().cpu(), mean, std)  # (T, S, S, 3)
+    clip = clip.to(device)  # (1, 3, T, S, S)
     if has_nl:
         queries = list(queries) if queries else default_queries(frames.shape[0])
         logits, nl = nl_attention_maps(model, clip, queries, blocks)

@@ -170,36 +170,39 @@ def render_video(rng: np.random.Generator, label: int, num_frames: int, size: in
     col_b = (col_a * 0.55 + col_b * 0.45).astype(np.float32)  # texture of the object's own colour family
     noise_sigma = float(rng.uniform(0, 5))
     cx, cy, ang, rad = _motion(rng, label, num_frames, size)
-    video = np.empty((num_frames, size, size, 3), dtype=np.float32)  # (T, H, W, 3)
-    video[:] = bg
-    for i in range(num_frames):
-        # only the object's bounding box is rendered
-        half = 1.45 * rad[i] + 2
-        y0, y1 = max(int(cy[i] - half), 0), min(int(cy[i] + half) + 1, size)
-        x0, x1 = max(int(cx[i] - half), 0), min(int(cx[i] + half) + 1, size)
-        if y1 <= y0 or x1 <= x0:
-            continue
-        inv = 1.0 / float(rad[i])
-        x = ((np.arange(x0, x1, dtype=np.float32) + 0.5 - cx[i]) * inv)[None, :]  # (1, w)
-        y = ((np.arange(y0, y1, dtype=np.float32) + 0.5 - cy[i]) * inv)[:, None]  # (h, 1)
-        c, s = math.cos(ang[i]), math.sin(ang[i])
-        u = c * x + s * y
-        v = -s * x + c * y
-        alpha = _shape_alpha(shape, u, v, 1.0 / rad[i])[..., None]  # (h, w, 1)
-        obj = np.where(_pattern(tex, u, v, tex_freq, tex_angle)[..., None], col_a, col_b)  # (h, w, 3)
-        box = video[i, y0:y1, x0:x1]
-        obj -= box
-        obj *= alpha
-        box += obj
+    field = offsets = None
     if noise_sigma > 0:  # fresh-looking noise per frame: a random window of a larger noise field
         field = rng.standard_normal((2 * size, 2 * size, 3), dtype=np.float32) * np.float32(noise_sigma)
         offsets = rng.integers(0, size, (num_frames, 2))
-        for i in range(num_frames):
+    tones = np.stack([col_b, col_a])  # (2, 3): the texture's two colours, indexed by the pattern
+    out = np.empty((num_frames, size, size, 3), dtype=np.uint8)  # (T, H, W, 3)
+    frame = np.empty((size, size, 3), dtype=np.float32)  # (H, W, 3), one frame at a time (stays in cache)
+    for i in range(num_frames):
+        frame[:] = bg
+        # the object, alpha-blended over its bounding box (only the box is rendered)
+        half = 1.45 * rad[i] + 2
+        y0, y1 = max(int(cy[i] - half), 0), min(int(cy[i] + half) + 1, size)
+        x0, x1 = max(int(cx[i] - half), 0), min(int(cx[i] + half) + 1, size)
+        if y1 > y0 and x1 > x0:
+            inv = 1.0 / float(rad[i])
+            x = ((np.arange(x0, x1, dtype=np.float32) + 0.5 - cx[i]) * inv)[None, :]  # (1, w)
+            y = ((np.arange(y0, y1, dtype=np.float32) + 0.5 - cy[i]) * inv)[:, None]  # (h, 1)
+            c, s = math.cos(ang[i]), math.sin(ang[i])
+            u = c * x + s * y
+            v = -s * x + c * y
+            alpha = _shape_alpha(shape, u, v, 1.0 / rad[i])[..., None]  # (h, w, 1)
+            obj = tones[_pattern(tex, u, v, tex_freq, tex_angle).view(np.uint8)]  # (h, w, 3): col_a or col_b
+            box = frame[y0:y1, x0:x1]
+            obj -= box
+            obj *= alpha
+            box += obj
+        # pixel noise, then round to uint8
+        if field is not None:
             a, b = int(offsets[i, 0]), int(offsets[i, 1])
-            video[i] += field[a:a + size, b:b + size]
-    np.add(video, 0.5, out=video)
-    np.clip(video, 0, 255, out=video)
-    out = video.astype(np.uint8)  # (T, H, W, 3)
+            frame += field[a:a + size, b:b + size]
+        np.add(frame, 0.5, out=frame)
+        np.clip(frame, 0, 255, out=frame)
+        out[i] = frame.astype(np.uint8)
     return out
 
 
@@ -209,6 +212,7 @@ def render_video(rng: np.random.Generator, label: int, num_frames: int, size: in
 def write_video(path: str, frames: np.ndarray, fps: int = FPS, crf: int = 26, preset: str = "veryfast") -> None:
     """Write uint8 ``(T, H, W, 3)`` frames as h264 mp4 (one encoder thread), via temp file + rename."""
     import av
+    from av.video.reformatter import VideoReformatter
 
     tmp = f"{path}.tmp-{os.getpid()}.mp4"
     try:
@@ -220,12 +224,15 @@ def write_video(path: str, frames: np.ndarray, fps: int = FPS, crf: int = 26, pr
             # mbtree off: with it, single-threaded libx264 now and then encodes the same pixels
             # to different bytes from one run to the next (measured: ~1 video in 100 at 48 px)
             stream.options = {"crf": str(crf), "preset": preset, "threads": "1", "x264-params": "mbtree=0"}
+            # one reformatter for all frames: it keeps its swscale context (a new one per frame
+            # cost three times the encoding itself)
+            to_yuv = VideoReformatter()
             for i, img in enumerate(frames):
                 # from_ndarray copies into an aligned frame buffer; converting to yuv420p here
                 # rather than in the encoder keeps the bytes independent of where numpy put
                 # ``frames`` (swscale picks SIMD paths by alignment: different rounding)
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-                frame = frame.reformat(format="yuv420p")
+                frame = to_yuv.reformat(frame, format="yuv420p")
                 frame.pts = i
                 for packet in stream.encode(frame):
                     container.mux(packet)

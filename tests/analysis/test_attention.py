@@ -186,21 +186,38 @@ def _write(d, kind, location, extra=""):
 
 
 def test_visualize_gc_on_toy_video(toy):
+    from gcvideo.analysis.predict import decode_views
+    from gcvideo.models import build_model_from_checkpoint
+
     cfg_file, ckpt = _write(toy, "gc", GC_LOC)
+    cfg = load_cfg(cfg_file)
     video = str(toy / "toy" / "videos" / "train" / "000001.mp4")
     out = toy / "gc_out"
-    res = visualize_attention(load_cfg(cfg_file), ckpt, video, str(out), blocks=["blocks.2", "blocks.4"])
+    model = build_model_from_checkpoint(cfg, ckpt)
+    clip = decode_views(cfg, [video], num_clips=1, num_crops=1)[0]["video"][:1]  # (1, 3, T, S, S)
+    res = visualize_attention(model, clip, str(out), cfg.DATA.MEAN, cfg.DATA.STD, blocks=["blocks.2", "blocks.4"],
+                              video=video)
     assert res["kind"] == "gc"
     assert _gif_frames(open(res["gif"], "rb").read()) == (4, (64 * 3, 64))
     _png(open(res["png"], "rb").read())
     raw = torch.load(res["maps"])
     assert sorted(raw["maps"]) == ["blocks.2.res_blocks.0.branch2.context", "blocks.4.res_blocks.0.branch2.context"]
-    assert raw["frames"].shape == (4, 64, 64, 3)
+    assert raw["frames"].shape == (4, 64, 64, 3) and raw["video"] == video
     before = open(res["png"], "rb").read()
     with pytest.raises(FileExistsError, match="overwrite"):
-        visualize_attention(load_cfg(cfg_file), ckpt, video, str(out))
+        visualize_attention(model, clip, str(out), cfg.DATA.MEAN, cfg.DATA.STD)
     assert open(res["png"], "rb").read() == before
-    visualize_attention(load_cfg(cfg_file), ckpt, video, str(out), overwrite=True)
+    # a uint8 view (DATA.EVAL_UINT8) gives the same frames and maps as the float view it normalises to
+    u8 = (denormalize(clip[0], cfg.DATA.MEAN, cfg.DATA.STD))  # (T, S, S, 3)
+    u8 = torch.from_numpy(u8).permute(3, 0, 1, 2)[None].contiguous()  # (1, 3, T, S, S) uint8
+    res2 = visualize_attention(model, u8, str(out), cfg.DATA.MEAN, cfg.DATA.STD, blocks=["blocks.2", "blocks.4"],
+                               overwrite=True)
+    raw2 = torch.load(res2["maps"])
+    assert torch.equal(raw2["frames"], raw["frames"])
+    for name in raw["maps"]:
+        torch.testing.assert_close(raw2["maps"][name], raw["maps"][name], rtol=1e-2, atol=1e-4)
+    with pytest.raises(ValueError, match="one clip"):
+        visualize_attention(model, clip[0], str(out), cfg.DATA.MEAN, cfg.DATA.STD, overwrite=True)
 
 
 def _tool():

@@ -114,3 +114,114 @@ def test_written_bytes_do_not_depend_on_array_alignment(tmp_path, offset):
     shifted[:] = video
     write_video(str(tmp_path / "b.mp4"), shifted)
     assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
+
+
+def _render_clip_at_once(rng, label, num_frames, size):
+    """The generator's rendering as first written (whole-clip float buffer, np.where colours, noise
+    after all objects): the bytes of every toy set made so far. ``render_video`` must match it."""
+    import math
+
+    from gcvideo.data.toy import _background, _colour, _pattern, _shape_alpha
+
+    bg = _background(rng, size)
+    shape = ["square", "triangle", "ell", "plus", "disc"][int(rng.integers(5))]
+    tex = ["stripes", "checks", "rings"][int(rng.integers(3))]
+    tex_freq, tex_angle = float(rng.uniform(5, 10)), float(rng.uniform(0, math.pi))
+    col_a, col_b = _colour(rng), _colour(rng)
+    bg_mean = bg.mean((0, 1))
+    if np.abs(col_a - bg_mean).mean() < 70:
+        col_a = np.where(bg_mean > 127, col_a * 0.3, 255 - (255 - col_a) * 0.3).astype(np.float32)
+    col_b = (col_a * 0.55 + col_b * 0.45).astype(np.float32)
+    noise_sigma = float(rng.uniform(0, 5))
+    cx, cy, ang, rad = _motion(rng, label, num_frames, size)
+    video = np.empty((num_frames, size, size, 3), dtype=np.float32)
+    video[:] = bg
+    for i in range(num_frames):
+        half = 1.45 * rad[i] + 2
+        y0, y1 = max(int(cy[i] - half), 0), min(int(cy[i] + half) + 1, size)
+        x0, x1 = max(int(cx[i] - half), 0), min(int(cx[i] + half) + 1, size)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        inv = 1.0 / float(rad[i])
+        x = ((np.arange(x0, x1, dtype=np.float32) + 0.5 - cx[i]) * inv)[None, :]
+        y = ((np.arange(y0, y1, dtype=np.float32) + 0.5 - cy[i]) * inv)[:, None]
+        c, s = math.cos(ang[i]), math.sin(ang[i])
+        u, v = c * x + s * y, -s * x + c * y
+        alpha = _shape_alpha(shape, u, v, 1.0 / rad[i])[..., None]
+        obj = np.where(_pattern(tex, u, v, tex_freq, tex_angle)[..., None], col_a, col_b)
+        box = video[i, y0:y1, x0:x1]
+        obj -= box
+        obj *= alpha
+        box += obj
+    if noise_sigma > 0:
+        field = rng.standard_normal((2 * size, 2 * size, 3), dtype=np.float32) * np.float32(noise_sigma)
+        offsets = rng.integers(0, size, (num_frames, 2))
+        for i in range(num_frames):
+            a, b = int(offsets[i, 0]), int(offsets[i, 1])
+            video[i] += field[a:a + size, b:b + size]
+    np.add(video, 0.5, out=video)
+    np.clip(video, 0, 255, out=video)
+    return video.astype(np.uint8)
+
+
+@pytest.mark.parametrize("label", range(8))
+def test_frame_at_a_time_rendering_gives_the_same_frames(label):
+    for index in (label, label + 8):  # objects partly outside the frame included (growing, at 48 px)
+        a = render_video(np.random.default_rng([5, 1, index]), label, 30, 48)
+        b = _render_clip_at_once(np.random.default_rng([5, 1, index]), label, 30, 48)
+        assert a.dtype == np.uint8 and np.array_equal(a, b)
+
+
+def test_one_reformatter_per_video_gives_the_bytes_of_one_per_frame(tmp_path):
+    """write_video keeps one swscale context for all frames; the file equals the per-frame conversion's."""
+    import av
+
+    frames = render_video(np.random.default_rng([3, 2, 7]), 4, 16, 48)
+    write_video(str(tmp_path / "a.mp4"), frames)
+    with av.open(str(tmp_path / "b.mp4"), "w", format="mp4") as container:  # the first writer's loop
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 48, 48, "yuv420p"
+        stream.codec_context.thread_count = 1
+        stream.options = {"crf": "26", "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0"}
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24").reformat(format="yuv420p")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
+
+
+def test_flipped_and_reversed_training_items_carry_the_label_of_what_they_show(tmp_path):
+    """The toy config's label-mapping augmentations, end to end through the dataset: for the
+    translation classes the object's measured motion in each training item (after its random flip
+    and time reversal) is the direction its label names; a dataset that kept the label would be
+    right about half the time."""
+    import torch
+
+    from gcvideo.data import build_dataset
+
+    data = str(tmp_path / "toy")
+    make_toy_dataset(data, seed=1, num_train=16, num_val=0, size=96, num_frames=40, workers=1)
+    cfg = load_cfg(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "configs", "toy", "slow_gc_toy.yaml"),
+                   ["DATA.PATH_TO_DATA_DIR", data, "DATA.LABEL_MAP", os.path.join(data, "classes.txt"),
+                    "DATA.TRAIN_JITTER_SCALES", "[96, 96]", "DATA.TRAIN_CROP_SIZE", "96", "DATA.DECODER", "pyav"])
+    ds = build_dataset(cfg, "train")
+    right, mapped = 0, 0
+    items = [(epoch, i) for epoch in range(4) for i in range(16) if i % 8 < 4]  # moving_left/right/up/down
+    for epoch, i in items:
+        ds.set_epoch(epoch)
+        item = ds[i]
+        g = item["video"].mean(0)  # (T, H, W)
+        d = (g - g.median(0).values).abs()  # the moving object against the still background
+        grid = torch.arange(g.shape[-1], dtype=torch.float32)
+        cx = (d.sum(1) * grid).sum(1) / d.sum((1, 2))  # (T,) centroid x
+        cy = (d.sum(2) * grid).sum(1) / d.sum((1, 2))
+        dx, dy = float(cx[-1] - cx[0]), float(cy[-1] - cy[0])
+        shown = (1 if dx > 0 else 0) if abs(dx) > abs(dy) else (3 if dy > 0 else 2)
+        right += shown == item["label"]
+        mapped += item["label"] != ds.records[i].label
+    assert mapped >= len(items) // 4  # flips and reversals did change labels
+    assert right >= 0.9 * len(items), f"{right} of {len(items)} items show their label's motion"

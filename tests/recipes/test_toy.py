@@ -1,14 +1,13 @@
-"""The main job's pipeline end to end at a tiny size: toy data -> run_toy (train + multi-view test)
--> tools/test_net.py and tools/train_net.py on the same run; broken training videos are tracked."""
+"""The main job's pipeline end to end at a tiny size: toy data -> run_toy (train + multi-view test +
+attention figures per class) -> tools/test_net.py and tools/train_net.py on the same run."""
 import json
 import os
 import sys
 
-import pytest
+import torch
+from PIL import Image
 
-from engine_synthetic import builder, tiny_cfg
-from gcvideo.engine import train
-from gcvideo.engine.toy import run_toy
+from gcvideo.recipes.toy import run_toy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOY_CONFIG = os.path.join(ROOT, "configs/toy/slow_gc_toy.yaml")
@@ -19,7 +18,7 @@ TINY = ["MODEL.WIDTH", "8", "SOLVER.MAX_EPOCH", "2", "TRAIN.BATCH_SIZE", "8", "T
 
 
 def test_toy_main_job_end_to_end(tmp_path, capsys):
-    from gcvideo.data.toy import make_toy_dataset
+    from gcvideo.data.toy import TOY_CLASSES, make_toy_dataset
 
     data = str(tmp_path / "toy")
     make_toy_dataset(data, num_train=16, num_val=8, size=48, num_frames=24, workers=1)
@@ -38,6 +37,29 @@ def test_toy_main_job_end_to_end(tmp_path, capsys):
                                                          "moving_down", "rotating_cw", "rotating_ccw",
                                                          "growing", "shrinking")
     assert os.path.exists(os.path.join(out, "curves.png")) and len(res["val"]) == 2
+    # the printed paths: curves, confusion matrix, one attention figure per class
+    assert os.path.join(out, "curves.png") in printed
+    assert os.path.join(report, "confusion_matrix.png") in printed
+    figures = res["attention"]
+    assert [f["label"] for f in figures] == list(TOY_CLASSES)
+    for k, f in enumerate(figures):
+        assert f["video"].endswith(f"videos/val/{k:06d}.mp4")  # the first validation video of class k
+        assert f["png"] in printed and f["gif"] in printed
+        assert os.path.dirname(f["png"]) == os.path.join(out, "attention_checkpoint_epoch0002", TOY_CLASSES[k])
+        Image.open(f["png"]).verify()
+        gif = Image.open(f["gif"])
+        assert gif.n_frames == 4 and gif.size == (32 * 5, 32)  # 4 frames; the input + 4 GC blocks side by side
+    # the maps are those of the final weights: the logits saved beside them are the model's on that clip
+    from gcvideo.analysis.predict import decode_views
+    from gcvideo.models import build_model_from_checkpoint
+    from gcvideo.config import load_cfg
+    cfg = load_cfg(TOY_CONFIG, ["DATA.PATH_TO_DATA_DIR", data, "DATA.LABEL_MAP", os.path.join(data, "classes.txt")] + TINY)
+    model = build_model_from_checkpoint(cfg, res["checkpoint"])
+    clip = decode_views(cfg, [figures[4]["video"]], 1, 1)[0]["video"][:1]
+    raw = torch.load(figures[4]["maps"])
+    with torch.no_grad():
+        torch.testing.assert_close(raw["logits"], model(clip)[0], rtol=1e-4, atol=1e-5)
+    assert all(m.shape[0] == 4 for m in raw["maps"].values())  # (T, H', W') per block
 
     # the thin CLI wrappers on the same run: test_net (newest checkpoint), train_net (nothing left to train)
     sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -75,16 +97,3 @@ def test_main_job_trains_on_a_users_dataset_without_touching_it(tmp_path, capsys
     assert not (mine / "meta.json").exists() and res["test"]["metrics"]["all"]["videos"] == 8
     rows = open(os.path.join(res["test"]["report_dir"], "predictions.csv")).read().splitlines()
     assert rows[1].split(",")[2] in ("even", "odd")
-
-
-def test_broken_training_videos_are_listed_and_stop_the_run(tmp_path):
-    from gcvideo.data import TooManyBrokenVideos
-
-    out = tmp_path / "run"
-    cfg = tiny_cfg(out, "SOLVER.MAX_EPOCH", 1, "DATA.MAX_BROKEN_FRACTION", 0.2)
-    train(cfg, dataset_builder=builder(train={"skipped": [3, 5]}))  # 2 of 16 broken: under 20%
-    listed = (out / "broken_videos.txt").read_text().splitlines()
-    assert sorted(listed) == ["broken_0003.mp4\tcannot decode", "broken_0005.mp4\tcannot decode"]
-    cfg = tiny_cfg(tmp_path / "run2", "SOLVER.MAX_EPOCH", 1, "DATA.MAX_BROKEN_FRACTION", 0.1)
-    with pytest.raises(TooManyBrokenVideos, match="MAX_BROKEN_FRACTION"):
-        train(cfg, dataset_builder=builder(train={"skipped": [1, 2, 3, 4]}))

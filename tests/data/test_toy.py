@@ -214,7 +214,7 @@ def test_flipped_and_reversed_training_items_carry_the_label_of_what_they_show(t
     for epoch, i in items:
         ds.set_epoch(epoch)
         item = ds[i]
-        g = item["video"].mean(0)  # (T, H, W)
+        g = item["video"].float().mean(0)  # (T, H, W) (training items are uint8 by default)
         d = (g - g.median(0).values).abs()  # the moving object against the still background
         grid = torch.arange(g.shape[-1], dtype=torch.float32)
         cx = (d.sum(1) * grid).sum(1) / d.sum((1, 2))  # (T,) centroid x

@@ -6,8 +6,9 @@ spatial crops of the short side resized to the crop size; view scores are averag
 (softmax probabilities, ``prob_mean``).
 
 Decoding, clip sampling and the test views are the data pipeline's
-(``gcvideo.data.build_views_dataset``: ``VideoDataset`` in test mode on the given paths); a file that cannot be decoded gives
-a result with ``ok = False`` and the decoder's reason, and the other videos go on.
+(``gcvideo.data.build_views_dataset``: ``VideoDataset`` in test mode on the given paths); a file
+that cannot be decoded gives a result with ``ok = False`` and the decoder's reason, and the other
+videos go on.
 """
 from __future__ import annotations
 

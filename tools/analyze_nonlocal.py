@@ -19,10 +19,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gcvideo.analysis.nonlocal_stats import analyze_nonlocal, format_stats_table  # noqa: E402
+from gcvideo.analysis.nonlocal_stats import analyze_nonlocal, format_stats_table, read_video_list  # noqa: E402
 from gcvideo.config import ConfigError, load_cfg  # noqa: E402
-from gcvideo.data import AnnotationError  # noqa: E402
-from gcvideo.utils.io import CheckpointError  # noqa: E402
+from gcvideo.data import AnnotationError, build_views_dataset  # noqa: E402
+from gcvideo.models import build_model_from_checkpoint  # noqa: E402
+from gcvideo.utils.device import select_device  # noqa: E402
+from gcvideo.utils.io import CheckpointError, refuse_existing  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -48,11 +50,16 @@ def main(argv=None) -> int:
         cfg = load_cfg(args.config, args.opts)
         out_json = args.json or os.path.join(
             cfg.OUTPUT_DIR, f"nonlocal_stats_{os.path.splitext(os.path.basename(args.checkpoint))[0]}.json")
-        report = analyze_nonlocal(cfg, args.checkpoint, args.csv, out_json=out_json,
-                                  max_videos=args.max_videos or None, num_clips=args.clips,
-                                  max_queries=args.max_queries or None, seed=args.seed,
-                                  include_self=not args.exclude_self, blocks=args.blocks,
-                                  batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
+        refuse_existing(out_json, args.overwrite)  # before loading anything
+        d = cfg.DATA
+        paths = read_video_list(args.csv, fmt=d.FORMAT, path_prefix=d.PATH_PREFIX, label_map=d.LABEL_MAP,
+                                num_classes=cfg.MODEL.NUM_CLASSES, clip_layout=d.CLIP_LAYOUT)
+        model = build_model_from_checkpoint(cfg, args.checkpoint).to(select_device(args.device))
+        dataset = build_views_dataset(cfg, paths[:args.max_videos or None], args.clips, 1)  # centre crop
+        report = analyze_nonlocal(model, dataset, out_json=out_json, max_queries=args.max_queries or None,
+                                  seed=args.seed, include_self=not args.exclude_self, blocks=args.blocks,
+                                  batch_size=args.batch_size, overwrite=args.overwrite,
+                                  checkpoint=args.checkpoint, videos_file=args.csv,
                                   log=lambda m: print(m, file=sys.stderr, flush=True))
     except (ConfigError, CheckpointError, AnnotationError, FileExistsError,
             ValueError, RuntimeError) as e:

@@ -15,9 +15,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gcvideo.analysis.export import ExportMismatchError, export_checkpoint  # noqa: E402
+from gcvideo.analysis.export import ExportMismatchError, export_model  # noqa: E402
 from gcvideo.config import ConfigError, load_cfg  # noqa: E402
-from gcvideo.utils.io import CheckpointError  # noqa: E402
+from gcvideo.models import build_model_from_checkpoint  # noqa: E402
+from gcvideo.utils.io import CheckpointError, refuse_existing  # noqa: E402
 
 
 def _shape(text: str):
@@ -45,8 +46,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_cfg(args.config, list(args.opts) + list(args.opts_flag))
-        info = export_checkpoint(cfg, args.checkpoint, args.format, args.out, args.input,
-                                 overwrite=args.overwrite, exporter=args.exporter)
+        refuse_existing(args.out, args.overwrite)  # before loading anything
+        shape = args.input or (cfg.DATA.NUM_FRAMES, cfg.DATA.TEST_CROP_SIZE, cfg.DATA.TEST_CROP_SIZE)
+        model = build_model_from_checkpoint(cfg, args.checkpoint)  # all weights required
+        info = export_model(model, args.format, args.out, shape, overwrite=args.overwrite, exporter=args.exporter)
     except (ConfigError, CheckpointError, FileExistsError, ExportMismatchError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

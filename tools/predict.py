@@ -16,9 +16,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gcvideo.analysis.predict import (format_predictions, parse_views,  # noqa: E402
-                                      predict_videos)
+from gcvideo.analysis.predict import format_predictions, parse_views, predict_videos  # noqa: E402
 from gcvideo.config import ConfigError, load_cfg  # noqa: E402
+from gcvideo.data import build_views_dataset  # noqa: E402
+from gcvideo.engine.tester import class_names  # noqa: E402
+from gcvideo.models import build_model_from_checkpoint  # noqa: E402
+from gcvideo.utils.device import select_device  # noqa: E402
 from gcvideo.utils.io import CheckpointError  # noqa: E402
 
 
@@ -36,7 +39,9 @@ def main(argv=None) -> int:
     try:
         views = parse_views(args.views)
         cfg = load_cfg(args.config, args.opts)
-        results = predict_videos(cfg, args.checkpoint, args.videos, views=views, topk=args.topk, device=args.device,
+        names = class_names(cfg.DATA.LABEL_MAP, cfg.MODEL.NUM_CLASSES)
+        model = build_model_from_checkpoint(cfg, args.checkpoint).to(select_device(args.device))
+        results = predict_videos(model, build_views_dataset(cfg, args.videos, *views), names, topk=args.topk,
                                  log=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (ConfigError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from gcvideo.analysis.attention import parse_queries, visualize_attention  # noqa: E402
 from gcvideo.analysis.predict import decode_views  # noqa: E402
 from gcvideo.config import ConfigError, load_cfg  # noqa: E402
+from gcvideo.data import build_views_dataset  # noqa: E402
 from gcvideo.models import build_model_from_checkpoint  # noqa: E402
 from gcvideo.utils.device import select_device  # noqa: E402
 from gcvideo.utils.io import CheckpointError  # noqa: E402
@@ -45,7 +46,8 @@ def main(argv=None) -> int:
         cfg = load_cfg(args.config, args.opts)
         queries = parse_queries(args.queries) if args.queries else None
         model = build_model_from_checkpoint(cfg, args.checkpoint).to(select_device(args.device))
-        views = decode_views(cfg, [args.video], num_clips=1, num_crops=1)[0]  # the centre clip, centre crop
+        # the centre clip, centre crop
+        views = decode_views(build_views_dataset(cfg, [args.video], num_clips=1, num_crops=1))[0]
         if not views["ok"]:
             raise RuntimeError(f"{args.video}: cannot be decoded: {views['error']}")
         out = visualize_attention(model, views["video"][:1], args.out, cfg.DATA.MEAN, cfg.DATA.STD,

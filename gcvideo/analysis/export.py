@@ -28,7 +28,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ["FORMATS", "export_model", "export_checkpoint", "ExportMismatchError"]
+__all__ = ["FORMATS", "export_model", "ExportMismatchError"]
 
 FORMATS = ("torchscript", "onnx")
 
@@ -96,7 +96,7 @@ def export_model(model: nn.Module, fmt: str, out: str, input_shape: Sequence[int
                  seed: int = 0) -> Dict:
     """Export ``model`` to ``out`` as ``fmt`` ("torchscript" | "onnx") for clips (N, 3, *input_shape);
     verify against eager; return {"path", "format", "exporter", "max_rel_err", "verified_with"}."""
-    from gcvideo.utils.io import atomic_write_bytes, path_manager
+    from gcvideo.utils.io import atomic_write_bytes, refuse_existing
 
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: expected one of {FORMATS}")
@@ -104,8 +104,7 @@ def export_model(model: nn.Module, fmt: str, out: str, input_shape: Sequence[int
         raise ValueError(f"exporter {exporter!r}: expected auto, dynamo or legacy")
     if len(input_shape) != 3 or any(int(v) < 1 for v in input_shape):
         raise ValueError(f"input shape {tuple(input_shape)}: expected T, H, W (3 positive integers)")
-    if path_manager.exists(out) and not overwrite:
-        raise FileExistsError(f"{out} already exists; refusing to overwrite it (pass --overwrite)")
+    refuse_existing(out, overwrite)
     m = copy.deepcopy(model).eval().cpu()  # the copy is traced; the caller's model is left as it is
     g = torch.Generator().manual_seed(seed)
     example = torch.randn(1, 3, *[int(v) for v in input_shape], generator=g)  # (1, 3, T, H, W)
@@ -132,18 +131,3 @@ def export_model(model: nn.Module, fmt: str, out: str, input_shape: Sequence[int
     atomic_write_bytes(out, data)
     return {"path": out, "format": fmt, "exporter": used, "max_rel_err": err, "verified_with": verified,
             "input_shape": [int(v) for v in input_shape], "bytes": len(data)}
-
-
-def export_checkpoint(cfg, checkpoint: str, fmt: str, out: str, input_shape: Optional[Sequence[int]] = None,
-                      overwrite: bool = False, exporter: str = "auto") -> Dict:
-    """Load the model of ``cfg`` with ``checkpoint`` (all weights required) and export it.
-    ``input_shape`` defaults to (DATA.NUM_FRAMES, DATA.TEST_CROP_SIZE, DATA.TEST_CROP_SIZE)."""
-    from gcvideo.models import build_model_from_checkpoint
-    from gcvideo.utils.io import path_manager
-
-    if path_manager.exists(out) and not overwrite:  # fail before loading anything
-        raise FileExistsError(f"{out} already exists; refusing to overwrite it (pass --overwrite)")
-    shape = tuple(input_shape) if input_shape else (cfg.DATA.NUM_FRAMES, cfg.DATA.TEST_CROP_SIZE,
-                                                     cfg.DATA.TEST_CROP_SIZE)
-    model = build_model_from_checkpoint(cfg, checkpoint)
-    return export_model(model, fmt, out, shape, overwrite=overwrite, exporter=exporter)

@@ -264,20 +264,19 @@ DEFINITIONS = {
 }
 
 
-def read_video_list(path: str, cfg=None) -> List[str]:
-    """Video paths from an annotation file (any format ``gcvideo.data.load_annotations`` reads,
-    labels ignored) or from a plain list with one path a line (relative paths: to the file's folder)."""
+def read_video_list(path: str, fmt: str = "auto", path_prefix: str = "", label_map: str = "",
+                    num_classes: Optional[int] = None, clip_layout: str = "auto") -> List[str]:
+    """Video paths from an annotation file (any format ``gcvideo.data.load_annotations`` reads, with
+    these arguments; labels ignored) or from a plain list with one path a line (relative paths: to
+    ``path_prefix``, else the file's folder)."""
     import os
 
     from gcvideo.data import AnnotationError, load_annotations
     from gcvideo.utils.io import path_manager
 
     try:
-        kw = {}
-        if cfg is not None:
-            kw = dict(fmt=cfg.DATA.FORMAT, path_prefix=cfg.DATA.PATH_PREFIX, label_map=cfg.DATA.LABEL_MAP,
-                      num_classes=cfg.MODEL.NUM_CLASSES, clip_layout=cfg.DATA.CLIP_LAYOUT)
-        return [r.path for r in load_annotations(path, **kw)]
+        return [r.path for r in load_annotations(path, fmt=fmt, path_prefix=path_prefix, label_map=label_map,
+                                                 num_classes=num_classes, clip_layout=clip_layout)]
     except AnnotationError as e:
         if not path_manager.exists(path):
             raise
@@ -285,44 +284,40 @@ def read_video_list(path: str, cfg=None) -> List[str]:
             lines = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
         if not lines or any(len(ln.split()) != 1 and "\t" not in ln for ln in lines):
             raise AnnotationError(f"{e} (nor is it a list of video paths, one a line)") from e
-        base = cfg.DATA.PATH_PREFIX if cfg is not None and cfg.DATA.PATH_PREFIX else os.path.dirname(path)
+        base = path_prefix or os.path.dirname(path)
         return [ln if os.path.isabs(ln) or "://" in ln else os.path.join(base, ln) for ln in lines]
 
 
 @torch.no_grad()
-def analyze_nonlocal(cfg, checkpoint: str, video_list: str, out_json: Optional[str] = None,
-                     max_videos: Optional[int] = None, num_clips: int = 1, max_queries: Optional[int] = 256,
+def analyze_nonlocal(model: nn.Module, dataset, out_json: Optional[str] = None, max_queries: Optional[int] = 256,
                      seed: int = 0, include_self: bool = True, blocks: Optional[Sequence[str]] = None,
-                     batch_size: int = 4, device: str = "auto", overwrite: bool = False, log=print) -> Dict:
-    """GCNet Tables 1-3 statistics of every non-local block of a trained model over videos.
+                     batch_size: int = 4, device: Optional[str] = None, overwrite: bool = False,
+                     checkpoint: str = "", videos_file: str = "", log=print) -> Dict:
+    """GCNet Tables 1-3 statistics of every non-local block of ``model`` over the videos of ``dataset``.
 
-    Each video gives ``num_clips`` evenly spread clips, centre crop (DATA.TEST_CROP_SIZE),
-    decoded by the data pipeline; undecodable videos are listed in ``failed`` and skipped.
-    Returns the report dict (also written to ``out_json`` atomically; an existing file is
-    kept unless ``overwrite``).
+    ``dataset``: test views of the videos (``gcvideo.data.build_views_dataset``, usually with one
+    centre crop); batches of about ``batch_size`` clips go to ``device`` (None: the model's);
+    undecodable videos are listed in ``failed`` and skipped. Returns the report dict (also written
+    to ``out_json`` atomically; an existing file is kept unless ``overwrite``); ``checkpoint`` and
+    ``videos_file`` are recorded in it, and the clip layout (clips per video, crop, frames and
+    sampling rate) is the dataset's.
     """
     import json
 
-    from gcvideo.analysis.predict import resolve_device, video_views_dataset
-    from gcvideo.models import build_model_from_checkpoint
-    from gcvideo.utils.io import atomic_write_text, path_manager
+    from gcvideo.analysis.predict import model_device, resolve_device
+    from gcvideo.utils.io import atomic_write_text, refuse_existing
 
-    if out_json and path_manager.exists(out_json) and not overwrite:
-        raise FileExistsError(f"{out_json} already exists; refusing to overwrite it (pass --overwrite)")
-    paths = read_video_list(video_list, cfg)
-    if max_videos:
-        paths = paths[:max_videos]
-    device = resolve_device(device)
-    model = build_model_from_checkpoint(cfg, checkpoint).to(device)
-    ds = video_views_dataset(cfg, paths, num_clips, 1)
+    if out_json:
+        refuse_existing(out_json, overwrite)
+    device = resolve_device(device) if device is not None else model_device(model)
     failed: List[Dict[str, str]] = []
     used = 0
 
     def clips():
         nonlocal used
         pending: List[torch.Tensor] = []
-        for i in range(len(ds)):
-            item = ds[i]
+        for i in range(len(dataset)):
+            item = dataset[i]
             if not item["ok"]:
                 failed.append({"path": item["path"], "error": item["error"]})
                 log(f"warning: skipping {item['path']}: {item['error']}")
@@ -338,14 +333,14 @@ def analyze_nonlocal(cfg, checkpoint: str, video_list: str, out_json: Optional[s
     rows = collect_nonlocal_stats(model, clips(), max_queries=max_queries, seed=seed, include_self=include_self,
                                   blocks=blocks)
     if not used:
-        raise RuntimeError(f"no video of {video_list} could be decoded ({len(failed)} failed)")
+        raise RuntimeError(f"no video of {videos_file or 'the dataset'} could be decoded ({len(failed)} failed)")
     mean = {}
     for c in STAT_COLUMNS:
         vals = [r[c] for r in rows if r[c] is not None]
         mean[c] = sum(vals) / len(vals) if vals else None
-    report = {"checkpoint": checkpoint, "videos_file": video_list, "videos": used, "failed": failed,
-              "clips_per_video": num_clips, "crop": cfg.DATA.TEST_CROP_SIZE,
-              "clip": [cfg.DATA.NUM_FRAMES, cfg.DATA.SAMPLING_RATE], "max_queries": max_queries, "seed": seed,
+    report = {"checkpoint": checkpoint, "videos_file": videos_file, "videos": used, "failed": failed,
+              "clips_per_video": dataset.num_clips, "crop": dataset.test_crop,
+              "clip": [dataset.num_frames, dataset.sampling_rate], "max_queries": max_queries, "seed": seed,
               "include_self": include_self, "distance": "cosine distance (1 - cos)/2; JSD in nats",
               "definitions": DEFINITIONS, "blocks": rows, "mean_over_blocks": mean}
     if out_json:

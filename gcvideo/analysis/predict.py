@@ -5,9 +5,10 @@ Sec. 5.3 (after Feichtenhofer et al., SlowFast, ICCV 2019): 10 temporal clips x 
 spatial crops of the short side resized to the crop size; view scores are averaged
 (softmax probabilities, ``prob_mean``).
 
-Decoding, clip sampling and the test views are the data pipeline's (``gcvideo.data``:
-``VideoDataset`` in test mode on the given paths); a file that cannot be decoded gives
-a result with ``ok = False`` and the decoder's reason, and the other videos go on.
+Decoding, clip sampling and the test views are the data pipeline's
+(``gcvideo.data.build_views_dataset``: ``VideoDataset`` in test mode on the given paths); a file
+that cannot be decoded gives a result with ``ok = False`` and the decoder's reason, and the other
+videos go on.
 """
 from __future__ import annotations
 
@@ -17,13 +18,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from gcvideo.engine.tester import class_names as label_map_names
+from gcvideo.engine import combine_views
 from gcvideo.utils.device import select_device
 
-from gcvideo.models import build_model_from_checkpoint
-
-__all__ = ["parse_views", "video_views_dataset", "decode_views", "predict_videos", "format_predictions",
-           "resolve_device"]
+__all__ = ["parse_views", "decode_views", "predict_videos", "format_predictions", "resolve_device", "model_device"]
 
 
 resolve_device = select_device  # "auto" | "cpu" | "cuda" | "cuda:1" | a torch.device
@@ -40,51 +38,39 @@ def parse_views(text: str) -> Tuple[int, int]:
     return clips, crops
 
 
-def video_views_dataset(cfg, paths: Sequence[str], num_clips: int, num_crops: int):
-    """A test-mode ``gcvideo.data.VideoDataset`` over ``paths`` (label -1): items hold
-    ``video`` (V, 3, T, S, S) with V = clips x crops, ``ok`` and ``error``."""
-    from gcvideo.data import VideoDataset, VideoRecord
-
-    d = cfg.DATA
-    records = [VideoRecord(path=str(p), label=-1, line=i + 1) for i, p in enumerate(paths)]
-    return VideoDataset(records, train=False, decoder=d.DECODER,
-                        decoder_threads=d.get("DECODER_THREADS", 1), num_frames=d.NUM_FRAMES,
-                        sampling_rate=d.SAMPLING_RATE, target_fps=d.TARGET_FPS, test_crop=d.TEST_CROP_SIZE,
-                        mean=d.MEAN, std=d.STD, num_clips=num_clips, num_crops=num_crops, seed=cfg.SEED)
+def decode_views(dataset) -> List[Dict]:
+    """The items of ``dataset`` (``gcvideo.data.build_views_dataset``), in order: the test views of each video."""
+    return [dataset[i] for i in range(len(dataset))]
 
 
-def decode_views(cfg, paths: Sequence[str], num_clips: int, num_crops: int) -> List[Dict]:
-    """The test views of each video (list of dataset items, in order)."""
-    ds = video_views_dataset(cfg, paths, num_clips, num_crops)
-    return [ds[i] for i in range(len(ds))]
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (cpu for a model without any)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 @torch.no_grad()
-def predict_videos(cfg, checkpoint: str, videos: Sequence[str], views: Tuple[int, int] = (10, 3), topk: int = 5,
-                   device: str = "auto", max_batch_views: int = 10, model: Optional[nn.Module] = None,
-                   class_names: Optional[List[str]] = None, log=None) -> List[Dict]:
-    """Top-``topk`` classes of each video: [{"path", "ok", "error", "views", "top": [{"index", "name",
-    "prob"}]}], probabilities = mean over views of the softmax (``prob_mean``)."""
-    from gcvideo.engine import combine_views
-
-    names = class_names if class_names is not None else label_map_names(cfg.DATA.LABEL_MAP, cfg.MODEL.NUM_CLASSES)
-    device = resolve_device(device)
-    model = model if model is not None else build_model_from_checkpoint(cfg, checkpoint).to(device)
+def predict_videos(model: nn.Module, dataset, class_names: Sequence[str], topk: int = 5,
+                   device: Optional[str] = None, max_batch_views: int = 10, log=None) -> List[Dict]:
+    """Top-``topk`` classes of each video of ``dataset`` (``gcvideo.data.build_views_dataset``):
+    [{"path", "ok", "error", "views", "top": [{"index", "name", "prob"}]}], probabilities = mean
+    over views of the softmax (``prob_mean``). The views go to ``device`` (None: the model's) in
+    chunks of ``max_batch_views``; ``class_names[i]`` names logit i."""
+    device = resolve_device(device) if device is not None else model_device(model)
     model.eval()
-    ds = video_views_dataset(cfg, videos, *views)
-    k = min(topk, cfg.MODEL.NUM_CLASSES)
+    views = f"{dataset.num_clips}x{dataset.num_crops}"
+    k = min(topk, len(class_names))
     results = []
-    for i in range(len(ds)):
-        item = ds[i]
-        res = {"path": item["path"], "ok": bool(item["ok"]), "error": item["error"], "views": f"{views[0]}x{views[1]}",
-               "top": []}
+    for i in range(len(dataset)):
+        item = dataset[i]
+        res = {"path": item["path"], "ok": bool(item["ok"]), "error": item["error"], "views": views, "top": []}
         if item["ok"]:
             x = item["video"]  # (V, 3, T, S, S)
             logits = torch.cat([model(x[a:a + max_batch_views].to(device)).float().cpu()
                                 for a in range(0, x.shape[0], max_batch_views)])  # (V, K)
             probs = combine_views(logits.unsqueeze(0), "prob_mean")[0]  # (K,)
             p, idx = probs.topk(k)
-            res["top"] = [{"index": int(j), "name": names[int(j)], "prob": float(q)} for q, j in zip(p, idx)]
+            res["top"] = [{"index": int(j), "name": class_names[int(j)], "prob": float(q)} for q, j in zip(p, idx)]
         elif log is not None:
             log(f"error: {item['path']}: {item['error']}")
         results.append(res)

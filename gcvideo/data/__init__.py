@@ -3,7 +3,7 @@
 Public API (see docs/data.md):
 
 * ``build_dataset(cfg, split)``: the dataset of "train" | "val" | "test" (item contract in
-  docs/DESIGN.md).
+  docs/DESIGN.md); ``build_views_dataset(cfg, paths, num_clips, num_crops)``: test views of video files.
 * ``decode_frames(path, indices, backend="pyav", size=None)``: uint8 ``(len(indices), H, W, 3)``, exact or an error.
 * ``open_video(path, backend)``: a reader to decode several index sets from one open.
 * ``BrokenVideoTracker(output_dir, num_videos, max_fraction)``: the engine's bookkeeping of
@@ -18,7 +18,7 @@ do not pay for importing torchvision.
 import importlib
 
 _EXPORTS = {
-    "build_dataset": "dataset", "VideoDataset": "dataset", "collate_train": "dataset",
+    "build_dataset": "dataset", "build_views_dataset": "dataset", "VideoDataset": "dataset", "collate_train": "dataset",
     "decode_frames": "decoder", "open_video": "decoder", "VideoReader": "decoder",
     "VideoDecodeError": "decoder", "FrameCountChanged": "decoder",
     "BrokenVideoTracker": "broken", "TooManyBrokenVideos": "broken",

@@ -1,6 +1,7 @@
 """The video dataset: training clips and multi-view test items, robust to broken videos.
 
-``build_dataset(cfg, split)`` is the only function here that reads a config.
+``build_dataset(cfg, split)`` and ``build_views_dataset(cfg, paths, num_clips, num_crops)`` are the
+only functions here that read a config.
 
 Item contract (docs/DESIGN.md): a dict with
 ``video`` ``(3, T, H, W)`` (train; val with one view), ``(K, 3, T, H, W)`` (train with
@@ -31,7 +32,7 @@ from gcvideo.data.decoder import FrameCountChanged, VideoDecodeError, check_fram
 from gcvideo.data.sampling import view_clip_indices, train_clip_indices
 from gcvideo.data.transforms import draw_scale, make_views, normalize, short_side_size, to_tchw, train_clip
 
-__all__ = ["VideoDataset", "build_dataset", "collate_train", "SPLITS"]
+__all__ = ["VideoDataset", "build_dataset", "build_views_dataset", "collate_train", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
 # Replacement attempts for one training item before giving up (the tracker stops far earlier
@@ -297,11 +298,28 @@ def build_dataset(cfg, split: str) -> VideoDataset:
     else:
         clips, crops = int(cfg.TEST.NUM_ENSEMBLE_VIEWS), int(cfg.TEST.NUM_SPATIAL_CROPS)
     return VideoDataset(
-        records, train=(split == "train"), decoder=d.DECODER, decoder_threads=d.DECODER_THREADS,
-        decode_device=d.DECODE_DEVICE,
-        num_frames=d.NUM_FRAMES, sampling_rate=d.SAMPLING_RATE, target_fps=d.TARGET_FPS,
-        jitter_scales=d.TRAIN_JITTER_SCALES, train_crop=d.TRAIN_CROP_SIZE, test_crop=d.TEST_CROP_SIZE,
+        records, train=(split == "train"), **_dataset_kwargs(cfg),
+        jitter_scales=d.TRAIN_JITTER_SCALES, train_crop=d.TRAIN_CROP_SIZE,
         random_flip=d.RANDOM_FLIP, flip_pairs=d.FLIP_LABEL_PAIRS, reverse_prob=d.REVERSE_PROB,
-        reverse_pairs=d.REVERSE_LABEL_PAIRS, mean=d.MEAN, std=d.STD, num_clips=clips, num_crops=crops,
-        seed=cfg.SEED, single_view_4d=(split == "val"), eval_uint8=d.EVAL_UINT8, num_samples=d.NUM_SAMPLES,
-        train_uint8=d.TRAIN_UINT8, max_frame_pixels=d.MAX_FRAME_PIXELS, max_aspect_ratio=d.MAX_ASPECT_RATIO)
+        reverse_pairs=d.REVERSE_LABEL_PAIRS, num_clips=clips, num_crops=crops,
+        single_view_4d=(split == "val"), eval_uint8=d.EVAL_UINT8, num_samples=d.NUM_SAMPLES,
+        train_uint8=d.TRAIN_UINT8)
+
+
+def build_views_dataset(cfg, paths: Sequence[str], num_clips: int, num_crops: int) -> VideoDataset:
+    """A test-mode dataset over the video files ``paths`` (label -1, no annotation file): items hold
+    ``video`` float32 normalised (V, 3, T, S, S) with V = ``num_clips`` x ``num_crops``, ``ok`` and
+    ``error``. Decoding, clip sampling, size limits and normalisation as ``build_dataset``'s."""
+    records = [VideoRecord(path=str(p), label=-1, line=i + 1) for i, p in enumerate(paths)]
+    return VideoDataset(records, train=False, **_dataset_kwargs(cfg), num_clips=num_clips, num_crops=num_crops,
+                        eval_uint8=False)
+
+
+def _dataset_kwargs(cfg) -> dict:
+    """The ``VideoDataset`` arguments every dataset of ``cfg`` shares: decoder, clip sampling, test
+    crop, normalisation, seed and the per-video size limits."""
+    d = cfg.DATA
+    return dict(decoder=d.DECODER, decoder_threads=d.DECODER_THREADS, decode_device=d.DECODE_DEVICE,
+                num_frames=d.NUM_FRAMES, sampling_rate=d.SAMPLING_RATE, target_fps=d.TARGET_FPS,
+                test_crop=d.TEST_CROP_SIZE, mean=d.MEAN, std=d.STD, seed=cfg.SEED,
+                max_frame_pixels=d.MAX_FRAME_PIXELS, max_aspect_ratio=d.MAX_ASPECT_RATIO)

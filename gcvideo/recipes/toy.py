@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 from gcvideo.analysis.attention import visualize_attention
 from gcvideo.analysis.predict import decode_views
 from gcvideo.config import load_cfg
-from gcvideo.data import build_dataset
+from gcvideo.data import build_dataset, build_views_dataset
 from gcvideo.data.toy import TOY_FORMAT_VERSION, make_toy_dataset
 from gcvideo.engine.tester import class_names
 from gcvideo.engine.trainer import train
@@ -65,7 +65,7 @@ def attention_per_class(model, cfg, out_dir: str) -> List[Dict[str, str]]:
     for rec in build_dataset(cfg, "val").records:
         first.setdefault(rec.label, rec.path)
     chosen = sorted(first.items())  # (label, path)
-    items = decode_views(cfg, [p for _, p in chosen], num_clips=1, num_crops=1)
+    items = decode_views(build_views_dataset(cfg, [p for _, p in chosen], num_clips=1, num_crops=1))
     out = []
     for (label, path), item in zip(chosen, items):
         if not item["ok"]:

@@ -18,7 +18,7 @@ from iopath.common.file_io import NativePathHandler, PathManager
 
 __all__ = ["path_manager", "CheckpointError", "WriteError", "load_checkpoint_file", "atomic_write_bytes",
            "atomic_save", "atomic_write_text", "disk_full_error", "local_path", "path_join", "remove_temporaries",
-           "TEMPORARY_NAME"]
+           "TEMPORARY_NAME", "refuse_existing"]
 
 FILE_URI = "file://"
 
@@ -203,6 +203,12 @@ def path_join(folder: str, name: str) -> str:
 
 
 _NO_RENAME: set = set()  # URI schemes whose iopath handler cannot move files (learnt on first write)
+
+
+def refuse_existing(path: str, overwrite: bool) -> None:
+    """FileExistsError when ``path`` exists and ``overwrite`` is False (call it before any work)."""
+    if path_manager.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} already exists; refusing to overwrite it (pass --overwrite)")
 
 
 def atomic_save(obj: Any, path: str) -> None:

@@ -187,6 +187,7 @@ def _write(d, kind, location, extra=""):
 
 def test_visualize_gc_on_toy_video(toy):
     from gcvideo.analysis.predict import decode_views
+    from gcvideo.data import build_views_dataset
     from gcvideo.models import build_model_from_checkpoint
 
     cfg_file, ckpt = _write(toy, "gc", GC_LOC)
@@ -194,7 +195,7 @@ def test_visualize_gc_on_toy_video(toy):
     video = str(toy / "toy" / "videos" / "train" / "000001.mp4")
     out = toy / "gc_out"
     model = build_model_from_checkpoint(cfg, ckpt)
-    clip = decode_views(cfg, [video], num_clips=1, num_crops=1)[0]["video"][:1]  # (1, 3, T, S, S)
+    clip = decode_views(build_views_dataset(cfg, [video], num_clips=1, num_crops=1))[0]["video"][:1]  # (1, 3, T, S, S)
     res = visualize_attention(model, clip, str(out), cfg.DATA.MEAN, cfg.DATA.STD, blocks=["blocks.2", "blocks.4"],
                               video=video)
     assert res["kind"] == "gc"

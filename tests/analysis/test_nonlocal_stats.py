@@ -239,25 +239,33 @@ def toy_setup(tmp_path_factory):
 
 def test_read_video_list(toy_setup, tmp_path):
     cfg = load_cfg(toy_setup["cfg_file"])
-    paths = read_video_list(str(toy_setup["toy"] / "val.csv"), cfg)
+    kw = dict(fmt=cfg.DATA.FORMAT, path_prefix=cfg.DATA.PATH_PREFIX, label_map=cfg.DATA.LABEL_MAP,
+              num_classes=cfg.MODEL.NUM_CLASSES, clip_layout=cfg.DATA.CLIP_LAYOUT)
+    paths = read_video_list(str(toy_setup["toy"] / "val.csv"), **kw)
     assert len(paths) == 2 and all(os.path.exists(p) for p in paths)
     plain = tmp_path / "list.txt"
     plain.write_text(f"# videos\n{REAL}\nrel.mp4\n")
-    assert read_video_list(str(plain), cfg) == [REAL, str(tmp_path / "rel.mp4")]
+    assert read_video_list(str(plain), **kw) == [REAL, str(tmp_path / "rel.mp4")]
+    assert read_video_list(str(plain), path_prefix="/videos") == [REAL, "/videos/rel.mp4"]
 
 
 def test_analyze_library_matches_direct(toy_setup, tmp_path):
     """analyze_nonlocal on a real video = collect_nonlocal_stats on the dataset's clip."""
-    from gcvideo.analysis.predict import video_views_dataset
+    from gcvideo.data import build_views_dataset
+    from gcvideo.models import build_model_from_checkpoint
 
     cfg = load_cfg(toy_setup["cfg_file"])
     lst = tmp_path / "videos.txt"
     lst.write_text(REAL + "\n" + str(tmp_path / "missing.mp4") + "\n")
     out = tmp_path / "r.json"
-    rep = analyze_nonlocal(cfg, toy_setup["ckpt"], str(lst), out_json=str(out), num_clips=2, max_queries=None,
-                           log=lambda m: None)
+    model = build_model_from_checkpoint(cfg, toy_setup["ckpt"])
+    dataset = build_views_dataset(cfg, read_video_list(str(lst)), 2, 1)
+    rep = analyze_nonlocal(model, dataset, out_json=str(out), max_queries=None, checkpoint=toy_setup["ckpt"],
+                           videos_file=str(lst), log=lambda m: None)
     assert rep["videos"] == 1 and len(rep["failed"]) == 1 and "missing.mp4" in rep["failed"][0]["path"]
-    clip = video_views_dataset(cfg, [REAL], 2, 1)[0]["video"]  # (2, 3, 4, 48, 48)
+    assert rep["clips_per_video"] == 2 and rep["crop"] == 48 and rep["clip"] == [4, 2]
+    assert rep["checkpoint"] == toy_setup["ckpt"] and rep["videos_file"] == str(lst)
+    clip = build_views_dataset(cfg, [REAL], 2, 1)[0]["video"]  # (2, 3, 4, 48, 48)
     rows = collect_nonlocal_stats(toy_setup["model"], [clip], max_queries=None)
     for a, b in zip(rep["blocks"], rows):
         for col in STAT_COLUMNS:
@@ -266,7 +274,7 @@ def test_analyze_library_matches_direct(toy_setup, tmp_path):
                 assert a[col] == pytest.approx(b[col], rel=1e-6)
     assert json.loads(out.read_text())["blocks"][0]["block"] == rows[0]["block"]
     with pytest.raises(FileExistsError):
-        analyze_nonlocal(cfg, toy_setup["ckpt"], str(lst), out_json=str(out), log=lambda m: None)
+        analyze_nonlocal(model, dataset, out_json=str(out), log=lambda m: None)
 
 
 def test_analyze_tool_on_toy_set(toy_setup, capsys):

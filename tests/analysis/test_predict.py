@@ -8,8 +8,10 @@ import sys
 import pytest
 import torch
 
-from gcvideo.analysis.predict import parse_views, predict_videos, video_views_dataset
+from gcvideo.analysis.predict import parse_views, predict_videos
 from gcvideo.config import load_cfg
+from gcvideo.data import build_views_dataset
+from gcvideo.engine.tester import class_names
 from gcvideo.models import CheckpointMismatchError, build_model, build_model_from_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -57,12 +59,15 @@ def test_predictions_match_model_and_broken_files_do_not_stop(setup):
     cfg, model = setup["cfg"], setup["model"]
     videos = [setup["videos"][0], setup["broken"], REAL, str(setup["dir"] / "missing.mp4"), setup["videos"][1]]
     logged = []
-    res = predict_videos(cfg, setup["ckpt"], videos, views=(2, 3), topk=5, log=logged.append)
+    names = class_names(cfg.DATA.LABEL_MAP, cfg.MODEL.NUM_CLASSES)
+    res = predict_videos(build_model_from_checkpoint(cfg, setup["ckpt"]), build_views_dataset(cfg, videos, 2, 3),
+                         names, topk=5, log=logged.append)
     assert [r["ok"] for r in res] == [True, False, True, False, True]
     assert res[1]["error"] and res[3]["error"] and len(logged) == 2 and "missing.mp4" in logged[1]
     names = open(cfg.DATA.LABEL_MAP).read().split()
     # each ok video: the mean over its 6 views of the softmax, top 5 in order, with class names
-    ds = video_views_dataset(cfg, [videos[2]], 2, 3)
+    assert all(r["views"] == "2x3" for r in res)
+    ds = build_views_dataset(cfg, [videos[2]], 2, 3)
     x = ds[0]["video"]
     assert x.shape == (6, 3, 4, 32, 32)
     with torch.no_grad():
@@ -77,7 +82,9 @@ def test_predictions_match_model_and_broken_files_do_not_stop(setup):
 
 @pytest.mark.skipif(not all(os.path.exists(p) for p in OTHER), reason="shared test videos not present")
 def test_other_containers(setup):
-    res = predict_videos(setup["cfg"], setup["ckpt"], OTHER, views=(1, 1), topk=3)
+    cfg = setup["cfg"]
+    res = predict_videos(setup["model"], build_views_dataset(cfg, OTHER, 1, 1),
+                         class_names(cfg.DATA.LABEL_MAP, cfg.MODEL.NUM_CLASSES), topk=3)
     assert [r["ok"] for r in res] == [True, True], [r["error"] for r in res]
     assert all(len(r["top"]) == 3 for r in res)
 

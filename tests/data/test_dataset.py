@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import data_helpers as H
 from gcvideo.config import get_cfg, validate_cfg
-from gcvideo.data import build_dataset
+from gcvideo.data import build_dataset, build_views_dataset
 from gcvideo.data import dataset as DS
 from gcvideo.data.transforms import crop_offsets, make_views, normalize_views, short_side_size
 
@@ -61,6 +61,26 @@ def test_val_and_test_views(tiny_toy):
     assert val3[0]["video"].shape == (3, 3, 4, 48, 48)
     # deterministic: the same views every time
     torch.testing.assert_close(test[2]["video"], item["video"], rtol=0, atol=0)
+
+
+def test_views_dataset_gives_the_test_split_items(tiny_toy):
+    """build_views_dataset on the test split's files: the test items of build_dataset (float32), label -1,
+    with the views asked for instead of TEST.NUM_ENSEMBLE_VIEWS x TEST.NUM_SPATIAL_CROPS."""
+    cfg = toy_cfg(tiny_toy, **{"DATA.EVAL_UINT8": False, "DATA.TARGET_FPS": 25, "SEED": 3,
+                               "DATA.MEAN": [0.4, 0.5, 0.6], "DATA.STD": [0.2, 0.25, 0.3]})
+    test = build_dataset(cfg, "test")  # 2 clips x 3 crops
+    paths = [test.records[i].path for i in (2, 0)]
+    views = build_views_dataset(cfg, paths, 2, 3)
+    for j, i in enumerate((2, 0)):
+        a, b = views[j], test[i]
+        assert a["ok"] and a["label"] == -1 and a["path"] == b["path"] and a["index"] == j
+        assert a["video"].dtype == torch.float32 and a["video"].shape == (6, 3, 4, 48, 48)
+        torch.testing.assert_close(a["video"], b["video"], rtol=0, atol=0)
+    one = build_views_dataset(cfg, paths[:1], 1, 1)[0]["video"]  # one view: still (V, 3, T, S, S)
+    assert one.shape == (1, 3, 4, 48, 48)
+    # the uint8 test items (DATA.EVAL_UINT8) do not change the views dataset: float32 for the model
+    cfg.DATA.EVAL_UINT8 = True
+    assert build_views_dataset(cfg, paths[:1], 2, 3)[0]["video"].dtype == torch.float32
 
 
 def test_same_seed_epoch_index_same_clip(tiny_toy):

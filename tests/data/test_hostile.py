@@ -8,7 +8,7 @@ import torch
 import data_helpers as H
 import video_faults as F
 from gcvideo.config import ConfigError, get_cfg, validate_cfg
-from gcvideo.data import VideoDecodeError, build_dataset
+from gcvideo.data import VideoDecodeError, build_dataset, build_views_dataset
 from gcvideo.data import dataset as DS
 from gcvideo.data.decoder import check_frame_size
 
@@ -125,6 +125,19 @@ def test_extreme_videos_are_replaced_in_training(hostile, tmp_path):
         assert "bad_size: " in item["skipped"] and rows[i] in item["skipped"]
 
 
+def test_views_dataset_applies_the_size_limits(hostile, tmp_path):
+    """build_views_dataset (predict, analyze_nonlocal, visualize_attention) reads DATA.MAX_FRAME_PIXELS and
+    DATA.MAX_ASPECT_RATIO as build_dataset does (the views used to keep VideoDataset's defaults)."""
+    cfg = cfg_for(str(tmp_path), [hostile["good"]])
+    assert build_views_dataset(cfg, [hostile["good"]], 1, 1)[0]["ok"]
+    cfg.DATA.MAX_FRAME_PIXELS = 176 * 128 - 1  # the good video's frames are 176 x 128
+    item = build_views_dataset(cfg, [hostile["good"]], 1, 1)[0]
+    assert not item["ok"] and item["error"].startswith("bad_size: 176x128 frames")
+    cfg.DATA.MAX_FRAME_PIXELS, cfg.DATA.MAX_ASPECT_RATIO = 176 * 128, 1.3  # 176 / 128 = 1.375
+    item = build_views_dataset(cfg, [hostile["good"]], 1, 1)[0]
+    assert not item["ok"] and "aspect ratio of 1.375:1" in item["error"]
+
+
 def test_predict_gives_the_good_videos_their_result(hostile):
     """predict_videos on a 4000x2 video and a good one: one failed result, one prediction."""
     from gcvideo.analysis.predict import predict_videos
@@ -137,8 +150,8 @@ def test_predict_gives_the_good_videos_their_result(hostile):
     cfg = get_cfg()
     cfg.MODEL.NUM_CLASSES = 2
     cfg.DATA.NUM_FRAMES, cfg.DATA.SAMPLING_RATE, cfg.DATA.TEST_CROP_SIZE = 4, 2, 64
-    res = predict_videos(cfg, "", [hostile["4000x2"], hostile["good"]], views=(2, 3), topk=2, device="cpu",
-                         model=Mean(), class_names=["a", "b"])
+    res = predict_videos(Mean(), build_views_dataset(cfg, [hostile["4000x2"], hostile["good"]], 2, 3), ["a", "b"],
+                         topk=2, device="cpu")
     assert res[0]["ok"] is False and res[0]["error"].startswith("bad_size: ") and res[0]["top"] == []
     assert res[1]["ok"] is True and len(res[1]["top"]) == 2
 

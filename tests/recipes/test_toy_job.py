@@ -51,11 +51,12 @@ def test_toy_main_job_end_to_end(tmp_path, capsys):
         assert gif.n_frames == 4 and gif.size == (32 * 5, 32)  # 4 frames; the input + 4 GC blocks side by side
     # the maps are those of the final weights: the logits saved beside them are the model's on that clip
     from gcvideo.analysis.predict import decode_views
+    from gcvideo.data import build_views_dataset
     from gcvideo.models import build_model_from_checkpoint
     from gcvideo.config import load_cfg
     cfg = load_cfg(TOY_CONFIG, ["DATA.PATH_TO_DATA_DIR", data, "DATA.LABEL_MAP", os.path.join(data, "classes.txt")] + TINY)
     model = build_model_from_checkpoint(cfg, res["checkpoint"])
-    clip = decode_views(cfg, [figures[4]["video"]], 1, 1)[0]["video"][:1]
+    clip = decode_views(build_views_dataset(cfg, [figures[4]["video"]], 1, 1))[0]["video"][:1]
     raw = torch.load(figures[4]["maps"])
     with torch.no_grad():
         torch.testing.assert_close(raw["logits"], model(clip)[0], rtol=1e-4, atol=1e-5)

@@ -31,27 +31,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_context  # noqa: E402
 from gcvideo.analysis.flops import count_flops  # noqa: E402
-from gcvideo.config import load_cfg  # noqa: E402
-from gcvideo.models import build_model  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = {"base": "slow_r50_8x8", "gc_all": "slow_r50_8x8_gc_all", "nl5": "slow_r50_8x8_nl5"}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def build(name: str, device: torch.device, size: int, channels_last: bool = True) -> torch.nn.Module:
-    """The Kinetics config's model with non-zero context transforms (they do real work in backward)."""
-    cfg = load_cfg(os.path.join(ROOT, "configs", "kinetics400", MODELS[name] + ".yaml"),
-                   ["DATA.TRAIN_CROP_SIZE", str(size)], check_files=False)
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    with torch.no_grad():
-        for m in model.context_blocks():
-            for p in m.parameters():
-                if p.dim() > 1 and not p.any():
-                    p.normal_(0, 0.01)
-    model = model.to(device)
+def build(name: str, device: torch.device, channels_last: bool = True) -> torch.nn.Module:
+    """bench_context's model of that name (non-zero context transforms), on ``device``."""
+    model = bench_context.build(name).to(device)
     return model.to(memory_format=torch.channels_last_3d) if channels_last else model
 
 
@@ -91,7 +80,7 @@ def time_steps(step, device: torch.device, steps: int, warmup: int) -> List[floa
 def measure(name: str, precision: str, compiled: bool, device: torch.device, batch: int, size: int,
             steps: int, warmup: int, peak_tflops: float, macs_per_clip: int) -> Dict:
     dtype = PRECISIONS[precision]
-    model = build(name, device, size)
+    model = build(name, device)
     net = torch.compile(model) if compiled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -116,7 +105,7 @@ def measure(name: str, precision: str, compiled: bool, device: torch.device, bat
 def profile_best(rows: List[Dict], device: torch.device, path: str, size: int) -> None:
     """torch.profiler table of the fastest baseline setting's kernels, written to ``path``."""
     best = max((r for r in rows if r["model"] == "base"), key=lambda r: r["clips_per_s"])
-    model = build("base", device, size)
+    model = build("base", device)
     net = torch.compile(model) if best["compile"] else model
     dtype = PRECISIONS[best["precision"]]
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -161,7 +150,7 @@ def main(argv=None) -> int:
     models = args.models.split(",")
     precisions = [p for p in args.precisions.split(",") if device.type == "cuda" or p != "fp16"]
     modes = {"eager": [False], "compiled": [True], "both": [False, True]}[args.compile]
-    macs = {m: count_flops(build(m, torch.device("cpu"), args.size, channels_last=False), (1, 3, 8, args.size, args.size)).total
+    macs = {m: count_flops(build(m, torch.device("cpu"), channels_last=False), (1, 3, 8, args.size, args.size)).total
             for m in models}
     rows = []
     print(f"{'model':8s} {'prec':5s} {'mode':8s} {'step ms':>8s} {'clips/s':>8s} {'TFLOP/s':>8s} {'MFU':>6s} "

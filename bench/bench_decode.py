@@ -55,6 +55,7 @@ from gcvideo.data.decoder import BACKENDS, open_video  # noqa: E402
 from gcvideo.data.prepare import PREPARE_DEFAULTS, reencode_video  # noqa: E402
 from gcvideo.data.sampling import view_clip_indices  # noqa: E402
 from gcvideo.data.transforms import crop_offsets, make_views, normalize, resize_short_side, to_tchw  # noqa: E402
+from gcvideo.utils.io import atomic_write_text  # noqa: E402
 
 MEAN, STD = [0.45] * 3, [0.225] * 3
 JITTER, CROP, T, RATE, FPS = (256, 320), 224, 8, 8, 30
@@ -444,9 +445,7 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     out(f"\nLoad average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.")
     if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(args.out + ".tmp", args.out)
+        atomic_write_text(args.out, "\n".join(lines) + "\n")
     return 0
 
 

@@ -35,6 +35,7 @@ from gcvideo.config import get_cfg  # noqa: E402
 from gcvideo.data.annotations import (DEFAULT_KINETICS400_LABEL_MAP, load_annotations,  # noqa: E402
                                       read_label_map)
 from gcvideo.data.dataset import build_dataset  # noqa: E402
+from gcvideo.utils.io import atomic_write_text  # noqa: E402
 
 _ALPHABET = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"))
 
@@ -175,9 +176,7 @@ def main(argv=None) -> int:
             f"{(old_gc - new_gc) / 1024:.1f} MB, is the list's rows; the rest is the interpreter's own objects (torch, numpy, ...), which gc.freeze() in "
             f"the parent before the workers fork leaves shared too ({frozen_gc / 1024:.1f} MB).")
     if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(args.out + ".tmp", args.out)
+        atomic_write_text(args.out, "\n".join(lines) + "\n")
     return 0
 
 

@@ -13,15 +13,7 @@ from gcvideo.utils.io import CheckpointError, load_checkpoint_file
 def _random_2d(depth=50, seed=0):
     torch.manual_seed(seed)
     net = getattr(torchvision.models, f"resnet{depth}")()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return net.eval()
+    return _randomise_bn(net, seed + 1).eval()  # every BN statistic non-zero
 
 
 def _features_2d(net, x):  # (N, 3, H, W) -> (N, 2048, H/32, W/32)

@@ -200,6 +200,11 @@ _C.SOLVER.WARMUP_EPOCHS = 34.0
 _C.SOLVER.WARMUP_START_FACTOR = 0.1
 # Final learning rate of the cosine, as a fraction of the (scaled) base LR.
 _C.SOLVER.COSINE_END_FACTOR = 0.0
+# Optimizer: "sgd" (momentum, Nesterov; PySlowFast's ResNet recipes) or "adamw" (decoupled weight
+# decay, betas SOLVER.BETAS; PySlowFast's MViT recipes).
+_C.SOLVER.OPTIMIZING_METHOD = "sgd"
+# AdamW's (beta1, beta2).
+_C.SOLVER.BETAS = [0.9, 0.999]
 # SGD momentum, Nesterov, weight decay.
 _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.NESTEROV = True
@@ -584,6 +589,9 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _check(0 <= s.WARMUP_EPOCHS <= s.MAX_EPOCH, "SOLVER.WARMUP_EPOCHS", s.WARMUP_EPOCHS,
            f"0..SOLVER.MAX_EPOCH ({s.MAX_EPOCH})")
     _check(0 <= s.MOMENTUM < 1, "SOLVER.MOMENTUM", s.MOMENTUM, "a value in [0, 1)")
+    _one_of(s.OPTIMIZING_METHOD, "SOLVER.OPTIMIZING_METHOD", ["sgd", "adamw"])
+    _check(len(s.BETAS) == 2 and all(0 <= b < 1 for b in s.BETAS), "SOLVER.BETAS", s.BETAS,
+           "two values in [0, 1)")
     _check(s.WEIGHT_DECAY >= 0, "SOLVER.WEIGHT_DECAY", s.WEIGHT_DECAY, "0 or more")
     _check(s.CLIP_GRAD_NORM >= 0, "SOLVER.CLIP_GRAD_NORM", s.CLIP_GRAD_NORM, "0 (off) or a positive norm")
     _check(t.BATCH_SIZE >= 1, "TRAIN.BATCH_SIZE", t.BATCH_SIZE, "a positive integer")

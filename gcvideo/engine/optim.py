@@ -48,11 +48,21 @@ def param_groups(model: nn.Module, weight_decay: float, zero_wd_norm_bias: bool)
     return groups
 
 
-def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.SGD:
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+    """SOLVER.OPTIMIZING_METHOD over ``param_groups``, at the linearly scaled base LR."""
     s = cfg.SOLVER
     groups = param_groups(model, s.WEIGHT_DECAY, s.ZERO_WD_NORM_BIAS)
-    return torch.optim.SGD(groups, lr=scaled_lr(s.BASE_LR, cfg.TRAIN.BATCH_SIZE, s.REFERENCE_BATCH_SIZE),
-                           momentum=s.MOMENTUM, nesterov=s.NESTEROV and s.MOMENTUM > 0, weight_decay=s.WEIGHT_DECAY)
+    lr = scaled_lr(s.BASE_LR, cfg.TRAIN.BATCH_SIZE, s.REFERENCE_BATCH_SIZE)
+    method = s.OPTIMIZING_METHOD
+    if method == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=s.MOMENTUM, nesterov=s.NESTEROV and s.MOMENTUM > 0,
+                               weight_decay=s.WEIGHT_DECAY)
+    if method == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(s.BETAS), weight_decay=s.WEIGHT_DECAY)
+    raise ValueError(f"SOLVER.OPTIMIZING_METHOD = {method!r}; expected one of {list(OPTIMIZERS)}")
 
 
 class WarmupCosineSchedule:

@@ -125,16 +125,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         with autocast(device, amp_dtype):
             logits = model(x)  # (B, K)
         loss = F.cross_entropy(logits.float(), y)
-        # 5. one all-reduce: mean loss, stop request, videos skipped as broken
-        skipped = [s for s in batch.get("skipped", []) if s]
-        flags = torch.tensor([loss.item(), float(stop_requested()), float(len(skipped))], dtype=torch.float64)
-        flags = du.all_reduce_sum(flags.to(device)).cpu() if world > 1 else flags
-        mean_loss, stop, n_skipped = flags[0].item() / world, flags[1].item() > 0, int(flags[2].item())
-        # 6. a NaN / infinite loss stops training before the weights change
-        if not math.isfinite(mean_loss):
-            raise _non_finite(f"loss is {mean_loss}", epoch, it, iters_per_epoch, global_iter)
-        # 7. backward; gradient norm (clipped if asked); a NaN / infinite gradient also stops
-        #    training before the weights change (with fp16 the grad scaler skips such steps instead)
+        # 5. backward; gradient norm (clipped if asked); the weights do not change yet
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)  # no-op without fp16
@@ -142,8 +133,21 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-        if not scaler.is_enabled() and not math.isfinite(float(grad_norm)):
-            raise _non_finite(f"gradient norm is {float(grad_norm)} (loss {mean_loss:.4g})", epoch, it,
+        # 6. the step's one read to the host (and one all-reduce with several processes): loss, gradient
+        #    norm, stop request, videos skipped as broken
+        skipped = [s for s in batch.get("skipped", []) if s]
+        flags = torch.cat([torch.stack([loss.detach(), grad_norm.detach()]).double(),
+                           torch.tensor([float(stop_requested()), float(len(skipped))], dtype=torch.float64,
+                                        device=loss.device)])
+        flags = du.all_reduce_sum(flags) if world > 1 else flags
+        loss_sum, norm_sum, stop_sum, skipped_sum = flags.cpu().tolist()
+        mean_loss, stop, n_skipped = loss_sum / world, stop_sum > 0, int(skipped_sum)
+        # 7. a NaN / infinite loss or gradient stops training before the weights change (with fp16 the
+        #    grad scaler skips steps with non-finite gradients instead)
+        if not math.isfinite(mean_loss):
+            raise _non_finite(f"loss is {mean_loss}", epoch, it, iters_per_epoch, global_iter)
+        if not scaler.is_enabled() and not math.isfinite(norm_sum):
+            raise _non_finite(f"gradient norm is {norm_sum / world} (loss {mean_loss:.4g})", epoch, it,
                               iters_per_epoch, global_iter)
         scaler.step(optimizer)
         scaler.update()

@@ -78,3 +78,24 @@ def test_weight_decay_groups():
     opt.step()
     assert lin.weight.item() == pytest.approx(2.0 - 0.1 * 0.5 * 2.0) and lin.bias.item() == 3.0
     assert len(param_groups(model, 1e-4, False)) == 1
+
+
+def test_adamw_step_matches_its_equations_and_unknown_method_is_refused():
+    """SOLVER.OPTIMIZING_METHOD adamw: one step on a decayed weight equals the AdamW update written
+    out (Loshchilov & Hutter: w -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * w)) in float64."""
+    from gcvideo.config import ConfigError
+    cfg = _cfg("SOLVER.OPTIMIZING_METHOD", "adamw", "SOLVER.BASE_LR", "0.004", "TRAIN.BATCH_SIZE", "32",
+               "SOLVER.REFERENCE_BATCH_SIZE", "64", "SOLVER.WEIGHT_DECAY", "0.05", "SOLVER.BETAS", "[0.8, 0.99]")
+    model = nn.Linear(3, 2).double()
+    opt = build_optimizer(cfg, model)
+    assert isinstance(opt, torch.optim.AdamW)
+    w0 = model.weight.detach().clone()
+    g = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    model.weight.grad, model.bias.grad = g.clone(), torch.zeros(2, dtype=torch.float64)
+    opt.step()
+    lr, b1, b2, eps, wd = 0.002, 0.8, 0.99, 1e-8, 0.05
+    m_hat, v_hat = (1 - b1) * g / (1 - b1), (1 - b2) * g * g / (1 - b2)
+    expected = w0 * (1 - lr * wd) - lr * m_hat / (v_hat.sqrt() + eps)
+    assert torch.allclose(model.weight.detach(), expected, rtol=0, atol=1e-12)
+    with pytest.raises(ConfigError, match=r"SOLVER.OPTIMIZING_METHOD = 'lamb' .*'sgd', 'adamw'"):
+        _cfg("SOLVER.OPTIMIZING_METHOD", "lamb")

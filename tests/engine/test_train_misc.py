@@ -1,6 +1,7 @@
 """NaN loss stops with the iteration named and the checkpoint intact; checkpoint content and
 pruning; RNG round trip; the output folder is never someone else's."""
 import hashlib
+import math
 import os
 import random
 
@@ -188,3 +189,34 @@ def test_precise_bn_averages_batch_statistics():
     torch.testing.assert_close(net.bn.running_mean, means)
     torch.testing.assert_close(net.bn.running_var, vars_)
     assert net.bn.momentum == 0.1
+
+
+def test_a_training_step_reads_values_to_the_host_once(monkeypatch):
+    """Every read of a tensor's value on the host (``.item()``, ``float()``, ``bool()``, ``.tolist()``,
+    ``.cpu()``, ``.numpy()``) is a device sync on a GPU; a step makes exactly one (the loss, gradient
+    norm and flags travel together). The old loop read the loss before backward and the gradient
+    norm after it (5 reads a step)."""
+    from gcvideo.engine.optim import WarmupCosineSchedule
+    from gcvideo.engine.trainer import train_one_epoch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 2 * 4 * 4, 5))
+    batches = [{"video": torch.randn(4, 3, 2, 4, 4), "label": torch.randint(0, 5, (4,))} for _ in range(3)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    schedule = WarmupCosineSchedule(optimizer, lr=0.1, max_epoch=1, warmup_epochs=0, warmup_start_factor=0.1,
+                                    end_factor=0.0, iters_per_epoch=3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    reads = []
+    for name in ("item", "__float__", "__bool__", "tolist", "cpu", "numpy"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, _name=name, **k):
+            reads.append(_name)
+            return _real(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    stats = train_one_epoch(model, batches, optimizer, schedule, scaler, device=torch.device("cpu"), epoch=0,
+                            iters_per_epoch=3)
+    monkeypatch.undo()
+    assert stats["iters"] == 3 and math.isfinite(stats["loss"])
+    # one .cpu() of the flags a step, then .tolist() of that host copy (no further sync)
+    assert reads == ["cpu", "tolist"] * 3, reads

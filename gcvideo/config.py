@@ -184,6 +184,9 @@ _C.DATA.MAX_ASPECT_RATIO = 10.0
 # DataLoader workers per process and pinned memory.
 _C.DATA.NUM_WORKERS = 4
 _C.DATA.PIN_MEMORY = True
+# Training batches each DataLoader worker prepares ahead (DataLoader prefetch_factor; used with
+# NUM_WORKERS > 0). The training workers persist for the whole run (bench/results/loader.md).
+_C.DATA.PREFETCH_FACTOR = 2
 
 # ---------------------------------------------------------------------------
 # Solver
@@ -580,6 +583,8 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _check(0.0 <= d.MAX_BROKEN_FRACTION <= 1.0, "DATA.MAX_BROKEN_FRACTION", d.MAX_BROKEN_FRACTION,
            "a share in [0, 1]")
     _check(d.NUM_WORKERS >= 0, "DATA.NUM_WORKERS", d.NUM_WORKERS, "0 or more")
+    _check(isinstance(d.PREFETCH_FACTOR, int) and d.PREFETCH_FACTOR >= 1, "DATA.PREFETCH_FACTOR",
+           d.PREFETCH_FACTOR, "a positive number of batches per worker")
     _check(isinstance(d.NUM_SAMPLES, int) and d.NUM_SAMPLES >= 1, "DATA.NUM_SAMPLES", d.NUM_SAMPLES,
            "a positive number of clips per training video")
     # ---- solver / train / test

@@ -80,6 +80,9 @@ class VideoDataset(Dataset):
     """Videos of one split. ``train=True``: random clips, broken videos replaced;
     ``train=False``: ``num_clips x num_crops`` deterministic views, broken videos marked.
     """
+    # ``set_epoch`` reaches persistent DataLoader workers (shared memory): the engine keeps its
+    # training workers for the whole run (gcvideo.engine.loader.TrainLoader)
+    epoch_is_shared = True
 
     def __init__(self, records: Union[VideoRecords, Sequence[VideoRecord]], train: bool, *, decoder: str = "pyav",
                  decoder_threads: int = 1, decode_device: str = "cpu", num_frames: int = 8, sampling_rate: int = 8,

@@ -19,6 +19,7 @@ from gcvideo.data.annotations import read_label_map
 from gcvideo.data.dataset import build_dataset
 from gcvideo.engine import distributed as du
 from gcvideo.engine.checkpoint import list_checkpoints
+from gcvideo.engine.loader import ForkingLoader
 from gcvideo.engine.memory_format import model_channels_last, to_device
 from gcvideo.engine.metrics import combine_views, compute_metrics, format_summary, write_report
 from gcvideo.engine.precision import autocast, autocast_dtype
@@ -51,9 +52,10 @@ def build_eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_m
 
     The loader has its own generator: iterating a DataLoader draws a seed from the global RNG
     otherwise, and a validation during training would shift the training's RNG stream (dropout,
-    augmentation), so a run with validation would not train the same weights as one without."""
+    augmentation), so a run with validation would not train the same weights as one without.
+    Its workers fork with a frozen garbage collector (``ForkingLoader``)."""
     sampler = du.ShardSampler(len(dataset), du.get_rank(), du.get_world_size())
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+    return ForkingLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory, drop_last=False, generator=torch.Generator().manual_seed(0))
 
 

@@ -36,6 +36,7 @@ from gcvideo.data.dataset import annotation_path, build_dataset, collate_train
 from gcvideo.engine import distributed as du
 from gcvideo.engine.checkpoint import (FORMAT, checkpoint_dir, get_rng_state, list_checkpoints, load_latest_checkpoint,
                                        save_checkpoint, set_rng_state)
+from gcvideo.engine.loader import TrainLoader
 from gcvideo.engine.logger import RunLogger, format_duration
 from gcvideo.engine.memory_format import model_channels_last, to_device
 from gcvideo.engine.optim import WarmupCosineSchedule, build_optimizer, build_schedule, scaled_lr
@@ -254,6 +255,7 @@ class FitSettings:
     std: List[float]
     num_workers: int
     pin_memory: bool
+    prefetch_factor: int  # training batches in flight per DataLoader worker
     max_broken_fraction: float
     eval: Dict[str, Any]  # keyword arguments of ``evaluate`` for validation
     eval_batch_size: int
@@ -269,6 +271,7 @@ def build_fit_settings(cfg: CfgNode) -> FitSettings:
         log_period=t.LOG_PERIOD, checkpoint_period=t.CHECKPOINT_PERIOD, checkpoint_iters=t.CHECKPOINT_ITERS,
         keep_last=t.KEEP_LAST, eval_period=t.EVAL_PERIOD, precise_bn_batches=t.PRECISE_BN_BATCHES,
         channels_last=t.CHANNELS_LAST, mean=list(d.MEAN), std=list(d.STD), num_workers=d.NUM_WORKERS, pin_memory=d.PIN_MEMORY,
+        prefetch_factor=d.PREFETCH_FACTOR,
         max_broken_fraction=d.MAX_BROKEN_FRACTION,
         eval={"num_classes": cfg.MODEL.NUM_CLASSES, "ensemble_method": cfg.TEST.ENSEMBLE_METHOD,
               "channels_last": t.CHANNELS_LAST, "mean": d.MEAN, "std": d.STD},
@@ -287,6 +290,7 @@ class _Run:
     val_set: Optional[Dataset]
     test_set: Optional[Dataset]
     sampler: du.TrainSampler
+    loader: TrainLoader  # the training batches (and precise BN's), one DataLoader for the run
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: WarmupCosineSchedule
@@ -350,6 +354,10 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
     # -- data (annotation errors, fewer clips than one global batch), and the test set used at the end
     train_set = builder(cfg, "train")
     sampler = du.TrainSampler(len(train_set), t.BATCH_SIZE, rank, world, cfg.SEED)
+    loader = TrainLoader(train_set, sampler, sampler.local_batch, num_workers=settings.num_workers,
+                         pin_memory=settings.pin_memory and device.type == "cuda",
+                         prefetch_factor=settings.prefetch_factor, seed=cfg.SEED, rank=rank,
+                         collate_fn=collate_train)  # K clips per video (DATA.NUM_SAMPLES) as K rows
     val_set = builder(cfg, "val") if t.EVAL_PERIOD > 0 else None
     test_set = _build_test_set(cfg, builder) if t.TEST_AT_END else None
     # -- model (same initial weights on every process); TRAIN.INIT_FROM unless a checkpoint will be resumed
@@ -369,7 +377,7 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
     schedule = build_schedule(cfg, optimizer, sampler.iters_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return _Run(device=device, rank=rank, world=world, amp_dtype=amp_dtype, memory_note=memory_note,
-                train_set=train_set, val_set=val_set, test_set=test_set, sampler=sampler, model=model,
+                train_set=train_set, val_set=val_set, test_set=test_set, sampler=sampler, loader=loader, model=model,
                 optimizer=optimizer, schedule=schedule, scaler=scaler, settings=settings, init_note=init_note)
 
 
@@ -565,6 +573,7 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
                     last_ckpt = save(epoch + 1, 0)
                 logger.log_epoch(record)
         finally:
+            run.loader.close()  # the persistent workers end before the final test forks its own
             logger.close()
     if not last_ckpt and run.main:
         found = list_checkpoints(fs.output_dir)
@@ -576,12 +585,9 @@ def _precise_bn_and_validate(run: _Run, fs: FitSettings, epoch: int, validate: b
     """Precise BN statistics (before a validation and at the end; no RNG is used), the same BN
     statistics on every process, then the validation metrics over all videos (None without)."""
     if fs.precise_bn_batches > 0 and (validate or last):
-        run.sampler.set_epoch(epoch, 0)
-        bn_loader = DataLoader(run.train_set, batch_size=run.sampler.local_batch, sampler=run.sampler,
-                               num_workers=fs.num_workers, drop_last=True,
-                               generator=torch.Generator().manual_seed(fs.seed + epoch), collate_fn=collate_train)
-        precise_bn(run.model, bn_loader, fs.precise_bn_batches, run.device, run.amp_dtype, fs.channels_last,
-                   fs.mean, fs.std)
+        # the epoch's first training batches, from the training loader's workers (no second set)
+        precise_bn(run.model, run.loader.epoch(epoch, 0), fs.precise_bn_batches, run.device, run.amp_dtype,
+                   fs.channels_last, fs.mean, fs.std)
     du.broadcast_buffers(run.model)  # every process evaluates (and rank 0 saves) the same BN statistics
     if not validate:
         return None
@@ -605,15 +611,9 @@ def _sigterm_flag(state: Dict) -> Iterator[None]:
 
 
 def _train_loader(run: _Run, epoch: int, start_iter: int, fs: FitSettings) -> DataLoader:
-    """The epoch's loader: per-epoch order and augmentation, workers seeded from (SEED, epoch, rank)."""
-    run.sampler.set_epoch(epoch, start_iter)
-    if hasattr(run.train_set, "set_epoch"):
-        run.train_set.set_epoch(epoch)
-    gen = torch.Generator().manual_seed(fs.seed * 7919 + epoch * 104729 + run.rank)
-    return DataLoader(run.train_set, batch_size=run.sampler.local_batch, sampler=run.sampler,
-                      num_workers=fs.num_workers, drop_last=True, generator=gen,
-                      pin_memory=fs.pin_memory and run.device.type == "cuda",
-                      collate_fn=collate_train)  # K clips per video (DATA.NUM_SAMPLES) as K rows
+    """The epoch's loader (iterations ``start_iter..``): per-epoch order and augmentation; the same
+    DataLoader and persistent workers every epoch (``TrainLoader``; DATA.PREFETCH_FACTOR)."""
+    return run.loader.epoch(epoch, start_iter)
 
 
 def _final_test(run: _Run, last_ckpt: Optional[str], settings: Dict[str, Any]) -> Optional[Dict]:

@@ -442,6 +442,42 @@ def test_num_samples_training_resumes_bit_exact(tiny_toy, tmp_path):
         assert torch.equal(v, final_b["model"][k]), k
 
 
+def test_persistent_workers_and_precise_bn_train_the_same_weights(tiny_toy, tmp_path):
+    """2 persistent DataLoader workers (DATA.NUM_WORKERS 2), resumed from an uninterrupted in-process
+    run's mid-epoch checkpoint, precise BN from the training loader after each epoch: the final
+    weights and BN statistics of that run, bit for bit."""
+    import shutil
+    from gcvideo.engine import train
+    from gcvideo.utils.io import load_checkpoint_file
+
+    def cfg_for(out, workers):
+        cfg = toy_cfg(tiny_toy, **{"DATA.TRAIN_JITTER_SCALES": [32, 40], "DATA.TRAIN_CROP_SIZE": 32,
+                                   "DATA.REVERSE_PROB": 0.5})
+        cfg.merge_from_list(["OUTPUT_DIR", str(out), "MODEL.WIDTH", "8", "MODEL.STAGE_DEPTHS", "[1, 1, 1, 1]",
+                             "TRAIN.BATCH_SIZE", "4", "TRAIN.CHANNELS_LAST", "False", "TRAIN.TEST_AT_END", "False",
+                             "TRAIN.EVAL_PERIOD", "1", "TRAIN.EVAL_VIEWS", "[1, 1]", "TRAIN.PRECISE_BN_BATCHES", "2",
+                             "TRAIN.DETERMINISTIC", "True", "TRAIN.CHECKPOINT_ITERS", "2", "TRAIN.KEEP_LAST", "10",
+                             "SOLVER.MAX_EPOCH", "3", "SOLVER.WARMUP_EPOCHS", "1.0", "SOLVER.REFERENCE_BATCH_SIZE", "4",
+                             "DEVICE", "cpu", "MODEL.DROPOUT", "0.5", "DATA.NUM_WORKERS", str(workers),
+                             "DATA.PREFETCH_FACTOR", "3"])
+        return cfg
+
+    torch.set_num_threads(1)
+    a = tmp_path / "a"
+    train(cfg_for(a, 0))
+    b = tmp_path / "b"
+    (b / "checkpoints").mkdir(parents=True)
+    shutil.copy(a / "config.yaml", b / "config.yaml")
+    shutil.copy(a / "checkpoints" / "checkpoint_epoch0001_iter000002.pth", b / "checkpoints")
+    train(cfg_for(b, 2))
+    final_a = load_checkpoint_file(str(a / "checkpoints" / "checkpoint_epoch0003.pth"))
+    final_b = load_checkpoint_file(str(b / "checkpoints" / "checkpoint_epoch0003.pth"))
+    assert final_a["global_iter"] == final_b["global_iter"] == 12
+    assert any("running_mean" in k for k in final_a["model"])
+    for k, v in final_a["model"].items():
+        assert torch.equal(v, final_b["model"][k]), k
+
+
 def test_one_clip_is_decoded_at_its_jitter_scale(tiny_toy, monkeypatch):
     """K = 1 with a reader that scales in its colour conversion (read(indices, size=(h, w))): the
     scale is drawn before the read, the read asks for the scaled size, and the clip is the crop of

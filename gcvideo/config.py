@@ -185,7 +185,7 @@ _C.DATA.MAX_ASPECT_RATIO = 10.0
 _C.DATA.NUM_WORKERS = 4
 _C.DATA.PIN_MEMORY = True
 # Training batches each DataLoader worker prepares ahead (DataLoader prefetch_factor; used with
-# NUM_WORKERS > 0). The training workers persist for the whole run (bench/results/loader.md).
+# NUM_WORKERS > 0). The training workers persist for the whole run (gcvideo.engine.loader).
 _C.DATA.PREFETCH_FACTOR = 2
 
 # ---------------------------------------------------------------------------

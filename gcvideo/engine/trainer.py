@@ -544,7 +544,7 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
                 # 1. one epoch of training, from the resumed position
                 try:
                     stats = train_one_epoch(
-                        ddp, _train_loader(run, epoch, start, fs), run.optimizer, run.schedule, run.scaler,
+                        ddp, run.loader.epoch(epoch, start), run.optimizer, run.schedule, run.scaler,
                         device=run.device, epoch=epoch, iters_per_epoch=ipe, start_iter=start,
                         global_iter=state["global_iter"], total_iters=fs.max_epoch * ipe, amp_dtype=run.amp_dtype,
                         channels_last=fs.channels_last, mean=fs.mean, std=fs.std, clip_norm=fs.clip_norm, log_period=fs.log_period,
@@ -608,12 +608,6 @@ def _sigterm_flag(state: Dict) -> Iterator[None]:
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
-
-
-def _train_loader(run: _Run, epoch: int, start_iter: int, fs: FitSettings) -> DataLoader:
-    """The epoch's loader (iterations ``start_iter..``): per-epoch order and augmentation; the same
-    DataLoader and persistent workers every epoch (``TrainLoader``; DATA.PREFETCH_FACTOR)."""
-    return run.loader.epoch(epoch, start_iter)
 
 
 def _final_test(run: _Run, last_ckpt: Optional[str], settings: Dict[str, Any]) -> Optional[Dict]:

@@ -49,7 +49,7 @@ def rotating_video_params(seed: int, num_val: int = 200):
         for i in range(num_val):
             if i % len(toy.TOY_CLASSES) in (4, 5):
                 seen.clear()
-                toy.render_video(np.random.default_rng([seed, toy._SPLIT_IDS["val"], i]), i % 8, 2, 128)
+                toy.render_video(np.random.default_rng([seed, toy._SPLIT_IDS["val"], i]), i % len(toy.TOY_CLASSES), 2, 128)
                 params[i] = dict(seen)
         return params
     finally:

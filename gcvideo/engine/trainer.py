@@ -341,6 +341,12 @@ def _train_steps(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) ->
             "val": fit["val"], "test": test_result}
 
 
+def _precision_name(setting: str, amp_dtype: Optional[torch.dtype]) -> str:
+    """What the step runs in, for the log: "bf16", "fp16" or "fp32", with "(auto)" when resolved from "auto"."""
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32")
+    return f"{name} (auto)" if setting == "auto" else name
+
+
 def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _Run:
     """Datasets, sampler, model (initial weights), optimizer and the run's settings; raises before
     anything is written (annotation errors, a training set smaller than one global batch, an
@@ -532,7 +538,8 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
 
     logger.info(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {run.world} x "
                 f"{run.device.type}, {len(run.train_set)} clips, {ipe} iterations/epoch, global batch "
-                f"{fs.batch_size}, LR {fs.lr:.4g}, precision {fs.mixed_precision}; output {fs.output_dir}"
+                f"{fs.batch_size}, LR {fs.lr:.4g}, precision {_precision_name(fs.mixed_precision, run.amp_dtype)}; "
+                f"output {fs.output_dir}"
                 + (f"; {run.memory_note}" if run.memory_note else ""))
     val_results: List[Dict] = []
     last_ckpt = None

@@ -220,3 +220,14 @@ def test_a_training_step_reads_values_to_the_host_once(monkeypatch):
     assert stats["iters"] == 3 and math.isfinite(stats["loss"])
     # one .cpu() of the flags a step, then .tolist() of that host copy (no further sync)
     assert reads == ["cpu", "tolist"] * 3, reads
+
+
+def test_log_names_the_precision_the_step_runs_in(tmp_path, capsys, monkeypatch):
+    """"auto" is logged as what it resolved to, not as "auto"."""
+    import gcvideo.engine.precision as precision
+
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: set())  # no bf16 instructions: auto -> fp32
+    train(tiny_cfg(tmp_path / "a", "SOLVER.MAX_EPOCH", 1, "TRAIN.MIXED_PRECISION", "auto"), dataset_builder=builder())
+    assert "precision fp32 (auto);" in capsys.readouterr().out
+    train(tiny_cfg(tmp_path / "b", "SOLVER.MAX_EPOCH", 1, "TRAIN.MIXED_PRECISION", "bf16"), dataset_builder=builder())
+    assert "precision bf16;" in capsys.readouterr().out

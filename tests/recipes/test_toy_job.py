@@ -11,10 +11,13 @@ from gcvideo.recipes.toy import run_toy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOY_CONFIG = os.path.join(ROOT, "configs/toy/slow_gc_toy.yaml")
+# fp32 on every machine: at this tiny size (32 px, 4 frames, batch 8) the 5-frame stem with AdamW
+# under bf16 autocast stops at its first step with an infinite gradient norm (found 2026-12-04 on a
+# bf16 CPU, not yet explained; the full-size toy runs in bf16 train normally, bench/results/toy.md)
 TINY = ["MODEL.WIDTH", "8", "SOLVER.MAX_EPOCH", "2", "TRAIN.BATCH_SIZE", "8", "TRAIN.EVAL_PERIOD", "1",
         "DATA.NUM_FRAMES", "4", "DATA.SAMPLING_RATE", "4", "DATA.TRAIN_JITTER_SCALES", "[32, 40]",
         "DATA.TRAIN_CROP_SIZE", "32", "DATA.TEST_CROP_SIZE", "32", "DATA.NUM_WORKERS", "0",
-        "TEST.NUM_ENSEMBLE_VIEWS", "2", "TEST.NUM_SPATIAL_CROPS", "3"]
+        "TEST.NUM_ENSEMBLE_VIEWS", "2", "TEST.NUM_SPATIAL_CROPS", "3", "TRAIN.MIXED_PRECISION", "none"]
 
 
 def test_toy_main_job_end_to_end(tmp_path, capsys):

@@ -246,6 +246,11 @@ _C.TRAIN.SYNC_BN = False
 # CPU runs: glibc malloc keeps freed memory for reuse instead of page-faulting fresh pages every
 # step (gcvideo/utils/malloc.py; left alone where jemalloc/tcmalloc is preloaded).
 _C.TRAIN.CPU_KEEP_FREED_MEMORY = True
+# CPU runs: intra-op threads of the main process (training and testing). 0 = automatic: the
+# usable cores / processes on this machine (LOCAL_WORLD_SIZE) - DATA.NUM_WORKERS, at least 1,
+# so the model and the loader workers do not take turns on the same cores; left as is where
+# OMP_NUM_THREADS is set (gcvideo/utils/threads.py). N > 0: N threads. CUDA runs: unused.
+_C.TRAIN.CPU_THREADS = 0
 # Recompute BN statistics on this many training batches before evaluation (0 = off).
 _C.TRAIN.PRECISE_BN_BATCHES = 0
 # Log a JSON line every N iterations.
@@ -603,6 +608,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _check(len(t.EVAL_VIEWS) == 2 and all(isinstance(v, int) and v >= 1 for v in t.EVAL_VIEWS),
            "TRAIN.EVAL_VIEWS", t.EVAL_VIEWS, "[clips, crops], two positive integers")
     _check(t.KEEP_LAST >= 1, "TRAIN.KEEP_LAST", t.KEEP_LAST, "1 or more")
+    _check(t.CPU_THREADS >= 0, "TRAIN.CPU_THREADS", t.CPU_THREADS, "0 (automatic) or a positive thread count")
     _one_of(t.MIXED_PRECISION, "TRAIN.MIXED_PRECISION", ["none", "bf16", "fp16", "auto"])
     _check(te.NUM_ENSEMBLE_VIEWS >= 1, "TEST.NUM_ENSEMBLE_VIEWS", te.NUM_ENSEMBLE_VIEWS, "a positive integer")
     _one_of(te.NUM_SPATIAL_CROPS, "TEST.NUM_SPATIAL_CROPS", [1, 3])

@@ -60,6 +60,7 @@ def test_yaml_and_command_line_override(tmp_path):
     (["TRAIN.INIT_FROM", "/no/such/resnet50.pth"], r"TRAIN\.INIT_FROM = '/no/such/resnet50\.pth': file does not exist"),
     (["DATA.TRAIN_CROP_SIZE", "300"], r"DATA\.TRAIN_CROP_SIZE = 300"),
     (["DATA.PREFETCH_FACTOR", "0"], r"DATA\.PREFETCH_FACTOR = 0 .*positive number of batches per worker"),
+    (["TRAIN.CPU_THREADS", "-1"], r"TRAIN\.CPU_THREADS = -1 .*0 \(automatic\) or a positive thread count"),
     (["SOLVER.WARMUP_EPOCHS", "500.0"], r"SOLVER\.WARMUP_EPOCHS = 500\.0"),
     (["MODEL.DEPTH"], r"KEY VALUE pairs"),
     (["CONTEXT.RATIO", "None"], r"CONTEXT\.RATIO = None is empty .*expected float"),

@@ -28,6 +28,7 @@ from gcvideo.models.inflate import InflationError
 from gcvideo.utils.device import select_device
 from gcvideo.utils.io import CheckpointError, path_join
 from gcvideo.utils.malloc import tune_cpu_memory
+from gcvideo.utils.threads import tune_cpu_threads
 from gcvideo.utils.progress import progress_bar
 from gcvideo.utils.reproducibility import set_determinism
 
@@ -175,6 +176,7 @@ def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dat
     device = select_device(cfg.DEVICE)
     with du.process_group(device.type):
         set_determinism(cfg.TRAIN.DETERMINISTIC, device)
+        tune_cpu_threads(cfg.TRAIN.CPU_THREADS, cfg.DATA.NUM_WORKERS, device)
         tune_cpu_memory(cfg.TRAIN.CPU_KEEP_FREED_MEMORY, device)
         model, ckpt = _load_test_model(cfg, checkpoints_to_test(cfg.TEST.CHECKPOINT, cfg.OUTPUT_DIR))
         model.to(device)

@@ -47,6 +47,7 @@ from gcvideo.utils.device import select_device
 from gcvideo.utils.folder_lock import FolderLock
 from gcvideo.utils.io import atomic_write_text, load_checkpoint_file, path_join, path_manager, remove_temporaries
 from gcvideo.utils.malloc import tune_cpu_memory
+from gcvideo.utils.threads import tune_cpu_threads
 from gcvideo.utils.reproducibility import seed_everything, set_determinism
 
 __all__ = ["train", "train_one_epoch", "EpochMeters", "FitSettings", "build_fit_settings", "build_run",
@@ -285,7 +286,7 @@ class _Run:
     rank: int
     world: int
     amp_dtype: Optional[torch.dtype]
-    memory_note: str
+    cpu_note: str
     train_set: Dataset
     val_set: Optional[Dataset]
     test_set: Optional[Dataset]
@@ -354,7 +355,9 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
     t = cfg.TRAIN
     rank, world = du.get_rank(), du.get_world_size()
     set_determinism(t.DETERMINISTIC, device)
-    memory_note = tune_cpu_memory(t.CPU_KEEP_FREED_MEMORY, device)
+    cpu_notes = [tune_cpu_threads(t.CPU_THREADS, cfg.DATA.NUM_WORKERS, device),
+                 tune_cpu_memory(t.CPU_KEEP_FREED_MEMORY, device)]
+    cpu_note = "; ".join(n for n in cpu_notes if n)
     amp_dtype = autocast_dtype(t.MIXED_PRECISION, device)
     settings = build_fit_settings(cfg)
     # -- data (annotation errors, fewer clips than one global batch), and the test set used at the end
@@ -382,7 +385,7 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
     optimizer = build_optimizer(cfg, model)
     schedule = build_schedule(cfg, optimizer, sampler.iters_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    return _Run(device=device, rank=rank, world=world, amp_dtype=amp_dtype, memory_note=memory_note,
+    return _Run(device=device, rank=rank, world=world, amp_dtype=amp_dtype, cpu_note=cpu_note,
                 train_set=train_set, val_set=val_set, test_set=test_set, sampler=sampler, loader=loader, model=model,
                 optimizer=optimizer, schedule=schedule, scaler=scaler, settings=settings, init_note=init_note)
 
@@ -540,7 +543,7 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
                 f"{run.device.type}, {len(run.train_set)} clips, {ipe} iterations/epoch, global batch "
                 f"{fs.batch_size}, LR {fs.lr:.4g}, precision {_precision_name(fs.mixed_precision, run.amp_dtype)}; "
                 f"output {fs.output_dir}"
-                + (f"; {run.memory_note}" if run.memory_note else ""))
+                + (f"; {run.cpu_note}" if run.cpu_note else ""))
     val_results: List[Dict] = []
     last_ckpt = None
     with _sigterm_flag(state):

@@ -231,3 +231,15 @@ def test_log_names_the_precision_the_step_runs_in(tmp_path, capsys, monkeypatch)
     assert "precision fp32 (auto);" in capsys.readouterr().out
     train(tiny_cfg(tmp_path / "b", "SOLVER.MAX_EPOCH", 1, "TRAIN.MIXED_PRECISION", "bf16"), dataset_builder=builder())
     assert "precision bf16;" in capsys.readouterr().out
+
+
+def test_cpu_run_sets_and_logs_the_main_process_threads(tmp_path, capsys):
+    """TRAIN.CPU_THREADS reaches torch before the first step, and the log says it."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        train(tiny_cfg(tmp_path / "a", "SOLVER.MAX_EPOCH", 1, "TRAIN.CPU_THREADS", 1), dataset_builder=builder())
+        assert torch.get_num_threads() == 1
+        assert "; threads: 1 (TRAIN.CPU_THREADS); malloc:" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)

@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from gcvideo.config import ConfigError, load_cfg  # noqa: E402
 from gcvideo.engine import test  # noqa: E402
 from gcvideo.data.annotations import AnnotationError  # noqa: E402
+from gcvideo.utils.folder_lock import FolderInUse  # noqa: E402
 from gcvideo.utils.io import CheckpointError, WriteError  # noqa: E402
 
 
@@ -25,7 +26,7 @@ def main(argv=None) -> int:
     opts = list(args.opts) + (["TEST.CHECKPOINT", args.checkpoint] if args.checkpoint else [])
     try:
         test(load_cfg(args.config, opts))
-    except (ConfigError, FileNotFoundError, CheckpointError, AnnotationError, WriteError) as e:
+    except (ConfigError, FileNotFoundError, CheckpointError, AnnotationError, WriteError, FolderInUse) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -373,15 +373,13 @@ def visualize_attention(model: nn.Module, clip: torch.Tensor, out_dir: str, mean
     overwritten unless ``overwrite``; files are written atomically. Returns {"png", "gif", "maps", "kind"}.
     """
     from gcvideo.layers import ContextBlock, NonLocalBlock
-    from gcvideo.utils.io import atomic_save, atomic_write_bytes, path_manager
+    from gcvideo.utils.io import atomic_save, atomic_write_bytes, refuse_existing
 
     if clip.dim() != 5 or clip.shape[0] != 1 or clip.shape[1] != 3:
         raise ValueError(f"visualize_attention needs one clip (1, 3, T, S, S), got {tuple(clip.shape)}")
     paths = {"png": os.path.join(out_dir, "attention_grid.png"), "gif": os.path.join(out_dir, "attention.gif"),
              "maps": os.path.join(out_dir, "attention_maps.pt")}
-    existing = [p for p in paths.values() if path_manager.exists(p)]
-    if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} already exist; refusing to overwrite (pass --overwrite)")
+    refuse_existing(list(paths.values()), overwrite)
     kinds = {type(m).__name__ for _, m in _named_blocks(model)}
     has_nl = any(isinstance(m, NonLocalBlock) for _, m in model.named_context_blocks())
     has_gc = any(isinstance(m, ContextBlock) and m.pooling == "att" for _, m in model.named_context_blocks())

@@ -6,9 +6,10 @@ every video counts exactly once whatever the number of processes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -26,6 +27,7 @@ from gcvideo.engine.precision import autocast, autocast_dtype
 from gcvideo.models import build_model_from_checkpoint
 from gcvideo.models.inflate import InflationError
 from gcvideo.utils.device import select_device
+from gcvideo.utils.folder_lock import FolderInUse, FolderLock
 from gcvideo.utils.io import CheckpointError, path_join
 from gcvideo.utils.malloc import tune_cpu_memory
 from gcvideo.utils.threads import tune_cpu_threads
@@ -153,21 +155,50 @@ def run_test(model: nn.Module, dataset: Dataset, device: torch.device, *, tag: s
              ensemble_method: str, mixed_precision: str, channels_last: bool, mean: Sequence[float],
              std: Sequence[float], class_names: Sequence[str]) -> Optional[Dict]:
     """The multi-view test of ``model`` on ``dataset``; rank 0 writes the report under
-    ``output_dir/test_TAG_CxS`` and returns a summary."""
+    ``output_dir/test_TAG_CxS`` and returns a summary.
+
+    Rank 0 holds that folder's lock from before the first video is decoded until the report is
+    written, so a second test of the same checkpoint and views into the same folder is refused
+    (``FolderInUse``, on every process) instead of mixing its files with this one's.
+    """
     text = f"{views[0]}x{views[1]} views"
-    loader = build_eval_loader(dataset, batch_size, num_workers, pin_memory and device.type == "cuda")
-    res = evaluate(model, loader, num_classes=num_classes, device=device, ensemble_method=ensemble_method,
-                   amp_dtype=autocast_dtype(mixed_precision, device), channels_last=channels_last, progress=True,
-                   mean=mean, std=std)
-    if not du.is_main_process():
-        return None
     out_dir = path_join(output_dir, f"test_{tag}_{views[0]}x{views[1]}")
-    files = write_report(out_dir, scores=res.scores, labels=res.labels, ok=res.ok, paths=res.paths,
-                         errors=res.errors, indices=res.indices, class_names=class_names,
-                         metrics=res.metrics, views=text, extra={"ensemble_method": ensemble_method, "checkpoint": tag})
+    with _hold_report_folder(out_dir):
+        loader = build_eval_loader(dataset, batch_size, num_workers, pin_memory and device.type == "cuda")
+        res = evaluate(model, loader, num_classes=num_classes, device=device, ensemble_method=ensemble_method,
+                       amp_dtype=autocast_dtype(mixed_precision, device), channels_last=channels_last,
+                       progress=True, mean=mean, std=std)
+        if not du.is_main_process():
+            return None
+        files = write_report(out_dir, scores=res.scores, labels=res.labels, ok=res.ok, paths=res.paths,
+                             errors=res.errors, indices=res.indices, class_names=class_names, metrics=res.metrics,
+                             views=text, extra={"ensemble_method": ensemble_method, "checkpoint": tag})
     summary = format_summary(res.metrics, text)
     print(summary + f"\nreport: {files['text']} (predictions: {files['predictions']})", flush=True)
     return {"metrics": res.metrics, "report_dir": out_dir, "files": files, "summary": summary}
+
+
+@contextlib.contextmanager
+def _hold_report_folder(out_dir: str) -> Iterator[None]:
+    """Rank 0 locks the report folder ``out_dir`` (``FolderLock``); its refusal is raised on every process."""
+    lock = FolderLock(out_dir, "the test report folder")
+    error = None
+    if du.is_main_process():
+        try:
+            lock.acquire()
+            if lock.note:
+                print(lock.note, flush=True)
+        except FolderInUse as e:
+            error = e
+    message = du.broadcast_object(None if error is None else str(error))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise FolderInUse(message)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dataset]] = None) -> Optional[Dict]:

@@ -41,7 +41,7 @@ from gcvideo.models.inflate import (CheckpointMismatchError, InflationReport, _c
                                     check_resnet_layout, inflate_state_dict)
 from gcvideo.models.interop import (NonLocalSettings, check_nonlocal_semantics, convert_state_dict,
                                     mmaction2_nonlocal_settings, pyslowfast_nonlocal_settings)
-from gcvideo.utils.io import CheckpointError, atomic_save, path_manager
+from gcvideo.utils.io import CheckpointError, atomic_save, refuse_existing
 
 __all__ = ["load_pretrained", "build_model_from_checkpoint", "add_context_blocks", "inflate_imagenet_checkpoint",
            "LoadReport", "detect_format", "CheckpointMismatchError"]
@@ -309,8 +309,7 @@ def add_context_blocks(cfg, baseline: Union[str, Mapping], verbose: bool = False
 def inflate_imagenet_checkpoint(src: str, config: str, dst: str, opts: Optional[Sequence[str]] = None,
                                 overwrite: bool = False) -> InflationReport:
     """Read a 2D ResNet checkpoint, inflate it for the model of ``config``, write ``dst`` atomically."""
-    if path_manager.exists(dst) and not overwrite:
-        raise FileExistsError(f"{dst} already exists; refusing to overwrite it (pass --overwrite)")
+    refuse_existing(dst, overwrite)
     cfg = load_cfg(config, opts)
     model = build_model(cfg)
     ck = read_checkpoint(src)

@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 import uuid
-from typing import Any, List
+from typing import Any, List, Sequence, Union
 
 import torch
 from iopath.common.file_io import NativePathHandler, PathManager
@@ -205,10 +205,16 @@ def path_join(folder: str, name: str) -> str:
 _NO_RENAME: set = set()  # URI schemes whose iopath handler cannot move files (learnt on first write)
 
 
-def refuse_existing(path: str, overwrite: bool) -> None:
-    """FileExistsError when ``path`` exists and ``overwrite`` is False (call it before any work)."""
-    if path_manager.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists; refusing to overwrite it (pass --overwrite)")
+def refuse_existing(paths: Union[str, Sequence[str]], overwrite: bool) -> None:
+    """FileExistsError naming those of ``paths`` (one path or several) that exist, unless ``overwrite``
+    (call it before any work)."""
+    if overwrite:
+        return
+    existing = [p for p in ([paths] if isinstance(paths, str) else paths) if path_manager.exists(p)]
+    if existing:
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise FileExistsError(f"{', '.join(existing)} already {verb}; refusing to overwrite "
+                              f"{'it' if len(existing) == 1 else 'them'} (pass --overwrite)")
 
 
 def atomic_save(obj: Any, path: str) -> None:

@@ -20,14 +20,14 @@ from gcvideo.engine import train
 import gcvideo.engine as engine
 from gcvideo.engine.checkpoint import list_checkpoints
 from gcvideo.models import build_model
-from gcvideo.utils.folder_lock import FolderLock
+from gcvideo.utils.folder_lock import FolderInUse, FolderLock
 from gcvideo.utils.io import WriteError, load_checkpoint_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 HOLDER = """
 import os, sys
-from gcvideo.utils.folder_lock import FolderLock
+from gcvideo.utils.folder_lock import FolderInUse, FolderLock
 out = sys.argv[1]
 FolderLock(out).acquire()
 os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
@@ -181,6 +181,34 @@ def test_test_falls_back_past_an_unreadable_newest_checkpoint(tmp_path, capsys):
     res = engine.test(cfg, dataset_builder=builder())
     assert res["report_dir"].endswith("test_checkpoint_epoch0001_2x1")
     assert "skipping unreadable checkpoint" in capsys.readouterr().out
+
+
+def test_a_second_test_of_the_same_checkpoint_is_refused_while_the_first_writes(tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = tiny_cfg(out)
+    (out / "checkpoints").mkdir(parents=True)
+    torch.save(build_model(cfg).state_dict(), out / "checkpoints" / "checkpoint_epoch0001.pth")
+    report = out / "test_checkpoint_epoch0001_2x1"
+    with FolderLock(str(report), "the test report folder"):  # a first test (this process) is writing there
+        with pytest.raises(FolderInUse, match=re.escape(f"the test report folder = {str(report)!r} is in use "
+                                                        f"by another run (pid {os.getpid()} on host ")):
+            engine.test(cfg, dataset_builder=builder())
+    assert os.listdir(report) == [".gcvideo.lock"]  # the refused test wrote nothing
+    res = engine.test(cfg, dataset_builder=builder())  # once the first has ended, the folder is free
+    assert res["report_dir"] == str(report) and (report / "report.json").exists()
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import test_net
+
+    data = tmp_path / "data"  # test_net reads real files: one real video
+    data.mkdir()
+    (data / "test.csv").write_text(os.path.join(ROOT, "tests", "data", "files", "demo.mp4") + " 0\n")
+    y = tmp_path / "c.yaml"
+    y.write_text(cfg.dump())
+    with FolderLock(str(report)):  # test_net: one "error: ..." line, no traceback
+        capsys.readouterr()
+        assert test_net.main(["--config", str(y), "DATA.PATH_TO_DATA_DIR", str(data)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "is in use by another run" in err[0], err
 
 
 # ---------------------------------------------------------------------------

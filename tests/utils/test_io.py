@@ -5,7 +5,7 @@ import os
 import pytest
 
 import gcvideo.utils.io as gio
-from gcvideo.utils.io import WriteError, atomic_write_text, path_manager, remove_temporaries
+from gcvideo.utils.io import WriteError, atomic_write_text, path_manager, refuse_existing, remove_temporaries
 
 
 def test_full_disk_keeps_the_old_file_and_removes_the_temporary(tmp_path, monkeypatch):
@@ -45,3 +45,17 @@ def test_remove_temporaries_only_removes_write_leftovers(tmp_path):
     removed = remove_temporaries(str(tmp_path))
     assert sorted(os.path.basename(p) for p in removed) == ["ck.pth.tmp-7-89abcdef", "config.yaml.tmp-12-0123abcd"]
     assert sorted(os.listdir(tmp_path)) == ["config.yaml", "notes.tmp-x"]
+
+
+def test_refuse_existing_names_exactly_the_files_that_exist(tmp_path):
+    a, b, c = (str(tmp_path / n) for n in ("a.png", "b.gif", "c.pt"))
+    open(a, "w").close()
+    open(c, "w").close()
+    refuse_existing(str(tmp_path / "new.pth"), overwrite=False)  # nothing there: no error
+    with pytest.raises(FileExistsError) as e:
+        refuse_existing(a, overwrite=False)
+    assert str(e.value) == f"{a} already exists; refusing to overwrite it (pass --overwrite)"
+    with pytest.raises(FileExistsError) as e:
+        refuse_existing([a, b, c], overwrite=False)
+    assert str(e.value) == f"{a}, {c} already exist; refusing to overwrite them (pass --overwrite)"
+    refuse_existing([a, b, c], overwrite=True)

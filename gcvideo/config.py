@@ -206,6 +206,7 @@ _C.SOLVER.COSINE_END_FACTOR = 0.0
 # Optimizer: "sgd" (momentum, Nesterov; PySlowFast's ResNet recipes) or "adamw" (decoupled weight
 # decay, betas SOLVER.BETAS; PySlowFast's MViT recipes).
 _C.SOLVER.OPTIMIZING_METHOD = "sgd"
+OPTIMIZERS = ("sgd", "adamw")  # the values SOLVER.OPTIMIZING_METHOD takes (gcvideo/engine/optim.py builds them)
 # AdamW's (beta1, beta2).
 _C.SOLVER.BETAS = [0.9, 0.999]
 # SGD momentum, Nesterov, weight decay.
@@ -599,7 +600,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _check(0 <= s.WARMUP_EPOCHS <= s.MAX_EPOCH, "SOLVER.WARMUP_EPOCHS", s.WARMUP_EPOCHS,
            f"0..SOLVER.MAX_EPOCH ({s.MAX_EPOCH})")
     _check(0 <= s.MOMENTUM < 1, "SOLVER.MOMENTUM", s.MOMENTUM, "a value in [0, 1)")
-    _one_of(s.OPTIMIZING_METHOD, "SOLVER.OPTIMIZING_METHOD", ["sgd", "adamw"])
+    _one_of(s.OPTIMIZING_METHOD, "SOLVER.OPTIMIZING_METHOD", list(OPTIMIZERS))
     _check(len(s.BETAS) == 2 and all(0 <= b < 1 for b in s.BETAS), "SOLVER.BETAS", s.BETAS,
            "two values in [0, 1)")
     _check(s.WEIGHT_DECAY >= 0, "SOLVER.WEIGHT_DECAY", s.WEIGHT_DECAY, "0 or more")

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 from fvcore.common.config import CfgNode
 
+from gcvideo.config import OPTIMIZERS
+
 __all__ = ["scaled_lr", "param_groups", "build_optimizer", "WarmupCosineSchedule", "build_schedule"]
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -46,9 +48,6 @@ def param_groups(model: nn.Module, weight_decay: float, zero_wd_norm_bias: bool)
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0, "name": "no_decay"})
     return groups
-
-
-OPTIMIZERS = ("sgd", "adamw")
 
 
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:

@@ -16,8 +16,6 @@ import math
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import gcvideo.data.toy as toy  # noqa: E402
@@ -46,10 +44,11 @@ def rotating_video_params(seed: int, num_val: int = 200):
     toy._motion, toy._shape_alpha, toy._pattern = spy_motion, spy_shape, spy_pattern
     try:
         params = {}
+        rotating = {toy.TOY_CLASSES.index("rotating_cw"), toy.TOY_CLASSES.index("rotating_ccw")}
         for i in range(num_val):
-            if i % len(toy.TOY_CLASSES) in (4, 5):
+            if toy.video_label(i) in rotating:
                 seen.clear()
-                toy.render_video(np.random.default_rng([seed, toy._SPLIT_IDS["val"], i]), i % len(toy.TOY_CLASSES), 2, 128)
+                toy.render_video(toy.video_rng(seed, "val", i), toy.video_label(i), 2, 128)
                 params[i] = dict(seen)
         return params
     finally:

@@ -39,7 +39,7 @@ from gcvideo.utils.io import atomic_write_text
 from gcvideo.utils.parallel import parallel_imap
 
 __all__ = ["TOY_CLASSES", "FLIP_PAIRS", "REVERSE_PAIRS", "make_toy_dataset", "render_video", "write_video",
-           "FPS"]
+           "video_label", "video_rng", "FPS"]
 
 TOY_CLASSES = ["moving_left", "moving_right", "moving_up", "moving_down", "rotating_cw", "rotating_ccw",
                "growing", "shrinking"]
@@ -244,10 +244,19 @@ def write_video(path: str, frames: np.ndarray, fps: int = FPS, crf: int = 26, pr
             os.remove(tmp)
 
 
-def _job(args: Tuple[str, int, int, int, int, int, int]) -> Tuple[str, int]:
-    path, seed, split_id, index, label, num_frames, size = args
-    rng = np.random.default_rng([seed, split_id, index])
-    write_video(path, render_video(rng, label, num_frames, size))
+def video_label(index: int) -> int:
+    """The class of video ``index`` of either split: the classes take turns, so they are balanced."""
+    return index % len(TOY_CLASSES)
+
+
+def video_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator ``render_video`` draws video ``index`` of ``split`` ("train"/"val") from."""
+    return np.random.default_rng([seed, _SPLIT_IDS[split], index])
+
+
+def _job(args: Tuple[str, int, str, int, int, int, int]) -> Tuple[str, int]:
+    path, seed, split, index, label, num_frames, size = args
+    write_video(path, render_video(video_rng(seed, split, index), label, num_frames, size))
     return path, os.path.getsize(path)
 
 
@@ -255,7 +264,7 @@ def make_toy_dataset(out_dir: str, seed: int = 0, num_train: int = 600, num_val:
                      num_frames: int = 72, workers: Optional[int] = None, progress: bool = False) -> Dict:
     """Write the toy dataset to ``out_dir`` (see module docstring); returns its ``meta.json`` content.
 
-    Classes are balanced (video i has class i % 8). If ``out_dir/meta.json`` already
+    Classes are balanced (``video_label``: video i has class i % 8). If ``out_dir/meta.json`` already
     describes the same parameters, nothing is written again.
     """
     if size < 32 or num_frames < 8 or num_train < 1 or num_val < 0:
@@ -275,9 +284,9 @@ def make_toy_dataset(out_dir: str, seed: int = 0, num_train: int = 600, num_val:
     for split, count in (("train", num_train), ("val", num_val)):
         os.makedirs(os.path.join(out_dir, "videos", split), exist_ok=True)
         for i in range(count):
-            label = i % len(TOY_CLASSES)
+            label = video_label(i)
             rel = f"videos/{split}/{i:06d}.mp4"
-            jobs.append((os.path.join(out_dir, rel), int(seed), _SPLIT_IDS[split], i, label, num_frames, size))
+            jobs.append((os.path.join(out_dir, rel), int(seed), split, i, label, num_frames, size))
             lines[split].append(f"{rel} {label}\n")
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     total = 0

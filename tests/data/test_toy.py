@@ -10,7 +10,7 @@ from gcvideo.config import load_cfg
 from gcvideo.data import decode_frames
 from gcvideo.data.annotations import load_annotations
 from gcvideo.data.toy import (FLIP_PAIRS, REVERSE_PAIRS, TOY_CLASSES, _motion, make_toy_dataset, render_video,
-                             write_video)
+                             video_label, video_rng, write_video)
 
 
 def digest(folder):
@@ -35,6 +35,16 @@ def test_files_and_labels(tiny_toy):
     cfg = load_cfg(os.path.join(tiny_toy, "toy_config.yaml"))  # a valid override file
     assert cfg.MODEL.NUM_CLASSES == 8 and cfg.DATA.PATH_TO_DATA_DIR == tiny_toy
     assert cfg.DATA.FLIP_LABEL_PAIRS == FLIP_PAIRS and cfg.DATA.REVERSE_PROB == 0.5
+
+
+def test_video_label_and_rng_make_the_files_of_the_set(tmp_path, tiny_toy):
+    # what bench/toy_rotation_errors.py relies on: video i of a split is render_video(video_rng(...), video_label(i))
+    recs = load_annotations(os.path.join(tiny_toy, "val.csv"), num_classes=8)
+    assert [r.label for r in recs] == [video_label(i) for i in range(8)]
+    for i in (4, 5):  # the rotating classes
+        out = str(tmp_path / f"{i}.mp4")
+        write_video(out, render_video(video_rng(3, "val", i), video_label(i), 24, 48))  # tiny_toy: seed 3
+        assert open(out, "rb").read() == open(recs[i].path, "rb").read()
 
 
 def test_label_pairs_are_the_motion_symmetries():

@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 HOLDER = """
 import os, sys
-from gcvideo.utils.folder_lock import FolderInUse, FolderLock
+from gcvideo.utils.folder_lock import FolderLock
 out = sys.argv[1]
 FolderLock(out).acquire()
 os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)

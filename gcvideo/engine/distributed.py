@@ -23,7 +23,8 @@ import contextlib
 import datetime
 import gc
 import os
-from typing import Any, Iterator, List
+import pickle
+from typing import Any, Callable, Iterator, List
 
 import torch
 import torch.distributed as dist
@@ -32,7 +33,7 @@ from torch.utils.data import Sampler
 
 __all__ = ["BatchSizeError",
            "init_distributed", "cleanup_distributed", "process_group", "is_distributed", "get_rank", "get_world_size",
-           "is_main_process", "barrier", "all_gather_object", "all_reduce_sum", "broadcast_object",
+           "is_main_process", "barrier", "all_gather_object", "all_reduce_sum", "broadcast_object", "run_on_main_process",
            "broadcast_buffers", "TrainSampler",
            "ShardSampler", "convert_sync_batchnorm", "CPUSyncBatchNorm"]
 
@@ -124,6 +125,29 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def run_on_main_process(fn: Callable[[], Any]) -> None:
+    """``fn()`` on the main process only; an exception there is raised on every process (the
+    others raise a copy of it, or a ``RuntimeError`` naming it where it cannot be copied), so no
+    process goes on alone after the main one has failed (a folder lock, a config written once)."""
+    error = None
+    if is_main_process():
+        try:
+            fn()
+        except BaseException as e:
+            error = e
+    sent = error
+    if is_distributed() and error is not None:
+        try:
+            pickle.loads(pickle.dumps(error))  # what the others will unpickle
+        except Exception:
+            sent = RuntimeError(f"rank 0 failed: {type(error).__name__}: {error}")
+    sent = broadcast_object(sent)
+    if error is not None:
+        raise error
+    if sent is not None:
+        raise sent
 
 
 def broadcast_buffers(model: nn.Module, src: int = 0) -> None:

@@ -27,7 +27,7 @@ from gcvideo.engine.precision import autocast, autocast_dtype
 from gcvideo.models import build_model_from_checkpoint
 from gcvideo.models.inflate import InflationError
 from gcvideo.utils.device import select_device
-from gcvideo.utils.folder_lock import FolderInUse, FolderLock
+from gcvideo.utils.folder_lock import FolderLock
 from gcvideo.utils.io import CheckpointError, path_join
 from gcvideo.utils.malloc import tune_cpu_memory
 from gcvideo.utils.threads import tune_cpu_threads
@@ -182,19 +182,13 @@ def run_test(model: nn.Module, dataset: Dataset, device: torch.device, *, tag: s
 def _hold_report_folder(out_dir: str) -> Iterator[None]:
     """Rank 0 locks the report folder ``out_dir`` (``FolderLock``); its refusal is raised on every process."""
     lock = FolderLock(out_dir, "the test report folder")
-    error = None
-    if du.is_main_process():
-        try:
-            lock.acquire()
-            if lock.note:
-                print(lock.note, flush=True)
-        except FolderInUse as e:
-            error = e
-    message = du.broadcast_object(None if error is None else str(error))
-    if error is not None:
-        raise error
-    if message is not None:
-        raise FolderInUse(message)
+
+    def take() -> None:
+        lock.acquire()
+        if lock.note:
+            print(lock.note, flush=True)
+
+    du.run_on_main_process(take)
     try:
         yield
     finally:

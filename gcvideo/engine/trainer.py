@@ -331,7 +331,7 @@ def _train_steps(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) ->
     run = build_run(cfg, device, builder)
     fs = run.settings
     # 2. the output folder: lock (rank 0), leftovers of earlier runs, config.yaml
-    with _claim_output_dir(fs.output_dir, fs.config_text, run.main):
+    with _claim_output_dir(fs.output_dir, fs.config_text):
         # 3. resume: weights, optimizer, position, RNG states
         pos = _resume(run, fs.output_dir if fs.auto_resume else None, fs.seed)
         # 4. the epochs
@@ -406,12 +406,12 @@ def _build_test_set(cfg: CfgNode, builder: DatasetBuilder) -> Dataset:
 
 
 @contextlib.contextmanager
-def _claim_output_dir(out: str, config_text: str, main: bool) -> Iterator[None]:
+def _claim_output_dir(out: str, config_text: str) -> Iterator[None]:
     """Rank 0 locks ``out`` for the run, removes the temporary files of earlier runs and writes
     config.yaml; an error there is raised on every process."""
     lock = FolderLock(out, "OUTPUT_DIR")
-    error = None
-    if main:
+
+    def claim() -> None:
         try:
             lock.acquire()
             if lock.note:
@@ -422,12 +422,9 @@ def _claim_output_dir(out: str, config_text: str, main: bool) -> Iterator[None]:
             _write_config(out, config_text)
         except BaseException as e:
             lock.release(remove=isinstance(e, FileExistsError))  # leave a foreign folder as it was
-            error = e
-    message = du.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
-    if error is not None:
-        raise error
-    if message is not None:
-        raise RuntimeError(f"rank 0 could not prepare OUTPUT_DIR: {message}")
+            raise
+
+    du.run_on_main_process(claim)
     try:
         yield
     finally:

@@ -1,5 +1,6 @@
 """torchrun with 2 gloo processes: same weights as 1 process with the same global batch; distributed
-evaluation counts every video exactly once when the count does not divide by the processes.
+evaluation counts every video exactly once when the count does not divide by the processes; an
+error of rank 0 reaches every process.
 
 BN: per-process batch statistics differ from whole-batch ones, so both runs use TRAIN.SYNC_BN True
 (on CPU our gloo CPUSyncBatchNorm; with one process it is plain BN) and MODEL.DROPOUT 0 (dropout
@@ -7,9 +8,11 @@ masks come from per-process RNG streams). Everything else is the default trainin
 """
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-from engine_helpers import assert_same_state, checkpoint, ok, run_engine
+from engine_helpers import assert_same_state, checkpoint, child_env, ok, run_engine
 
 OPTS = ["TRAIN.SYNC_BN", True, "MODEL.DROPOUT", 0.0, "TRAIN.BATCH_SIZE", 4, "SOLVER.MAX_EPOCH", 1,
         "SOLVER.WARMUP_EPOCHS", 0.5, "TRAIN.CHECKPOINT_ITERS", 0]
@@ -54,3 +57,20 @@ def test_teardown_order(tmp_path):
         events = [line.split(": ", 1)[1] for line in proc.stdout.splitlines()
                   if line.startswith(f"teardown rank{rank}: ")]
         assert events == ["model freed", "destroy_process_group"], f"rank {rank}: {events}"
+
+
+def test_run_on_main_process_raises_rank0_error_everywhere(tmp_path):
+    """The function runs on rank 0 only; its exception is raised on both ranks: the same type and
+    message on rank 1 (so tools print one error line there too), or a RuntimeError naming it where
+    the exception cannot be copied."""
+    runner = Path(__file__).with_name("rank0_error_runner.py")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(runner), str(tmp_path)], env=child_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank"))
+    in_use = "FolderInUse: OUTPUT_DIR = 'x' is in use by another run"
+    assert lines == [f"rank0 fail_in_use: {in_use}", "rank0 fail_two_args: TwoArgError: left and right",
+                     "rank0 write_once: ok",
+                     f"rank1 fail_in_use: {in_use}", "rank1 fail_two_args: RuntimeError: rank 0 failed: "
+                     "TwoArgError: left and right", "rank1 write_once: ok"]
+    assert (tmp_path / "calls.txt").read_text() == "rank 0\n"

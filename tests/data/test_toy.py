@@ -219,19 +219,25 @@ def test_flipped_and_reversed_training_items_carry_the_label_of_what_they_show(t
                    ["DATA.PATH_TO_DATA_DIR", data, "DATA.LABEL_MAP", os.path.join(data, "classes.txt"),
                     "DATA.TRAIN_JITTER_SCALES", "[96, 96]", "DATA.TRAIN_CROP_SIZE", "96", "DATA.DECODER", "pyav"])
     ds = build_dataset(cfg, "train")
-    right, mapped = 0, 0
+    k = cfg.DATA.NUM_SAMPLES  # clips per item, each with its own flip and reversal (2 in the toy config)
+    right, mapped, clips = 0, 0, 0
     items = [(epoch, i) for epoch in range(4) for i in range(16) if i % 8 < 4]  # moving_left/right/up/down
     for epoch, i in items:
         ds.set_epoch(epoch)
         item = ds[i]
-        g = item["video"].float().mean(0)  # (T, H, W) (training items are uint8 by default)
-        d = (g - g.median(0).values).abs()  # the moving object against the still background
-        grid = torch.arange(g.shape[-1], dtype=torch.float32)
-        cx = (d.sum(1) * grid).sum(1) / d.sum((1, 2))  # (T,) centroid x
-        cy = (d.sum(2) * grid).sum(1) / d.sum((1, 2))
-        dx, dy = float(cx[-1] - cx[0]), float(cy[-1] - cy[0])
-        shown = (1 if dx > 0 else 0) if abs(dx) > abs(dy) else (3 if dy > 0 else 2)
-        right += shown == item["label"]
-        mapped += item["label"] != ds.records[i].label
-    assert mapped >= len(items) // 4  # flips and reversals did change labels
-    assert right >= 0.9 * len(items), f"{right} of {len(items)} items show their label's motion"
+        videos = item["video"].view(k, *item["video"].shape[-4:])  # (K, 3, T, H, W) uint8
+        labels = item["label"].view(k).tolist() if k > 1 else [item["label"]]
+        for video, label in zip(videos, labels):
+            g = video.float().mean(0)  # (T, H, W)
+            d = (g - g.median(0).values).abs()  # the moving object against the still background
+            grid = torch.arange(g.shape[-1], dtype=torch.float32)
+            cx = (d.sum(1) * grid).sum(1) / d.sum((1, 2))  # (T,) centroid x
+            cy = (d.sum(2) * grid).sum(1) / d.sum((1, 2))
+            dx, dy = float(cx[-1] - cx[0]), float(cy[-1] - cy[0])
+            shown = (1 if dx > 0 else 0) if abs(dx) > abs(dy) else (3 if dy > 0 else 2)
+            right += shown == label
+            mapped += label != ds.records[i].label
+            clips += 1
+    assert clips == k * len(items)
+    assert mapped >= clips // 4  # flips and reversals did change labels
+    assert right >= 0.9 * clips, f"{right} of {clips} clips show their label's motion"

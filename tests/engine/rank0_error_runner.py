@@ -1,5 +1,6 @@
 """Under torchrun: ``run_on_main_process`` with a function that fails on rank 0 in two ways and one
-that succeeds; every rank prints what it raised (one line each)."""
+that succeeds; every rank writes what it raised (one line each) to its own file, rank<r>.txt in the
+folder given (the ranks share stdout, where their lines can interleave)."""
 import os
 import sys
 
@@ -29,10 +30,11 @@ def write_once():
 
 created = du.init_distributed("cpu")
 rank = du.get_rank()
-for fn in (fail_in_use, fail_two_args, write_once):
-    try:
-        du.run_on_main_process(fn)
-        print(f"rank{rank} {fn.__name__}: ok", flush=True)
-    except Exception as e:
-        print(f"rank{rank} {fn.__name__}: {type(e).__name__}: {e}", flush=True)
+with open(os.path.join(sys.argv[1], f"rank{rank}.txt"), "w") as out:
+    for fn in (fail_in_use, fail_two_args, write_once):
+        try:
+            du.run_on_main_process(fn)
+            out.write(f"rank{rank} {fn.__name__}: ok\n")
+        except Exception as e:
+            out.write(f"rank{rank} {fn.__name__}: {type(e).__name__}: {e}\n")
 du.cleanup_distributed(created)

@@ -67,7 +67,7 @@ def test_run_on_main_process_raises_rank0_error_everywhere(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            str(runner), str(tmp_path)], env=child_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank"))
+    lines = sorted((tmp_path / "rank0.txt").read_text().splitlines() + (tmp_path / "rank1.txt").read_text().splitlines())
     in_use = "FolderInUse: OUTPUT_DIR = 'x' is in use by another run"
     assert lines == [f"rank0 fail_in_use: {in_use}", "rank0 fail_two_args: TwoArgError: left and right",
                      "rank0 write_once: ok",

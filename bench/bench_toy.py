@@ -25,7 +25,9 @@ import csv
 import json
 import os
 import platform
+import re
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -92,7 +94,27 @@ def run_cell(kernels: str, seed: int, data: str, runs: str, opts: List[str]) -> 
             m = json.load(f)["metrics"]["all"]
         res.update(top1=m["top1"], top5=m["top5"], report=os.path.join(out, reports[-1]))
         res.update(errors(os.path.join(out, reports[-1], "predictions.csv")))
+    res.update(run_facts(out))
     return res
+
+
+def run_facts(out: str) -> Dict:
+    """The precision the run computed in (from its log) and its fastest and median epoch in seconds
+    (metrics.jsonl): on a shared host the spread between the two shows the neighbours' load."""
+    facts: Dict = {}
+    try:
+        with open(out + ".log", errors="replace") as f:
+            m = re.search(r"precision (\S+) \(", f.read())
+        if m:
+            facts["precision"] = m.group(1)
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            secs = [json.loads(line).get("epoch_time_s") for line in f]
+        secs = [s for s in secs if s is not None]
+        if secs:
+            facts.update(epoch_fastest_s=min(secs), epoch_median_s=statistics.median(secs))
+    except OSError:
+        pass
+    return facts
 
 
 ROTATION = {"rotating_cw", "rotating_ccw"}
@@ -108,17 +130,19 @@ def errors(predictions_csv: str) -> Dict:
 
 def table(cells: List[Dict], data: Dict, cores: int, machine: str) -> str:
     d_wall, d_cpu = data.get("wall_s") or 0.0, data.get("cpu_s") or 0.0
-    lines = ["| kernels | seed | top-1 | top-5 | errors (cw <-> ccw) | minutes (data + run) | CPU minutes "
-             "| idle estimate (min) | load before/after |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| kernels | seed | precision | top-1 | top-5 | errors (cw <-> ccw) | minutes (data + run) "
+             "| epoch s, fastest / median | CPU minutes | idle estimate (min) | load before/after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
         top1 = f"{c['top1']:.1f}%" if "top1" in c else f"failed (rc {c['rc']})"
         top5 = f"{c['top5']:.1f}%" if "top5" in c else "-"
         wrong = f"{c['errors']} ({c['cw_ccw_errors']})" if "errors" in c else "-"
         total = (d_wall + c["wall_s"]) / 60
         cpu = (d_cpu + c["cpu_s"]) / 60
-        lines.append(f"| {c['kernels']} | {c['seed']} | {top1} | {top5} | {wrong} | {total:.1f} ({d_wall / 60:.1f} + "
-                     f"{c['wall_s'] / 60:.1f}) | {cpu:.1f} | {cpu / cores:.1f} | {c['load_before']} / {c['load_after']} |")
+        epochs = f"{c['epoch_fastest_s']:.1f} / {c['epoch_median_s']:.1f}" if "epoch_median_s" in c else "-"
+        lines.append(f"| {c['kernels']} | {c['seed']} | {c.get('precision', '-')} | {top1} | {top5} | {wrong} "
+                     f"| {total:.1f} ({d_wall / 60:.1f} + {c['wall_s'] / 60:.1f}) | {epochs} | {cpu:.1f} "
+                     f"| {cpu / cores:.1f} | {c['load_before']} / {c['load_after']} |")
     head = (f"Machine: {machine}, {cores} cores; torch {torch_version()}. Toy data: "
             + ("reused" if data.get("reused") else f"{d_wall:.0f} s wall, {d_cpu:.0f} s CPU") + ".")
     return head + "\n\n" + "\n".join(lines) + "\n"

@@ -9,8 +9,10 @@
 2. Per (kernel path, seed): ``tools/run_toy.py SEED s OUTPUT_DIR ...`` in its own process
    (``GCVIDEO_CPU_KERNELS=0`` for "off"), on the data of step 1; wall time, CPU time of the
    process and its loader workers, and the 10x3-view top-1/top-5 from its report.json.
-3. A markdown table: top-1, minutes (data + run = what ``make toy`` takes after
-   installation), and the machine (CPU model, cores) and load average before/after.
+3. A markdown table: precision the run computed in, top-1, errors (cw <-> ccw), minutes (data +
+   run = what ``make toy`` takes after installation), the fastest and median epoch in seconds
+   (their spread is the load of other work on a shared host), and the machine (CPU model, cores)
+   and load average before/after.
 
 On a machine shared with other work, wall times are longer than on an idle one; the table
 also gives CPU minutes and "idle estimate" = (data CPU + run CPU) / cores, a lower bound for

@@ -78,6 +78,35 @@ def test_toy_main_job_end_to_end(tmp_path, capsys):
     assert train_net.main(["--config", TOY_CONFIG] + opts + ["TRAIN.TEST_AT_END", "False"]) == 0
     assert "resuming from" in capsys.readouterr().out
 
+    # bench/toy_direction_probe.py on the same run: training-style clips of the 4 rotating training
+    # videos (2 clips each) and of the 2 rotating validation videos (2 draws x 2 clips), one probe per stage
+    probe = _bench_module("toy_direction_probe")
+    run_cfg = load_cfg(os.path.join(out, "config.yaml"), [], check_files=False)
+    feats, labels = probe.stage_features(model.eval(), run_cfg, run_cfg.DATA.VAL_FILE, draws=2)
+    assert len(labels) == 8 and set(labels.tolist()) <= {0.0, 1.0} and sorted(feats) == [0, 1, 2, 3, 4]
+    assert [feats[i].shape[0] for i in range(5)] == [8] * 5 and feats[4].shape[1] == model.blocks[5].proj.in_features
+    assert probe.main([out]) == 0
+    assert capsys.readouterr().out.count(" / ") == 7  # clip counts, "train / held-out", five stages
+
+
+def _bench_module(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_direction_probe_reads_a_planted_direction_and_not_noise():
+    probe = _bench_module("toy_direction_probe").probe
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 30, generator=g) * torch.linspace(0.1, 10, 30)  # features on different scales
+    y = (x[:, 7] + 0.02 * torch.randn(400, generator=g) > 0).float()
+    train, held_out = probe(x[:200], y[:200], x[200:], y[200:])
+    assert train > 0.95 and held_out > 0.85  # (0.5 for a probe that reads nothing)
+    noise = (torch.rand(400, generator=g) > 0.5).float()  # labels that no feature carries
+    assert 0.35 < probe(x[:200], noise[:200], x[200:], noise[200:])[1] < 0.65
+
 
 def test_main_job_trains_on_a_users_dataset_without_touching_it(tmp_path, capsys):
     """A data folder that is not a toy set (here: toy videos listed by the user's own CSVs and class

@@ -21,10 +21,11 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gcvideo.config import load_cfg  # noqa: E402
+from gcvideo.data.annotations import read_label_map  # noqa: E402
 from gcvideo.data.dataset import build_dataset  # noqa: E402
 from gcvideo.data.toy import TOY_CLASSES  # noqa: E402
 from gcvideo.data.transforms import normalize_views  # noqa: E402
-from gcvideo.engine.checkpoint import list_checkpoints  # noqa: E402
+from gcvideo.engine.tester import checkpoints_to_test  # noqa: E402
 from gcvideo.models import build_model  # noqa: E402
 from gcvideo.models.checkpoints import load_pretrained  # noqa: E402
 
@@ -32,8 +33,17 @@ CW, CCW = TOY_CLASSES.index("rotating_cw"), TOY_CLASSES.index("rotating_ccw")
 STAGES = ["stem", "res2", "res3", "res4", "res5"]
 
 
+def check_toy_classes(label_map: str) -> None:
+    """The run's classes must be the toy's where the probe reads them: rotating_cw / rotating_ccw."""
+    names = read_label_map(label_map) if label_map else []
+    if names[CW:CCW + 1] != ["rotating_cw", "rotating_ccw"]:
+        raise ValueError(f"DATA.LABEL_MAP = {label_map!r}: classes {CW} and {CCW} are {names[CW:CCW + 1]}, "
+                         "expected ['rotating_cw', 'rotating_ccw'] (a toy run's label map)")
+
+
 def stage_features(model, cfg, annotation_file: str, draws: int):
     """{stage: (N, D)} features and (N,) labels (1 = cw) of training-style clips of the rotating videos."""
+    check_toy_classes(cfg.DATA.LABEL_MAP)
     cfg = cfg.clone()
     cfg.defrost()
     cfg.DATA.TRAIN_FILE = annotation_file  # training-style clips of these videos
@@ -56,6 +66,8 @@ def stage_features(model, cfg, annotation_file: str, draws: int):
             labels.append((torch.as_tensor(item["label"]).reshape(-1) == CW).float())
     for h in hooks:
         h.remove()
+    if not labels:
+        raise ValueError(f"{annotation_file}: no rotating_cw / rotating_ccw videos to probe")
     return {i: torch.cat(f) for i, f in feats.items()}, torch.cat(labels)
 
 
@@ -86,7 +98,7 @@ def main(argv=None) -> int:
     for run in args.runs:
         cfg = load_cfg(os.path.join(run, "config.yaml"), [], check_files=False)
         model = build_model(cfg).eval()
-        load_pretrained(model, list_checkpoints(run)[-1], purpose="inference")  # the newest
+        load_pretrained(model, checkpoints_to_test("", run)[0], purpose="inference")  # the newest, or an error
         x_train, y_train = stage_features(model, cfg, cfg.DATA.TRAIN_FILE, draws=1)
         x_test, y_test = stage_features(model, cfg, cfg.DATA.VAL_FILE, draws=2)
         scores = [probe(x_train[i], y_train, x_test[i], y_test) for i in range(len(STAGES))]

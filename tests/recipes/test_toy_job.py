@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+import pytest
 import torch
 from PIL import Image
 
@@ -85,9 +86,30 @@ def test_toy_main_job_end_to_end(tmp_path, capsys):
     run_cfg = load_cfg(os.path.join(out, "config.yaml"), [], check_files=False)
     feats, labels = probe.stage_features(model.eval(), run_cfg, run_cfg.DATA.VAL_FILE, draws=2)
     assert len(labels) == 8 and set(labels.tolist()) <= {0.0, 1.0} and sorted(feats) == [0, 1, 2, 3, 4]
-    assert [feats[i].shape[0] for i in range(5)] == [8] * 5 and feats[4].shape[1] == model.blocks[5].proj.in_features
+    assert [feats[i].shape[0] for i in range(5)] == [8] * 5
+    assert feats[4].shape[1] == model.blocks[5].proj.in_features  # res5 pooled to one vector, as the head sees it
     assert probe.main([out]) == 0
     assert capsys.readouterr().out.count(" / ") == 7  # clip counts, "train / held-out", five stages
+    # never silently wrong: a run without checkpoints, a label map that is not the toy's, no rotating videos
+    from gcvideo.config import ConfigError
+    with pytest.raises(ConfigError, match="config.yaml does not exist"):
+        probe.main([str(tmp_path)])
+    (tmp_path / "no_checkpoints").mkdir()
+    (tmp_path / "no_checkpoints" / "config.yaml").write_text(open(os.path.join(out, "config.yaml")).read())
+    with pytest.raises(FileNotFoundError, match="no_checkpoints' has no checkpoints"):
+        probe.main([str(tmp_path / "no_checkpoints")])
+    other = tmp_path / "other_classes.txt"
+    other.write_text("\n".join(reversed(TOY_CLASSES)) + "\n")
+    bad = run_cfg.clone()
+    bad.defrost()
+    bad.DATA.LABEL_MAP = str(other)
+    with pytest.raises(ValueError, match="other_classes.txt.*expected \\['rotating_cw', 'rotating_ccw'\\]"):
+        probe.stage_features(model, bad, run_cfg.DATA.VAL_FILE, draws=1)
+    moving = tmp_path / "moving.csv"
+    moving.write_text("".join(line + "\n" for line in open(os.path.join(data, "val.csv")).read().splitlines()
+                              if line.endswith((" 0", " 1"))))
+    with pytest.raises(ValueError, match="moving.csv: no rotating_cw / rotating_ccw videos"):
+        probe.stage_features(model, run_cfg, str(moving), draws=1)
 
 
 def _bench_module(name):

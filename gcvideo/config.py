@@ -173,6 +173,11 @@ _C.DATA.TRAIN_UINT8 = True
 # decode of the window give K clips with their own scale, crop, flip (and reversal); all K go into
 # the batch, so a step trains TRAIN.BATCH_SIZE x K clips of TRAIN.BATCH_SIZE videos (docs/data.md).
 _C.DATA.NUM_SAMPLES = 1
+# With NUM_SAMPLES K even: clip 2i+1 of a video is clip 2i reversed in time (same scale, crop and
+# flip; label through REVERSE_LABEL_PAIRS), so each pair differs only in the direction of time and a
+# feature even in time adds nothing to the difference of their logits (docs/data.md). False: every
+# clip draws its own reversal (REVERSE_PROB).
+_C.DATA.PAIR_REVERSED = False
 # Training stops if more than this share of videos failed to decode.
 _C.DATA.MAX_BROKEN_FRACTION = 0.05
 # Bounds on a video's frame size, so that one hostile file is a failed video ("bad_size: ...")
@@ -593,6 +598,8 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
            d.PREFETCH_FACTOR, "a positive number of batches per worker")
     _check(isinstance(d.NUM_SAMPLES, int) and d.NUM_SAMPLES >= 1, "DATA.NUM_SAMPLES", d.NUM_SAMPLES,
            "a positive number of clips per training video")
+    _check(not d.PAIR_REVERSED or d.NUM_SAMPLES % 2 == 0, "DATA.PAIR_REVERSED", d.PAIR_REVERSED,
+           f"False with DATA.NUM_SAMPLES {d.NUM_SAMPLES} (pairs need an even number of clips per video)")
     # ---- solver / train / test
     _check(s.BASE_LR > 0, "SOLVER.BASE_LR", s.BASE_LR, "a positive learning rate")
     _check(s.REFERENCE_BATCH_SIZE >= 1, "SOLVER.REFERENCE_BATCH_SIZE", s.REFERENCE_BATCH_SIZE, "a positive integer")

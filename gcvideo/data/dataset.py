@@ -92,7 +92,7 @@ class VideoDataset(Dataset):
                  reverse_pairs: Sequence[Sequence[int]] = (), mean: Sequence[float] = (0.45, 0.45, 0.45),
                  std: Sequence[float] = (0.225, 0.225, 0.225), num_clips: int = 10, num_crops: int = 3,
                  seed: int = 0, single_view_4d: bool = False, eval_uint8: bool = False, num_samples: int = 1,
-                 train_uint8: bool = False, max_frame_pixels: int = 4096 * 2304, max_aspect_ratio: float = 10.0):
+                 pair_reversed: bool = False, train_uint8: bool = False, max_frame_pixels: int = 4096 * 2304, max_aspect_ratio: float = 10.0):
         if not len(records):
             raise ValueError("VideoDataset needs at least one video")
         # one bytes buffer + numpy arrays: DataLoader workers share these pages, never copy them
@@ -124,6 +124,9 @@ class VideoDataset(Dataset):
         self.num_samples = int(num_samples)  # clips per training item, from one decode
         if self.num_samples < 1:
             raise ValueError(f"num_samples = {num_samples}; expected a positive number of clips per video")
+        self.pair_reversed = bool(pair_reversed)  # clip 2i+1 = clip 2i reversed in time
+        if self.pair_reversed and self.num_samples % 2:
+            raise ValueError(f"pair_reversed with num_samples = {num_samples}; expected an even number of clips")
         self.collate = collate_train if self.train else None  # DataLoader collate_fn (None: the default)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
@@ -217,14 +220,17 @@ class VideoDataset(Dataset):
                 video = torch.empty((kk, 3, t, c, c), dtype=torch.uint8) if self.train_uint8 else None
                 clips, labels = [], []
                 for k in range(kk):
-                    # draws per clip, in order: scale (already drawn for one clip), crop top, crop left, flip,
-                    # reversal
-                    scale = scales[-1] if scales else draw_scale(rng, self.jitter_scales)
-                    clip, flipped = train_clip(x, hw, scale, self.train_crop, self.random_flip, rng)  # (T, 3, C, C)
-                    label = self.flip_map.get(rec.label, rec.label) if flipped else rec.label
-                    if self.reverse_prob > 0 and rng.random() < self.reverse_prob:
-                        clip = clip.flip(0)  # time reversal
-                        label = self.reverse_map.get(label, label)
+                    if self.pair_reversed and k % 2:  # the previous clip reversed in time: no draws
+                        clip, label = clip.flip(0), self.reverse_map.get(label, label)
+                    else:
+                        # draws per clip, in order: scale (already drawn for one clip), crop top, crop left,
+                        # flip, reversal
+                        scale = scales[-1] if scales else draw_scale(rng, self.jitter_scales)
+                        clip, flipped = train_clip(x, hw, scale, self.train_crop, self.random_flip, rng)  # (T, 3, C, C)
+                        label = self.flip_map.get(rec.label, rec.label) if flipped else rec.label
+                        if self.reverse_prob > 0 and rng.random() < self.reverse_prob:
+                            clip = clip.flip(0)  # time reversal
+                            label = self.reverse_map.get(label, label)
                     if video is not None:
                         video[k].copy_(clip.permute(1, 0, 2, 3))  # uint8 (3, T, C, C), normalised on the device
                     else:
@@ -306,7 +312,7 @@ def build_dataset(cfg, split: str) -> VideoDataset:
         random_flip=d.RANDOM_FLIP, flip_pairs=d.FLIP_LABEL_PAIRS, reverse_prob=d.REVERSE_PROB,
         reverse_pairs=d.REVERSE_LABEL_PAIRS, num_clips=clips, num_crops=crops,
         single_view_4d=(split == "val"), eval_uint8=d.EVAL_UINT8, num_samples=d.NUM_SAMPLES,
-        train_uint8=d.TRAIN_UINT8)
+        pair_reversed=d.PAIR_REVERSED, train_uint8=d.TRAIN_UINT8)
 
 
 def build_views_dataset(cfg, paths: Sequence[str], num_clips: int, num_crops: int) -> VideoDataset:

@@ -394,6 +394,32 @@ def test_num_samples_k_clips_from_one_decode(tiny_toy, monkeypatch):
     torch.testing.assert_close(ds[5]["video"], build_dataset(cfg, "train")[5]["video"], rtol=0, atol=0)
 
 
+def test_pair_reversed_second_clip_is_the_first_reversed_in_time(tiny_toy):
+    """DATA.PAIR_REVERSED with K = 4: clips 1 and 3 are clips 0 and 2 reversed in time, labels through
+    REVERSE_LABEL_PAIRS; clips 0 and 2 are the two clips K = 2 draws without pairs (same draws, in order)."""
+    from gcvideo.data.toy import FLIP_PAIRS, REVERSE_PAIRS
+
+    over = {"DATA.FLIP_LABEL_PAIRS": FLIP_PAIRS, "DATA.REVERSE_PROB": 0.5, "DATA.REVERSE_LABEL_PAIRS": REVERSE_PAIRS}
+    paired = build_dataset(toy_cfg(tiny_toy, **over, **{"DATA.NUM_SAMPLES": 4, "DATA.PAIR_REVERSED": True}), "train")
+    plain = build_dataset(toy_cfg(tiny_toy, **over, **{"DATA.NUM_SAMPLES": 2}), "train")
+    swap = {a: b for a, b in REVERSE_PAIRS}
+    for i in range(8):
+        p, q = paired[i], plain[i]
+        v, lab = p["video"], p["label"].tolist()  # (4, 3, T, H, W)
+        assert torch.equal(v[[0, 2]], q["video"]) and lab[0::2] == q["label"].tolist()
+        for a in (0, 2):
+            assert torch.equal(v[a + 1], v[a].flip(1))  # dim 1 of (3, T, H, W) is time
+            assert not torch.equal(v[a + 1], v[a])
+            assert lab[a + 1] == swap[lab[a]] != lab[a]
+
+
+def test_pair_reversed_needs_an_even_number_of_clips(tiny_toy):
+    with pytest.raises(ValueError, match="DATA.PAIR_REVERSED.*DATA.NUM_SAMPLES 3"):
+        validate_cfg(toy_cfg(tiny_toy, **{"DATA.NUM_SAMPLES": 3, "DATA.PAIR_REVERSED": True}))
+    with pytest.raises(ValueError, match="pair_reversed with num_samples = 1"):
+        DS.VideoDataset(build_dataset(toy_cfg(tiny_toy), "train").records, train=True, pair_reversed=True)
+
+
 def test_collate_train_puts_k_clips_in_the_batch(tiny_toy):
     ds = build_dataset(toy_cfg(tiny_toy, **{"DATA.NUM_SAMPLES": 2, "DATA.FLIP_LABEL_PAIRS": [[0, 3]]}), "train")
     batch = next(iter(DataLoader(ds, batch_size=3, collate_fn=ds.collate)))

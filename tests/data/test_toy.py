@@ -219,7 +219,7 @@ def test_flipped_and_reversed_training_items_carry_the_label_of_what_they_show(t
                    ["DATA.PATH_TO_DATA_DIR", data, "DATA.LABEL_MAP", os.path.join(data, "classes.txt"),
                     "DATA.TRAIN_JITTER_SCALES", "[96, 96]", "DATA.TRAIN_CROP_SIZE", "96", "DATA.DECODER", "pyav"])
     ds = build_dataset(cfg, "train")
-    k = cfg.DATA.NUM_SAMPLES  # clips per item, each with its own flip and reversal (2 in the toy config)
+    k = cfg.DATA.NUM_SAMPLES  # clips per item (2 in the toy config: a clip and its time reversal)
     right, mapped, clips = 0, 0, 0
     items = [(epoch, i) for epoch in range(4) for i in range(16) if video_label(i) < 4]  # moving_left/right/up/down
     for epoch, i in items:

@@ -92,7 +92,8 @@ class VideoDataset(Dataset):
                  reverse_pairs: Sequence[Sequence[int]] = (), mean: Sequence[float] = (0.45, 0.45, 0.45),
                  std: Sequence[float] = (0.225, 0.225, 0.225), num_clips: int = 10, num_crops: int = 3,
                  seed: int = 0, single_view_4d: bool = False, eval_uint8: bool = False, num_samples: int = 1,
-                 pair_reversed: bool = False, train_uint8: bool = False, max_frame_pixels: int = 4096 * 2304, max_aspect_ratio: float = 10.0):
+                 pair_reversed: bool = False, train_uint8: bool = False, max_frame_pixels: int = 4096 * 2304,
+                 max_aspect_ratio: float = 10.0):
         if not len(records):
             raise ValueError("VideoDataset needs at least one video")
         # one bytes buffer + numpy arrays: DataLoader workers share these pages, never copy them

@@ -56,11 +56,13 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     groups = param_groups(model, s.WEIGHT_DECAY, s.ZERO_WD_NORM_BIAS)
     lr = scaled_lr(s.BASE_LR, cfg.TRAIN.BATCH_SIZE, s.REFERENCE_BATCH_SIZE)
     method = s.OPTIMIZING_METHOD
+    # foreach: one multi-tensor update over all parameters instead of a loop over them (torch picks it
+    # on GPUs only; on the CPU it takes the toy step from 128 to 121 ms, bench/results/toy.md)
     if method == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=s.MOMENTUM, nesterov=s.NESTEROV and s.MOMENTUM > 0,
-                               weight_decay=s.WEIGHT_DECAY)
+                               weight_decay=s.WEIGHT_DECAY, foreach=True)
     if method == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(s.BETAS), weight_decay=s.WEIGHT_DECAY)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(s.BETAS), weight_decay=s.WEIGHT_DECAY, foreach=True)
     raise ValueError(f"SOLVER.OPTIMIZING_METHOD = {method!r}; expected one of {list(OPTIMIZERS)}")
 
 

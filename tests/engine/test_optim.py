@@ -56,7 +56,7 @@ def test_weight_decay_groups():
     opt = build_optimizer(cfg, model)
     groups = {g["name"]: g for g in opt.param_groups}
     assert groups["decay"]["weight_decay"] == 1e-4 and groups["no_decay"]["weight_decay"] == 0.0
-    assert opt.defaults["momentum"] == 0.9 and opt.defaults["nesterov"] is True
+    assert opt.defaults["momentum"] == 0.9 and opt.defaults["nesterov"] is True and opt.defaults["foreach"] is True
     names = {id(p): n for n, p in model.named_parameters()}
     decay = {names[id(p)] for p in groups["decay"]["params"]}
     no_decay = {names[id(p)] for p in groups["no_decay"]["params"]}
@@ -89,6 +89,7 @@ def test_adamw_step_matches_its_equations_and_unknown_method_is_refused():
     model = nn.Linear(3, 2).double()
     opt = build_optimizer(cfg, model)
     assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults["foreach"] is True  # one multi-tensor update, on CPUs too
     w0 = model.weight.detach().clone()
     g = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     model.weight.grad, model.bias.grad = g.clone(), torch.zeros(2, dtype=torch.float64)

@@ -3,7 +3,7 @@
 label_pairs.json and toy_config.yaml (a config override with the label map and label pairs).
 
     python tools/make_toy_dataset.py --out data/toy [--seed 0] [--num-train 600] [--num-val 200]
-                                     [--size 128] [--frames 72] [--workers N]
+                                     [--size 96] [--frames 72] [--workers N]
 """
 import argparse
 import os
@@ -21,7 +21,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="random seed (same seed, same dataset)")
     ap.add_argument("--num-train", type=int, default=600, help="training videos (classes balanced)")
     ap.add_argument("--num-val", type=int, default=200, help="validation videos")
-    ap.add_argument("--size", type=int, default=128, help="frame width = height in pixels")
+    ap.add_argument("--size", type=int, default=96, help="frame width = height in pixels")
     ap.add_argument("--frames", type=int, default=72, help="frames per video (30 fps)")
     ap.add_argument("--workers", type=int, default=0, help="processes (0 = one per CPU core)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -17,7 +17,8 @@ augmentations keeps a model from memorising backgrounds.
 
 Videos declare 30 fps, so with DATA.TARGET_FPS 30 an 8x8 clip spans 64
 consecutive frames; speeds are chosen so that an object moves 30-70 px (at
-128 px), turns 160-320 degrees, or changes size by 1.8-2.6x within any 64 frames.
+128 px; sizes and speeds scale with the frame size, 96 px by default), turns 160-320
+degrees, or changes size by 1.8-2.6x within any 64 frames.
 
 ``make_toy_dataset(out_dir, ...)`` writes ``videos/{train,val}/NNNNNN.mp4``,
 ``train.csv`` / ``val.csv`` (PySlowFast ``path label``, paths relative to
@@ -48,7 +49,7 @@ FLIP_PAIRS = [[0, 1], [1, 0], [4, 5], [5, 4]]
 REVERSE_PAIRS = [[0, 1], [1, 0], [2, 3], [3, 2], [4, 5], [5, 4], [6, 7], [7, 6]]
 FPS = 30
 _SPLIT_IDS = {"train": 1, "val": 2}
-_FORMAT_VERSION = 2  # 2: low-contrast backgrounds, larger objects that stand out
+_FORMAT_VERSION = 3  # 2: low-contrast backgrounds, larger objects that stand out; 3: 96 px (was 128)
 TOY_FORMAT_VERSION = _FORMAT_VERSION  # public: run_toy regenerates sets of an older version
 
 
@@ -260,7 +261,7 @@ def _job(args: Tuple[str, int, str, int, int, int, int]) -> Tuple[str, int]:
     return path, os.path.getsize(path)
 
 
-def make_toy_dataset(out_dir: str, seed: int = 0, num_train: int = 600, num_val: int = 200, size: int = 128,
+def make_toy_dataset(out_dir: str, seed: int = 0, num_train: int = 600, num_val: int = 200, size: int = 96,
                      num_frames: int = 72, workers: Optional[int] = None, progress: bool = False) -> Dict:
     """Write the toy dataset to ``out_dir`` (see module docstring); returns its ``meta.json`` content.
 

@@ -69,22 +69,25 @@ def test_deterministic_for_a_seed(tmp_path, tiny_toy):
     assert os.path.getmtime(os.path.join(a, "videos", "train", "000000.mp4")) == before
 
 
+@pytest.mark.parametrize("size", [128, 96])
 @pytest.mark.parametrize("label", range(8))
-def test_motion_visible_within_an_8x8_window(label):
-    """Within 64 frames (8x8 at 30 fps) at 128 px: >= 30 px travel, >= 150 degrees, >= 1.8x size."""
+def test_motion_visible_within_an_8x8_window(label, size):
+    """Within 64 frames (8x8 at 30 fps) at 128 px: >= 30 px travel, >= 150 degrees, >= 1.8x size;
+    distances scale with the frame size (96 px, the default: >= 22.5 px)."""
+    k = size / 128
     for seed in range(20):
-        cx, cy, ang, rad = _motion(np.random.default_rng([seed, label]), label, 72, 128)
+        cx, cy, ang, rad = _motion(np.random.default_rng([seed, label]), label, 72, size)
         dx, dy = cx[63] - cx[0], cy[63] - cy[0]
         turn = np.degrees(ang[63] - ang[0])
         grow = rad[63] / rad[0]
         if label == 0:
-            assert dx <= -30 and abs(dy) < 10
+            assert dx <= -30 * k and abs(dy) < 10 * k
         elif label == 1:
-            assert dx >= 30 and abs(dy) < 10
+            assert dx >= 30 * k and abs(dy) < 10 * k
         elif label == 2:
-            assert dy <= -30 and abs(dx) < 10
+            assert dy <= -30 * k and abs(dx) < 10 * k
         elif label == 3:
-            assert dy >= 30 and abs(dx) < 10
+            assert dy >= 30 * k and abs(dx) < 10 * k
         elif label == 4:
             assert turn >= 150
         elif label == 5:
@@ -94,10 +97,10 @@ def test_motion_visible_within_an_8x8_window(label):
         else:
             assert grow <= 1 / 1.7
         if label >= 4:
-            assert abs(dx) < 10 and abs(dy) < 10
+            assert abs(dx) < 10 * k and abs(dy) < 10 * k
         # the object stays inside the frame
-        assert (cx - 0.8 * rad).min() > -2 and (cx + 0.8 * rad).max() < 130
-        assert (cy - 0.8 * rad).min() > -2 and (cy + 0.8 * rad).max() < 130
+        assert (cx - 0.8 * rad).min() > -2 and (cx + 0.8 * rad).max() < size + 2
+        assert (cy - 0.8 * rad).min() > -2 and (cy + 0.8 * rad).max() < size + 2
 
 
 def test_rendered_object_moves():

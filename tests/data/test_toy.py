@@ -103,6 +103,29 @@ def test_motion_visible_within_an_8x8_window(label, size):
         assert (cy - 0.8 * rad).min() > -2 and (cy + 0.8 * rad).max() < size + 2
 
 
+def test_the_toy_configs_clips_see_the_motion():
+    """A clip of configs/toy/slow_gc_toy.yaml spans (NUM_FRAMES - 1) x SAMPLING_RATE frames from its
+    first to its last frame (40 with 6x8 clips): from any start frame, a translation covers >= 20 px
+    (at 128 px), a rotation >= 100 degrees and a size change >= 1.45x within them (50 seeds a class;
+    with 4x8 clips it would be 10 px and 50 degrees)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = load_cfg(os.path.join(root, "configs", "toy", "slow_gc_toy.yaml"), check_files=False)
+    n = (cfg.DATA.NUM_FRAMES - 1) * cfg.DATA.SAMPLING_RATE * 30 // cfg.DATA.TARGET_FPS  # toy videos: 30 fps
+    for label in range(8):
+        for seed in range(50):
+            cx, cy, ang, rad = _motion(np.random.default_rng([seed, label]), label, 72, 128)
+            for t0 in range(72 - n):
+                if label < 2:
+                    assert abs(cx[t0 + n] - cx[t0]) >= 20
+                elif label < 4:
+                    assert abs(cy[t0 + n] - cy[t0]) >= 20
+                elif label < 6:
+                    assert abs(np.degrees(ang[t0 + n] - ang[t0])) >= 100
+                else:
+                    grow = rad[t0 + n] / rad[t0]
+                    assert max(grow, 1 / grow) >= 1.45
+
+
 def test_rendered_object_moves():
     """Moving right: the changed pixels' centre moves right over the video."""
     frames = render_video(np.random.default_rng(1), 1, 64, 96).astype(np.float32)

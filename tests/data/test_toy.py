@@ -9,8 +9,11 @@ import pytest
 from gcvideo.config import load_cfg
 from gcvideo.data import decode_frames
 from gcvideo.data.annotations import load_annotations
-from gcvideo.data.toy import (FLIP_PAIRS, REVERSE_PAIRS, TOY_CLASSES, _motion, make_toy_dataset, render_video,
-                             video_label, video_rng, write_video)
+from gcvideo.data.toy import (FLIP_PAIRS, FPS, REVERSE_PAIRS, TOY_CLASSES, _motion, make_toy_dataset,
+                             render_video, video_label, video_rng, write_video)
+
+TOY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "configs", "toy", "slow_gc_toy.yaml")
 
 
 def digest(folder):
@@ -108,9 +111,8 @@ def test_the_toy_configs_clips_see_the_motion():
     first to its last frame (40 with 6x8 clips): from any start frame, a translation covers >= 20 px
     (at 128 px), a rotation >= 100 degrees and a size change >= 1.45x within them (50 seeds a class;
     with 4x8 clips it would be 10 px and 50 degrees)."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    cfg = load_cfg(os.path.join(root, "configs", "toy", "slow_gc_toy.yaml"), check_files=False)
-    n = (cfg.DATA.NUM_FRAMES - 1) * cfg.DATA.SAMPLING_RATE * 30 // cfg.DATA.TARGET_FPS  # toy videos: 30 fps
+    cfg = load_cfg(TOY_CONFIG, check_files=False)
+    n = (cfg.DATA.NUM_FRAMES - 1) * cfg.DATA.SAMPLING_RATE * FPS // cfg.DATA.TARGET_FPS
     for label in range(8):
         for seed in range(50):
             cx, cy, ang, rad = _motion(np.random.default_rng([seed, label]), label, 72, 128)
@@ -240,10 +242,9 @@ def test_flipped_and_reversed_training_items_carry_the_label_of_what_they_show(t
 
     data = str(tmp_path / "toy")
     make_toy_dataset(data, seed=1, num_train=16, num_val=0, size=96, num_frames=40, workers=1)
-    cfg = load_cfg(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                "configs", "toy", "slow_gc_toy.yaml"),
-                   ["DATA.PATH_TO_DATA_DIR", data, "DATA.LABEL_MAP", os.path.join(data, "classes.txt"),
-                    "DATA.TRAIN_JITTER_SCALES", "[96, 96]", "DATA.TRAIN_CROP_SIZE", "96", "DATA.DECODER", "pyav"])
+    cfg = load_cfg(TOY_CONFIG, ["DATA.PATH_TO_DATA_DIR", data, "DATA.LABEL_MAP", os.path.join(data, "classes.txt"),
+                                "DATA.TRAIN_JITTER_SCALES", "[96, 96]", "DATA.TRAIN_CROP_SIZE", "96",
+                                "DATA.DECODER", "pyav"])
     ds = build_dataset(cfg, "train")
     k = cfg.DATA.NUM_SAMPLES  # clips per item (2 in the toy config: a clip and its time reversal)
     right, mapped, clips = 0, 0, 0

@@ -6,6 +6,7 @@ label_pairs.json and toy_config.yaml (a config override with the label map and l
                                      [--size 96] [--frames 72] [--workers N]
 """
 import argparse
+import inspect
 import os
 import sys
 import time
@@ -16,13 +17,14 @@ from gcvideo.data.toy import TOY_CLASSES, make_toy_dataset  # noqa: E402
 
 
 def main(argv=None) -> int:
+    default = {k: p.default for k, p in inspect.signature(make_toy_dataset).parameters.items()}  # one place
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--seed", type=int, default=0, help="random seed (same seed, same dataset)")
-    ap.add_argument("--num-train", type=int, default=600, help="training videos (classes balanced)")
-    ap.add_argument("--num-val", type=int, default=200, help="validation videos")
-    ap.add_argument("--size", type=int, default=96, help="frame width = height in pixels")
-    ap.add_argument("--frames", type=int, default=72, help="frames per video (30 fps)")
+    ap.add_argument("--seed", type=int, default=default["seed"], help="random seed (same seed, same dataset)")
+    ap.add_argument("--num-train", type=int, default=default["num_train"], help="training videos (classes balanced)")
+    ap.add_argument("--num-val", type=int, default=default["num_val"], help="validation videos")
+    ap.add_argument("--size", type=int, default=default["size"], help="frame width = height in pixels")
+    ap.add_argument("--frames", type=int, default=default["num_frames"], help="frames per video (30 fps)")
     ap.add_argument("--workers", type=int, default=0, help="processes (0 = one per CPU core)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)

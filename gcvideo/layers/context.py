@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.nn.modules import module as _module
 
 from gcvideo.layers import fused
+from gcvideo.layers.residual import ResidualContext
 
 __all__ = ["ContextBlock", "ChannelLayerNorm", "layernorm_as_vectors", "attention_pool", "CONTEXT_PRESETS", "POOLINGS", "TRANSFORMS",
            "NORMS", "FUSIONS", "VARIANTS"]
@@ -109,7 +110,7 @@ def _one_of(name: str, value: str, allowed) -> None:
         raise ValueError(f"{name}={value!r}: expected one of {allowed}")
 
 
-class ContextBlock(nn.Module):
+class ContextBlock(ResidualContext):
     """One member of the global-context family, chosen by its parts.
 
     Args:

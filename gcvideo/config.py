@@ -18,7 +18,7 @@ from typing import Iterable, List, Optional, Sequence
 import yaml
 from fvcore.common.config import CfgNode
 
-from gcvideo.layers import (CONTEXT_TYPES, FUSIONS, NL_INSTANTIATIONS, NL_POOL_POSITIONS, NORMS, POOLINGS,
+from gcvideo.layers import (CONTEXT_PRESETS, CONTEXT_TYPES, FUSIONS, NL_INSTANTIATIONS, NL_POOL_POSITIONS, NORMS, POOLINGS,
                             TRANSFORMS)
 
 _C = CfgNode()
@@ -534,7 +534,12 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _one_of(c.NORM, "CONTEXT.NORM", ["auto", *NORMS])
     _one_of(c.FUSION, "CONTEXT.FUSION", ["auto", *FUSIONS])
     _check(0.0 < c.RATIO <= 1.0, "CONTEXT.RATIO", c.RATIO, "a ratio in (0, 1], e.g. 0.25 or 0.0625")
-    if c.TYPE in ("gc", "se", "snl") and any_blocks:
+    if c.TYPE in CONTEXT_PRESETS:  # the norm sits inside the bottleneck: a linear transform has none
+        transform = CONTEXT_PRESETS[c.TYPE]["transform"] if c.TRANSFORM == "auto" else c.TRANSFORM
+        norm = CONTEXT_PRESETS[c.TYPE]["norm"] if c.NORM == "auto" else c.NORM
+        _check(transform != "linear" or norm == "none", "CONTEXT.NORM", c.NORM,
+               f"'none' or 'auto' with a linear transform (CONTEXT.TYPE {c.TYPE}, CONTEXT.TRANSFORM {c.TRANSFORM})")
+    if c.TYPE in CONTEXT_PRESETS and any_blocks:
         idx = context_indices(loc, depths)
         for si in range(4):
             if not idx[si]:

@@ -3,13 +3,13 @@ from typing import Optional
 
 import torch.nn as nn
 
-from gcvideo.layers.context import (CONTEXT_PRESETS, FUSIONS, NORMS, POOLINGS, TRANSFORMS, ChannelLayerNorm,
+from gcvideo.layers.context import (CONTEXT_PRESETS, FUSIONS, NORMS, POOLINGS, TRANSFORMS, VARIANTS, ChannelLayerNorm,
                                     ContextBlock, attention_pool, layernorm_as_vectors)
 from gcvideo.layers.nonlocal_block import NL_INSTANTIATIONS, NL_POOL_POSITIONS, NonLocalBlock
 
 __all__ = ["ContextBlock", "ChannelLayerNorm", "layernorm_as_vectors", "NonLocalBlock", "attention_pool", "create_context_block",
            "CONTEXT_PRESETS", "NL_INSTANTIATIONS", "NL_POOL_POSITIONS", "CONTEXT_TYPES", "POOLINGS", "TRANSFORMS",
-           "NORMS", "FUSIONS"]
+           "NORMS", "FUSIONS", "VARIANTS"]
 
 CONTEXT_TYPES = ("gc", "snl", "se", "nl")  # the kinds create_context_block builds
 

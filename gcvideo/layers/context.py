@@ -11,8 +11,8 @@ context modeling (alpha: attention or average pooling over all T*H*W positions)
 - SNL (Eq. 3): alpha = softmax(W_k x), delta = W_v (one C->C conv),  F = add.
 - SE:          average pooling, delta = W2 ReLU(W1 .), F = x * sigmoid(.).
 Every combination of pooling {att, avg}, transform {bottleneck, linear},
-norm {layernorm, none} and fusion {add, mul} (the paper's ablations) is one
-``ContextBlock``. Parameter names follow the original GCNet code
+norm {layernorm, none} (bottleneck only) and fusion {add, mul} (the paper's
+ablations) is one ``ContextBlock``: ``VARIANTS`` lists them. Parameter names follow the original GCNet code
 (conv_mask, channel_add_conv, channel_mul_conv).
 
 This module is the reference, in plain torch ops. A faster path with the same numbers
@@ -21,6 +21,7 @@ one call, ``fused.context_block``, which returns None wherever the reference mus
 """
 from __future__ import annotations
 
+import itertools
 from typing import Optional
 
 import torch
@@ -29,14 +30,18 @@ import torch.nn.functional as F
 from torch.nn.modules import module as _module
 
 from gcvideo.layers import fused
+from gcvideo.layers.residual import ResidualContext
 
 __all__ = ["ContextBlock", "ChannelLayerNorm", "layernorm_as_vectors", "attention_pool", "CONTEXT_PRESETS", "POOLINGS", "TRANSFORMS",
-           "NORMS", "FUSIONS"]
+           "NORMS", "FUSIONS", "VARIANTS"]
 
 POOLINGS = ("att", "avg")  # context modeling: softmax attention / global average pooling
 TRANSFORMS = ("bottleneck", "linear")  # C -> Cr -> C, or one C -> C conv
 NORMS = ("layernorm", "none")  # inside the bottleneck transform
 FUSIONS = ("add", "mul")  # broadcast add / x * sigmoid(.)
+# Every (pooling, transform, norm, fusion) a ContextBlock computes (the norm sits inside the bottleneck).
+VARIANTS = tuple(v for v in itertools.product(POOLINGS, TRANSFORMS, NORMS, FUSIONS)
+                 if not (v[1] == "linear" and v[2] != "none"))
 
 # The named members of the family and their (pooling, transform, norm, fusion).
 CONTEXT_PRESETS = {
@@ -105,7 +110,7 @@ def _one_of(name: str, value: str, allowed) -> None:
         raise ValueError(f"{name}={value!r}: expected one of {allowed}")
 
 
-class ContextBlock(nn.Module):
+class ContextBlock(ResidualContext):
     """One member of the global-context family, chosen by its parts.
 
     Args:
@@ -130,6 +135,9 @@ class ContextBlock(nn.Module):
         _one_of("transform", transform, TRANSFORMS)
         _one_of("norm", norm, NORMS)
         _one_of("fusion", fusion, FUSIONS)
+        if transform == "linear" and norm != "none":
+            raise ValueError(f"norm={norm!r} with transform='linear': the norm sits inside the bottleneck "
+                             "transform; use norm='none' or transform='bottleneck'")
         self.channels, self.pooling, self.fusion, self.fused = channels, pooling, fusion, fused
         self.transform_kind, self.norm_kind = transform, norm
         if pooling == "att":

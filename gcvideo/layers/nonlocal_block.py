@@ -22,13 +22,15 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
+from gcvideo.layers.residual import ResidualContext
+
 __all__ = ["NonLocalBlock", "NL_INSTANTIATIONS", "NL_POOL_POSITIONS"]
 
 NL_INSTANTIATIONS = ("gaussian", "embedded_gaussian", "dot_product", "concat")
 NL_POOL_POSITIONS = ("after_conv", "before_conv")  # where the key/value subsampling happens
 
 
-class NonLocalBlock(nn.Module):
+class NonLocalBlock(ResidualContext):
     """Non-local block (Eq. 1) in one of its four instantiations.
 
     Args:

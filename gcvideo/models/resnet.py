@@ -22,7 +22,6 @@ import torch.nn as nn
 from pytorchvideo.models.resnet import ResStage
 from pytorchvideo.models.stem import create_res_basic_stem
 
-from gcvideo.layers import ContextBlock
 
 __all__ = ["SlowResNet", "Bottleneck", "ContextResBlock", "ResNetHead"]
 
@@ -46,8 +45,7 @@ class Bottleneck(nn.Module):
         self.act_b = nn.ReLU(inplace=True)
         self.conv_c = nn.Conv3d(dim_inner, dim_out, 1, bias=False)
         self.norm_c = nn.BatchNorm3d(dim_out, eps=bn_eps, momentum=bn_momentum)
-        if context is not None:
-            self.context = context
+        self.context = context  # the pre_add block (a ResidualContext) or None
 
     def forward_branch(self, x: torch.Tensor) -> torch.Tensor:
         """conv_a ... norm_c, without the context block: (N, C_in, T, H, W) -> (N, C_out, T, H', W')."""
@@ -57,9 +55,7 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_branch(x)  # (N, C_out, T, H', W')
-        if "context" in self._modules:
-            x = self.context(x)
-        return x
+        return x if self.context is None else self.context(x)
 
 
 class ContextResBlock(nn.Module):
@@ -73,19 +69,16 @@ class ContextResBlock(nn.Module):
         super().__init__()
         self.branch1_conv, self.branch1_norm, self.branch2 = branch1_conv, branch1_norm, branch2
         self.activation = nn.ReLU(inplace=True)
-        if context is not None:
-            self.context = context
+        self.context = context  # the post_relu block or None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.branch1_conv is None else self.branch1_norm(self.branch1_conv(x))  # (N, C_out, T, H', W')
-        pre = self.branch2._modules.get("context")
-        if isinstance(pre, ContextBlock):  # relu(shortcut + pre(y)) as one call of the block
-            x = pre.residual(self.branch2.forward_branch(x), shortcut)  # (N, C_out, T, H', W')
-        else:
-            x = self.activation(self.branch2(x) + shortcut)  # (N, C_out, T, H', W')
-        if "context" in self._modules:
-            x = self.context(x)
-        return x
+        y, pre = self.branch2.forward_branch(x), self.branch2.context  # (N, C_out, T, H', W')
+        if pre is None:
+            x = self.activation(y + shortcut)
+        else:  # relu(shortcut + pre(y)): the block's one hook (ResidualContext.residual)
+            x = pre.residual(y, shortcut)  # (N, C_out, T, H', W')
+        return x if self.context is None else self.context(x)
 
 
 class ResNetHead(nn.Module):
@@ -205,12 +198,12 @@ class SlowResNet(nn.Module):
 
     def context_blocks(self) -> List[nn.Module]:
         """All context blocks in network order."""
-        return [m.context for m in self.modules() if "context" in getattr(m, "_modules", {})]
+        return [m for _, m in self.named_context_blocks()]
 
     def named_context_blocks(self):
         """(name, module) for every context block, in network order."""
-        return [(f"{n}.context" if n else "context", m.context) for n, m in self.named_modules()
-                if "context" in m._modules]
+        return [(f"{n}.context", m.context) for n, m in self.named_modules()
+                if isinstance(m, (Bottleneck, ContextResBlock)) and m.context is not None]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, T, H, W) -> last-stage features (N, C, T, H/32, W/32), before pooling."""

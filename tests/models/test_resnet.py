@@ -217,3 +217,39 @@ def test_checkpoints_with_the_old_layernorm_shape_load(old_shape):
         load(model)
         with torch.no_grad():
             torch.testing.assert_close(model(x), src(x))
+
+
+def test_the_backbone_reaches_a_pre_add_block_through_its_residual_hook_only():
+    """The residual unit asks its pre_add context block for relu(shortcut + f(y)) through
+    ResidualContext.residual, whatever the block (no isinstance on ContextBlock, no fast-path API)."""
+    from gcvideo.config import load_cfg
+    from gcvideo.layers.residual import ResidualContext
+    from gcvideo.models import build_model
+
+    class Scale(ResidualContext):  # f(y) = 2 y, with its own residual: relu(shortcut + 2 y) + 1
+        calls = 0
+
+        def forward(self, y):
+            return 2 * y
+
+        def residual(self, y, shortcut):
+            Scale.calls += 1
+            return torch.relu(shortcut + self(y)) + 1
+
+    cfg = load_cfg(None, ["MODEL.STAGE_DEPTHS", "[1, 1, 1, 1]", "MODEL.WIDTH", "8", "MODEL.NUM_CLASSES", "3", "CONTEXT.TYPE", "none",
+                          "CONTEXT.LOCATION", "[[], [], [], []]"])
+    model = build_model(cfg).eval()
+    unit = model.blocks[1].res_blocks[0]
+    x = torch.randn(1, unit.branch2.conv_a.in_channels, 2, 8, 8)
+    with torch.no_grad():
+        shortcut = unit.branch1_norm(unit.branch1_conv(x))
+        y = unit.branch2.forward_branch(x)
+        unit.branch2.context = Scale()
+        out = unit(x)
+    assert Scale.calls == 1
+    torch.testing.assert_close(out, torch.relu(shortcut + 2 * y) + 1)
+    assert [n for n, _ in model.named_context_blocks()] == ["blocks.1.res_blocks.0.branch2.context"]
+    unit.branch2.context = None
+    with torch.no_grad():
+        torch.testing.assert_close(unit(x), torch.relu(shortcut + y))
+    assert model.context_blocks() == []

@@ -186,7 +186,8 @@ _C.DATA.MAX_FRAME_PIXELS = 4096 * 2304
 # ...and at most this aspect ratio (long side / short side): resizing the short side of a
 # 4000x2 video to 256 pixels would make frames 512000 pixels wide (12 GB for 30 views).
 _C.DATA.MAX_ASPECT_RATIO = 10.0
-# DataLoader workers per process and pinned memory.
+# DataLoader workers per process (at most usable cores / processes on the machine are run:
+# gcvideo.utils.threads.loader_workers) and pinned memory.
 _C.DATA.NUM_WORKERS = 4
 _C.DATA.PIN_MEMORY = True
 # Training batches each DataLoader worker prepares ahead (DataLoader prefetch_factor; used with

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
         names = class_names(cfg.DATA.LABEL_MAP, cfg.MODEL.NUM_CLASSES)
         model = build_model_from_checkpoint(cfg, args.checkpoint).to(select_device(args.device))
         results = predict_videos(model, build_views_dataset(cfg, args.videos, *views), names, topk=args.topk,
-                                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                                 log=lambda msg: print(msg, file=sys.stderr, flush=True), progress=True)
     except (ConfigError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         queries = parse_queries(args.queries) if args.queries else None
         model = build_model_from_checkpoint(cfg, args.checkpoint).to(select_device(args.device))
         # the centre clip, centre crop
-        views = decode_views(build_views_dataset(cfg, [args.video], num_clips=1, num_crops=1))[0]
+        views = decode_views(build_views_dataset(cfg, [args.video], num_clips=1, num_crops=1), progress=True)[0]
         if not views["ok"]:
             raise RuntimeError(f"{args.video}: cannot be decoded: {views['error']}")
         out = visualize_attention(model, views["video"][:1], args.out, cfg.DATA.MEAN, cfg.DATA.STD,

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from gcvideo.engine import combine_views
 from gcvideo.utils.device import select_device
+from gcvideo.utils.progress import progress_bar
 
 __all__ = ["parse_views", "decode_views", "predict_videos", "format_predictions", "resolve_device", "model_device"]
 
@@ -38,9 +39,18 @@ def parse_views(text: str) -> Tuple[int, int]:
     return clips, crops
 
 
-def decode_views(dataset) -> List[Dict]:
-    """The items of ``dataset`` (``gcvideo.data.build_views_dataset``), in order: the test views of each video."""
-    return [dataset[i] for i in range(len(dataset))]
+def decode_views(dataset, progress: bool = False) -> List[Dict]:
+    """The items of ``dataset`` (``gcvideo.data.build_views_dataset``), in order: the test views of each
+    video; ``progress``: a bar on stderr counting the videos decoded."""
+    bar = progress_bar(total=len(dataset), desc="decode", unit="video") if progress else None
+    items = []
+    for i in range(len(dataset)):
+        items.append(dataset[i])
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return items
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -51,16 +61,19 @@ def model_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def predict_videos(model: nn.Module, dataset, class_names: Sequence[str], topk: int = 5,
-                   device: Optional[str] = None, max_batch_views: int = 10, log=None) -> List[Dict]:
+                   device: Optional[str] = None, max_batch_views: int = 10, log=None,
+                   progress: bool = False) -> List[Dict]:
     """Top-``topk`` classes of each video of ``dataset`` (``gcvideo.data.build_views_dataset``):
     [{"path", "ok", "error", "views", "top": [{"index", "name", "prob"}]}], probabilities = mean
     over views of the softmax (``prob_mean``). The views go to ``device`` (None: the model's) in
-    chunks of ``max_batch_views``; ``class_names[i]`` names logit i."""
+    chunks of ``max_batch_views``; ``class_names[i]`` names logit i. ``progress``: a bar on stderr
+    counting the videos done (decoded and classified), with a rate and an ETA."""
     device = resolve_device(device) if device is not None else model_device(model)
     model.eval()
     views = f"{dataset.num_clips}x{dataset.num_crops}"
     k = min(topk, len(class_names))
     results = []
+    bar = progress_bar(total=len(dataset), desc=f"predict ({views} views)", unit="video") if progress else None
     for i in range(len(dataset)):
         item = dataset[i]
         res = {"path": item["path"], "ok": bool(item["ok"]), "error": item["error"], "views": views, "top": []}
@@ -74,6 +87,10 @@ def predict_videos(model: nn.Module, dataset, class_names: Sequence[str], topk: 
         elif log is not None:
             log(f"error: {item['path']}: {item['error']}")
         results.append(res)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     return results
 
 

@@ -9,6 +9,10 @@ copy their pages -- about 80 MB per worker otherwise (bench/results/records.md, 
 full gc": 84.7 MB per worker without, 0.2 MB with the freeze). The parent unfreezes them right
 after the fork (the workers keep their frozen copy), so its own collections are unchanged.
 
+It also sizes the workers to the machine: DATA.NUM_WORKERS, at most this process's share of the
+usable cores (``gcvideo.utils.threads.loader_workers``; a note says so once), for training and
+test loaders alike; items do not depend on the number of workers.
+
 ``TrainLoader`` builds the training DataLoader once, with persistent workers (DataLoader
 workers > 0) and ``prefetch_factor`` batches in flight per worker: each epoch only sets the
 sampler's (epoch, start iteration) and the dataset's epoch before ``iter`` re-primes the same
@@ -25,11 +29,26 @@ from typing import Any, Callable, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from gcvideo.engine import distributed as du
+from gcvideo.utils.threads import loader_workers, usable_cores
+
 __all__ = ["ForkingLoader", "TrainLoader", "epoch_reaches_workers"]
 
 
+_NOTED = set()  # the requested worker counts this process has printed a note for
+
+
 class ForkingLoader(DataLoader):
-    """A ``DataLoader`` whose worker processes fork from a parent with a frozen garbage collector."""
+    """A ``DataLoader`` whose worker processes fork from a parent with a frozen garbage collector,
+    ``num_workers`` of them at most this process's share of the cores (``loader_workers``)."""
+
+    def __init__(self, dataset: Dataset, *args, num_workers: int = 0, **kwargs):
+        used = loader_workers(num_workers)
+        if used < num_workers and num_workers not in _NOTED and du.is_main_process():
+            _NOTED.add(num_workers)
+            print(f"note: DATA.NUM_WORKERS {num_workers} is more than this process's share of the "
+                  f"{usable_cores()} usable cores: {used} loader workers", flush=True)
+        super().__init__(dataset, *args, num_workers=used, **kwargs)
 
     def _get_iterator(self):
         # DataLoader.__iter__ calls this exactly when it creates an iterator, and a multi-process

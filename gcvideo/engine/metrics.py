@@ -17,7 +17,15 @@ import torch
 
 from gcvideo.utils.io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["combine_views", "compute_metrics", "write_report", "format_summary"]
+__all__ = ["combine_views", "compute_metrics", "write_report", "format_summary", "per_class_accuracy",
+           "confused_pairs", "format_class_report", "confusion_figure"]
+
+# The confusion-matrix figure: inches per class (shrunk to fit), its largest side, and the smallest
+# class cell that still gets its name on the axes (at a readable font size).
+CONFUSION_CELL_IN = 0.4
+CONFUSION_MAX_IN = 24.0
+CONFUSION_MIN_NAMED_CELL_IN = 0.1
+CONFUSION_DPI = 100
 
 
 def combine_views(logits: torch.Tensor, method: str) -> torch.Tensor:
@@ -85,29 +93,111 @@ def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int)
     return cm
 
 
-def _confusion_png(cm: torch.Tensor, class_names: Sequence[str], title: str) -> bytes:
+def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor,
+                       class_names: Sequence[str]) -> List[Dict]:
+    """Top-1 accuracy of every class with labelled videos, worst first (ties: class index).
+
+    ``pred`` (N,) top-1 classes, ``labels`` (N,) (-1 = unknown, left out), ``ok`` (N,) (a failed video
+    counts wrong, as in the "all" metrics). Returns [{"index", "name", "videos", "correct", "failed", "top1"}]
+    with top1 in percent.
+    """
+    known = labels >= 0
+    hit = (pred == labels) & ok & known
+    rows = []
+    for c in torch.unique(labels[known]).tolist():
+        mask = labels == c
+        n, correct = int(mask.sum()), int(hit[mask].sum())
+        rows.append({"index": c, "name": class_names[c], "videos": n, "correct": correct,
+                     "failed": int((mask & ~ok).sum()), "top1": 100.0 * correct / n})
+    rows.sort(key=lambda r: (r["top1"], r["index"]))
+    return rows
+
+
+def confused_pairs(cm: torch.Tensor, class_names: Sequence[str], top: int = 10) -> List[Dict]:
+    """The ``top`` largest off-diagonal counts of ``cm`` (rows = true class, columns = predicted),
+    largest first (ties: true, then predicted index): [{"true", "predicted", "videos", "share"}],
+    share = percent of the true class's videos in ``cm``."""
+    off = cm.clone()
+    off.fill_diagonal_(0)
+    rows_total = cm.sum(1)
+    pairs = [(-int(off[t, p]), t, p) for t, p in off.nonzero().tolist()]
+    return [{"true": class_names[t], "predicted": class_names[p], "videos": -neg,
+             "share": 100.0 * -neg / int(rows_total[t])} for neg, t, p in sorted(pairs)[:top]]
+
+
+def format_class_report(per_class: List[Dict], pairs: List[Dict]) -> str:
+    """report.txt's per-class accuracy (worst first) and most confused pairs."""
+    if not per_class:
+        return "per-class accuracy: no labelled videos\n"
+    width = min(40, max(len(r["name"]) for r in per_class))
+    lines = [f"per-class top-1 accuracy, worst first ({len(per_class)} classes with videos; failed videos "
+             "counted wrong):"]
+    for r in per_class:
+        failed = f", {r['failed']} failed" if r["failed"] else ""
+        lines.append(f"  {r['name']:<{width}s} {r['top1']:6.2f}%  {r['correct']}/{r['videos']}{failed}")
+    if pairs:
+        lines.append(f"most confused pairs (true -> predicted, decodable videos), top {len(pairs)}:")
+        width = min(80, max(len(f"{p['true']} -> {p['predicted']}") for p in pairs))
+        lines += [f"  {p['true'] + ' -> ' + p['predicted']:<{width}s} {p['videos']} "
+                  f"video{'s' if p['videos'] > 1 else ''} ({p['share']:.1f}% of {p['true']})" for p in pairs]
+    else:
+        lines.append("most confused pairs: none (every decodable video's top-1 is its class)")
+    return "\n".join(lines) + "\n"
+
+
+def confusion_figure(cm: torch.Tensor, class_names: Sequence[str], title: str):
+    """A matplotlib figure of ``cm`` (rows = true class, columns = predicted) over the classes present
+    (a video of theirs or a prediction), rows normalised, named on the axes while a class gets at
+    least CONFUSION_MIN_NAMED_CELL_IN inches; counts written in the cells up to 30 classes.
+    Sides at most CONFUSION_MAX_IN inches (+1 for the colour bar). Returns (figure, present class indices)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    k = cm.shape[0]
-    rows = cm.float() / cm.sum(1, keepdim=True).clamp_min(1)  # row-normalised
-    size = min(4 + 0.35 * k, 24)
-    fig, ax = plt.subplots(figsize=(size, size))
+    present = ((cm.sum(0) > 0) | (cm.sum(1) > 0)).nonzero().flatten().tolist()
+    k = len(present)
+    sub = cm[present][:, present]  # (k, k)
+    rows = sub.float() / sub.sum(1, keepdim=True).clamp_min(1)  # row-normalised
+    names = [class_names[c] for c in present]
+    margin = min(3.0, 0.07 * max((len(n) for n in names), default=0))  # inches for the names
+    cell = min(CONFUSION_CELL_IN, (CONFUSION_MAX_IN - 1.5 - margin) / max(k, 1))
+    named = cell >= CONFUSION_MIN_NAMED_CELL_IN
+    if not named:
+        margin, cell = 0.0, (CONFUSION_MAX_IN - 1.5) / k
+    side = min(CONFUSION_MAX_IN, max(4.0, 1.5 + margin + k * cell))
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    if k == 0:
+        ax.set_axis_off()
+        ax.set_title(f"{title}\nno decodable labelled videos")
+        return fig, present
     im = ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(title)
-    if k <= 40:
+    ax.set_title(f"{title}\n{k} of {len(class_names)} classes present" if k < len(class_names) else title)
+    if named:
+        font = max(5.0, min(9.0, 0.7 * 72 * cell))
         ax.set_xticks(range(k))
         ax.set_yticks(range(k))
-        ax.set_xticklabels(class_names, rotation=90, fontsize=7)
-        ax.set_yticklabels(class_names, fontsize=7)
-    fig.colorbar(im, ax=ax, fraction=0.046)
+        ax.set_xticklabels(names, rotation=90, fontsize=font)
+        ax.set_yticklabels(names, fontsize=font)
+        if k <= 30:
+            for i in range(k):
+                for j in range(k):
+                    if sub[i, j]:
+                        ax.text(j, i, str(int(sub[i, j])), ha="center", va="center", fontsize=font,
+                                color="white" if rows[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class's videos")
     fig.tight_layout()
+    return fig, present
+
+
+def _confusion_png(cm: torch.Tensor, class_names: Sequence[str], title: str) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, _ = confusion_figure(cm, class_names, title)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=CONFUSION_DPI)
     plt.close(fig)
     return buf.getvalue()
 
@@ -126,7 +216,8 @@ def format_summary(metrics: Dict[str, Dict[str, float]], views: str) -> str:
 def write_report(out_dir: str, *, scores: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor,
                  paths: List[str], errors: List[str], indices: List[int], class_names: Sequence[str],
                  metrics: Dict, views: str, extra: Optional[Dict] = None) -> Dict[str, str]:
-    """Write predictions.csv, failed_videos.txt, confusion_matrix.png, report.json, report.txt.
+    """Write predictions.csv, failed_videos.txt, confusion_matrix.png, report.json, report.txt
+    (the summary, per-class accuracy worst first, the most confused pairs, the failed videos).
 
     Returns the written paths by kind.
     """
@@ -153,8 +244,11 @@ def write_report(out_dir: str, *, scores: torch.Tensor, labels: torch.Tensor, ok
     pred = top.indices[:, 0].clone()
     cm = confusion_matrix(pred[ok], labels[ok], len(class_names))
     atomic_write_bytes(files["confusion"], _confusion_png(cm, class_names, f"confusion ({views})"))
-    report = {"views": views, "metrics": metrics, "num_failed": len(failed), **(extra or {})}
+    per_class = per_class_accuracy(pred, labels, ok, class_names)
+    pairs = confused_pairs(cm, class_names)
+    report = {"views": views, "metrics": metrics, "num_failed": len(failed), **(extra or {}),
+              "per_class": per_class, "confused_pairs": pairs}
     atomic_write_text(files["json"], json.dumps(report, indent=2) + "\n")
-    atomic_write_text(files["text"], format_summary(metrics, views) + "\n" + "".join(
-        f"failed: {line}\n" for line in failed))
+    atomic_write_text(files["text"], format_summary(metrics, views) + "\n" + format_class_report(per_class, pairs)
+                      + "".join(f"failed: {line}\n" for line in failed))
     return files

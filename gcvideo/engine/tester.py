@@ -74,8 +74,8 @@ def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, device: 
     model.eval()
     mine = []
     bar = None
-    if progress and du.is_main_process():
-        bar = progress_bar(total=len(loader), desc="eval")
+    if progress and du.is_main_process():  # this process's videos, counted as each batch completes
+        bar = progress_bar(total=len(loader.sampler), desc="test", unit="video")
     for batch in loader:
         # 1. views of every video: (N, V, 3, T, H, W); one-view items (N, 3, T, H, W) get V = 1
         video = batch["video"]
@@ -98,7 +98,8 @@ def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, device: 
             mine.append((int(batch["index"][i]), scores[i], int(batch["label"][i]), bool(ok[i]),
                          batch["path"][i], batch["error"][i] if "error" in batch else ""))
         if bar is not None:
-            bar.update(1)
+            bar.set_postfix_str(f"{v} views each", refresh=False)
+            bar.update(n)
     if bar is not None:
         bar.close()
     # 5. gather all processes' records; each index must appear exactly once

@@ -13,6 +13,11 @@ processes of this machine (``LOCAL_WORLD_SIZE``, set by torchrun), less one per 
 worker, and at least 1. ``OMP_NUM_THREADS`` in the environment (which torchrun sets to 1
 for several processes) is then left as is; a positive value is used as given. CUDA runs
 are left alone: their main process feeds the GPU rather than computing.
+
+DataLoader workers are sized to the machine the same way (``loader_workers``): DATA.NUM_WORKERS,
+but at most this process's share of the usable cores (usable cores // LOCAL_WORLD_SIZE, at least
+1), so a 4-worker config on a 2-core machine runs 2 workers and PyTorch's "exceeds the suggested
+max number of workers" warning does not come.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from typing import Mapping, Optional
 
 import torch
 
-__all__ = ["usable_cores", "main_process_threads", "tune_cpu_threads"]
+__all__ = ["usable_cores", "main_process_threads", "loader_workers", "tune_cpu_threads"]
 
 
 def usable_cores() -> int:
@@ -47,10 +52,21 @@ def main_process_threads(setting: int, num_workers: int, cores: int,
     return max(1, cores // local_processes - max(0, num_workers))
 
 
+def loader_workers(requested: int, cores: Optional[int] = None, env: Optional[Mapping[str, str]] = None) -> int:
+    """The DataLoader workers a process runs for ``requested`` (DATA.NUM_WORKERS): at most ``cores``
+    (default: the usable cores) // LOCAL_WORLD_SIZE of ``env`` (default: os.environ), at least 1; 0 stays 0."""
+    if requested <= 0:
+        return 0
+    cores = usable_cores() if cores is None else cores
+    local_processes = max(1, int((os.environ if env is None else env).get("LOCAL_WORLD_SIZE", "1")))
+    return min(requested, max(1, cores // local_processes))
+
+
 def tune_cpu_threads(setting: int, num_workers: int, device) -> str:
     """Set torch's intra-op threads for a CPU run (see the module's text); returns a log line, "" on CUDA."""
     if getattr(device, "type", str(device)) != "cpu":
         return ""
+    num_workers = loader_workers(num_workers)  # the workers the engine's loaders will run
     threads = main_process_threads(setting, num_workers, usable_cores(), os.environ)
     if threads is None:
         return f"threads: {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, left as is)"

@@ -262,3 +262,18 @@ def test_hooks_fire_for_fused_blocks_and_restore_fused():
     assert len(inputs) == len(blocks)
     torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-6)
     assert all(b.fused for b in blocks)  # restored
+
+
+def test_visualize_tool_shows_progress(toy, capsys):
+    """tools/visualize_attention.py: the video's decoding is shown as a bar on stderr (1 video)."""
+    from gcvideo.analysis.predict import decode_views
+    from gcvideo.data import build_views_dataset
+
+    cfg_file, ckpt = _write(toy, "gc", GC_LOC)
+    video = str(toy / "toy" / "videos" / "train" / "000001.mp4")
+    items = decode_views(build_views_dataset(load_cfg(cfg_file), [video, video], 1, 1), progress=True)
+    assert len(items) == 2 and "decode: 100%" in capsys.readouterr().err
+    rc = _tool().main(["--config", cfg_file, "--checkpoint", ckpt, video, "--out", str(toy / "progress_out")])
+    text, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "gc attention" in text and "decode: 100%" in err and "1/1" in err and "video" in err

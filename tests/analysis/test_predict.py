@@ -144,3 +144,23 @@ def test_device_auto_picks_cuda_only_when_present(given):
 
     want = "cuda" if given == "auto" and torch.cuda.is_available() else "cpu"
     assert resolve_device(given).type == want
+
+
+def test_predict_progress_counts_videos(setup, capsys):
+    """predict_videos(progress=True) and tools/predict.py: a bar on stderr that counts the videos
+    (3 of them, the broken one included), named with the views, stdout left to the results."""
+    cfg = setup["cfg"]
+    videos = [setup["videos"][0], setup["broken"], setup["videos"][1]]
+    names = class_names(cfg.DATA.LABEL_MAP, cfg.MODEL.NUM_CLASSES)
+    res = predict_videos(setup["model"], build_views_dataset(cfg, videos, 1, 1), names, progress=True)
+    out, err = capsys.readouterr()
+    assert len(res) == 3 and out == ""
+    assert "predict (1x1 views): 100%" in err and "3/3" in err and "video" in err
+    predict_videos(setup["model"], build_views_dataset(cfg, videos[:1], 1, 1), names)  # off by default
+    assert capsys.readouterr().err == ""
+    rc = _tool().main([setup["videos"][0], REAL, "--config", setup["cfg_file"], "--checkpoint", setup["ckpt"],
+                       "--views", "1x1", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert len(json.loads(out)) == 2  # the bar does not mix with the results
+    assert "predict (1x1 views): 100%" in err and "2/2" in err

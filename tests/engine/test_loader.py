@@ -124,3 +124,39 @@ def test_engine_loaders_fork_workers_with_a_frozen_gc():
     train.close()
     # no workers: nothing is frozen anywhere
     assert [int(x) for b in ForkingLoader(ds, batch_size=2) for x in b] == [0] * 4
+
+
+class _Index(Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return index
+
+
+def test_engine_loaders_size_their_workers_to_the_cores(monkeypatch, capsys):
+    """DATA.NUM_WORKERS 4 on a machine that shows 2 usable cores (the affinity torch and gcvideo
+    read): test and training loaders run 2 workers, give every item, and PyTorch's warning that
+    4 workers exceed the suggested maximum does not come; one note says what was done."""
+    import os
+    import warnings
+
+    from gcvideo.engine import loader as loader_module
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(loader_module, "_NOTED", set())
+    train = TrainLoader(_Index(), TrainSampler(8, 4, 0, 1, seed=0), 4, num_workers=4, pin_memory=False,
+                        prefetch_factor=2, seed=0, rank=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        test_loader = build_eval_loader(_Index(), 4, 4, False)
+        train_loader = train.epoch(0)
+        assert sorted(int(x) for b in test_loader for x in b) == list(range(8))
+        assert sorted(int(x) for b in train_loader for x in b) == list(range(8))
+    train.close()
+    assert (test_loader.num_workers, train_loader.num_workers) == (2, 2)
+    assert not [str(w.message) for w in caught if "worker" in str(w.message)]
+    out = capsys.readouterr().out
+    assert out.count("note: DATA.NUM_WORKERS 4 is more than this process's share of the 2 usable cores: "
+                     "2 loader workers") == 1

@@ -1,4 +1,5 @@
 """View aggregation and accuracy metrics against hand-computed numbers."""
+import json
 import math
 
 import pytest
@@ -112,3 +113,76 @@ def test_class_names_use_the_one_label_map_reader(tmp_path):
     (tmp_path / "twice.txt").write_text("run\nRun\n")
     with pytest.raises(AnnotationError, match=r"twice\.txt:2: class 'Run' repeats line 1"):
         class_names(str(tmp_path / "twice.txt"), 2)
+
+
+def _hand_made_results():
+    """13 labelled videos of classes a, c, d, f (of a..f) and one unlabelled; top-1 predictions:
+    a: 4/4 right; c: 1 right, 3 -> d; d: 1 right, 1 -> c, 1 failed to decode; f: 2 -> a."""
+    names = ["a", "b", "c", "d", "e", "f"]
+    rows = [(0, 0, True)] * 4 + [(2, 2, True)] + [(2, 3, True)] * 3 + [(3, 3, True), (3, 2, True), (3, 0, False)] \
+        + [(5, 0, True)] * 2 + [(-1, 1, True)]  # (label, top-1 prediction, ok)
+    labels = torch.tensor([r[0] for r in rows])
+    scores = torch.zeros(len(rows), 6)
+    scores[torch.arange(len(rows)), torch.tensor([r[1] for r in rows])] = 1.0
+    scores[~torch.tensor([r[2] for r in rows])] = 0.0  # a failed video has no scores
+    return names, scores, labels, torch.tensor([r[2] for r in rows])
+
+
+def test_report_lists_per_class_accuracy_worst_first_and_the_most_confused_pairs(tmp_path):
+    names, scores, labels, ok = _hand_made_results()
+    m = compute_metrics(scores, labels, ok, 6)
+    write_report(str(tmp_path), scores=scores, labels=labels, ok=ok, paths=[f"{i}.mp4" for i in range(14)],
+                 errors=[""] * 14, indices=list(range(14)), class_names=names, metrics=m, views="1x1 views")
+    text = (tmp_path / "report.txt").read_text().splitlines()
+    start = text.index("per-class top-1 accuracy, worst first (4 classes with videos; failed videos counted wrong):")
+    assert text[start + 1:start + 9] == [
+        "  f   0.00%  0/2",
+        "  c  25.00%  1/4",
+        "  d  33.33%  1/3, 1 failed",
+        "  a 100.00%  4/4",
+        "most confused pairs (true -> predicted, decodable videos), top 3:",
+        "  c -> d 3 videos (75.0% of c)",
+        "  f -> a 2 videos (100.0% of f)",
+        "  d -> c 1 video (50.0% of d)"]
+    report = json.loads((tmp_path / "report.json").read_text())
+    per_class = report["per_class"]
+    assert [(r["name"], r["videos"], r["correct"], r["failed"]) for r in per_class] == [
+        ("f", 2, 0, 0), ("c", 4, 1, 0), ("d", 3, 1, 1), ("a", 4, 4, 0)]
+    # the per-class numbers are those compute_metrics averages into the mean class accuracy
+    assert sum(r["top1"] for r in per_class) / 4 == pytest.approx(m["all"]["mean_class_acc"])
+    assert [(p["true"], p["predicted"], p["videos"]) for p in report["confused_pairs"]] == [
+        ("c", "d", 3), ("f", "a", 2), ("d", "c", 1)]
+
+
+def test_confusion_png_shows_the_classes_present_named_at_a_bounded_size(tmp_path):
+    """A 400-class label map with 4 classes present: the figure's axes name those 4 (in class order),
+    the PNG is a few hundred pixels, not a 2400 px grid; all 400 present: at most the cap."""
+    from PIL import Image
+
+    from gcvideo.data.annotations import DEFAULT_KINETICS400_LABEL_MAP, read_label_map
+
+    k400 = read_label_map(DEFAULT_KINETICS400_LABEL_MAP)
+    names, scores6, labels, ok = _hand_made_results()
+    present = [6, 30, 31, 212]  # a, c, d, f of the hand-made results become these Kinetics classes
+    to_k400 = torch.tensor([6, 7, 30, 31, 8, 212])
+    scores = torch.zeros(len(labels), 400)
+    scores[:, to_k400] = scores6
+    labels = torch.where(labels >= 0, to_k400[labels.clamp_min(0)], labels)
+    m = compute_metrics(scores, labels, ok, 400)
+    write_report(str(tmp_path), scores=scores, labels=labels, ok=ok, paths=[f"{i}.mp4" for i in range(14)],
+                 errors=[""] * 14, indices=list(range(14)), class_names=k400, metrics=m, views="1x1 views")
+    w, h = Image.open(tmp_path / "confusion_matrix.png").size
+    assert w <= 800 and h <= 800, (w, h)
+    from gcvideo.engine.metrics import CONFUSION_DPI, CONFUSION_MAX_IN, confusion_figure, confusion_matrix
+
+    fig, shown = confusion_figure(confusion_matrix(scores.argmax(1)[ok], labels[ok], 400), k400, "confusion")
+    ax = fig.axes[0]
+    assert shown == present
+    assert [t.get_text() for t in ax.get_xticklabels()] == [k400[c] for c in present]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [k400[c] for c in present]
+    assert "4 of 400 classes present" in ax.get_title()
+    every = confusion_matrix(torch.arange(400).roll(1), torch.arange(400), 400)
+    fig, shown = confusion_figure(every, k400, "confusion")
+    assert len(shown) == 400 and max(fig.get_size_inches()) <= CONFUSION_MAX_IN + 1
+    w, h = (fig.get_size_inches() * CONFUSION_DPI).tolist()
+    assert w <= (CONFUSION_MAX_IN + 1) * CONFUSION_DPI and h <= CONFUSION_MAX_IN * CONFUSION_DPI

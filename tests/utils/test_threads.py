@@ -66,3 +66,17 @@ def test_environment_and_explicit_setting_and_cuda():
     got = _run(0, 0, device="cuda")  # a CUDA run: untouched, nothing logged
     assert got == {"note": "", "threads": 7, "cores": got["cores"]}, got
 
+
+
+@pytest.mark.parametrize("requested, cores, env, expected", [
+    (4, 2, {}, 2),                             # the default 4 workers on the 2-core machine: 2
+    (2, 2, {}, 2),
+    (0, 2, {}, 0),                             # no workers stays no workers
+    (4, 16, {}, 4),                            # room for all of them
+    (8, 16, {"LOCAL_WORLD_SIZE": "4"}, 4),     # 16 cores / 4 processes
+    (4, 2, {"LOCAL_WORLD_SIZE": "4"}, 1),      # fewer cores than processes: at least 1
+])
+def test_loader_workers(requested, cores, env, expected):
+    from gcvideo.utils.threads import loader_workers
+
+    assert loader_workers(requested, cores, env) == expected

@@ -656,7 +656,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
 def _check_memory(cfg: CfgNode) -> None:
     """ConfigError when one item or one batch (per process: torchrun's WORLD_SIZE) of the training,
     validation or test data would need more than DATA.MAX_ITEM_BYTES / DATA.MAX_BATCH_BYTES."""
-    from gcvideo.data.item_bytes import batch_bytes, eval_item_bytes, format_bytes, train_item_bytes
+    from gcvideo.data.item_bytes import batch_bytes, eval_item_bytes, over_bound, train_item_bytes
 
     d, t, te = cfg.DATA, cfg.TRAIN, cfg.TEST
     for key in ("MAX_ITEM_BYTES", "MAX_BATCH_BYTES"):
@@ -679,11 +679,9 @@ def _check_memory(cfg: CfgNode) -> None:
     for what, keys, batch_key, item, batch in sets:
         for est, bound_key, unit, lower in ((item, "MAX_ITEM_BYTES", "item", keys),
                                             (batch, "MAX_BATCH_BYTES", "batch", f"{batch_key}, {keys}")):
-            if est.total > d[bound_key]:
-                raise ConfigError(
-                    f"{what} {unit} would need up to {format_bytes(est.total)} ({est.describe()}), more than "
-                    f"DATA.{bound_key} = {d[bound_key]} ({format_bytes(d[bound_key])}): lower {lower}, or raise "
-                    f"DATA.{bound_key} where the machine has the memory")
+            refusal = over_bound(f"{what} {unit}", est, f"DATA.{bound_key}", d[bound_key], lower)
+            if refusal:
+                raise ConfigError(refusal)
 
 
 def stage_out_channels(width: int) -> List[int]:

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
-__all__ = ["ByteEstimate", "eval_item_bytes", "train_item_bytes", "batch_bytes", "format_bytes"]
+__all__ = ["ByteEstimate", "eval_item_bytes", "train_item_bytes", "batch_bytes", "format_bytes", "over_bound"]
 
 
 @dataclass
@@ -77,3 +77,12 @@ def batch_bytes(videos: int, views: int, num_frames: int, crop: int, uint8: bool
     clip = 3 * num_frames * crop * crop
     return ByteEstimate([(f"{rows} clips collated ({videos} videos x {views})", rows * clip * (1 if uint8 else 4)),
                          ("their float32 model input", rows * clip * 4)])
+
+
+def over_bound(what: str, est: ByteEstimate, bound_key: str, bound: int, lower: str) -> str:
+    """"" when ``est`` fits in ``bound`` (the config key ``bound_key``), else the one-line refusal naming
+    ``what`` (e.g. "a test item"), the estimate and its parts, and the settings to ``lower``."""
+    if est.total <= bound:
+        return ""
+    return (f"{what} would need up to {format_bytes(est.total)} ({est.describe()}), more than {bound_key} = "
+            f"{bound} ({format_bytes(bound)}): lower {lower}, or raise {bound_key} where the machine has the memory")

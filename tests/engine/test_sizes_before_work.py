@@ -102,3 +102,23 @@ def test_train_net_says_one_line_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: a test item would need up to "), err
     assert not out.exists()
+
+
+def test_predict_refuses_views_past_the_item_bound_before_reading_anything(tmp_path, capsys):
+    """tools/predict.py --views: float32 views of one video (build_views_dataset), checked before the
+    checkpoint or any video is opened (neither exists here)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("predict_tool", os.path.join(ROOT, "tools", "predict.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    y = tmp_path / "c.yaml"
+    y.write_text("DATA:\n  NUM_FRAMES: 8\n  TEST_CROP_SIZE: 256\n")
+    rc = tool.main([str(tmp_path / "v.mp4"), "--config", str(y), "--checkpoint", str(tmp_path / "none.pth"),
+                    "--views", "100000x3"])
+    # 800000 frames at 256 x up to 2560; one float32 clip of 8 of them; 300000 float32 views of 3x8x256x256
+    total = 800000 * 3 * 256 * 2560 + 4 * 8 * 3 * 256 * 2560 + 300000 * 3 * 8 * 256 * 256 * 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: a video's views would need up to {total / 1e9:.2f} GB ("), err
+    assert "lower --views, DATA.NUM_FRAMES, DATA.TEST_CROP_SIZE" in err[0]

@@ -17,7 +17,7 @@ import gcvideo.engine as engine
 from gcvideo.engine import NonFiniteLossError, train
 from gcvideo.engine.checkpoint import list_checkpoints
 from gcvideo.models import build_model
-from gcvideo.utils.io import CorruptCheckpointError, load_checkpoint_file
+from gcvideo.utils.io import CorruptCheckpointError, load_checkpoint_file, move_aside
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -59,6 +59,16 @@ def test_a_flipped_tensor_record_is_named(tmp_path):
     with pytest.raises(CorruptCheckpointError, match=f"checkpoint {path} is corrupt: record {record} does not "
                                                      "match its CRC-32"):
         load_checkpoint_file(path)
+
+
+def test_a_file_set_aside_never_replaces_one_set_aside_before(tmp_path):
+    path = tmp_path / "checkpoint_epoch0002.pth"
+    for n, expected in ((1, ".corrupt"), (2, ".corrupt.1"), (3, ".corrupt.2")):
+        path.write_bytes(b"damaged %d" % n)
+        assert move_aside(str(path)) == str(path) + expected
+    assert not path.exists()
+    assert [(tmp_path / (path.name + s)).read_bytes() for s in (".corrupt", ".corrupt.1", ".corrupt.2")] == [
+        b"damaged 1", b"damaged 2", b"damaged 3"]
 
 
 def test_legacy_torch_files_have_no_crc_and_still_load(tmp_path):

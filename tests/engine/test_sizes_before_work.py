@@ -67,13 +67,17 @@ def test_the_batch_bound_is_per_process(monkeypatch):
 def test_the_kinetics_configs_pass_the_bounds_with_margin():
     """The 8x8 configs' largest estimate (a 30-view test batch, 0.94 GB) is under an eighth of the defaults."""
     for name in ("slow_r50_8x8_gc_all", "slow_r101_8x8", "slow_r50_8x8_nl5"):
-        cfg = load_cfg(os.path.join(ROOT, "configs", "kinetics400", name + ".yaml"), check_files=False)
-        load_cfg(None, ["DATA.MAX_ITEM_BYTES", cfg.DATA.MAX_ITEM_BYTES // 8,
+        path = os.path.join(ROOT, "configs", "kinetics400", name + ".yaml")
+        cfg = load_cfg(path, check_files=False)
+        load_cfg(path, ["DATA.MAX_ITEM_BYTES", cfg.DATA.MAX_ITEM_BYTES // 8,
                         "DATA.MAX_BATCH_BYTES", cfg.DATA.MAX_BATCH_BYTES // 8], check_files=False)
+        with pytest.raises(ConfigError, match=r"a test batch would need up to 0\.94 GB"):  # and the bound is real
+            load_cfg(path, ["DATA.MAX_BATCH_BYTES", 9 * 10 ** 8], check_files=False)
 
 
 @pytest.mark.parametrize("opts,expected", [
-    (["SOLVER.BASE_LR", 1e300], r"SOLVER\.BASE_LR = 1e\+300 is not allowed: expected a finite learning rate in \(0, 10\]"),
+    (["SOLVER.BASE_LR", 1e300], r"SOLVER\.BASE_LR = 1e\+300 is not allowed: expected a finite learning rate "
+                                r"in \(0, 10\]"),
     (["SOLVER.BASE_LR", ".inf"], r"SOLVER\.BASE_LR = inf is not allowed"),
     (["SOLVER.BASE_LR", ".nan"], r"SOLVER\.BASE_LR = nan is not allowed"),
     # 8 / 4 * 8 = 16 after the linear scaling to TRAIN.BATCH_SIZE 8 / SOLVER.REFERENCE_BATCH_SIZE 4 (it is 16)

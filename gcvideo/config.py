@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import math
 import os
 from typing import Iterable, List, Optional, Sequence
 
@@ -186,6 +187,15 @@ _C.DATA.MAX_FRAME_PIXELS = 4096 * 2304
 # ...and at most this aspect ratio (long side / short side): resizing the short side of a
 # 4000x2 video to 256 pixels would make frames 512000 pixels wide (12 GB for 30 views).
 _C.DATA.MAX_ASPECT_RATIO = 10.0
+# Bounds on what the config asks of memory, checked before any work (gcvideo/data/item_bytes.py): the
+# bytes of one item (train, val or test: its frames resized to the crop or jitter scale at up to
+# MAX_ASPECT_RATIO, and its clips or views)... The Kinetics 8x8 configs need 0.20 GB (30-view test
+# item, uint8); 32 frames 0.82 GB.
+_C.DATA.MAX_ITEM_BYTES = 4 * 10 ** 9
+# ...and of one batch of one process (the collated clips and their float32 model input; not the
+# model's activations): Kinetics 8x8, 4 videos x 30 views: 0.94 GB (32 frames: 3.77 GB); 64
+# training clips: 0.39 GB.
+_C.DATA.MAX_BATCH_BYTES = 8 * 10 ** 9
 # DataLoader workers per process (at most usable cores / processes on the machine are run:
 # gcvideo.utils.threads.loader_workers) and pinned memory.
 _C.DATA.NUM_WORKERS = 4
@@ -199,7 +209,12 @@ _C.DATA.PREFETCH_FACTOR = 2
 # ---------------------------------------------------------------------------
 _C.SOLVER = CfgNode()
 # Base learning rate for SOLVER.REFERENCE_BATCH_SIZE clips; scaled linearly with the global batch.
+# The scaled LR must be finite, > 0 and at most MAX_LR.
 _C.SOLVER.BASE_LR = 0.1
+# The largest learning rate accepted (not a key): 100x the Kinetics recipes' 0.1 and 3x the largest
+# linearly scaled SGD LR published for ResNets (3.2 at batch 8192, Goyal et al. 2017); beyond it
+# training only diverges, and 1e300 overflowed to a traceback after the output folder was written.
+MAX_LR = 10.0
 # Global batch the base LR refers to (PySlowFast Slow 8x8: 0.1 at 64).
 _C.SOLVER.REFERENCE_BATCH_SIZE = 64
 # Epochs of training and of linear warmup.
@@ -607,8 +622,16 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _check(not d.PAIR_REVERSED or d.NUM_SAMPLES % 2 == 0, "DATA.PAIR_REVERSED", d.PAIR_REVERSED,
            f"False with DATA.NUM_SAMPLES {d.NUM_SAMPLES} (pairs need an even number of clips per video)")
     # ---- solver / train / test
-    _check(s.BASE_LR > 0, "SOLVER.BASE_LR", s.BASE_LR, "a positive learning rate")
+    _check(math.isfinite(s.BASE_LR) and 0 < s.BASE_LR <= MAX_LR, "SOLVER.BASE_LR", s.BASE_LR,
+           f"a finite learning rate in (0, {MAX_LR:g}]")
     _check(s.REFERENCE_BATCH_SIZE >= 1, "SOLVER.REFERENCE_BATCH_SIZE", s.REFERENCE_BATCH_SIZE, "a positive integer")
+    _check(t.BATCH_SIZE >= 1, "TRAIN.BATCH_SIZE", t.BATCH_SIZE, "a positive integer")
+    lr = s.BASE_LR * t.BATCH_SIZE / s.REFERENCE_BATCH_SIZE  # gcvideo.engine.optim.scaled_lr
+    _check(lr <= MAX_LR, "SOLVER.BASE_LR", s.BASE_LR,
+           f"a learning rate that, scaled to TRAIN.BATCH_SIZE {t.BATCH_SIZE} / SOLVER.REFERENCE_BATCH_SIZE "
+           f"{s.REFERENCE_BATCH_SIZE}, is at most {MAX_LR:g} (it is {lr:g})")
+    for key in ("WARMUP_START_FACTOR", "COSINE_END_FACTOR"):  # fractions of the scaled LR
+        _check(math.isfinite(s[key]) and 0 <= s[key] <= 1, f"SOLVER.{key}", s[key], "a fraction in [0, 1]")
     _check(s.MAX_EPOCH >= 1, "SOLVER.MAX_EPOCH", s.MAX_EPOCH, "a positive integer")
     _check(0 <= s.WARMUP_EPOCHS <= s.MAX_EPOCH, "SOLVER.WARMUP_EPOCHS", s.WARMUP_EPOCHS,
            f"0..SOLVER.MAX_EPOCH ({s.MAX_EPOCH})")
@@ -618,7 +641,6 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
            "two values in [0, 1)")
     _check(s.WEIGHT_DECAY >= 0, "SOLVER.WEIGHT_DECAY", s.WEIGHT_DECAY, "0 or more")
     _check(s.CLIP_GRAD_NORM >= 0, "SOLVER.CLIP_GRAD_NORM", s.CLIP_GRAD_NORM, "0 (off) or a positive norm")
-    _check(t.BATCH_SIZE >= 1, "TRAIN.BATCH_SIZE", t.BATCH_SIZE, "a positive integer")
     _check(len(t.EVAL_VIEWS) == 2 and all(isinstance(v, int) and v >= 1 for v in t.EVAL_VIEWS),
            "TRAIN.EVAL_VIEWS", t.EVAL_VIEWS, "[clips, crops], two positive integers")
     _check(t.KEEP_LAST >= 1, "TRAIN.KEEP_LAST", t.KEEP_LAST, "1 or more")
@@ -628,12 +650,44 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _one_of(te.NUM_SPATIAL_CROPS, "TEST.NUM_SPATIAL_CROPS", [1, 3])
     _one_of(te.ENSEMBLE_METHOD, "TEST.ENSEMBLE_METHOD", ["prob_mean", "logit_mean", "prob_max"])
     _check(te.BATCH_SIZE >= 1, "TEST.BATCH_SIZE", te.BATCH_SIZE, "a positive integer")
+    _check_memory(cfg)
     # ---- files that must exist
     if check_files:
         for key, value in (("TRAIN.INIT_FROM", t.INIT_FROM), ("TEST.CHECKPOINT", te.CHECKPOINT),
                            ("DATA.LABEL_MAP", d.LABEL_MAP)):
             if value and not path_manager.exists(value):
                 raise ConfigError(f"{key} = {value!r}: file does not exist")
+
+
+def _check_memory(cfg: CfgNode) -> None:
+    """ConfigError when one item or one batch (per process: torchrun's WORLD_SIZE) of the training,
+    validation or test data would need more than DATA.MAX_ITEM_BYTES / DATA.MAX_BATCH_BYTES."""
+    from gcvideo.data.item_bytes import batch_bytes, eval_item_bytes, over_bound, train_item_bytes
+
+    d, t, te = cfg.DATA, cfg.TRAIN, cfg.TEST
+    for key in ("MAX_ITEM_BYTES", "MAX_BATCH_BYTES"):
+        _check(_is_int(d[key]) and d[key] >= 1, f"DATA.{key}", d[key], "a positive number of bytes")
+    aspect = d.MAX_ASPECT_RATIO
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    sets = [("a training", "DATA.NUM_FRAMES, DATA.NUM_SAMPLES, DATA.TRAIN_JITTER_SCALES, DATA.TRAIN_CROP_SIZE",
+             "TRAIN.BATCH_SIZE",
+             train_item_bytes(d.NUM_FRAMES, d.NUM_SAMPLES, d.TRAIN_JITTER_SCALES[1], d.TRAIN_CROP_SIZE, aspect,
+                              d.TRAIN_UINT8),
+             batch_bytes(max(1, t.BATCH_SIZE // world), d.NUM_SAMPLES, d.NUM_FRAMES, d.TRAIN_CROP_SIZE,
+                         d.TRAIN_UINT8))]
+    views = [("a test", "TEST.NUM_ENSEMBLE_VIEWS, TEST.NUM_SPATIAL_CROPS", te.NUM_ENSEMBLE_VIEWS, te.NUM_SPATIAL_CROPS)]
+    if t.EVAL_PERIOD > 0:
+        views.append(("a validation", "TRAIN.EVAL_VIEWS", t.EVAL_VIEWS[0], t.EVAL_VIEWS[1]))
+    for what, keys, clips, crops in views:
+        sets.append((what, f"{keys}, DATA.NUM_FRAMES, DATA.TEST_CROP_SIZE", "TEST.BATCH_SIZE",
+                     eval_item_bytes(d.NUM_FRAMES, clips, crops, d.TEST_CROP_SIZE, aspect, d.EVAL_UINT8),
+                     batch_bytes(te.BATCH_SIZE, clips * crops, d.NUM_FRAMES, d.TEST_CROP_SIZE, d.EVAL_UINT8)))
+    for what, keys, batch_key, item, batch in sets:
+        for est, bound_key, unit, lower in ((item, "MAX_ITEM_BYTES", "item", keys),
+                                            (batch, "MAX_BATCH_BYTES", "batch", f"{batch_key}, {keys}")):
+            refusal = over_bound(f"{what} {unit}", est, f"DATA.{bound_key}", d[bound_key], lower)
+            if refusal:
+                raise ConfigError(refusal)
 
 
 def stage_out_channels(width: int) -> List[int]:

@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from gcvideo.analysis.predict import format_predictions, parse_views, predict_videos  # noqa: E402
 from gcvideo.config import ConfigError, load_cfg  # noqa: E402
 from gcvideo.data import build_views_dataset  # noqa: E402
+from gcvideo.data.item_bytes import eval_item_bytes, over_bound  # noqa: E402
 from gcvideo.engine.tester import class_names  # noqa: E402
 from gcvideo.models import build_model_from_checkpoint  # noqa: E402
 from gcvideo.utils.device import select_device  # noqa: E402
@@ -39,6 +40,12 @@ def main(argv=None) -> int:
     try:
         views = parse_views(args.views)
         cfg = load_cfg(args.config, args.opts)
+        d = cfg.DATA  # the views of one video, float32 (build_views_dataset), within DATA.MAX_ITEM_BYTES
+        refusal = over_bound("a video's views", eval_item_bytes(d.NUM_FRAMES, *views, d.TEST_CROP_SIZE,
+                                                                d.MAX_ASPECT_RATIO, uint8=False),
+                             "DATA.MAX_ITEM_BYTES", d.MAX_ITEM_BYTES, "--views, DATA.NUM_FRAMES, DATA.TEST_CROP_SIZE")
+        if refusal:
+            raise ValueError(refusal)
         names = class_names(cfg.DATA.LABEL_MAP, cfg.MODEL.NUM_CLASSES)
         model = build_model_from_checkpoint(cfg, args.checkpoint).to(select_device(args.device))
         results = predict_videos(model, build_views_dataset(cfg, args.videos, *views), names, topk=args.topk,

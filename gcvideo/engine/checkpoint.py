@@ -11,6 +11,8 @@ Files live in ``OUTPUT_DIR/checkpoints``:
 ``checkpoint_epoch0005_iter000040.pth`` (40 iterations of epoch 5 done).
 Each is written to a temporary name and renamed, so a kill during the write
 leaves the previous checkpoints as they were; the newest ``keep_last`` are kept.
+Every read verifies the zip records' CRC-32s (``gcvideo.utils.io.verify_checkpoint_bytes``); resume
+renames a damaged file to ``NAME.corrupt`` (kept, never listed again) and falls back to the previous one.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from gcvideo.utils.io import CheckpointError, atomic_save, load_checkpoint_file, path_manager
+from gcvideo.utils.io import (CheckpointError, CorruptCheckpointError, atomic_save, load_checkpoint_file, move_aside,
+                              path_manager)
 
 __all__ = ["FORMAT", "checkpoint_dir", "checkpoint_name", "list_checkpoints", "save_checkpoint",
            "load_latest_checkpoint", "get_rng_state", "set_rng_state"]
@@ -71,10 +74,21 @@ def save_checkpoint(output_dir: str, state: Dict[str, Any], keep_last: int) -> s
 
 
 def load_latest_checkpoint(output_dir: str, log=print) -> Optional[Tuple[str, Dict[str, Any]]]:
-    """(path, state) of the newest checkpoint that loads; older ones are tried if the newest fails."""
+    """(path, state) of the newest checkpoint that loads; older ones are tried if the newest fails.
+    A damaged one (CRC mismatch, truncated zip) is renamed to ``NAME.corrupt`` with a warning, so
+    that no later resume or pruning picks it; the file itself is kept."""
     for path in reversed(list_checkpoints(output_dir)):
         try:
             state = load_checkpoint_file(path)
+        except CorruptCheckpointError as e:
+            try:
+                aside = move_aside(path)
+            except (OSError, NotImplementedError) as moved:  # skipped again next time, with this warning
+                log(f"warning: skipping damaged checkpoint {path}: {e} (could not rename it: {moved})")
+                continue
+            log(f"warning: skipping damaged checkpoint {path}: {e}; renamed it to {aside} (kept for inspection, "
+                "never resumed from)")
+            continue
         except CheckpointError as e:
             log(f"warning: skipping unreadable checkpoint {path}: {e}")
             continue

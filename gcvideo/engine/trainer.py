@@ -373,7 +373,7 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
     seed_everything(cfg.SEED)
     model = build_model(cfg)
     init_note = ""
-    if t.INIT_FROM and not (t.AUTO_RESUME and list_checkpoints(cfg.OUTPUT_DIR)):
+    if t.INIT_FROM:  # also when resuming: the checkpoints may all turn out damaged (then it is the start)
         report = load_pretrained(model, t.INIT_FROM, purpose="finetune")
         init_note = f"initialised from {t.INIT_FROM}:\n{getattr(report, 'summary', lambda: report)()}"
     if t.SYNC_BN and world > 1:
@@ -558,8 +558,7 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
                         meters=meters, logger=logger, stop_requested=lambda: state["stop"],
                         on_skipped=broken.update, on_step=lambda *a, e=epoch: on_step(e, *a))
                 except NonFiniteLossError as e:
-                    raise NonFiniteLossError(f"{e}; the last good checkpoint in {checkpoint_dir(fs.output_dir)} "
-                                             "is unchanged") from None
+                    raise NonFiniteLossError(f"{e}; {_resume_note(fs.output_dir, fs.auto_resume, run.main)}") from None
                 state["global_iter"] = stats["global_iter"]
                 if stats["stop"]:  # SIGTERM in the epoch's last iteration: the resumed run does the epoch's end
                     stop_with_checkpoint(epoch, ipe, meters)
@@ -586,6 +585,20 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
         found = list_checkpoints(fs.output_dir)
         last_ckpt = found[-1] if found else None
     return {"global_iter": state["global_iter"], "checkpoint": last_ckpt, "val": val_results}
+
+
+def _resume_note(output_dir: str, auto_resume: bool, main: bool) -> str:
+    """What running the same command again resumes from (rank 0 reads and verifies it, as the resume
+    will: a damaged newest checkpoint is set aside here and the message names the one before)."""
+    if not main or not auto_resume:
+        return f"the checkpoints in {checkpoint_dir(output_dir)} are unchanged" + \
+            ("" if auto_resume else " (TRAIN.AUTO_RESUME is off: running the same command again starts afresh)")
+    found = load_latest_checkpoint(output_dir)
+    if found is None:
+        return f"no readable checkpoint in {checkpoint_dir(output_dir)}: running the same command again starts afresh"
+    path, ck = found
+    return (f"the checkpoints are unchanged: running the same command again resumes from {path} (epoch "
+            f"{ck['next_epoch'] + 1}, iteration {ck['next_iter']})")
 
 
 def _precise_bn_and_validate(run: _Run, fs: FitSettings, epoch: int, validate: bool, last: bool) -> Optional[Dict]:

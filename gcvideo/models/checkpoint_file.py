@@ -1,6 +1,8 @@
 """Reading checkpoint files into flat state dicts (tensors by key), whatever wrote them.
 
-- torch files (zip or legacy) through ``torch.load(weights_only=True)`` (``gcvideo.utils.io``);
+- torch files (zip or legacy) through ``torch.load(weights_only=True)`` (``gcvideo.utils.io``); zip
+  files after checking every record's CRC-32 (a damaged file is a ``CorruptCheckpointError``), legacy
+  torch files and Caffe2 pickles unverified (their formats hold no checksums);
 - other pickles (Caffe2 ``.pkl`` blob files, ``{"blobs": {name: ndarray}}``) through the
   restricted, size-bounded unpickler of :mod:`gcvideo.models.safe_pickle`;
 - the tensors are found under the usual wrapper keys (``state_dict``, ``model``,

@@ -11,12 +11,14 @@ import os
 import re
 import shutil
 import uuid
+import zipfile
 from typing import Any, List, Sequence, Union
 
 import torch
 from iopath.common.file_io import NativePathHandler, PathManager
 
-__all__ = ["path_manager", "CheckpointError", "WriteError", "load_checkpoint_file", "atomic_write_bytes",
+__all__ = ["path_manager", "CheckpointError", "CorruptCheckpointError", "WriteError", "load_checkpoint_file",
+           "verify_checkpoint_bytes", "move_aside", "atomic_write_bytes",
            "atomic_save", "atomic_write_text", "disk_full_error", "local_path", "path_join", "remove_temporaries",
            "TEMPORARY_NAME", "refuse_existing"]
 
@@ -69,11 +71,53 @@ class CheckpointError(RuntimeError):
     """A checkpoint file cannot be read safely or does not have the expected content."""
 
 
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint file's own records prove it damaged: a zip record whose bytes do not match its
+    CRC-32, or a zip file whose directory does not read (truncated, overwritten)."""
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def verify_checkpoint_bytes(data: bytes, path: str) -> None:
+    """CRC-check every record of a torch zip checkpoint (``torch.save``'s format since torch 1.6);
+    :class:`CorruptCheckpointError` naming ``path`` and the first bad record. ``torch.load`` itself
+    does not check the CRCs, so a flipped byte in tensor data would load silently. Legacy formats
+    (torch < 1.6 files, Caffe2 ``.pkl`` pickles) hold no checksums: nothing to check."""
+    if not data.startswith(_ZIP_MAGIC):
+        return
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            bad = z.testzip()  # reads every record and compares its CRC-32
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+        raise CorruptCheckpointError(f"checkpoint {path} could not be read: it is damaged (its zip directory "
+                                     f"does not read: {e}); was it truncated or overwritten?") from None
+    if bad is not None:
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupt: record {bad} does not match its CRC-32 "
+                                     "(bytes changed on disk or in transfer)")
+
+
+def move_aside(path: str, suffix: str = ".corrupt") -> str:
+    """Rename ``path`` to ``path + suffix`` (``.1``, ``.2``, ... when taken), never over an existing
+    file; returns the new path. The file is kept, only out of the way."""
+    new, n = path + suffix, 0
+    while path_manager.exists(new):
+        n += 1
+        new = f"{path}{suffix}.{n}"
+    local = local_path(path)
+    if local is not None:
+        os.rename(local, local_path(new))
+    elif path_manager.mv(path, new) is False:
+        raise OSError(f"cannot rename {path} to {new}")
+    return new
+
+
 def load_checkpoint_file(path: str, map_location: Any = "cpu") -> Any:
     """``torch.load(weights_only=True)`` through iopath, with a clear error.
 
     Files that would need arbitrary unpickling (pickled classes, code) are
-    refused: we never run code from a checkpoint.
+    refused: we never run code from a checkpoint. Zip checkpoints are verified first
+    (``verify_checkpoint_bytes``: every record against its CRC-32).
     """
     if not path_manager.exists(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -81,6 +125,7 @@ def load_checkpoint_file(path: str, map_location: Any = "cpu") -> Any:
         data = f.read()
     if len(data) == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    verify_checkpoint_bytes(data, path)
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError / RuntimeError variants

@@ -103,3 +103,166 @@ def test_sigkill_of_the_parent_stops_its_workers(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def dead_pid():
+    """The pid of a process that has ended (and been reaped)."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+KINETICS_HEADER = "label,youtube_id,time_start,time_end,split,is_cc\n"
+
+
+def flat_kinetics(tmp_path, rows, present):
+    """src/ with the clips of ``present`` (indices into ``rows``) and an annotation CSV of ``rows``
+    ((label, youtube_id, split)); returns (src, csv path, clip stems)."""
+    src = tmp_path / "src"
+    stems = [f"{yid}_000010_000020" for _, yid, _ in rows]
+    for i in present:
+        tiny_video(src / f"{stems[i]}.mp4")
+    ann = tmp_path / "kinetics_train.csv"
+    ann.write_text(KINETICS_HEADER + "".join(f'"{label}",{yid},10,20,{split},0\n' for label, yid, split in rows))
+    return src, ann, stems
+
+
+def test_unknown_class_is_one_error_naming_file_and_line(tmp_path):
+    src, ann, _ = flat_kinetics(tmp_path, [("abseiling", "aaa", "train"), ("air drumming", "bbb", "train"),
+                                           ("juggling chainsaws", "ccc", "train")], [0, 1, 2])
+    rc, out, err = tool("prepare_kinetics.py", "--src", str(src), "--dst", str(tmp_path / "dst"),
+                        "--annotations", str(ann), "--workers", "1")
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert f"{ann}:4: class 'juggling chainsaws' is not in the label map" in err and "--label-map" in err
+    assert not (tmp_path / "dst").exists()  # refused before any work
+
+
+def test_annotated_clips_absent_from_src_are_counted_and_listed(tmp_path):
+    rows = [("abseiling", "aaa", "train"), ("air drumming", "bbb", "val"), ("zumba", "ccc", "train"),
+            ("zumba", "ddd", "val")]
+    src, ann, stems = flat_kinetics(tmp_path, rows, [0, 2])
+    dst = tmp_path / "dst"
+    rc, out, err = tool("prepare_kinetics.py", "--src", str(src), "--dst", str(dst), "--annotations", str(ann),
+                        "--workers", "1")
+    assert rc == 0, err
+    assert "2 videos: 2 re-encoded, 0 already done, 0 failed; 2 annotated clips not in --src (see missing.txt)" in out
+    assert (dst / "missing.txt").read_text() == f"{stems[1]}\t{ann}:3\n{stems[3]}\t{ann}:5\n"
+    assert (dst / "train.csv").read_text() == f"{stems[0]}.mp4 0\n{stems[2]}.mp4 399\n"
+    # failed.txt is written (empty) when nothing failed, as the docs say
+    assert (dst / "failed.txt").read_text() == ""
+
+
+def test_failed_videos_exit_non_zero(tmp_path):
+    src = tmp_path / "src" / "abseiling"
+    tiny_video(src / "good.mp4")
+    (src / "bad.mp4").write_text("not a video")
+    rc, out, _ = tool("prepare_kinetics.py", "--src", str(tmp_path / "src"), "--dst", str(tmp_path / "dst"),
+                      "--workers", "1")
+    assert rc == 1 and "2 videos: 1 re-encoded, 0 already done, 1 failed (see failed.txt)" in out
+    assert (tmp_path / "dst" / "failed.txt").read_text().startswith(f"{src / 'bad.mp4'}\t")
+
+
+def test_disk_full_while_writing_the_csv_is_one_error_line(tmp_path, monkeypatch):
+    import gcvideo.utils.io as gio
+
+    tiny_video(tmp_path / "src" / "abseiling" / "a.mp4")
+    dst = tmp_path / "dst"
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(gio.os, "fsync", full)  # the atomic writer's flush to disk fails as on a full disk
+    rc, out, err = tool("prepare_kinetics.py", "--src", str(tmp_path / "src"), "--dst", str(dst), "--workers", "1")
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: cannot write {dst / 'train.csv'}: no space left on device")
+    assert not list(dst.glob("*.tmp-*"))  # the temporary file was removed
+    monkeypatch.undo()
+    rc, out, err = tool("prepare_kinetics.py", "--src", str(tmp_path / "src"), "--dst", str(dst), "--workers", "1")
+    assert rc == 0 and "0 re-encoded, 1 already done" in out and (dst / "train.csv").read_text() == "abseiling/a.mp4 0\n"
+
+
+def test_two_runs_on_one_destination(tmp_path):
+    """The second run is refused while the first holds --dst; the first completes every clip; later runs
+    remove the temporaries of dead writers only."""
+    for split in ("train", "val"):
+        for k in range(2):
+            tiny_video(tmp_path / "src" / split / "abseiling" / f"{split}{k}.mp4")
+    dst, wait = tmp_path / "dst", tmp_path / "wait"
+    first = start_slow_prepare(wait, tmp_path / "src", dst, 1)
+    try:
+        wait_for(lambda: list(wait.glob("*.started")), 120, "the first run to encode")
+        rc, out, err = tool("prepare_kinetics.py", "--src", str(tmp_path / "src"), "--dst", str(dst),
+                            "--workers", "1")
+        assert rc == 2 and err.startswith(f"error: --dst = '{dst}' is in use by another run (pid {first.pid} ")
+        (wait / "go").touch()
+        out, err = first.communicate(timeout=120)
+    finally:
+        (wait / "go").touch()
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, err
+    assert json.loads(out)["encoded"] == 4
+    assert (dst / "val.csv").read_text() == "val/abseiling/val0.mp4 0\nval/abseiling/val1.mp4 0\n"
+    assert (dst / "train.csv").read_text() == "train/abseiling/train0.mp4 0\ntrain/abseiling/train1.mp4 0\n"
+    # temporaries: a live writer's stay (this test process stands for one), a dead writer's go
+    folder = dst / "val" / "abseiling"
+    live = folder / f".x.mp4.tmp-prepare-{os.getpid()}.mp4"
+    dead = folder / f".y.mp4.tmp-prepare-{dead_pid()}.mp4"
+    dead_csv = dst / f"val.csv.tmp-{dead_pid()}-0123abcd"
+    for p in (live, dead, dead_csv):
+        p.write_bytes(b"half")
+    rc, out, err = tool("prepare_kinetics.py", "--src", str(tmp_path / "src"), "--dst", str(dst), "--workers", "1")
+    assert rc == 0 and "0 re-encoded, 4 already done" in out
+    assert live.exists() and not dead.exists() and not dead_csv.exists()
+
+
+@pytest.mark.parametrize("split", ["../../x", "ABSOLUTE"])
+def test_split_names_never_write_outside_dst(tmp_path, split):
+    user = tmp_path / "user.csv"
+    user.write_text("precious\n")
+    if split == "ABSOLUTE":
+        split = str(tmp_path / "user")
+    dst = tmp_path / "a" / "b" / "dst"
+    src, ann, _ = flat_kinetics(tmp_path, [("abseiling", "aaa", split)], [0])
+    rc, out, err = tool("prepare_kinetics.py", "--src", str(src), "--dst", str(dst), "--annotations", str(ann),
+                        "--workers", "1")
+    assert rc == 2 and err == f"error: {ann}:2: split {split!r} is not a plain name (letters, digits, '_', '-'; " \
+                              "no folders): it names the output CSV inside --dst\n"
+    assert user.read_text() == "precious\n" and not (tmp_path / "a" / "x.csv").exists()
+    assert not dst.exists()
+
+
+def test_two_sources_of_one_output_are_refused(tmp_path):
+    folder = tmp_path / "src" / "abseiling"
+    tiny_video(folder / "clip.mp4")
+    (folder / "clip.webm").write_bytes((folder / "clip.mp4").read_bytes())  # decodes like any download
+    tiny_video(folder / "other.mp4")
+    dst = tmp_path / "dst"
+    rc, out, err = tool("prepare_kinetics.py", "--src", str(tmp_path / "src"), "--dst", str(dst), "--workers", "1")
+    assert rc == 2 and err == (f"error: {folder / 'clip.mp4'} and {folder / 'clip.webm'} would both become "
+                               f"{dst / 'abseiling' / 'clip.mp4'}: keep one of them in --src (move the other out) "
+                               "and run again\n")
+    assert not dst.exists()
+
+
+def test_dst_inside_src_is_not_walked(tmp_path):
+    src = tmp_path / "src"
+    tiny_video(src / "videos_train" / "abseiling" / "a.mp4")
+    tiny_video(src / "videos_val" / "zumba" / "b.mp4")
+    dst = src / "prepared"
+    runs = [tool("prepare_kinetics.py", "--src", str(src), "--dst", str(dst), "--workers", "1") for _ in range(2)]
+    assert [rc for rc, _, _ in runs] == [0, 0]
+    assert "2 videos: 2 re-encoded, 0 already done" in runs[0][1]
+    assert "2 videos: 0 re-encoded, 2 already done" in runs[1][1]
+    assert sorted(p.name for p in dst.glob("*.csv")) == ["train.csv", "val.csv"]
+    assert (dst / "train.csv").read_text() == "videos_train/abseiling/a.mp4 0\n"
+    assert not (dst / "prepared").exists()
+
+
+def test_src_as_dst_is_refused(tmp_path):
+    tiny_video(tmp_path / "src" / "abseiling" / "a.mkv")
+    rc, _, err = tool("prepare_kinetics.py", "--src", str(tmp_path / "src"), "--dst", str(tmp_path / "src"))
+    assert rc == 2 and "the copies would replace the originals" in err
+    assert sorted(os.listdir(tmp_path / "src" / "abseiling")) == ["a.mkv"]

@@ -266,3 +266,23 @@ def test_src_as_dst_is_refused(tmp_path):
     rc, _, err = tool("prepare_kinetics.py", "--src", str(tmp_path / "src"), "--dst", str(tmp_path / "src"))
     assert rc == 2 and "the copies would replace the originals" in err
     assert sorted(os.listdir(tmp_path / "src" / "abseiling")) == ["a.mkv"]
+
+
+def test_check_videos_with_nothing_found_says_the_prefix_is_wrong(tmp_path):
+    """The official CSV checked without --prefix: not one clip is next to the CSV."""
+    rows = [("abseiling", "aaa", "train"), ("air drumming", "bbb", "train"), ("zumba", "ccc", "train")]
+    videos = tmp_path / "videos"
+    src, ann, stems = flat_kinetics(tmp_path, rows, [0, 1, 2])
+    os.rename(src, videos)
+    rc, out, err = tool("check_videos.py", "--csv", str(ann), "--workers", "1")
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"error: {ann}: none of its 3 videos exists (the first would be ")
+    assert "prefix is probably wrong" in err and "--prefix" in err
+    assert sorted(os.listdir(tmp_path)) == ["kinetics_train.csv", "videos"]  # no header-only clean CSV
+    rc, out, err = tool("check_videos.py", "--csv", str(ann), "--workers", "1", "--prefix", str(videos))
+    assert rc == 0 and "0 of 3 videos cannot be used" in out, err
+    assert (tmp_path / "kinetics_train.clean.csv").read_text() == ann.read_text()
+    # some found: checked and reported as before (exit 0, the missing one listed)
+    os.remove(videos / f"{stems[1]}.mp4")
+    rc, out, err = tool("check_videos.py", "--csv", str(ann), "--workers", "1", "--prefix", str(videos))
+    assert rc == 0 and "1 of 3 videos cannot be used (missing: 1)" in out, err

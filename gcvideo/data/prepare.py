@@ -26,7 +26,7 @@ import os
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from gcvideo.data.annotations import (DEFAULT_KINETICS400_LABEL_MAP, AnnotationError, class_key, kinetics_clip_name,
                                       read_label_map)
@@ -160,31 +160,53 @@ def _read_kinetics_csvs(paths: Sequence[str], keys: Dict[str, int], label_map: s
     for path in paths:
         if not os.path.isfile(path):
             raise AnnotationError(f"{path}: annotation file does not exist")
-        with open(path, newline="") as f:
-            reader = csv.reader(f)
-            header = [c.strip().lower() for c in next(reader, [])]
-            if "youtube_id" not in header:
-                raise AnnotationError(f"{path}:1: expected the Kinetics CSV header (label,youtube_id,time_start,...)")
-            col = {c: i for i, c in enumerate(header)}
-            for row in reader:
-                n = reader.line_num
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise AnnotationError(f"{path}:{n}: expected {len(header)} fields, got {len(row)}")
-                try:
-                    stem = kinetics_clip_name(row[col["youtube_id"]].strip(), int(float(row[col["time_start"]])),
-                                              int(float(row[col["time_end"]])), ext="")
-                except (KeyError, ValueError) as e:
-                    raise AnnotationError(f"{path}:{n}: bad youtube_id/time_start/time_end ({e})") from None
-                name = row[col["label"]].strip() if "label" in col else ""
-                if name and class_key(name) not in keys:
-                    raise AnnotationError(f"{path}:{n}: class {name!r} is not in the label map {label_map} "
-                                          f"({len(keys)} classes); pass --label-map with this dataset's classes")
-                split = split_name(row[col["split"]].strip()) if "split" in col else "test"
-                _check_split(split, f"{path}:{n}: split")
-                out[stem] = (keys[class_key(name)] if name else -1, split, f"{path}:{n}")
+        rows = _csv_rows(path)
+        n, first = next(rows, (1, []))
+        header = [c.strip().lower() for c in first]
+        if "youtube_id" not in header:
+            raise AnnotationError(f"{path}:{n}: expected the Kinetics CSV header (label,youtube_id,time_start,...)")
+        col = {c: i for i, c in enumerate(header)}
+        for n, row in rows:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise AnnotationError(f"{path}:{n}: expected {len(header)} fields, got {len(row)}")
+            try:
+                stem = kinetics_clip_name(row[col["youtube_id"]].strip(), int(float(row[col["time_start"]])),
+                                          int(float(row[col["time_end"]])), ext="")
+            except (KeyError, ValueError, OverflowError) as e:
+                raise AnnotationError(f"{path}:{n}: bad youtube_id/time_start/time_end ({e})") from None
+            name = row[col["label"]].strip() if "label" in col else ""
+            if name and class_key(name) not in keys:
+                raise AnnotationError(f"{path}:{n}: class {name!r} is not in the label map {label_map} "
+                                      f"({len(keys)} classes); pass --label-map with this dataset's classes")
+            split = split_name(row[col["split"]].strip()) if "split" in col else "test"
+            _check_split(split, f"{path}:{n}: split")
+            out[stem] = (keys[class_key(name)] if name else -1, split, f"{path}:{n}")
     return out
+
+
+def _csv_rows(path: str) -> Iterator[Tuple[int, List[str]]]:
+    """(line number, fields) of a CSV file read line by line; a line that is not UTF-8 or not CSV is an
+    :class:`AnnotationError` naming ``file:line``."""
+    with open(path, "rb") as f:
+        def text() -> Iterator[str]:
+            for k, raw in enumerate(f, 1):
+                try:
+                    yield raw.decode("utf-8-sig" if k == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise AnnotationError(f"{path}:{k}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                                          "save the file as UTF-8") from None
+
+        reader = csv.reader(text())
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                raise AnnotationError(f"{path}:{reader.line_num}: not a CSV line ({e})") from None
+            yield reader.line_num, row
 
 
 def _check_split(split: str, what: str) -> None:

@@ -286,3 +286,22 @@ def test_check_videos_with_nothing_found_says_the_prefix_is_wrong(tmp_path):
     os.remove(videos / f"{stems[1]}.mp4")
     rc, out, err = tool("check_videos.py", "--csv", str(ann), "--workers", "1", "--prefix", str(videos))
     assert rc == 0 and "1 of 3 videos cannot be used (missing: 1)" in out, err
+
+
+@pytest.mark.parametrize("case", ["utf16", "inf", "long"])
+def test_bad_annotation_lines_are_one_error_naming_file_and_line(tmp_path, case):
+    src, ann, _ = flat_kinetics(tmp_path, [("abseiling", "aaa", "train"), ("zumba", "bbb", "train")], [0, 1])
+    text = ann.read_text()
+    if case == "utf16":
+        ann.write_bytes(text.encode("utf-16"))
+        where = f"{ann}:1: not UTF-8 text"
+    elif case == "inf":
+        ann.write_text(text.replace("bbb,10", "bbb,inf"))
+        where = f"{ann}:3: bad youtube_id/time_start/time_end"
+    else:
+        ann.write_text(text.replace("bbb", "b" * 200000))  # over the csv module's field limit
+        where = f"{ann}:3: not a CSV line"
+    rc, out, err = tool("prepare_kinetics.py", "--src", str(src), "--dst", str(tmp_path / "dst"),
+                        "--annotations", str(ann), "--workers", "1")
+    assert rc == 2 and err.count("\n") == 1 and err.startswith(f"error: {where}"), err
+    assert not (tmp_path / "dst").exists()

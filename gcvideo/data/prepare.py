@@ -213,8 +213,8 @@ def _check_split(split: str, what: str) -> None:
     """A split names ``dst/{split}.csv``: a plain file name only (no folder, no '..', not hidden)."""
     if (not split or split.startswith(".") or "/" in split or "\\" in split or "\0" in split
             or (os.altsep and os.altsep in split)):
-        raise AnnotationError(f"{what} {split!r} is not a plain name (letters, digits, '_', '-'; no folders): "
-                              "it names the output CSV inside --dst")
+        raise AnnotationError(f"{what} {split!r} is not a plain name (no '/' or '\\', not starting "
+                              "with '.'): it names the output CSV inside --dst")
 
 
 @dataclass(frozen=True)

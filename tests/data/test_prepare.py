@@ -228,8 +228,8 @@ def test_split_names_never_write_outside_dst(tmp_path, split):
     src, ann, _ = flat_kinetics(tmp_path, [("abseiling", "aaa", split)], [0])
     rc, out, err = tool("prepare_kinetics.py", "--src", str(src), "--dst", str(dst), "--annotations", str(ann),
                         "--workers", "1")
-    assert rc == 2 and err == f"error: {ann}:2: split {split!r} is not a plain name (letters, digits, '_', '-'; " \
-                              "no folders): it names the output CSV inside --dst\n"
+    assert rc == 2 and err == f"error: {ann}:2: split {split!r} is not a plain name (no '/' or '\\', " \
+                              "not starting with '.'): it names the output CSV inside --dst\n"
     assert user.read_text() == "precious\n" and not (tmp_path / "a" / "x.csv").exists()
     assert not dst.exists()
 

@@ -5,8 +5,9 @@
            [--format auto] [--prefix DIR] [--label-map FILE] [--backend decord|pyav] [--out DIR]
 
 Writes {name}.broken.txt (path<TAB>reason) and {name}.clean.csv (the annotation file without
-the broken videos' lines) next to the CSV or into --out. Exit status 0 either way; the summary
-says how many are broken.
+the broken videos' lines) next to the CSV or into --out. Exit status 0 when it could check (the
+summary says how many are broken); 2 with one "error:" line when none of the videos exists (the
+prefix is probably wrong) or the annotation file cannot be used.
 """
 import argparse
 import os
@@ -14,6 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from gcvideo.data.annotations import AnnotationError  # noqa: E402
 from gcvideo.data.check import check_annotations  # noqa: E402
 
 
@@ -31,9 +33,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="", help="folder for the outputs (default: the CSV's folder)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    s = check_annotations(args.csv, fmt=args.format, path_prefix=args.prefix, label_map=args.label_map,
-                          num_classes=args.num_classes, clip_layout=args.layout, backend=args.backend,
-                          workers=args.workers, full=args.full, out_dir=args.out, progress=not args.quiet)
+    try:
+        s = check_annotations(args.csv, fmt=args.format, path_prefix=args.prefix, label_map=args.label_map,
+                              num_classes=args.num_classes, clip_layout=args.layout, backend=args.backend,
+                              workers=args.workers, full=args.full, out_dir=args.out, progress=not args.quiet)
+    except AnnotationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     kinds = ", ".join(f"{k}: {v}" for k, v in sorted(s["kinds"].items())) or "none"
     print(f"{s['broken']} of {s['videos']} videos cannot be used ({kinds})\n"
           f"broken list: {s['broken_list']}\ncleaned annotations: {s['clean_csv']}")

@@ -7,8 +7,10 @@
 --src holds <split>/<class>/clip files (e.g. videos_train/abseiling/...), <class>/clip files
 (one split, --split), or flat clips named {youtube_id}_{start:06d}_{end:06d}.* with
 --annotations (the official CSVs give class and split). Outputs keep their relative paths
-(suffix .mp4) under --dst, plus --dst/{split}.csv and --dst/failed.txt. Re-running skips
-finished files (outputs are written to a temporary name and renamed when complete).
+(suffix .mp4) under --dst, plus --dst/{split}.csv, --dst/failed.txt and --dst/missing.txt
+(annotated clips not in --src). Re-running skips finished files (outputs are written to a
+temporary name and renamed when complete). Exit status 1 when videos failed, 2 for a mistake
+in the arguments or the annotations (one "error:" line).
 """
 import argparse
 import os
@@ -17,7 +19,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gcvideo.data.prepare import PREPARE_DEFAULTS, prepare_kinetics  # noqa: E402
+from gcvideo.data.annotations import AnnotationError  # noqa: E402
+from gcvideo.data.prepare import PREPARE_DEFAULTS, PrepareError, prepare_kinetics  # noqa: E402
+from gcvideo.utils.folder_lock import FolderInUse  # noqa: E402
+from gcvideo.utils.io import WriteError  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -41,14 +46,20 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     t0 = time.time()
-    s = prepare_kinetics(args.src, args.dst, short_side=args.short_side, workers=args.workers,
-                         label_map=args.label_map, annotations=args.annotations, default_split=args.split,
-                         crf=args.crf, preset=args.preset, gop=args.gop,
-                         x264_options=dict(kv.split("=", 1) for kv in args.x264_options), progress=not args.quiet)
+    try:
+        s = prepare_kinetics(args.src, args.dst, short_side=args.short_side, workers=args.workers,
+                             label_map=args.label_map, annotations=args.annotations, default_split=args.split,
+                             crf=args.crf, preset=args.preset, gop=args.gop,
+                             x264_options=dict(kv.split("=", 1) for kv in args.x264_options),
+                             progress=not args.quiet)
+    except (PrepareError, AnnotationError, FolderInUse, WriteError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"{s['videos']} videos: {s['encoded']} re-encoded, {s['already_done']} already done, {s['failed']} failed"
-          f"{' (see failed.txt)' if s['failed'] else ''}; CSVs: "
+          f"{' (see failed.txt)' if s['failed'] else ''}"
+          f"{'; %d annotated clips not in --src (see missing.txt)' % s['missing'] if s['missing'] else ''}; CSVs: "
           + ", ".join(f"{k}.csv ({v})" for k, v in sorted(s["splits"].items())) + f"; {time.time() - t0:.1f} s")
-    return 0
+    return 1 if s["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ frame); it returns "" or the reason (``missing: ...``, ``empty: ...``,
 ``unreadable: ...``, ``no_video_stream: ...``, ``no_frames: ...``).
 
 ``check_annotations(csv, ...)`` does that for every video of an annotation file
-with a process pool and a progress bar, and writes next to it (or into
+with a process pool and a progress bar (when not one of its videos exists, an
+``AnnotationError`` saying the prefix is probably wrong, before any work), and writes next to it (or into
 ``out_dir``) ``{name}.broken.txt`` (``path<TAB>reason``) and ``{name}.clean{ext}``:
 the annotation file without the lines of broken videos (header, comments and all
 other lines unchanged).
@@ -16,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Tuple
 
-from gcvideo.data.annotations import load_annotations
+from gcvideo.data.annotations import AnnotationError, load_annotations
 from gcvideo.data.decoder import FrameCountChanged, VideoDecodeError, open_video
 from gcvideo.utils.io import atomic_write_text, path_manager
 from gcvideo.utils.parallel import parallel_imap
@@ -54,6 +55,11 @@ def check_annotations(csv_path: str, fmt: str = "auto", path_prefix: str = "", l
     """Check every video of ``csv_path``; write the broken list and a cleaned copy. Returns a summary."""
     records = load_annotations(csv_path, fmt=fmt, path_prefix=path_prefix, label_map=label_map,
                                num_classes=num_classes, clip_layout=clip_layout)
+    if not any(path_manager.exists(r.path) for r in records):  # stops at the first video found
+        raise AnnotationError(
+            f"{csv_path}: none of its {len(records)} videos exists (the first would be {records[0].path}); the "
+            f"path prefix is probably wrong: give the folder that holds them (--prefix, DATA.PATH_PREFIX; now "
+            f"{path_prefix or os.path.dirname(csv_path) or '.'})")
     jobs = [(i, r.path, backend, full) for i, r in enumerate(records)]
     reasons: Dict[int, str] = {}
     for i, reason in parallel_imap(_job, jobs, workers, "checking videos", "video", progress, chunksize=8):

@@ -5,8 +5,12 @@
 never upscaled) to the same relative path under ``dst`` with a ``.mp4`` suffix,
 with parallel processes and a progress bar. Each output is written to a temporary
 name and renamed when complete, so a re-run skips finished files and never sees a
-half-written one. Videos that cannot be re-encoded are listed in
-``dst/failed.txt`` with reasons.
+half-written one; one run at a time holds ``dst`` (``FolderLock``), and only the
+temporaries of writers that are gone are removed. Videos that cannot be re-encoded are
+listed in ``dst/failed.txt`` with reasons, annotated clips absent from ``src`` in
+``dst/missing.txt`` (both written every run). A ``dst`` inside ``src`` is not walked; two
+sources of one output (``clip.mp4`` and ``clip.webm``) and split names that are not plain
+file names are refused before any work.
 
 Labels and splits come from the folders (``src/<split>/<class>/clip`` as in
 mmaction2's ``videos_train/abseiling/...``, or ``src/<class>/clip`` for one split)
@@ -19,14 +23,19 @@ from __future__ import annotations
 
 import csv
 import os
+import re
+from dataclasses import dataclass
 from fractions import Fraction
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from gcvideo.data.annotations import DEFAULT_KINETICS400_LABEL_MAP, class_key, kinetics_clip_name, read_label_map
+from gcvideo.data.annotations import (DEFAULT_KINETICS400_LABEL_MAP, AnnotationError, class_key, kinetics_clip_name,
+                                      read_label_map)
+from gcvideo.utils.folder_lock import FolderLock
 from gcvideo.utils.io import TEMPORARY_NAME, atomic_write_text
 from gcvideo.utils.parallel import parallel_imap
 
-__all__ = ["reencode_video", "prepare_kinetics", "VIDEO_EXTENSIONS", "split_name", "PREPARE_DEFAULTS"]
+__all__ = ["reencode_video", "prepare_kinetics", "PrepareError", "VIDEO_EXTENSIONS", "split_name",
+           "PREPARE_DEFAULTS"]
 
 # Encoder settings of the training copies, chosen from the keyframe-interval table in
 # bench/results/decode.md (training clips/s per core and bytes, measured on Kinetics-like clips):
@@ -39,6 +48,10 @@ PREPARE_DEFAULTS = {"short_side": 320, "crf": 23, "preset": "veryfast", "gop": 3
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".gif")
 _TMP_MARK = ".tmp-prepare-"
+
+
+class PrepareError(ValueError):
+    """``--src``/``--dst`` cannot be used as given (one line: what is wrong and what to do)."""
 
 
 def _even(x: float) -> int:
@@ -138,54 +151,92 @@ def _job(args) -> Tuple[str, str, str]:
         return src, dst, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
-def _read_kinetics_csvs(paths: Sequence[str]) -> Dict[str, Tuple[str, str]]:
-    """clip stem -> (label name or "", split) from official Kinetics CSVs."""
-    out: Dict[str, Tuple[str, str]] = {}
+def _read_kinetics_csvs(paths: Sequence[str], keys: Dict[str, int], label_map: str) -> Dict[str, Tuple[int, str, str]]:
+    """clip stem -> (class index or -1, split, ``file:line``) from official Kinetics CSVs.
+
+    Every row is checked before any work: a class missing from the label map, a bad number or a
+    split that is not a plain name is an :class:`AnnotationError` naming the file and line."""
+    out: Dict[str, Tuple[int, str, str]] = {}
     for path in paths:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-        header = [c.strip().lower() for c in rows[0]] if rows else []
+        if not os.path.isfile(path):
+            raise AnnotationError(f"{path}: annotation file does not exist")
+        rows = _csv_rows(path)
+        n, first = next(rows, (1, []))
+        header = [c.strip().lower() for c in first]
         if "youtube_id" not in header:
-            raise ValueError(f"{path}:1: expected the Kinetics CSV header (label,youtube_id,time_start,...)")
+            raise AnnotationError(f"{path}:{n}: expected the Kinetics CSV header (label,youtube_id,time_start,...)")
         col = {c: i for i, c in enumerate(header)}
-        for n, row in enumerate(rows[1:], 2):
+        for n, row in rows:
             if not row:
                 continue
             if len(row) != len(header):
-                raise ValueError(f"{path}:{n}: expected {len(header)} fields, got {len(row)}")
-            stem = kinetics_clip_name(row[col["youtube_id"]].strip(), int(float(row[col["time_start"]])),
-                                      int(float(row[col["time_end"]])), ext="")
-            label = row[col["label"]].strip() if "label" in col else ""
+                raise AnnotationError(f"{path}:{n}: expected {len(header)} fields, got {len(row)}")
+            try:
+                stem = kinetics_clip_name(row[col["youtube_id"]].strip(), int(float(row[col["time_start"]])),
+                                          int(float(row[col["time_end"]])), ext="")
+            except (KeyError, ValueError, OverflowError) as e:
+                raise AnnotationError(f"{path}:{n}: bad youtube_id/time_start/time_end ({e})") from None
+            name = row[col["label"]].strip() if "label" in col else ""
+            if name and class_key(name) not in keys:
+                raise AnnotationError(f"{path}:{n}: class {name!r} is not in the label map {label_map} "
+                                      f"({len(keys)} classes); pass --label-map with this dataset's classes")
             split = split_name(row[col["split"]].strip()) if "split" in col else "test"
-            out[stem] = (label, split)
+            _check_split(split, f"{path}:{n}: split")
+            out[stem] = (keys[class_key(name)] if name else -1, split, f"{path}:{n}")
     return out
 
 
-def prepare_kinetics(src: str, dst: str, short_side: int = PREPARE_DEFAULTS["short_side"],
-                     workers: Optional[int] = None, label_map: str = "", annotations: Sequence[str] = (),
-                     default_split: str = "train", crf: int = PREPARE_DEFAULTS["crf"],
-                     preset: str = PREPARE_DEFAULTS["preset"], gop: int = PREPARE_DEFAULTS["gop"],
-                     x264_options: Optional[Dict[str, str]] = None, progress: bool = True) -> Dict:
-    """Re-encode ``src`` into ``dst`` and write ``dst/{split}.csv``; returns a summary dict.
+def _csv_rows(path: str) -> Iterator[Tuple[int, List[str]]]:
+    """(line number, fields) of a CSV file read line by line; a line that is not UTF-8 or not CSV is an
+    :class:`AnnotationError` naming ``file:line``."""
+    with open(path, "rb") as f:
+        def text() -> Iterator[str]:
+            for k, raw in enumerate(f, 1):
+                try:
+                    yield raw.decode("utf-8-sig" if k == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise AnnotationError(f"{path}:{k}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                                          "save the file as UTF-8") from None
 
-    ``x264_options`` None: ``PREPARE_DEFAULTS["x264_options"]`` ({} for none)."""
-    if x264_options is None:
-        x264_options = dict(PREPARE_DEFAULTS["x264_options"])
-    src, dst = os.path.abspath(src), os.path.abspath(dst)
-    if not os.path.isdir(src):
-        raise FileNotFoundError(f"source folder {src} does not exist")
-    os.makedirs(dst, exist_ok=True)
-    names = read_label_map(label_map or DEFAULT_KINETICS400_LABEL_MAP)
-    keys = {class_key(n): i for i, n in enumerate(names)}
-    by_stem = _read_kinetics_csvs(annotations) if annotations else {}
-    # stale temporaries of an interrupted run
-    for root, _, files in os.walk(dst):
-        for f in files:
-            if _TMP_MARK in f or TEMPORARY_NAME.fullmatch(f):
-                os.remove(os.path.join(root, f))
-    jobs, entries, skipped_done = [], [], 0
+        reader = csv.reader(text())
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                raise AnnotationError(f"{path}:{reader.line_num}: not a CSV line ({e})") from None
+            yield reader.line_num, row
+
+
+def _check_split(split: str, what: str) -> None:
+    """A split names ``dst/{split}.csv``: a plain file name only (no folder, no '..', not hidden)."""
+    if (not split or split.startswith(".") or "/" in split or "\\" in split or "\0" in split
+            or (os.altsep and os.altsep in split)):
+        raise AnnotationError(f"{what} {split!r} is not a plain name (no '/' or '\\', not starting "
+                              "with '.'): it names the output CSV inside --dst")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    split: str
+    rel_out: str  # output path relative to dst, "/"-separated
+    label: int
+    src: str
+    out: str
+
+
+def _walk_sources(src: str, dst: str, keys: Dict[str, int], by_stem: Dict[str, Tuple[int, str, str]],
+                  default_split: str) -> List[_Entry]:
+    """Every video under ``src`` (``dst`` left out when it lies inside), with its output, split and label.
+
+    Two sources that would become one output (``clip.mp4`` and ``clip.webm``) are refused."""
+    skip = os.path.realpath(dst)
+    entries: List[_Entry] = []
+    by_out: Dict[str, str] = {}
+    clashes: List[Tuple[str, str, str]] = []
     for root, dirs, files in os.walk(src):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) != skip)
         for f in sorted(files):
             if not f.lower().endswith(VIDEO_EXTENSIONS) or f.startswith("."):
                 continue
@@ -201,34 +252,111 @@ def prepare_kinetics(src: str, dst: str, short_side: int = PREPARE_DEFAULTS["sho
             elif len(parts) >= 2:
                 split = split_name(parts[0])
             if stem in by_stem:
-                name, split = by_stem[stem]
-                if name:
-                    if class_key(name) not in keys:
-                        raise ValueError(f"class {name!r} of clip {stem} is not in the label map")
-                    label = keys[class_key(name)]
+                annotated, split, _ = by_stem[stem]
+                if annotated >= 0:
+                    label = annotated
             out_path = os.path.join(dst, rel_out)
-            entries.append((split, rel_out.replace(os.sep, "/"), label, os.path.join(root, f), out_path))
-            if os.path.exists(out_path):
-                skipped_done += 1
-            else:
-                jobs.append((os.path.join(root, f), out_path, short_side, crf, preset, gop, x264_options))
-    failed: Dict[str, str] = {}
-    workers = max(1, workers or (os.cpu_count() or 1))
-    for s, _, err in parallel_imap(_job, jobs, workers, "re-encoding", "video", progress):
-        if err:
-            failed[s] = err
+            if out_path in by_out:
+                clashes.append((by_out[out_path], os.path.join(root, f), out_path))
+                continue
+            by_out[out_path] = os.path.join(root, f)
+            entries.append(_Entry(split, rel_out.replace(os.sep, "/"), label, os.path.join(root, f), out_path))
+    if clashes:
+        a, b, out = clashes[0]
+        more = f" ({len(clashes)} such clashes; the first is shown)" if len(clashes) > 1 else ""
+        raise PrepareError(f"{a} and {b} would both become {out}{more}: keep one of them in --src (move the other "
+                           "out) and run again")
+    return entries
+
+
+_TEMP_OWNER = (re.compile(re.escape(_TMP_MARK) + r"(\d+)\.mp4$"), re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}$"))
+
+
+def _remove_dead_temporaries(dst: str) -> int:
+    """Remove the temporaries under ``dst`` whose writer process is gone; a live owner's are kept."""
+    removed = 0
+    for root, _, files in os.walk(dst):
+        for f in files:
+            m = _TEMP_OWNER[0].search(f) if _TMP_MARK in f else (
+                _TEMP_OWNER[1].search(f) if TEMPORARY_NAME.fullmatch(f) else None)
+            if m and not _process_alive(int(m.group(1))):
+                os.remove(os.path.join(root, f))
+                removed += 1
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _write_lists(dst: str, entries: List[_Entry], failed: Dict[str, str],
+                 missing: List[Tuple[str, str]]) -> Dict[str, int]:
+    """``dst/{split}.csv``, ``dst/failed.txt`` and ``dst/missing.txt`` (the last two written even when
+    empty, so none is left over from an earlier run); returns clips per split."""
     lines: Dict[str, List[str]] = {}
-    for split, rel_out, label, s, out_path in entries:
-        if s in failed or not os.path.exists(out_path):
+    for e in entries:
+        if e.src in failed or not os.path.exists(e.out):
             continue
-        sep = "\t" if any(c.isspace() for c in rel_out) else " "  # a path with spaces: TAB before the label
-        lines.setdefault(split, []).append(f"{rel_out}{sep}{label}\n")
+        sep = "\t" if any(c.isspace() for c in e.rel_out) else " "  # a path with spaces: TAB before the label
+        lines.setdefault(e.split, []).append(f"{e.rel_out}{sep}{e.label}\n")
+    root = os.path.realpath(dst)
     for split, ls in lines.items():
-        atomic_write_text(os.path.join(dst, f"{split}.csv"), "".join(ls))
-    failed_path = os.path.join(dst, "failed.txt")
-    if failed:
-        atomic_write_text(failed_path, "".join(f"{s}\t{r}\n" for s, r in sorted(failed.items())))
-    elif os.path.exists(failed_path):  # from an earlier run: those clips are done now
-        os.remove(failed_path)
-    return {"videos": len(entries), "encoded": len(jobs) - len(failed), "already_done": skipped_done,
-            "failed": len(failed), "splits": {k: len(v) for k, v in lines.items()}}
+        path = os.path.join(dst, f"{split}.csv")
+        if os.path.dirname(os.path.realpath(path)) != root:  # _check_split's guard, kept where the file is named
+            raise PrepareError(f"split {split!r} would write {path} outside --dst {dst}")
+        atomic_write_text(path, "".join(ls))
+    atomic_write_text(os.path.join(dst, "failed.txt"), "".join(f"{s}\t{r}\n" for s, r in sorted(failed.items())))
+    atomic_write_text(os.path.join(dst, "missing.txt"), "".join(f"{stem}\t{where}\n" for stem, where in missing))
+    return {k: len(v) for k, v in lines.items()}
+
+
+def prepare_kinetics(src: str, dst: str, short_side: int = PREPARE_DEFAULTS["short_side"],
+                     workers: Optional[int] = None, label_map: str = "", annotations: Sequence[str] = (),
+                     default_split: str = "train", crf: int = PREPARE_DEFAULTS["crf"],
+                     preset: str = PREPARE_DEFAULTS["preset"], gop: int = PREPARE_DEFAULTS["gop"],
+                     x264_options: Optional[Dict[str, str]] = None, progress: bool = True) -> Dict:
+    """Re-encode ``src`` into ``dst`` and write ``dst/{split}.csv``; returns a summary dict.
+
+    Everything a user gave is checked before any work (:class:`PrepareError`, ``AnnotationError``
+    with ``file:line``); ``dst`` is locked for the run (``FolderInUse`` when another run holds it).
+    Summary: ``videos``, ``encoded``, ``already_done``, ``failed`` (listed in ``dst/failed.txt``),
+    ``missing`` (annotated clips absent from ``src``, listed in ``dst/missing.txt``), ``splits``.
+
+    ``x264_options`` None: ``PREPARE_DEFAULTS["x264_options"]`` ({} for none)."""
+    if x264_options is None:
+        x264_options = dict(PREPARE_DEFAULTS["x264_options"])
+    src, dst = os.path.abspath(src), os.path.abspath(dst)
+    if not os.path.isdir(src):
+        raise PrepareError(f"--src {src} is not a folder; give the folder that holds the downloaded clips")
+    if os.path.realpath(src) == os.path.realpath(dst):
+        raise PrepareError(f"--dst {dst} is --src: the copies would replace the originals; choose another --dst")
+    _check_split(default_split, "--split")
+    label_map = label_map or DEFAULT_KINETICS400_LABEL_MAP
+    keys = {class_key(n): i for i, n in enumerate(read_label_map(label_map))}
+    by_stem = _read_kinetics_csvs(annotations, keys, label_map) if annotations else {}
+    entries = _walk_sources(src, dst, keys, by_stem, default_split)
+    found = {os.path.splitext(os.path.basename(e.src))[0] for e in entries}
+    missing = [(stem, where) for stem, (_, _, where) in by_stem.items() if stem not in found]
+    lock = FolderLock(dst, "--dst").acquire()
+    try:
+        if lock.note:
+            print(lock.note, flush=True)
+        _remove_dead_temporaries(dst)  # of interrupted runs
+        todo = [e for e in entries if not os.path.exists(e.out)]
+        jobs = [(e.src, e.out, short_side, crf, preset, gop, x264_options) for e in todo]
+        failed: Dict[str, str] = {}
+        workers = max(1, workers or (os.cpu_count() or 1))
+        for s, _, err in parallel_imap(_job, jobs, workers, "re-encoding", "video", progress):
+            if err:
+                failed[s] = err
+        splits = _write_lists(dst, entries, failed, missing)
+    finally:
+        lock.release()
+    return {"videos": len(entries), "encoded": len(jobs) - len(failed), "already_done": len(entries) - len(todo),
+            "failed": len(failed), "missing": len(missing), "splits": splits}

@@ -12,20 +12,20 @@ import av
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run_tool(name, *args, subprocess_run=False):
-    """Run tools/<name> with ``args``: in this process (fast) or as a command."""
+def run_tool(name, *args, subprocess_run=False, rc=0):
+    """Run tools/<name> with ``args``: in this process (fast) or as a command; ``rc``: its expected exit status."""
     argv = [*args, "--quiet"]
     if subprocess_run:
         out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *argv],
                              capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.returncode == rc, out.stderr[-2000:]
         return out.stdout
     spec = importlib.util.spec_from_file_location("tool_" + name[:-3], os.path.join(ROOT, "tools", name))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert mod.main(argv) == 0
+        assert mod.main(argv) == rc
     return buf.getvalue()
 
 
@@ -53,10 +53,12 @@ def test_prepare_kinetics(files_dir, tmp_path):
     shutil.copy(os.path.join(files_dir, "realshort.mp4"), src / "videos_train" / "zumba" / "c.mp4")
     dst = tmp_path / "dst"
     (dst / "videos_val" / "abseiling").mkdir(parents=True)
-    stale = dst / "videos_val" / "abseiling" / ".b.mp4.tmp-prepare-123.mp4"  # from an interrupted run
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = dst / "videos_val" / "abseiling" / f".b.mp4.tmp-prepare-{gone.pid}.mp4"  # from an interrupted run
     stale.write_bytes(b"half")
     out = run_tool("prepare_kinetics.py", "--src", str(src), "--dst", str(dst), "--short-side", "128",
-                   "--workers", "2")
+                   "--workers", "2", rc=1)
     assert "4 videos: 3 re-encoded, 0 already done, 1 failed" in out
     assert not stale.exists()
     val = (dst / "val.csv").read_text().splitlines()
@@ -71,14 +73,14 @@ def test_prepare_kinetics(files_dir, tmp_path):
             assert (s.codec_context.width, s.codec_context.height) == size and s.codec_context.name == "h264"
             assert sum(1 for _ in c.decode(video=0)) == frames
     before = os.path.getmtime(dst / "videos_val/abseiling/b.mp4")
-    out = run_tool("prepare_kinetics.py", "--src", str(src), "--dst", str(dst), "--short-side", "128")
+    out = run_tool("prepare_kinetics.py", "--src", str(src), "--dst", str(dst), "--short-side", "128", rc=1)
     assert "0 re-encoded, 3 already done" in out
     assert os.path.getmtime(dst / "videos_val/abseiling/b.mp4") == before
     assert not (dst / "videos_train/zumba/bad.mp4").exists()  # a failed clip leaves no output
-    # the bad clip removed: the next run lists no failures (no stale failed.txt)
+    # the bad clip removed: the next run lists no failures (failed.txt emptied, not left over)
     (src / "videos_train" / "zumba" / "bad.mp4").unlink()
     out = run_tool("prepare_kinetics.py", "--src", str(src), "--dst", str(dst), "--short-side", "128")
-    assert "0 failed" in out and not (dst / "failed.txt").exists()
+    assert "0 failed" in out and (dst / "failed.txt").read_text() == ""
     # the written CSVs load as they are
     from gcvideo.config import get_cfg
     from gcvideo.data import build_dataset

@@ -20,27 +20,33 @@
 Labels are class indices (-1 = unknown) or class names. Names are looked up in the label map
 (DATA.LABEL_MAP, one name a line), ignoring case, quotes, brackets and the
 difference between spaces, underscores and hyphens. A bad line (wrong number of
-fields, unknown class name, label out of range, unreadable number) raises
-:class:`AnnotationError` naming ``file:line``.
+fields, unknown class name, label out of range, unreadable number, a line that is not
+UTF-8 text or longer than ``MAX_LINE_BYTES``) raises :class:`AnnotationError` naming
+``file:line``. Files are streamed a line at a time (``iter_lines``).
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import functools
-import io
+import itertools
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from gcvideo.utils.io import path_manager
 
 __all__ = ["VideoRecord", "VideoRecords", "AnnotationError", "load_annotations", "read_label_map", "class_key",
-           "detect_format", "kinetics_clip_name", "FORMATS", "DEFAULT_KINETICS400_LABEL_MAP"]
+           "detect_format", "kinetics_clip_name", "iter_lines", "FORMATS", "MAX_LINE_BYTES",
+           "DEFAULT_KINETICS400_LABEL_MAP"]
 
 FORMATS = ("auto", "slowfast", "mmaction", "kinetics_csv")
+# Longest line of an annotation file or label map, in bytes: a longer one is an error naming
+# file:line, and no more of it is read (a video list or Kinetics CSV line is well under 1 KiB).
+MAX_LINE_BYTES = 64 * 1024
 # The shipped 400-class map (standard alphabetical order), used for the official CSV
 # when DATA.LABEL_MAP is empty.
 DEFAULT_KINETICS400_LABEL_MAP = os.path.join(
@@ -127,18 +133,16 @@ def class_key(name: str) -> str:
 
 def read_label_map(path: str) -> List[str]:
     """Class names, one a line (line i = class i); errors name ``file:line``."""
-    if not path_manager.exists(path):
-        raise AnnotationError(f"{path}: label map does not exist")
-    with path_manager.open(path, "r") as f:
-        lines = f.read().splitlines()
     names: List[str] = []
     seen: Dict[str, int] = {}
-    for i, raw in enumerate(lines, 1):
+    empty = 0  # the first empty line, an error if a class follows it
+    for i, raw in iter_lines(path, "label map"):
         name = raw.strip()
         if not name:
-            if any(x.strip() for x in lines[i:]):
-                raise AnnotationError(f"{path}:{i}: empty line inside the label map (line i must be class i-1)")
+            empty = empty or i
             continue
+        if empty:
+            raise AnnotationError(f"{path}:{empty}: empty line inside the label map (line i must be class i-1)")
         key = class_key(name)
         if key in seen:
             raise AnnotationError(f"{path}:{i}: class {name!r} repeats line {seen[key]}")
@@ -168,14 +172,42 @@ def _joiner(prefix: str):
     return lambda path: path if path.startswith("/") or "://" in path else head + path
 
 
-def _read_lines(path: str) -> List[str]:
+def iter_lines(path: str, what: str = "annotation file",
+               max_bytes: Optional[int] = None) -> Iterator[Tuple[int, str]]:
+    """``(line number, text)`` of a UTF-8 text file, streamed: the text without its ``\\n`` or ``\\r\\n``.
+
+    A UTF-8 byte-order mark is skipped. No line is held longer than ``max_bytes``
+    (``MAX_LINE_BYTES``): a longer one, text in another encoding (UTF-16, Latin-1, ...) or
+    NUL bytes are an :class:`AnnotationError` naming ``file:line``.
+    """
+    limit = MAX_LINE_BYTES if max_bytes is None else max_bytes
     if not path_manager.exists(path):
-        raise AnnotationError(f"{path}: annotation file does not exist")
-    with path_manager.open(path, "r") as f:
-        text = f.read()
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    return text.splitlines()
+        raise AnnotationError(f"{path}: {what} does not exist")
+    with path_manager.open(path, "rb") as f:
+        n = 0
+        while True:
+            raw = f.readline(limit + 1)  # bounded: never the whole of a huge line
+            if not raw:
+                return
+            n += 1
+            if raw.endswith(b"\n"):
+                raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+            elif len(raw) > limit:
+                raise AnnotationError(f"{path}:{n}: line longer than {limit} bytes (read no further); "
+                                      f"is this {what} the right file?")
+            if n == 1:
+                if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                    raise AnnotationError(f"{path}:1: UTF-16 text (byte-order mark); re-save it as UTF-8")
+                if raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]
+            if b"\0" in raw:
+                raise AnnotationError(f"{path}:{n}: NUL bytes: UTF-16 or binary, not UTF-8 text; re-save it as UTF-8")
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                column = len(raw[:e.start].decode("utf-8", "replace")) + 1
+                raise AnnotationError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {column}); "
+                                      "re-save it as UTF-8") from None
 
 
 def detect_format(lines: Sequence[str], path: str = "<annotations>") -> str:
@@ -236,7 +268,7 @@ class _Labeler:
         return label
 
 
-def _parse_list(path: str, lines: List[str], prefix: str, labeler: _Labeler, sep: str = "",
+def _parse_list(path: str, lines: Iterable[Tuple[int, str]], prefix: str, labeler: _Labeler, sep: str = "",
                 fmt: str = "slowfast", explicit: bool = True) -> VideoRecords:
     """PySlowFast / mmaction2 video lists: ``path label``, and ``path`` alone (label unknown, -1:
     test lists). PySlowFast's ``path fn label`` (fn an integer, ignored) with ``fmt="slowfast"``
@@ -247,7 +279,7 @@ def _parse_list(path: str, lines: List[str], prefix: str, labeler: _Labeler, sep
     paths: List[str] = []
     labels: List[int] = []
     numbers: List[int] = []
-    for n, raw in enumerate(lines, 1):
+    for n, raw in lines:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -307,13 +339,22 @@ def _class_folders(prefix: str) -> Dict[str, str]:
     return out
 
 
-def _parse_kinetics(path: str, lines: List[str], prefix: str, labeler: _Labeler, layout: str) -> VideoRecords:
+def _csv_fields(text: str, where: str) -> List[str]:
+    """The comma-separated fields of one line (double quotes as in the official CSV), stripped."""
+    try:
+        return [c.strip() for c in next(csv.reader([text]), [])]
+    except csv.Error as e:
+        raise AnnotationError(f"{where}: not a CSV line ({e}): {text[:200]!r}") from None
+
+
+def _parse_kinetics(path: str, lines: Iterable[Tuple[int, str]], prefix: str, labeler: _Labeler,
+                    layout: str) -> VideoRecords:
     rows = []
     header = None
-    for n, row in enumerate(csv.reader(io.StringIO("\n".join(lines))), 1):
+    for n, text in lines:
+        row = _csv_fields(text, f"{path}:{n}")
         if not row:
             continue
-        row = [c.strip() for c in row]
         if not any(row) or row[0].startswith("#"):
             continue
         if header is None and "youtube_id" in [c.lower() for c in row]:
@@ -395,10 +436,16 @@ def load_annotations(path: str, fmt: str = "auto", path_prefix: str = "", label_
     """
     if fmt not in FORMATS:
         raise AnnotationError(f"{path}: format {fmt!r} is not one of {FORMATS}")
-    lines = _read_lines(path)
+    lines = iter_lines(path)
+    head = []  # the lines up to the first entry, which tells the format
+    for n, text in lines:
+        head.append((n, text))
+        if text.strip() and not text.strip().startswith("#"):
+            break
     explicit = fmt != "auto"
     if fmt == "auto":
-        fmt = detect_format(lines, path)
+        fmt = detect_format([text for _, text in head], path)
+    lines = itertools.chain(head, lines)
     if fmt == "kinetics_csv" and not label_map:
         label_map = DEFAULT_KINETICS400_LABEL_MAP
     names = read_label_map(label_map) if label_map else None

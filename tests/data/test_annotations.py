@@ -202,3 +202,50 @@ def test_forked_reader_shares_the_table_pages():
     assert all(g["n"] == got[0]["n"] for g in got) and max(g["uss"] for g in got) < 2048  # kB
     rows = list(table)
     assert min(g["uss"] for g in worker_growth(rows, 2)) > 8 * 1024  # ~250 bytes a row copied
+
+
+@pytest.mark.parametrize("encoding,message", [
+    ("latin-1", r"l.csv:2: not UTF-8 text \(byte 0xe9 at column 4\); re-save it as UTF-8"),
+    ("utf-16", r"l.csv:1: UTF-16 text \(byte-order mark\); re-save it as UTF-8"),
+    ("utf-16-le", r"l.csv:1: NUL bytes: UTF-16 or binary, not UTF-8 text; re-save it as UTF-8"),
+])
+def test_non_utf8_file_names_file_and_line(tmp_path, encoding, message):
+    """A file saved in another encoding is one AnnotationError naming file:line (not a UnicodeDecodeError)."""
+    f = tmp_path / "l.csv"
+    f.write_bytes("a.mp4 1\ncaf\u00e9.mp4 2\n".encode(encoding))
+    with pytest.raises(AnnotationError, match=message):
+        load_annotations(str(f), num_classes=400)
+    m = tmp_path / "map.txt"
+    m.write_bytes("left\nr\u00e9ght\n".encode(encoding))
+    with pytest.raises(AnnotationError, match=message.replace("l.csv", "map.txt").replace("column 4", "column 2")):
+        read_label_map(str(m))
+
+
+def test_utf8_with_bom_and_crlf(tmp_path):
+    f = tmp_path / "l.csv"
+    f.write_bytes("a.mp4 1\r\ncaf\u00e9.mp4\t2\r\n".encode("utf-8-sig"))
+    recs = load_annotations(str(f), num_classes=400)
+    assert [(os.path.basename(r.path), r.label, r.line) for r in recs] == [("a.mp4", 1, 1), ("caf\u00e9.mp4", 2, 2)]
+
+
+def test_long_line_refused_without_reading_it(tmp_path):
+    """A line over the cap is an error naming file:line; the reader holds at most the cap of it
+    (tracemalloc peak), never the whole 8 MB line."""
+    import tracemalloc
+
+    from gcvideo.data import annotations
+
+    f = tmp_path / "big.csv"
+    with open(f, "w") as out:
+        out.write("a.mp4 1\n" + "b" * (8 << 20) + ".mp4 2\nc.mp4 3\n")
+    tracemalloc.start()
+    try:
+        with pytest.raises(AnnotationError, match=r"big.csv:2: line longer than 65536 bytes"):
+            load_annotations(str(f), num_classes=400)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert annotations.MAX_LINE_BYTES == 65536 and peak < 1 << 20, peak
+    ok = tmp_path / "ok.csv"
+    ok.write_text("a.mp4 1\n" + "b" * (65536 - 6) + ".mp4 2\n")  # exactly the cap, without its newline
+    assert len(load_annotations(str(ok), num_classes=400)[1].path) > 65530

@@ -210,17 +210,59 @@ def iter_lines(path: str, what: str = "annotation file",
                                       "re-save it as UTF-8") from None
 
 
-def detect_format(lines: Sequence[str], path: str = "<annotations>") -> str:
-    """``kinetics_csv`` when the first line is the official header or a comma row, else ``slowfast``."""
-    for raw in lines:
+_SECONDS = re.compile(r"\d+(\.\d+)?")  # time_start / time_end as written (whole seconds: checked when read)
+_SPLIT = re.compile(r"[A-Za-z][\w-]*")  # train, val, validate, test
+_YOUTUBE_ID = re.compile(r"[\w-]+")
+
+
+def _kinetics_row_problem(fields: Sequence[str]) -> str:
+    """"" when ``fields`` (one line's comma fields) are a header-less official Kinetics row, else why not.
+
+    ``label,youtube_id,time_start,time_end,split[,is_cc]`` or ``youtube_id,time_start,time_end,split``:
+    an id, two numbers, a split name and is_cc 0 or 1, so no field but the label has spaces. A video
+    list line has a space or TAB before its label (``a,b,c,d.mp4 3``), so it never fits.
+    """
+    if len(fields) not in (4, 5, 6):
+        return f"{len(fields)} comma-separated fields, not 4 to 6"
+    names = (["youtube_id", "time_start", "time_end", "split"] if len(fields) == 4 else
+             ["label", "youtube_id", "time_start", "time_end", "split", "is_cc"])
+    col = dict(zip(names, fields))
+    checks = [("youtube_id", _YOUTUBE_ID.fullmatch(col["youtube_id"]), "an id"),
+              ("time_start", _SECONDS.fullmatch(col["time_start"]), "a number"),
+              ("time_end", _SECONDS.fullmatch(col["time_end"]), "a number"),
+              ("split", _SPLIT.fullmatch(col["split"]), "a split name"),
+              ("is_cc", col.get("is_cc", "0") in ("0", "1"), "0 or 1")]
+    for name, ok, expected in checks:
+        if not ok:
+            return f"{name} = {col[name]!r} is not {expected}"
+    return ""
+
+
+def detect_format(lines: Iterable[str], path: str = "<annotations>") -> str:
+    """The format of an annotation file, from its first entry line.
+
+    ``kinetics_csv`` for the official header (``youtube_id`` among its comma fields) or a row
+    that fits the official columns exactly (``_kinetics_row_problem``); ``slowfast`` (a video
+    list) otherwise. A line that could be either (4 to 6 comma fields with no space or TAB after
+    the first comma that do not fit the official columns: a path with commas and no label, or a
+    broken CSV row) is an error asking for ``DATA.FORMAT``, which decides without detection.
+    """
+    for n, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        head = [c.strip().lower() for c in next(csv.reader([line]))]
-        if "youtube_id" in head:
+        fields = _csv_fields(line, f"{path}:{n}")
+        comma_row = not any(c.isspace() for f in fields[1:] for c in f)  # spaces only in the label
+        if comma_row and "youtube_id" in [f.lower() for f in fields]:
             return "kinetics_csv"
-        if len(head) in (4, 5, 6) and line.count(",") >= 3:
+        problem = _kinetics_row_problem(fields)
+        if not problem:
             return "kinetics_csv"  # header-less official CSV
+        if comma_row and len(fields) in (4, 5, 6):
+            raise AnnotationError(
+                f"{path}:{n}: cannot tell the format of {line!r}: not an official Kinetics CSV row "
+                f"({problem}), and as a video list line it would be a path with commas and no label; "
+                "set DATA.FORMAT (kinetics_csv, slowfast or mmaction)")
         return "slowfast"
     raise AnnotationError(f"{path}: annotation file has no entries")
 

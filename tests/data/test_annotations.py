@@ -249,3 +249,41 @@ def test_long_line_refused_without_reading_it(tmp_path):
     ok = tmp_path / "ok.csv"
     ok.write_text("a.mp4 1\n" + "b" * (65536 - 6) + ".mp4 2\n")  # exactly the cap, without its newline
     assert len(load_annotations(str(ok), num_classes=400)[1].path) > 65530
+
+
+def test_detect_format_cannot_mistake_a_list_for_a_csv(tmp_path):
+    """A list path with commas is a list; a row that is neither clearly is an error asking for DATA.FORMAT."""
+    f = write(tmp_path / "train.csv", "a,b,c,d.mp4 3\ne,f,g.mp4\t7\n")
+    recs = load_annotations(f, num_classes=400)
+    assert [(os.path.relpath(r.path, tmp_path), r.label) for r in recs] == [("a,b,c,d.mp4", 3), ("e,f,g.mp4", 7)]
+    assert detect_format(["x,1,11,val.mp4 3"]) == "slowfast"  # a space before the label: not a CSV row
+    assert detect_format(['"air drumming",_dbcJuKJQNs,40,50,val']) == "kinetics_csv"
+    assert detect_format(["_dbcJuKJQNs,40,50,test"]) == "kinetics_csv"
+    for text, problem in [("a,b,c,d.mp4", "time_start = 'b' is not a number"),
+                          ("abseiling,x,1,11,val,2", "is_cc = '2' is not 0 or 1"),
+                          ('"air drumming",x,1s,11,val', "time_start = '1s' is not a number")]:
+        g = write(tmp_path / "test.csv", "# videos\n" + text + "\n")
+        with pytest.raises(AnnotationError, match=rf"test.csv:2: cannot tell the format .*\({problem}\).*"
+                                                  r"set DATA.FORMAT"):
+            load_annotations(g, num_classes=400)
+    g = write(tmp_path / "test.csv", "a,b,c,d.mp4\n")
+    recs = load_annotations(g, fmt="slowfast", num_classes=400)  # an explicit format wins
+    assert [(os.path.relpath(r.path, tmp_path), r.label) for r in recs] == [("a,b,c,d.mp4", -1)]
+
+
+def test_config_format_decides_without_detection(tmp_path):
+    """DATA.FORMAT is checked against the formats annotations.py reads, and an explicit one wins."""
+    from gcvideo.config import ConfigError, get_cfg, validate_cfg
+    from gcvideo.data import build_dataset
+    from gcvideo.data.annotations import FORMATS
+
+    cfg = get_cfg()
+    cfg.DATA.FORMAT = "csv"
+    with pytest.raises(ConfigError, match="DATA.FORMAT = 'csv'.*" + ", ".join(repr(f) for f in FORMATS)):
+        validate_cfg(cfg, check_files=False)
+    write(tmp_path / "test.csv", "x,1,2,val\n")
+    cfg = get_cfg()
+    cfg.DATA.PATH_TO_DATA_DIR = str(tmp_path)
+    assert os.path.basename(build_dataset(cfg, "test").records[0].path) == "x_000001_000002.mp4"
+    cfg.DATA.FORMAT = "slowfast"
+    assert build_dataset(cfg, "test").records[0].path == str(tmp_path / "x,1,2,val")

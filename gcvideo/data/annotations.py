@@ -30,6 +30,7 @@ import codecs
 import csv
 import functools
 import itertools
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from gcvideo.utils.io import path_manager
 __all__ = ["VideoRecord", "VideoRecords", "AnnotationError", "load_annotations", "read_label_map", "class_key",
            "detect_format", "kinetics_clip_name", "iter_lines", "FORMATS", "MAX_LINE_BYTES",
            "DEFAULT_KINETICS400_LABEL_MAP"]
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ("auto", "slowfast", "mmaction", "kinetics_csv")
 # Longest line of an annotation file or label map, in bytes: a longer one is an error naming
@@ -267,6 +270,38 @@ def detect_format(lines: Iterable[str], path: str = "<annotations>") -> str:
     raise AnnotationError(f"{path}: annotation file has no entries")
 
 
+class _Rows:
+    """The rows of one file as they are read: a video listed again with another label is an error
+    naming both lines; repeats with the same label are kept (a warning counts them, once)."""
+
+    def __init__(self, path: str):
+        self.file = path
+        self.paths: List[str] = []
+        self.labels: List[int] = []
+        self.lines: List[int] = []
+        self._row: Dict[str, int] = {}  # video -> its first row
+        self._repeats: List[Tuple[str, int, int]] = []  # (video, first line, line) of same-label repeats
+
+    def add(self, video: str, label: int, n: int) -> None:
+        i = self._row.setdefault(video, len(self.paths))
+        if i < len(self.paths):
+            if self.labels[i] != label:
+                raise AnnotationError(f"{self.file}:{n}: {video} is listed again with label {label}; line "
+                                      f"{self.lines[i]} gives it label {self.labels[i]} (remove one of the two)")
+            self._repeats.append((video, self.lines[i], n))
+        self.paths.append(video)
+        self.labels.append(label)
+        self.lines.append(n)
+
+    def table(self) -> VideoRecords:
+        if self._repeats:
+            video, first, n = self._repeats[0]
+            logger.warning("%s: %d line(s) repeat a video with the same label (first: %s, lines %d and %d); "
+                           "each repeat is one more row (sampled and tested as often)",
+                           self.file, len(self._repeats), video, first, n)
+        return VideoRecords(self.paths, self.labels, self.lines)
+
+
 class _Labeler:
     """Label text -> class index, with range checks and file:line errors."""
 
@@ -318,18 +353,17 @@ def _parse_list(path: str, lines: Iterable[Tuple[int, str]], prefix: str, labele
     is an error that says which format to set. ``sep``: the field separator
     (DATA.PATH_LABEL_SEPARATOR; "" = whitespace, or TAB when a line has one)."""
     join = _joiner(prefix)
-    paths: List[str] = []
-    labels: List[int] = []
-    numbers: List[int] = []
+    rows = _Rows(path)
     for n, raw in lines:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         where = f"{path}:{n}"
-        if sep:
+        if sep == "\t" or (not sep and "\t" in line):
+            fields = [x for x in raw.split("\t") if x.strip()]  # TAB-separated: the path keeps every character
+            fields[1:] = [x.strip() for x in fields[1:]]
+        elif sep:
             fields = [x.strip() for x in line.split(sep)]
-        elif "\t" in line:
-            fields = [x.strip() for x in line.split("\t") if x.strip()]
         elif '"' in line:
             fields = [x for x in next(csv.reader([line], delimiter=" ", quotechar='"', skipinitialspace=True)) if x]
         else:
@@ -342,19 +376,15 @@ def _parse_list(path: str, lines: Iterable[Tuple[int, str]], prefix: str, labele
                     "not supported)")
             fields = [fields[0], fields[2]]  # PySlowFast "path fn label"
         if len(fields) == 1:
-            paths.append(join(fields[0]))
-            labels.append(-1)
-            numbers.append(n)
+            rows.add(join(fields[0]), -1, n)
             continue
         if len(fields) != 2 or not fields[0]:
             raise AnnotationError(
                 f"{where}: expected 'path label' (or 'path', or 'path N label'), got {len(fields)} fields: "
                 f"{line!r} (multi-label lines and raw-frame lists are not supported; a path with spaces needs "
                 "a TAB before the label, quotes, or DATA.PATH_LABEL_SEPARATOR)")
-        labels.append(labeler(fields[1], where))
-        paths.append(join(fields[0]))
-        numbers.append(n)
-    return VideoRecords(paths, labels, numbers)
+        rows.add(join(fields[0]), labeler(fields[1], where), n)
+    return rows.table()
 
 
 def _int_field(text: str, name: str, where: str) -> int:
@@ -391,29 +421,25 @@ def _csv_fields(text: str, where: str) -> List[str]:
 
 def _parse_kinetics(path: str, lines: Iterable[Tuple[int, str]], prefix: str, labeler: _Labeler,
                     layout: str) -> VideoRecords:
-    rows = []
-    header = None
-    for n, text in lines:
-        row = _csv_fields(text, f"{path}:{n}")
-        if not row:
-            continue
-        if not any(row) or row[0].startswith("#"):
-            continue
-        if header is None and "youtube_id" in [c.lower() for c in row]:
-            header = [c.lower() for c in row]
-            missing = {"youtube_id", "time_start", "time_end"} - set(header)
-            if missing:
-                raise AnnotationError(f"{path}:{n}: Kinetics CSV header lacks {sorted(missing)}: {row}")
-            continue
-        rows.append((n, row))
-    if header is None:  # header-less: by field count
-        width = len(rows[0][1]) if rows else 0
-        if rows and width not in (4, 5, 6):
-            raise AnnotationError(f"{path}:{rows[0][0]}: expected the official Kinetics CSV columns "
+    rows = ((n, _csv_fields(text, f"{path}:{n}")) for n, text in lines)
+    rows = ((n, row) for n, row in rows if any(row) and not row[0].startswith("#"))
+    first = next(rows, None)
+    if first is None:
+        return VideoRecords([], [], [])
+    n, row = first
+    if "youtube_id" in [c.lower() for c in row]:
+        header = [c.lower() for c in row]
+        missing = {"youtube_id", "time_start", "time_end"} - set(header)
+        if missing:
+            raise AnnotationError(f"{path}:{n}: Kinetics CSV header lacks {sorted(missing)}: {row}")
+    else:  # header-less: by field count
+        if len(row) not in (4, 5, 6):
+            raise AnnotationError(f"{path}:{n}: expected the official Kinetics CSV columns "
                                   "label,youtube_id,time_start,time_end,split[,is_cc] (or youtube_id,time_start,"
-                                  f"time_end,split for the test split), got {width} fields: {rows[0][1]}")
-        header = (["youtube_id", "time_start", "time_end", "split"] if width == 4 else
-                  ["label", "youtube_id", "time_start", "time_end", "split", "is_cc"][:width])
+                                  f"time_end,split for the test split), got {len(row)} fields: {row}")
+        header = (["youtube_id", "time_start", "time_end", "split"] if len(row) == 4 else
+                  ["label", "youtube_id", "time_start", "time_end", "split", "is_cc"][:len(row)])
+        rows = itertools.chain([first], rows)
     col = {c: i for i, c in enumerate(header)}
     has_label = "label" in col
     if layout not in ("auto", "class", "flat"):
@@ -431,9 +457,7 @@ def _parse_kinetics(path: str, lines: Iterable[Tuple[int, str]], prefix: str, la
         layout = "flat"
     join = _joiner(prefix)
     i_yid, i_ts, i_te, i_label = col["youtube_id"], col["time_start"], col["time_end"], col.get("label")
-    paths: List[str] = []
-    labels: List[int] = []
-    numbers: List[int] = []
+    out = _Rows(path)
     for n, row in rows:
         where = f"{path}:{n}"
         if len(row) != len(header):
@@ -452,10 +476,8 @@ def _parse_kinetics(path: str, lines: Iterable[Tuple[int, str]], prefix: str, la
             if layout == "class":
                 folder = folders.get(class_key(text)) or text.replace(" ", "_")
                 name = folder + "/" + name
-        paths.append(join(name))
-        labels.append(label)
-        numbers.append(n)
-    return VideoRecords(paths, labels, numbers)
+        out.add(join(name), label, n)
+    return out.table()
 
 
 def load_annotations(path: str, fmt: str = "auto", path_prefix: str = "", label_map: str = "",

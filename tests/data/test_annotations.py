@@ -287,3 +287,33 @@ def test_config_format_decides_without_detection(tmp_path):
     assert os.path.basename(build_dataset(cfg, "test").records[0].path) == "x_000001_000002.mp4"
     cfg.DATA.FORMAT = "slowfast"
     assert build_dataset(cfg, "test").records[0].path == str(tmp_path / "x,1,2,val")
+
+
+def test_conflicting_duplicates_name_both_lines(tmp_path, caplog):
+    """One video with two labels is an error naming both lines (list and official CSV); the same
+    label twice keeps both rows and warns once."""
+    f = write(tmp_path / "train.csv", "a,b,c,d.mp4 3\nx.mp4 2\n\na,b,c,d.mp4 7\n")
+    with pytest.raises(AnnotationError, match=r"train.csv:4: .*a,b,c,d.mp4 is listed again with label 7; "
+                                              r"line 1 gives it label 3"):
+        load_annotations(f, num_classes=400)
+    k = write(tmp_path / "kinetics_val.csv", KINETICS_CSV + "abseiling,_dbcJuKJQNs,40,50,val,0\n")
+    with pytest.raises(AnnotationError, match=r"kinetics_val.csv:5: .*_dbcJuKJQNs_000040_000050.mp4 is listed "
+                                              r"again with label 0; line 3 gives it label 1"):
+        load_annotations(k, num_classes=400, clip_layout="flat")
+    g = write(tmp_path / "val.csv", "x.mp4 2\ny.mp4 1\nx.mp4 2\ny.mp4 1\n")
+    with caplog.at_level("WARNING", logger="gcvideo.data.annotations"):
+        recs = load_annotations(g, num_classes=400)
+    assert [(os.path.basename(r.path), r.label, r.line) for r in recs] == [
+        ("x.mp4", 2, 1), ("y.mp4", 1, 2), ("x.mp4", 2, 3), ("y.mp4", 1, 4)]
+    warned = [r.getMessage() for r in caplog.records if r.name == "gcvideo.data.annotations"]
+    assert len(warned) == 1 and "val.csv: 2 line(s) repeat a video" in warned[0] and "lines 1 and 3" in warned[0]
+
+
+def test_tab_separated_paths_keep_every_character(tmp_path):
+    """In a TAB-separated line the path is taken as written (leading/trailing spaces too); the label is trimmed."""
+    f = write(tmp_path / "l.txt", " a.mp4\t3\nb c.mp4 \t 4 \n\t d.mp4\t5\n")
+    recs = load_annotations(f, num_classes=400)
+    assert [(os.path.relpath(r.path, tmp_path), r.label) for r in recs] == [(" a.mp4", 3), ("b c.mp4 ", 4),
+                                                                             (" d.mp4", 5)]
+    recs = load_annotations(f, num_classes=400, sep="\t")
+    assert [os.path.relpath(r.path, tmp_path) for r in recs] == [" a.mp4", "b c.mp4 ", " d.mp4"]

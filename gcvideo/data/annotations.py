@@ -12,7 +12,8 @@
 * ``kinetics_csv``: the DeepMind release ``label,youtube_id,time_start,time_end,split[,is_cc]``
   (header line; multi-word labels double-quoted) or, for the test split,
   ``youtube_id,time_start,time_end,split`` (no label: label -1). Each row is the
-  clip file ``{youtube_id}_{time_start:06d}_{time_end:06d}.mp4`` under
+  clip file ``{youtube_id}_{time_start:06d}_{time_end:06d}`` with the video extension it has
+  on disk (``VIDEO_EXTENSIONS``; ``.mp4`` when absent) under
   ``path_prefix`` (or the annotation folder), inside a class sub-folder (layout
   ``class``; folder names with spaces or underscores are both found) or not
   (``flat``); ``auto`` looks at the folder once.
@@ -41,12 +42,15 @@ import numpy as np
 from gcvideo.utils.io import path_manager
 
 __all__ = ["VideoRecord", "VideoRecords", "AnnotationError", "load_annotations", "read_label_map", "class_key",
-           "detect_format", "kinetics_clip_name", "iter_lines", "FORMATS", "MAX_LINE_BYTES",
+           "detect_format", "kinetics_clip_name", "iter_lines", "video_stem", "FORMATS", "MAX_LINE_BYTES", "VIDEO_EXTENSIONS",
            "DEFAULT_KINETICS400_LABEL_MAP"]
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("auto", "slowfast", "mmaction", "kinetics_csv")
+# Video file extensions (compared ignoring case), in the order a clip of the official CSV is looked
+# for when its folder holds it under several (downloads are .mp4, .webm or .mkv).
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".gif")
 # Longest line of an annotation file or label map, in bytes: a longer one is an error naming
 # file:line, and no more of it is read (a video list or Kinetics CSV line is well under 1 KiB).
 MAX_LINE_BYTES = 64 * 1024
@@ -159,6 +163,30 @@ def read_label_map(path: str) -> List[str]:
 def kinetics_clip_name(youtube_id: str, time_start: int, time_end: int, ext: str = ".mp4") -> str:
     """``{youtube_id}_{time_start:06d}_{time_end:06d}.mp4`` (the mmaction2/ActivityNet trimmed name)."""
     return f"{youtube_id}_{int(time_start):06d}_{int(time_end):06d}{ext}"
+
+
+def video_stem(name: str) -> Optional[str]:
+    """A video file's name without its extension (one of ``VIDEO_EXTENSIONS``, any case); None for
+    other files and hidden ones (``.name``)."""
+    root, ext = os.path.splitext(name)
+    return root if ext.lower() in VIDEO_EXTENSIONS and not name.startswith(".") else None
+
+
+def _video_files(folder: str) -> Dict[str, str]:
+    """stem -> file name of the videos directly in ``folder`` (the first of ``VIDEO_EXTENSIONS``
+    for a stem found with several); {} for a folder that cannot be listed."""
+    try:
+        names = sorted(os.path.basename(e.rstrip("/")) for e in path_manager.ls(folder))
+    except Exception:
+        return {}
+    rank = {ext: i for i, ext in enumerate(VIDEO_EXTENSIONS)}
+    out: Dict[str, str] = {}
+    for name in names:
+        stem = video_stem(name)
+        if stem is not None and (stem not in out or rank[os.path.splitext(name)[1].lower()]
+                                 < rank[os.path.splitext(out[stem])[1].lower()]):
+            out[stem] = name
+    return out
 
 
 def _join(prefix: str, path: str) -> str:
@@ -458,6 +486,7 @@ def _parse_kinetics(path: str, lines: Iterable[Tuple[int, str]], prefix: str, la
     join = _joiner(prefix)
     i_yid, i_ts, i_te, i_label = col["youtube_id"], col["time_start"], col["time_end"], col.get("label")
     out = _Rows(path)
+    listed: Dict[str, Dict[str, str]] = {}  # clip folder (relative) -> its videos, listed once
     for n, row in rows:
         where = f"{path}:{n}"
         if len(row) != len(header):
@@ -468,15 +497,17 @@ def _parse_kinetics(path: str, lines: Iterable[Tuple[int, str]], prefix: str, la
             raise AnnotationError(f"{where}: empty youtube_id")
         ts = _int_field(row[i_ts], "time_start", where)
         te = _int_field(row[i_te], "time_end", where)
-        name = kinetics_clip_name(yid, ts, te)
-        label = -1
+        stem = kinetics_clip_name(yid, ts, te, ext="")
+        label, folder = -1, ""
         if has_label:
             text = row[i_label]
             label = labeler(text, where)
             if layout == "class":
-                folder = folders.get(class_key(text)) or text.replace(" ", "_")
-                name = folder + "/" + name
-        out.add(join(name), label, n)
+                folder = (folders.get(class_key(text)) or text.replace(" ", "_")) + "/"
+        if folder not in listed:
+            listed[folder] = _video_files((_join(prefix, folder) if folder else prefix) or ".")
+        name = listed[folder].get(stem, stem + ".mp4")  # .mp4: not there (the decoder reports it missing)
+        out.add(join(folder + name), label, n)
     return out.table()
 
 

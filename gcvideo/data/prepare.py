@@ -22,7 +22,8 @@ import os
 from fractions import Fraction
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from gcvideo.data.annotations import DEFAULT_KINETICS400_LABEL_MAP, class_key, kinetics_clip_name, read_label_map
+from gcvideo.data.annotations import (DEFAULT_KINETICS400_LABEL_MAP, VIDEO_EXTENSIONS, class_key, kinetics_clip_name,
+                                      read_label_map, video_stem)
 from gcvideo.utils.io import TEMPORARY_NAME, atomic_write_text
 from gcvideo.utils.parallel import parallel_imap
 
@@ -37,7 +38,6 @@ __all__ = ["reencode_video", "prepare_kinetics", "VIDEO_EXTENSIONS", "split_name
 PREPARE_DEFAULTS = {"short_side": 320, "crf": 23, "preset": "veryfast", "gop": 32,
                     "x264_options": {"tune": "fastdecode", "b-pyramid": "none"}}
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".gif")
 _TMP_MARK = ".tmp-prepare-"
 
 
@@ -187,7 +187,7 @@ def prepare_kinetics(src: str, dst: str, short_side: int = PREPARE_DEFAULTS["sho
     for root, dirs, files in os.walk(src):
         dirs.sort()
         for f in sorted(files):
-            if not f.lower().endswith(VIDEO_EXTENSIONS) or f.startswith("."):
+            if video_stem(f) is None:  # not a video file (the test load_annotations uses for clips)
                 continue
             rel = os.path.relpath(os.path.join(root, f), src)
             rel_out = os.path.splitext(rel)[0] + ".mp4"

@@ -317,3 +317,31 @@ def test_tab_separated_paths_keep_every_character(tmp_path):
                                                                              (" d.mp4", 5)]
     recs = load_annotations(f, num_classes=400, sep="\t")
     assert [os.path.relpath(r.path, tmp_path) for r in recs] == [" a.mp4", "b c.mp4 ", " d.mp4"]
+
+
+@pytest.mark.parametrize("layout", ["class", "flat"])
+def test_kinetics_csv_clips_downloaded_as_webm_or_mkv(tmp_path, layout):
+    """The official CSV's clips are found whatever their video extension (as prepare_kinetics finds them):
+    .webm / .mkv / upper case; .mp4 first when a clip has several; .mp4 when none is there (reported missing)."""
+    from gcvideo.data.annotations import video_stem
+
+    videos = tmp_path / "videos_val"
+    dirs = {"abseiling": videos / "abseiling", "air drumming": videos / "air_drumming",
+            "passing American football (in game)": videos / "passing_American_football_(in_game)"}
+    for d in dirs.values():
+        d.mkdir(parents=True)
+    where = (lambda c: dirs[c]) if layout == "class" else (lambda c: videos)
+    (where("abseiling") / "-3B32lodo2M_000059_000069.webm").write_bytes(b"")
+    (where("air drumming") / "_dbcJuKJQNs_000040_000050.MKV").write_bytes(b"")
+    (where("air drumming") / "_dbcJuKJQNs_000040_000050.txt").write_bytes(b"")
+    for ext in (".webm", ".mp4"):
+        (where("passing American football (in game)") / f"abc_000000_000010{ext}").write_bytes(b"")
+    f = write(tmp_path / "kinetics_val.csv", KINETICS_CSV + "abseiling,gone,1,11,val,0\n")
+    recs = load_annotations(f, path_prefix=str(videos), num_classes=400, clip_layout=layout)
+    assert [os.path.relpath(r.path, videos) for r in recs] == [
+        os.path.relpath(where("abseiling") / "-3B32lodo2M_000059_000069.webm", videos),
+        os.path.relpath(where("air drumming") / "_dbcJuKJQNs_000040_000050.MKV", videos),
+        os.path.relpath(where("passing American football (in game)") / "abc_000000_000010.mp4", videos),
+        os.path.relpath(where("abseiling") / "gone_000001_000011.mp4", videos)]
+    assert [video_stem(n) for n in ("a.webm", "b.MKV", "c.mp4.txt", ".hidden.mp4", "d")] == ["a", "b", None, None,
+                                                                                           None]

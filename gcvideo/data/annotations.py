@@ -299,34 +299,33 @@ def detect_format(lines: Iterable[str], path: str = "<annotations>") -> str:
 
 
 class _Rows:
-    """The rows of one file as they are read: a video listed again with another label is an error
-    naming both lines; repeats with the same label are kept (a warning counts them, once)."""
+    """The rows of one file as they are read. ``table()`` checks repeats: a video listed again with
+    another label is an error naming both lines; repeats with the same label are kept (one warning)."""
 
     def __init__(self, path: str):
         self.file = path
         self.paths: List[str] = []
         self.labels: List[int] = []
         self.lines: List[int] = []
-        self._row: Dict[str, int] = {}  # video -> its first row
-        self._repeats: List[Tuple[str, int, int]] = []  # (video, first line, line) of same-label repeats
 
     def add(self, video: str, label: int, n: int) -> None:
-        i = self._row.setdefault(video, len(self.paths))
-        if i < len(self.paths):
-            if self.labels[i] != label:
-                raise AnnotationError(f"{self.file}:{n}: {video} is listed again with label {label}; line "
-                                      f"{self.lines[i]} gives it label {self.labels[i]} (remove one of the two)")
-            self._repeats.append((video, self.lines[i], n))
         self.paths.append(video)
         self.labels.append(label)
         self.lines.append(n)
 
     def table(self) -> VideoRecords:
-        if self._repeats:
-            video, first, n = self._repeats[0]
+        first = dict(zip(reversed(self.paths), range(len(self.paths) - 1, -1, -1)))  # video -> its first row
+        if len(first) < len(self.paths):  # some video repeats: find them in file order
+            repeats = [(first[v], j) for j, v in enumerate(self.paths) if first[v] != j]
+            for i, j in repeats:
+                if self.labels[i] != self.labels[j]:
+                    raise AnnotationError(
+                        f"{self.file}:{self.lines[j]}: {self.paths[j]} is listed again with label {self.labels[j]}; "
+                        f"line {self.lines[i]} gives it label {self.labels[i]} (remove one of the two)")
+            i, j = repeats[0]
             logger.warning("%s: %d line(s) repeat a video with the same label (first: %s, lines %d and %d); "
                            "each repeat is one more row (sampled and tested as often)",
-                           self.file, len(self._repeats), video, first, n)
+                           self.file, len(repeats), self.paths[j], self.lines[i], self.lines[j])
         return VideoRecords(self.paths, self.labels, self.lines)
 
 

@@ -205,7 +205,8 @@ def _joiner(prefix: str):
 
 def iter_lines(path: str, what: str = "annotation file",
                max_bytes: Optional[int] = None) -> Iterator[Tuple[int, str]]:
-    """``(line number, text)`` of a UTF-8 text file, streamed: the text without its ``\\n`` or ``\\r\\n``.
+    """``(line number, text)`` of a UTF-8 text file, streamed: the text without its line end
+    (``\\n``, ``\\r\\n``, or a lone ``\\r`` as in classic Mac files, like ``str.splitlines``).
 
     A UTF-8 byte-order mark is skipped. No line is held longer than ``max_bytes``
     (``MAX_LINE_BYTES``): a longer one, text in another encoding (UTF-16, Latin-1, ...) or
@@ -220,25 +221,28 @@ def iter_lines(path: str, what: str = "annotation file",
             raw = f.readline(limit + 1)  # bounded: never the whole of a huge line
             if not raw:
                 return
-            n += 1
             if raw.endswith(b"\n"):
                 raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
             elif len(raw) > limit:
-                raise AnnotationError(f"{path}:{n}: line longer than {limit} bytes (read no further); "
+                raise AnnotationError(f"{path}:{n + 1}: line longer than {limit} bytes (read no further); "
                                       f"is this {what} the right file?")
-            if n == 1:
+            if n == 0:
                 if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
                     raise AnnotationError(f"{path}:1: UTF-16 text (byte-order mark); re-save it as UTF-8")
                 if raw.startswith(codecs.BOM_UTF8):
                     raw = raw[len(codecs.BOM_UTF8):]
-            if b"\0" in raw:
-                raise AnnotationError(f"{path}:{n}: NUL bytes: UTF-16 or binary, not UTF-8 text; re-save it as UTF-8")
-            try:
-                yield n, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                column = len(raw[:e.start].decode("utf-8", "replace")) + 1
-                raise AnnotationError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {column}); "
-                                      "re-save it as UTF-8") from None
+            for part in raw.split(b"\r") if b"\r" in raw else (raw,):
+                n += 1
+                try:
+                    text = part.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    column = len(part[:e.start].decode("utf-8", "replace")) + 1
+                    raise AnnotationError(f"{path}:{n}: not UTF-8 text (byte 0x{part[e.start]:02x} at column "
+                                          f"{column}); re-save it as UTF-8") from None
+                if "\0" in text:
+                    raise AnnotationError(f"{path}:{n}: NUL bytes: UTF-16 or binary, not UTF-8 text; "
+                                          "re-save it as UTF-8")
+                yield n, text
 
 
 _SECONDS = re.compile(r"\d+(\.\d+)?")  # time_start / time_end as written (whole seconds: checked when read)

@@ -226,6 +226,9 @@ def test_utf8_with_bom_and_crlf(tmp_path):
     f.write_bytes("a.mp4 1\r\ncaf\u00e9.mp4\t2\r\n".encode("utf-8-sig"))
     recs = load_annotations(str(f), num_classes=400)
     assert [(os.path.basename(r.path), r.label, r.line) for r in recs] == [("a.mp4", 1, 1), ("caf\u00e9.mp4", 2, 2)]
+    f.write_bytes(b"label,youtube_id,time_start,time_end,split\rabseiling,x,1,11,val\r")  # classic Mac line ends
+    assert [(os.path.basename(r.path), r.line) for r in load_annotations(str(f), clip_layout="flat")] == [
+        ("x_000001_000011.mp4", 2)]
 
 
 def test_long_line_refused_without_reading_it(tmp_path):

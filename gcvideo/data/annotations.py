@@ -42,8 +42,8 @@ import numpy as np
 from gcvideo.utils.io import path_manager
 
 __all__ = ["VideoRecord", "VideoRecords", "AnnotationError", "load_annotations", "read_label_map", "class_key",
-           "detect_format", "kinetics_clip_name", "iter_lines", "video_stem", "FORMATS", "MAX_LINE_BYTES", "VIDEO_EXTENSIONS",
-           "DEFAULT_KINETICS400_LABEL_MAP"]
+           "detect_format", "kinetics_clip_name", "iter_lines", "video_stem", "FORMATS", "MAX_LINE_BYTES",
+           "VIDEO_EXTENSIONS", "DEFAULT_KINETICS400_LABEL_MAP"]
 
 logger = logging.getLogger(__name__)
 

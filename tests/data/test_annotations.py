@@ -348,3 +348,34 @@ def test_kinetics_csv_clips_downloaded_as_webm_or_mkv(tmp_path, layout):
         os.path.relpath(where("abseiling") / "gone_000001_000011.mp4", videos)]
     assert [video_stem(n) for n in ("a.webm", "b.MKV", "c.mp4.txt", ".hidden.mp4", "d")] == ["a", "b", None, None,
                                                                                            None]
+
+
+def test_kinetics_csv_webm_clip_is_decoded_not_missing(tmp_path):
+    """Issue 35's case end to end: a present .webm clip of the official CSV is a decoded test item."""
+    av = pytest.importorskip("av")
+    import numpy as np
+
+    from gcvideo.config import get_cfg
+    from gcvideo.data import build_dataset
+
+    codec = next((c for c in ("libvpx-vp9", "libvpx") if c in av.codecs_available), None)
+    if codec is None:
+        pytest.skip("PyAV has no VP8/VP9 encoder")
+    clip = tmp_path / "videos_val" / "abseiling" / "-3B32lodo2M_000059_000069.webm"
+    clip.parent.mkdir(parents=True)
+    with av.open(str(clip), "w") as c:
+        s = c.add_stream(codec, rate=30)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(16):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 8 * i, np.uint8), format="rgb24")))
+        c.mux(s.encode())
+    header = KINETICS_CSV.splitlines(keepends=True)[0]
+    write(tmp_path / "kinetics_val.csv", header + "abseiling,-3B32lodo2M,59,69,val,0\n")
+    cfg = get_cfg()
+    cfg.DATA.PATH_TO_DATA_DIR, cfg.DATA.TEST_FILE = str(tmp_path), "kinetics_val.csv"
+    cfg.DATA.TEST_PATH_PREFIX = str(tmp_path / "videos_val")
+    cfg.DATA.NUM_FRAMES, cfg.DATA.SAMPLING_RATE, cfg.DATA.TEST_CROP_SIZE = 4, 2, 32
+    cfg.TEST.NUM_ENSEMBLE_VIEWS, cfg.TEST.NUM_SPATIAL_CROPS = 1, 1
+    item = build_dataset(cfg, "test")[0]
+    assert (item["path"], item["ok"], item["error"], item["label"]) == (str(clip), True, "", 0)
+    assert item["video"].shape == (1, 3, 4, 32, 32)

@@ -379,3 +379,16 @@ def test_kinetics_csv_webm_clip_is_decoded_not_missing(tmp_path):
     item = build_dataset(cfg, "test")[0]
     assert (item["path"], item["ok"], item["error"], item["label"]) == (str(clip), True, "", 0)
     assert item["video"].shape == (1, 3, 4, 32, 32)
+
+
+def test_check_clean_copy_counts_lines_as_the_reader(tmp_path):
+    """check_annotations drops the lines load_annotations numbered: a TAB-separated path with a form feed is one line
+    (str.splitlines would make it two and drop the wrong ones)."""
+    from gcvideo.data.check import check_annotations
+
+    good = os.path.join(ROOT, "tests", "data", "files", "part_0.mp4")
+    f = tmp_path / "val.csv"
+    f.write_bytes(f"# list\r\na\x0cb.mp4\t0\r\n{good} 1\r\ngone.mp4 2\r\n".encode())
+    out = check_annotations(str(f), workers=1, progress=False)
+    assert out["broken"] == 2
+    assert (tmp_path / "val.clean.csv").read_bytes() == f"# list\n{good} 1\n".encode()  # \n line ends, as before

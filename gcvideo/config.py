@@ -19,6 +19,7 @@ from typing import Iterable, List, Optional, Sequence
 import yaml
 from fvcore.common.config import CfgNode
 
+from gcvideo.data.annotations import FORMATS as ANNOTATION_FORMATS
 from gcvideo.layers import (CONTEXT_PRESETS, CONTEXT_TYPES, FUSIONS, NL_INSTANTIATIONS, NL_POOL_POSITIONS, NORMS, POOLINGS,
                             TRANSFORMS)
 
@@ -124,7 +125,8 @@ _C.DATA.TEST_PATH_PREFIX = ""
 _C.DATA.TRAIN_FILE = "train.csv"
 _C.DATA.VAL_FILE = "val.csv"
 _C.DATA.TEST_FILE = "test.csv"
-# Annotation format: "auto" | "slowfast" | "mmaction" | "kinetics_csv".
+# Annotation format: "auto" (detected from the first entry line; a line that could be a list or
+# a CSV is an error asking for this key) | "slowfast" | "mmaction" | "kinetics_csv" (ANNOTATION_FORMATS).
 _C.DATA.FORMAT = "auto"
 # Field separator of video lists (PySlowFast's PATH_LABEL_SEPARATOR); "" = whitespace (TAB if a line has one).
 _C.DATA.PATH_LABEL_SEPARATOR = ""
@@ -579,7 +581,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _check(len(c.NL_POOL) in (0, 3) and all(isinstance(k, int) and k >= 1 for k in c.NL_POOL),
            "CONTEXT.NL_POOL", c.NL_POOL, "[] or 3 positive integers (T, H, W), e.g. [1, 2, 2]")
     # ---- data
-    _one_of(d.FORMAT, "DATA.FORMAT", ["auto", "slowfast", "mmaction", "kinetics_csv"])
+    _one_of(d.FORMAT, "DATA.FORMAT", ANNOTATION_FORMATS)
     _one_of(d.CLIP_LAYOUT, "DATA.CLIP_LAYOUT", ["auto", "class", "flat"])
     _one_of(d.DECODER, "DATA.DECODER", ["pyav", "decord", "torchcodec"])
     _check(d.DECODE_DEVICE == "cpu" or (str(d.DECODE_DEVICE).startswith("cuda") and d.DECODER == "torchcodec"),

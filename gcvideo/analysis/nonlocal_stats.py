@@ -272,6 +272,7 @@ def read_video_list(path: str, fmt: str = "auto", path_prefix: str = "", label_m
     import os
 
     from gcvideo.data import AnnotationError, load_annotations
+    from gcvideo.data.annotations import iter_lines
     from gcvideo.utils.io import path_manager
 
     try:
@@ -280,8 +281,7 @@ def read_video_list(path: str, fmt: str = "auto", path_prefix: str = "", label_m
     except AnnotationError as e:
         if not path_manager.exists(path):
             raise
-        with path_manager.open(path, "r") as f:
-            lines = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+        lines = [ln.strip() for _, ln in iter_lines(path) if ln.strip() and not ln.lstrip().startswith("#")]
         if not lines or any(len(ln.split()) != 1 and "\t" not in ln for ln in lines):
             raise AnnotationError(f"{e} (nor is it a list of video paths, one a line)") from e
         base = path_prefix or os.path.dirname(path)

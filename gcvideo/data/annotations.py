@@ -12,7 +12,8 @@
 * ``kinetics_csv``: the DeepMind release ``label,youtube_id,time_start,time_end,split[,is_cc]``
   (header line; multi-word labels double-quoted) or, for the test split,
   ``youtube_id,time_start,time_end,split`` (no label: label -1). Each row is the
-  clip file ``{youtube_id}_{time_start:06d}_{time_end:06d}.mp4`` under
+  clip file ``{youtube_id}_{time_start:06d}_{time_end:06d}`` with the video extension it has
+  on disk (``VIDEO_EXTENSIONS``; ``.mp4`` when absent) under
   ``path_prefix`` (or the annotation folder), inside a class sub-folder (layout
   ``class``; folder names with spaces or underscores are both found) or not
   (``flat``); ``auto`` looks at the folder once.
@@ -20,27 +21,39 @@
 Labels are class indices (-1 = unknown) or class names. Names are looked up in the label map
 (DATA.LABEL_MAP, one name a line), ignoring case, quotes, brackets and the
 difference between spaces, underscores and hyphens. A bad line (wrong number of
-fields, unknown class name, label out of range, unreadable number) raises
-:class:`AnnotationError` naming ``file:line``.
+fields, unknown class name, label out of range, unreadable number, a line that is not
+UTF-8 text or longer than ``MAX_LINE_BYTES``) raises :class:`AnnotationError` naming
+``file:line``. Files are streamed a line at a time (``iter_lines``).
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import functools
-import io
+import itertools
+import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from gcvideo.utils.io import path_manager
 
 __all__ = ["VideoRecord", "VideoRecords", "AnnotationError", "load_annotations", "read_label_map", "class_key",
-           "detect_format", "kinetics_clip_name", "FORMATS", "DEFAULT_KINETICS400_LABEL_MAP"]
+           "detect_format", "kinetics_clip_name", "iter_lines", "video_stem", "FORMATS", "MAX_LINE_BYTES",
+           "VIDEO_EXTENSIONS", "DEFAULT_KINETICS400_LABEL_MAP"]
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ("auto", "slowfast", "mmaction", "kinetics_csv")
+# Video file extensions (compared ignoring case), in the order a clip of the official CSV is looked
+# for when its folder holds it under several (downloads are .mp4, .webm or .mkv).
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".gif")
+# Longest line of an annotation file or label map, in bytes: a longer one is an error naming
+# file:line, and no more of it is read (a video list or Kinetics CSV line is well under 1 KiB).
+MAX_LINE_BYTES = 64 * 1024
 # The shipped 400-class map (standard alphabetical order), used for the official CSV
 # when DATA.LABEL_MAP is empty.
 DEFAULT_KINETICS400_LABEL_MAP = os.path.join(
@@ -127,18 +140,16 @@ def class_key(name: str) -> str:
 
 def read_label_map(path: str) -> List[str]:
     """Class names, one a line (line i = class i); errors name ``file:line``."""
-    if not path_manager.exists(path):
-        raise AnnotationError(f"{path}: label map does not exist")
-    with path_manager.open(path, "r") as f:
-        lines = f.read().splitlines()
     names: List[str] = []
     seen: Dict[str, int] = {}
-    for i, raw in enumerate(lines, 1):
+    empty = 0  # the first empty line, an error if a class follows it
+    for i, raw in iter_lines(path, "label map"):
         name = raw.strip()
         if not name:
-            if any(x.strip() for x in lines[i:]):
-                raise AnnotationError(f"{path}:{i}: empty line inside the label map (line i must be class i-1)")
+            empty = empty or i
             continue
+        if empty:
+            raise AnnotationError(f"{path}:{empty}: empty line inside the label map (line i must be class i-1)")
         key = class_key(name)
         if key in seen:
             raise AnnotationError(f"{path}:{i}: class {name!r} repeats line {seen[key]}")
@@ -152,6 +163,30 @@ def read_label_map(path: str) -> List[str]:
 def kinetics_clip_name(youtube_id: str, time_start: int, time_end: int, ext: str = ".mp4") -> str:
     """``{youtube_id}_{time_start:06d}_{time_end:06d}.mp4`` (the mmaction2/ActivityNet trimmed name)."""
     return f"{youtube_id}_{int(time_start):06d}_{int(time_end):06d}{ext}"
+
+
+def video_stem(name: str) -> Optional[str]:
+    """A video file's name without its extension (one of ``VIDEO_EXTENSIONS``, any case); None for
+    other files and hidden ones (``.name``)."""
+    root, ext = os.path.splitext(name)
+    return root if ext.lower() in VIDEO_EXTENSIONS and not name.startswith(".") else None
+
+
+def _video_files(folder: str) -> Dict[str, str]:
+    """stem -> file name of the videos directly in ``folder`` (the first of ``VIDEO_EXTENSIONS``
+    for a stem found with several); {} for a folder that cannot be listed."""
+    try:
+        names = sorted(os.path.basename(e.rstrip("/")) for e in path_manager.ls(folder))
+    except Exception:
+        return {}
+    rank = {ext: i for i, ext in enumerate(VIDEO_EXTENSIONS)}
+    out: Dict[str, str] = {}
+    for name in names:
+        stem = video_stem(name)
+        if stem is not None and (stem not in out or rank[os.path.splitext(name)[1].lower()]
+                                 < rank[os.path.splitext(out[stem])[1].lower()]):
+            out[stem] = name
+    return out
 
 
 def _join(prefix: str, path: str) -> str:
@@ -168,29 +203,134 @@ def _joiner(prefix: str):
     return lambda path: path if path.startswith("/") or "://" in path else head + path
 
 
-def _read_lines(path: str) -> List[str]:
+def iter_lines(path: str, what: str = "annotation file",
+               max_bytes: Optional[int] = None) -> Iterator[Tuple[int, str]]:
+    """``(line number, text)`` of a UTF-8 text file, streamed: the text without its line end
+    (``\\n``, ``\\r\\n``, or a lone ``\\r`` as in classic Mac files, like ``str.splitlines``).
+
+    A UTF-8 byte-order mark is skipped. No line is held longer than ``max_bytes``
+    (``MAX_LINE_BYTES``): a longer one, text in another encoding (UTF-16, Latin-1, ...) or
+    NUL bytes are an :class:`AnnotationError` naming ``file:line``.
+    """
+    limit = MAX_LINE_BYTES if max_bytes is None else max_bytes
     if not path_manager.exists(path):
-        raise AnnotationError(f"{path}: annotation file does not exist")
-    with path_manager.open(path, "r") as f:
-        text = f.read()
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    return text.splitlines()
+        raise AnnotationError(f"{path}: {what} does not exist")
+    with path_manager.open(path, "rb") as f:
+        n = 0
+        while True:
+            raw = f.readline(limit + 1)  # bounded: never the whole of a huge line
+            if not raw:
+                return
+            if raw.endswith(b"\n"):
+                raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+            elif len(raw) > limit:
+                raise AnnotationError(f"{path}:{n + 1}: line longer than {limit} bytes (read no further); "
+                                      f"is this {what} the right file?")
+            if n == 0:
+                if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                    raise AnnotationError(f"{path}:1: UTF-16 text (byte-order mark); re-save it as UTF-8")
+                if raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]
+            for part in raw.split(b"\r") if b"\r" in raw else (raw,):
+                n += 1
+                try:
+                    text = part.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    column = len(part[:e.start].decode("utf-8", "replace")) + 1
+                    raise AnnotationError(f"{path}:{n}: not UTF-8 text (byte 0x{part[e.start]:02x} at column "
+                                          f"{column}); re-save it as UTF-8") from None
+                if "\0" in text:
+                    raise AnnotationError(f"{path}:{n}: NUL bytes: UTF-16 or binary, not UTF-8 text; "
+                                          "re-save it as UTF-8")
+                yield n, text
 
 
-def detect_format(lines: Sequence[str], path: str = "<annotations>") -> str:
-    """``kinetics_csv`` when the first line is the official header or a comma row, else ``slowfast``."""
-    for raw in lines:
+_SECONDS = re.compile(r"\d+(\.\d+)?")  # time_start / time_end as written (whole seconds: checked when read)
+_SPLIT = re.compile(r"[A-Za-z][\w-]*")  # train, val, validate, test
+_YOUTUBE_ID = re.compile(r"[\w-]+")
+
+
+def _kinetics_row_problem(fields: Sequence[str]) -> str:
+    """"" when ``fields`` (one line's comma fields) are a header-less official Kinetics row, else why not.
+
+    ``label,youtube_id,time_start,time_end,split[,is_cc]`` or ``youtube_id,time_start,time_end,split``:
+    an id, two numbers, a split name and is_cc 0 or 1, so no field but the label has spaces. A video
+    list line has a space or TAB before its label (``a,b,c,d.mp4 3``), so it never fits.
+    """
+    if len(fields) not in (4, 5, 6):
+        return f"{len(fields)} comma-separated fields, not 4 to 6"
+    names = (["youtube_id", "time_start", "time_end", "split"] if len(fields) == 4 else
+             ["label", "youtube_id", "time_start", "time_end", "split", "is_cc"])
+    col = dict(zip(names, fields))
+    checks = [("youtube_id", _YOUTUBE_ID.fullmatch(col["youtube_id"]), "an id"),
+              ("time_start", _SECONDS.fullmatch(col["time_start"]), "a number"),
+              ("time_end", _SECONDS.fullmatch(col["time_end"]), "a number"),
+              ("split", _SPLIT.fullmatch(col["split"]), "a split name"),
+              ("is_cc", col.get("is_cc", "0") in ("0", "1"), "0 or 1")]
+    for name, ok, expected in checks:
+        if not ok:
+            return f"{name} = {col[name]!r} is not {expected}"
+    return ""
+
+
+def detect_format(lines: Iterable[str], path: str = "<annotations>") -> str:
+    """The format of an annotation file, from its first entry line.
+
+    ``kinetics_csv`` for the official header (``youtube_id`` among its comma fields) or a row
+    that fits the official columns exactly (``_kinetics_row_problem``); ``slowfast`` (a video
+    list) otherwise. A line that could be either (4 to 6 comma fields with no space or TAB after
+    the first comma that do not fit the official columns: a path with commas and no label, or a
+    broken CSV row) is an error asking for ``DATA.FORMAT``, which decides without detection.
+    """
+    for n, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        head = [c.strip().lower() for c in next(csv.reader([line]))]
-        if "youtube_id" in head:
+        fields = _csv_fields(line, f"{path}:{n}")
+        comma_row = not any(c.isspace() for f in fields[1:] for c in f)  # spaces only in the label
+        if comma_row and "youtube_id" in [f.lower() for f in fields]:
             return "kinetics_csv"
-        if len(head) in (4, 5, 6) and line.count(",") >= 3:
+        problem = _kinetics_row_problem(fields)
+        if not problem:
             return "kinetics_csv"  # header-less official CSV
+        if comma_row and len(fields) in (4, 5, 6):
+            raise AnnotationError(
+                f"{path}:{n}: cannot tell the format of {line!r}: not an official Kinetics CSV row "
+                f"({problem}), and as a video list line it would be a path with commas and no label; "
+                "set DATA.FORMAT (kinetics_csv, slowfast or mmaction)")
         return "slowfast"
     raise AnnotationError(f"{path}: annotation file has no entries")
+
+
+class _Rows:
+    """The rows of one file as they are read. ``table()`` checks repeats: a video listed again with
+    another label is an error naming both lines; repeats with the same label are kept (one warning)."""
+
+    def __init__(self, path: str):
+        self.file = path
+        self.paths: List[str] = []
+        self.labels: List[int] = []
+        self.lines: List[int] = []
+
+    def add(self, video: str, label: int, n: int) -> None:
+        self.paths.append(video)
+        self.labels.append(label)
+        self.lines.append(n)
+
+    def table(self) -> VideoRecords:
+        first = dict(zip(reversed(self.paths), range(len(self.paths) - 1, -1, -1)))  # video -> its first row
+        if len(first) < len(self.paths):  # some video repeats: find them in file order
+            repeats = [(first[v], j) for j, v in enumerate(self.paths) if first[v] != j]
+            for i, j in repeats:
+                if self.labels[i] != self.labels[j]:
+                    raise AnnotationError(
+                        f"{self.file}:{self.lines[j]}: {self.paths[j]} is listed again with label {self.labels[j]}; "
+                        f"line {self.lines[i]} gives it label {self.labels[i]} (remove one of the two)")
+            i, j = repeats[0]
+            logger.warning("%s: %d line(s) repeat a video with the same label (first: %s, lines %d and %d); "
+                           "each repeat is one more row (sampled and tested as often)",
+                           self.file, len(repeats), self.paths[j], self.lines[i], self.lines[j])
+        return VideoRecords(self.paths, self.labels, self.lines)
 
 
 class _Labeler:
@@ -236,7 +376,7 @@ class _Labeler:
         return label
 
 
-def _parse_list(path: str, lines: List[str], prefix: str, labeler: _Labeler, sep: str = "",
+def _parse_list(path: str, lines: Iterable[Tuple[int, str]], prefix: str, labeler: _Labeler, sep: str = "",
                 fmt: str = "slowfast", explicit: bool = True) -> VideoRecords:
     """PySlowFast / mmaction2 video lists: ``path label``, and ``path`` alone (label unknown, -1:
     test lists). PySlowFast's ``path fn label`` (fn an integer, ignored) with ``fmt="slowfast"``
@@ -244,18 +384,17 @@ def _parse_list(path: str, lines: List[str], prefix: str, labeler: _Labeler, sep
     is an error that says which format to set. ``sep``: the field separator
     (DATA.PATH_LABEL_SEPARATOR; "" = whitespace, or TAB when a line has one)."""
     join = _joiner(prefix)
-    paths: List[str] = []
-    labels: List[int] = []
-    numbers: List[int] = []
-    for n, raw in enumerate(lines, 1):
+    rows = _Rows(path)
+    for n, raw in lines:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         where = f"{path}:{n}"
-        if sep:
+        if sep == "\t" or (not sep and "\t" in line):
+            fields = [x for x in raw.split("\t") if x.strip()]  # TAB-separated: the path keeps every character
+            fields[1:] = [x.strip() for x in fields[1:]]
+        elif sep:
             fields = [x.strip() for x in line.split(sep)]
-        elif "\t" in line:
-            fields = [x.strip() for x in line.split("\t") if x.strip()]
         elif '"' in line:
             fields = [x for x in next(csv.reader([line], delimiter=" ", quotechar='"', skipinitialspace=True)) if x]
         else:
@@ -268,19 +407,15 @@ def _parse_list(path: str, lines: List[str], prefix: str, labeler: _Labeler, sep
                     "not supported)")
             fields = [fields[0], fields[2]]  # PySlowFast "path fn label"
         if len(fields) == 1:
-            paths.append(join(fields[0]))
-            labels.append(-1)
-            numbers.append(n)
+            rows.add(join(fields[0]), -1, n)
             continue
         if len(fields) != 2 or not fields[0]:
             raise AnnotationError(
                 f"{where}: expected 'path label' (or 'path', or 'path N label'), got {len(fields)} fields: "
                 f"{line!r} (multi-label lines and raw-frame lists are not supported; a path with spaces needs "
                 "a TAB before the label, quotes, or DATA.PATH_LABEL_SEPARATOR)")
-        labels.append(labeler(fields[1], where))
-        paths.append(join(fields[0]))
-        numbers.append(n)
-    return VideoRecords(paths, labels, numbers)
+        rows.add(join(fields[0]), labeler(fields[1], where), n)
+    return rows.table()
 
 
 def _int_field(text: str, name: str, where: str) -> int:
@@ -307,30 +442,35 @@ def _class_folders(prefix: str) -> Dict[str, str]:
     return out
 
 
-def _parse_kinetics(path: str, lines: List[str], prefix: str, labeler: _Labeler, layout: str) -> VideoRecords:
-    rows = []
-    header = None
-    for n, row in enumerate(csv.reader(io.StringIO("\n".join(lines))), 1):
-        if not row:
-            continue
-        row = [c.strip() for c in row]
-        if not any(row) or row[0].startswith("#"):
-            continue
-        if header is None and "youtube_id" in [c.lower() for c in row]:
-            header = [c.lower() for c in row]
-            missing = {"youtube_id", "time_start", "time_end"} - set(header)
-            if missing:
-                raise AnnotationError(f"{path}:{n}: Kinetics CSV header lacks {sorted(missing)}: {row}")
-            continue
-        rows.append((n, row))
-    if header is None:  # header-less: by field count
-        width = len(rows[0][1]) if rows else 0
-        if rows and width not in (4, 5, 6):
-            raise AnnotationError(f"{path}:{rows[0][0]}: expected the official Kinetics CSV columns "
+def _csv_fields(text: str, where: str) -> List[str]:
+    """The comma-separated fields of one line (double quotes as in the official CSV), stripped."""
+    try:
+        return [c.strip() for c in next(csv.reader([text]), [])]
+    except csv.Error as e:
+        raise AnnotationError(f"{where}: not a CSV line ({e}): {text[:200]!r}") from None
+
+
+def _parse_kinetics(path: str, lines: Iterable[Tuple[int, str]], prefix: str, labeler: _Labeler,
+                    layout: str) -> VideoRecords:
+    rows = ((n, _csv_fields(text, f"{path}:{n}")) for n, text in lines)
+    rows = ((n, row) for n, row in rows if any(row) and not row[0].startswith("#"))
+    first = next(rows, None)
+    if first is None:
+        return VideoRecords([], [], [])
+    n, row = first
+    if "youtube_id" in [c.lower() for c in row]:
+        header = [c.lower() for c in row]
+        missing = {"youtube_id", "time_start", "time_end"} - set(header)
+        if missing:
+            raise AnnotationError(f"{path}:{n}: Kinetics CSV header lacks {sorted(missing)}: {row}")
+    else:  # header-less: by field count
+        if len(row) not in (4, 5, 6):
+            raise AnnotationError(f"{path}:{n}: expected the official Kinetics CSV columns "
                                   "label,youtube_id,time_start,time_end,split[,is_cc] (or youtube_id,time_start,"
-                                  f"time_end,split for the test split), got {width} fields: {rows[0][1]}")
-        header = (["youtube_id", "time_start", "time_end", "split"] if width == 4 else
-                  ["label", "youtube_id", "time_start", "time_end", "split", "is_cc"][:width])
+                                  f"time_end,split for the test split), got {len(row)} fields: {row}")
+        header = (["youtube_id", "time_start", "time_end", "split"] if len(row) == 4 else
+                  ["label", "youtube_id", "time_start", "time_end", "split", "is_cc"][:len(row)])
+        rows = itertools.chain([first], rows)
     col = {c: i for i, c in enumerate(header)}
     has_label = "label" in col
     if layout not in ("auto", "class", "flat"):
@@ -348,9 +488,8 @@ def _parse_kinetics(path: str, lines: List[str], prefix: str, labeler: _Labeler,
         layout = "flat"
     join = _joiner(prefix)
     i_yid, i_ts, i_te, i_label = col["youtube_id"], col["time_start"], col["time_end"], col.get("label")
-    paths: List[str] = []
-    labels: List[int] = []
-    numbers: List[int] = []
+    out = _Rows(path)
+    listed: Dict[str, Dict[str, str]] = {}  # clip folder (relative) -> its videos, listed once
     for n, row in rows:
         where = f"{path}:{n}"
         if len(row) != len(header):
@@ -361,18 +500,18 @@ def _parse_kinetics(path: str, lines: List[str], prefix: str, labeler: _Labeler,
             raise AnnotationError(f"{where}: empty youtube_id")
         ts = _int_field(row[i_ts], "time_start", where)
         te = _int_field(row[i_te], "time_end", where)
-        name = kinetics_clip_name(yid, ts, te)
-        label = -1
+        stem = kinetics_clip_name(yid, ts, te, ext="")
+        label, folder = -1, ""
         if has_label:
             text = row[i_label]
             label = labeler(text, where)
             if layout == "class":
-                folder = folders.get(class_key(text)) or text.replace(" ", "_")
-                name = folder + "/" + name
-        paths.append(join(name))
-        labels.append(label)
-        numbers.append(n)
-    return VideoRecords(paths, labels, numbers)
+                folder = (folders.get(class_key(text)) or text.replace(" ", "_")) + "/"
+        if folder not in listed:
+            listed[folder] = _video_files((_join(prefix, folder) if folder else prefix) or ".")
+        name = listed[folder].get(stem, stem + ".mp4")  # .mp4: not there (the decoder reports it missing)
+        out.add(join(folder + name), label, n)
+    return out.table()
 
 
 def load_annotations(path: str, fmt: str = "auto", path_prefix: str = "", label_map: str = "",
@@ -395,10 +534,16 @@ def load_annotations(path: str, fmt: str = "auto", path_prefix: str = "", label_
     """
     if fmt not in FORMATS:
         raise AnnotationError(f"{path}: format {fmt!r} is not one of {FORMATS}")
-    lines = _read_lines(path)
+    lines = iter_lines(path)
+    head = []  # the lines up to the first entry, which tells the format
+    for n, text in lines:
+        head.append((n, text))
+        if text.strip() and not text.strip().startswith("#"):
+            break
     explicit = fmt != "auto"
     if fmt == "auto":
-        fmt = detect_format(lines, path)
+        fmt = detect_format([text for _, text in head], path)
+    lines = itertools.chain(head, lines)
     if fmt == "kinetics_csv" and not label_map:
         label_map = DEFAULT_KINETICS400_LABEL_MAP
     names = read_label_map(label_map) if label_map else None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Tuple
 
-from gcvideo.data.annotations import AnnotationError, load_annotations
+from gcvideo.data.annotations import AnnotationError, iter_lines, load_annotations
 from gcvideo.data.decoder import FrameCountChanged, VideoDecodeError, open_video
 from gcvideo.utils.io import atomic_write_text, path_manager
 from gcvideo.utils.parallel import parallel_imap
@@ -71,9 +71,7 @@ def check_annotations(csv_path: str, fmt: str = "auto", path_prefix: str = "", l
     broken_path = os.path.join(out_dir, f"{stem}.broken.txt")
     clean_path = os.path.join(out_dir, f"{stem}.clean{ext or '.csv'}")
     bad_lines = {records[i].line for i in reasons}
-    with path_manager.open(csv_path, "r") as f:
-        lines = f.read().splitlines(keepends=True)
-    clean = "".join(line for n, line in enumerate(lines, 1) if n not in bad_lines)
+    clean = "".join(text + "\n" for n, text in iter_lines(csv_path) if n not in bad_lines)  # numbered as read
     broken: List[str] = [f"{records[i].path}\t{reasons[i]}\n" for i in sorted(reasons)]
     path_manager.mkdirs(out_dir)
     atomic_write_text(broken_path, "".join(broken))

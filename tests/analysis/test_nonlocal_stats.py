@@ -249,6 +249,16 @@ def test_read_video_list(toy_setup, tmp_path):
     assert read_video_list(str(plain), path_prefix="/videos") == [REAL, "/videos/rel.mp4"]
 
 
+def test_read_video_list_non_utf8_is_one_error(tmp_path):
+    """A plain list in another encoding: the fallback reader names file:line too (no UnicodeDecodeError)."""
+    from gcvideo.data import AnnotationError
+
+    lst = tmp_path / "list.txt"
+    lst.write_bytes("a.mp4\ncaf\u00e9.mp4\n".encode("latin-1"))
+    with pytest.raises(AnnotationError, match=r"list.txt:2: not UTF-8 text \(byte 0xe9 at column 4\)"):
+        read_video_list(str(lst))
+
+
 def test_analyze_library_matches_direct(toy_setup, tmp_path):
     """analyze_nonlocal on a real video = collect_nonlocal_stats on the dataset's clip."""
     from gcvideo.data import build_views_dataset

@@ -95,7 +95,9 @@ def test_memory_error_in_a_transform_is_a_failed_video(hostile, tmp_path, monkey
         return real(frames, *a, **kw)
 
     monkeypatch.setattr(DS, "make_views", boom)
-    rows = [hostile["good"], hostile["one_frame"], hostile["good"]]
+    again = str(tmp_path / "good_again.mp4")  # the good video under a second name: one path, one label
+    os.symlink(hostile["good"], again)
+    rows = [hostile["good"], hostile["one_frame"], again]
     cfg = cfg_for(str(tmp_path), rows)
     ds = build_dataset(cfg, "test")
     items = [ds[i] for i in range(3)]

@@ -115,9 +115,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     stop, run_time, run_iters = False, 0.0, 0
     tic = time.perf_counter()
     for it, batch in enumerate(loader, start=start_iter):
-        # 1. time spent waiting for the loader; the step's heartbeat (names a rank that stalls)
+        # 1. time spent waiting for the loader
         t_data = time.perf_counter() - tic
-        du.step_started(global_iter)
+        du.step_started(global_iter)  # this process's heartbeat: a stalled rank gets named
         # 2. learning rate of this iteration (warmup, then cosine)
         lr = schedule.step(global_iter)
         # 3. clips and labels to the device: (B, 3, T, H, W), (B,) (B = videos x DATA.NUM_SAMPLES;

@@ -170,6 +170,14 @@ class StepWatch:
 _watch: Optional[StepWatch] = None
 
 
+def _is_collective_timeout(e: BaseException) -> bool:
+    """A collective that waited out the process group's timeout (gloo: "Timed out waiting Nms for
+    recv/send"; the NCCL watchdog: "collective operation timeout"), not e.g. a DataLoader's."""
+    msg = str(e).lower()
+    return ("timed out waiting" in msg or "collective operation timeout" in msg
+            or (isinstance(e, dist.DistError) and ("timed out" in msg or "timeout" in msg)))
+
+
 def step_started(step: int) -> None:
     """The training loop's one call per step (its batch is here): this process's heartbeat."""
     if _watch is not None:
@@ -213,7 +221,7 @@ def process_group(device_type: str, timeout_s: float = 1800.0):
         finished = True
     except Exception as e:
         watch = _watch
-        if not (created and watch is not None and "timed out" in str(e).lower()):
+        if not (created and watch is not None and _is_collective_timeout(e)):
             raise
         behind = watch.ranks_behind()
         who = (f"rank(s) {', '.join(map(str, behind))} did not reach iteration {watch._step + 1}" if behind

@@ -298,6 +298,16 @@ _C.TEST.BATCH_SIZE = 4
 # Checkpoint to evaluate ("" = the newest in OUTPUT_DIR).
 _C.TEST.CHECKPOINT = ""
 
+# ---------------------------------------------------------------------------
+# Several processes (torchrun)
+# ---------------------------------------------------------------------------
+_C.DIST = CfgNode()
+# Seconds a collective (gradient all-reduce, barrier) waits for the other processes before the
+# run fails with an error naming the ranks that did not come (the process group's timeout). A
+# training step that takes 10x the last steps' median (at least 60 s, at most half of this)
+# logs a warning naming them first (gcvideo/engine/distributed.py: StepWatch).
+_C.DIST.TIMEOUT = 1800.0
+
 
 _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds datasets/, configs/
 
@@ -509,6 +519,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _check_types(cfg, _C)
     m, c, d, s, t, te = cfg.MODEL, cfg.CONTEXT, cfg.DATA, cfg.SOLVER, cfg.TRAIN, cfg.TEST
     _one_of(cfg.DEVICE, "DEVICE", ["auto", "cpu", "cuda"])
+    _check(1 <= cfg.DIST.TIMEOUT < float("inf"), "DIST.TIMEOUT", cfg.DIST.TIMEOUT, "a number of seconds >= 1")
     # ---- model
     if m.STAGE_DEPTHS:
         _check(len(m.STAGE_DEPTHS) == 4 and all(isinstance(x, int) and x >= 1 for x in m.STAGE_DEPTHS),

@@ -61,6 +61,8 @@ def test_yaml_and_command_line_override(tmp_path):
     (["DATA.TRAIN_CROP_SIZE", "300"], r"DATA\.TRAIN_CROP_SIZE = 300"),
     (["DATA.PREFETCH_FACTOR", "0"], r"DATA\.PREFETCH_FACTOR = 0 .*positive number of batches per worker"),
     (["TRAIN.CPU_THREADS", "-1"], r"TRAIN\.CPU_THREADS = -1 .*0 \(automatic\) or a positive thread count"),
+    (["DIST.TIMEOUT", "0"], r"DIST\.TIMEOUT = 0\.0 .*a number of seconds >= 1"),
+    (["DIST.TIMEOUT", "1e999"], r"DIST\.TIMEOUT = inf "),
     (["SOLVER.WARMUP_EPOCHS", "500.0"], r"SOLVER\.WARMUP_EPOCHS = 500\.0"),
     (["MODEL.DEPTH"], r"KEY VALUE pairs"),
     (["CONTEXT.RATIO", "None"], r"CONTEXT\.RATIO = None is empty .*expected float"),

@@ -10,18 +10,22 @@ of the first video stream's packets (frames an edit list discards not counted); 
 clean file, the ``i``-th frame a full sequential decode outputs. A read returns exactly
 those frames or raises VideoDecodeError naming the file and why; never a neighbour.
 
-* PyAV (default): the container is demuxed once into memory (video packets only); that
-  packet index is also what the other backends are checked against. The frame count is
-  the number of non-discarded video packets. For MP4/MOV/Matroska with unique packet
-  timestamps the reader starts decoding at the last keyframe at or before the first
-  wanted frame (a keyframe whose packet the decoder rejects is never a start), jumps
-  (in memory, no container seek) to a later keyframe when nothing is wanted in between,
+* PyAV (default): the container is demuxed once into a packet index (per video packet:
+  timestamps, byte offset, size, keyframe flag; no packet data is kept, so memory does not
+  grow with the file); that index is also what the other backends are checked against.
+  The frame count is the number of non-discarded video packets. A read demuxes again only
+  the packets it needs, each checked against the index (a packet that differs: the
+  sequential mode). For MP4/MOV/Matroska with unique packet
+  timestamps the reader seeks to the last keyframe at or before the first
+  wanted frame (a keyframe whose packet the decoder rejects is never a start), seeks
+  to a later keyframe when nothing is wanted in between,
   and tells the decoder to skip non-reference frames that are not wanted
   (``skip_frame=NONREF``; exact, those frames are never used by other frames). A wanted
   frame that does not come out while a later one does is ``damaged: ...``; none coming
   out up to the end means the stream ends early (FrameCountChanged). Other containers
   (AVI with packed B-frames, GIF, ...) or a surprise (output timestamps not increasing)
-  use the sequential mode: decode from the first packet and count output frames; after
+  use the sequential mode: decode from the first packet (a second demux of the
+  file) and count output frames; after
   a rejected packet later frames cannot be numbered, and asking for one is ``damaged``.
   A container that stops demuxing early (truncated file) keeps the packets read so far.
 * decord: ``VideoReader.get_batch`` (never ``seek()`` + ``next()``), used only where its
@@ -49,9 +53,10 @@ reuses one ``VideoReformatter`` per reader (a fresh swscale context per frame co
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -66,6 +71,8 @@ _TIMESTAMP_CONTAINERS = ("mov", "mp4", "matroska", "webm")
 logger = logging.getLogger(__name__)
 # Frame rates outside this range are treated as unknown.
 _FPS_RANGE = (0.1, 1000.0)
+# A packet without a timestamp, in the packet index.
+_NO_TS = np.iinfo(np.int64).min
 
 
 class VideoDecodeError(RuntimeError):
@@ -155,8 +162,18 @@ def _valid_fps(fps) -> bool:
     return np.isfinite(f) and _FPS_RANGE[0] <= f <= _FPS_RANGE[1]
 
 
+class _IndexMismatch(Exception):
+    """A second demux does not give the packets of the index (``read`` then decodes sequentially)."""
+
+
+def _packet_key(p) -> Tuple[int, int, int]:
+    """What identifies a demuxed packet in the index: (pts, byte offset, size). (Not dts: the
+    Matroska demuxer guesses it from the packets before, so it differs after a seek.)"""
+    return _NO_TS if p.pts is None else int(p.pts), -1 if p.pos is None else int(p.pos), int(p.size)
+
+
 class _PyAVBackend:
-    """PyAV reader over a fully demuxed packet list (see module docstring)."""
+    """PyAV reader over a packet index demuxed once without the packets' data (see module docstring)."""
 
     name = "pyav"
 
@@ -175,6 +192,7 @@ class _PyAVBackend:
             if not container.streams.video:
                 raise VideoDecodeError(path, "no_video_stream: the file has no video stream")
             stream = container.streams.video[0]
+            self._stream = stream
             stream.thread_type = "SLICE" if threads != 1 else "NONE"
             stream.codec_context.thread_count = max(int(threads), 0)
             self._cc = stream.codec_context
@@ -183,12 +201,13 @@ class _PyAVBackend:
                 if rate is not None and _valid_fps(rate):
                     fps = float(rate)
                     break
-            packets = []
+            keys, flags = [], []  # per packet: (pts, pos, size, dts), (keyframe, discard); no data kept
             self.demux_error = ""
             try:
                 for p in container.demux(stream):
                     if p.size > 0:
-                        packets.append(p)
+                        keys.append(_packet_key(p) + (_NO_TS if p.dts is None else int(p.dts),))
+                        flags.append((p.is_keyframe, p.is_discard))
             except Exception as e:  # truncated / damaged container: keep what was read
                 self.demux_error = _first_line(e)
             self._container_format = container.format.name or ""
@@ -196,16 +215,18 @@ class _PyAVBackend:
         except BaseException:
             container.close()
             raise
-        self._packets = packets
-        frame_packets = [p for p in packets if not p.is_discard]
-        pts = [p.pts for p in frame_packets]
+        self._keys = np.array(keys, dtype=np.int64).reshape(-1, 4)  # (P, 4) pts, pos, size, dts
+        is_key = [k for k, _ in flags]
+        pts = [key[0] for key, (_, discard) in zip(keys, flags) if not discard]
+        pts = [None if t == _NO_TS else t for t in pts]
+        del keys
         self._indexed = (
             any(n in self._container_format.split(",") for n in _TIMESTAMP_CONTAINERS)
             and all(x is not None for x in pts) and len(set(pts)) == len(pts))
         self._frame_pts: List[int] = sorted(pts) if self._indexed else []
         self._pts_set = set(self._frame_pts)
         if self._indexed:
-            keys = [(i, p.pts) for i, p in enumerate(packets) if p.is_keyframe]
+            keys = [(i, int(self._keys[i, 0])) for i, k in enumerate(is_key) if k]
             kpts = [k for _, k in keys]
             if not keys or kpts != sorted(kpts) or keys[0][1] > self._frame_pts[0]:
                 self._indexed = False
@@ -213,7 +234,12 @@ class _PyAVBackend:
                 self._key_pos = [i for i, _ in keys]
                 self._key_pts = kpts
                 self._bad_keys = set()  # keyframe positions whose packet the decoder rejected
-        self.num_frames = len(frame_packets)
+                found: Dict[Tuple[int, ...], int] = {}
+                for i in self._key_pos:  # where a seek lands, by packet key (ambiguous keys left out)
+                    key = tuple(self._keys[i, :3].tolist())
+                    found[key] = -1 if key in found else i
+                self._key_at = {k: i for k, i in found.items() if i >= 0}
+        self.num_frames = len(pts)
         if self.num_frames == 0:
             self.close()
             extra = f" (demuxing stopped: {self.demux_error})" if self.demux_error else ""
@@ -238,6 +264,57 @@ class _PyAVBackend:
             self._container.close()
             self._container = None
 
+    def _packets(self, start: int) -> Iterator[Tuple[int, object]]:
+        """(position, packet) for the index's packets from ``start`` on, demuxed now: only what
+        the caller consumes is read, and no packet is kept. Each packet must be the index's packet
+        at its position (``_packet_key``), else ``_IndexMismatch``; a demux error ends the packets."""
+        if start >= len(self._keys):
+            return
+        container, demux, j = self._position(start)
+        try:
+            while j < len(self._keys):
+                try:
+                    p = next(demux)
+                except StopIteration:
+                    return
+                except Exception:  # a truncated / damaged container: the packets end here
+                    return
+                if p.size <= 0:
+                    continue
+                if _packet_key(p) != tuple(self._keys[j, :3].tolist()):
+                    raise _IndexMismatch(f"packet {j} differs from the index")
+                if j >= start:
+                    yield j, p
+                j += 1
+        finally:
+            if container is not self._container:
+                container.close()
+
+    def _position(self, start: int):
+        """(container, packet iterator, position of its first packet), that position <= ``start``.
+
+        Indexed files seek to the keyframe at ``start`` (in the stream's timestamps; a seek
+        that lands after it tries the two keyframes before); elsewhere, or when the landing
+        packet is not a known keyframe, a second container demuxes from the first packet."""
+        import av
+
+        k = bisect.bisect_left(self._key_pos, start) if self._indexed else 0
+        if self._indexed and k < len(self._key_pos) and self._key_pos[k] == start:
+            for pos in self._key_pos[max(k - 2, 0):k + 1][::-1]:
+                pts, dts = int(self._keys[pos, 0]), int(self._keys[pos, 3])
+                ts = min(t for t in (pts, dts) if t != _NO_TS)  # MP4 seeks by dts, Matroska by pts
+                try:
+                    self._container.seek(ts, stream=self._stream, backward=True)
+                    demux = self._container.demux(self._stream)
+                    first = next(p for p in demux if p.size > 0)
+                except Exception:  # cannot seek, or nothing after the seek
+                    break
+                j = self._key_at.get(_packet_key(first))
+                if j is not None and j <= start:
+                    return self._container, itertools.chain([first], demux), j
+        container = av.open(self._local, metadata_errors="ignore")
+        return container, container.demux(container.streams.video[0]), 0
+
     def _codec(self):
         """The stream's decoder, reset so that decoding can start at a keyframe."""
         if self._container is None:
@@ -253,12 +330,18 @@ class _PyAVBackend:
                                               f"{[i for i in wanted if i < 0 or i >= self.num_frames][:5]}")
         frames: Optional[Dict[int, np.ndarray]] = None
         if self._indexed:
-            frames = self._read_indexed(wanted, size)
+            try:
+                frames = self._read_indexed(wanted, size)
+            except _IndexMismatch:
+                frames = None
             if frames is None:  # surprise: trust only a sequential decode from now on
                 self._indexed = False
                 self.mode = "sequential"
         if frames is None:
-            frames = self._read_sequential(wanted, size)
+            try:
+                frames = self._read_sequential(wanted, size)
+            except _IndexMismatch as e:
+                raise VideoDecodeError(self.path, f"unreadable: the container demuxes differently each time ({e})")
         return np.stack([frames[int(i)] for i in indices])  # (K, H, W, 3)
 
     @staticmethod
@@ -286,21 +369,23 @@ class _PyAVBackend:
         cc = self._codec()
         rejected = ""
         try:
-            packets = self._packets
+            packets: Iterator[Tuple[int, object]] = iter(())
             pos = -1
             last_pts = None
             done = False
             while remaining and not done:
                 # Keyframe to start from for the earliest frame still wanted.
                 target = self._key_pos[self._start_key(remaining[0])]
-                if target > pos:  # jump: everything wanted before it is already out
+                if target > pos:  # jump (a seek): everything wanted before it is already out
                     if pos >= 0:
                         cc.flush_buffers()
+                    packets = self._packets(target)
                     pos = target
                     last_pts = None
                 start = pos
-                if pos < len(packets):
-                    p = packets[pos]
+                item = next(packets, None)
+                if item is not None:
+                    p = item[1]
                     pos += 1
                     # unwanted non-reference frames are skipped (keyframes are references anyway; decoding
                     # them fully makes a damaged one fail here, not silently)
@@ -359,7 +444,7 @@ class _PyAVBackend:
         start = bisect.bisect_left(self._frame_pts, self._key_pts[k])
         cc = self._codec()
         last = start - 1
-        for p in self._packets[self._key_pos[k]:] + [None]:
+        for p in itertools.chain((p for _, p in self._packets(self._key_pos[k])), [None]):
             try:
                 decoded = cc.decode(p)
             except Exception:
@@ -381,7 +466,7 @@ class _PyAVBackend:
         cc = self._codec()
         n = 0
         rejected_at, rejected = None, ""
-        for p in self._packets + [None]:
+        for p in itertools.chain((p for _, p in self._packets(0)), [None]):
             try:
                 decoded = cc.decode(p)
             except Exception as e:  # damaged packet: skip it, as ffmpeg does (and remember where)

@@ -16,22 +16,34 @@ The samplers here replace ``DistributedSampler``:
 
 ``SyncBatchNorm`` in PyTorch runs on GPUs only; ``convert_sync_batchnorm`` uses
 it on CUDA and our ``CPUSyncBatchNorm`` (same maths, all_reduce over gloo) on CPU.
+
+A process that stops answering (stopped, swapping, stuck in I/O) makes the others wait in their
+next collective. ``StepWatch`` names it: the training loop calls ``step_started`` once per step,
+which records the step in the process group's store; a thread of every process warns, naming
+the ranks that have not reached the step, when a step takes far longer than the last ones
+(``STALL_FACTOR`` x their median, at least ``STALL_MIN_S``, at most half of DIST.TIMEOUT). After
+DIST.TIMEOUT the waiting collective fails, and ``process_group`` raises ``RankTimeout`` naming
+those ranks and the setting.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import gc
+import logging
 import os
 import pickle
-from typing import Any, Callable, Iterator, List
+import threading
+import time
+from typing import Any, Callable, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import Sampler
 
-__all__ = ["BatchSizeError",
+__all__ = ["BatchSizeError", "RankTimeout", "StepWatch", "step_started",
            "init_distributed", "cleanup_distributed", "process_group", "is_distributed", "get_rank", "get_world_size",
            "is_main_process", "barrier", "all_gather_object", "all_reduce_sum", "broadcast_object", "run_on_main_process",
            "broadcast_buffers", "TrainSampler",
@@ -54,12 +66,132 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def init_distributed(device_type: str) -> bool:
+logger = logging.getLogger(__name__)
+# A step that takes STALL_FACTOR x the median of the last STALL_WINDOW steps (and at least
+# STALL_MIN_S seconds; at most half of DIST.TIMEOUT, so that the warning comes before the
+# timeout's error) makes StepWatch name the ranks that have not reached it.
+STALL_FACTOR = 10.0
+STALL_MIN_S = 60.0
+STALL_WINDOW = 50
+_STEP_KEY = "gcvideo/step/{}"  # store key: the last step rank {} started
+
+
+class RankTimeout(RuntimeError):
+    """A collective waited DIST.TIMEOUT seconds for processes that did not come."""
+
+
+class StepWatch:
+    """The training steps' heartbeat through the process group's ``store`` (see module docstring).
+
+    ``beat(step)`` (main thread, once per step) sets ``gcvideo/step/<rank>``; a daemon thread
+    checks about every second how long the current step has taken, and past ``limit()`` reads
+    every rank's step from the store and warns, naming the ranks behind. Only the lowest rank
+    that reached the step warns (every process sees the same ranks behind), once per step.
+    """
+
+    def __init__(self, store, rank: int, world: int, timeout_s: float, factor: float = STALL_FACTOR,
+                 min_s: float = STALL_MIN_S):
+        self.store, self.rank, self.world = store, rank, world
+        self.timeout_s, self.factor, self.min_s = float(timeout_s), float(factor), float(min_s)
+        self._times: collections.deque = collections.deque(maxlen=STALL_WINDOW)  # seconds per step
+        self._step: Optional[int] = None
+        self._since = 0.0
+        self._warned: Optional[int] = None
+        self._store_failed = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.store.set(_STEP_KEY.format(rank), "-1")
+        self._thread = threading.Thread(target=self._watch, name="gcvideo-step-watch", daemon=True)
+        self._thread.start()
+
+    def beat(self, step: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._step is not None and step > self._step:
+                self._times.append(now - self._since)
+            self._step, self._since = step, now
+        try:
+            self.store.set(_STEP_KEY.format(self.rank), str(step))
+        except Exception as e:  # the heartbeat only informs; the collectives decide whether the run goes on
+            if not self._store_failed:
+                self._store_failed = True
+                logger.warning("rank %d: cannot record the step in the process group's store (%s); stalled "
+                               "ranks will not be named", self.rank, str(e).strip().splitlines()[0][:200])
+
+    def median(self) -> float:
+        """Median seconds of the last steps (0 before the second step)."""
+        with self._lock:
+            times = sorted(self._times)
+        return times[len(times) // 2] if times else 0.0
+
+    def limit(self) -> float:
+        """Seconds after which the current step counts as stalled."""
+        return min(max(self.factor * self.median(), self.min_s), self.timeout_s / 2)
+
+    def ranks_behind(self) -> Optional[List[int]]:
+        """The ranks whose last started step is before this process's (None: no step yet, or the
+        store does not answer)."""
+        with self._lock:
+            step = self._step
+        if step is None:
+            return None
+        try:
+            keys = [_STEP_KEY.format(r) for r in range(self.world)]
+            steps = [int(self.store.get(k)) if self.store.check([k]) else -1 for k in keys]
+        except Exception:  # the store went away with its host
+            return None
+        return [r for r, s in enumerate(steps) if s < step]
+
+    def _watch(self) -> None:
+        poll_s = min(1.0, self.timeout_s / 40)
+        next_check = 0.0
+        while not self._stop.wait(poll_s):
+            with self._lock:
+                step, since = self._step, self._since
+            now = time.monotonic()
+            if step is None or step == self._warned or now < max(next_check, since + self.limit()):
+                continue
+            next_check = now + self.limit()
+            behind = self.ranks_behind()
+            if not behind or min(set(range(self.world)) - set(behind)) != self.rank:
+                continue
+            self._warned = step
+            logger.warning("rank %d: iteration %d has waited %.0f s (%.2f s a step before) for rank(s) %s, "
+                           "which have not reached it (stopped, swapping or stuck?); DIST.TIMEOUT = %g s ends "
+                           "the run if they do not come", self.rank, step + 1, now - since,
+                           self.median(), ", ".join(map(str, behind)),
+                           self.timeout_s)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+_watch: Optional[StepWatch] = None
+
+
+def _is_collective_timeout(e: BaseException) -> bool:
+    """A collective that waited out the process group's timeout (gloo: "Timed out waiting Nms for
+    recv/send"; the NCCL watchdog: "collective operation timeout"), not e.g. a DataLoader's."""
+    msg = str(e).lower()
+    return ("timed out waiting" in msg or "collective operation timeout" in msg
+            or (isinstance(e, dist.DistError) and ("timed out" in msg or "timeout" in msg)))
+
+
+def step_started(step: int) -> None:
+    """The training loop's one call per step (its batch is here): this process's heartbeat."""
+    if _watch is not None:
+        _watch.beat(step)
+
+
+def init_distributed(device_type: str, timeout_s: float = 1800.0) -> bool:
     """Join the process group torchrun describes (if any); True when we created it.
 
     Uses nccl for CUDA and gloo for CPU. A single process (WORLD_SIZE unset or 1)
-    stays out of torch.distributed entirely.
+    stays out of torch.distributed entirely. ``timeout_s`` (DIST.TIMEOUT): how long a
+    collective waits for the other processes; a ``StepWatch`` starts with the group.
     """
+    global _watch
     if is_distributed():
         return False
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -72,18 +204,31 @@ def init_distributed(device_type: str) -> bool:
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    _watch = StepWatch(dist.distributed_c10d._get_default_store(), dist.get_rank(), dist.get_world_size(),
+                       timeout_s)
     return True
 
 
 @contextlib.contextmanager
-def process_group(device_type: str):
+def process_group(device_type: str, timeout_s: float = 1800.0):
     """``init_distributed`` on entry, ``cleanup_distributed`` on exit (``finished`` unless the
-    body raised): what ``train`` and ``test`` run inside."""
-    created, finished = init_distributed(device_type), False
+    body raised): what ``train`` and ``test`` run inside. A collective's timeout in the body is
+    raised as ``RankTimeout`` naming the ranks that had not reached the step and DIST.TIMEOUT."""
+    created, finished = init_distributed(device_type, timeout_s), False
     try:
         yield
         finished = True
+    except Exception as e:
+        watch = _watch
+        if not (created and watch is not None and _is_collective_timeout(e)):
+            raise
+        behind = watch.ranks_behind()
+        who = (f"rank(s) {', '.join(map(str, behind))} did not reach iteration {watch._step + 1}" if behind
+               else "the other processes did not come")
+        raise RankTimeout(f"rank {watch.rank}: waited DIST.TIMEOUT = {timeout_s:g} s and {who} (stopped, "
+                          f"crashed or stuck?); rerun the same command to resume from the last checkpoint "
+                          f"({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})") from e
     finally:
         cleanup_distributed(created, finished)
 
@@ -97,6 +242,10 @@ def cleanup_distributed(created: bool, finished: bool = True) -> None:
     groups go, so that DDP's reducer and the SyncBN modules let go of them while they and
     the interpreter are alive, not at interpreter exit.
     """
+    global _watch
+    if created and _watch is not None:
+        _watch.close()
+        _watch = None
     if created and is_distributed():
         if finished:
             dist.barrier()

@@ -200,7 +200,7 @@ def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dat
     """Evaluate TEST.CHECKPOINT (or the newest readable one in OUTPUT_DIR) with TEST.* views; returns
     the report (rank 0)."""
     device = select_device(cfg.DEVICE)
-    with du.process_group(device.type):
+    with du.process_group(device.type, cfg.DIST.TIMEOUT):
         set_determinism(cfg.TRAIN.DETERMINISTIC, device)
         tune_cpu_threads(cfg.TRAIN.CPU_THREADS, cfg.DATA.NUM_WORKERS, device)
         tune_cpu_memory(cfg.TRAIN.CPU_KEEP_FREED_MEMORY, device)

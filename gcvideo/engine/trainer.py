@@ -117,6 +117,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     for it, batch in enumerate(loader, start=start_iter):
         # 1. time spent waiting for the loader
         t_data = time.perf_counter() - tic
+        du.step_started(global_iter)  # this process's heartbeat: a stalled rank gets named
         # 2. learning rate of this iteration (warmup, then cosine)
         lr = schedule.step(global_iter)
         # 3. clips and labels to the device: (B, 3, T, H, W), (B,) (B = videos x DATA.NUM_SAMPLES;
@@ -320,7 +321,7 @@ def train(cfg: CfgNode, *, dataset_builder: Optional[DatasetBuilder] = None) -> 
     Returns (on every process) ``{"epochs", "global_iter", "checkpoint", "val", "test"}``.
     """
     device = select_device(cfg.DEVICE)
-    with du.process_group(device.type):
+    with du.process_group(device.type, cfg.DIST.TIMEOUT):
         # (the steps run in their own function: its locals, the DDP/SyncBN model among them, are
         # freed before the process groups are destroyed)
         return _train_steps(cfg, device, dataset_builder or build_dataset)

@@ -106,3 +106,62 @@ def make_broken(folder: str) -> dict:
     os.remove(good)
     os.remove(p("fs_tmp.mp4"))
     return out
+
+
+def write_large_video(path: str, num_bytes: int, width: int = 320, height: int = 240, gop: int = 30) -> str:
+    """An h264 mp4 of about ``num_bytes`` made cheaply: one lossless GOP of noise frames (an IDR
+    frame, then P-frames; ~200 kB a frame at 320x240) encoded once, then muxed again and again
+    with shifted timestamps. Frame k of GOP g is noise frame k: a valid stream that decodes
+    to the same ``gop`` frames over and over."""
+    import io
+
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    with av.open(buf, "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = width, height, "yuv444p"
+        s.options = {"g": str(gop), "bf": "0", "qp": "0", "preset": "ultrafast", "threads": "1"}
+        for k in range(gop):
+            img = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    buf.seek(0)
+    with av.open(buf) as src, av.open(path, "w", format="mp4") as dst:
+        s_in = src.streams.video[0]
+        packets = [(bytes(p), p.pts, p.dts, p.is_keyframe) for p in src.demux(s_in) if p.size > 0]
+        s_out = dst.add_stream_from_template(s_in)
+        gop_bytes, span = sum(len(b) for b, _, _, _ in packets), max(t for _, t, _, _ in packets) + 1
+        for g in range(max(1, round(num_bytes / gop_bytes))):
+            for data, pts, dts, key in packets:
+                p = av.Packet(data)
+                p.stream, p.time_base = s_out, s_in.time_base
+                p.pts, p.dts, p.is_keyframe = pts + g * span, dts + g * span, key
+                dst.mux(p)
+    return path
+
+
+PEAK_RSS_SCRIPT = """
+import resource, sys, time
+from gcvideo.data.decoder import open_video
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+with open_video(sys.argv[1]) as r:
+    frames = r.read([r.num_frames // 2 + 2 * i for i in range(8) if r.num_frames // 2 + 2 * i < r.num_frames])
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, r.num_frames, frames.shape[0], time.perf_counter() - t)
+"""
+
+
+def peak_rss_of_read(path: str) -> dict:
+    """Open ``path`` and read an 8-frame clip (stride 2) from its middle with the PyAV reader in a
+    fresh Python process: its peak RSS in bytes before opening and after the read (getrusage
+    ru_maxrss), the frame count, the frames read and the seconds open + read took."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS_SCRIPT, path], capture_output=True, text=True,
+                         check=True, timeout=600).stdout.split()
+    before, after, num_frames, read = (int(v) for v in out[:4])
+    return {"before": before * 1024, "peak": after * 1024, "num_frames": num_frames, "read": read,
+            "seconds": float(out[4])}

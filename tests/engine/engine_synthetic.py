@@ -22,8 +22,9 @@ class SyntheticVideos(Dataset):
         self.n, self.k, self.t, self.s, self.v = num_videos, num_classes, frames, size, views
         self.mode, self.failed, self.skipped, self.seed = mode, set(failed), set(skipped), seed
         self.nan_epoch = nan_epoch  # every clip of this epoch is NaN
-        # (epoch, n, signal, marker): send ``signal`` to this process at the n-th item of ``epoch``,
-        # once (the marker file records that it happened)
+        # (epoch, n, signal, marker[, rank]): send ``signal`` to this process (of that rank only, if
+        # given) at the n-th item of ``epoch``, once (the marker file records that it happened and
+        # holds the process id)
         self.signal_at = signal_at
         self.epoch, self.count = 0, 0
 
@@ -54,9 +55,11 @@ class SyntheticVideos(Dataset):
         if self.mode == "train":
             self.count += 1
             if self.signal_at is not None:
-                epoch, n, sig, marker = self.signal_at
-                if self.epoch == epoch and self.count == n and not os.path.exists(marker):
-                    open(marker, "w").close()
+                epoch, n, sig, marker, *rank = self.signal_at
+                if self.epoch == epoch and self.count == n and not os.path.exists(marker) and \
+                        (not rank or int(os.environ.get("RANK", "0")) == rank[0]):
+                    with open(marker, "w") as f:
+                        f.write(str(os.getpid()))
                     os.kill(os.getpid(), sig)
             item["video"] = self._clip(index, 0)
             if index in self.skipped:

@@ -8,8 +8,11 @@ masks come from per-process RNG streams). Everything else is the default trainin
 """
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from engine_helpers import assert_same_state, checkpoint, child_env, ok, run_engine
@@ -74,3 +77,80 @@ def test_run_on_main_process_raises_rank0_error_everywhere(tmp_path):
                      f"rank1 fail_in_use: {in_use}", "rank1 fail_two_args: RuntimeError: rank 0 failed: "
                      "TwoArgError: left and right", "rank1 write_once: ok"]
     assert (tmp_path / "calls.txt").read_text() == "rank 0\n"
+
+
+def test_stalled_rank_named_within_timeout(tmp_path):
+    """Rank 1 stops itself (SIGSTOP) while loading its 2nd batch; rank 0 waits in the step's
+    all-reduce. With DIST.TIMEOUT 8 s, rank 0 warns naming rank 1 within half of it (the step's
+    limit: min(max(10 x median, 60 s), TIMEOUT / 2)), then fails with an error naming rank 1 and
+    DIST.TIMEOUT and ends (torchrun reports it and stops the others), instead of 30 silent
+    minutes and an error naming no rank. The stopped process is killed at the end."""
+    marker, log = tmp_path / "stopped.pid", tmp_path / "torchrun.txt"
+    spec = {"builder": {"num_videos": 32}, "signal_at": [0, 3, signal.SIGSTOP, str(marker), 1]}
+    args = [str(Path(__file__).with_name("engine_runner.py")), str(tmp_path / "out"), "train", json.dumps(spec),
+            "DIST.TIMEOUT", "8", "SOLVER.MAX_EPOCH", "1", "TRAIN.CHECKPOINT_ITERS", "0"]
+    events = {"warning": "iteration 2 has waited 4 s (",
+              "error": "RankTimeout: rank 0: waited DIST.TIMEOUT = 8 s and rank(s) 1 did not reach iteration 2",
+              "rank 0 ended": "closing signal SIGTERM"}  # torchrun: a worker failed, the others are stopped
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 "--nproc-per-node=2", *args], env=child_env(), stdout=out, stderr=subprocess.STDOUT)
+    pid, seen = None, {}
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and len(seen) < len(events):
+            if pid is None and marker.exists() and marker.read_text():
+                pid, stopped = int(marker.read_text()), time.monotonic()
+            text = log.read_text()
+            seen.update({k: time.monotonic() - stopped for k, needle in events.items()
+                         if pid is not None and k not in seen and needle in text})
+            time.sleep(0.1)
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        else:
+            proc.kill()
+        proc.wait(timeout=60)
+    text = log.read_text()
+    assert pid is not None and set(seen) == set(events), text[-3000:]
+    assert "for rank(s) 1, which have not reached it" in text
+    assert seen["warning"] < 8 - 1 and 8 - 1 < seen["error"] < 8 + 10 and seen["rank 0 ended"] < 8 + 30, seen
+    assert proc.returncode != 0
+
+
+def test_step_watch_names_ranks_behind(caplog):
+    """StepWatch of two ranks on one store (no processes): steps of ~0.05 s, DIST.TIMEOUT 2 s, so
+    the limit is min(max(10 x 0.05, 60), 2 / 2) = 1 s. Rank 1 stays at iteration 2 while rank 0
+    starts iteration 3: rank 0 names rank 1 (once), rank 1 says nothing. Then rank 1 goes on to
+    iteration 4 while rank 0 stays at 3: rank 1, now the lowest rank that reached the step,
+    names rank 0."""
+    import logging
+
+    import torch.distributed as dist
+
+    from gcvideo.engine.distributed import StepWatch
+
+    store = dist.HashStore()
+    watches = [StepWatch(store, r, 2, timeout_s=2.0) for r in (0, 1)]
+    try:
+        for step in (0, 1):
+            for w in watches:
+                w.beat(step)
+            time.sleep(0.05)
+        assert all(abs(w.limit() - 1.0) < 1e-9 for w in watches)
+        with caplog.at_level(logging.WARNING, logger="gcvideo.engine.distributed"):
+            watches[0].beat(2)
+            time.sleep(2.2)
+            assert watches[0].ranks_behind() == [1] and watches[1].ranks_behind() == []
+            first = [r.getMessage() for r in caplog.records]
+            watches[1].beat(2)
+            watches[1].beat(3)
+            time.sleep(2.2)
+        messages = [r.getMessage() for r in caplog.records]
+    finally:
+        for w in watches:
+            w.close()
+    assert len(first) == 1 and first[0].startswith("rank 0: iteration 3 has waited 1 s") and \
+        "for rank(s) 1, which have not reached it" in first[0] and "DIST.TIMEOUT = 2 s" in first[0]
+    assert len(messages) == 2 and messages[1].startswith("rank 1: iteration 4 has waited") and \
+        "for rank(s) 0, which" in messages[1]

@@ -4,6 +4,8 @@
 frame count, frame rate and size and decodes any set of 0-based frame indices in one
 pass (``reader.read(indices, size=None)`` -> uint8 ``(len(indices), H, W, 3)``, in the
 requested order, duplicates allowed). ``decode_frames`` is the one-call form.
+``reader.stream_info()`` gives the header fields and frame timestamps the peers' test samplers
+compute with (``StreamInfo``; gcvideo.data.sampling).
 
 Frame index ``i`` means the frame with the ``i``-th smallest presentation timestamp
 of the first video stream's packets (frames an edit list discards not counted); on a

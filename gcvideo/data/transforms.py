@@ -248,8 +248,8 @@ def make_peer_views(frames: np.ndarray, clips: Sequence[Sequence[int]], protocol
             x = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", align_corners=False)
             x = x.round_().clamp_(0, 255).to(torch.uint8)  # (K, 3, nh, nw)
     else:
-        m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         x = (x.float() / 255.0 - m) / s  # (K, 3, H, W), normalised before resizing as the peers do
         if protocol == "pytorchvideo" or (nh, nw) != (h, w):
             x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)  # (K, 3, nh, nw)

@@ -147,11 +147,18 @@ def ptv_clips(path, num_clips=10, crops=3):
     return out
 
 
-def ptv_view(frames, aug_index, size):
+def ptv_scaled(frames, size):
+    """Div255, Normalize (per channel, over (C, T, H, W)), ShortSideScale."""
     _, _, PF = ptv()
     x = frames / 255.0
     x = ((x.permute(1, 0, 2, 3) - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)).permute(1, 0, 2, 3)
-    return PF.uniform_crop(PF.short_side_scale(x, size), size, aug_index)
+    return PF.short_side_scale(x, size)
+
+
+def ptv_view(frames, aug_index, size):
+    """The test transforms: ptv_scaled, then UniformCropVideo."""
+    _, _, PF = ptv()
+    return PF.uniform_crop(ptv_scaled(frames, size), size, aug_index)
 
 
 # ---- mmaction2, written from its source ----------------------------------------------------------
@@ -189,7 +196,7 @@ def stamped(tmp_path_factory):
         "fps25": (H.write_index_video(str(d / "fps25.mp4"), 260, fps=25, gop=50), 0),
         "ntsc": (H.write_index_video(str(d / "ntsc.mp4"), 200, fps=30000 / 1001, gop=30), 0),
         "short": (H.write_index_video(str(d / "short.mp4"), 40, fps=30), 0),
-        "portrait": (H.write_index_video(str(d / "portrait.mp4"), 90, fps=25, width=128, height=176), 0),
+        "portrait": (H.write_index_video(str(d / "portrait.mp4"), 90, fps=25, width=176, height=240), 0),
     }
     # Matroska stores no duration for the stream: PySlowFast and pytorchvideo decode all frames
     out["mkv"] = (H.write_index_video(str(d / "nodur.mkv"), 120, fps=25, container_format="matroska"), 0)
@@ -263,13 +270,24 @@ def test_pytorchvideo_indices_on_stamped_videos(stamped, name):
     assert ours("pytorchvideo", path) == want
 
 
-@pytest.mark.parametrize("name", ["demo.mp4", "carphone_pristine.mp4", "portrait"])
+@pytest.mark.parametrize("name", ["demo.mp4", "carphone_pristine.mp4", "realshort.mp4", "portrait"])
 def test_pytorchvideo_views_match_its_pipeline(files_dir, stamped, name):
     path = stamped[name][0] if name in stamped else os.path.join(files_dir, name)
     got = views(path, "pytorchvideo", num_clips=3)
     for v, (aug_index, frames) in enumerate(ptv_clips(path, num_clips=3)):
         assert aug_index == v % 3
         torch.testing.assert_close(got[v], ptv_view(frames, aug_index, 256), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["demo.mp4", "portrait"])
+def test_pytorchvideo_one_crop_is_torchvision_center_crop(files_dir, stamped, name):
+    """One crop: pytorchvideo's evaluation transforms centre-crop with torchvision's CenterCrop."""
+    from torchvision.transforms import CenterCrop
+
+    path = stamped[name][0] if name in stamped else os.path.join(files_dir, name)
+    got = views(path, "pytorchvideo", num_clips=2, num_crops=1, size=96)
+    for v, (_, frames) in enumerate(ptv_clips(path, num_clips=2, crops=1)):
+        torch.testing.assert_close(got[v], CenterCrop(96)(ptv_scaled(frames, 96)), rtol=0, atol=2e-5)
 
 
 # ---- mmaction2 -----------------------------------------------------------------------------------
@@ -319,6 +337,37 @@ def test_mmaction2_views_match_its_pipeline(files_dir, stamped, name):
         for j, (x, y) in enumerate(mm_three_crop_offsets(new_h, new_w, 256)):
             want = imgs[..., y:y + 256, x:x + 256].permute(1, 0, 2, 3)  # (3, T, 256, 256)
             assert (got[i * 3 + j].float() - want).abs().max() <= 1.0
+
+
+def test_mmaction2_one_crop_is_its_center_crop(stamped):
+    """CenterCrop(S): left (w - S) // 2, top (h - S) // 2 (mmaction2 processing.py); 176x128 frames
+    are resized to 96x70 for S = 70 (int(176 * 70 / 128 + 0.5) = int(96.75) = 96)."""
+    import decord
+
+    path = stamped["fps25"][0]
+    got = views(path, "mmaction2", num_clips=2, num_crops=1, size=70, eval_uint8=True)  # (2, 3, T, 70, 70)
+    vr = decord.VideoReader(path)
+    assert mm_resize_size(176, 128, 70) == (96, 70)
+    for i, row in enumerate(mm_frame_inds(len(vr), T, R, 2)):
+        imgs = torch.from_numpy(vr.get_batch(list(row)).asnumpy()).permute(0, 3, 1, 2).float()
+        imgs = torch.nn.functional.interpolate(imgs, size=(70, 96), mode="bilinear", align_corners=False)
+        want = imgs[..., 0:70, 13:83].permute(1, 0, 2, 3)  # left (96 - 70) // 2 = 13
+        assert (got[i].float() - want).abs().max() <= 1.0
+
+
+def test_validation_views_follow_the_protocol(tmp_path, files_dir):
+    """build_dataset's val split (TRAIN.EVAL_VIEWS clips x crops) takes the protocol's views too."""
+    from gcvideo.config import get_cfg
+    from gcvideo.data import build_dataset
+
+    path = os.path.join(files_dir, "carphone_pristine.mp4")
+    (tmp_path / "val.csv").write_text(f"{path} 0\n")
+    cfg = get_cfg()
+    cfg.merge_from_list(["DATA.PATH_TO_DATA_DIR", str(tmp_path), "TRAIN.EVAL_VIEWS", [2, 3], "MODEL.NUM_CLASSES", 1,
+                         "DATA.EVAL_UINT8", False, "TEST.VIEW_PROTOCOL", "pyslowfast"])
+    ds = build_dataset(cfg, "val")
+    torch.testing.assert_close(ds[0]["video"], views(path, "pyslowfast", num_clips=2, num_crops=3))
+    assert not torch.equal(ds[0]["video"], views(path, "gcvideo", num_clips=2, num_crops=3))
 
 
 # ---- all protocols -------------------------------------------------------------------------------

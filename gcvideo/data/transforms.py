@@ -25,7 +25,7 @@ The peers' test views (``make_peer_views``, TEST.VIEW_PROTOCOL; docs/data.md):
   the short side is S (long side floor(L * S / s); not resized when the short side is S already);
   crops left/centre/right or top/centre/bottom at 0, ceil((L - S) / 2), L - S. One crop: the centre
   crop of frames resized to DATA.TRAIN_JITTER_SCALES[0] (its test_net does so).
-* ``pytorchvideo``: the same, always resized; one crop: torchvision's CenterCrop (round((L - S) / 2)).
+* ``pytorchvideo``: the same; one crop: torchvision's CenterCrop (round((L - S) / 2)).
 * ``mmaction2``: uint8 frames resized to (int(h f + 0.5), int(w f + 0.5)), f = S / short side
   (OpenCV bilinear there, torch's bilinear here, rounded: within one grey level); ThreeCrop's
   offsets 0, 2 * ((L - S) // 2), (L - S) // 2; one crop: CenterCrop's (L - S) // 2.
@@ -240,7 +240,7 @@ def make_peer_views(frames: np.ndarray, clips: Sequence[Sequence[int]], protocol
     """``make_views`` as a peer computes its test views (module docstring): frames resized to short
     side ``scale``, ``num_crops`` crops of ``size``. pyslowfast and pytorchvideo resize normalised
     float frames, so their views are float32 whatever ``as_uint8``; mmaction2's are uint8 with it."""
-    x = to_tchw(frames)  # (K, 3, H, W) uint8
+    x = to_tchw(frames).contiguous()  # (K, 3, H, W) uint8, planar: crops and arithmetic read whole rows
     h, w = x.shape[-2:]
     nh, nw = peer_resized_size(h, w, scale, protocol)
     if protocol == "mmaction2":
@@ -250,7 +250,7 @@ def make_peer_views(frames: np.ndarray, clips: Sequence[Sequence[int]], protocol
     else:
         m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-        x = (x.float() / 255.0 - m) / s  # (K, 3, H, W), normalised before resizing as the peers do
-        if protocol == "pytorchvideo" or (nh, nw) != (h, w):
+        x = x.float().div_(255.0).sub_(m).div_(s)  # (K, 3, H, W), normalised before resizing as the peers do
+        if (nh, nw) != (h, w):  # (pytorchvideo resizes to the same size too: bilinear then copies exactly)
             x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)  # (K, 3, nh, nw)
     return _crop_views(x, clips, peer_crop_offsets(nh, nw, size, num_crops, protocol), size, mean, std, as_uint8)

@@ -407,3 +407,13 @@ def test_timestamp_protocols_fail_a_video_without_a_packet_index(files_dir, prot
 def test_unknown_view_protocol_is_refused():
     with pytest.raises(ValueError, match="view_protocol = 'slowfast'"):
         VideoDataset([VideoRecord(path="x.mp4", label=-1, line=1)], train=False, view_protocol="slowfast")
+
+
+def test_config_key_names_the_allowed_protocols():
+    from gcvideo.config import ConfigError, load_cfg
+
+    assert load_cfg(None, ["TEST.VIEW_PROTOCOL", "mmaction2"]).TEST.VIEW_PROTOCOL == "mmaction2"
+    assert load_cfg(None, []).TEST.VIEW_PROTOCOL == "gcvideo"  # the default is unchanged
+    with pytest.raises(ConfigError, match="TEST.VIEW_PROTOCOL = 'slowfast' is not allowed: expected one of "
+                                          "'gcvideo', 'pyslowfast', 'pytorchvideo', 'mmaction2'"):
+        load_cfg(None, ["TEST.VIEW_PROTOCOL", "slowfast"])

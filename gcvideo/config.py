@@ -22,6 +22,7 @@ from fvcore.common.config import CfgNode
 from gcvideo.data.annotations import FORMATS as ANNOTATION_FORMATS
 from gcvideo.layers import (CONTEXT_PRESETS, CONTEXT_TYPES, FUSIONS, NL_INSTANTIATIONS, NL_POOL_POSITIONS, NORMS, POOLINGS,
                             TRANSFORMS)
+from gcvideo.data.sampling import VIEW_PROTOCOLS
 
 _C = CfgNode()
 
@@ -291,6 +292,12 @@ _C.TEST = CfgNode()
 # Temporal clips per video and spatial crops per clip (10 x 3 = 30 views).
 _C.TEST.NUM_ENSEMBLE_VIEWS = 10
 _C.TEST.NUM_SPATIAL_CROPS = 3
+# Whose test views (frame indices, resize, crop places) the test, predict and validation views use:
+# "gcvideo" (sampling.py/transforms.py docstrings) | "pyslowfast" | "pytorchvideo" | "mmaction2": as
+# that peer's own test code computes them, to reproduce the number published with its checkpoint
+# (docs/interop.md). pyslowfast and pytorchvideo resize normalised float frames: float32 views
+# whatever DATA.EVAL_UINT8.
+_C.TEST.VIEW_PROTOCOL = "gcvideo"
 # How view scores combine: "prob_mean" | "logit_mean" | "prob_max".
 _C.TEST.ENSEMBLE_METHOD = "prob_mean"
 # Videos per batch per process.
@@ -661,6 +668,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _one_of(t.MIXED_PRECISION, "TRAIN.MIXED_PRECISION", ["none", "bf16", "fp16", "auto"])
     _check(te.NUM_ENSEMBLE_VIEWS >= 1, "TEST.NUM_ENSEMBLE_VIEWS", te.NUM_ENSEMBLE_VIEWS, "a positive integer")
     _one_of(te.NUM_SPATIAL_CROPS, "TEST.NUM_SPATIAL_CROPS", [1, 3])
+    _one_of(te.VIEW_PROTOCOL, "TEST.VIEW_PROTOCOL", list(VIEW_PROTOCOLS))
     _one_of(te.ENSEMBLE_METHOD, "TEST.ENSEMBLE_METHOD", ["prob_mean", "logit_mean", "prob_max"])
     _check(te.BATCH_SIZE >= 1, "TEST.BATCH_SIZE", te.BATCH_SIZE, "a positive integer")
     _check_memory(cfg)

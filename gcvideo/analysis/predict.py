@@ -64,19 +64,22 @@ def predict_videos(model: nn.Module, dataset, class_names: Sequence[str], topk: 
                    device: Optional[str] = None, max_batch_views: int = 10, log=None,
                    progress: bool = False) -> List[Dict]:
     """Top-``topk`` classes of each video of ``dataset`` (``gcvideo.data.build_views_dataset``):
-    [{"path", "ok", "error", "views", "top": [{"index", "name", "prob"}]}], probabilities = mean
+    [{"path", "ok", "error", "views", "protocol", "top": [{"index", "name", "prob"}]}] ("protocol": the
+    dataset's TEST.VIEW_PROTOCOL, whose frames and crops the views are), probabilities = mean
     over views of the softmax (``prob_mean``). The views go to ``device`` (None: the model's) in
     chunks of ``max_batch_views``; ``class_names[i]`` names logit i. ``progress``: a bar on stderr
     counting the videos done (decoded and classified), with a rate and an ETA."""
     device = resolve_device(device) if device is not None else model_device(model)
     model.eval()
     views = f"{dataset.num_clips}x{dataset.num_crops}"
+    protocol = getattr(dataset, "view_protocol", "gcvideo")
     k = min(topk, len(class_names))
     results = []
     bar = progress_bar(total=len(dataset), desc=f"predict ({views} views)", unit="video") if progress else None
     for i in range(len(dataset)):
         item = dataset[i]
-        res = {"path": item["path"], "ok": bool(item["ok"]), "error": item["error"], "views": views, "top": []}
+        res = {"path": item["path"], "ok": bool(item["ok"]), "error": item["error"], "views": views,
+               "protocol": protocol, "top": []}
         if item["ok"]:
             x = item["video"]  # (V, 3, T, S, S)
             logits = torch.cat([model(x[a:a + max_batch_views].to(device)).float().cpu()
@@ -103,7 +106,7 @@ def format_predictions(results: List[Dict], as_json: bool = False) -> str:
         if not r["ok"]:
             lines.append(f"{r['path']}: ERROR {r['error']}")
             continue
-        lines.append(f"{r['path']} ({r['views']} views):")
+        lines.append(f"{r['path']} ({r['views']} views, {r.get('protocol', 'gcvideo')} protocol):")
         for rank, t in enumerate(r["top"], 1):
             lines.append(f"  {rank}. {t['name']:<40s} {100.0 * t['prob']:6.2f}%")
     return "\n".join(lines)

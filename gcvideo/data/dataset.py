@@ -29,8 +29,9 @@ from torch.utils.data import Dataset, default_collate
 
 from gcvideo.data.annotations import VideoRecord, VideoRecords, load_annotations
 from gcvideo.data.decoder import FrameCountChanged, VideoDecodeError, check_frame_size, open_video
-from gcvideo.data.sampling import view_clip_indices, train_clip_indices
-from gcvideo.data.transforms import draw_scale, make_views, normalize, short_side_size, to_tchw, train_clip
+from gcvideo.data.sampling import VIEW_PROTOCOLS, protocol_clip_indices, train_clip_indices
+from gcvideo.data.transforms import (draw_scale, make_peer_views, make_views, normalize, short_side_size, to_tchw,
+                                     train_clip)
 
 __all__ = ["VideoDataset", "build_dataset", "build_views_dataset", "collate_train", "SPLITS"]
 
@@ -93,7 +94,7 @@ class VideoDataset(Dataset):
                  std: Sequence[float] = (0.225, 0.225, 0.225), num_clips: int = 10, num_crops: int = 3,
                  seed: int = 0, single_view_4d: bool = False, eval_uint8: bool = False, num_samples: int = 1,
                  pair_reversed: bool = False, train_uint8: bool = False, max_frame_pixels: int = 4096 * 2304,
-                 max_aspect_ratio: float = 10.0):
+                 max_aspect_ratio: float = 10.0, view_protocol: str = "gcvideo"):
         if not len(records):
             raise ValueError("VideoDataset needs at least one video")
         # one bytes buffer + numpy arrays: DataLoader workers share these pages, never copy them
@@ -120,7 +121,12 @@ class VideoDataset(Dataset):
         self.single_view_4d = bool(single_view_4d)
         self.max_frame_pixels = int(max_frame_pixels)  # per-video bounds on what decoding/resizing allocates
         self.max_aspect_ratio = float(max_aspect_ratio)
-        self.eval_uint8 = bool(eval_uint8)  # eval items: uint8 views, normalised later (normalize_views)
+        if view_protocol not in VIEW_PROTOCOLS:
+            raise ValueError(f"view_protocol = {view_protocol!r}; expected one of {VIEW_PROTOCOLS}")
+        self.view_protocol = view_protocol  # whose test views: frame indices, resize, crops
+        # eval items: uint8 views, normalised later (normalize_views); pyslowfast and pytorchvideo resize
+        # normalised float frames, so their views stay float32
+        self.eval_uint8 = bool(eval_uint8) and view_protocol in ("gcvideo", "mmaction2")
         self.train_uint8 = bool(train_uint8)  # train items: uint8 clips, normalised later (normalize_views)
         self.num_samples = int(num_samples)  # clips per training item, from one decode
         if self.num_samples < 1:
@@ -166,13 +172,13 @@ class VideoDataset(Dataset):
         return self._train_item(index) if self.train else self._eval_item(index)
 
     def _decode(self, path: str, sample, size=None) -> tuple:
-        """Open once, compute indices with ``sample(num_frames, fps)``, read them in one pass, at the
+        """Open once, compute indices with ``sample(reader)``, read them in one pass, at the
         frame size ``size(height, width)`` returns (called after ``sample``; None: the source size)."""
         try:
             with open_video(path, self.decoder, self.decoder_threads, self.decode_device) as reader:
                 check_frame_size(path, reader.height, reader.width, self.max_frame_pixels, self.max_aspect_ratio)
                 for _ in range(3):
-                    want = sample(reader.num_frames, reader.fps)
+                    want = sample(reader)
                     flat = want if isinstance(want[0], int) else sorted({i for c in want for i in c})
                     try:
                         frames = read_frames(reader, flat, size)  # (K, h, w, 3)
@@ -186,6 +192,15 @@ class VideoDataset(Dataset):
             raise
         except Exception as e:  # anything else a damaged file provokes inside the libraries
             raise VideoDecodeError(path, f"unreadable: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+
+    def _view_indices(self, reader, path: str) -> List[List[int]]:
+        """Frame indices of the test clips of the opened video, as ``view_protocol`` computes them."""
+        info = reader.stream_info() if self.view_protocol in ("pyslowfast", "pytorchvideo") else None
+        try:
+            return protocol_clip_indices(self.view_protocol, info, reader.num_frames, reader.fps, self.num_frames,
+                                         self.sampling_rate, self.target_fps, self.num_clips)
+        except ValueError as e:  # the peer's code could not sample this video either
+            raise VideoDecodeError(path, f"view_protocol: {e}")
 
     def _train_item(self, index: int) -> dict:
         skipped: List[str] = []
@@ -205,8 +220,8 @@ class VideoDataset(Dataset):
                 return short_side_size(height, width, scales[-1])
 
             try:
-                _, _, frames = self._decode(rec.path, lambda n, fps: train_clip_indices(
-                    n, fps, self.num_frames, self.sampling_rate, self.target_fps, rng), scaled_size)
+                _, _, frames = self._decode(rec.path, lambda r: train_clip_indices(
+                    r.num_frames, r.fps, self.num_frames, self.sampling_rate, self.target_fps, rng), scaled_size)
             except VideoDecodeError as e:
                 if e.reason.startswith("damaged:") and attempt < DAMAGED_RETRIES:
                     continue  # frames of this clip do not decode: another clip of the same video
@@ -255,11 +270,17 @@ class VideoDataset(Dataset):
     def _eval_item(self, index: int) -> dict:
         rec = self.records[index]
         try:
-            clips, flat, frames = self._decode(rec.path, lambda n, fps: view_clip_indices(
-                n, fps, self.num_frames, self.sampling_rate, self.target_fps, self.num_clips))
+            clips, flat, frames = self._decode(rec.path, lambda r: self._view_indices(r, rec.path))
             row = {f: r for r, f in enumerate(flat)}
-            video = make_views(frames, [[row[i] for i in c] for c in clips], self.test_crop, self.num_crops,
-                               self.mean, self.std, as_uint8=self.eval_uint8)  # (V, 3, T, S, S)
+            rows = [[row[i] for i in c] for c in clips]
+            if self.view_protocol == "gcvideo":
+                video = make_views(frames, rows, self.test_crop, self.num_crops, self.mean, self.std,
+                                   as_uint8=self.eval_uint8)  # (V, 3, T, S, S)
+            else:  # PySlowFast's one-crop test resizes to its TRAIN_JITTER_SCALES[0]
+                scale = self.jitter_scales[0] if (self.view_protocol, self.num_crops) == ("pyslowfast", 1) \
+                    else self.test_crop
+                video = make_peer_views(frames, rows, self.view_protocol, scale, self.test_crop, self.num_crops,
+                                        self.mean, self.std, as_uint8=self.eval_uint8)  # (V, 3, T, S, S)
             ok, error = True, ""
         except Exception as e:  # decode or transform (MemoryError, ...): a failed video, never the end of a run
             video = torch.zeros((self.num_views, 3, self.num_frames, self.test_crop, self.test_crop),
@@ -309,7 +330,7 @@ def build_dataset(cfg, split: str) -> VideoDataset:
         clips, crops = int(cfg.TEST.NUM_ENSEMBLE_VIEWS), int(cfg.TEST.NUM_SPATIAL_CROPS)
     return VideoDataset(
         records, train=(split == "train"), **_dataset_kwargs(cfg),
-        jitter_scales=d.TRAIN_JITTER_SCALES, train_crop=d.TRAIN_CROP_SIZE,
+        train_crop=d.TRAIN_CROP_SIZE,
         random_flip=d.RANDOM_FLIP, flip_pairs=d.FLIP_LABEL_PAIRS, reverse_prob=d.REVERSE_PROB,
         reverse_pairs=d.REVERSE_LABEL_PAIRS, num_clips=clips, num_crops=crops,
         single_view_4d=(split == "val"), eval_uint8=d.EVAL_UINT8, num_samples=d.NUM_SAMPLES,
@@ -326,10 +347,12 @@ def build_views_dataset(cfg, paths: Sequence[str], num_clips: int, num_crops: in
 
 
 def _dataset_kwargs(cfg) -> dict:
-    """The ``VideoDataset`` arguments every dataset of ``cfg`` shares: decoder, clip sampling, test
-    crop, normalisation, seed and the per-video size limits."""
+    """The ``VideoDataset`` arguments every dataset of ``cfg`` shares: decoder, clip sampling, scales,
+    test crop, view protocol, normalisation, seed and the per-video size limits."""
     d = cfg.DATA
     return dict(decoder=d.DECODER, decoder_threads=d.DECODER_THREADS, decode_device=d.DECODE_DEVICE,
+                jitter_scales=d.TRAIN_JITTER_SCALES,
                 num_frames=d.NUM_FRAMES, sampling_rate=d.SAMPLING_RATE, target_fps=d.TARGET_FPS,
                 test_crop=d.TEST_CROP_SIZE, mean=d.MEAN, std=d.STD, seed=cfg.SEED,
-                max_frame_pixels=d.MAX_FRAME_PIXELS, max_aspect_ratio=d.MAX_ASPECT_RATIO)
+                max_frame_pixels=d.MAX_FRAME_PIXELS, max_aspect_ratio=d.MAX_ASPECT_RATIO,
+                view_protocol=cfg.TEST.VIEW_PROTOCOL)

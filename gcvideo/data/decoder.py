@@ -4,6 +4,8 @@
 frame count, frame rate and size and decodes any set of 0-based frame indices in one
 pass (``reader.read(indices, size=None)`` -> uint8 ``(len(indices), H, W, 3)``, in the
 requested order, duplicates allowed). ``decode_frames`` is the one-call form.
+``reader.stream_info()`` gives the header fields and frame timestamps the peers' test samplers
+compute with (``StreamInfo``; gcvideo.data.sampling).
 
 Frame index ``i`` means the frame with the ``i``-th smallest presentation timestamp
 of the first video stream's packets (frames an edit list discards not counted); on a
@@ -56,13 +58,15 @@ import bisect
 import itertools
 import logging
 import os
+from dataclasses import dataclass
+from fractions import Fraction
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from gcvideo.utils.io import path_manager
 
-__all__ = ["VideoDecodeError", "FrameCountChanged", "VideoReader", "open_video", "decode_frames",
+__all__ = ["VideoDecodeError", "FrameCountChanged", "VideoReader", "StreamInfo", "open_video", "decode_frames",
            "resize_frames", "check_frame_size", "BACKENDS"]
 
 BACKENDS = ("pyav", "decord", "torchcodec")
@@ -98,6 +102,22 @@ class FrameCountChanged(RuntimeError):
         self.path = path
         self.announced = announced
         self.num_frames = num_frames
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """The container's header fields the peers' test samplers compute with (gcvideo.data.sampling),
+    as PyAV reads them, and the frames' timestamps. Times are in ``time_base`` units (seconds =
+    ticks * time_base); None where the container does not store the field."""
+    average_rate: Optional[Fraction]  # the video stream's average_rate (frames per second)
+    header_frames: int  # the video stream's declared frame count (``stream.frames``; 0: not stored)
+    duration: Optional[int]  # the video stream's duration
+    time_base: Fraction
+    start_time: Optional[int]  # the video stream's start_time
+    frame_pts: Optional[Tuple[int, ...]]  # timestamp of frame 0..N-1 (indexed files); None: unknown
+    audio_duration: Optional[int] = None  # the first audio stream's duration, time base, start_time
+    audio_time_base: Optional[Fraction] = None
+    audio_start_time: Optional[int] = None
 
 
 def _first_line(e: BaseException) -> str:
@@ -212,6 +232,12 @@ class _PyAVBackend:
                 self.demux_error = _first_line(e)
             self._container_format = container.format.name or ""
             self._time_base = stream.time_base
+            audio = container.streams.audio[0] if container.streams.audio else None
+            self._header = dict(average_rate=stream.average_rate, header_frames=int(stream.frames or 0),
+                                duration=stream.duration, time_base=stream.time_base, start_time=stream.start_time,
+                                audio_duration=audio.duration if audio is not None else None,
+                                audio_time_base=audio.time_base if audio is not None else None,
+                                audio_start_time=audio.start_time if audio is not None else None)
         except BaseException:
             container.close()
             raise
@@ -253,6 +279,12 @@ class _PyAVBackend:
         self.indexed = self._indexed  # the packet index as opened (reads may later fall back)
         self.container_format = self._container_format
         self.height, self.width = int(self._cc.height or 0), int(self._cc.width or 0)
+
+    def stream_info(self) -> StreamInfo:
+        """Header fields and frame timestamps (``frame_pts``: the sorted packet timestamps of an indexed
+        file; None in the sequential mode, where only decoding tells which frame has which timestamp:
+        an AVI with packed B-frames outputs them out of timestamp order)."""
+        return StreamInfo(frame_pts=tuple(self._frame_pts) if self.indexed else None, **self._header)
 
     def frame_times(self) -> np.ndarray:
         """Start time in seconds of every frame (indexed files): the sorted packet timestamps."""
@@ -646,6 +678,10 @@ class VideoReader:
     @property
     def width(self) -> int:
         return self._pyav.width
+
+    def stream_info(self) -> StreamInfo:
+        """Header fields and frame timestamps from PyAV's packet index (whatever backend decodes)."""
+        return self._pyav.stream_info()
 
     def _use_pyav(self, backend: str, why: str) -> None:
         self.fallback = f"{backend}: {why}"

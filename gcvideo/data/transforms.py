@@ -18,18 +18,32 @@ pixels are resized (same clip up to resampling and sub-pixel rounding of the box
 Testing (``make_views``): the short side is resized to the crop size S, then 1 or
 3 crops S x S along the long side: left/centre/right for landscape,
 top/centre/bottom for portrait (offsets 0, (L - S) // 2, L - S).
+
+The peers' test views (``make_peer_views``, TEST.VIEW_PROTOCOL; docs/data.md):
+
+* ``pyslowfast``: frames to float, /255, normalised, then resized (bilinear, no antialiasing) so that
+  the short side is S (long side floor(L * S / s); not resized when the short side is S already);
+  crops left/centre/right or top/centre/bottom at 0, ceil((L - S) / 2), L - S. One crop: the centre
+  crop of frames resized to DATA.TRAIN_JITTER_SCALES[0] (its test_net does so).
+* ``pytorchvideo``: the same; one crop: torchvision's CenterCrop (round((L - S) / 2)).
+* ``mmaction2``: uint8 frames resized to (int(h f + 0.5), int(w f + 0.5)), f = S / short side
+  (OpenCV bilinear there, torch's bilinear here, rounded: within one grey level); ThreeCrop's
+  offsets 0, 2 * ((L - S) // 2), (L - S) // 2; one crop: CenterCrop's (L - S) // 2.
 """
 from __future__ import annotations
 
 from typing import List, Sequence, Tuple
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 __all__ = ["to_tchw", "short_side_size", "resize_short_side", "train_crop_box", "resized_crop",
            "crop_offsets", "normalize", "normalize_views", "draw_scale", "train_clip", "train_transform",
-           "make_views"]
+           "make_views", "peer_resized_size", "peer_crop_offsets", "make_peer_views"]
 
 
 def to_tchw(frames) -> torch.Tensor:
@@ -165,14 +179,78 @@ def make_views(frames: np.ndarray, clips: Sequence[Sequence[int]], size: int, nu
     """
     x = resize_short_side(to_tchw(frames), size)  # (K, 3, h, w)
     h, w = x.shape[-2:]
-    offsets = crop_offsets(h, w, size, num_crops)
+    return _crop_views(x, clips, crop_offsets(h, w, size, num_crops), size, mean, std, as_uint8)
+
+
+def _crop_views(x: torch.Tensor, clips: Sequence[Sequence[int]], offsets: Sequence[Tuple[int, int]], size: int,
+                mean: Sequence[float], std: Sequence[float], as_uint8: bool) -> torch.Tensor:
+    """Views ``(V, 3, T, size, size)`` of resized frames ``x`` ``(K, 3, h, w)``: uint8 ``x`` gives uint8
+    views (``as_uint8``) or normalised float ones; float ``x`` (normalised already) float views."""
     t = len(clips[0])
     # uint8: 4x smaller items, normalised on the device by the test loop
-    views = torch.empty((len(clips) * len(offsets), 3, t, size, size),
-                        dtype=torch.uint8 if as_uint8 else torch.float32, device=x.device)
+    dtype = torch.uint8 if (as_uint8 and x.dtype == torch.uint8) else torch.float32
+    views = torch.empty((len(clips) * len(offsets), 3, t, size, size), dtype=dtype, device=x.device)
     for ci, rows in enumerate(clips):
-        # the clip as uint8 (a view) or normalised once (a clip-sized buffer), then its crops copied
-        clip = x[list(rows)].permute(1, 0, 2, 3) if as_uint8 else normalize(x[list(rows)], mean, std)  # (3, T, h, w)
+        # the clip as it is (a view) or normalised once (a clip-sized buffer), then its crops copied
+        keep = dtype == torch.uint8 or x.dtype != torch.uint8
+        clip = x[list(rows)].permute(1, 0, 2, 3) if keep else normalize(x[list(rows)], mean, std)  # (3, T, h, w)
         for oi, (top, left) in enumerate(offsets):
             views[ci * len(offsets) + oi] = clip[..., top:top + size, left:left + size]
     return views  # (V, 3, T, size, size)
+
+
+def peer_resized_size(height: int, width: int, size: int, protocol: str) -> Tuple[int, int]:
+    """(h, w) a peer resizes ``height`` x ``width`` frames to for short side ``size``."""
+    if protocol == "mmaction2":  # mmcv.rescale_size((w, h), (inf, size))
+        f = size / min(height, width)
+        return int(height * f + 0.5), int(width * f + 0.5)
+    if width < height:  # PySlowFast's random_short_side_scale_jitter / pytorchvideo's short_side_scale
+        return int(math.floor(float(height) / width * size)), size
+    return size, int(math.floor(float(width) / height * size))
+
+
+def peer_crop_offsets(height: int, width: int, size: int, num_crops: int, protocol: str) -> List[Tuple[int, int]]:
+    """(top, left) of each test crop of a ``height`` x ``width`` frame as ``protocol`` places them."""
+    if num_crops not in (1, 3):
+        raise ValueError(f"num_crops = {num_crops}; expected 1 or 3")
+    dh, dw = height - size, width - size
+    if protocol == "mmaction2":
+        if num_crops == 1:  # CenterCrop
+            return [(dh // 2, dw // 2)]
+        if height == size:  # ThreeCrop: left, right, middle
+            return [(0, 0), (0, 2 * (dw // 2)), (0, dw // 2)]
+        return [(0, 0), (2 * (dh // 2), 0), (dh // 2, 0)]  # top, down, middle
+    if num_crops == 1 and protocol == "pytorchvideo":  # torchvision CenterCrop
+        return [(int(round(dh / 2.0)), int(round(dw / 2.0)))]
+    # uniform_crop (PySlowFast, pytorchvideo): spatial_idx 0, 1, 2 (one crop: 1)
+    out = []
+    for idx in ([1] if num_crops == 1 else [0, 1, 2]):
+        top, left = int(math.ceil(dh / 2)), int(math.ceil(dw / 2))
+        if height > width:
+            top = {0: 0, 1: top, 2: dh}[idx]
+        else:
+            left = {0: 0, 1: left, 2: dw}[idx]
+        out.append((top, left))
+    return out
+
+
+def make_peer_views(frames: np.ndarray, clips: Sequence[Sequence[int]], protocol: str, scale: int, size: int,
+                    num_crops: int, mean: Sequence[float], std: Sequence[float],
+                    as_uint8: bool = False) -> torch.Tensor:
+    """``make_views`` as a peer computes its test views (module docstring): frames resized to short
+    side ``scale``, ``num_crops`` crops of ``size``. pyslowfast and pytorchvideo resize normalised
+    float frames, so their views are float32 whatever ``as_uint8``; mmaction2's are uint8 with it."""
+    x = to_tchw(frames).contiguous()  # (K, 3, H, W) uint8, planar: crops and arithmetic read whole rows
+    h, w = x.shape[-2:]
+    nh, nw = peer_resized_size(h, w, scale, protocol)
+    if protocol == "mmaction2":
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", align_corners=False)
+            x = x.round_().clamp_(0, 255).to(torch.uint8)  # (K, 3, nh, nw)
+    else:
+        m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        x = x.float().div_(255.0).sub_(m).div_(s)  # (K, 3, H, W), normalised before resizing as the peers do
+        if (nh, nw) != (h, w):  # (pytorchvideo resizes to the same size too: bilinear then copies exactly)
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)  # (K, 3, nh, nw)
+    return _crop_views(x, clips, peer_crop_offsets(nh, nw, size, num_crops, protocol), size, mean, std, as_uint8)

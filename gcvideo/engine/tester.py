@@ -148,22 +148,28 @@ def build_test_settings(cfg: CfgNode) -> Dict:
             "views": (te.NUM_ENSEMBLE_VIEWS, te.NUM_SPATIAL_CROPS), "batch_size": te.BATCH_SIZE,
             "num_workers": d.NUM_WORKERS, "pin_memory": d.PIN_MEMORY, "ensemble_method": te.ENSEMBLE_METHOD,
             "mixed_precision": cfg.TRAIN.MIXED_PRECISION, "channels_last": cfg.TRAIN.CHANNELS_LAST,
-            "mean": d.MEAN, "std": d.STD, "class_names": class_names(d.LABEL_MAP, cfg.MODEL.NUM_CLASSES)}
+            "mean": d.MEAN, "std": d.STD, "class_names": class_names(d.LABEL_MAP, cfg.MODEL.NUM_CLASSES),
+            "setup": {"view_protocol": te.VIEW_PROTOCOL, "head_pool": cfg.MODEL.HEAD_POOL,
+                      "test_crop_size": d.TEST_CROP_SIZE}}
 
 
 def run_test(model: nn.Module, dataset: Dataset, device: torch.device, *, tag: str, output_dir: str,
              num_classes: int, views: Tuple[int, int], batch_size: int, num_workers: int, pin_memory: bool,
              ensemble_method: str, mixed_precision: str, channels_last: bool, mean: Sequence[float],
-             std: Sequence[float], class_names: Sequence[str]) -> Optional[Dict]:
+             std: Sequence[float], class_names: Sequence[str], setup: Optional[Dict] = None) -> Optional[Dict]:
     """The multi-view test of ``model`` on ``dataset``; rank 0 writes the report under
-    ``output_dir/test_TAG_CxS`` and returns a summary.
+    ``output_dir/test_TAG_CxS`` (``_PROTOCOL`` added for a view protocol other than gcvideo) and
+    returns a summary. ``setup`` (view_protocol, head_pool, test_crop_size) is named in the summary
+    and the report, so that two reports say how their numbers were made.
 
     Rank 0 holds that folder's lock from before the first video is decoded until the report is
     written, so a second test of the same checkpoint and views into the same folder is refused
     (``FolderInUse``, on every process) instead of mixing its files with this one's.
     """
-    text = f"{views[0]}x{views[1]} views"
-    out_dir = path_join(output_dir, f"test_{tag}_{views[0]}x{views[1]}")
+    setup = dict(setup or {})
+    protocol = setup.get("view_protocol", "gcvideo")
+    text = f"{views[0]}x{views[1]} views" + (f" ({', '.join(f'{k} {v}' for k, v in setup.items())})" if setup else "")
+    out_dir = path_join(output_dir, f"test_{tag}_{views[0]}x{views[1]}" + ("" if protocol == "gcvideo" else f"_{protocol}"))
     with _hold_report_folder(out_dir):
         loader = build_eval_loader(dataset, batch_size, num_workers, pin_memory and device.type == "cuda")
         res = evaluate(model, loader, num_classes=num_classes, device=device, ensemble_method=ensemble_method,
@@ -173,7 +179,8 @@ def run_test(model: nn.Module, dataset: Dataset, device: torch.device, *, tag: s
             return None
         files = write_report(out_dir, scores=res.scores, labels=res.labels, ok=res.ok, paths=res.paths,
                              errors=res.errors, indices=res.indices, class_names=class_names, metrics=res.metrics,
-                             views=text, extra={"ensemble_method": ensemble_method, "checkpoint": tag})
+                             views=text, extra={"ensemble_method": ensemble_method, "checkpoint": tag,
+                                                "views_clips_crops": list(views), **setup})
     summary = format_summary(res.metrics, text)
     print(summary + f"\nreport: {files['text']} (predictions: {files['predictions']})", flush=True)
     return {"metrics": res.metrics, "report_dir": out_dir, "files": files, "summary": summary}

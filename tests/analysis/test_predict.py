@@ -164,3 +164,23 @@ def test_predict_progress_counts_videos(setup, capsys):
     assert rc == 0, err
     assert len(json.loads(out)) == 2  # the bar does not mix with the results
     assert "predict (1x1 views): 100%" in err and "2/2" in err
+
+
+def test_predict_uses_the_view_protocol(setup):
+    """TEST.VIEW_PROTOCOL reaches predict: mmaction2's frames and crops (carphone: 120 frames, 176x144
+    resized to 39x32; SampleFrames offsets 0 and 120 - 7, ThreeCrop left/right/middle), named in the result."""
+    from gcvideo.data.transforms import make_peer_views
+    from gcvideo.data.decoder import decode_frames
+
+    cfg = setup["cfg"].clone()
+    cfg.defrost()
+    cfg.TEST.VIEW_PROTOCOL = "mmaction2"
+    ds = build_views_dataset(cfg, [REAL], 2, 3)
+    inds = [[0, 2, 4, 6], [113, 115, 117, 119]]  # (T - 1) * R + 1 = 7: max offset 113, offsets 0 and 113
+    frames = decode_frames(REAL, sum(inds, []))
+    want = make_peer_views(frames, [[0, 1, 2, 3], [4, 5, 6, 7]], "mmaction2", 32, 32, 3, cfg.DATA.MEAN, cfg.DATA.STD)
+    torch.testing.assert_close(ds[0]["video"], want)
+    names = class_names(cfg.DATA.LABEL_MAP, cfg.MODEL.NUM_CLASSES)
+    res = predict_videos(setup["model"], ds, names, topk=3)
+    assert res[0]["protocol"] == "mmaction2" and res[0]["ok"]
+    assert not torch.equal(ds[0]["video"], build_views_dataset(setup["cfg"], [REAL], 2, 3)[0]["video"])

@@ -128,8 +128,8 @@ _C.DATA.FORMAT = "auto"
 # Field separator of video lists (PySlowFast's PATH_LABEL_SEPARATOR); "" = whitespace (TAB if a line has one).
 _C.DATA.PATH_LABEL_SEPARATOR = ""
 # Class-name list, one a line (line i = class i); "" = labels must be integers. A relative path
-# that does not exist from the working directory is looked up in the gcvideo source tree
-# (datasets/kinetics400/label_map.txt works from anywhere).
+# that does not exist from the working directory is looked up among the files gcvideo ships
+# (datasets/kinetics400/label_map.txt works from anywhere, installed or from a checkout).
 _C.DATA.LABEL_MAP = ""
 # Official-CSV layout: clips under {split folder}/{class}/ ("class") or flat ("flat"), or "auto".
 _C.DATA.CLIP_LAYOUT = "auto"
@@ -281,9 +281,6 @@ _C.TEST.BATCH_SIZE = 4
 _C.TEST.CHECKPOINT = ""
 
 
-_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds datasets/, configs/
-
-
 def get_cfg() -> CfgNode:
     """A fresh, mutable copy of the defaults."""
     return _C.clone()
@@ -433,14 +430,13 @@ def merge_from_list(cfg: CfgNode, opts: Sequence[str]) -> None:
 def load_cfg(config_file: Optional[str] = None, opts: Optional[Sequence[str]] = None,
              check_files: bool = True) -> CfgNode:
     """Defaults <- YAML file <- command-line pairs, validated and frozen."""
+    from gcvideo.utils.package_data import resolve_shipped
+
     cfg = get_cfg()
-    from_file = merge_from_file(cfg, config_file) if config_file else {}
+    # a shipped config or label map ("configs/...", "datasets/...") is found from any folder
+    from_file = merge_from_file(cfg, resolve_shipped(config_file)) if config_file else {}
     merge_from_list(cfg, opts or [])
-    lm = cfg.DATA.LABEL_MAP
-    if lm and not os.path.isabs(lm) and "://" not in lm and not os.path.exists(lm):
-        shipped = os.path.join(_SOURCE_ROOT, lm)
-        if os.path.exists(shipped):
-            cfg.DATA.LABEL_MAP = shipped
+    cfg.DATA.LABEL_MAP = resolve_shipped(cfg.DATA.LABEL_MAP)
     if config_file and "OUTPUT_DIR" not in from_file and "OUTPUT_DIR" not in list(opts or [])[0::2]:
         cfg.OUTPUT_DIR = "runs/" + os.path.splitext(os.path.basename(config_file))[0]
     validate_cfg(cfg, check_files=check_files)

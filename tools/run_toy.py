@@ -10,15 +10,15 @@ import argparse
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gcvideo.recipes.toy import run_toy  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=os.path.join(ROOT, "configs/toy/slow_gc_toy.yaml"))
+    p.add_argument("--config", default="configs/toy/slow_gc_toy.yaml",
+                   help="config (a shipped one, configs/..., is found from any folder)")
     p.add_argument("--data", default=None, help="toy dataset folder (default: the config's DATA.PATH_TO_DATA_DIR)")
     p.add_argument("--no-attention", action="store_true", help="skip the attention figures")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. OUTPUT_DIR runs/toy2")

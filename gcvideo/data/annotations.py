@@ -36,6 +36,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from gcvideo.utils.io import path_manager
+from gcvideo.utils.package_data import shipped_file
 
 __all__ = ["VideoRecord", "VideoRecords", "AnnotationError", "load_annotations", "read_label_map", "class_key",
            "detect_format", "kinetics_clip_name", "FORMATS", "DEFAULT_KINETICS400_LABEL_MAP"]
@@ -43,9 +44,7 @@ __all__ = ["VideoRecord", "VideoRecords", "AnnotationError", "load_annotations",
 FORMATS = ("auto", "slowfast", "mmaction", "kinetics_csv")
 # The shipped 400-class map (standard alphabetical order), used for the official CSV
 # when DATA.LABEL_MAP is empty.
-DEFAULT_KINETICS400_LABEL_MAP = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    "datasets", "kinetics400", "label_map.txt")
+DEFAULT_KINETICS400_LABEL_MAP = shipped_file("datasets/kinetics400/label_map.txt")
 
 
 class AnnotationError(ValueError):

@@ -20,6 +20,7 @@ from fvcore.common.config import CfgNode
 
 from gcvideo.layers import (CONTEXT_TYPES, FUSIONS, NL_INSTANTIATIONS, NL_POOL_POSITIONS, NORMS, POOLINGS,
                             TRANSFORMS)
+from gcvideo.utils.errors import UserError
 
 _C = CfgNode()
 
@@ -286,7 +287,7 @@ def get_cfg() -> CfgNode:
     return _C.clone()
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is unknown, of the wrong type, or impossible."""
 
 

@@ -8,17 +8,18 @@ Writes {name}.broken.txt (path<TAB>reason) and {name}.clean.csv (the annotation 
 the broken videos' lines) next to the CSV or into --out. Exit status 0 either way; the summary
 says how many are broken.
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from gcvideo.cli import ToolParser, tool  # noqa: E402
 from gcvideo.data.check import check_annotations  # noqa: E402
 
 
+@tool
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ToolParser(__doc__, overrides=False)
     ap.add_argument("--csv", required=True, help="annotation file (PySlowFast, mmaction2 list or Kinetics CSV)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
     ap.add_argument("--full", action="store_true", help="decode every frame (default: first, middle, last)")

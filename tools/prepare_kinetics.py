@@ -10,18 +10,19 @@
 (suffix .mp4) under --dst, plus --dst/{split}.csv and --dst/failed.txt. Re-running skips
 finished files (outputs are written to a temporary name and renamed when complete).
 """
-import argparse
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from gcvideo.cli import ToolParser, tool  # noqa: E402
 from gcvideo.data.prepare import PREPARE_DEFAULTS, prepare_kinetics  # noqa: E402
 
 
+@tool
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ToolParser(__doc__, overrides=False)
     ap.add_argument("--src", required=True, help="folder with the downloaded clips")
     ap.add_argument("--dst", required=True, help="output folder (videos + CSVs)")
     ap.add_argument("--short-side", type=int, default=PREPARE_DEFAULTS["short_side"],

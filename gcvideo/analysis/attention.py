@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gcvideo.data.transforms import normalize_views
+from gcvideo.utils.errors import UsageError
 
 __all__ = ["context_input_hooks", "capture_context_inputs", "select_blocks", "gc_attention_maps",
            "nl_attention_maps", "default_queries", "parse_queries", "denormalize", "overlay_heatmap",
@@ -66,7 +67,7 @@ def select_blocks(model: nn.Module, names: Optional[Sequence[str]] = None,
                [(n, m) for n, m in blocks if want in n]
         if len(hits) != 1:
             why = "matches no" if not hits else f"matches {len(hits)}"
-            raise ValueError(f"block {want!r} {why} context block; available: {', '.join(available) or '(none)'}")
+            raise UsageError(f"block {want!r} {why} context block; available: {', '.join(available) or '(none)'}")
         if hits[0] not in out:
             out.append(hits[0])
     return out
@@ -87,7 +88,7 @@ def context_input_hooks(model: nn.Module, callback: Callable[[str, nn.Module, to
     wanted = list(blocks) if names is None else list(names)
     missing = [n for n in wanted if n not in blocks]
     if missing:
-        raise ValueError(f"unknown context blocks {missing}; available: {', '.join(blocks) or '(none)'}")
+        raise UsageError(f"unknown context blocks {missing}; available: {', '.join(blocks) or '(none)'}")
     handles = []
     unfused = []
     try:
@@ -139,9 +140,9 @@ def gc_attention_maps(model: nn.Module, clip: torch.Tensor, blocks: Optional[Seq
     att_blocks = [(n, m) for n, m in chosen if m.pooling == "att"]
     if blocks and len(att_blocks) != len(chosen):
         avg = [n for n, m in chosen if m.pooling != "att"]
-        raise ValueError(f"blocks {avg} use average pooling (uniform weights): no attention map to show")
+        raise UsageError(f"blocks {avg} use average pooling (uniform weights): no attention map to show")
     if not att_blocks:
-        raise ValueError("the model has no context blocks with attention pooling (GC/SNL); "
+        raise UsageError("the model has no context blocks with attention pooling (GC/SNL); "
                          "for a non-local model use nl_attention_maps")
     logits, inputs = capture_context_inputs(model, clip, [n for n, _ in att_blocks])
     maps = {n: m.attention(inputs[n]).float() for n, m in att_blocks}  # (N, T', H', W')
@@ -171,13 +172,13 @@ def parse_queries(text: str) -> List[Tuple[float, float, float]]:
             continue
         vals = part.split(",")
         if len(vals) != 3:
-            raise ValueError(f"query {part!r}: expected t,y,x (frame index, then y and x as fractions 0..1)")
+            raise UsageError(f"query {part!r}: expected t,y,x (frame index, then y and x as fractions 0..1)")
         t, y, x = int(vals[0]), float(vals[1]), float(vals[2])
         if not (0 <= y <= 1 and 0 <= x <= 1):
-            raise ValueError(f"query {part!r}: y and x must be fractions of the frame in [0, 1]")
+            raise UsageError(f"query {part!r}: y and x must be fractions of the frame in [0, 1]")
         out.append((t, y, x))
     if not out:
-        raise ValueError(f"no query points in {text!r}")
+        raise UsageError(f"no query points in {text!r}")
     return out
 
 
@@ -195,7 +196,7 @@ def nl_attention_maps(model: nn.Module, clip: torch.Tensor, queries: Sequence[Tu
 
     chosen = select_blocks(model, blocks, NonLocalBlock)
     if not chosen:
-        raise ValueError("the model has no non-local blocks; for a GC/SNL model use gc_attention_maps")
+        raise UsageError("the model has no non-local blocks; for a GC/SNL model use gc_attention_maps")
     logits, inputs = capture_context_inputs(model, clip, [n for n, _ in chosen])
     out = {}
     for name, block in chosen:
@@ -204,7 +205,7 @@ def nl_attention_maps(model: nn.Module, clip: torch.Tensor, queries: Sequence[Tu
         cells = []
         for qt, qy, qx in queries:
             if not 0 <= int(qt) < t:
-                raise ValueError(f"query frame {qt} is outside the clip's {t} frames at block {name}")
+                raise UsageError(f"query frame {qt} is outside the clip's {t} frames at block {name}")
             cells.append((int(qt), min(int(qy * h), h - 1), min(int(qx * w), w - 1)))
         flat = torch.tensor([(ct * h + ci) * w + cj for ct, ci, cj in cells])
         att = block.affinity(x)  # (N, L, Lk)
@@ -384,7 +385,7 @@ def visualize_attention(model: nn.Module, clip: torch.Tensor, out_dir: str, mean
     has_nl = any(isinstance(m, NonLocalBlock) for _, m in model.named_context_blocks())
     has_gc = any(isinstance(m, ContextBlock) and m.pooling == "att" for _, m in model.named_context_blocks())
     if not (has_nl or has_gc):
-        raise ValueError(f"the model has no attention to show (context blocks: {', '.join(sorted(kinds)) or 'none'}"
+        raise UsageError(f"the model has no attention to show (context blocks: {', '.join(sorted(kinds)) or 'none'}"
                          "): it needs GC/SNL blocks (attention pooling) or non-local blocks")
     device = next(model.parameters()).device
     if clip.dtype == torch.uint8:  # a uint8 test view (DATA.EVAL_UINT8)

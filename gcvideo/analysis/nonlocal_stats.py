@@ -50,6 +50,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from gcvideo.utils.errors import UsageError
+
 __all__ = ["mean_pairwise_cosine_distance", "mean_pairwise_jsd", "nonlocal_block_stats", "analyze_nonlocal",
            "read_video_list", "DEFINITIONS",
            "NonlocalStatsAccumulator", "collect_nonlocal_stats", "format_stats_table", "STAT_COLUMNS"]
@@ -215,7 +217,7 @@ def collect_nonlocal_stats(model: nn.Module, clips: Iterable[torch.Tensor], *, m
     if blocks:
         named = [(n, m) for n, m in named if n in set(blocks)]
     if not named:
-        raise ValueError("the model has no non-local blocks to analyse" + (f" among {list(blocks)}" if blocks else ""))
+        raise UsageError("the model has no non-local blocks to analyse" + (f" among {list(blocks)}" if blocks else ""))
     acc = NonlocalStatsAccumulator(max_queries=max_queries, seed=seed, include_self=include_self)
     model.eval()
     with context_input_hooks(model, lambda name, mod, x: acc.add(name, mod, x), names=[n for n, _ in named]):
@@ -333,7 +335,7 @@ def analyze_nonlocal(model: nn.Module, dataset, out_json: Optional[str] = None, 
     rows = collect_nonlocal_stats(model, clips(), max_queries=max_queries, seed=seed, include_self=include_self,
                                   blocks=blocks)
     if not used:
-        raise RuntimeError(f"no video of {videos_file or 'the dataset'} could be decoded ({len(failed)} failed)")
+        raise UsageError(f"no video of {videos_file or 'the dataset'} could be decoded ({len(failed)} failed)")
     mean = {}
     for c in STAT_COLUMNS:
         vals = [r[c] for r in rows if r[c] is not None]

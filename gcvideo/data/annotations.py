@@ -35,6 +35,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
+from gcvideo.utils.errors import UserError
 from gcvideo.utils.io import path_manager
 from gcvideo.utils.package_data import shipped_file
 
@@ -47,7 +48,7 @@ FORMATS = ("auto", "slowfast", "mmaction", "kinetics_csv")
 DEFAULT_KINETICS400_LABEL_MAP = shipped_file("datasets/kinetics400/label_map.txt")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """An annotation or label-map file has a line that cannot be used (message: ``file:line: ...``)."""
 
 

@@ -16,6 +16,8 @@ from typing import Any, List, Sequence, Union
 import torch
 from iopath.common.file_io import NativePathHandler, PathManager
 
+from gcvideo.utils.errors import UserError
+
 __all__ = ["path_manager", "CheckpointError", "WriteError", "load_checkpoint_file", "atomic_write_bytes",
            "atomic_save", "atomic_write_text", "disk_full_error", "local_path", "path_join", "remove_temporaries",
            "TEMPORARY_NAME", "refuse_existing"]
@@ -58,14 +60,14 @@ def local_path(path: str):
     return path_manager.get_local_path(path) if path.startswith(FILE_URI) else path
 
 
-class WriteError(OSError):
+class WriteError(UserError, OSError):
     """A file could not be written (full disk, quota); its temporary file was removed."""
 
     def __str__(self) -> str:  # the one-line message, without OSError's "[Errno N]"
         return str(self.strerror)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file cannot be read safely or does not have the expected content."""
 
 

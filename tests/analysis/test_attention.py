@@ -246,7 +246,7 @@ def test_visualize_tool_nl_on_real_video(toy, capsys):
     # errors: an unreadable video, a GC-less/NL-less model
     bad = toy / "bad.mp4"
     bad.write_bytes(b"nothing")
-    assert tool.main(["--config", cfg_file, "--checkpoint", ckpt, str(bad), "--out", str(toy / "x")]) == 1
+    assert tool.main(["--config", cfg_file, "--checkpoint", ckpt, str(bad), "--out", str(toy / "x")]) == 2
     assert "bad.mp4" in capsys.readouterr().err
 
 

@@ -41,7 +41,8 @@ def main(argv=None) -> int:
                    help="JSD: query positions sampled when a block has more (0 = all, exact)")
     p.add_argument("--seed", type=int, default=0, help="seed of the JSD query sample")
     p.add_argument("--exclude-self", action="store_true", help="average over pairs i != j only")
-    p.add_argument("--blocks", nargs="+", default=None, help="non-local blocks to analyse (default: all)")
+    p.add_argument("--blocks", nargs="+", default=None, help="non-local blocks to analyse, e.g. res3.0+ "
+                   "(names as visualize_attention's figures show them; default: all)")
     p.add_argument("--batch-size", type=int, default=4, help="clips per forward pass")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1")

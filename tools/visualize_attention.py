@@ -11,7 +11,8 @@ attention maps of query positions (frame t, y and x as fractions of the crop; de
 centre and three other points of the middle frame), the query marked with a red dot,
 so one can see whether different queries attend to the same places. Writes
 DIR/attention_grid.png (frames x blocks), DIR/attention.gif and DIR/attention_maps.pt.
-Block names as listed by model.named_context_blocks(), e.g. blocks.3.res_blocks.5.branch2.context,
+--blocks takes the names the figure shows (res4.5; res3.0+ for a block after the residual add),
+full names as listed by model.named_context_blocks(), e.g. blocks.3.res_blocks.5.branch2.context,
 or a unique part of one (blocks.3.res_blocks.5).
 """
 import os

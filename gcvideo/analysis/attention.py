@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gcvideo.data.transforms import normalize_views
+from gcvideo.models.resnet import context_block_label
 from gcvideo.utils.errors import UsageError
 
 __all__ = ["context_input_hooks", "capture_context_inputs", "select_blocks", "gc_attention_maps",
@@ -53,17 +54,19 @@ def _named_blocks(model: nn.Module) -> List[Tuple[str, nn.Module]]:
 
 def select_blocks(model: nn.Module, names: Optional[Sequence[str]] = None,
                   kind: Optional[type] = None) -> List[Tuple[str, nn.Module]]:
-    """Context blocks by name (exact, or a unique suffix/substring such as ``blocks.3.res_blocks.5``);
-    None = all (of ``kind``). Unknown names raise ValueError listing the available ones."""
+    """Context blocks by name: the short name figures show (``res4.5``, ``res4.5+``:
+    ``context_block_label``), the full module name, or a unique part of one such as
+    ``blocks.3.res_blocks.5``; None = all (of ``kind``). Unknown names raise ValueError listing the
+    available ones."""
     blocks = _named_blocks(model)
     if kind is not None:
         blocks = [(n, m) for n, m in blocks if isinstance(m, kind)]
     if not names:
         return blocks
     out = []
-    available = [n for n, _ in blocks]
+    available = [f"{context_block_label(n)} ({n})" for n, _ in blocks]
     for want in names:
-        hits = [(n, m) for n, m in blocks if n == want] or \
+        hits = [(n, m) for n, m in blocks if want in (n, context_block_label(n))] or \
                [(n, m) for n, m in blocks if want in n]
         if len(hits) != 1:
             why = "matches no" if not hits else f"matches {len(hits)}"
@@ -289,16 +292,6 @@ def _gif(frames: List[np.ndarray], duration_ms: int = 250) -> bytes:
     return buf.getvalue()
 
 
-def _short(name: str) -> str:
-    """blocks.3.res_blocks.5.branch2.context -> res4.5 (pre_add) / res4.5+ (post_relu)."""
-    parts = name.split(".")
-    try:
-        stage, block = int(parts[1]) + 1, int(parts[3])
-    except (IndexError, ValueError):
-        return name
-    return f"res{stage}.{block}" + ("" if "branch2" in parts else "+")
-
-
 def _peak(m: torch.Tensor) -> float:
     """Largest weight of a map relative to a uniform map (1.0 = uniform attention)."""
     m = m.float()
@@ -323,7 +316,7 @@ def render_gc(frames: np.ndarray, maps: Dict[str, torch.Tensor], alpha: float = 
     tiles = [[frames[i]] + [cols[n][i] for n in maps] for i in range(t)]
     peaks = {n: _peak(m) for n, m in maps.items()}
     png = _labelled_grid(tiles, [f"frame {i}" for i in range(t)],
-                         ["input"] + [f"{_short(n)} (peak {peaks[n]:.1f}x uniform)" for n in maps],
+                         ["input"] + [f"{context_block_label(n)} (peak {peaks[n]:.1f}x uniform)" for n in maps],
                          title="GC attention (softmax over all T*H*W positions; each block scaled to its max)")
     gif = _gif([np.concatenate(row, axis=1) for row in tiles])
     return png, gif
@@ -349,7 +342,8 @@ def render_nl(frames: np.ndarray, nl: Dict[str, Dict], queries: Sequence[Tuple[f
             py, px = min(int(qy * hgt), hgt - 1), min(int(qx * wid), wid - 1)
             row[int(qt)] = _mark(row[int(qt)], py, px, radius=max(2, hgt // 40))
             tiles.append(row)
-            labels.append(f"{_short(name)} q{qi} peak {_peak(maps[qi]):.1f}x\nt={int(qt)} y={qy:.2f} x={qx:.2f}")
+            labels.append(f"{context_block_label(name)} q{qi} peak {_peak(maps[qi]):.1f}x\n"
+                          f"t={int(qt)} y={qy:.2f} x={qx:.2f}")
     png = _labelled_grid(tiles, labels, [f"frame {i}" for i in range(t)],
                          title="non-local attention of query positions (red dot); each map scaled to its max")
     gif = _gif([np.concatenate([row[i] for row in tiles], axis=1) for i in range(t)])

@@ -202,7 +202,7 @@ _C.SOLVER = CfgNode()
 _C.SOLVER.BASE_LR = 0.1
 # Global batch the base LR refers to (PySlowFast Slow 8x8: 0.1 at 64).
 _C.SOLVER.REFERENCE_BATCH_SIZE = 64
-# Epochs of training and of linear warmup.
+# Epochs of training and of linear warmup (shorter than training: 0 <= WARMUP_EPOCHS < MAX_EPOCH).
 _C.SOLVER.MAX_EPOCH = 196
 _C.SOLVER.WARMUP_EPOCHS = 34.0
 # Learning rate at the start of warmup, as a fraction of the (scaled) base LR.
@@ -601,8 +601,9 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _check(s.BASE_LR > 0, "SOLVER.BASE_LR", s.BASE_LR, "a positive learning rate")
     _check(s.REFERENCE_BATCH_SIZE >= 1, "SOLVER.REFERENCE_BATCH_SIZE", s.REFERENCE_BATCH_SIZE, "a positive integer")
     _check(s.MAX_EPOCH >= 1, "SOLVER.MAX_EPOCH", s.MAX_EPOCH, "a positive integer")
-    _check(0 <= s.WARMUP_EPOCHS <= s.MAX_EPOCH, "SOLVER.WARMUP_EPOCHS", s.WARMUP_EPOCHS,
-           f"0..SOLVER.MAX_EPOCH ({s.MAX_EPOCH})")
+    _check(0 <= s.WARMUP_EPOCHS < s.MAX_EPOCH, "SOLVER.WARMUP_EPOCHS", s.WARMUP_EPOCHS,
+           f"0 <= it < SOLVER.MAX_EPOCH ({s.MAX_EPOCH}): a warm-up as long as training leaves no epoch at "
+           f"the full LR; shorten it or train longer")
     _check(0 <= s.MOMENTUM < 1, "SOLVER.MOMENTUM", s.MOMENTUM, "a value in [0, 1)")
     _one_of(s.OPTIMIZING_METHOD, "SOLVER.OPTIMIZING_METHOD", list(OPTIMIZERS))
     _check(len(s.BETAS) == 2 and all(0 <= b < 1 for b in s.BETAS), "SOLVER.BETAS", s.BETAS,

@@ -23,6 +23,7 @@ from gcvideo.data.annotations import FORMATS as ANNOTATION_FORMATS
 from gcvideo.layers import (CONTEXT_PRESETS, CONTEXT_TYPES, FUSIONS, NL_INSTANTIATIONS, NL_POOL_POSITIONS, NORMS, POOLINGS,
                             TRANSFORMS)
 from gcvideo.data.sampling import VIEW_PROTOCOLS
+from gcvideo.utils.errors import UserError
 
 _C = CfgNode()
 
@@ -132,8 +133,8 @@ _C.DATA.FORMAT = "auto"
 # Field separator of video lists (PySlowFast's PATH_LABEL_SEPARATOR); "" = whitespace (TAB if a line has one).
 _C.DATA.PATH_LABEL_SEPARATOR = ""
 # Class-name list, one a line (line i = class i); "" = labels must be integers. A relative path
-# that does not exist from the working directory is looked up in the gcvideo source tree
-# (datasets/kinetics400/label_map.txt works from anywhere).
+# that does not exist from the working directory is looked up among the files gcvideo ships
+# (datasets/kinetics400/label_map.txt works from anywhere, installed or from a checkout).
 _C.DATA.LABEL_MAP = ""
 # Official-CSV layout: clips under {split folder}/{class}/ ("class") or flat ("flat"), or "auto".
 _C.DATA.CLIP_LAYOUT = "auto"
@@ -220,7 +221,7 @@ _C.SOLVER.BASE_LR = 0.1
 MAX_LR = 10.0
 # Global batch the base LR refers to (PySlowFast Slow 8x8: 0.1 at 64).
 _C.SOLVER.REFERENCE_BATCH_SIZE = 64
-# Epochs of training and of linear warmup.
+# Epochs of training and of linear warmup (shorter than training: 0 <= WARMUP_EPOCHS < MAX_EPOCH).
 _C.SOLVER.MAX_EPOCH = 196
 _C.SOLVER.WARMUP_EPOCHS = 34.0
 # Learning rate at the start of warmup, as a fraction of the (scaled) base LR.
@@ -316,15 +317,12 @@ _C.DIST = CfgNode()
 _C.DIST.TIMEOUT = 1800.0
 
 
-_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds datasets/, configs/
-
-
 def get_cfg() -> CfgNode:
     """A fresh, mutable copy of the defaults."""
     return _C.clone()
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is unknown, of the wrong type, or impossible."""
 
 
@@ -468,14 +466,13 @@ def merge_from_list(cfg: CfgNode, opts: Sequence[str]) -> None:
 def load_cfg(config_file: Optional[str] = None, opts: Optional[Sequence[str]] = None,
              check_files: bool = True) -> CfgNode:
     """Defaults <- YAML file <- command-line pairs, validated and frozen."""
+    from gcvideo.utils.package_data import resolve_shipped
+
     cfg = get_cfg()
-    from_file = merge_from_file(cfg, config_file) if config_file else {}
+    # a shipped config or label map ("configs/...", "datasets/...") is found from any folder
+    from_file = merge_from_file(cfg, resolve_shipped(config_file)) if config_file else {}
     merge_from_list(cfg, opts or [])
-    lm = cfg.DATA.LABEL_MAP
-    if lm and not os.path.isabs(lm) and "://" not in lm and not os.path.exists(lm):
-        shipped = os.path.join(_SOURCE_ROOT, lm)
-        if os.path.exists(shipped):
-            cfg.DATA.LABEL_MAP = shipped
+    cfg.DATA.LABEL_MAP = resolve_shipped(cfg.DATA.LABEL_MAP)
     if config_file and "OUTPUT_DIR" not in from_file and "OUTPUT_DIR" not in list(opts or [])[0::2]:
         cfg.OUTPUT_DIR = "runs/" + os.path.splitext(os.path.basename(config_file))[0]
     validate_cfg(cfg, check_files=check_files)
@@ -653,8 +650,9 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     for key in ("WARMUP_START_FACTOR", "COSINE_END_FACTOR"):  # fractions of the scaled LR
         _check(math.isfinite(s[key]) and 0 <= s[key] <= 1, f"SOLVER.{key}", s[key], "a fraction in [0, 1]")
     _check(s.MAX_EPOCH >= 1, "SOLVER.MAX_EPOCH", s.MAX_EPOCH, "a positive integer")
-    _check(0 <= s.WARMUP_EPOCHS <= s.MAX_EPOCH, "SOLVER.WARMUP_EPOCHS", s.WARMUP_EPOCHS,
-           f"0..SOLVER.MAX_EPOCH ({s.MAX_EPOCH})")
+    _check(0 <= s.WARMUP_EPOCHS < s.MAX_EPOCH, "SOLVER.WARMUP_EPOCHS", s.WARMUP_EPOCHS,
+           f"0 <= it < SOLVER.MAX_EPOCH ({s.MAX_EPOCH}): a warm-up as long as training leaves no epoch at "
+           f"the full LR; shorten it or train longer")
     _check(0 <= s.MOMENTUM < 1, "SOLVER.MOMENTUM", s.MOMENTUM, "a value in [0, 1)")
     _one_of(s.OPTIMIZING_METHOD, "SOLVER.OPTIMIZING_METHOD", list(OPTIMIZERS))
     _check(len(s.BETAS) == 2 and all(0 <= b < 1 for b in s.BETAS), "SOLVER.BETAS", s.BETAS,

@@ -64,6 +64,9 @@ def test_yaml_and_command_line_override(tmp_path):
     (["DIST.TIMEOUT", "0"], r"DIST\.TIMEOUT = 0\.0 .*a number of seconds >= 1"),
     (["DIST.TIMEOUT", "1e999"], r"DIST\.TIMEOUT = inf "),
     (["SOLVER.WARMUP_EPOCHS", "500.0"], r"SOLVER\.WARMUP_EPOCHS = 500\.0"),
+    # a warm-up as long as training: the LR never reaches its peak (refused, not silently accepted)
+    (["SOLVER.MAX_EPOCH", "10", "SOLVER.WARMUP_EPOCHS", "10.0"],
+     r"SOLVER\.WARMUP_EPOCHS = 10\.0 .*0 <= it < SOLVER\.MAX_EPOCH \(10\)"),
     (["MODEL.DEPTH"], r"KEY VALUE pairs"),
     (["CONTEXT.RATIO", "None"], r"CONTEXT\.RATIO = None is empty .*expected float"),
     (["MODEL.WIDTH", "null"], r"MODEL\.WIDTH = None is empty"),

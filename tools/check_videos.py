@@ -9,22 +9,23 @@ the broken videos' lines) next to the CSV or into --out. Exit status 0 when it c
 summary says how many are broken); 2 with one "error:" line when none of the videos exists (the
 prefix is probably wrong) or the annotation file cannot be used.
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gcvideo.data.annotations import AnnotationError  # noqa: E402
+from gcvideo.cli import ToolParser, tool  # noqa: E402
+from gcvideo.data.annotations import FORMATS  # noqa: E402
 from gcvideo.data.check import check_annotations  # noqa: E402
 
 
+@tool
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ToolParser(__doc__, overrides=False)
     ap.add_argument("--csv", required=True, help="annotation file (PySlowFast, mmaction2 list or Kinetics CSV)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
     ap.add_argument("--full", action="store_true", help="decode every frame (default: first, middle, last)")
-    ap.add_argument("--format", default="auto", choices=["auto", "slowfast", "mmaction", "kinetics_csv"])
+    ap.add_argument("--format", default="auto", choices=list(FORMATS), help="DATA.FORMAT")
     ap.add_argument("--prefix", default="", help="DATA.PATH_PREFIX (default: the CSV's folder)")
     ap.add_argument("--label-map", default="", help="DATA.LABEL_MAP for class-name labels")
     ap.add_argument("--layout", default="auto", choices=["auto", "class", "flat"], help="DATA.CLIP_LAYOUT")
@@ -33,13 +34,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="", help="folder for the outputs (default: the CSV's folder)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    try:
-        s = check_annotations(args.csv, fmt=args.format, path_prefix=args.prefix, label_map=args.label_map,
-                              num_classes=args.num_classes, clip_layout=args.layout, backend=args.backend,
-                              workers=args.workers, full=args.full, out_dir=args.out, progress=not args.quiet)
-    except AnnotationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    s = check_annotations(args.csv, fmt=args.format, path_prefix=args.prefix, label_map=args.label_map,
+                          num_classes=args.num_classes, clip_layout=args.layout, backend=args.backend,
+                          workers=args.workers, full=args.full, out_dir=args.out, progress=not args.quiet)
     kinds = ", ".join(f"{k}: {v}" for k, v in sorted(s["kinds"].items())) or "none"
     print(f"{s['broken']} of {s['videos']} videos cannot be used ({kinds})\n"
           f"broken list: {s['broken_list']}\ncleaned annotations: {s['clean_csv']}")

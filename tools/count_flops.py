@@ -4,8 +4,11 @@
     python tools/count_flops.py --config configs/kinetics400/slow_r50_8x8_gc_all.yaml
     python tools/count_flops.py --config configs/kinetics400/slow_r50_8x8_nl5.yaml
     python tools/count_flops.py --config configs/kinetics400/slow_r50_8x8.yaml --input 8,224,224 --json
+    python tools/count_flops.py --config configs/kinetics400/slow_r50_8x8.yaml DATA.NUM_FRAMES 4
     python tools/count_flops.py --explain        # the candidates for the paper's 39.29 / +20.31 (slow)
 
+Clip sizes: the config's, DATA.NUM_FRAMES x DATA.TRAIN_CROP_SIZE^2 and x DATA.TEST_CROP_SIZE^2
+(overrides included), unless --input says otherwise.
 FLOPs follow fvcore (1 multiply-add = 1 FLOP) plus gcvideo's handles for softmax,
 pooling and the like (gcvideo/analysis/flops.py, docs/flops.md).
 """
@@ -19,8 +22,9 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gcvideo.analysis.flops import (PAPER_TABLE10, TEST_INPUT, TRAIN_INPUT, FlopReport,  # noqa: E402
-                                    baseline_candidates, count_flops, nl_candidates)
+from gcvideo.analysis.flops import (PAPER_TABLE10, TRAIN_INPUT, FlopReport, baseline_candidates,  # noqa: E402
+                                    count_flops, nl_candidates)
+from gcvideo.cli import ToolParser, tool  # noqa: E402
 
 
 def paper_row(config_path: str):
@@ -40,10 +44,20 @@ def build(config_path: str, opts: Optional[List[str]] = None):
 
 
 def _parse_input(text: str):
-    parts = [int(p) for p in text.replace("x", ",").split(",") if p]
-    if len(parts) != 3:
+    try:
+        parts = [int(p) for p in text.replace("x", ",").split(",") if p]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"--input {text!r}: expected T,H,W such as 8,224,224")
     return tuple(parts)
+
+
+def config_inputs(cfg) -> List[tuple]:
+    """The clip sizes (T, H, W) a config trains and tests at (one entry when they are the same)."""
+    d = cfg.DATA
+    sizes = [(d.NUM_FRAMES, d.TRAIN_CROP_SIZE, d.TRAIN_CROP_SIZE), (d.NUM_FRAMES, d.TEST_CROP_SIZE, d.TEST_CROP_SIZE)]
+    return list(dict.fromkeys(sizes))
 
 
 def _skipped_lines(skipped) -> List[str]:
@@ -65,7 +79,9 @@ def format_report(config: str, reports: List[FlopReport], cfg) -> str:
                      f"softmax over positions); without them {r0.params - nb:,} ({(r0.params - nb) / 1e6:.3f}M)")
     for r in reports:
         t, h, w = r.input_shape[2:]
-        tag = {TRAIN_INPUT: " (train crop)", TEST_INPUT: " (test crop)"}.get((t, h, w), "")
+        d = cfg.DATA
+        tag = {(d.NUM_FRAMES, d.TEST_CROP_SIZE, d.TEST_CROP_SIZE): " (test crop)",
+               (d.NUM_FRAMES, d.TRAIN_CROP_SIZE, d.TRAIN_CROP_SIZE): " (train crop)"}.get((t, h, w), "")
         lines.append(f"FLOPs at {t}x{h}x{w}{tag}: {r.gflops:.3f} G"
                      + (f"   paper: {row.gflops:.2f} G at 8x224x224" if row and (t, h, w) == TRAIN_INPUT else ""))
         lines.append("  by operator: " + ", ".join(f"{k} {v / 1e9:.4f}" for k, v in
@@ -99,15 +115,16 @@ def explain() -> str:
     return "\n".join(lines)
 
 
+@tool
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ToolParser(__doc__)
     ap.add_argument("--config", help="config YAML (configs/kinetics400/*.yaml)")
     ap.add_argument("--input", type=_parse_input, action="append",
-                    help="clip size T,H,W (repeatable); default: 8,224,224 and 8,256,256")
+                    help="clip size T,H,W (repeatable); default: the config's DATA.NUM_FRAMES x "
+                         "DATA.TRAIN_CROP_SIZE^2 and x DATA.TEST_CROP_SIZE^2")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ap.add_argument("--explain", action="store_true",
                     help="compute the candidate explanations of the paper's FLOPs (takes minutes)")
-    ap.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
     args = ap.parse_args(argv)
     if args.explain:
         print(explain())
@@ -115,7 +132,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.config:
         ap.error("--config is required (or --explain)")
     cfg, model = build(args.config, args.opts)
-    sizes = args.input or [TRAIN_INPUT, TEST_INPUT]
+    sizes = args.input or config_inputs(cfg)
     reports = [count_flops(model, (1, 3) + tuple(s)) for s in sizes]
     if args.json:
         row = paper_row(args.config)

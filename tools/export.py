@@ -15,10 +15,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gcvideo.analysis.export import ExportMismatchError, export_model  # noqa: E402
-from gcvideo.config import ConfigError, load_cfg  # noqa: E402
+from gcvideo.analysis.export import export_model  # noqa: E402
+from gcvideo.cli import ToolParser, tool  # noqa: E402
+from gcvideo.config import load_cfg  # noqa: E402
 from gcvideo.models import build_model_from_checkpoint  # noqa: E402
-from gcvideo.utils.io import CheckpointError, refuse_existing  # noqa: E402
+from gcvideo.utils.io import refuse_existing  # noqa: E402
 
 
 def _shape(text: str):
@@ -31,8 +32,9 @@ def _shape(text: str):
     return vals
 
 
+@tool
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(__doc__)
     p.add_argument("--config", required=True, help="YAML config the model was trained with")
     p.add_argument("--checkpoint", required=True, help="trained weights (gcvideo, pytorchvideo, PySlowFast, Caffe2)")
     p.add_argument("--format", required=True, choices=["torchscript", "onnx"])
@@ -40,19 +42,12 @@ def main(argv=None) -> int:
     p.add_argument("--input", type=_shape, default=None, help="clip size T,H,W (default from the config)")
     p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "legacy"], help="ONNX exporter")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    p.add_argument("--opts", dest="opts_flag", nargs=argparse.REMAINDER, default=[],
-                   help="KEY VALUE config overrides (as in the other analysis tools)")
     args = p.parse_args(argv)
-    try:
-        cfg = load_cfg(args.config, list(args.opts) + list(args.opts_flag))
-        refuse_existing(args.out, args.overwrite)  # before loading anything
-        shape = args.input or (cfg.DATA.NUM_FRAMES, cfg.DATA.TEST_CROP_SIZE, cfg.DATA.TEST_CROP_SIZE)
-        model = build_model_from_checkpoint(cfg, args.checkpoint)  # all weights required
-        info = export_model(model, args.format, args.out, shape, overwrite=args.overwrite, exporter=args.exporter)
-    except (ConfigError, CheckpointError, FileExistsError, ExportMismatchError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    cfg = load_cfg(args.config, args.opts)
+    refuse_existing(args.out, args.overwrite)  # before loading anything
+    shape = args.input or (cfg.DATA.NUM_FRAMES, cfg.DATA.TEST_CROP_SIZE, cfg.DATA.TEST_CROP_SIZE)
+    model = build_model_from_checkpoint(cfg, args.checkpoint)  # all weights required
+    info = export_model(model, args.format, args.out, shape, overwrite=args.overwrite, exporter=args.exporter)
     err = "not checked" if info["max_rel_err"] is None else f"{info['max_rel_err']:.2e}"
     print(f"wrote {info['path']} ({info['format']}, {info['exporter']}, input (N, 3, "
           f"{', '.join(map(str, info['input_shape']))}), {info['bytes']} bytes); max relative error vs eager "

@@ -8,31 +8,24 @@ Accepts torchvision/timm ResNet-50/101 state dicts (also wrapped under
 state_dict/model keys). Prints which keys were mapped, which are new in 3D
 (head, context blocks) and which 2D keys were unused (the classifier).
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from gcvideo.config import ConfigError  # noqa: E402
-from gcvideo.models.inflate import InflationError  # noqa: E402
+from gcvideo.cli import ToolParser, tool  # noqa: E402
 from gcvideo.models.checkpoints import inflate_imagenet_checkpoint  # noqa: E402
-from gcvideo.utils.io import CheckpointError  # noqa: E402
 
 
+@tool
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(__doc__)
     p.add_argument("--src", required=True, help="2D ResNet checkpoint (.pth)")
     p.add_argument("--config", required=True, help="gcvideo config of the 3D model")
     p.add_argument("--dst", required=True, help="where to write the inflated state dict (must not exist)")
     p.add_argument("--overwrite", action="store_true", help="replace --dst if it exists")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     a = p.parse_args(argv)
-    try:
-        inflate_imagenet_checkpoint(a.src, a.config, a.dst, opts=a.opts, overwrite=a.overwrite)
-    except (ConfigError, CheckpointError, InflationError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    inflate_imagenet_checkpoint(a.src, a.config, a.dst, opts=a.opts, overwrite=a.overwrite)
     return 0
 
 

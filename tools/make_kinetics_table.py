@@ -17,17 +17,18 @@ import torch  # noqa: E402
 
 from gcvideo.analysis.flops import (PAPER_TABLE10, TEST_INPUT, TRAIN_INPUT, _r50,  # noqa: E402
                                     _shortcut_flops, count_flops)
+from gcvideo.cli import ToolParser, tool  # noqa: E402
 from gcvideo.config import load_cfg  # noqa: E402
 from gcvideo.models import build_model  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def main() -> int:
+@tool
+def main(argv=None) -> int:
+    ToolParser(__doc__, overrides=False).parse_args(argv)
     train, test = (1, 3) + TRAIN_INPUT, (1, 3) + TEST_INPUT
     rows = []
     for row in PAPER_TABLE10:
-        cfg = load_cfg(os.path.join(ROOT, "configs", "kinetics400", row.config + ".yaml"), check_files=False)
+        cfg = load_cfg(f"configs/kinetics400/{row.config}.yaml", check_files=False)  # the shipped configs
         model = build_model(cfg)
         rows.append(dict(row=row, train=count_flops(model, train), test=count_flops(model, test)))
     base, paper_base = rows[0]["train"], rows[0]["row"]

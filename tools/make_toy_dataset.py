@@ -5,7 +5,6 @@ label_pairs.json and toy_config.yaml (a config override with the label map and l
     python tools/make_toy_dataset.py --out data/toy [--seed 0] [--num-train 600] [--num-val 200]
                                      [--size 96] [--frames 72] [--workers N]
 """
-import argparse
 import inspect
 import os
 import sys
@@ -13,12 +12,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from gcvideo.cli import ToolParser, tool  # noqa: E402
 from gcvideo.data.toy import TOY_CLASSES, make_toy_dataset  # noqa: E402
 
 
+@tool
 def main(argv=None) -> int:
     default = {k: p.default for k, p in inspect.signature(make_toy_dataset).parameters.items()}  # one place
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ToolParser(__doc__, overrides=False)
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--seed", type=int, default=default["seed"], help="random seed (same seed, same dataset)")
     ap.add_argument("--num-train", type=int, default=default["num_train"], help="training videos (classes balanced)")

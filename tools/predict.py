@@ -10,24 +10,25 @@ mean over views of the softmax. Class names come from DATA.LABEL_MAP. A video th
 be read gets an error line (and "ok": false in --json output) and the others go on; the
 exit status is 1 if any video failed.
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gcvideo.analysis.predict import format_predictions, parse_views, predict_videos  # noqa: E402
-from gcvideo.config import ConfigError, load_cfg  # noqa: E402
+from gcvideo.cli import ToolParser, tool  # noqa: E402
+from gcvideo.config import load_cfg  # noqa: E402
 from gcvideo.data import build_views_dataset  # noqa: E402
 from gcvideo.data.item_bytes import eval_item_bytes, over_bound  # noqa: E402
 from gcvideo.engine.tester import class_names  # noqa: E402
 from gcvideo.models import build_model_from_checkpoint  # noqa: E402
 from gcvideo.utils.device import select_device  # noqa: E402
-from gcvideo.utils.io import CheckpointError  # noqa: E402
+from gcvideo.utils.errors import UsageError  # noqa: E402
 
 
+@tool
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(__doc__)
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
     p.add_argument("--config", required=True, help="YAML config the model was trained with")
     p.add_argument("--checkpoint", required=True, help="trained weights (gcvideo, pytorchvideo, PySlowFast, Caffe2)")
@@ -35,24 +36,19 @@ def main(argv=None) -> int:
     p.add_argument("--topk", type=int, default=5, help="classes to list per video")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     args = p.parse_args(argv)
-    try:
-        views = parse_views(args.views)
-        cfg = load_cfg(args.config, args.opts)
-        d = cfg.DATA  # the views of one video, float32 (build_views_dataset), within DATA.MAX_ITEM_BYTES
-        refusal = over_bound("a video's views", eval_item_bytes(d.NUM_FRAMES, *views, d.TEST_CROP_SIZE,
-                                                                d.MAX_ASPECT_RATIO, uint8=False),
-                             "DATA.MAX_ITEM_BYTES", d.MAX_ITEM_BYTES, "--views, DATA.NUM_FRAMES, DATA.TEST_CROP_SIZE")
-        if refusal:
-            raise ValueError(refusal)
-        names = class_names(cfg.DATA.LABEL_MAP, cfg.MODEL.NUM_CLASSES)
-        model = build_model_from_checkpoint(cfg, args.checkpoint).to(select_device(args.device))
-        results = predict_videos(model, build_views_dataset(cfg, args.videos, *views), names, topk=args.topk,
-                                 log=lambda msg: print(msg, file=sys.stderr, flush=True), progress=True)
-    except (ConfigError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    views = parse_views(args.views)
+    cfg = load_cfg(args.config, args.opts)
+    d = cfg.DATA  # the views of one video, float32 (build_views_dataset), within DATA.MAX_ITEM_BYTES
+    refusal = over_bound("a video's views", eval_item_bytes(d.NUM_FRAMES, *views, d.TEST_CROP_SIZE,
+                                                            d.MAX_ASPECT_RATIO, uint8=False),
+                         "DATA.MAX_ITEM_BYTES", d.MAX_ITEM_BYTES, "--views, DATA.NUM_FRAMES, DATA.TEST_CROP_SIZE")
+    if refusal:
+        raise UsageError(refusal)
+    names = class_names(cfg.DATA.LABEL_MAP, cfg.MODEL.NUM_CLASSES)
+    model = build_model_from_checkpoint(cfg, args.checkpoint).to(select_device(args.device))
+    results = predict_videos(model, build_views_dataset(cfg, args.videos, *views), names, topk=args.topk,
+                             log=lambda msg: print(msg, file=sys.stderr, flush=True), progress=True)
     print(format_predictions(results, as_json=args.json))
     return 0 if all(r["ok"] for r in results) else 1
 

@@ -12,21 +12,19 @@
 temporary name and renamed when complete). Exit status 1 when videos failed, 2 for a mistake
 in the arguments or the annotations (one "error:" line).
 """
-import argparse
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gcvideo.data.annotations import AnnotationError  # noqa: E402
-from gcvideo.data.prepare import PREPARE_DEFAULTS, PrepareError, prepare_kinetics  # noqa: E402
-from gcvideo.utils.folder_lock import FolderInUse  # noqa: E402
-from gcvideo.utils.io import WriteError  # noqa: E402
+from gcvideo.cli import ToolParser, tool  # noqa: E402
+from gcvideo.data.prepare import PREPARE_DEFAULTS, prepare_kinetics  # noqa: E402
 
 
+@tool
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ToolParser(__doc__, overrides=False)
     ap.add_argument("--src", required=True, help="folder with the downloaded clips")
     ap.add_argument("--dst", required=True, help="output folder (videos + CSVs)")
     ap.add_argument("--short-side", type=int, default=PREPARE_DEFAULTS["short_side"],
@@ -46,15 +44,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     t0 = time.time()
-    try:
-        s = prepare_kinetics(args.src, args.dst, short_side=args.short_side, workers=args.workers,
-                             label_map=args.label_map, annotations=args.annotations, default_split=args.split,
-                             crf=args.crf, preset=args.preset, gop=args.gop,
-                             x264_options=dict(kv.split("=", 1) for kv in args.x264_options),
-                             progress=not args.quiet)
-    except (PrepareError, AnnotationError, FolderInUse, WriteError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    s = prepare_kinetics(args.src, args.dst, short_side=args.short_side, workers=args.workers,
+                         label_map=args.label_map, annotations=args.annotations, default_split=args.split,
+                         crf=args.crf, preset=args.preset, gop=args.gop,
+                         x264_options=dict(kv.split("=", 1) for kv in args.x264_options),
+                         progress=not args.quiet)
     print(f"{s['videos']} videos: {s['encoded']} re-encoded, {s['already_done']} already done, {s['failed']} failed"
           f"{' (see failed.txt)' if s['failed'] else ''}"
           f"{'; %d annotated clips not in --src (see missing.txt)' % s['missing'] if s['missing'] else ''}; CSVs: "

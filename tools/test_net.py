@@ -4,31 +4,24 @@
 Views: TEST.NUM_ENSEMBLE_VIEWS clips x TEST.NUM_SPATIAL_CROPS crops (10 x 3 = 30).
 Without --checkpoint the newest checkpoint in OUTPUT_DIR is tested.
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gcvideo.config import ConfigError, load_cfg  # noqa: E402
+from gcvideo.cli import ToolParser, tool  # noqa: E402
+from gcvideo.config import load_cfg  # noqa: E402
 from gcvideo.engine import test  # noqa: E402
-from gcvideo.data.annotations import AnnotationError  # noqa: E402
-from gcvideo.utils.folder_lock import FolderInUse  # noqa: E402
-from gcvideo.utils.io import CheckpointError, WriteError  # noqa: E402
 
 
+@tool
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(__doc__)
     p.add_argument("--config", required=True, help="YAML config the model was trained with")
     p.add_argument("--checkpoint", default="", help="checkpoint to test (sets TEST.CHECKPOINT)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. TEST.NUM_ENSEMBLE_VIEWS 10")
     args = p.parse_args(argv)
     opts = list(args.opts) + (["TEST.CHECKPOINT", args.checkpoint] if args.checkpoint else [])
-    try:
-        test(load_cfg(args.config, opts))
-    except (ConfigError, FileNotFoundError, CheckpointError, AnnotationError, WriteError, FolderInUse) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    test(load_cfg(args.config, opts))
     return 0
 
 

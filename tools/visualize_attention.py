@@ -3,7 +3,7 @@
 
     python tools/visualize_attention.py --config FILE --checkpoint CKPT VIDEO --out DIR
         [--blocks NAME ...] [--queries "t,y,x;t,y,x"] [--alpha 0.5] [--overwrite] [--device auto]
-        [--opts KEY VALUE ...]
+        [KEY VALUE ...]
 
 GC/SNL model: the global attention weights (softmax over all T*H*W positions) of each
 chosen block, upsampled and overlaid on the centre clip's frames. Non-local model: the
@@ -11,10 +11,10 @@ attention maps of query positions (frame t, y and x as fractions of the crop; de
 centre and three other points of the middle frame), the query marked with a red dot,
 so one can see whether different queries attend to the same places. Writes
 DIR/attention_grid.png (frames x blocks), DIR/attention.gif and DIR/attention_maps.pt.
-Block names as listed by model.named_context_blocks(), e.g. blocks.3.res_blocks.5.branch2.context,
+--blocks takes the names the figure shows (res4.5; res3.0+ for a block after the residual add),
+full names as listed by model.named_context_blocks(), e.g. blocks.3.res_blocks.5.branch2.context,
 or a unique part of one (blocks.3.res_blocks.5).
 """
-import argparse
 import os
 import sys
 
@@ -22,15 +22,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gcvideo.analysis.attention import parse_queries, visualize_attention  # noqa: E402
 from gcvideo.analysis.predict import decode_views  # noqa: E402
-from gcvideo.config import ConfigError, load_cfg  # noqa: E402
+from gcvideo.cli import ToolParser, tool  # noqa: E402
+from gcvideo.config import load_cfg  # noqa: E402
 from gcvideo.data import build_views_dataset  # noqa: E402
 from gcvideo.models import build_model_from_checkpoint  # noqa: E402
 from gcvideo.utils.device import select_device  # noqa: E402
-from gcvideo.utils.io import CheckpointError  # noqa: E402
+from gcvideo.utils.errors import UserError  # noqa: E402
 
 
+@tool
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(__doc__)
     p.add_argument("video", metavar="VIDEO", help="video file")
     p.add_argument("--config", required=True, help="YAML config the model was trained with")
     p.add_argument("--checkpoint", required=True, help="trained weights")
@@ -40,22 +42,17 @@ def main(argv=None) -> int:
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     args = p.parse_args(argv)
-    try:
-        cfg = load_cfg(args.config, args.opts)
-        queries = parse_queries(args.queries) if args.queries else None
-        model = build_model_from_checkpoint(cfg, args.checkpoint).to(select_device(args.device))
-        # the centre clip, centre crop
-        views = decode_views(build_views_dataset(cfg, [args.video], num_clips=1, num_crops=1), progress=True)[0]
-        if not views["ok"]:
-            raise RuntimeError(f"{args.video}: cannot be decoded: {views['error']}")
-        out = visualize_attention(model, views["video"][:1], args.out, cfg.DATA.MEAN, cfg.DATA.STD,
-                                  blocks=args.blocks, queries=queries, alpha=args.alpha, overwrite=args.overwrite,
-                                  video=args.video)
-    except (ConfigError, CheckpointError, FileExistsError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    cfg = load_cfg(args.config, args.opts)
+    queries = parse_queries(args.queries) if args.queries else None
+    model = build_model_from_checkpoint(cfg, args.checkpoint).to(select_device(args.device))
+    # the centre clip, centre crop
+    views = decode_views(build_views_dataset(cfg, [args.video], num_clips=1, num_crops=1), progress=True)[0]
+    if not views["ok"]:
+        raise UserError(f"{args.video}: cannot be decoded: {views['error']}")
+    out = visualize_attention(model, views["video"][:1], args.out, cfg.DATA.MEAN, cfg.DATA.STD,
+                              blocks=args.blocks, queries=queries, alpha=args.alpha, overwrite=args.overwrite,
+                              video=args.video)
     print(f"{out['kind']} attention of {args.video}: {out['png']}, {out['gif']} (raw maps: {out['maps']})")
     return 0
 

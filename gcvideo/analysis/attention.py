@@ -35,6 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gcvideo.data.transforms import normalize_views
+from gcvideo.models.resnet import context_block_label
+from gcvideo.utils.errors import UsageError
 
 __all__ = ["context_input_hooks", "capture_context_inputs", "select_blocks", "gc_attention_maps",
            "nl_attention_maps", "default_queries", "parse_queries", "denormalize", "overlay_heatmap",
@@ -52,21 +54,23 @@ def _named_blocks(model: nn.Module) -> List[Tuple[str, nn.Module]]:
 
 def select_blocks(model: nn.Module, names: Optional[Sequence[str]] = None,
                   kind: Optional[type] = None) -> List[Tuple[str, nn.Module]]:
-    """Context blocks by name (exact, or a unique suffix/substring such as ``blocks.3.res_blocks.5``);
-    None = all (of ``kind``). Unknown names raise ValueError listing the available ones."""
+    """Context blocks by name: the short name figures show (``res4.5``, ``res4.5+``:
+    ``context_block_label``), the full module name, or a unique part of one such as
+    ``blocks.3.res_blocks.5``; None = all (of ``kind``). Unknown names raise ValueError listing the
+    available ones."""
     blocks = _named_blocks(model)
     if kind is not None:
         blocks = [(n, m) for n, m in blocks if isinstance(m, kind)]
     if not names:
         return blocks
     out = []
-    available = [n for n, _ in blocks]
+    available = [f"{context_block_label(n)} ({n})" for n, _ in blocks]
     for want in names:
-        hits = [(n, m) for n, m in blocks if n == want] or \
+        hits = [(n, m) for n, m in blocks if want in (n, context_block_label(n))] or \
                [(n, m) for n, m in blocks if want in n]
         if len(hits) != 1:
             why = "matches no" if not hits else f"matches {len(hits)}"
-            raise ValueError(f"block {want!r} {why} context block; available: {', '.join(available) or '(none)'}")
+            raise UsageError(f"block {want!r} {why} context block; available: {', '.join(available) or '(none)'}")
         if hits[0] not in out:
             out.append(hits[0])
     return out
@@ -87,7 +91,7 @@ def context_input_hooks(model: nn.Module, callback: Callable[[str, nn.Module, to
     wanted = list(blocks) if names is None else list(names)
     missing = [n for n in wanted if n not in blocks]
     if missing:
-        raise ValueError(f"unknown context blocks {missing}; available: {', '.join(blocks) or '(none)'}")
+        raise UsageError(f"unknown context blocks {missing}; available: {', '.join(blocks) or '(none)'}")
     handles = []
     unfused = []
     try:
@@ -139,9 +143,9 @@ def gc_attention_maps(model: nn.Module, clip: torch.Tensor, blocks: Optional[Seq
     att_blocks = [(n, m) for n, m in chosen if m.pooling == "att"]
     if blocks and len(att_blocks) != len(chosen):
         avg = [n for n, m in chosen if m.pooling != "att"]
-        raise ValueError(f"blocks {avg} use average pooling (uniform weights): no attention map to show")
+        raise UsageError(f"blocks {avg} use average pooling (uniform weights): no attention map to show")
     if not att_blocks:
-        raise ValueError("the model has no context blocks with attention pooling (GC/SNL); "
+        raise UsageError("the model has no context blocks with attention pooling (GC/SNL); "
                          "for a non-local model use nl_attention_maps")
     logits, inputs = capture_context_inputs(model, clip, [n for n, _ in att_blocks])
     maps = {n: m.attention(inputs[n]).float() for n, m in att_blocks}  # (N, T', H', W')
@@ -171,13 +175,13 @@ def parse_queries(text: str) -> List[Tuple[float, float, float]]:
             continue
         vals = part.split(",")
         if len(vals) != 3:
-            raise ValueError(f"query {part!r}: expected t,y,x (frame index, then y and x as fractions 0..1)")
+            raise UsageError(f"query {part!r}: expected t,y,x (frame index, then y and x as fractions 0..1)")
         t, y, x = int(vals[0]), float(vals[1]), float(vals[2])
         if not (0 <= y <= 1 and 0 <= x <= 1):
-            raise ValueError(f"query {part!r}: y and x must be fractions of the frame in [0, 1]")
+            raise UsageError(f"query {part!r}: y and x must be fractions of the frame in [0, 1]")
         out.append((t, y, x))
     if not out:
-        raise ValueError(f"no query points in {text!r}")
+        raise UsageError(f"no query points in {text!r}")
     return out
 
 
@@ -195,7 +199,7 @@ def nl_attention_maps(model: nn.Module, clip: torch.Tensor, queries: Sequence[Tu
 
     chosen = select_blocks(model, blocks, NonLocalBlock)
     if not chosen:
-        raise ValueError("the model has no non-local blocks; for a GC/SNL model use gc_attention_maps")
+        raise UsageError("the model has no non-local blocks; for a GC/SNL model use gc_attention_maps")
     logits, inputs = capture_context_inputs(model, clip, [n for n, _ in chosen])
     out = {}
     for name, block in chosen:
@@ -204,7 +208,7 @@ def nl_attention_maps(model: nn.Module, clip: torch.Tensor, queries: Sequence[Tu
         cells = []
         for qt, qy, qx in queries:
             if not 0 <= int(qt) < t:
-                raise ValueError(f"query frame {qt} is outside the clip's {t} frames at block {name}")
+                raise UsageError(f"query frame {qt} is outside the clip's {t} frames at block {name}")
             cells.append((int(qt), min(int(qy * h), h - 1), min(int(qx * w), w - 1)))
         flat = torch.tensor([(ct * h + ci) * w + cj for ct, ci, cj in cells])
         att = block.affinity(x)  # (N, L, Lk)
@@ -288,16 +292,6 @@ def _gif(frames: List[np.ndarray], duration_ms: int = 250) -> bytes:
     return buf.getvalue()
 
 
-def _short(name: str) -> str:
-    """blocks.3.res_blocks.5.branch2.context -> res4.5 (pre_add) / res4.5+ (post_relu)."""
-    parts = name.split(".")
-    try:
-        stage, block = int(parts[1]) + 1, int(parts[3])
-    except (IndexError, ValueError):
-        return name
-    return f"res{stage}.{block}" + ("" if "branch2" in parts else "+")
-
-
 def _peak(m: torch.Tensor) -> float:
     """Largest weight of a map relative to a uniform map (1.0 = uniform attention)."""
     m = m.float()
@@ -322,7 +316,7 @@ def render_gc(frames: np.ndarray, maps: Dict[str, torch.Tensor], alpha: float = 
     tiles = [[frames[i]] + [cols[n][i] for n in maps] for i in range(t)]
     peaks = {n: _peak(m) for n, m in maps.items()}
     png = _labelled_grid(tiles, [f"frame {i}" for i in range(t)],
-                         ["input"] + [f"{_short(n)} (peak {peaks[n]:.1f}x uniform)" for n in maps],
+                         ["input"] + [f"{context_block_label(n)} (peak {peaks[n]:.1f}x uniform)" for n in maps],
                          title="GC attention (softmax over all T*H*W positions; each block scaled to its max)")
     gif = _gif([np.concatenate(row, axis=1) for row in tiles])
     return png, gif
@@ -348,7 +342,8 @@ def render_nl(frames: np.ndarray, nl: Dict[str, Dict], queries: Sequence[Tuple[f
             py, px = min(int(qy * hgt), hgt - 1), min(int(qx * wid), wid - 1)
             row[int(qt)] = _mark(row[int(qt)], py, px, radius=max(2, hgt // 40))
             tiles.append(row)
-            labels.append(f"{_short(name)} q{qi} peak {_peak(maps[qi]):.1f}x\nt={int(qt)} y={qy:.2f} x={qx:.2f}")
+            labels.append(f"{context_block_label(name)} q{qi} peak {_peak(maps[qi]):.1f}x\n"
+                          f"t={int(qt)} y={qy:.2f} x={qx:.2f}")
     png = _labelled_grid(tiles, labels, [f"frame {i}" for i in range(t)],
                          title="non-local attention of query positions (red dot); each map scaled to its max")
     gif = _gif([np.concatenate([row[i] for row in tiles], axis=1) for i in range(t)])
@@ -384,7 +379,7 @@ def visualize_attention(model: nn.Module, clip: torch.Tensor, out_dir: str, mean
     has_nl = any(isinstance(m, NonLocalBlock) for _, m in model.named_context_blocks())
     has_gc = any(isinstance(m, ContextBlock) and m.pooling == "att" for _, m in model.named_context_blocks())
     if not (has_nl or has_gc):
-        raise ValueError(f"the model has no attention to show (context blocks: {', '.join(sorted(kinds)) or 'none'}"
+        raise UsageError(f"the model has no attention to show (context blocks: {', '.join(sorted(kinds)) or 'none'}"
                          "): it needs GC/SNL blocks (attention pooling) or non-local blocks")
     device = next(model.parameters()).device
     if clip.dtype == torch.uint8:  # a uint8 test view (DATA.EVAL_UINT8)

@@ -28,12 +28,14 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from gcvideo.utils.errors import UsageError, UserError
+
 __all__ = ["FORMATS", "export_model", "ExportMismatchError"]
 
 FORMATS = ("torchscript", "onnx")
 
 
-class ExportMismatchError(RuntimeError):
+class ExportMismatchError(UserError, RuntimeError):
     """The exported model's outputs differ from the eager model's beyond the tolerance."""
 
 
@@ -99,11 +101,11 @@ def export_model(model: nn.Module, fmt: str, out: str, input_shape: Sequence[int
     from gcvideo.utils.io import atomic_write_bytes, refuse_existing
 
     if fmt not in FORMATS:
-        raise ValueError(f"format {fmt!r}: expected one of {FORMATS}")
+        raise UsageError(f"format {fmt!r}: expected one of {FORMATS}")
     if exporter not in ("auto", "dynamo", "legacy"):
-        raise ValueError(f"exporter {exporter!r}: expected auto, dynamo or legacy")
+        raise UsageError(f"exporter {exporter!r}: expected auto, dynamo or legacy")
     if len(input_shape) != 3 or any(int(v) < 1 for v in input_shape):
-        raise ValueError(f"input shape {tuple(input_shape)}: expected T, H, W (3 positive integers)")
+        raise UsageError(f"input shape {tuple(input_shape)}: expected T, H, W (3 positive integers)")
     refuse_existing(out, overwrite)
     m = copy.deepcopy(model).eval().cpu()  # the copy is traced; the caller's model is left as it is
     g = torch.Generator().manual_seed(seed)

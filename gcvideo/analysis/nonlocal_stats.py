@@ -50,6 +50,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from gcvideo.utils.errors import UsageError
+
 __all__ = ["mean_pairwise_cosine_distance", "mean_pairwise_jsd", "nonlocal_block_stats", "analyze_nonlocal",
            "read_video_list", "DEFINITIONS",
            "NonlocalStatsAccumulator", "collect_nonlocal_stats", "format_stats_table", "STAT_COLUMNS"]
@@ -204,18 +206,19 @@ def collect_nonlocal_stats(model: nn.Module, clips: Iterable[torch.Tensor], *, m
                            seed: int = 0, include_self: bool = True,
                            blocks: Optional[Sequence[str]] = None) -> List[Dict]:
     """Run ``model`` on each batch of ``clips`` ((N, 3, T, H, W) tensors) and return, for every
-    non-local block (or those named in ``blocks``), the statistics averaged over all clips.
+    non-local block (or those named in ``blocks``: ``res4.5``, a full name or a unique part of one, as
+    ``attention.select_blocks`` takes them), the statistics averaged over all clips.
 
     Block inputs are captured with forward pre-hooks on the context modules.
     """
-    from gcvideo.analysis.attention import context_input_hooks
+    from gcvideo.analysis.attention import context_input_hooks, select_blocks
     from gcvideo.layers import NonLocalBlock
 
     named = [(n, m) for n, m in model.named_context_blocks() if isinstance(m, NonLocalBlock)]
-    if blocks:
-        named = [(n, m) for n, m in named if n in set(blocks)]
     if not named:
-        raise ValueError("the model has no non-local blocks to analyse" + (f" among {list(blocks)}" if blocks else ""))
+        raise UsageError("the model has no non-local blocks to analyse" + (f" among {list(blocks)}" if blocks else ""))
+    if blocks:
+        named = select_blocks(model, blocks, NonLocalBlock)
     acc = NonlocalStatsAccumulator(max_queries=max_queries, seed=seed, include_self=include_self)
     model.eval()
     with context_input_hooks(model, lambda name, mod, x: acc.add(name, mod, x), names=[n for n, _ in named]):
@@ -228,10 +231,17 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
+def _block_cell(name: str) -> str:
+    from gcvideo.models.resnet import context_block_label
+
+    label = context_block_label(name)
+    return name if label == name else f"{label} {name}"
+
+
 def format_stats_table(rows: List[Dict]) -> str:
     """A fixed-width text table: one row per block, then the mean over blocks."""
     head = ["block", "inst", "L", "Lk"] + list(STAT_COLUMNS)
-    body = [[r["block"], r["instantiation"], str(r["positions"]), str(r["key_positions"])]
+    body = [[_block_cell(r["block"]), r["instantiation"], str(r["positions"]), str(r["key_positions"])]
             + [_fmt(r[c]) for c in STAT_COLUMNS] for r in rows]
     if len(rows) > 1:
         mean = []
@@ -333,7 +343,7 @@ def analyze_nonlocal(model: nn.Module, dataset, out_json: Optional[str] = None, 
     rows = collect_nonlocal_stats(model, clips(), max_queries=max_queries, seed=seed, include_self=include_self,
                                   blocks=blocks)
     if not used:
-        raise RuntimeError(f"no video of {videos_file or 'the dataset'} could be decoded ({len(failed)} failed)")
+        raise UsageError(f"no video of {videos_file or 'the dataset'} could be decoded ({len(failed)} failed)")
     mean = {}
     for c in STAT_COLUMNS:
         vals = [r[c] for r in rows if r[c] is not None]

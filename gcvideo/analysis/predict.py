@@ -21,6 +21,7 @@ import torch.nn as nn
 from gcvideo.engine import combine_views
 from gcvideo.utils.device import select_device
 from gcvideo.utils.progress import progress_bar
+from gcvideo.utils.errors import UsageError
 
 __all__ = ["parse_views", "decode_views", "predict_videos", "format_predictions", "resolve_device", "model_device"]
 
@@ -33,9 +34,9 @@ def parse_views(text: str) -> Tuple[int, int]:
     try:
         clips, crops = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"views {text!r}: expected CLIPSxCROPS, e.g. 10x3 or 1x1") from None
+        raise UsageError(f"views {text!r}: expected CLIPSxCROPS, e.g. 10x3 or 1x1") from None
     if clips < 1 or crops not in (1, 3):
-        raise ValueError(f"views {text!r}: need at least 1 clip and 1 or 3 crops")
+        raise UsageError(f"views {text!r}: need at least 1 clip and 1 or 3 crops")
     return clips, crops
 
 

@@ -39,7 +39,9 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
+from gcvideo.utils.errors import UserError
 from gcvideo.utils.io import path_manager
+from gcvideo.utils.package_data import shipped_file
 
 __all__ = ["VideoRecord", "VideoRecords", "AnnotationError", "load_annotations", "read_label_map", "class_key",
            "detect_format", "kinetics_clip_name", "iter_lines", "video_stem", "FORMATS", "MAX_LINE_BYTES",
@@ -56,12 +58,10 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".m
 MAX_LINE_BYTES = 64 * 1024
 # The shipped 400-class map (standard alphabetical order), used for the official CSV
 # when DATA.LABEL_MAP is empty.
-DEFAULT_KINETICS400_LABEL_MAP = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    "datasets", "kinetics400", "label_map.txt")
+DEFAULT_KINETICS400_LABEL_MAP = shipped_file("datasets/kinetics400/label_map.txt")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """An annotation or label-map file has a line that cannot be used (message: ``file:line: ...``)."""
 
 

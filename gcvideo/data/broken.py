@@ -16,6 +16,7 @@ import logging
 import os
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
+from gcvideo.utils.errors import UserError
 from gcvideo.utils.io import atomic_write_text, path_manager
 
 __all__ = ["BrokenVideoTracker", "TooManyBrokenVideos", "parse_skipped", "BROKEN_LIST_NAME"]
@@ -24,7 +25,7 @@ BROKEN_LIST_NAME = "broken_videos.txt"
 logger = logging.getLogger(__name__)
 
 
-class TooManyBrokenVideos(RuntimeError):
+class TooManyBrokenVideos(UserError, RuntimeError):
     """More than DATA.MAX_BROKEN_FRACTION of the videos could not be decoded."""
 
 

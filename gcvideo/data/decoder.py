@@ -649,8 +649,11 @@ class VideoReader:
                 if backend == "decord":
                     self._impl = _DecordBackend(path, local, threads, self._pyav)
                 else:
-                    from gcvideo.data.decoder_torchcodec import TorchCodecBackend
+                    from gcvideo.data.decoder_torchcodec import TorchCodecBackend, torchcodec_unavailable
 
+                    why = torchcodec_unavailable()  # a real load of its FFmpeg libraries, once
+                    if why:
+                        raise ImportError(why)
                     self._impl = TorchCodecBackend(path, local, threads, self._pyav, self.device)
             except ImportError as e:
                 self._use_pyav(backend, f"{backend} is not installed or cannot load ({_first_line(e)})")

@@ -13,6 +13,7 @@ the reader use PyAV for that file, with the reason logged once.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -20,7 +21,35 @@ import torch
 
 from gcvideo.data.decoder import VideoDecodeError, index_mismatch, resize_frames
 
-__all__ = ["TorchCodecBackend"]
+__all__ = ["TorchCodecBackend", "torchcodec_unavailable"]
+
+
+def _load_torchcodec() -> int:
+    """Import torchcodec and load its FFmpeg-dependent core library; FFmpeg's major version.
+
+    Importing torchcodec succeeds without FFmpeg (its image decoders need none); only the core
+    library it tried to load at import tells whether videos can be decoded.
+    """
+    import torchcodec
+
+    version = getattr(torchcodec, "ffmpeg_major_version", None)
+    if version is None:
+        raise RuntimeError("torchcodec could not load libtorchcodec_core: FFmpeg's shared libraries "
+                           "(libavcodec, libavformat, libavutil of FFmpeg 4-9) are not found; install them, "
+                           "e.g. apt-get install ffmpeg")
+    return int(version)
+
+
+@functools.lru_cache(maxsize=None)
+def torchcodec_unavailable() -> str:
+    """"" where torchcodec can decode videos (installed and its FFmpeg libraries loaded), else why
+    not, in one line. Cached: the backend choice asks once per process."""
+    try:
+        _load_torchcodec()
+    except Exception as e:  # ImportError, or RuntimeError when FFmpeg's libraries are missing
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return f"torchcodec unavailable: {type(e).__name__}: {first}"
+    return ""
 
 
 class TorchCodecBackend:

@@ -30,6 +30,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from gcvideo.data.annotations import (DEFAULT_KINETICS400_LABEL_MAP, VIDEO_EXTENSIONS, AnnotationError, class_key,
                                       kinetics_clip_name, read_label_map, video_stem)
+from gcvideo.utils.errors import UserError
 from gcvideo.utils.folder_lock import FolderLock
 from gcvideo.utils.io import TEMPORARY_NAME, atomic_write_text
 from gcvideo.utils.parallel import parallel_imap
@@ -49,7 +50,7 @@ PREPARE_DEFAULTS = {"short_side": 320, "crf": 23, "preset": "veryfast", "gop": 3
 _TMP_MARK = ".tmp-prepare-"
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError, ValueError):
     """``--src``/``--dst`` cannot be used as given (one line: what is wrong and what to do)."""
 
 

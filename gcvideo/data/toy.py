@@ -36,6 +36,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from gcvideo.utils.errors import UsageError
 from gcvideo.utils.io import atomic_write_text
 from gcvideo.utils.parallel import parallel_imap
 
@@ -269,7 +270,7 @@ def make_toy_dataset(out_dir: str, seed: int = 0, num_train: int = 600, num_val:
     describes the same parameters, nothing is written again.
     """
     if size < 32 or num_frames < 8 or num_train < 1 or num_val < 0:
-        raise ValueError(f"toy dataset: size={size} (>= 32), num_frames={num_frames} (>= 8), "
+        raise UsageError(f"toy dataset: size={size} (>= 32), num_frames={num_frames} (>= 8), "
                          f"num_train={num_train} (>= 1), num_val={num_val} (>= 0)")
     out_dir = os.path.abspath(out_dir)
     params = {"version": _FORMAT_VERSION, "seed": int(seed), "num_train": int(num_train), "num_val": int(num_val),

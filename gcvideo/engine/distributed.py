@@ -43,6 +43,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import Sampler
 
+from gcvideo.utils.errors import UserError
+
 __all__ = ["BatchSizeError", "RankTimeout", "StepWatch", "step_started",
            "init_distributed", "cleanup_distributed", "process_group", "is_distributed", "get_rank", "get_world_size",
            "is_main_process", "barrier", "all_gather_object", "all_reduce_sum", "broadcast_object", "run_on_main_process",
@@ -317,7 +319,7 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 # Samplers
 # ---------------------------------------------------------------------------
-class BatchSizeError(ValueError):
+class BatchSizeError(UserError, ValueError):
     """TRAIN.BATCH_SIZE does not fit the training set or the number of processes."""
 
 

@@ -45,6 +45,7 @@ from gcvideo.engine.tester import build_eval_loader, evaluate, run_test, build_t
 from gcvideo.models import build_model, load_pretrained
 from gcvideo.utils.device import select_device
 from gcvideo.utils.folder_lock import FolderLock
+from gcvideo.utils.errors import UserError
 from gcvideo.utils.io import atomic_write_text, load_checkpoint_file, path_join, path_manager, remove_temporaries
 from gcvideo.utils.malloc import tune_cpu_memory
 from gcvideo.utils.threads import tune_cpu_threads
@@ -56,7 +57,7 @@ __all__ = ["train", "train_one_epoch", "EpochMeters", "FitSettings", "build_fit_
 DatasetBuilder = Callable[[CfgNode, str], Dataset]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite; training stopped before the weights were updated."""
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from gcvideo.models.safe_pickle import UnsafePickleError, safe_pickle_load
-from gcvideo.utils.io import CheckpointError, load_checkpoint_file, path_manager
+from gcvideo.utils.io import CheckpointError, load_checkpoint_file, path_manager, refuse_exported_model
 
 __all__ = ["load_weights_file", "unwrap_state_dict", "caffe2_blobs_to_tensors", "is_caffe2_blobs",
            "CheckpointContents", "read_checkpoint"]
@@ -42,6 +42,7 @@ def load_weights_file(path: str) -> Any:
         return load_checkpoint_file(path)
     with path_manager.open(path, "rb") as f:
         data = f.read()
+    refuse_exported_model(path, data)  # ONNX
     try:
         return safe_pickle_load(data)
     except UnsafePickleError as e:

@@ -15,6 +15,7 @@ block's output ReLU ("post_relu", nl).
 """
 from __future__ import annotations
 
+import re
 from typing import List, Optional, Sequence
 
 import torch
@@ -23,7 +24,20 @@ from pytorchvideo.models.resnet import ResStage
 from pytorchvideo.models.stem import create_res_basic_stem
 
 
-__all__ = ["SlowResNet", "Bottleneck", "ContextResBlock", "ResNetHead"]
+__all__ = ["SlowResNet", "Bottleneck", "ContextResBlock", "ResNetHead", "context_block_label"]
+
+_CONTEXT_NAME = re.compile(r"blocks\.(\d+)\.res_blocks\.(\d+)\.(branch2\.)?context")
+
+
+def context_block_label(name: str) -> str:
+    """The short name of a context block (``SlowResNet.named_context_blocks``), the one that figures
+    show and ``--blocks`` takes: ``blocks.3.res_blocks.5.branch2.context`` (in the residual branch)
+    -> ``res4.5``, ``blocks.3.res_blocks.5.context`` (after the residual add and ReLU) -> ``res4.5+``;
+    any other name is returned as it is."""
+    m = _CONTEXT_NAME.fullmatch(name)
+    if m is None:
+        return name
+    return f"res{int(m.group(1)) + 1}.{m.group(2)}" + ("" if m.group(3) else "+")
 
 
 class Bottleneck(nn.Module):

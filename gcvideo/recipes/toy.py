@@ -23,6 +23,7 @@ from gcvideo.engine.trainer import train
 from gcvideo.layers import ContextBlock, NonLocalBlock
 from gcvideo.models import build_model_from_checkpoint
 from gcvideo.utils.device import select_device
+from gcvideo.utils.errors import UsageError
 
 __all__ = ["run_toy", "prepare_toy_data", "attention_per_class"]
 
@@ -90,7 +91,7 @@ def run_toy(config_file: str = "configs/toy/slow_gc_toy.yaml", data_dir: Optiona
     cfg = load_cfg(config_file, list(opts), check_files=False)
     data_dir = data_dir or cfg.DATA.PATH_TO_DATA_DIR
     if not data_dir:
-        raise ValueError(f"{config_file}: DATA.PATH_TO_DATA_DIR is empty; give the data folder (--data DIR)")
+        raise UsageError(f"{config_file}: DATA.PATH_TO_DATA_DIR is empty; give the data folder (--data DIR)")
     # 1. data: the toy set, generated if missing, or the user's dataset as it is
     meta = prepare_toy_data(data_dir, log)
     overrides = ["DATA.PATH_TO_DATA_DIR", data_dir]

@@ -20,6 +20,7 @@ import socket
 import time
 from typing import Optional
 
+from gcvideo.utils.errors import UserError
 from gcvideo.utils.io import local_path
 
 __all__ = ["FolderLock", "FolderInUse", "LOCK_NAME"]
@@ -27,7 +28,7 @@ __all__ = ["FolderLock", "FolderInUse", "LOCK_NAME"]
 LOCK_NAME = ".gcvideo.lock"
 
 
-class FolderInUse(RuntimeError):
+class FolderInUse(UserError, RuntimeError):
     """Another process holds the folder's lock."""
 
 

@@ -17,8 +17,10 @@ from typing import Any, List, Sequence, Union
 import torch
 from iopath.common.file_io import NativePathHandler, PathManager
 
+from gcvideo.utils.errors import UserError
+
 __all__ = ["path_manager", "CheckpointError", "CorruptCheckpointError", "WriteError", "load_checkpoint_file",
-           "verify_checkpoint_bytes", "move_aside", "atomic_write_bytes",
+           "verify_checkpoint_bytes", "move_aside", "atomic_write_bytes", "exported_model_kind", "refuse_exported_model",
            "atomic_save", "atomic_write_text", "disk_full_error", "local_path", "path_join", "remove_temporaries",
            "TEMPORARY_NAME", "refuse_existing"]
 
@@ -60,14 +62,14 @@ def local_path(path: str):
     return path_manager.get_local_path(path) if path.startswith(FILE_URI) else path
 
 
-class WriteError(OSError):
+class WriteError(UserError, OSError):
     """A file could not be written (full disk, quota); its temporary file was removed."""
 
     def __str__(self) -> str:  # the one-line message, without OSError's "[Errno N]"
         return str(self.strerror)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file cannot be read safely or does not have the expected content."""
 
 
@@ -110,13 +112,40 @@ def move_aside(path: str, suffix: str = ".corrupt") -> str:
     elif path_manager.mv(path, new) is False:
         raise OSError(f"cannot rename {path} to {new}")
     return new
+def exported_model_kind(data: bytes) -> str:
+    """"TorchScript", "torch.export" or "ONNX" when ``data`` (a file's bytes) is an exported model
+    (a graph, as tools/export.py writes), else ""."""
+    if data[:4] == b"PK\x03\x04":  # a zip: torch.save checkpoints, TorchScript and torch.export archives
+        try:
+            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        except zipfile.BadZipFile:
+            return ""
+        if any(n.endswith("/constants.pkl") or "/code/__torch__/" in n for n in names):
+            return "TorchScript"
+        if any(n.endswith("/archive_format") or n.endswith("/models/model.json") for n in names):
+            return "torch.export"
+        return ""
+    head = data[:512]
+    if head[:1] == b"\x08" and (b"\x12\x07pytorch" in head or b"onnx" in head):  # ModelProto: ir_version, producer
+        return "ONNX"
+    return ""
+
+
+def refuse_exported_model(path: str, data: bytes) -> None:
+    """A CheckpointError saying so when ``data`` (the bytes of ``path``) is an exported model."""
+    kind = exported_model_kind(data)
+    if kind:
+        runner = {"ONNX": "onnxruntime", "TorchScript": "torch.jit.load"}.get(kind, "torch.export.load")
+        raise CheckpointError(f"{path} is an exported {kind} model, not a checkpoint: give the training checkpoint "
+                              f"or state dict it was exported from (an exported model runs with {runner})")
 
 
 def load_checkpoint_file(path: str, map_location: Any = "cpu") -> Any:
     """``torch.load(weights_only=True)`` through iopath, with a clear error.
 
     Files that would need arbitrary unpickling (pickled classes, code) are
-    refused: we never run code from a checkpoint. Zip checkpoints are verified first
+    refused: we never run code from a checkpoint. An exported model (TorchScript, torch.export,
+    ONNX) is refused as such: it holds a graph, not a checkpoint. Zip checkpoints are verified
     (``verify_checkpoint_bytes``: every record against its CRC-32).
     """
     if not path_manager.exists(path):
@@ -125,6 +154,7 @@ def load_checkpoint_file(path: str, map_location: Any = "cpu") -> Any:
         data = f.read()
     if len(data) == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    refuse_exported_model(path, data)
     verify_checkpoint_bytes(data, path)
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)

@@ -78,6 +78,35 @@ def test_select_blocks_by_name_or_part():
         select_blocks(m, ["blocks.9"])
 
 
+def test_blocks_named_as_the_figure_labels_them(monkeypatch, tmp_path):
+    """The figure's column names (res4.0, res3.0+) are names --blocks takes: one naming of blocks."""
+    import gcvideo.analysis.attention as A
+    from gcvideo.models.resnet import context_block_label
+
+    gc = _model("gc", [[], [0], "all", [0]])  # pre_add: in the residual branch
+    names = [n for n, _ in gc.named_context_blocks()]
+    assert names == ["blocks.2.res_blocks.0.branch2.context", "blocks.3.res_blocks.0.branch2.context",
+                     "blocks.4.res_blocks.0.branch2.context"]
+    assert [context_block_label(n) for n in names] == ["res3.0", "res4.0", "res5.0"]  # blocks.i -> res(i+1)
+    nl = _model("nl", NL_LOC)  # post_relu: after the residual add + ReLU
+    assert [context_block_label(n) for n, _ in nl.named_context_blocks()] == ["res3.0+", "res4.0+"]
+    assert context_block_label("head.proj") == "head.proj"
+    titles = []
+    real = A._labelled_grid
+    monkeypatch.setattr(A, "_labelled_grid", lambda tiles, rows, cols, *a, **k: titles.append(cols) or
+                        real(tiles, rows, cols, *a, **k))
+    visualize_attention(gc, _clip(1), str(tmp_path / "gc"), [0.45] * 3, [0.225] * 3)
+    labels = [t.split(" (peak")[0] for t in titles[0][1:]]
+    assert labels == ["res3.0", "res4.0", "res5.0"]
+    for label, name in zip(labels, names):
+        assert [n for n, _ in select_blocks(gc, [label])] == [name]  # the figure's name selects its block
+    out = visualize_attention(gc, _clip(1), str(tmp_path / "gc4"), [0.45] * 3, [0.225] * 3, blocks=["res4.0"])
+    assert list(torch.load(out["maps"])["maps"]) == ["blocks.3.res_blocks.0.branch2.context"]
+    assert [n for n, _ in select_blocks(nl, ["res4.0+"])] == ["blocks.3.res_blocks.0.context"]
+    with pytest.raises(ValueError, match=r"available: res3.0\+ \(blocks.2.res_blocks.0.context\)"):
+        select_blocks(nl, ["res9.9"])
+
+
 def test_gc_maps_equal_float64_softmax():
     m = _model("gc", GC_LOC)
     x = _clip()
@@ -246,7 +275,7 @@ def test_visualize_tool_nl_on_real_video(toy, capsys):
     # errors: an unreadable video, a GC-less/NL-less model
     bad = toy / "bad.mp4"
     bad.write_bytes(b"nothing")
-    assert tool.main(["--config", cfg_file, "--checkpoint", ckpt, str(bad), "--out", str(toy / "x")]) == 1
+    assert tool.main(["--config", cfg_file, "--checkpoint", ckpt, str(bad), "--out", str(toy / "x")]) == 2
     assert "bad.mp4" in capsys.readouterr().err
 
 

@@ -140,5 +140,5 @@ def test_export_tool(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("export_tool", os.path.join(ROOT, "tools", "export.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    assert tool.main(cmd[2:]) == 1
+    assert tool.main(cmd[2:]) == 2  # a user error: one line, exit 2 (gcvideo.cli)
     assert "overwrite" in capsys.readouterr().err and out.read_bytes() == before

@@ -234,3 +234,23 @@ def test_count_flops_tool_json(capsys):
     rep = out["reports"][0]
     assert rep["input_shape"] == [1, 3, 8, 64, 64] and rep["context_blocks"] == 5
     assert all(v["reason"] for v in rep["skipped_context"].values())
+
+
+def test_count_flops_tool_counts_at_the_configs_clip_size(capsys):
+    """Without --input the tool counts at DATA.NUM_FRAMES x the train and test crops, overrides included."""
+    import json
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import count_flops as tool
+
+    toy = os.path.join(ROOT, "configs/toy/slow_gc_toy.yaml")
+    opts = ["DATA.NUM_FRAMES", "4", "DATA.TRAIN_CROP_SIZE", "40", "DATA.TEST_CROP_SIZE", "56"]
+    assert tool.main(["--config", toy, "--json"] + opts) == 0
+    reports = json.loads(capsys.readouterr().out)["reports"]
+    assert [r["input_shape"] for r in reports] == [[1, 3, 4, 40, 40], [1, 3, 4, 56, 56]]
+    model = build_model(load_cfg(toy, opts, check_files=False))
+    assert [r["total"] for r in reports] == [count_flops(model, (1, 3, 4, 40, 40)).total,
+                                             count_flops(model, (1, 3, 4, 56, 56)).total]
+    assert tool.main(["--config", toy, "--json", "--input", "2,32,32"] + opts) == 0  # --input still wins
+    assert [r["input_shape"] for r in json.loads(capsys.readouterr().out)["reports"]] == [[1, 3, 2, 32, 32]]

@@ -316,4 +316,4 @@ def test_analyze_tool_on_toy_set(toy_setup, capsys):
     gc_ckpt = toy_setup["dir"] / "plain.pth"
     torch.save(build_model(load_cfg(str(gc_cfg))).state_dict(), gc_ckpt)
     rc = tool.main(["--config", str(gc_cfg), "--checkpoint", str(gc_ckpt), "--csv", str(toy_setup["toy"] / "val.csv")])
-    assert rc == 1 and "non-local" in capsys.readouterr().err
+    assert rc == 2 and "non-local" in capsys.readouterr().err

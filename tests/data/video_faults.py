@@ -13,15 +13,13 @@ import av
 import numpy as np
 
 import data_helpers as H
+from gcvideo.data.decoder_torchcodec import torchcodec_unavailable
 
 
 def torchcodec_missing():
-    """"" when torchcodec and the FFmpeg libraries it loads are there, else why not."""
-    try:
-        from torchcodec.decoders import VideoDecoder  # noqa: F401  (loads libavcodec & co.)
-    except Exception as e:  # ImportError, or RuntimeError when FFmpeg's shared libraries are missing
-        return f"torchcodec unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
-    return ""
+    """"" when torchcodec can decode here (its FFmpeg libraries load), else why not: the library's
+    own check, which the decoder's backend choice uses too."""
+    return torchcodec_unavailable()
 
 
 # every decoder backend this machine can run (tests parametrised over backends use it)

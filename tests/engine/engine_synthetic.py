@@ -84,6 +84,9 @@ def tiny_cfg(output_dir: str, *opts, num_classes: int = 4):
             "SOLVER.REFERENCE_BATCH_SIZE", 4, "TEST.NUM_ENSEMBLE_VIEWS", 2, "TEST.NUM_SPATIAL_CROPS", 1,
             "DEVICE", "cpu"]
     opts = [str(o) if not isinstance(o, str) else o for o in list(base) + list(opts)]
+    given = dict(zip(opts[0::2], opts[1::2]))
+    if float(given["SOLVER.WARMUP_EPOCHS"]) >= float(given["SOLVER.MAX_EPOCH"]):  # e.g. MAX_EPOCH 1
+        opts += ["SOLVER.WARMUP_EPOCHS", str(float(given["SOLVER.MAX_EPOCH"]) / 2)]  # must end before training
     return load_cfg(None, opts)
 
 

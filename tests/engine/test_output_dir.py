@@ -206,7 +206,7 @@ def test_a_second_test_of_the_same_checkpoint_is_refused_while_the_first_writes(
     y.write_text(cfg.dump())
     with FolderLock(str(report)):  # test_net: one "error: ..." line, no traceback
         capsys.readouterr()
-        assert test_net.main(["--config", str(y), "DATA.PATH_TO_DATA_DIR", str(data)]) == 1
+        assert test_net.main(["--config", str(y), "DATA.PATH_TO_DATA_DIR", str(data)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "is in use by another run" in err[0], err
 
@@ -229,7 +229,7 @@ def _train_net(tmp_path, capsys, data_files, *opts):
              "TRAIN.BATCH_SIZE", "2", "TRAIN.EVAL_PERIOD", "0"]
     rc = train_net.main(["--config", str(y), *opts, *small])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1 and len(err) == 1 and err[0].startswith("error: "), err
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err
     assert not out.exists()  # nothing created
     return err[0], data
 
@@ -276,7 +276,7 @@ def test_folder_in_use_is_one_line_from_train_net(tmp_path, capsys):
         rc = train_net.main(["--config", str(y), "MODEL.WIDTH", "8", "MODEL.STAGE_DEPTHS", "[1, 1, 1, 1]",
                              "MODEL.NUM_CLASSES", "2", "DEVICE", "cpu", "TRAIN.BATCH_SIZE", "2"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1 and len(err) == 1, err
+    assert rc == 2 and len(err) == 1, err
     assert err[0].startswith(f"error: OUTPUT_DIR = {str(out)!r} is in use by another run (pid {os.getpid()} "
                              f"on host {socket.gethostname()}, since "), err
     assert os.listdir(out) == [".gcvideo.lock"]

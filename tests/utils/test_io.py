@@ -59,3 +59,41 @@ def test_refuse_existing_names_exactly_the_files_that_exist(tmp_path):
         refuse_existing([a, b, c], overwrite=False)
     assert str(e.value) == f"{a}, {c} already exist; refusing to overwrite them (pass --overwrite)"
     refuse_existing([a, b, c], overwrite=True)
+
+
+@pytest.mark.parametrize("kind", ["TorchScript", "torch.export", "ONNX"])
+def test_an_exported_model_is_named_as_such_not_as_unsafe_pickle(kind, tmp_path):
+    """--init-from / --checkpoint with a file tools/export.py writes: 'an exported ... model', not
+    'needs arbitrary unpickling' (TorchScript) or 'not a readable pickle' (ONNX)."""
+    import warnings
+
+    import torch
+
+    from gcvideo.config import get_cfg
+    from gcvideo.models import build_model, load_pretrained
+    from gcvideo.utils.io import CheckpointError, exported_model_kind, load_checkpoint_file
+
+    m = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 1), torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 4 * 4, 2)).eval()
+    x = torch.randn(1, 3, 2, 4, 4)
+    path = str(tmp_path / "model.exported")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "TorchScript":
+            torch.jit.save(torch.jit.trace(m, x), path)
+        elif kind == "torch.export":
+            torch.export.save(torch.export.export(m, (x,)), path)
+        else:
+            pytest.importorskip("onnx")
+            torch.onnx.export(m, (x,), path, dynamo=False)
+    data = open(path, "rb").read()
+    assert exported_model_kind(data) == kind
+    torch.save(m.state_dict(), str(tmp_path / "plain.pth"))  # a checkpoint is not an exported model
+    assert exported_model_kind(open(tmp_path / "plain.pth", "rb").read()) == ""
+    assert exported_model_kind(b"\x80\x02}q\x00.") == ""  # a plain pickle
+    cfg = get_cfg()
+    cfg.MODEL.WIDTH, cfg.MODEL.STAGE_DEPTHS = 8, [1, 1, 1, 1]
+    for load in (load_checkpoint_file, lambda p: load_pretrained(build_model(cfg), p)):  # TRAIN.INIT_FROM's loader
+        with pytest.raises(CheckpointError) as e:
+            load(path)
+        msg = str(e.value)
+        assert msg.startswith(f"{path} is an exported {kind} model, not a checkpoint") and "unpickling" not in msg

@@ -23,7 +23,7 @@ from gcvideo.engine.checkpoint import list_checkpoints
 from gcvideo.engine.loader import ForkingLoader
 from gcvideo.engine.memory_format import model_channels_last, to_device
 from gcvideo.engine.metrics import combine_views, compute_metrics, format_summary, write_report
-from gcvideo.engine.precision import autocast, autocast_dtype
+from gcvideo.engine.precision import autocast, autocast_dtype, print_slow_bf16_warning
 from gcvideo.models import build_model_from_checkpoint
 from gcvideo.models.inflate import InflationError
 from gcvideo.utils.device import select_device
@@ -203,6 +203,7 @@ def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dat
         set_determinism(cfg.TRAIN.DETERMINISTIC, device)
         tune_cpu_threads(cfg.TRAIN.CPU_THREADS, cfg.DATA.NUM_WORKERS, device)
         tune_cpu_memory(cfg.TRAIN.CPU_KEEP_FREED_MEMORY, device)
+        print_slow_bf16_warning(cfg.TRAIN.MIXED_PRECISION, device)
         model, ckpt = _load_test_model(cfg, checkpoints_to_test(cfg.TEST.CHECKPOINT, cfg.OUTPUT_DIR))
         model.to(device)
         if cfg.TRAIN.CHANNELS_LAST:

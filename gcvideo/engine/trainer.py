@@ -40,7 +40,7 @@ from gcvideo.engine.loader import TrainLoader
 from gcvideo.engine.logger import RunLogger, format_duration
 from gcvideo.engine.memory_format import model_channels_last, to_device
 from gcvideo.engine.optim import WarmupCosineSchedule, build_optimizer, build_schedule, scaled_lr
-from gcvideo.engine.precision import autocast, autocast_dtype
+from gcvideo.engine.precision import autocast, autocast_dtype, print_slow_bf16_warning
 from gcvideo.engine.tester import build_eval_loader, evaluate, run_test, build_test_settings
 from gcvideo.models import build_model, load_pretrained
 from gcvideo.utils.device import select_device
@@ -359,6 +359,7 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
                  tune_cpu_memory(t.CPU_KEEP_FREED_MEMORY, device)]
     cpu_note = "; ".join(n for n in cpu_notes if n)
     amp_dtype = autocast_dtype(t.MIXED_PRECISION, device)
+    print_slow_bf16_warning(t.MIXED_PRECISION, device)
     settings = build_fit_settings(cfg)
     # -- data (annotation errors, fewer clips than one global batch), and the test set used at the end
     train_set = builder(cfg, "train")

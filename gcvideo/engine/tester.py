@@ -16,6 +16,7 @@ import torch.nn as nn
 from fvcore.common.config import CfgNode
 from torch.utils.data import DataLoader, Dataset
 
+from gcvideo.config import ConfigError
 from gcvideo.data.annotations import read_label_map
 from gcvideo.data.dataset import build_dataset
 from gcvideo.engine import distributed as du
@@ -119,13 +120,15 @@ def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, device: 
 
 
 def class_names(label_map: str, num_classes: int) -> List[str]:
-    """Names from the label map (``read_label_map``: line i = class i), else "0", "1", ..."""
+    """Names from the label map (``read_label_map``: line i = class i), else "0", "1", ...; a label map
+    with another class count than the classifier is a ``ConfigError``."""
     if not label_map:
         return [str(i) for i in range(num_classes)]
     names = read_label_map(label_map)
     if len(names) != num_classes:
-        raise ValueError(f"DATA.LABEL_MAP = {label_map!r} lists {len(names)} classes but "
-                         f"MODEL.NUM_CLASSES = {num_classes}")
+        raise ConfigError(f"DATA.LABEL_MAP = {label_map!r} lists {len(names)} classes but "
+                          f"MODEL.NUM_CLASSES = {num_classes}: set MODEL.NUM_CLASSES {len(names)} (the classifier "
+                          "has one output per class) or give the label map of the model's classes")
     return names
 
 

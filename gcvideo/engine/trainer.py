@@ -41,7 +41,7 @@ from gcvideo.engine.logger import RunLogger, format_duration
 from gcvideo.engine.memory_format import model_channels_last, to_device
 from gcvideo.engine.optim import WarmupCosineSchedule, build_optimizer, build_schedule, scaled_lr
 from gcvideo.engine.precision import autocast, autocast_dtype, print_slow_bf16_warning
-from gcvideo.engine.tester import build_eval_loader, evaluate, run_test, build_test_settings
+from gcvideo.engine.tester import build_eval_loader, build_test_settings, class_names, evaluate, run_test
 from gcvideo.models import build_model, load_pretrained
 from gcvideo.utils.device import select_device
 from gcvideo.utils.folder_lock import FolderLock
@@ -350,10 +350,12 @@ def _precision_name(setting: str, amp_dtype: Optional[torch.dtype]) -> str:
 
 def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _Run:
     """Datasets, sampler, model (initial weights), optimizer and the run's settings; raises before
-    anything is written (annotation errors, a training set smaller than one global batch, an
-    unreadable or unfitting TRAIN.INIT_FROM, a missing test annotation or label map)."""
+    anything is written (a label map of another class count than MODEL.NUM_CLASSES, annotation errors,
+    a training set smaller than one global batch, an unreadable or unfitting TRAIN.INIT_FROM, a missing
+    test annotation or label map)."""
     t = cfg.TRAIN
     rank, world = du.get_rank(), du.get_world_size()
+    class_names(cfg.DATA.LABEL_MAP, cfg.MODEL.NUM_CLASSES)  # a label map of another class count: refused here
     set_determinism(t.DETERMINISTIC, device)
     cpu_notes = [tune_cpu_threads(t.CPU_THREADS, cfg.DATA.NUM_WORKERS, device),
                  tune_cpu_memory(t.CPU_KEEP_FREED_MEMORY, device)]

@@ -16,9 +16,9 @@ import torch.nn as nn
 from fvcore.common.config import CfgNode
 from torch.utils.data import DataLoader, Dataset
 
-from gcvideo.config import ConfigError
-from gcvideo.data.annotations import read_label_map
-from gcvideo.data.dataset import build_dataset
+from gcvideo.config import ConfigError, get_cfg
+from gcvideo.data.annotations import AnnotationError, read_label_map
+from gcvideo.data.dataset import annotation_path, build_dataset
 from gcvideo.engine import distributed as du
 from gcvideo.engine.checkpoint import list_checkpoints
 from gcvideo.engine.loader import ForkingLoader
@@ -29,14 +29,14 @@ from gcvideo.models import build_model_from_checkpoint
 from gcvideo.models.inflate import InflationError
 from gcvideo.utils.device import select_device
 from gcvideo.utils.folder_lock import FolderLock
-from gcvideo.utils.io import CheckpointError, path_join
+from gcvideo.utils.io import CheckpointError, path_join, path_manager
 from gcvideo.utils.malloc import tune_cpu_memory
 from gcvideo.utils.threads import tune_cpu_threads
 from gcvideo.utils.progress import progress_bar
 from gcvideo.utils.reproducibility import set_determinism
 
 __all__ = ["EvalResult", "evaluate", "test", "run_test", "build_test_settings", "build_eval_loader", "class_names",
-           "checkpoints_to_test"]
+           "checkpoints_to_test", "build_test_set"]
 
 
 @dataclass
@@ -132,6 +132,35 @@ def class_names(label_map: str, num_classes: int) -> List[str]:
     return names
 
 
+def build_test_set(cfg: CfgNode, builder: Callable[[CfgNode, str], Dataset], why: str = "", hint: str = "") -> Dataset:
+    """The test split's dataset (``builder(cfg, "test")``). Where DATA.TEST_FILE is left at its default
+    and that file is absent but DATA.VAL_FILE exists (PySlowFast's train.csv + val.csv, as
+    ``prepare_kinetics`` writes them), the validation list is tested instead, said in one line;
+    another missing test list is an ``AnnotationError`` naming the keys to set (``why``: the message's
+    start, e.g. "TRAIN.TEST_AT_END is on but "; ``hint``: what else the caller offers)."""
+    try:
+        return builder(cfg, "test")
+    except AnnotationError as e:
+        path = annotation_path(cfg, "test")
+        if path_manager.exists(path):
+            raise
+        d = cfg.DATA
+        val = annotation_path(cfg, "val")
+        if d.TEST_FILE != get_cfg().DATA.TEST_FILE or not path_manager.exists(val):
+            raise AnnotationError(
+                f"{why}the test annotation file {path} (DATA.TEST_FILE = {d.TEST_FILE!r}) does not exist: provide "
+                f"it or point DATA.TEST_FILE at another list (e.g. DATA.TEST_FILE {d.VAL_FILE} to test on the "
+                f"validation list){hint}") from e
+    if du.is_main_process():
+        print(f"no {path}: testing on the validation list {val} (DATA.VAL_FILE; set DATA.TEST_FILE to test "
+              "another list)", flush=True)
+    val_cfg = cfg.clone()
+    val_cfg.defrost()
+    val_cfg.DATA.TEST_FILE, val_cfg.DATA.TEST_PATH_PREFIX = d.VAL_FILE, d.VAL_PATH_PREFIX
+    val_cfg.freeze()
+    return builder(val_cfg, "test")
+
+
 def checkpoints_to_test(checkpoint: str, output_dir: str) -> List[str]:
     """The checkpoints to try, best first: ``checkpoint`` alone, else OUTPUT_DIR's, newest first."""
     if checkpoint:
@@ -211,7 +240,7 @@ def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dat
         model.to(device)
         if cfg.TRAIN.CHANNELS_LAST:
             model_channels_last(model)
-        dataset = (dataset_builder or build_dataset)(cfg, "test")
+        dataset = build_test_set(cfg, dataset_builder or build_dataset)
         tag = os.path.splitext(os.path.basename(ckpt))[0]
         return run_test(model, dataset, device, tag=tag, **build_test_settings(cfg))
 

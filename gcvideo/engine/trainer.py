@@ -30,9 +30,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from gcvideo.config import dump_cfg
-from gcvideo.data.annotations import AnnotationError
 from gcvideo.data.broken import BrokenVideoTracker
-from gcvideo.data.dataset import annotation_path, build_dataset, collate_train
+from gcvideo.data.dataset import build_dataset, collate_train
 from gcvideo.engine import distributed as du
 from gcvideo.engine.checkpoint import (FORMAT, checkpoint_dir, get_rng_state, list_checkpoints, load_latest_checkpoint,
                                        save_checkpoint, set_rng_state)
@@ -41,7 +40,8 @@ from gcvideo.engine.logger import RunLogger, format_duration
 from gcvideo.engine.memory_format import model_channels_last, to_device
 from gcvideo.engine.optim import WarmupCosineSchedule, build_optimizer, build_schedule, scaled_lr
 from gcvideo.engine.precision import autocast, autocast_dtype, print_slow_bf16_warning
-from gcvideo.engine.tester import build_eval_loader, build_test_settings, class_names, evaluate, run_test
+from gcvideo.engine.tester import (build_eval_loader, build_test_set, build_test_settings, class_names, evaluate,
+                                   run_test)
 from gcvideo.models import build_model, load_pretrained
 from gcvideo.utils.device import select_device
 from gcvideo.utils.folder_lock import FolderLock
@@ -371,7 +371,8 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
                          prefetch_factor=settings.prefetch_factor, seed=cfg.SEED, rank=rank,
                          collate_fn=collate_train)  # K clips per video (DATA.NUM_SAMPLES) as K rows
     val_set = builder(cfg, "val") if t.EVAL_PERIOD > 0 else None
-    test_set = _build_test_set(cfg, builder) if t.TEST_AT_END else None
+    test_set = build_test_set(cfg, builder, why="TRAIN.TEST_AT_END is on but ",
+                                                   hint=", or set TRAIN.TEST_AT_END False") if t.TEST_AT_END else None
     # -- model (same initial weights on every process); TRAIN.INIT_FROM unless a checkpoint will be resumed
     seed_everything(cfg.SEED)
     model = build_model(cfg)
@@ -391,21 +392,6 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
     return _Run(device=device, rank=rank, world=world, amp_dtype=amp_dtype, cpu_note=cpu_note,
                 train_set=train_set, val_set=val_set, test_set=test_set, sampler=sampler, loader=loader, model=model,
                 optimizer=optimizer, schedule=schedule, scaler=scaler, settings=settings, init_note=init_note)
-
-
-def _build_test_set(cfg: CfgNode, builder: DatasetBuilder) -> Dataset:
-    """The TRAIN.TEST_AT_END test set, built at the start so that a missing file is said before training."""
-    try:
-        return builder(cfg, "test")
-    except AnnotationError as e:
-        path = annotation_path(cfg, "test")
-        if path_manager.exists(path):
-            raise
-        raise AnnotationError(
-            f"TRAIN.TEST_AT_END is on but the test annotation file {path} (DATA.TEST_FILE = "
-            f"{cfg.DATA.TEST_FILE!r}) does not exist: provide it, point DATA.TEST_FILE at another list "
-            f"(e.g. DATA.TEST_FILE {cfg.DATA.VAL_FILE} to test on the validation list), or set TRAIN.TEST_AT_END "
-            "False") from e
 
 
 @contextlib.contextmanager

@@ -238,8 +238,9 @@ LISTS = {"train.csv": "a.mp4 0\nb.mp4 1\nc.mp4 0\n", "val.csv": "d.mp4 0\n"}
 
 
 def test_missing_test_annotation_is_said_before_training(tmp_path, capsys):
-    err, data = _train_net(tmp_path, capsys, LISTS)  # TRAIN.TEST_AT_END defaults to True
-    assert f"TRAIN.TEST_AT_END is on but the test annotation file {data / 'test.csv'} " in err
+    # TRAIN.TEST_AT_END defaults to True; an explicitly named test list is not replaced by val.csv
+    err, data = _train_net(tmp_path, capsys, LISTS, "DATA.TEST_FILE", "test_list.csv")
+    assert f"TRAIN.TEST_AT_END is on but the test annotation file {data / 'test_list.csv'} " in err
     assert "DATA.TEST_FILE val.csv" in err and "TRAIN.TEST_AT_END False" in err
 
 

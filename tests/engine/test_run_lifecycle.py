@@ -18,3 +18,81 @@ def test_label_map_of_another_class_count_is_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match=r"lists 4 classes but MODEL\.NUM_CLASSES = 6: set MODEL\.NUM_CLASSES 4"):
         train(cfg, dataset_builder=lambda c, split: built.append(split))
     assert built == [] and not out.exists()  # no data read, nothing written
+
+
+# ---------------------------------------------------------------------------
+# The test list of a folder prepare_kinetics wrote (train.csv + val.csv, PySlowFast's layout)
+# ---------------------------------------------------------------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VIDEOS = os.path.join(ROOT, "tests", "data", "files")
+
+
+def _lists(folder, names=("train.csv", "val.csv")):
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        (folder / name).write_text(f"{VIDEOS}/realshort.mp4 0\n{VIDEOS}/part_0.mp4 1\n")
+    return folder
+
+
+def _file_builder(seen):
+    """A dataset builder that, like ``build_dataset``, needs the split's annotation file."""
+    from gcvideo.data.annotations import AnnotationError
+    from gcvideo.data.dataset import annotation_path
+
+    def build(cfg, split):
+        path = annotation_path(cfg, split)
+        if not os.path.exists(path):
+            raise AnnotationError(f"{path}: annotation file does not exist")
+        seen.append((split, os.path.basename(path), cfg.DATA.TEST_PATH_PREFIX))
+        return builder()(cfg, split)
+    return build
+
+
+def test_test_list_falls_back_to_val_csv_only_when_left_at_its_default(tmp_path, capsys):
+    from gcvideo.data.annotations import AnnotationError
+    from gcvideo.engine.tester import build_test_set
+
+    data = _lists(tmp_path / "k400")
+    seen = []
+    cfg = tiny_cfg(tmp_path / "run", "DATA.PATH_TO_DATA_DIR", str(data), "DATA.VAL_PATH_PREFIX", "/videos/val")
+    build_test_set(cfg, _file_builder(seen))
+    assert seen == [("test", "val.csv", "/videos/val")]  # the val list with the val videos' prefix
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [f"no {data / 'test.csv'}: testing on the validation list {data / 'val.csv'} (DATA.VAL_FILE; "
+                   "set DATA.TEST_FILE to test another list)"]
+    # a test.csv that exists is used
+    (data / "test.csv").write_text((data / "val.csv").read_text())
+    seen.clear()
+    build_test_set(cfg, _file_builder(seen))
+    assert seen == [("test", "test.csv", "")] and capsys.readouterr().out == ""
+    # an explicitly named list that is missing is an error with the keys to set, not another list
+    cfg = tiny_cfg(tmp_path / "run", "DATA.PATH_TO_DATA_DIR", str(data), "DATA.TEST_FILE", "official.csv")
+    with pytest.raises(AnnotationError, match=r"official\.csv \(DATA\.TEST_FILE = 'official\.csv'\) does not "
+                                              r"exist: .*DATA\.TEST_FILE val\.csv"):
+        build_test_set(cfg, _file_builder(seen))
+    # no val.csv either: the error too
+    (data / "test.csv").unlink()
+    (data / "val.csv").unlink()
+    with pytest.raises(AnnotationError, match=r"test\.csv \(DATA\.TEST_FILE = 'test\.csv'\) does not exist"):
+        build_test_set(tiny_cfg(tmp_path / "run", "DATA.PATH_TO_DATA_DIR", str(data)), _file_builder(seen))
+
+
+def test_readme_test_line_works_on_a_prepare_kinetics_folder(tmp_path, capsys):
+    """The README's ``test_net.py ... OUTPUT_DIR RUN DATA.PATH_TO_DATA_DIR /data/k400`` after
+    prepare_kinetics (train.csv + val.csv): the 2 val videos are decoded and tested, a report is written."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import test_net
+
+    out = tmp_path / "run"
+    train(tiny_cfg(out, "SOLVER.MAX_EPOCH", 1, num_classes=2), dataset_builder=builder())
+    config = tmp_path / "trained.yaml"
+    config.write_text(tiny_cfg(out, num_classes=2).dump())
+    data = _lists(tmp_path / "k400")
+    capsys.readouterr()
+    rc = test_net.main(["--config", str(config), "OUTPUT_DIR", str(out), "DATA.PATH_TO_DATA_DIR", str(data)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "testing on the validation list" in captured.out
+    report = out / "test_checkpoint_epoch0001_2x1" / "report.txt"
+    assert report.exists() and "realshort.mp4" in (out / "test_checkpoint_epoch0001_2x1" / "predictions.csv").read_text()

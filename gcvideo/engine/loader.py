@@ -19,7 +19,9 @@ gets a new loader, new workers, each epoch, as before).
 """
 from __future__ import annotations
 
+import functools
 import gc
+import signal
 from typing import Any, Callable, Optional
 
 import torch
@@ -28,8 +30,21 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 __all__ = ["ForkingLoader", "TrainLoader", "epoch_reaches_workers"]
 
 
+def _ignore_sigint(worker_init_fn: Optional[Callable[[int], None]], worker_id: int) -> None:
+    """Worker start: Ctrl-C reaches the terminal's whole process group, workers included; the main
+    process decides what it means (the trainer saves a checkpoint at the end of the step), so a worker
+    ignores it instead of dying under the batches the step still needs."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if worker_init_fn is not None:
+        worker_init_fn(worker_id)
+
+
 class ForkingLoader(DataLoader):
-    """A ``DataLoader`` whose worker processes fork from a parent with a frozen garbage collector."""
+    """A ``DataLoader`` whose worker processes fork from a parent with a frozen garbage collector, and
+    ignore SIGINT (``_ignore_sigint``)."""
+
+    def __init__(self, *args: Any, worker_init_fn: Optional[Callable[[int], None]] = None, **kwargs: Any):
+        super().__init__(*args, worker_init_fn=functools.partial(_ignore_sigint, worker_init_fn), **kwargs)
 
     def _get_iterator(self):
         # DataLoader.__iter__ calls this exactly when it creates an iterator, and a multi-process

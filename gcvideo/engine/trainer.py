@@ -61,7 +61,56 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingStopped(SystemExit):
-    """SIGTERM: a checkpoint was saved and the run exits (restart the same command to resume)."""
+    """SIGTERM or SIGINT (Ctrl-C): the run exits with 128 + the signal's number after one line saying
+    what is saved (restart the same command to resume)."""
+
+
+class _StopSignals:
+    """The handler of SIGTERM and SIGINT (Ctrl-C) during a run. While the epochs run (``defer``) the
+    first one is only noted in ``name``: the loop saves a checkpoint at the end of the step and exits.
+    Otherwise, and for a second signal, the run stops at once with one line: the signal and ``note``
+    (where the run was and what is saved)."""
+
+    def __init__(self) -> None:
+        self.name = ""  # the signal the loop is to stop for ("" = none)
+        self.defer = False
+        self.note = "during the set-up; nothing was written"
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.defer and not self.name:
+            self.name = name
+            return
+        self.stop_now(name + (" again" if self.name else ""), 128 + signum)
+
+    def stop_now(self, what: str, code: int) -> None:
+        print(f"{what}: stopped {self.note}", flush=True)
+        raise TrainingStopped(code)
+
+    @contextlib.contextmanager
+    def deferring(self, note: str) -> Iterator[None]:
+        """While the block runs, the first signal is only noted (the loop saves and exits); a second
+        one stops at once with ``note``."""
+        self.defer, self.note = True, note
+        try:
+            yield
+        finally:
+            self.defer = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """This handler for SIGTERM and SIGINT while the block runs (the main thread only)."""
+        old = {}
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                old[sig] = signal.signal(sig, self)
+        except ValueError:  # not the main thread
+            pass
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
 
 @dataclass
@@ -320,24 +369,26 @@ def train(cfg: CfgNode, *, dataset_builder: Optional[DatasetBuilder] = None) -> 
     Returns (on every process) ``{"epochs", "global_iter", "checkpoint", "val", "test"}``.
     """
     device = select_device(cfg.DEVICE)
-    with du.process_group(device.type):
+    stops = _StopSignals()  # SIGTERM / Ctrl-C: one line saying what is saved, no traceback
+    with du.process_group(device.type), stops.installed():
         # (the steps run in their own function: its locals, the DDP/SyncBN model among them, are
         # freed before the process groups are destroyed)
-        return _train_steps(cfg, device, dataset_builder or build_dataset)
+        return _train_steps(cfg, device, dataset_builder or build_dataset, stops)
 
 
-def _train_steps(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> Dict:
+def _train_steps(cfg: CfgNode, device: torch.device, builder: DatasetBuilder, stops: _StopSignals) -> Dict:
     # 1. set-up: data, model, initial weights, every file the run needs -- all before any is written
     run = build_run(cfg, device, builder)
     fs = run.settings
     # 2. the output folder: lock (rank 0), leftovers of earlier runs, config.yaml
     with _claim_output_dir(fs.output_dir, fs.config_text):
+        stops.note = f"before training; the checkpoints in {checkpoint_dir(fs.output_dir)} are as they were"
         # 3. resume: weights, optimizer, position, RNG states
         pos = _resume(run, fs.output_dir if fs.auto_resume else None, fs.seed)
         # 4. the epochs
-        fit = _fit(run, pos, fs)
+        fit = _fit(run, pos, fs, stops)
         # 5. the full multi-view test of the final weights
-        test_result = _final_test(run, fit["checkpoint"], fs.test) if fs.test is not None else None
+        test_result = _final_test(run, fit["checkpoint"], fs.test, stops) if fs.test is not None else None
     return {"epochs": fs.max_epoch, "global_iter": fit["global_iter"], "checkpoint": fit["checkpoint"],
             "val": fit["val"], "test": test_result}
 
@@ -487,7 +538,7 @@ def _load_training_state(run: _Run, path: str, ck: Dict[str, Any]) -> Tuple[_Pos
     return pos, rng
 
 
-def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
+def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: _StopSignals) -> Dict:
     """Epochs ``pos.epoch..max_epoch-1``: train, precise BN, validate, checkpoint, log."""
     model, ipe = run.model, run.sampler.iters_per_epoch
     ddp = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None) \
@@ -495,7 +546,7 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
     logger = RunLogger(fs.output_dir, enabled=run.main, resume_iter=pos.global_iter)
     broken = BrokenVideoTracker(output_dir=fs.output_dir if run.main else None, num_videos=len(run.train_set),
                                 max_fraction=fs.max_broken_fraction, videos=_video_paths(run.train_set))
-    state = {"global_iter": pos.global_iter, "stop": False}
+    state = {"global_iter": pos.global_iter}
 
     def save(next_epoch: int, next_iter: int, meters: Optional[EpochMeters] = None) -> Optional[str]:
         rngs = du.all_gather_object(get_rng_state())
@@ -513,11 +564,12 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
 
     def stop_with_checkpoint(epoch: int, done: int, meters: EpochMeters) -> None:
         path = save(epoch, done, meters)
-        logger.info(f"SIGTERM: saved {path}; run the same command again to resume")
-        raise TrainingStopped(143)
+        name = stops.name or "SIGTERM"  # (a signal to another process of the group)
+        logger.info(f"{name}: saved {path}; run the same command again to resume")
+        raise TrainingStopped(128 + signal.Signals[name])
 
     def on_step(epoch: int, done: int, global_iter: int, meters: EpochMeters, stop: bool) -> None:
-        # checkpoint every TRAIN.CHECKPOINT_ITERS iterations; on SIGTERM save and exit (a stop in the
+        # checkpoint every TRAIN.CHECKPOINT_ITERS iterations; on SIGTERM/SIGINT save and exit (a stop in the
         # epoch's last iteration is saved after the loop, as "all iterations of the epoch done")
         state["global_iter"] = global_iter
         if done < ipe and stop:
@@ -532,7 +584,8 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
                 + (f"; {run.cpu_note}" if run.cpu_note else ""))
     val_results: List[Dict] = []
     last_ckpt = None
-    with _sigterm_flag(state):
+    with stops.deferring(f"at once, without saving; the newest checkpoint in {checkpoint_dir(fs.output_dir)} is "
+                         "kept: run the same command again to resume from it"):
         try:
             for epoch in range(pos.epoch, fs.max_epoch):
                 start = pos.iter if epoch == pos.epoch else 0
@@ -544,13 +597,13 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
                         device=run.device, epoch=epoch, iters_per_epoch=ipe, start_iter=start,
                         global_iter=state["global_iter"], total_iters=fs.max_epoch * ipe, amp_dtype=run.amp_dtype,
                         channels_last=fs.channels_last, mean=fs.mean, std=fs.std, clip_norm=fs.clip_norm, log_period=fs.log_period,
-                        meters=meters, logger=logger, stop_requested=lambda: state["stop"],
+                        meters=meters, logger=logger, stop_requested=lambda: bool(stops.name),
                         on_skipped=broken.update, on_step=lambda *a, e=epoch: on_step(e, *a))
                 except NonFiniteLossError as e:
                     raise NonFiniteLossError(f"{e}; the last good checkpoint in {checkpoint_dir(fs.output_dir)} "
                                              "is unchanged") from None
                 state["global_iter"] = stats["global_iter"]
-                if stats["stop"]:  # SIGTERM in the epoch's last iteration: the resumed run does the epoch's end
+                if stats["stop"]:  # a stop in the epoch's last iteration: the resumed run does the epoch's end
                     stop_with_checkpoint(epoch, ipe, meters)
                 record = {"epoch": epoch + 1, "global_iter": state["global_iter"], "loss": stats["loss"],
                           "lr": run.optimizer.param_groups[0]["lr"], "data_share": stats["data_share"],
@@ -591,22 +644,11 @@ def _precise_bn_and_validate(run: _Run, fs: FitSettings, epoch: int, validate: b
     return evaluate(run.model, loader, device=run.device, amp_dtype=run.amp_dtype, **fs.eval).metrics["all"]
 
 
-@contextlib.contextmanager
-def _sigterm_flag(state: Dict) -> Iterator[None]:
-    """SIGTERM sets ``state["stop"]`` (the loop saves a checkpoint and exits) while the block runs."""
-    old = None
-    try:
-        old = signal.signal(signal.SIGTERM, lambda *_: state.update(stop=True))
-    except ValueError:  # not the main thread
-        pass
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
-
-
-def _final_test(run: _Run, last_ckpt: Optional[str], settings: Dict[str, Any]) -> Optional[Dict]:
+def _final_test(run: _Run, last_ckpt: Optional[str], settings: Dict[str, Any], stops: _StopSignals) -> Optional[Dict]:
+    stops.note = (f"{'before' if stops.name else 'during'} the final test: training is finished and saved "
+                  f"({last_ckpt}); run the same command again to run the test")
+    if stops.name:  # the signal came during the last epoch's validation
+        stops.stop_now(stops.name, 128 + signal.Signals[stops.name])
     tag = os.path.splitext(os.path.basename(last_ckpt))[0] if last_ckpt else "final"
     return run_test(run.model, run.test_set, run.device, tag=tag, **settings)
 

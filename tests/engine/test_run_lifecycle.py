@@ -96,3 +96,83 @@ def test_readme_test_line_works_on_a_prepare_kinetics_folder(tmp_path, capsys):
     assert "testing on the validation list" in captured.out
     report = out / "test_checkpoint_epoch0001_2x1" / "report.txt"
     assert report.exists() and "realshort.mp4" in (out / "test_checkpoint_epoch0001_2x1" / "predictions.csv").read_text()
+
+
+# ---------------------------------------------------------------------------
+# Ctrl-C (SIGINT) as SIGTERM; a signal in the final test says what is saved
+# ---------------------------------------------------------------------------
+OPTS = ["TRAIN.CHECKPOINT_ITERS", 2, "TRAIN.KEEP_LAST", 10]
+
+
+def _one_line_no_traceback(proc, start):
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(start)]
+    assert len(lines) == 1, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr, proc.stderr[-3000:]
+    return lines[0]
+
+
+def test_ctrl_c_saves_a_checkpoint_like_sigterm_and_the_same_command_resumes(tmp_path):
+    import signal
+    from engine_helpers import ok, run_engine
+    from gcvideo.engine.checkpoint import list_checkpoints
+
+    out = tmp_path / "run"
+    # SIGINT while loading iteration 3 of epoch 2: that iteration finishes, is checkpointed, exit 130
+    spec = {"signal_at": [1, 10, int(signal.SIGINT), str(tmp_path / "interrupted")]}
+    proc = run_engine(out, "train", spec, *OPTS)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    saved = out / "checkpoints" / "checkpoint_epoch0002_iter000003.pth"
+    assert _one_line_no_traceback(proc, "SIGINT") == f"SIGINT: saved {saved}; run the same command again to resume"
+    assert list_checkpoints(str(out))[-1] == str(saved)
+    proc = ok(run_engine(out, "train", spec, *OPTS))
+    assert f"resuming from {saved}: epoch 2, iteration 3" in proc.stdout
+
+
+def test_a_second_ctrl_c_stops_at_once_with_one_line(capsys):
+    import signal
+    from gcvideo.engine.trainer import TrainingStopped, _StopSignals
+
+    stops = _StopSignals()
+    with stops.deferring("at once, without saving; the newest checkpoint in X is kept"):
+        stops(signal.SIGINT, None)  # the first: noted, the loop saves at the end of the step
+        assert stops.name == "SIGINT" and capsys.readouterr().out == ""
+        with pytest.raises(TrainingStopped) as e:
+            stops(signal.SIGINT, None)
+    assert e.value.code == 130
+    assert capsys.readouterr().out == "SIGINT again: stopped at once, without saving; the newest checkpoint in X is kept\n"
+    with pytest.raises(TrainingStopped) as e:  # outside the epochs (set-up, final test): at once
+        _StopSignals()(signal.SIGTERM, None)
+    assert e.value.code == 143 and capsys.readouterr().out == "SIGTERM: stopped during the set-up; nothing was written\n"
+
+
+def test_sigterm_in_the_final_test_says_what_is_saved_and_how_to_finish(tmp_path):
+    import signal
+    from engine_helpers import run_engine
+
+    out = tmp_path / "run"
+    spec = {"signal_at_test": [2, int(signal.SIGTERM), str(tmp_path / "termed")]}
+    proc = run_engine(out, "train", spec, "TRAIN.TEST_AT_END", True)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    final = out / "checkpoints" / "checkpoint_epoch0002.pth"
+    assert _one_line_no_traceback(proc, "SIGTERM") == (
+        f"SIGTERM: stopped during the final test: training is finished and saved ({final}); run the same "
+        "command again to run the test")
+    assert final.exists()
+
+
+def test_loader_workers_ignore_ctrl_c():
+    """Ctrl-C reaches every process of the terminal's group; the workers leave it to the main process."""
+    import signal
+    import torch
+    from gcvideo.engine.loader import ForkingLoader
+
+    class Handlers(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return int(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+
+    loader = ForkingLoader(Handlers(), batch_size=1, num_workers=1, worker_init_fn=lambda worker_id: None)
+    assert [int(b) for b in loader] == [1, 1]
+    assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN  # the main process's own handler is untouched

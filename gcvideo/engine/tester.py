@@ -36,7 +36,7 @@ from gcvideo.utils.progress import progress_bar
 from gcvideo.utils.reproducibility import set_determinism
 
 __all__ = ["EvalResult", "evaluate", "test", "run_test", "build_test_settings", "build_eval_loader", "class_names",
-           "checkpoints_to_test", "build_test_set"]
+           "checkpoints_to_test", "build_test_set", "report_folder", "earlier_report"]
 
 
 @dataclass
@@ -182,19 +182,44 @@ def build_test_settings(cfg: CfgNode) -> Dict:
             "mean": d.MEAN, "std": d.STD, "class_names": class_names(d.LABEL_MAP, cfg.MODEL.NUM_CLASSES)}
 
 
+def report_folder(output_dir: str, tag: str, views: Tuple[int, int]) -> str:
+    """``output_dir/test_TAG_CxS``: where the first test of checkpoint TAG with C x S views reports."""
+    return path_join(output_dir, f"test_{tag}_{views[0]}x{views[1]}")
+
+
+def earlier_report(output_dir: str, tag: str, views: Tuple[int, int]) -> Optional[str]:
+    """report.txt of the first test of checkpoint TAG with these views, None where there is none yet."""
+    path = path_join(report_folder(output_dir, tag, views), "report.txt")
+    return path if path_manager.exists(path) else None
+
+
+def _free_report_folder(first: str) -> str:
+    """``first``, or where it holds files already (an earlier report), the first of ``first_2``,
+    ``first_3``, ... that holds none: a report is never replaced."""
+    folder, n = first, 1
+    while path_manager.exists(folder) and any(not e.startswith(".") for e in path_manager.ls(folder)):
+        n += 1
+        folder = f"{first}_{n}"
+    if folder != first:
+        print(f"{first} holds an earlier report (kept): this test reports to {folder}", flush=True)
+    return folder
+
+
 def run_test(model: nn.Module, dataset: Dataset, device: torch.device, *, tag: str, output_dir: str,
              num_classes: int, views: Tuple[int, int], batch_size: int, num_workers: int, pin_memory: bool,
              ensemble_method: str, mixed_precision: str, channels_last: bool, mean: Sequence[float],
              std: Sequence[float], class_names: Sequence[str]) -> Optional[Dict]:
     """The multi-view test of ``model`` on ``dataset``; rank 0 writes the report under
-    ``output_dir/test_TAG_CxS`` and returns a summary.
+    ``output_dir/test_TAG_CxS`` (``report_folder``; ``_2``, ``_3``, ... where earlier tests reported
+    there) and returns a summary.
 
     Rank 0 holds that folder's lock from before the first video is decoded until the report is
     written, so a second test of the same checkpoint and views into the same folder is refused
     (``FolderInUse``, on every process) instead of mixing its files with this one's.
     """
     text = f"{views[0]}x{views[1]} views"
-    out_dir = path_join(output_dir, f"test_{tag}_{views[0]}x{views[1]}")
+    out_dir = du.broadcast_object(_free_report_folder(report_folder(output_dir, tag, views))
+                                  if du.is_main_process() else None)
     with _hold_report_folder(out_dir):
         loader = build_eval_loader(dataset, batch_size, num_workers, pin_memory and device.type == "cuda")
         res = evaluate(model, loader, num_classes=num_classes, device=device, ensemble_method=ensemble_method,

@@ -40,8 +40,8 @@ from gcvideo.engine.logger import RunLogger, format_duration
 from gcvideo.engine.memory_format import model_channels_last, to_device
 from gcvideo.engine.optim import WarmupCosineSchedule, build_optimizer, build_schedule, scaled_lr
 from gcvideo.engine.precision import autocast, autocast_dtype, print_slow_bf16_warning
-from gcvideo.engine.tester import (build_eval_loader, build_test_set, build_test_settings, class_names, evaluate,
-                                   run_test)
+from gcvideo.engine.tester import (build_eval_loader, build_test_set, build_test_settings, class_names,
+                                   earlier_report, evaluate, run_test)
 from gcvideo.models import build_model, load_pretrained
 from gcvideo.utils.device import select_device
 from gcvideo.utils.folder_lock import FolderLock
@@ -360,6 +360,7 @@ class _Position:
     iter: int = 0
     global_iter: int = 0
     meters: Optional[EpochMeters] = None
+    checkpoint: Optional[str] = None  # the checkpoint resumed from
 
 
 def train(cfg: CfgNode, *, dataset_builder: Optional[DatasetBuilder] = None) -> Dict:
@@ -385,12 +386,34 @@ def _train_steps(cfg: CfgNode, device: torch.device, builder: DatasetBuilder, st
         stops.note = f"before training; the checkpoints in {checkpoint_dir(fs.output_dir)} are as they were"
         # 3. resume: weights, optimizer, position, RNG states
         pos = _resume(run, fs.output_dir if fs.auto_resume else None, fs.seed)
-        # 4. the epochs
-        fit = _fit(run, pos, fs, stops)
+        if pos.epoch >= fs.max_epoch:  # a finished run started again: its test only if it has none yet
+            fit = {"global_iter": pos.global_iter, "checkpoint": pos.checkpoint, "val": []}
+            if _say_finished(pos, fs):
+                return {"epochs": fs.max_epoch, **fit, "test": None}
+        else:
+            # 4. the epochs
+            fit = _fit(run, pos, fs, stops)
         # 5. the full multi-view test of the final weights
         test_result = _final_test(run, fit["checkpoint"], fs.test, stops) if fs.test is not None else None
     return {"epochs": fs.max_epoch, "global_iter": fit["global_iter"], "checkpoint": fit["checkpoint"],
             "val": fit["val"], "test": test_result}
+
+
+def _say_finished(pos: _Position, fs: FitSettings) -> bool:
+    """Rank 0 says that the run finished at ``pos`` and where its report is, or that its final test is
+    still to run. True when it is complete (nothing to train, its report written or no test at the end)."""
+    tag = os.path.splitext(os.path.basename(pos.checkpoint or ""))[0]
+    report = earlier_report(fs.output_dir, tag, fs.test["views"]) if fs.test is not None else None
+    again = f"python tools/test_net.py OUTPUT_DIR {fs.output_dir}"
+    if du.is_main_process():
+        if fs.test is not None and report is None:
+            print(f"training finished at epoch {pos.epoch} ({pos.checkpoint}); running its final test", flush=True)
+        elif report is None:
+            print(f"run finished at epoch {pos.epoch}: {pos.checkpoint}; to test it: {again}", flush=True)
+        else:
+            print(f"run finished at epoch {pos.epoch}; report: {report}; to test again: {again} (a new report "
+                  "folder; this one is kept)", flush=True)
+    return fs.test is None or report is not None
 
 
 def _precision_name(setting: str, amp_dtype: Optional[torch.dtype]) -> str:
@@ -532,7 +555,8 @@ def _load_training_state(run: _Run, path: str, ck: Dict[str, Any]) -> Tuple[_Pos
                            f"per epoch but this run has {ipe} (dataset or TRAIN.BATCH_SIZE changed)")
     if pos.iter and ck.get("epoch_meters"):
         pos.meters = EpochMeters(**ck["epoch_meters"])
-    if run.main:
+    pos.checkpoint = path
+    if run.main and pos.epoch < run.settings.max_epoch:  # (a finished run says so instead)
         print(f"resuming from {path}: epoch {pos.epoch + 1}, iteration {pos.iter}", flush=True)
     rng = ck["rng"][run.rank] if run.rank < len(ck["rng"]) else ck["rng"][0]
     return pos, rng

@@ -204,7 +204,8 @@ def test_a_second_test_of_the_same_checkpoint_is_refused_while_the_first_writes(
     (data / "test.csv").write_text(os.path.join(ROOT, "tests", "data", "files", "demo.mp4") + " 0\n")
     y = tmp_path / "c.yaml"
     y.write_text(cfg.dump())
-    with FolderLock(str(report)):  # test_net: one "error: ..." line, no traceback
+    # test_net: one "error: ..." line, no traceback (``report`` holds a report now: this test writes ``report``_2)
+    with FolderLock(str(report) + "_2"):
         capsys.readouterr()
         assert test_net.main(["--config", str(y), "DATA.PATH_TO_DATA_DIR", str(data)]) == 1
     err = capsys.readouterr().err.strip().splitlines()

@@ -176,3 +176,45 @@ def test_loader_workers_ignore_ctrl_c():
     loader = ForkingLoader(Handlers(), batch_size=1, num_workers=1, worker_init_fn=lambda worker_id: None)
     assert [int(b) for b in loader] == [1, 1]
     assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN  # the main process's own handler is untouched
+
+
+# ---------------------------------------------------------------------------
+# A finished run started again
+# ---------------------------------------------------------------------------
+def test_rerun_of_a_finished_run_says_so_and_does_not_retest(tmp_path):
+    import signal
+    from engine_helpers import ok, run_engine
+
+    out = tmp_path / "run"
+    final = out / "checkpoints" / "checkpoint_epoch0002.pth"
+    report = out / "test_checkpoint_epoch0002_2x1" / "report.txt"
+    # stopped in the final test: the same command runs the test only, then says the run is finished
+    spec = {"signal_at_test": [2, int(signal.SIGTERM), str(tmp_path / "termed")]}
+    assert run_engine(out, "train", spec, "TRAIN.TEST_AT_END", True).returncode == 143
+    assert not report.exists()
+    before = final.stat().st_mtime_ns
+    proc = ok(run_engine(out, "train", spec, "TRAIN.TEST_AT_END", True))
+    assert f"training finished at epoch 2 ({final}); running its final test" in proc.stdout
+    assert "resuming" not in proc.stdout and "epoch 1/" not in proc.stderr  # no training step
+    assert report.exists() and final.stat().st_mtime_ns == before
+    written = report.read_text()
+    proc = ok(run_engine(out, "train", spec, "TRAIN.TEST_AT_END", True))
+    assert proc.stdout.strip().splitlines()[-1] == (
+        f"run finished at epoch 2; report: {report}; to test again: python tools/test_net.py OUTPUT_DIR {out} "
+        "(a new report folder; this one is kept)")
+    assert "resuming" not in proc.stdout and "top-1" not in proc.stdout  # no test either
+    assert report.read_text() == written and sorted(p.name for p in out.glob("test_*")) == [report.parent.name]
+
+
+def test_a_second_test_of_the_same_checkpoint_and_views_never_replaces_the_report(tmp_path, capsys):
+    from gcvideo.engine import test
+
+    out = tmp_path / "run"
+    train(tiny_cfg(out, "SOLVER.MAX_EPOCH", 1, "TRAIN.TEST_AT_END", True), dataset_builder=builder())
+    first = out / "test_checkpoint_epoch0001_2x1"
+    written = (first / "report.txt").read_text()
+    capsys.readouterr()
+    res = test(tiny_cfg(out, "TEST.ENSEMBLE_METHOD", "logit_mean"), dataset_builder=builder())
+    assert res["report_dir"] == f"{first}_2" and (first.parent / f"{first.name}_2" / "report.txt").exists()
+    assert f"{first} holds an earlier report (kept): this test reports to {first}_2" in capsys.readouterr().out
+    assert (first / "report.txt").read_text() == written

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import difflib
 import os
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 from fvcore.common.config import CfgNode
@@ -431,10 +431,16 @@ def merge_from_list(cfg: CfgNode, opts: Sequence[str]) -> None:
 
 
 def load_cfg(config_file: Optional[str] = None, opts: Optional[Sequence[str]] = None,
-             check_files: bool = True) -> CfgNode:
-    """Defaults <- YAML file <- command-line pairs, validated and frozen."""
+             check_files: bool = True, stored: Optional[Tuple[str, str]] = None) -> CfgNode:
+    """Defaults <- YAML file <- command-line pairs, validated and frozen. ``stored``: (where, YAML text)
+    of a resolved config (the one a checkpoint holds), merged in place of the file."""
     cfg = get_cfg()
     from_file = merge_from_file(cfg, config_file) if config_file else {}
+    if stored is not None:
+        try:
+            _merge_dict(cfg, yaml.safe_load(stored[1]) or {}, source=f"the config stored in {stored[0]}")
+        except yaml.YAMLError as e:
+            raise ConfigError(f"the config stored in {stored[0]} is not valid YAML: {e}") from e
     merge_from_list(cfg, opts or [])
     lm = cfg.DATA.LABEL_MAP
     if lm and not os.path.isabs(lm) and "://" not in lm and not os.path.exists(lm):

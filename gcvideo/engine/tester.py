@@ -16,7 +16,7 @@ import torch.nn as nn
 from fvcore.common.config import CfgNode
 from torch.utils.data import DataLoader, Dataset
 
-from gcvideo.config import ConfigError, get_cfg
+from gcvideo.config import ConfigError, get_cfg, load_cfg
 from gcvideo.data.annotations import AnnotationError, read_label_map
 from gcvideo.data.dataset import annotation_path, build_dataset
 from gcvideo.engine import distributed as du
@@ -29,14 +29,14 @@ from gcvideo.models import build_model_from_checkpoint
 from gcvideo.models.inflate import InflationError
 from gcvideo.utils.device import select_device
 from gcvideo.utils.folder_lock import FolderLock
-from gcvideo.utils.io import CheckpointError, path_join, path_manager
+from gcvideo.utils.io import CheckpointError, load_checkpoint_file, path_join, path_manager
 from gcvideo.utils.malloc import tune_cpu_memory
 from gcvideo.utils.threads import tune_cpu_threads
 from gcvideo.utils.progress import progress_bar
 from gcvideo.utils.reproducibility import set_determinism
 
 __all__ = ["EvalResult", "evaluate", "test", "run_test", "build_test_settings", "build_eval_loader", "class_names",
-           "checkpoints_to_test", "build_test_set", "report_folder", "earlier_report"]
+           "checkpoints_to_test", "build_test_set", "report_folder", "earlier_report", "load_checkpoint_cfg"]
 
 
 @dataclass
@@ -172,6 +172,20 @@ def checkpoints_to_test(checkpoint: str, output_dir: str) -> List[str]:
     return found[::-1]
 
 
+def load_checkpoint_cfg(opts: Sequence[str]) -> CfgNode:
+    """The config stored in the checkpoint to test (TEST.CHECKPOINT of ``opts``, else the newest in their
+    OUTPUT_DIR) with ``opts`` over it: what test_net.py and predict.py use without --config, so that the
+    views are those the model was trained for."""
+    given = load_cfg(None, opts, check_files=False)
+    path = checkpoints_to_test(given.TEST.CHECKPOINT, given.OUTPUT_DIR)[0]
+    ck = load_checkpoint_file(path)
+    text = ck.get("config") if isinstance(ck, dict) else None
+    if not isinstance(text, str):
+        raise ConfigError(f"checkpoint {path} holds no gcvideo config (it was not written by gcvideo training): "
+                          "give the config its model was trained with, --config FILE")
+    return load_cfg(None, ["TRAIN.INIT_FROM", "", *opts], stored=(path, text))  # (a test needs no initial weights)
+
+
 def build_test_settings(cfg: CfgNode) -> Dict:
     """The keyword arguments of ``run_test`` that TEST.*, DATA.*, MODEL.* and OUTPUT_DIR give."""
     te, d = cfg.TEST, cfg.DATA
@@ -252,16 +266,19 @@ def _hold_report_folder(out_dir: str) -> Iterator[None]:
         lock.release()
 
 
-def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dataset]] = None) -> Optional[Dict]:
+def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dataset]] = None,
+         allow: Sequence[str] = ()) -> Optional[Dict]:
     """Evaluate TEST.CHECKPOINT (or the newest readable one in OUTPUT_DIR) with TEST.* views; returns
-    the report (rank 0)."""
+    the report (rank 0). A gcvideo checkpoint's stored config must agree with ``cfg`` on the settings
+    that give its views their meaning (``build_model_from_checkpoint``), but for the keys in ``allow``
+    (set explicitly on the command line)."""
     device = select_device(cfg.DEVICE)
     with du.process_group(device.type):
         set_determinism(cfg.TRAIN.DETERMINISTIC, device)
         tune_cpu_threads(cfg.TRAIN.CPU_THREADS, cfg.DATA.NUM_WORKERS, device)
         tune_cpu_memory(cfg.TRAIN.CPU_KEEP_FREED_MEMORY, device)
         print_slow_bf16_warning(cfg.TRAIN.MIXED_PRECISION, device)
-        model, ckpt = _load_test_model(cfg, checkpoints_to_test(cfg.TEST.CHECKPOINT, cfg.OUTPUT_DIR))
+        model, ckpt = _load_test_model(cfg, checkpoints_to_test(cfg.TEST.CHECKPOINT, cfg.OUTPUT_DIR), allow)
         model.to(device)
         if cfg.TRAIN.CHANNELS_LAST:
             model_channels_last(model)
@@ -270,13 +287,13 @@ def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dat
         return run_test(model, dataset, device, tag=tag, **build_test_settings(cfg))
 
 
-def _load_test_model(cfg: CfgNode, candidates: List[str]) -> Tuple[nn.Module, str]:
+def _load_test_model(cfg: CfgNode, candidates: List[str], allow: Sequence[str] = ()) -> Tuple[nn.Module, str]:
     """The config's model with the first candidate that reads (any format; every weight must fit).
     An unreadable newest checkpoint is skipped, as training does; one that reads but does not fit
     the config is an error."""
     for i, ckpt in enumerate(candidates):
         try:
-            return build_model_from_checkpoint(cfg, ckpt), ckpt
+            return build_model_from_checkpoint(cfg, ckpt, allow), ckpt
         except CheckpointError as e:
             if isinstance(e, InflationError) or i + 1 == len(candidates):
                 raise

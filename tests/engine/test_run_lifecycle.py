@@ -218,3 +218,70 @@ def test_a_second_test_of_the_same_checkpoint_and_views_never_replaces_the_repor
     assert res["report_dir"] == f"{first}_2" and (first.parent / f"{first.name}_2" / "report.txt").exists()
     assert f"{first} holds an earlier report (kept): this test reports to {first}_2" in capsys.readouterr().out
     assert (first / "report.txt").read_text() == written
+
+
+# ---------------------------------------------------------------------------
+# A checkpoint is tested with the views it was trained for
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 1-epoch tiny run (4 frames, 32 px, 2 classes) and a PySlowFast-style folder of 2 real videos."""
+    tmp = tmp_path_factory.mktemp("trained")
+    out = tmp / "run"
+    train(tiny_cfg(out, "SOLVER.MAX_EPOCH", 1, num_classes=2), dataset_builder=builder())
+    return out, _lists(tmp / "k400")
+
+
+def _tool(name):
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    return __import__(name)
+
+
+def test_another_config_is_refused_with_the_differing_keys(tmp_path, trained, capsys):
+    from gcvideo.engine import test
+    from gcvideo.models import CheckpointMismatchError
+
+    out, data = trained
+    other = tiny_cfg(out, "DATA.NUM_FRAMES", 8, "DATA.TEST_CROP_SIZE", 64, "DATA.MEAN", [0.5, 0.5, 0.5],
+                     "DATA.PATH_TO_DATA_DIR", str(data), num_classes=2)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(CheckpointMismatchError) as e:
+        test(other)
+    msg = str(e.value)
+    assert "checkpoint_epoch0001.pth was trained with DATA.NUM_FRAMES = 4, DATA.TEST_CROP_SIZE = 32, DATA.MEAN = " \
+           "[0.45, 0.45, 0.45] but this config has DATA.NUM_FRAMES = 8, DATA.TEST_CROP_SIZE = 64, DATA.MEAN = " \
+           "[0.5, 0.5, 0.5]" in msg
+    assert sorted(p.name for p in out.iterdir()) == before  # no report folder
+    # the same through test_net and predict --config: one error line, nothing tested
+    config = tmp_path / "other.yaml"
+    config.write_text(other.dump())
+    capsys.readouterr()
+    assert _tool("test_net").main(["--config", str(config), "OUTPUT_DIR", str(out)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "DATA.NUM_FRAMES = 8" in err[0], err
+    ckpt = str(out / "checkpoints" / "checkpoint_epoch0001.pth")
+    assert _tool("predict").main([f"{VIDEOS}/realshort.mp4", "--config", str(config), "--checkpoint", ckpt]) == 2
+    assert "DATA.TEST_CROP_SIZE = 64" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_without_config_the_checkpoints_own_config_is_used(trained, capsys):
+    out, data = trained
+    capsys.readouterr()
+    # test_net OUTPUT_DIR RUN: the stored config (4 frames, 32 px), this folder's videos, 1x1 views
+    assert _tool("test_net").main(["OUTPUT_DIR", str(out), "DATA.PATH_TO_DATA_DIR", str(data),
+                                   "TEST.NUM_ENSEMBLE_VIEWS", "1"]) == 0, capsys.readouterr().err
+    assert "over 2 videos" in capsys.readouterr().out
+    assert (out / "test_checkpoint_epoch0001_1x1" / "report.txt").exists()
+    # a key set on the command line is the user's choice: another test crop is tested, in its own folder
+    assert _tool("test_net").main(["OUTPUT_DIR", str(out), "DATA.PATH_TO_DATA_DIR", str(data),
+                                   "TEST.NUM_ENSEMBLE_VIEWS", "1", "DATA.TEST_CROP_SIZE", "48"]) == 0
+    assert (out / "test_checkpoint_epoch0001_1x1_2" / "report.txt").exists()
+    # predict --checkpoint alone: the stored config's views (1 clip x 1 crop of 4 frames at 32 px)
+    ckpt = str(out / "checkpoints" / "checkpoint_epoch0001.pth")
+    capsys.readouterr()
+    assert _tool("predict").main([f"{VIDEOS}/realshort.mp4", "--checkpoint", ckpt, "--views", "1x1", "--json"]) == 0
+    import json
+    res = json.loads(capsys.readouterr().out)
+    assert res[0]["ok"] and res[0]["views"] == "1x1" and len(res[0]["top"]) == 2

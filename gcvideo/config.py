@@ -238,6 +238,9 @@ _C.TRAIN.CHECKPOINT_PERIOD = 1
 _C.TRAIN.CHECKPOINT_ITERS = 0
 # How many recent checkpoints to keep.
 _C.TRAIN.KEEP_LAST = 3
+# Also keep the checkpoint of the best validation top-1 so far as checkpoints/checkpoint_best.pth
+# (mmaction2's save_best; needs TRAIN.EVAL_PERIOD > 0); test it with test_net.py --checkpoint best.
+_C.TRAIN.KEEP_BEST = True
 # Resume from the newest complete checkpoint in OUTPUT_DIR.
 _C.TRAIN.AUTO_RESUME = True
 # Initial weights: inflated ImageNet or pytorchvideo/PySlowFast checkpoint ("" = random).
@@ -277,7 +280,7 @@ _C.TEST.NUM_SPATIAL_CROPS = 3
 _C.TEST.ENSEMBLE_METHOD = "prob_mean"
 # Videos per batch per process.
 _C.TEST.BATCH_SIZE = 4
-# Checkpoint to evaluate ("" = the newest in OUTPUT_DIR).
+# Checkpoint to evaluate ("" = the newest in OUTPUT_DIR, "best" = OUTPUT_DIR's TRAIN.KEEP_BEST checkpoint).
 _C.TEST.CHECKPOINT = ""
 
 
@@ -632,7 +635,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     if check_files:
         for key, value in (("TRAIN.INIT_FROM", t.INIT_FROM), ("TEST.CHECKPOINT", te.CHECKPOINT),
                            ("DATA.LABEL_MAP", d.LABEL_MAP)):
-            if value and not path_manager.exists(value):
+            if value and not path_manager.exists(value) and not (key == "TEST.CHECKPOINT" and value == "best"):
                 raise ConfigError(f"{key} = {value!r}: file does not exist")
 
 

@@ -24,7 +24,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="", help="YAML config the model was trained with (default: the one "
                    "stored in the checkpoint)")
-    p.add_argument("--checkpoint", default="", help="checkpoint to test (sets TEST.CHECKPOINT)")
+    p.add_argument("--checkpoint", default="", help="checkpoint to test (sets TEST.CHECKPOINT); 'best': OUTPUT_DIR's "
+                   "best by validation top-1 (TRAIN.KEEP_BEST)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. TEST.NUM_ENSEMBLE_VIEWS 10")
     args = p.parse_args(argv)
     opts = list(args.opts) + (["TEST.CHECKPOINT", args.checkpoint] if args.checkpoint else [])

@@ -20,7 +20,7 @@ from gcvideo.config import ConfigError, get_cfg, load_cfg
 from gcvideo.data.annotations import AnnotationError, read_label_map
 from gcvideo.data.dataset import annotation_path, build_dataset
 from gcvideo.engine import distributed as du
-from gcvideo.engine.checkpoint import list_checkpoints
+from gcvideo.engine.checkpoint import best_checkpoint_path, list_checkpoints
 from gcvideo.engine.loader import ForkingLoader
 from gcvideo.engine.memory_format import model_channels_last, to_device
 from gcvideo.engine.metrics import combine_views, compute_metrics, format_summary, write_report
@@ -162,7 +162,14 @@ def build_test_set(cfg: CfgNode, builder: Callable[[CfgNode, str], Dataset], why
 
 
 def checkpoints_to_test(checkpoint: str, output_dir: str) -> List[str]:
-    """The checkpoints to try, best first: ``checkpoint`` alone, else OUTPUT_DIR's, newest first."""
+    """The checkpoints to try, best first: ``checkpoint`` alone ("best": OUTPUT_DIR's TRAIN.KEEP_BEST
+    checkpoint), else OUTPUT_DIR's, newest first."""
+    if checkpoint == "best":
+        best = best_checkpoint_path(output_dir)
+        if not path_manager.exists(best):
+            raise FileNotFoundError(f"no best checkpoint in OUTPUT_DIR = {output_dir!r}: {best} does not exist (training "
+                                    "keeps it with TRAIN.KEEP_BEST True when it validates, TRAIN.EVAL_PERIOD > 0)")
+        return [best]
     if checkpoint:
         return [checkpoint]
     found = list_checkpoints(output_dir)

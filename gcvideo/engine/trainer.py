@@ -19,7 +19,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -33,8 +33,8 @@ from gcvideo.config import dump_cfg
 from gcvideo.data.broken import BrokenVideoTracker
 from gcvideo.data.dataset import build_dataset, collate_train
 from gcvideo.engine import distributed as du
-from gcvideo.engine.checkpoint import (FORMAT, checkpoint_dir, get_rng_state, list_checkpoints, load_latest_checkpoint,
-                                       save_checkpoint, set_rng_state)
+from gcvideo.engine.checkpoint import (FORMAT, best_checkpoint_path, checkpoint_dir, get_rng_state, list_checkpoints,
+                                       load_latest_checkpoint, save_checkpoint, set_rng_state)
 from gcvideo.engine.loader import TrainLoader
 from gcvideo.engine.logger import RunLogger, format_duration
 from gcvideo.engine.memory_format import model_channels_last, to_device
@@ -45,7 +45,7 @@ from gcvideo.engine.tester import (build_eval_loader, build_test_set, build_test
 from gcvideo.models import build_model, load_pretrained
 from gcvideo.utils.device import select_device
 from gcvideo.utils.folder_lock import FolderLock
-from gcvideo.utils.io import atomic_write_text, load_checkpoint_file, path_join, path_manager, remove_temporaries
+from gcvideo.utils.io import atomic_save, atomic_write_text, load_checkpoint_file, path_join, path_manager, remove_temporaries
 from gcvideo.utils.malloc import tune_cpu_memory
 from gcvideo.utils.threads import tune_cpu_threads
 from gcvideo.utils.reproducibility import seed_everything, set_determinism
@@ -298,6 +298,7 @@ class FitSettings:
     checkpoint_period: int
     checkpoint_iters: int
     keep_last: int
+    keep_best: bool
     eval_period: int
     precise_bn_batches: int
     channels_last: bool
@@ -319,7 +320,7 @@ def build_fit_settings(cfg: CfgNode) -> FitSettings:
         batch_size=t.BATCH_SIZE, lr=scaled_lr(s.BASE_LR, t.BATCH_SIZE, s.REFERENCE_BATCH_SIZE),
         mixed_precision=t.MIXED_PRECISION, auto_resume=t.AUTO_RESUME, clip_norm=s.CLIP_GRAD_NORM,
         log_period=t.LOG_PERIOD, checkpoint_period=t.CHECKPOINT_PERIOD, checkpoint_iters=t.CHECKPOINT_ITERS,
-        keep_last=t.KEEP_LAST, eval_period=t.EVAL_PERIOD, precise_bn_batches=t.PRECISE_BN_BATCHES,
+        keep_last=t.KEEP_LAST, keep_best=t.KEEP_BEST, eval_period=t.EVAL_PERIOD, precise_bn_batches=t.PRECISE_BN_BATCHES,
         channels_last=t.CHANNELS_LAST, mean=list(d.MEAN), std=list(d.STD), num_workers=d.NUM_WORKERS, pin_memory=d.PIN_MEMORY,
         prefetch_factor=d.PREFETCH_FACTOR,
         max_broken_fraction=d.MAX_BROKEN_FRACTION,
@@ -361,6 +362,7 @@ class _Position:
     global_iter: int = 0
     meters: Optional[EpochMeters] = None
     checkpoint: Optional[str] = None  # the checkpoint resumed from
+    best: Dict[str, float] = field(default_factory=dict)  # the best validation so far: {"top1", "epoch"}
 
 
 def train(cfg: CfgNode, *, dataset_builder: Optional[DatasetBuilder] = None) -> Dict:
@@ -555,7 +557,7 @@ def _load_training_state(run: _Run, path: str, ck: Dict[str, Any]) -> Tuple[_Pos
                            f"per epoch but this run has {ipe} (dataset or TRAIN.BATCH_SIZE changed)")
     if pos.iter and ck.get("epoch_meters"):
         pos.meters = EpochMeters(**ck["epoch_meters"])
-    pos.checkpoint = path
+    pos.checkpoint, pos.best = path, dict(ck.get("best") or {})
     if run.main and pos.epoch < run.settings.max_epoch:  # (a finished run says so instead)
         print(f"resuming from {path}: epoch {pos.epoch + 1}, iteration {pos.iter}", flush=True)
     rng = ck["rng"][run.rank] if run.rank < len(ck["rng"]) else ck["rng"][0]
@@ -570,9 +572,11 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: _StopSignals) -> Dic
     logger = RunLogger(fs.output_dir, enabled=run.main, resume_iter=pos.global_iter)
     broken = BrokenVideoTracker(output_dir=fs.output_dir if run.main else None, num_videos=len(run.train_set),
                                 max_fraction=fs.max_broken_fraction, videos=_video_paths(run.train_set))
-    state = {"global_iter": pos.global_iter}
+    state = {"global_iter": pos.global_iter, "best": dict(pos.best)}
 
-    def save(next_epoch: int, next_iter: int, meters: Optional[EpochMeters] = None) -> Optional[str]:
+    def save(next_epoch: int, next_iter: int, meters: Optional[EpochMeters] = None, regular: bool = True,
+             best: bool = False) -> Optional[str]:
+        """The position's checkpoint (``regular``) and/or the TRAIN.KEEP_BEST copy (``best``)."""
         rngs = du.all_gather_object(get_rng_state())
         path = None
         if run.main:
@@ -581,8 +585,10 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: _StopSignals) -> Dic
                   "grad_scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
                   "next_epoch": next_epoch, "next_iter": next_iter, "global_iter": state["global_iter"],
                   "iters_per_epoch": ipe, "world_size": run.world, "config": fs.config_text, "rng": rngs,
-                  "epoch_meters": asdict(meters) if meters is not None else {}}
-            path = save_checkpoint(fs.output_dir, ck, fs.keep_last)
+                  "epoch_meters": asdict(meters) if meters is not None else {}, "best": dict(state["best"])}
+            path = save_checkpoint(fs.output_dir, ck, fs.keep_last) if regular else None
+            if best:
+                atomic_save(ck, best_checkpoint_path(fs.output_dir))
         du.barrier()
         return path
 
@@ -641,9 +647,17 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: _StopSignals) -> Dic
                     val_results.append({"epoch": epoch + 1, **a})
                     logger.info(f"epoch {epoch + 1}: loss {stats['loss']:.4f}, val top-1 {a['top1']:.2f}% "
                                 f"top-5 {a['top5']:.2f}% ({a['videos']} videos)")
-                # 4. checkpoint every TRAIN.CHECKPOINT_PERIOD epochs and at the end; the epoch's record
-                if last or (fs.checkpoint_period and (epoch + 1) % fs.checkpoint_period == 0):
-                    last_ckpt = save(epoch + 1, 0)
+                # 4. checkpoint every TRAIN.CHECKPOINT_PERIOD epochs and at the end, and the best validation
+                #    top-1 so far (TRAIN.KEEP_BEST); the epoch's record
+                due = last or (fs.checkpoint_period and (epoch + 1) % fs.checkpoint_period == 0)
+                best = validate and fs.keep_best and a["top1"] > state["best"].get("top1", -1.0)
+                if best:
+                    state["best"] = {"top1": a["top1"], "epoch": epoch + 1}
+                if due or best:
+                    path = save(epoch + 1, 0, regular=bool(due), best=best)
+                    last_ckpt = path if due else last_ckpt
+                if best:
+                    logger.info(f"epoch {epoch + 1}: best val top-1 so far, saved {best_checkpoint_path(fs.output_dir)}")
                 logger.log_epoch(record)
         finally:
             run.loader.close()  # the persistent workers end before the final test forks its own

@@ -285,3 +285,42 @@ def test_without_config_the_checkpoints_own_config_is_used(trained, capsys):
     import json
     res = json.loads(capsys.readouterr().out)
     assert res[0]["ok"] and res[0]["views"] == "1x1" and len(res[0]["top"]) == 2
+
+
+# ---------------------------------------------------------------------------
+# The best checkpoint by validation top-1 (TRAIN.KEEP_BEST), and test_net --checkpoint best
+# ---------------------------------------------------------------------------
+def test_best_checkpoint_is_kept_beside_the_latest_and_test_net_picks_it(tmp_path, monkeypatch, capsys):
+    import gcvideo.engine.trainer as trainer
+    from engine_helpers import assert_same_state
+    from gcvideo.engine import test
+    from gcvideo.utils.io import load_checkpoint_file
+
+    top1 = {1: 50.0, 2: 80.0, 3: 60.0, 4: 70.0}  # validation top-1 of each epoch: epoch 2 is the best
+
+    def validate(run, fs, epoch, validate, last):
+        return {"top1": top1[epoch + 1], "top5": 100.0, "mean_class_acc": 50.0, "videos": 6} if validate else None
+
+    monkeypatch.setattr(trainer, "_precise_bn_and_validate", validate)
+    out = tmp_path / "run"
+    opts = ["TRAIN.EVAL_PERIOD", 1, "TRAIN.KEEP_LAST", 10]
+    train(tiny_cfg(out, "SOLVER.MAX_EPOCH", 3, *opts), dataset_builder=builder())
+    ckdir = out / "checkpoints"
+    best = load_checkpoint_file(str(ckdir / "checkpoint_best.pth"))
+    assert best["best"] == {"top1": 80.0, "epoch": 2} and best["next_epoch"] == 2
+    assert_same_state(best["model"], load_checkpoint_file(str(ckdir / "checkpoint_epoch0002.pth"))["model"])
+    # resumed with more epochs: epoch 4 (70%) does not beat the stored 80%
+    train(tiny_cfg(out, "SOLVER.MAX_EPOCH", 4, *opts), dataset_builder=builder())
+    assert load_checkpoint_file(str(ckdir / "checkpoint_best.pth"))["best"] == {"top1": 80.0, "epoch": 2}
+    # KEEP_LAST prunes the epoch checkpoints, never the best one
+    train(tiny_cfg(out, "SOLVER.MAX_EPOCH", 5, "TRAIN.EVAL_PERIOD", 0, "TRAIN.KEEP_LAST", 1), dataset_builder=builder())
+    assert sorted(p.name for p in ckdir.iterdir() if p.suffix == ".pth") == ["checkpoint_best.pth",
+                                                                              "checkpoint_epoch0005.pth"]
+    # test_net --checkpoint best tests it (the stored config), into its own report folder
+    capsys.readouterr()
+    res = test(tiny_cfg(out, "TEST.CHECKPOINT", "best"), dataset_builder=builder())
+    assert res["report_dir"] == str(out / "test_checkpoint_best_2x1")
+    capsys.readouterr()
+    assert _tool("test_net").main(["--checkpoint", "best", "OUTPUT_DIR", str(tmp_path / "not_validated")]) != 0
+    err = capsys.readouterr().err
+    assert "no best checkpoint in OUTPUT_DIR" in err and "TRAIN.EVAL_PERIOD > 0" in err

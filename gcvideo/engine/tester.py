@@ -167,8 +167,9 @@ def checkpoints_to_test(checkpoint: str, output_dir: str) -> List[str]:
     if checkpoint == "best":
         best = best_checkpoint_path(output_dir)
         if not path_manager.exists(best):
-            raise FileNotFoundError(f"no best checkpoint in OUTPUT_DIR = {output_dir!r}: {best} does not exist (training "
-                                    "keeps it with TRAIN.KEEP_BEST True when it validates, TRAIN.EVAL_PERIOD > 0)")
+            raise FileNotFoundError(f"no best checkpoint in OUTPUT_DIR = {output_dir!r}: {best} does not exist "
+                                    "(training keeps it with TRAIN.KEEP_BEST True when it validates, "
+                                    "TRAIN.EVAL_PERIOD > 0)")
         return [best]
     if checkpoint:
         return [checkpoint]

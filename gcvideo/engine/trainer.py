@@ -45,7 +45,8 @@ from gcvideo.engine.tester import (build_eval_loader, build_test_set, build_test
 from gcvideo.models import build_model, load_pretrained
 from gcvideo.utils.device import select_device
 from gcvideo.utils.folder_lock import FolderLock
-from gcvideo.utils.io import atomic_save, atomic_write_text, load_checkpoint_file, path_join, path_manager, remove_temporaries
+from gcvideo.utils.io import (atomic_save, atomic_write_text, load_checkpoint_file, path_join, path_manager,
+                              remove_temporaries)
 from gcvideo.utils.malloc import tune_cpu_memory
 from gcvideo.utils.threads import tune_cpu_threads
 from gcvideo.utils.reproducibility import seed_everything, set_determinism
@@ -320,7 +321,8 @@ def build_fit_settings(cfg: CfgNode) -> FitSettings:
         batch_size=t.BATCH_SIZE, lr=scaled_lr(s.BASE_LR, t.BATCH_SIZE, s.REFERENCE_BATCH_SIZE),
         mixed_precision=t.MIXED_PRECISION, auto_resume=t.AUTO_RESUME, clip_norm=s.CLIP_GRAD_NORM,
         log_period=t.LOG_PERIOD, checkpoint_period=t.CHECKPOINT_PERIOD, checkpoint_iters=t.CHECKPOINT_ITERS,
-        keep_last=t.KEEP_LAST, keep_best=t.KEEP_BEST, eval_period=t.EVAL_PERIOD, precise_bn_batches=t.PRECISE_BN_BATCHES,
+        keep_last=t.KEEP_LAST, keep_best=t.KEEP_BEST, eval_period=t.EVAL_PERIOD,
+        precise_bn_batches=t.PRECISE_BN_BATCHES,
         channels_last=t.CHANNELS_LAST, mean=list(d.MEAN), std=list(d.STD), num_workers=d.NUM_WORKERS, pin_memory=d.PIN_MEMORY,
         prefetch_factor=d.PREFETCH_FACTOR,
         max_broken_fraction=d.MAX_BROKEN_FRACTION,
@@ -404,10 +406,11 @@ def _train_steps(cfg: CfgNode, device: torch.device, builder: DatasetBuilder, st
 def _say_finished(pos: _Position, fs: FitSettings) -> bool:
     """Rank 0 says that the run finished at ``pos`` and where its report is, or that its final test is
     still to run. True when it is complete (nothing to train, its report written or no test at the end)."""
-    tag = os.path.splitext(os.path.basename(pos.checkpoint or ""))[0]
-    report = earlier_report(fs.output_dir, tag, fs.test["views"]) if fs.test is not None else None
+    tag, run_main = os.path.splitext(os.path.basename(pos.checkpoint or ""))[0], du.is_main_process()
+    found = earlier_report(fs.output_dir, tag, fs.test["views"]) if fs.test is not None and run_main else None
+    report = du.broadcast_object(found)  # rank 0's view of a shared folder decides for every process
     again = f"python tools/test_net.py OUTPUT_DIR {fs.output_dir}"
-    if du.is_main_process():
+    if run_main:
         if fs.test is not None and report is None:
             print(f"training finished at epoch {pos.epoch} ({pos.checkpoint}); running its final test", flush=True)
         elif report is None:
@@ -448,7 +451,7 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
                          collate_fn=collate_train)  # K clips per video (DATA.NUM_SAMPLES) as K rows
     val_set = builder(cfg, "val") if t.EVAL_PERIOD > 0 else None
     test_set = build_test_set(cfg, builder, why="TRAIN.TEST_AT_END is on but ",
-                                                   hint=", or set TRAIN.TEST_AT_END False") if t.TEST_AT_END else None
+                              hint=", or set TRAIN.TEST_AT_END False") if t.TEST_AT_END else None
     # -- model (same initial weights on every process); TRAIN.INIT_FROM unless a checkpoint will be resumed
     seed_everything(cfg.SEED)
     model = build_model(cfg)
@@ -657,7 +660,8 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: _StopSignals) -> Dic
                     path = save(epoch + 1, 0, regular=bool(due), best=best)
                     last_ckpt = path if due else last_ckpt
                 if best:
-                    logger.info(f"epoch {epoch + 1}: best val top-1 so far, saved {best_checkpoint_path(fs.output_dir)}")
+                    logger.info(f"epoch {epoch + 1}: best val top-1 so far, saved "
+                                f"{best_checkpoint_path(fs.output_dir)}")
                 logger.log_epoch(record)
         finally:
             run.loader.close()  # the persistent workers end before the final test forks its own

@@ -95,7 +95,7 @@ def test_readme_test_line_works_on_a_prepare_kinetics_folder(tmp_path, capsys):
     assert rc == 0, captured.err
     assert "testing on the validation list" in captured.out
     report = out / "test_checkpoint_epoch0001_2x1" / "report.txt"
-    assert report.exists() and "realshort.mp4" in (out / "test_checkpoint_epoch0001_2x1" / "predictions.csv").read_text()
+    assert report.exists() and "realshort.mp4" in (report.parent / "predictions.csv").read_text()
 
 
 # ---------------------------------------------------------------------------
@@ -139,10 +139,12 @@ def test_a_second_ctrl_c_stops_at_once_with_one_line(capsys):
         with pytest.raises(TrainingStopped) as e:
             stops(signal.SIGINT, None)
     assert e.value.code == 130
-    assert capsys.readouterr().out == "SIGINT again: stopped at once, without saving; the newest checkpoint in X is kept\n"
+    assert capsys.readouterr().out == \
+        "SIGINT again: stopped at once, without saving; the newest checkpoint in X is kept\n"
     with pytest.raises(TrainingStopped) as e:  # outside the epochs (set-up, final test): at once
         _StopSignals()(signal.SIGTERM, None)
-    assert e.value.code == 143 and capsys.readouterr().out == "SIGTERM: stopped during the set-up; nothing was written\n"
+    assert e.value.code == 143
+    assert capsys.readouterr().out == "SIGTERM: stopped during the set-up; nothing was written\n"
 
 
 def test_sigterm_in_the_final_test_says_what_is_saved_and_how_to_finish(tmp_path):

@@ -106,3 +106,14 @@ def test_shipped_configs_do_not_force_bf16():
     forced = [f for f in files if ((yaml.safe_load(open(f)) or {}).get("TRAIN") or {}).get("MIXED_PRECISION")
               not in (None, "auto", "none")]
     assert forced == []
+
+
+def test_explicit_bf16_on_a_gpu_without_native_bf16_warns(monkeypatch):
+    gpu = torch.device("cuda", 0)
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(
+        including_emulation) or False)
+    line = common.slow_bf16_warning("bf16", gpu, slowdown=lambda d: 3.0)
+    assert "this GPU has no native bf16" in line and "3.0x slower" in line and asked == [False]
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert common.slow_bf16_warning("bf16", gpu, slowdown=never_called) == ""

@@ -14,7 +14,7 @@ import ast
 import difflib
 import math
 import os
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 from fvcore.common.config import CfgNode
@@ -258,6 +258,9 @@ _C.TRAIN.CHECKPOINT_PERIOD = 1
 _C.TRAIN.CHECKPOINT_ITERS = 0
 # How many recent checkpoints to keep.
 _C.TRAIN.KEEP_LAST = 3
+# Also keep the checkpoint of the best validation top-1 so far as checkpoints/checkpoint_best.pth
+# (mmaction2's save_best; needs TRAIN.EVAL_PERIOD > 0); test it with test_net.py --checkpoint best.
+_C.TRAIN.KEEP_BEST = True
 # Resume from the newest complete checkpoint in OUTPUT_DIR.
 _C.TRAIN.AUTO_RESUME = True
 # Initial weights: inflated ImageNet or pytorchvideo/PySlowFast checkpoint ("" = random).
@@ -303,7 +306,7 @@ _C.TEST.VIEW_PROTOCOL = "gcvideo"
 _C.TEST.ENSEMBLE_METHOD = "prob_mean"
 # Videos per batch per process.
 _C.TEST.BATCH_SIZE = 4
-# Checkpoint to evaluate ("" = the newest in OUTPUT_DIR).
+# Checkpoint to evaluate ("" = the newest in OUTPUT_DIR, "best" = OUTPUT_DIR's TRAIN.KEEP_BEST checkpoint).
 _C.TEST.CHECKPOINT = ""
 
 # ---------------------------------------------------------------------------
@@ -464,13 +467,19 @@ def merge_from_list(cfg: CfgNode, opts: Sequence[str]) -> None:
 
 
 def load_cfg(config_file: Optional[str] = None, opts: Optional[Sequence[str]] = None,
-             check_files: bool = True) -> CfgNode:
-    """Defaults <- YAML file <- command-line pairs, validated and frozen."""
+             check_files: bool = True, stored: Optional[Tuple[str, str]] = None) -> CfgNode:
+    """Defaults <- YAML file <- command-line pairs, validated and frozen. ``stored``: (where, YAML text)
+    of a resolved config (the one a checkpoint holds), merged in place of the file."""
     from gcvideo.utils.package_data import resolve_shipped
 
     cfg = get_cfg()
     # a shipped config or label map ("configs/...", "datasets/...") is found from any folder
     from_file = merge_from_file(cfg, resolve_shipped(config_file)) if config_file else {}
+    if stored is not None:
+        try:
+            _merge_dict(cfg, yaml.safe_load(stored[1]) or {}, source=f"the config stored in {stored[0]}")
+        except yaml.YAMLError as e:
+            raise ConfigError(f"the config stored in {stored[0]} is not valid YAML: {e}") from e
     merge_from_list(cfg, opts or [])
     cfg.DATA.LABEL_MAP = resolve_shipped(cfg.DATA.LABEL_MAP)
     if config_file and "OUTPUT_DIR" not in from_file and "OUTPUT_DIR" not in list(opts or [])[0::2]:
@@ -674,7 +683,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     if check_files:
         for key, value in (("TRAIN.INIT_FROM", t.INIT_FROM), ("TEST.CHECKPOINT", te.CHECKPOINT),
                            ("DATA.LABEL_MAP", d.LABEL_MAP)):
-            if value and not path_manager.exists(value):
+            if value and not path_manager.exists(value) and not (key == "TEST.CHECKPOINT" and value == "best"):
                 raise ConfigError(f"{key} = {value!r}: file does not exist")
 
 

@@ -29,7 +29,7 @@ from gcvideo.utils.io import (CheckpointError, CorruptCheckpointError, atomic_sa
                               path_manager)
 
 __all__ = ["FORMAT", "checkpoint_dir", "checkpoint_name", "list_checkpoints", "save_checkpoint",
-           "load_latest_checkpoint", "get_rng_state", "set_rng_state"]
+           "load_latest_checkpoint", "get_rng_state", "set_rng_state", "best_checkpoint_path"]
 
 FORMAT = "gcvideo-checkpoint-v1"
 _NAME = re.compile(r"checkpoint_epoch(\d{4,})(?:_iter(\d{6,}))?\.pth$")
@@ -44,6 +44,12 @@ def checkpoint_name(next_epoch: int, next_iter: int) -> str:
     if next_iter == 0:
         return f"checkpoint_epoch{next_epoch:04d}.pth"  # epoch ``next_epoch`` (1-based) finished
     return f"checkpoint_epoch{next_epoch + 1:04d}_iter{next_iter:06d}.pth"
+
+
+def best_checkpoint_path(output_dir: str) -> str:
+    """``checkpoints/checkpoint_best.pth``: the best validation top-1 so far (TRAIN.KEEP_BEST); not one
+    of the ``list_checkpoints`` (never resumed from, never pruned)."""
+    return os.path.join(checkpoint_dir(output_dir), "checkpoint_best.pth")
 
 
 def _sort_key(name: str) -> Optional[Tuple[int, float]]:

@@ -23,7 +23,9 @@ gets a new loader, new workers, each epoch, as before).
 """
 from __future__ import annotations
 
+import functools
 import gc
+import signal
 from typing import Any, Callable, Optional
 
 import torch
@@ -38,17 +40,29 @@ __all__ = ["ForkingLoader", "TrainLoader", "epoch_reaches_workers"]
 _NOTED = set()  # the requested worker counts this process has printed a note for
 
 
+def _ignore_sigint(worker_init_fn: Optional[Callable[[int], None]], worker_id: int) -> None:
+    """Worker start: Ctrl-C reaches the terminal's whole process group, workers included; the main
+    process decides what it means (the trainer saves a checkpoint at the end of the step), so a worker
+    ignores it instead of dying under the batches the step still needs."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if worker_init_fn is not None:
+        worker_init_fn(worker_id)
+
+
 class ForkingLoader(DataLoader):
     """A ``DataLoader`` whose worker processes fork from a parent with a frozen garbage collector,
-    ``num_workers`` of them at most this process's share of the cores (``loader_workers``)."""
+    ``num_workers`` of them at most this process's share of the cores (``loader_workers``), and
+    ignore SIGINT (``_ignore_sigint``)."""
 
-    def __init__(self, dataset: Dataset, *args, num_workers: int = 0, **kwargs):
+    def __init__(self, dataset: Dataset, *args: Any, num_workers: int = 0,
+                 worker_init_fn: Optional[Callable[[int], None]] = None, **kwargs: Any):
         used = loader_workers(num_workers)
         if used < num_workers and num_workers not in _NOTED and du.is_main_process():
             _NOTED.add(num_workers)
             print(f"note: DATA.NUM_WORKERS {num_workers} is more than this process's share of the "
                   f"{usable_cores()} usable cores: {used} loader workers", flush=True)
-        super().__init__(dataset, *args, num_workers=used, **kwargs)
+        super().__init__(dataset, *args, num_workers=used,
+                         worker_init_fn=functools.partial(_ignore_sigint, worker_init_fn), **kwargs)
 
     def _get_iterator(self):
         # DataLoader.__iter__ calls this exactly when it creates an iterator, and a multi-process

@@ -16,26 +16,27 @@ import torch.nn as nn
 from fvcore.common.config import CfgNode
 from torch.utils.data import DataLoader, Dataset
 
-from gcvideo.data.annotations import read_label_map
-from gcvideo.data.dataset import build_dataset
+from gcvideo.config import ConfigError, get_cfg, load_cfg
+from gcvideo.data.annotations import AnnotationError, read_label_map
+from gcvideo.data.dataset import annotation_path, build_dataset
 from gcvideo.engine import distributed as du
-from gcvideo.engine.checkpoint import list_checkpoints
+from gcvideo.engine.checkpoint import best_checkpoint_path, list_checkpoints
 from gcvideo.engine.loader import ForkingLoader
 from gcvideo.engine.memory_format import model_channels_last, to_device
 from gcvideo.engine.metrics import combine_views, compute_metrics, format_summary, write_report
-from gcvideo.engine.precision import autocast, autocast_dtype
+from gcvideo.engine.precision import autocast, autocast_dtype, print_slow_bf16_warning
 from gcvideo.models import build_model_from_checkpoint
 from gcvideo.models.inflate import InflationError
 from gcvideo.utils.device import select_device
 from gcvideo.utils.folder_lock import FolderLock
-from gcvideo.utils.io import CheckpointError, path_join
+from gcvideo.utils.io import CheckpointError, load_checkpoint_file, path_join, path_manager
 from gcvideo.utils.malloc import tune_cpu_memory
 from gcvideo.utils.threads import tune_cpu_threads
 from gcvideo.utils.progress import progress_bar
 from gcvideo.utils.reproducibility import set_determinism
 
 __all__ = ["EvalResult", "evaluate", "test", "run_test", "build_test_settings", "build_eval_loader", "class_names",
-           "checkpoints_to_test"]
+           "checkpoints_to_test", "build_test_set", "report_folder", "earlier_report", "load_checkpoint_cfg"]
 
 
 @dataclass
@@ -120,18 +121,57 @@ def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, device: 
 
 
 def class_names(label_map: str, num_classes: int) -> List[str]:
-    """Names from the label map (``read_label_map``: line i = class i), else "0", "1", ..."""
+    """Names from the label map (``read_label_map``: line i = class i), else "0", "1", ...; a label map
+    with another class count than the classifier is a ``ConfigError``."""
     if not label_map:
         return [str(i) for i in range(num_classes)]
     names = read_label_map(label_map)
     if len(names) != num_classes:
-        raise ValueError(f"DATA.LABEL_MAP = {label_map!r} lists {len(names)} classes but "
-                         f"MODEL.NUM_CLASSES = {num_classes}")
+        raise ConfigError(f"DATA.LABEL_MAP = {label_map!r} lists {len(names)} classes but "
+                          f"MODEL.NUM_CLASSES = {num_classes}: set MODEL.NUM_CLASSES {len(names)} (the classifier "
+                          "has one output per class) or give the label map of the model's classes")
     return names
 
 
+def build_test_set(cfg: CfgNode, builder: Callable[[CfgNode, str], Dataset], why: str = "", hint: str = "") -> Dataset:
+    """The test split's dataset (``builder(cfg, "test")``). Where DATA.TEST_FILE is left at its default
+    and that file is absent but DATA.VAL_FILE exists (PySlowFast's train.csv + val.csv, as
+    ``prepare_kinetics`` writes them), the validation list is tested instead, said in one line;
+    another missing test list is an ``AnnotationError`` naming the keys to set (``why``: the message's
+    start, e.g. "TRAIN.TEST_AT_END is on but "; ``hint``: what else the caller offers)."""
+    try:
+        return builder(cfg, "test")
+    except AnnotationError as e:
+        path = annotation_path(cfg, "test")
+        if path_manager.exists(path):
+            raise
+        d = cfg.DATA
+        val = annotation_path(cfg, "val")
+        if d.TEST_FILE != get_cfg().DATA.TEST_FILE or not path_manager.exists(val):
+            raise AnnotationError(
+                f"{why}the test annotation file {path} (DATA.TEST_FILE = {d.TEST_FILE!r}) does not exist: provide "
+                f"it or point DATA.TEST_FILE at another list (e.g. DATA.TEST_FILE {d.VAL_FILE} to test on the "
+                f"validation list){hint}") from e
+    if du.is_main_process():
+        print(f"no {path}: testing on the validation list {val} (DATA.VAL_FILE; set DATA.TEST_FILE to test "
+              "another list)", flush=True)
+    val_cfg = cfg.clone()
+    val_cfg.defrost()
+    val_cfg.DATA.TEST_FILE, val_cfg.DATA.TEST_PATH_PREFIX = d.VAL_FILE, d.VAL_PATH_PREFIX
+    val_cfg.freeze()
+    return builder(val_cfg, "test")
+
+
 def checkpoints_to_test(checkpoint: str, output_dir: str) -> List[str]:
-    """The checkpoints to try, best first: ``checkpoint`` alone, else OUTPUT_DIR's, newest first."""
+    """The checkpoints to try, best first: ``checkpoint`` alone ("best": OUTPUT_DIR's TRAIN.KEEP_BEST
+    checkpoint), else OUTPUT_DIR's, newest first."""
+    if checkpoint == "best":
+        best = best_checkpoint_path(output_dir)
+        if not path_manager.exists(best):
+            raise FileNotFoundError(f"no best checkpoint in OUTPUT_DIR = {output_dir!r}: {best} does not exist "
+                                    "(training keeps it with TRAIN.KEEP_BEST True when it validates, "
+                                    "TRAIN.EVAL_PERIOD > 0)")
+        return [best]
     if checkpoint:
         return [checkpoint]
     found = list_checkpoints(output_dir)
@@ -139,6 +179,20 @@ def checkpoints_to_test(checkpoint: str, output_dir: str) -> List[str]:
         raise FileNotFoundError(f"no checkpoint to test: TEST.CHECKPOINT is empty and OUTPUT_DIR = "
                                 f"{output_dir!r} has no checkpoints/checkpoint_epoch*.pth")
     return found[::-1]
+
+
+def load_checkpoint_cfg(opts: Sequence[str]) -> CfgNode:
+    """The config stored in the checkpoint to test (TEST.CHECKPOINT of ``opts``, else the newest in their
+    OUTPUT_DIR) with ``opts`` over it: what test_net.py and predict.py use without --config, so that the
+    views are those the model was trained for."""
+    given = load_cfg(None, opts, check_files=False)
+    path = checkpoints_to_test(given.TEST.CHECKPOINT, given.OUTPUT_DIR)[0]
+    ck = load_checkpoint_file(path)
+    text = ck.get("config") if isinstance(ck, dict) else None
+    if not isinstance(text, str):
+        raise ConfigError(f"checkpoint {path} holds no gcvideo config (it was not written by gcvideo training): "
+                          "give the config its model was trained with, --config FILE")
+    return load_cfg(None, ["TRAIN.INIT_FROM", "", *opts], stored=(path, text))  # (a test needs no initial weights)
 
 
 def build_test_settings(cfg: CfgNode) -> Dict:
@@ -153,14 +207,39 @@ def build_test_settings(cfg: CfgNode) -> Dict:
                       "test_crop_size": d.TEST_CROP_SIZE}}
 
 
+def report_folder(output_dir: str, tag: str, views: Tuple[int, int], protocol: str = "gcvideo") -> str:
+    """``output_dir/test_TAG_CxS[_PROTOCOL]``: where the first test of checkpoint TAG with C x S views
+    (and a view protocol other than gcvideo) reports."""
+    return path_join(output_dir, f"test_{tag}_{views[0]}x{views[1]}" + ("" if protocol == "gcvideo" else f"_{protocol}"))
+
+
+def earlier_report(output_dir: str, tag: str, views: Tuple[int, int], protocol: str = "gcvideo") -> Optional[str]:
+    """report.txt of the first test of checkpoint TAG with these views, None where there is none yet."""
+    path = path_join(report_folder(output_dir, tag, views, protocol), "report.txt")
+    return path if path_manager.exists(path) else None
+
+
+def _free_report_folder(first: str) -> str:
+    """``first``, or where it holds files already (an earlier report), the first of ``first_2``,
+    ``first_3``, ... that holds none: a report is never replaced."""
+    folder, n = first, 1
+    while path_manager.exists(folder) and any(not e.startswith(".") for e in path_manager.ls(folder)):
+        n += 1
+        folder = f"{first}_{n}"
+    if folder != first:
+        print(f"{first} holds an earlier report (kept): this test reports to {folder}", flush=True)
+    return folder
+
+
 def run_test(model: nn.Module, dataset: Dataset, device: torch.device, *, tag: str, output_dir: str,
              num_classes: int, views: Tuple[int, int], batch_size: int, num_workers: int, pin_memory: bool,
              ensemble_method: str, mixed_precision: str, channels_last: bool, mean: Sequence[float],
              std: Sequence[float], class_names: Sequence[str], setup: Optional[Dict] = None) -> Optional[Dict]:
     """The multi-view test of ``model`` on ``dataset``; rank 0 writes the report under
-    ``output_dir/test_TAG_CxS`` (``_PROTOCOL`` added for a view protocol other than gcvideo) and
-    returns a summary. ``setup`` (view_protocol, head_pool, test_crop_size) is named in the summary
-    and the report, so that two reports say how their numbers were made.
+    ``output_dir/test_TAG_CxS`` (``report_folder``: ``_PROTOCOL`` added for a view protocol other than
+    gcvideo; ``_2``, ``_3``, ... where earlier tests reported there) and returns a summary. ``setup``
+    (view_protocol, head_pool, test_crop_size) is named in the summary and the report, so that two
+    reports say how their numbers were made.
 
     Rank 0 holds that folder's lock from before the first video is decoded until the report is
     written, so a second test of the same checkpoint and views into the same folder is refused
@@ -169,7 +248,8 @@ def run_test(model: nn.Module, dataset: Dataset, device: torch.device, *, tag: s
     setup = dict(setup or {})
     protocol = setup.get("view_protocol", "gcvideo")
     text = f"{views[0]}x{views[1]} views" + (f" ({', '.join(f'{k} {v}' for k, v in setup.items())})" if setup else "")
-    out_dir = path_join(output_dir, f"test_{tag}_{views[0]}x{views[1]}" + ("" if protocol == "gcvideo" else f"_{protocol}"))
+    out_dir = du.broadcast_object(_free_report_folder(report_folder(output_dir, tag, views, protocol))
+                                  if du.is_main_process() else None)
     with _hold_report_folder(out_dir):
         loader = build_eval_loader(dataset, batch_size, num_workers, pin_memory and device.type == "cuda")
         res = evaluate(model, loader, num_classes=num_classes, device=device, ensemble_method=ensemble_method,
@@ -203,30 +283,34 @@ def _hold_report_folder(out_dir: str) -> Iterator[None]:
         lock.release()
 
 
-def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dataset]] = None) -> Optional[Dict]:
+def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dataset]] = None,
+         allow: Sequence[str] = ()) -> Optional[Dict]:
     """Evaluate TEST.CHECKPOINT (or the newest readable one in OUTPUT_DIR) with TEST.* views; returns
-    the report (rank 0)."""
+    the report (rank 0). A gcvideo checkpoint's stored config must agree with ``cfg`` on the settings
+    that give its views their meaning (``build_model_from_checkpoint``), but for the keys in ``allow``
+    (set explicitly on the command line)."""
     device = select_device(cfg.DEVICE)
     with du.process_group(device.type, cfg.DIST.TIMEOUT):
         set_determinism(cfg.TRAIN.DETERMINISTIC, device)
         tune_cpu_threads(cfg.TRAIN.CPU_THREADS, cfg.DATA.NUM_WORKERS, device)
         tune_cpu_memory(cfg.TRAIN.CPU_KEEP_FREED_MEMORY, device)
-        model, ckpt = _load_test_model(cfg, checkpoints_to_test(cfg.TEST.CHECKPOINT, cfg.OUTPUT_DIR))
+        print_slow_bf16_warning(cfg.TRAIN.MIXED_PRECISION, device)
+        model, ckpt = _load_test_model(cfg, checkpoints_to_test(cfg.TEST.CHECKPOINT, cfg.OUTPUT_DIR), allow)
         model.to(device)
         if cfg.TRAIN.CHANNELS_LAST:
             model_channels_last(model)
-        dataset = (dataset_builder or build_dataset)(cfg, "test")
+        dataset = build_test_set(cfg, dataset_builder or build_dataset)
         tag = os.path.splitext(os.path.basename(ckpt))[0]
         return run_test(model, dataset, device, tag=tag, **build_test_settings(cfg))
 
 
-def _load_test_model(cfg: CfgNode, candidates: List[str]) -> Tuple[nn.Module, str]:
+def _load_test_model(cfg: CfgNode, candidates: List[str], allow: Sequence[str] = ()) -> Tuple[nn.Module, str]:
     """The config's model with the first candidate that reads (any format; every weight must fit).
     An unreadable newest checkpoint is skipped, as training does; one that reads but does not fit
     the config is an error."""
     for i, ckpt in enumerate(candidates):
         try:
-            return build_model_from_checkpoint(cfg, ckpt), ckpt
+            return build_model_from_checkpoint(cfg, ckpt, allow), ckpt
         except CheckpointError as e:
             if isinstance(e, InflationError) or i + 1 == len(candidates):
                 raise

@@ -19,7 +19,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -30,23 +30,24 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from gcvideo.config import dump_cfg
-from gcvideo.data.annotations import AnnotationError
 from gcvideo.data.broken import BrokenVideoTracker
-from gcvideo.data.dataset import annotation_path, build_dataset, collate_train
+from gcvideo.data.dataset import build_dataset, collate_train
 from gcvideo.engine import distributed as du
-from gcvideo.engine.checkpoint import (FORMAT, checkpoint_dir, get_rng_state, list_checkpoints, load_latest_checkpoint,
-                                       save_checkpoint, set_rng_state)
+from gcvideo.engine.checkpoint import (FORMAT, best_checkpoint_path, checkpoint_dir, get_rng_state, list_checkpoints,
+                                       load_latest_checkpoint, save_checkpoint, set_rng_state)
 from gcvideo.engine.loader import TrainLoader
 from gcvideo.engine.logger import RunLogger, format_duration
 from gcvideo.engine.memory_format import model_channels_last, to_device
 from gcvideo.engine.optim import WarmupCosineSchedule, build_optimizer, build_schedule, scaled_lr
-from gcvideo.engine.precision import autocast, autocast_dtype
-from gcvideo.engine.tester import build_eval_loader, evaluate, run_test, build_test_settings
+from gcvideo.engine.precision import autocast, autocast_dtype, print_slow_bf16_warning
+from gcvideo.engine.tester import (build_eval_loader, build_test_set, build_test_settings, class_names,
+                                   earlier_report, evaluate, run_test)
 from gcvideo.models import build_model, load_pretrained
 from gcvideo.utils.device import select_device
 from gcvideo.utils.folder_lock import FolderLock
 from gcvideo.utils.errors import UserError
-from gcvideo.utils.io import atomic_write_text, load_checkpoint_file, path_join, path_manager, remove_temporaries
+from gcvideo.utils.io import (atomic_save, atomic_write_text, load_checkpoint_file, path_join, path_manager,
+                              remove_temporaries)
 from gcvideo.utils.malloc import tune_cpu_memory
 from gcvideo.utils.threads import tune_cpu_threads
 from gcvideo.utils.reproducibility import seed_everything, set_determinism
@@ -62,7 +63,56 @@ class NonFiniteLossError(UserError, RuntimeError):
 
 
 class TrainingStopped(SystemExit):
-    """SIGTERM: a checkpoint was saved and the run exits (restart the same command to resume)."""
+    """SIGTERM or SIGINT (Ctrl-C): the run exits with 128 + the signal's number after one line saying
+    what is saved (restart the same command to resume)."""
+
+
+class _StopSignals:
+    """The handler of SIGTERM and SIGINT (Ctrl-C) during a run. While the epochs run (``defer``) the
+    first one is only noted in ``name``: the loop saves a checkpoint at the end of the step and exits.
+    Otherwise, and for a second signal, the run stops at once with one line: the signal and ``note``
+    (where the run was and what is saved)."""
+
+    def __init__(self) -> None:
+        self.name = ""  # the signal the loop is to stop for ("" = none)
+        self.defer = False
+        self.note = "during the set-up; nothing was written"
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.defer and not self.name:
+            self.name = name
+            return
+        self.stop_now(name + (" again" if self.name else ""), 128 + signum)
+
+    def stop_now(self, what: str, code: int) -> None:
+        print(f"{what}: stopped {self.note}", flush=True)
+        raise TrainingStopped(code)
+
+    @contextlib.contextmanager
+    def deferring(self, note: str) -> Iterator[None]:
+        """While the block runs, the first signal is only noted (the loop saves and exits); a second
+        one stops at once with ``note``."""
+        self.defer, self.note = True, note
+        try:
+            yield
+        finally:
+            self.defer = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """This handler for SIGTERM and SIGINT while the block runs (the main thread only)."""
+        old = {}
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                old[sig] = signal.signal(sig, self)
+        except ValueError:  # not the main thread
+            pass
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
 
 @dataclass
@@ -251,6 +301,7 @@ class FitSettings:
     checkpoint_period: int
     checkpoint_iters: int
     keep_last: int
+    keep_best: bool
     eval_period: int
     precise_bn_batches: int
     channels_last: bool
@@ -272,7 +323,8 @@ def build_fit_settings(cfg: CfgNode) -> FitSettings:
         batch_size=t.BATCH_SIZE, lr=scaled_lr(s.BASE_LR, t.BATCH_SIZE, s.REFERENCE_BATCH_SIZE),
         mixed_precision=t.MIXED_PRECISION, auto_resume=t.AUTO_RESUME, clip_norm=s.CLIP_GRAD_NORM,
         log_period=t.LOG_PERIOD, checkpoint_period=t.CHECKPOINT_PERIOD, checkpoint_iters=t.CHECKPOINT_ITERS,
-        keep_last=t.KEEP_LAST, eval_period=t.EVAL_PERIOD, precise_bn_batches=t.PRECISE_BN_BATCHES,
+        keep_last=t.KEEP_LAST, keep_best=t.KEEP_BEST, eval_period=t.EVAL_PERIOD,
+        precise_bn_batches=t.PRECISE_BN_BATCHES,
         channels_last=t.CHANNELS_LAST, mean=list(d.MEAN), std=list(d.STD), num_workers=d.NUM_WORKERS, pin_memory=d.PIN_MEMORY,
         prefetch_factor=d.PREFETCH_FACTOR,
         max_broken_fraction=d.MAX_BROKEN_FRACTION,
@@ -313,6 +365,8 @@ class _Position:
     iter: int = 0
     global_iter: int = 0
     meters: Optional[EpochMeters] = None
+    checkpoint: Optional[str] = None  # the checkpoint resumed from
+    best: Dict[str, float] = field(default_factory=dict)  # the best validation so far: {"top1", "epoch"}
 
 
 def train(cfg: CfgNode, *, dataset_builder: Optional[DatasetBuilder] = None) -> Dict:
@@ -322,26 +376,52 @@ def train(cfg: CfgNode, *, dataset_builder: Optional[DatasetBuilder] = None) -> 
     Returns (on every process) ``{"epochs", "global_iter", "checkpoint", "val", "test"}``.
     """
     device = select_device(cfg.DEVICE)
-    with du.process_group(device.type, cfg.DIST.TIMEOUT):
+    stops = _StopSignals()  # SIGTERM / Ctrl-C: one line saying what is saved, no traceback
+    with du.process_group(device.type, cfg.DIST.TIMEOUT), stops.installed():
         # (the steps run in their own function: its locals, the DDP/SyncBN model among them, are
         # freed before the process groups are destroyed)
-        return _train_steps(cfg, device, dataset_builder or build_dataset)
+        return _train_steps(cfg, device, dataset_builder or build_dataset, stops)
 
 
-def _train_steps(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> Dict:
+def _train_steps(cfg: CfgNode, device: torch.device, builder: DatasetBuilder, stops: _StopSignals) -> Dict:
     # 1. set-up: data, model, initial weights, every file the run needs -- all before any is written
     run = build_run(cfg, device, builder)
     fs = run.settings
     # 2. the output folder: lock (rank 0), leftovers of earlier runs, config.yaml
     with _claim_output_dir(fs.output_dir, fs.config_text):
+        stops.note = f"before training; the checkpoints in {checkpoint_dir(fs.output_dir)} are as they were"
         # 3. resume: weights, optimizer, position, RNG states
         pos = _resume(run, fs.output_dir if fs.auto_resume else None, fs.seed)
-        # 4. the epochs
-        fit = _fit(run, pos, fs)
+        if pos.epoch >= fs.max_epoch:  # a finished run started again: its test only if it has none yet
+            fit = {"global_iter": pos.global_iter, "checkpoint": pos.checkpoint, "val": []}
+            if _say_finished(pos, fs):
+                return {"epochs": fs.max_epoch, **fit, "test": None}
+        else:
+            # 4. the epochs
+            fit = _fit(run, pos, fs, stops)
         # 5. the full multi-view test of the final weights
-        test_result = _final_test(run, fit["checkpoint"], fs.test) if fs.test is not None else None
+        test_result = _final_test(run, fit["checkpoint"], fs.test, stops) if fs.test is not None else None
     return {"epochs": fs.max_epoch, "global_iter": fit["global_iter"], "checkpoint": fit["checkpoint"],
             "val": fit["val"], "test": test_result}
+
+
+def _say_finished(pos: _Position, fs: FitSettings) -> bool:
+    """Rank 0 says that the run finished at ``pos`` and where its report is, or that its final test is
+    still to run. True when it is complete (nothing to train, its report written or no test at the end)."""
+    tag, run_main = os.path.splitext(os.path.basename(pos.checkpoint or ""))[0], du.is_main_process()
+    found = (earlier_report(fs.output_dir, tag, fs.test["views"], fs.test["setup"]["view_protocol"])
+             if fs.test is not None and run_main else None)
+    report = du.broadcast_object(found)  # rank 0's view of a shared folder decides for every process
+    again = f"python tools/test_net.py OUTPUT_DIR {fs.output_dir}"
+    if run_main:
+        if fs.test is not None and report is None:
+            print(f"training finished at epoch {pos.epoch} ({pos.checkpoint}); running its final test", flush=True)
+        elif report is None:
+            print(f"run finished at epoch {pos.epoch}: {pos.checkpoint}; to test it: {again}", flush=True)
+        else:
+            print(f"run finished at epoch {pos.epoch}; report: {report}; to test again: {again} (a new report "
+                  "folder; this one is kept)", flush=True)
+    return fs.test is None or report is not None
 
 
 def _precision_name(setting: str, amp_dtype: Optional[torch.dtype]) -> str:
@@ -352,15 +432,18 @@ def _precision_name(setting: str, amp_dtype: Optional[torch.dtype]) -> str:
 
 def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _Run:
     """Datasets, sampler, model (initial weights), optimizer and the run's settings; raises before
-    anything is written (annotation errors, a training set smaller than one global batch, an
-    unreadable or unfitting TRAIN.INIT_FROM, a missing test annotation or label map)."""
+    anything is written (a label map of another class count than MODEL.NUM_CLASSES, annotation errors,
+    a training set smaller than one global batch, an unreadable or unfitting TRAIN.INIT_FROM, a missing
+    test annotation or label map)."""
     t = cfg.TRAIN
     rank, world = du.get_rank(), du.get_world_size()
+    class_names(cfg.DATA.LABEL_MAP, cfg.MODEL.NUM_CLASSES)  # a label map of another class count: refused here
     set_determinism(t.DETERMINISTIC, device)
     cpu_notes = [tune_cpu_threads(t.CPU_THREADS, cfg.DATA.NUM_WORKERS, device),
                  tune_cpu_memory(t.CPU_KEEP_FREED_MEMORY, device)]
     cpu_note = "; ".join(n for n in cpu_notes if n)
     amp_dtype = autocast_dtype(t.MIXED_PRECISION, device)
+    print_slow_bf16_warning(t.MIXED_PRECISION, device)
     settings = build_fit_settings(cfg)
     # -- data (annotation errors, fewer clips than one global batch), and the test set used at the end
     train_set = builder(cfg, "train")
@@ -370,7 +453,8 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
                          prefetch_factor=settings.prefetch_factor, seed=cfg.SEED, rank=rank,
                          collate_fn=collate_train)  # K clips per video (DATA.NUM_SAMPLES) as K rows
     val_set = builder(cfg, "val") if t.EVAL_PERIOD > 0 else None
-    test_set = _build_test_set(cfg, builder) if t.TEST_AT_END else None
+    test_set = build_test_set(cfg, builder, why="TRAIN.TEST_AT_END is on but ",
+                              hint=", or set TRAIN.TEST_AT_END False") if t.TEST_AT_END else None
     # -- model (same initial weights on every process); TRAIN.INIT_FROM unless a checkpoint will be resumed
     seed_everything(cfg.SEED)
     model = build_model(cfg)
@@ -390,21 +474,6 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
     return _Run(device=device, rank=rank, world=world, amp_dtype=amp_dtype, cpu_note=cpu_note,
                 train_set=train_set, val_set=val_set, test_set=test_set, sampler=sampler, loader=loader, model=model,
                 optimizer=optimizer, schedule=schedule, scaler=scaler, settings=settings, init_note=init_note)
-
-
-def _build_test_set(cfg: CfgNode, builder: DatasetBuilder) -> Dataset:
-    """The TRAIN.TEST_AT_END test set, built at the start so that a missing file is said before training."""
-    try:
-        return builder(cfg, "test")
-    except AnnotationError as e:
-        path = annotation_path(cfg, "test")
-        if path_manager.exists(path):
-            raise
-        raise AnnotationError(
-            f"TRAIN.TEST_AT_END is on but the test annotation file {path} (DATA.TEST_FILE = "
-            f"{cfg.DATA.TEST_FILE!r}) does not exist: provide it, point DATA.TEST_FILE at another list "
-            f"(e.g. DATA.TEST_FILE {cfg.DATA.VAL_FILE} to test on the validation list), or set TRAIN.TEST_AT_END "
-            "False") from e
 
 
 @contextlib.contextmanager
@@ -494,13 +563,14 @@ def _load_training_state(run: _Run, path: str, ck: Dict[str, Any]) -> Tuple[_Pos
                            f"per epoch but this run has {ipe} (dataset or TRAIN.BATCH_SIZE changed)")
     if pos.iter and ck.get("epoch_meters"):
         pos.meters = EpochMeters(**ck["epoch_meters"])
-    if run.main:
+    pos.checkpoint, pos.best = path, dict(ck.get("best") or {})
+    if run.main and pos.epoch < run.settings.max_epoch:  # (a finished run says so instead)
         print(f"resuming from {path}: epoch {pos.epoch + 1}, iteration {pos.iter}", flush=True)
     rng = ck["rng"][run.rank] if run.rank < len(ck["rng"]) else ck["rng"][0]
     return pos, rng
 
 
-def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
+def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: _StopSignals) -> Dict:
     """Epochs ``pos.epoch..max_epoch-1``: train, precise BN, validate, checkpoint, log."""
     model, ipe = run.model, run.sampler.iters_per_epoch
     ddp = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None) \
@@ -508,9 +578,11 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
     logger = RunLogger(fs.output_dir, enabled=run.main, resume_iter=pos.global_iter)
     broken = BrokenVideoTracker(output_dir=fs.output_dir if run.main else None, num_videos=len(run.train_set),
                                 max_fraction=fs.max_broken_fraction, videos=_video_paths(run.train_set))
-    state = {"global_iter": pos.global_iter, "stop": False}
+    state = {"global_iter": pos.global_iter, "best": dict(pos.best)}
 
-    def save(next_epoch: int, next_iter: int, meters: Optional[EpochMeters] = None) -> Optional[str]:
+    def save(next_epoch: int, next_iter: int, meters: Optional[EpochMeters] = None, regular: bool = True,
+             best: bool = False) -> Optional[str]:
+        """The position's checkpoint (``regular``) and/or the TRAIN.KEEP_BEST copy (``best``)."""
         rngs = du.all_gather_object(get_rng_state())
         path = None
         if run.main:
@@ -519,18 +591,21 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
                   "grad_scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
                   "next_epoch": next_epoch, "next_iter": next_iter, "global_iter": state["global_iter"],
                   "iters_per_epoch": ipe, "world_size": run.world, "config": fs.config_text, "rng": rngs,
-                  "epoch_meters": asdict(meters) if meters is not None else {}}
-            path = save_checkpoint(fs.output_dir, ck, fs.keep_last)
+                  "epoch_meters": asdict(meters) if meters is not None else {}, "best": dict(state["best"])}
+            path = save_checkpoint(fs.output_dir, ck, fs.keep_last) if regular else None
+            if best:
+                atomic_save(ck, best_checkpoint_path(fs.output_dir))
         du.barrier()
         return path
 
     def stop_with_checkpoint(epoch: int, done: int, meters: EpochMeters) -> None:
         path = save(epoch, done, meters)
-        logger.info(f"SIGTERM: saved {path}; run the same command again to resume")
-        raise TrainingStopped(143)
+        name = stops.name or "SIGTERM"  # (a signal to another process of the group)
+        logger.info(f"{name}: saved {path}; run the same command again to resume")
+        raise TrainingStopped(128 + signal.Signals[name])
 
     def on_step(epoch: int, done: int, global_iter: int, meters: EpochMeters, stop: bool) -> None:
-        # checkpoint every TRAIN.CHECKPOINT_ITERS iterations; on SIGTERM save and exit (a stop in the
+        # checkpoint every TRAIN.CHECKPOINT_ITERS iterations; on SIGTERM/SIGINT save and exit (a stop in the
         # epoch's last iteration is saved after the loop, as "all iterations of the epoch done")
         state["global_iter"] = global_iter
         if done < ipe and stop:
@@ -545,7 +620,8 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
                 + (f"; {run.cpu_note}" if run.cpu_note else ""))
     val_results: List[Dict] = []
     last_ckpt = None
-    with _sigterm_flag(state):
+    with stops.deferring(f"at once, without saving; the newest checkpoint in {checkpoint_dir(fs.output_dir)} is "
+                         "kept: run the same command again to resume from it"):
         try:
             for epoch in range(pos.epoch, fs.max_epoch):
                 start = pos.iter if epoch == pos.epoch else 0
@@ -557,12 +633,12 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
                         device=run.device, epoch=epoch, iters_per_epoch=ipe, start_iter=start,
                         global_iter=state["global_iter"], total_iters=fs.max_epoch * ipe, amp_dtype=run.amp_dtype,
                         channels_last=fs.channels_last, mean=fs.mean, std=fs.std, clip_norm=fs.clip_norm, log_period=fs.log_period,
-                        meters=meters, logger=logger, stop_requested=lambda: state["stop"],
+                        meters=meters, logger=logger, stop_requested=lambda: bool(stops.name),
                         on_skipped=broken.update, on_step=lambda *a, e=epoch: on_step(e, *a))
                 except NonFiniteLossError as e:
                     raise NonFiniteLossError(f"{e}; {_resume_note(fs.output_dir, fs.auto_resume, run.main)}") from None
                 state["global_iter"] = stats["global_iter"]
-                if stats["stop"]:  # SIGTERM in the epoch's last iteration: the resumed run does the epoch's end
+                if stats["stop"]:  # a stop in the epoch's last iteration: the resumed run does the epoch's end
                     stop_with_checkpoint(epoch, ipe, meters)
                 record = {"epoch": epoch + 1, "global_iter": state["global_iter"], "loss": stats["loss"],
                           "lr": run.optimizer.param_groups[0]["lr"], "data_share": stats["data_share"],
@@ -576,9 +652,18 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings) -> Dict:
                     val_results.append({"epoch": epoch + 1, **a})
                     logger.info(f"epoch {epoch + 1}: loss {stats['loss']:.4f}, val top-1 {a['top1']:.2f}% "
                                 f"top-5 {a['top5']:.2f}% ({a['videos']} videos)")
-                # 4. checkpoint every TRAIN.CHECKPOINT_PERIOD epochs and at the end; the epoch's record
-                if last or (fs.checkpoint_period and (epoch + 1) % fs.checkpoint_period == 0):
-                    last_ckpt = save(epoch + 1, 0)
+                # 4. checkpoint every TRAIN.CHECKPOINT_PERIOD epochs and at the end, and the best validation
+                #    top-1 so far (TRAIN.KEEP_BEST); the epoch's record
+                due = last or (fs.checkpoint_period and (epoch + 1) % fs.checkpoint_period == 0)
+                best = validate and fs.keep_best and a["top1"] > state["best"].get("top1", -1.0)
+                if best:
+                    state["best"] = {"top1": a["top1"], "epoch": epoch + 1}
+                if due or best:
+                    path = save(epoch + 1, 0, regular=bool(due), best=best)
+                    last_ckpt = path if due else last_ckpt
+                if best:
+                    logger.info(f"epoch {epoch + 1}: best val top-1 so far, saved "
+                                f"{best_checkpoint_path(fs.output_dir)}")
                 logger.log_epoch(record)
         finally:
             run.loader.close()  # the persistent workers end before the final test forks its own
@@ -617,22 +702,11 @@ def _precise_bn_and_validate(run: _Run, fs: FitSettings, epoch: int, validate: b
     return evaluate(run.model, loader, device=run.device, amp_dtype=run.amp_dtype, **fs.eval).metrics["all"]
 
 
-@contextlib.contextmanager
-def _sigterm_flag(state: Dict) -> Iterator[None]:
-    """SIGTERM sets ``state["stop"]`` (the loop saves a checkpoint and exits) while the block runs."""
-    old = None
-    try:
-        old = signal.signal(signal.SIGTERM, lambda *_: state.update(stop=True))
-    except ValueError:  # not the main thread
-        pass
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
-
-
-def _final_test(run: _Run, last_ckpt: Optional[str], settings: Dict[str, Any]) -> Optional[Dict]:
+def _final_test(run: _Run, last_ckpt: Optional[str], settings: Dict[str, Any], stops: _StopSignals) -> Optional[Dict]:
+    stops.note = (f"{'before' if stops.name else 'during'} the final test: training is finished and saved "
+                  f"({last_ckpt}); run the same command again to run the test")
+    if stops.name:  # the signal came during the last epoch's validation
+        stops.stop_now(stops.name, 128 + signal.Signals[stops.name])
     tag = os.path.splitext(os.path.basename(last_ckpt))[0] if last_ckpt else "final"
     return run_test(run.model, run.test_set, run.device, tag=tag, **settings)
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from gcvideo.config import load_cfg
+from gcvideo.config import context_indices, load_cfg, stage_depths
 from gcvideo.layers import layernorm_as_vectors
 from gcvideo.models.build import build_model
 from gcvideo.models.checkpoint_file import CheckpointContents, read_checkpoint
@@ -44,7 +44,7 @@ from gcvideo.models.interop import (NonLocalSettings, check_nonlocal_semantics, 
 from gcvideo.utils.io import CheckpointError, atomic_save, refuse_existing
 
 __all__ = ["load_pretrained", "build_model_from_checkpoint", "add_context_blocks", "inflate_imagenet_checkpoint",
-           "LoadReport", "detect_format", "CheckpointMismatchError"]
+           "LoadReport", "detect_format", "CheckpointMismatchError", "checked_keys"]
 
 PURPOSES = ("finetune", "inference")
 
@@ -245,22 +245,56 @@ def _load_named(model: nn.Module, ck: CheckpointContents, purpose: str) -> LoadR
         raise type(e)(f"checkpoint {ck.source}: {e}") from e
 
 
-def build_model_from_checkpoint(cfg, checkpoint: Union[str, Mapping]) -> nn.Module:
+def build_model_from_checkpoint(cfg, checkpoint: Union[str, Mapping], allow: Sequence[str] = ()) -> nn.Module:
     """The model of ``cfg`` with every weight from ``checkpoint`` (any format above), in eval mode on
     the CPU. Unlike fine-tuning, nothing may stay at its initialisation and nothing may be left over:
     a 2D ImageNet file, missing or extra context-block weights or a head with another class count are
-    errors that name the keys (and, for a PySlowFast ``.pyth``, the gcvideo settings it needs)."""
+    errors that name the keys (and, for a PySlowFast ``.pyth``, the gcvideo settings it needs). A
+    gcvideo checkpoint's stored config must agree with ``cfg`` on ``checked_keys`` (those in ``allow``,
+    e.g. set explicitly on the command line, may differ)."""
     model = build_model(cfg)
     ck = read_checkpoint(checkpoint)
-    rep = _load_named(model, ck, "inference")
-    if rep.format == "3d":
-        _check_saved_config(cfg, ck.meta.get("config"), ck.source)
+    _check_saved_config(cfg, ck.meta.get("config"), ck.source, allow)  # (before the weights: it names keys)
+    _load_named(model, ck, "inference")
     return model.eval()
 
 
-def _check_saved_config(cfg, saved_text, source: str) -> None:
-    """A gcvideo checkpoint stores its config: settings that change what the same weights compute
-    (non-local instantiation and pooling, BN epsilon) must be this config's too."""
+# Settings that change what a checkpoint's test views mean (DATA.*) or what its weights compute
+# (MODEL.*, CONTEXT.*) while the weights still fit: a gcvideo checkpoint stores its config, and a
+# config that tests, predicts with or exports it must agree on them.
+_VIEW_KEYS = ["DATA.NUM_FRAMES", "DATA.SAMPLING_RATE", "DATA.TARGET_FPS", "DATA.TEST_CROP_SIZE", "DATA.MEAN",
+              "DATA.STD"]
+_MODEL_KEYS = ["MODEL.STAGE_DEPTHS", "MODEL.NUM_CLASSES", "MODEL.WIDTH", "MODEL.STEM_KERNEL",
+               "MODEL.TEMPORAL_KERNELS", "MODEL.HEAD_POOL", "MODEL.BN_EPS", "CONTEXT.TYPE"]
+_CONTEXT_KEYS = ["CONTEXT.LOCATION", "CONTEXT.POSITION", "CONTEXT.RATIO", "CONTEXT.POOLING", "CONTEXT.TRANSFORM",
+                 "CONTEXT.NORM", "CONTEXT.FUSION", "CONTEXT.ATT_BIAS"]
+
+
+def checked_keys(cfg, saved: Mapping) -> List[str]:
+    """The keys of ``cfg`` that must equal those of ``saved`` (a checkpoint's stored config as a dict)."""
+    keys = _VIEW_KEYS + _MODEL_KEYS
+    if not (saved.get("MODEL") or {}).get("STAGE_DEPTHS"):
+        keys.append("MODEL.DEPTH")
+    if cfg.MODEL.HEAD_POOL != "global":  # its pool is sized for the training clip
+        keys.append("DATA.TRAIN_CROP_SIZE")
+    if cfg.CONTEXT.TYPE != "none":
+        keys += _CONTEXT_KEYS
+    if (saved.get("CONTEXT") or {}).get("TYPE") == "nl" and cfg.CONTEXT.TYPE == "nl":
+        keys += ["CONTEXT.NL_INSTANTIATION", "CONTEXT.NL_INNER_RATIO", "CONTEXT.NL_POOL", "CONTEXT.NL_POOL_POSITION"]
+        if cfg.CONTEXT.NL_INSTANTIATION == "embedded_gaussian":
+            keys.append("CONTEXT.NL_SCALE")
+    return keys
+
+
+def _comparable(key: str, value, cfg):
+    if key == "CONTEXT.LOCATION":  # "all" and [all, all, all, all] are the same blocks
+        return context_indices(value, stage_depths(cfg))
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _check_saved_config(cfg, saved_text, source: str, allow: Sequence[str] = ()) -> None:
+    """A gcvideo checkpoint stores its config: ``checked_keys`` must be this config's too (except
+    ``allow``); a difference is a ``CheckpointMismatchError`` listing every differing key."""
     if not isinstance(saved_text, str):
         return
     try:
@@ -269,25 +303,21 @@ def _check_saved_config(cfg, saved_text, source: str) -> None:
         return
     if not isinstance(saved, Mapping) or not isinstance(saved.get("CONTEXT"), Mapping):
         return
-    keys = [("MODEL", "BN_EPS")]
-    if saved["CONTEXT"].get("TYPE") == "nl" and cfg.CONTEXT.TYPE == "nl":
-        keys += [("CONTEXT", "NL_INSTANTIATION"), ("CONTEXT", "NL_POOL"), ("CONTEXT", "NL_POOL_POSITION")]
-        if cfg.CONTEXT.NL_INSTANTIATION == "embedded_gaussian":
-            keys.append(("CONTEXT", "NL_SCALE"))
     wrong = []
-    for sec, name in keys:
-        if name not in (saved.get(sec) or {}):
+    for key in checked_keys(cfg, saved):
+        sec, name = key.split(".")
+        if key in allow or name not in (saved.get(sec) or {}):
             continue
         want, have = saved[sec][name], cfg[sec][name]
-        if (list(want) if isinstance(want, (list, tuple)) else want) != (
-                list(have) if isinstance(have, (list, tuple)) else have):
-            wrong.append((f"{sec}.{name}", want, have))
+        if _comparable(key, want, cfg) != _comparable(key, have, cfg):
+            wrong.append((key, want, have))
     if wrong:
         raise CheckpointMismatchError(
             f"checkpoint {source} was trained with "
             + ", ".join(f"{k} = {w!r}" for k, w, _ in wrong) + " but this config has "
             + ", ".join(f"{k} = {h!r}" for k, _, h in wrong)
-            + ": the same weights compute another function; set "
+            + ": the same weights would compute another function or see other views; leave --config out to "
+            "use the checkpoint's own config, or set "
             + " ".join(f"{k} {chr(39) + str(list(w)) + chr(39) if isinstance(w, (list, tuple)) else w}"
                        for k, w, _ in wrong))
 

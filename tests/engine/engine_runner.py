@@ -3,7 +3,8 @@
     python engine_runner.py OUT MODE SPEC_JSON [KEY VALUE ...]
 
 MODE: "train" or "test". SPEC_JSON: {"builder": {...kwargs of synthetic.builder},
-"signal_at": [epoch, n, signal, marker], "kill_in_checkpoint_write": k} -- the last one
+"signal_at": [epoch, n, signal, marker], "signal_at_test": [n, signal, marker],
+"kill_in_checkpoint_write": k} -- the last one
 SIGKILLs this process inside the k-th checkpoint write (after the data, before the rename).
 """
 import json
@@ -25,6 +26,8 @@ def main() -> None:
     kw = spec.get("builder", {})
     if spec.get("signal_at"):
         kw.setdefault("train", {})["signal_at"] = tuple(spec["signal_at"])
+    if spec.get("signal_at_test"):  # [n, signal, marker]: at the n-th item of the val/test sets
+        kw.setdefault("test", {})["signal_at"] = (0, *spec["signal_at_test"])
     build = builder(**kw)
     if spec.get("kill_in_checkpoint_write"):
         import gcvideo.utils.io as gio

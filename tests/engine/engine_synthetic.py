@@ -52,15 +52,15 @@ class SyntheticVideos(Dataset):
         label = self.label(index)
         item = {"label": label, "index": index, "path": f"video_{index:04d}.mp4", "ok": True, "error": "",
                 "skipped": ""}
+        self.count += 1
+        if self.signal_at is not None:
+            epoch, n, sig, marker, *rank = self.signal_at
+            if self.epoch == epoch and self.count == n and not os.path.exists(marker) and \
+                    (not rank or int(os.environ.get("RANK", "0")) == rank[0]):
+                with open(marker, "w") as f:
+                    f.write(str(os.getpid()))
+                os.kill(os.getpid(), sig)
         if self.mode == "train":
-            self.count += 1
-            if self.signal_at is not None:
-                epoch, n, sig, marker, *rank = self.signal_at
-                if self.epoch == epoch and self.count == n and not os.path.exists(marker) and \
-                        (not rank or int(os.environ.get("RANK", "0")) == rank[0]):
-                    with open(marker, "w") as f:
-                        f.write(str(os.getpid()))
-                    os.kill(os.getpid(), sig)
             item["video"] = self._clip(index, 0)
             if index in self.skipped:
                 item["skipped"] = f"broken_{index:04d}.mp4\tcannot decode"

@@ -204,7 +204,8 @@ def test_a_second_test_of_the_same_checkpoint_is_refused_while_the_first_writes(
     (data / "test.csv").write_text(os.path.join(ROOT, "tests", "data", "files", "demo.mp4") + " 0\n")
     y = tmp_path / "c.yaml"
     y.write_text(cfg.dump())
-    with FolderLock(str(report)):  # test_net: one "error: ..." line, no traceback
+    # test_net: one "error: ..." line, no traceback (``report`` holds a report now: this test writes ``report``_2)
+    with FolderLock(str(report) + "_2"):
         capsys.readouterr()
         assert test_net.main(["--config", str(y), "DATA.PATH_TO_DATA_DIR", str(data)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -238,8 +239,9 @@ LISTS = {"train.csv": "a.mp4 0\nb.mp4 1\nc.mp4 0\n", "val.csv": "d.mp4 0\n"}
 
 
 def test_missing_test_annotation_is_said_before_training(tmp_path, capsys):
-    err, data = _train_net(tmp_path, capsys, LISTS)  # TRAIN.TEST_AT_END defaults to True
-    assert f"TRAIN.TEST_AT_END is on but the test annotation file {data / 'test.csv'} " in err
+    # TRAIN.TEST_AT_END defaults to True; an explicitly named test list is not replaced by val.csv
+    err, data = _train_net(tmp_path, capsys, LISTS, "DATA.TEST_FILE", "test_list.csv")
+    assert f"TRAIN.TEST_AT_END is on but the test annotation file {data / 'test_list.csv'} " in err
     assert "DATA.TEST_FILE val.csv" in err and "TRAIN.TEST_AT_END False" in err
 
 

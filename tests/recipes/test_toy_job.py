@@ -75,10 +75,11 @@ def test_toy_main_job_end_to_end(tmp_path, capsys):
     import train_net
     opts = ["OUTPUT_DIR", out, "DATA.PATH_TO_DATA_DIR", data, "DATA.LABEL_MAP", os.path.join(data, "classes.txt")] + TINY
     assert test_net.main(["--config", TOY_CONFIG] + opts + ["TEST.ENSEMBLE_METHOD", "logit_mean"]) == 0
-    rep = json.load(open(os.path.join(report, "report.json")))
+    rep = json.load(open(os.path.join(report + "_2", "report.json")))  # the run's own report is kept
     assert rep["ensemble_method"] == "logit_mean" and rep["metrics"]["all"]["videos"] == 8
+    assert json.load(open(os.path.join(report, "report.json")))["ensemble_method"] == "prob_mean"
     assert train_net.main(["--config", TOY_CONFIG] + opts + ["TRAIN.TEST_AT_END", "False"]) == 0
-    assert "resuming from" in capsys.readouterr().out
+    assert "run finished at epoch" in capsys.readouterr().out
 
     # bench/toy_direction_probe.py on the same run: training-style clips of the 4 rotating training
     # videos (2 clips each) and of the 2 rotating validation videos (2 draws x 2 clips), one probe per stage

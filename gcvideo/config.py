@@ -17,7 +17,7 @@ import os
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import yaml
-from fvcore.common.config import CfgNode
+from fvcore.common.config import BASE_KEY, CfgNode
 
 from gcvideo.data.annotations import FORMATS as ANNOTATION_FORMATS
 from gcvideo.layers import (CONTEXT_PRESETS, CONTEXT_TYPES, FUSIONS, NL_INSTANTIATIONS, NL_POOL_POSITIONS, NORMS, POOLINGS,
@@ -418,17 +418,44 @@ def _merge_dict(cfg: CfgNode, d: dict, source: str, prefix: str = "") -> None:
             cfg[k] = _coerce(v, cfg[k] if declared is None else declared, full, source)
 
 
-def merge_from_file(cfg: CfgNode, path: str) -> dict:
-    """Merge a flat YAML override file into ``cfg`` (through iopath); returns what the file set."""
+def _base_paths(d: dict, path: str) -> List[str]:
+    """The files a config names under fvcore's ``_BASE_`` key (one path or a list), relative to its folder."""
+    bases = d.pop(BASE_KEY, None)
+    if bases is None:
+        return []
+    if isinstance(bases, str):
+        bases = [bases]
+    if not (isinstance(bases, list) and bases and all(isinstance(b, str) and b for b in bases)):
+        raise ConfigError(f"{path}: {BASE_KEY} = {bases!r}; expected the path of a config file (or a list of "
+                          "paths), relative to this file's folder")
+    here = os.path.dirname(path)
+    return [b if os.path.isabs(b) or b.startswith("~") or "://" in b else os.path.join(here, b) for b in bases]
+
+
+def merge_from_file(cfg: CfgNode, path: str, _chain: Sequence[str] = ()) -> dict:
+    """Merge a YAML override file into ``cfg`` (through iopath); returns what the file itself set.
+
+    A file may inherit from others with fvcore's ``_BASE_`` key (``_BASE_: slow_r50_8x8.yaml``, a path
+    relative to the file's folder, or a list of them): the bases are merged first, in order, then the
+    file's own keys; each error names the file that set the key. (An OUTPUT_DIR set by a base is not
+    inherited: ``load_cfg`` names the folder after the file given, so two configs never share a run.)"""
     from gcvideo.utils.io import path_manager
 
     if not path_manager.exists(path):
-        raise ConfigError(f"config file {path} does not exist")
+        where = f" (the {BASE_KEY} of {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file {path}{where} does not exist")
+    real = os.path.realpath(path) if "://" not in path else path
+    if real in _chain:
+        raise ConfigError(f"{path}: {BASE_KEY} makes a cycle: {' -> '.join([*_chain, real])}")
     with path_manager.open(path, "r") as f:
         try:
             d = yaml.safe_load(f) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(d).__name__}")
+    for base in _base_paths(d, path):
+        merge_from_file(cfg, base, (*_chain, real))
     _merge_dict(cfg, d, source=path)
     return d
 

@@ -152,3 +152,47 @@ def test_type_error_quotes_the_declared_default_not_the_yaml_value(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_cfg(str(y), ["DATA.NUM_FRAMES", "'sixteen'"])
     assert "expected int like the default 8" in str(e.value) and "16" not in str(e.value)
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def test_base_inheritance_through_fvcores_key(tmp_path):
+    """_BASE_ (fvcore's key, relative to the file's folder; a list merges in order): the bases first,
+    then the file's own keys; sections merge key by key; a base's OUTPUT_DIR is not inherited."""
+    from fvcore.common.config import BASE_KEY
+
+    assert BASE_KEY == "_BASE_"
+    _write(tmp_path / "base" / "model.yaml", "MODEL:\n  NUM_CLASSES: 10\n  DROPOUT: 0.2\nOUTPUT_DIR: runs/base\n")
+    _write(tmp_path / "base" / "data.yaml", "DATA:\n  NUM_FRAMES: 4\n")
+    _write(tmp_path / "base" / "mid.yaml", "_BASE_: [model.yaml, data.yaml]\nDATA:\n  NUM_FRAMES: 6\n  SAMPLING_RATE: 2\n")
+    child = _write(tmp_path / "exp" / "child.yaml", "_BASE_: ../base/mid.yaml\nMODEL:\n  DROPOUT: 0.3\n")
+    cfg = load_cfg(child, ["DATA.SAMPLING_RATE", "3"], check_files=False)
+    assert (cfg.MODEL.NUM_CLASSES, cfg.MODEL.DROPOUT) == (10, 0.3)  # base kept, child wins
+    assert (cfg.DATA.NUM_FRAMES, cfg.DATA.SAMPLING_RATE) == (6, 3)  # mid over data.yaml, command line last
+    assert cfg.OUTPUT_DIR == "runs/child"  # named after the file given, not the base's folder
+    assert "_BASE_" not in cfg
+
+
+@pytest.mark.parametrize("case", ["bad_key", "missing", "cycle", "not_a_path"])
+def test_base_errors_name_the_file(tmp_path, case):
+    child = tmp_path / "child.yaml"
+    if case == "bad_key":
+        _write(tmp_path / "base.yaml", "MODEL:\n  NUM_CLASES: 10\n")
+        _write(child, "_BASE_: base.yaml\n")
+        want = rf"{tmp_path / 'base.yaml'}: unknown config key MODEL.NUM_CLASES \(did you mean MODEL.NUM_CLASSES\?\)"
+    elif case == "missing":
+        _write(child, "_BASE_: nope.yaml\n")
+        want = rf"config file {tmp_path / 'nope.yaml'} \(the _BASE_ of {child}\) does not exist"
+    elif case == "cycle":
+        _write(tmp_path / "a.yaml", "_BASE_: child.yaml\n")
+        _write(child, "_BASE_: a.yaml\n")
+        want = r"_BASE_ makes a cycle: .*child.yaml -> .*a.yaml -> .*child.yaml"
+    else:
+        _write(child, "_BASE_: 3\n")
+        want = r"_BASE_ = 3; expected the path of a config file"
+    with pytest.raises(ConfigError, match=want):
+        load_cfg(str(child), check_files=False)

@@ -34,7 +34,7 @@ CASES = {
     "make_toy_dataset": dict(base=["--out", "toy"], missing=(["--out", "a_file/toy"], "a_file/toy: Not a directory"),
                              key=UNKNOWN_OPTION, value=(["--size", "8"], "size=8 (>= 32)")),
     "predict": dict(base=["video.mp4"] + CFG + ["--checkpoint", "nope.pth"], missing=([], "nope.pth does not exist")),
-    "prepare_kinetics": dict(base=["--src", ".", "--dst", "out"], missing=(["--src", "nope"], "nope does not exist"),
+    "prepare_kinetics": dict(base=["--src", ".", "--dst", "out"], missing=(["--src", "nope"], "nope is not a folder"),
                              key=UNKNOWN_OPTION, value=(["--workers", "x"], "invalid int value: 'x'")),
     "run_toy": dict(base=[], missing=(["--config", "nope.yaml"], "config file nope.yaml does not exist"),
                     key=(["--config", TOY, "NOPE.KEY", "1"], BAD_KEY[1]),

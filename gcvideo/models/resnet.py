@@ -131,8 +131,6 @@ class ResNetHead(nn.Module):
         return logits.mean(1)  # (N, classes)
 
 
-ContextFactory = "Callable[[int, int, int], Optional[nn.Module]]"
-
 
 class SlowResNet(nn.Module):
     """Slow-only ResNet-3D: (N, 3, T, H, W) -> logits (N, num_classes).

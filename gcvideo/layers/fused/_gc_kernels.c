@@ -1,4 +1,4 @@
-/* Fused CPU kernels of the GC block (float32), loaded by gcvideo/layers/kernels.py.
+/* Fused CPU kernels of the GC block (float32), loaded by gcvideo/layers/fused/kernels.py.
  *
  * The block's own work is a few passes over a (C, T*H*W) feature map; torch ops need seven
  * (logits, weighted sum; gradient sum over positions, x.g_ctx, x^T dlogits, two rank-1 updates).

@@ -298,7 +298,7 @@ class ContextAdd(torch.autograd.Function):
 @torch.no_grad()
 
 def transform_saved(block, context: torch.Tensor):
-    """The transform on (N, C) vectors, without autograd: (t (N, C), what ``_transform_grad`` needs).
+    """The transform on (N, C) vectors, without autograd: (t (N, C), what ``transform_grad`` needs).
 
     The math of ``block.transform`` on (N, C, 1, 1, 1), without 5-D conv calls on 1x1x1 tensors:
     a float32 CPU bottleneck at small batch runs in one C call (``kernels.transform_forward``),
@@ -369,9 +369,9 @@ def _block_kernel_backward(block, grad_out, out, y, p, weight, saved):
 @torch.no_grad()
 
 def transform_grad(block, saved, g: torch.Tensor):
-    """Backward of ``_transform_saved`` by hand (a few (N, C) ops; no autograd graph to build
+    """Backward of ``transform_saved`` by hand (a few (N, C) ops; no autograd graph to build
     in forward and walk in backward): (dL/dcontext, grads of ``block.transform.parameters()``)."""
-    if isinstance(saved, tuple):  # ("kernel", ...): the C transform (_transform_saved)
+    if isinstance(saved, tuple):  # ("kernel", ...): the C transform (transform_saved)
         w1, _, lnw, _, _, w2, _ = _kernel_transform_params(block)
         g, grads = _k.transform_backward(saved[1], g, w1, lnw, w2, w1.requires_grad, w2.requires_grad)
         return g, _kernel_param_grads(block, grads)

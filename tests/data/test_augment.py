@@ -195,3 +195,16 @@ def test_config_checks(key, value, pattern):
     cfg.AUG[key] = value
     with pytest.raises(ConfigError, match=pattern):
         validate_cfg(cfg, check_files=False)
+
+
+def test_uint8_augmented_items_normalise_to_the_float_items(tiny_toy):
+    """The augmentation acts on the uint8 clip: DATA.TRAIN_UINT8 items still normalise to the float32 items."""
+    from gcvideo.data.transforms import normalize_views
+
+    over = {**RA, "AUG.RE_PROB": 0.5, "DATA.NUM_SAMPLES": 2, "DATA.MEAN": [0.43, 0.45, 0.47]}
+    small = build_dataset(toy_cfg(tiny_toy, **over), "train")
+    full = build_dataset(toy_cfg(tiny_toy, **over, **{"DATA.TRAIN_UINT8": False}), "train")
+    for i in (2, 6):
+        a, b = small[i], full[i]
+        assert a["video"].dtype == torch.uint8 and a["video"].shape == (2, 3, 4, 40, 40)
+        assert torch.equal(normalize_views(a["video"], over["DATA.MEAN"], [0.225] * 3), b["video"])

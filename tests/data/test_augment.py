@@ -208,3 +208,34 @@ def test_uint8_augmented_items_normalise_to_the_float_items(tiny_toy):
         a, b = small[i], full[i]
         assert a["video"].dtype == torch.uint8 and a["video"].shape == (2, 3, 4, 40, 40)
         assert torch.equal(normalize_views(a["video"], over["DATA.MEAN"], [0.225] * 3), b["video"])
+
+
+def test_augmented_training_resumes_bit_exact(tiny_toy, tmp_path):
+    """RandAugment and random erasing in the main process (DATA.NUM_WORKERS 0, dropout on): a run resumed from
+    a mid-epoch checkpoint ends with the weights of the uninterrupted run."""
+    import shutil
+    from gcvideo.engine import train
+    from gcvideo.utils.io import load_checkpoint_file
+
+    def cfg_for(out):
+        cfg = toy_cfg(tiny_toy, **RA, **{"AUG.RE_PROB": 0.5, "DATA.TRAIN_JITTER_SCALES": [32, 40],
+                                         "DATA.TRAIN_CROP_SIZE": 32})
+        cfg.merge_from_list(["OUTPUT_DIR", str(out), "MODEL.WIDTH", "8", "MODEL.STAGE_DEPTHS", "[1, 1, 1, 1]",
+                             "TRAIN.BATCH_SIZE", "4", "TRAIN.CHANNELS_LAST", "False", "TRAIN.TEST_AT_END", "False",
+                             "TRAIN.EVAL_PERIOD", "0", "TRAIN.DETERMINISTIC", "True", "TRAIN.CHECKPOINT_ITERS", "2",
+                             "TRAIN.KEEP_LAST", "10", "SOLVER.MAX_EPOCH", "2", "SOLVER.WARMUP_EPOCHS", "1.0",
+                             "SOLVER.REFERENCE_BATCH_SIZE", "4", "DEVICE", "cpu", "MODEL.DROPOUT", "0.5"])
+        return cfg
+
+    torch.set_num_threads(1)
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(cfg_for(a))
+    (b / "checkpoints").mkdir(parents=True)
+    shutil.copy(a / "config.yaml", b / "config.yaml")
+    shutil.copy(a / "checkpoints" / "checkpoint_epoch0002_iter000002.pth", b / "checkpoints")
+    train(cfg_for(b))
+    final_a = load_checkpoint_file(str(a / "checkpoints" / "checkpoint_epoch0002.pth"))
+    final_b = load_checkpoint_file(str(b / "checkpoints" / "checkpoint_epoch0002.pth"))
+    assert final_a["global_iter"] == final_b["global_iter"] == 8
+    for k, v in final_a["model"].items():
+        assert torch.equal(v, final_b["model"][k]), k

@@ -20,6 +20,7 @@ import yaml
 from fvcore.common.config import BASE_KEY, CfgNode
 
 from gcvideo.data.annotations import FORMATS as ANNOTATION_FORMATS
+from gcvideo.data.augment import MAX_MAGNITUDE
 from gcvideo.layers import (CONTEXT_PRESETS, CONTEXT_TYPES, FUSIONS, NL_INSTANTIATIONS, NL_POOL_POSITIONS, NORMS, POOLINGS,
                             TRANSFORMS)
 from gcvideo.data.sampling import VIEW_PROTOCOLS
@@ -207,6 +208,19 @@ _C.DATA.PIN_MEMORY = True
 # Training batches each DataLoader worker prepares ahead (DataLoader prefetch_factor; used with
 # NUM_WORKERS > 0). The training workers persist for the whole run (gcvideo.engine.loader).
 _C.DATA.PREFETCH_FACTOR = 2
+
+# ---------------------------------------------------------------------------
+# Training augmentation after crop and flip (gcvideo/data/augment.py, docs/data.md); all off by default
+# ---------------------------------------------------------------------------
+_C.AUG = CfgNode()
+# RandAugment on training clips: RAND_AUGMENT_N ops per clip at magnitude RAND_AUGMENT_M (0..10, the
+# timm / PySlowFast scale: AUG.AA_TYPE "rand-m9-n2" is N 2, M 9), the same ops on every frame.
+_C.AUG.RAND_AUGMENT = False
+_C.AUG.RAND_AUGMENT_N = 2
+_C.AUG.RAND_AUGMENT_M = 9
+# Random erasing probability per training clip (PySlowFast's AUG.RE_PROB, 0.25 there; 0 = off): one
+# box on every frame, filled with the DATA.MEAN colour.
+_C.AUG.RE_PROB = 0.0
 
 # ---------------------------------------------------------------------------
 # Solver
@@ -674,6 +688,13 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
            "a positive number of clips per training video")
     _check(not d.PAIR_REVERSED or d.NUM_SAMPLES % 2 == 0, "DATA.PAIR_REVERSED", d.PAIR_REVERSED,
            f"False with DATA.NUM_SAMPLES {d.NUM_SAMPLES} (pairs need an even number of clips per video)")
+    # ---- augmentation
+    a = cfg.AUG
+    _check(_is_int(a.RAND_AUGMENT_N) and a.RAND_AUGMENT_N >= 1, "AUG.RAND_AUGMENT_N", a.RAND_AUGMENT_N,
+           "a positive number of ops per clip")
+    _check(_is_int(a.RAND_AUGMENT_M) and 0 <= a.RAND_AUGMENT_M <= MAX_MAGNITUDE, "AUG.RAND_AUGMENT_M",
+           a.RAND_AUGMENT_M, f"a magnitude in 0..{MAX_MAGNITUDE}")
+    _check(0.0 <= a.RE_PROB <= 1.0, "AUG.RE_PROB", a.RE_PROB, "a probability in [0, 1]")
     # ---- solver / train / test
     _check(math.isfinite(s.BASE_LR) and 0 < s.BASE_LR <= MAX_LR, "SOLVER.BASE_LR", s.BASE_LR,
            f"a finite learning rate in (0, {MAX_LR:g}]")

@@ -13,7 +13,8 @@ list), ``path``, ``ok``, ``error`` and ``skipped``. ``collate_train`` batches tr
 items: K clips per item become K rows of the batch.
 
 Randomness: every random choice of item ``index`` in epoch ``e`` comes from
-``numpy.random.default_rng([SEED, e, index, attempt])``, so the same
+``numpy.random.default_rng([SEED, e, index, attempt, stream])`` (stream 0: clip, crop, flip,
+reversal; 1: the replacement of a broken video; 2: the ``transform``'s augmentation), so the same
 (seed, epoch, index) gives the same clip whatever the number of DataLoader
 workers, the sampler or the process (exact resume). ``set_epoch`` writes the
 epoch into shared memory, so persistent workers see it too.
@@ -21,13 +22,14 @@ epoch into shared memory, so persistent workers see it too.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
 from gcvideo.data.annotations import VideoRecord, VideoRecords, load_annotations
+from gcvideo.data.augment import ClipTransform, build_train_transform
 from gcvideo.data.decoder import FrameCountChanged, VideoDecodeError, check_frame_size, open_video
 from gcvideo.data.sampling import VIEW_PROTOCOLS, protocol_clip_indices, train_clip_indices
 from gcvideo.data.transforms import (draw_scale, make_peer_views, make_views, normalize, short_side_size, to_tchw,
@@ -94,7 +96,8 @@ class VideoDataset(Dataset):
                  std: Sequence[float] = (0.225, 0.225, 0.225), num_clips: int = 10, num_crops: int = 3,
                  seed: int = 0, single_view_4d: bool = False, eval_uint8: bool = False, num_samples: int = 1,
                  pair_reversed: bool = False, train_uint8: bool = False, max_frame_pixels: int = 4096 * 2304,
-                 max_aspect_ratio: float = 10.0, view_protocol: str = "gcvideo"):
+                 max_aspect_ratio: float = 10.0, view_protocol: str = "gcvideo",
+                 transform: Optional[ClipTransform] = None):
         if not len(records):
             raise ValueError("VideoDataset needs at least one video")
         # one bytes buffer + numpy arrays: DataLoader workers share these pages, never copy them
@@ -134,6 +137,9 @@ class VideoDataset(Dataset):
         self.pair_reversed = bool(pair_reversed)  # clip 2i+1 = clip 2i reversed in time
         if self.pair_reversed and self.num_samples % 2:
             raise ValueError(f"pair_reversed with num_samples = {num_samples}; expected an even number of clips")
+        # training clips after crop, flip and reversal: ``transform(clip, rng)``, uint8 (T, 3, C, C) in and
+        # out, drawing from the item's stream 2 (gcvideo.data.augment); None: no further augmentation
+        self.transform = transform
         self.collate = collate_train if self.train else None  # DataLoader collate_fn (None: the default)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
@@ -208,6 +214,7 @@ class VideoDataset(Dataset):
         for attempt in range(MAX_ATTEMPTS):
             rec = self.records[idx]
             rng = self._rng(index, attempt)
+            aug_rng = self._rng(index, attempt, stream=2) if self.transform is not None else None
             scales: List[int] = []
             source: List[Tuple[int, int]] = []
 
@@ -247,6 +254,8 @@ class VideoDataset(Dataset):
                         if self.reverse_prob > 0 and rng.random() < self.reverse_prob:
                             clip = clip.flip(0)  # time reversal
                             label = self.reverse_map.get(label, label)
+                        if self.transform is not None:  # its own stream: crops and flips stay as without it
+                            clip = self.transform(clip, aug_rng)  # (T, 3, C, C) uint8
                     if video is not None:
                         video[k].copy_(clip.permute(1, 0, 2, 3))  # uint8 (3, T, C, C), normalised on the device
                     else:
@@ -334,7 +343,8 @@ def build_dataset(cfg, split: str) -> VideoDataset:
         random_flip=d.RANDOM_FLIP, flip_pairs=d.FLIP_LABEL_PAIRS, reverse_prob=d.REVERSE_PROB,
         reverse_pairs=d.REVERSE_LABEL_PAIRS, num_clips=clips, num_crops=crops,
         single_view_4d=(split == "val"), eval_uint8=d.EVAL_UINT8, num_samples=d.NUM_SAMPLES,
-        pair_reversed=d.PAIR_REVERSED, train_uint8=d.TRAIN_UINT8)
+        pair_reversed=d.PAIR_REVERSED, train_uint8=d.TRAIN_UINT8,
+        transform=build_train_transform(cfg) if split == "train" else None)
 
 
 def build_views_dataset(cfg, paths: Sequence[str], num_clips: int, num_crops: int) -> VideoDataset:

@@ -22,6 +22,7 @@ from fvcore.common.config import BASE_KEY, CfgNode
 from gcvideo.data.annotations import FORMATS as ANNOTATION_FORMATS
 from gcvideo.layers import (CONTEXT_PRESETS, CONTEXT_TYPES, FUSIONS, NL_INSTANTIATIONS, NL_POOL_POSITIONS, NORMS, POOLINGS,
                             TRANSFORMS)
+from gcvideo.layers.losses import LOSSES
 from gcvideo.data.sampling import VIEW_PROTOCOLS
 from gcvideo.utils.errors import UserError
 
@@ -65,6 +66,9 @@ _C.MODEL.ZERO_INIT_FINAL_BN = False
 # positions whose logits are averaged) | "train_crop_probs" (PySlowFast: the same pool; in eval each
 # position's softmax is averaged and the model returns the log of that mean, so softmax(output) is it).
 _C.MODEL.HEAD_POOL = "global"
+# Training loss (gcvideo/layers/losses.py, LOSSES): "cross_entropy" (the papers') | "soft_cross_entropy"
+# (targets that are distributions). Validation and test compute no loss.
+_C.MODEL.LOSS = "cross_entropy"
 
 # ---------------------------------------------------------------------------
 # Context blocks: the global-context family (GC, SNL, SE, ablations) and non-local
@@ -284,6 +288,8 @@ _C.TRAIN.CPU_THREADS = 0
 _C.TRAIN.PRECISE_BN_BATCHES = 0
 # Log a JSON line every N iterations.
 _C.TRAIN.LOG_PERIOD = 10
+# Label smoothing e of the training loss: target (1 - e) one-hot + e / NUM_CLASSES (0 = off).
+_C.TRAIN.LABEL_SMOOTHING = 0.0
 # Run the full test (TEST.*) after training.
 _C.TRAIN.TEST_AT_END = True
 # Deterministic algorithms (for exact resume checks; slower).
@@ -574,6 +580,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
            "MODEL.TEMPORAL_KERNELS", m.TEMPORAL_KERNELS, "4 odd temporal kernel sizes in {1, 3, 5}")
     _check(0.0 <= m.DROPOUT < 1.0, "MODEL.DROPOUT", m.DROPOUT, "a probability in [0, 1)")
     _one_of(m.HEAD_POOL, "MODEL.HEAD_POOL", ["global", "train_crop_logits", "train_crop_probs"])
+    _one_of(m.LOSS, "MODEL.LOSS", list(LOSSES))
     # ---- context blocks
     _one_of(c.TYPE, "CONTEXT.TYPE", ["none", *CONTEXT_TYPES])
     depths = stage_depths(cfg)
@@ -700,6 +707,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _check(t.KEEP_LAST >= 1, "TRAIN.KEEP_LAST", t.KEEP_LAST, "1 or more")
     _check(t.CPU_THREADS >= 0, "TRAIN.CPU_THREADS", t.CPU_THREADS, "0 (automatic) or a positive thread count")
     _one_of(t.MIXED_PRECISION, "TRAIN.MIXED_PRECISION", ["none", "bf16", "fp16", "auto"])
+    _check(0.0 <= t.LABEL_SMOOTHING < 1.0, "TRAIN.LABEL_SMOOTHING", t.LABEL_SMOOTHING, "a value in [0, 1)")
     _check(te.NUM_ENSEMBLE_VIEWS >= 1, "TEST.NUM_ENSEMBLE_VIEWS", te.NUM_ENSEMBLE_VIEWS, "a positive integer")
     _one_of(te.NUM_SPATIAL_CROPS, "TEST.NUM_SPATIAL_CROPS", [1, 3])
     _one_of(te.VIEW_PROTOCOL, "TEST.VIEW_PROTOCOL", list(VIEW_PROTOCOLS))

@@ -1,0 +1,34 @@
+"""The loop trains with the criterion and batch transform it is handed (gcvideo/engine/trainer.py)."""
+import torch
+import torch.nn.functional as F
+
+from gcvideo.engine.optim import WarmupCosineSchedule
+from gcvideo.engine.trainer import train_one_epoch
+from gcvideo.layers.losses import CrossEntropy
+
+K = 5
+
+
+def _setup(lr=0.0):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 2 * 4 * 4, K))
+    batches = [{"video": torch.randn(4, 3, 2, 4, 4), "label": torch.randint(0, K, (4,))} for _ in range(2)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    schedule = WarmupCosineSchedule(optimizer, lr=lr, max_epoch=1, warmup_epochs=0, warmup_start_factor=1.0,
+                                    end_factor=1.0, iters_per_epoch=2)
+    return model, batches, optimizer, schedule, torch.amp.GradScaler("cpu", enabled=False)
+
+
+def test_the_loop_uses_the_criterion_it_is_given():
+    """LR 0: the epoch's loss is the mean of the given criterion on the unchanged model's logits."""
+    model, batches, optimizer, schedule, scaler = _setup()
+    with torch.no_grad():
+        want = [F.cross_entropy(model(b["video"]), b["label"], label_smoothing=0.3).item() for b in batches]
+        plain = [F.cross_entropy(model(b["video"]), b["label"]).item() for b in batches]
+    stats = train_one_epoch(model, batches, optimizer, schedule, scaler, device=torch.device("cpu"), epoch=0,
+                            iters_per_epoch=2, criterion=CrossEntropy(K, 0.3))
+    assert abs(stats["loss"] - sum(want) / 2) < 1e-6 and abs(stats["loss"] - sum(plain) / 2) > 1e-3
+    # without a criterion: the plain cross-entropy, as before
+    stats = train_one_epoch(model, batches, optimizer, schedule, scaler, device=torch.device("cpu"), epoch=0,
+                            iters_per_epoch=2)
+    assert abs(stats["loss"] - sum(plain) / 2) < 1e-6

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from gcvideo.config import dump_cfg
 from gcvideo.data.broken import BrokenVideoTracker
 from gcvideo.data.dataset import build_dataset, collate_train
+from gcvideo.data.mixup import build_mixup
 from gcvideo.engine import distributed as du
 from gcvideo.engine.checkpoint import (FORMAT, best_checkpoint_path, checkpoint_dir, get_rng_state, list_checkpoints,
                                        load_latest_checkpoint, save_checkpoint, set_rng_state)
@@ -362,6 +363,7 @@ class _Run:
     settings: FitSettings
     init_note: str = ""
     criterion: Optional[nn.Module] = None  # the training loss (MODEL.LOSS); None: cross-entropy
+    batch_transform: Optional[Callable[..., Tuple[torch.Tensor, torch.Tensor]]] = None  # MIXUP.*; None: off
 
     @property
     def main(self) -> bool:
@@ -484,7 +486,7 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
     return _Run(device=device, rank=rank, world=world, amp_dtype=amp_dtype, cpu_note=cpu_note,
                 train_set=train_set, val_set=val_set, test_set=test_set, sampler=sampler, loader=loader, model=model,
                 optimizer=optimizer, schedule=schedule, scaler=scaler, settings=settings, init_note=init_note,
-                criterion=build_criterion(cfg))
+                criterion=build_criterion(cfg), batch_transform=build_mixup(cfg, rank))
 
 
 @contextlib.contextmanager
@@ -646,7 +648,7 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: _StopSignals) -> Dic
                         channels_last=fs.channels_last, mean=fs.mean, std=fs.std, clip_norm=fs.clip_norm, log_period=fs.log_period,
                         meters=meters, logger=logger, stop_requested=lambda: bool(stops.name),
                         on_skipped=broken.update, on_step=lambda *a, e=epoch: on_step(e, *a),
-                        criterion=run.criterion)
+                        criterion=run.criterion, batch_transform=run.batch_transform)
                 except NonFiniteLossError as e:
                     raise NonFiniteLossError(f"{e}; {_resume_note(fs.output_dir, fs.auto_resume, run.main)}") from None
                 state["global_iter"] = stats["global_iter"]

@@ -32,3 +32,24 @@ def test_the_loop_uses_the_criterion_it_is_given():
     stats = train_one_epoch(model, batches, optimizer, schedule, scaler, device=torch.device("cpu"), epoch=0,
                             iters_per_epoch=2)
     assert abs(stats["loss"] - sum(plain) / 2) < 1e-6
+
+
+def test_the_loop_mixes_each_batch_with_the_draw_of_its_step():
+    """A ClipMixup batch transform: iteration ``it`` of ``epoch`` trains on the clips and soft targets of
+    that step's draw (LR 0: the epoch's loss is their mean), resumed epochs included (start_iter)."""
+    from gcvideo.data.mixup import ClipMixup, mix_batch
+    from gcvideo.layers.losses import SoftTargetCrossEntropy
+
+    model, batches, optimizer, schedule, scaler = _setup()
+    mixup, criterion = ClipMixup(K, label_smoothing=0.1, seed=3), SoftTargetCrossEntropy(K)
+    with torch.no_grad():
+        want = []
+        for it, b in enumerate(batches):
+            x, q = mix_batch(b["video"], b["label"], mixup.draw(4, 4, 1, it), K, 0.1)
+            want.append(-(q * torch.log_softmax(model(x), 1)).sum(1).mean().item())
+    stats = train_one_epoch(model, batches, optimizer, schedule, scaler, device=torch.device("cpu"), epoch=1,
+                            iters_per_epoch=2, criterion=criterion, batch_transform=mixup)
+    assert abs(stats["loss"] - sum(want) / 2) < 1e-6
+    stats = train_one_epoch(model, batches[1:], optimizer, schedule, scaler, device=torch.device("cpu"), epoch=1,
+                            iters_per_epoch=2, start_iter=1, criterion=criterion, batch_transform=mixup)
+    assert abs(stats["loss"] - want[1]) < 1e-6

@@ -2,6 +2,7 @@
 import torch
 import torch.nn.functional as F
 
+from engine_synthetic import builder, tiny_cfg
 from gcvideo.engine.optim import WarmupCosineSchedule
 from gcvideo.engine.trainer import train_one_epoch
 from gcvideo.layers.losses import CrossEntropy
@@ -53,3 +54,27 @@ def test_the_loop_mixes_each_batch_with_the_draw_of_its_step():
     stats = train_one_epoch(model, batches[1:], optimizer, schedule, scaler, device=torch.device("cpu"), epoch=1,
                             iters_per_epoch=2, start_iter=1, criterion=criterion, batch_transform=mixup)
     assert abs(stats["loss"] - want[1]) < 1e-6
+
+
+def test_a_run_mixes_its_training_steps_only(tmp_path, monkeypatch):
+    """With MIXUP.ENABLE, train() hands each training step (epoch, iteration) to the mixup once; precise
+    BN, validation and the final test see unmixed clips (their metrics count the true labels)."""
+    import gcvideo.engine.trainer as trainer
+
+    calls = []
+
+    def counting(cfg, rank=0):
+        mixup = real(cfg, rank)
+
+        def transform(x, y, *, epoch, it):
+            calls.append((epoch, it, x.shape[0]))
+            return mixup(x, y, epoch=epoch, it=it)
+        return transform
+
+    real = trainer.build_mixup
+    monkeypatch.setattr(trainer, "build_mixup", counting)
+    cfg = tiny_cfg(tmp_path / "run", "MIXUP.ENABLE", True, "MODEL.LOSS", "soft_cross_entropy", "TRAIN.EVAL_PERIOD", 1,
+                   "TRAIN.PRECISE_BN_BATCHES", 1, "TRAIN.TEST_AT_END", True)
+    result = trainer.train(cfg, dataset_builder=builder())
+    assert calls == [(e, i, 4) for e in range(2) for i in range(4)]  # 16 clips, batch 4, 2 epochs
+    assert len(result["val"]) == 2 and result["test"] is not None

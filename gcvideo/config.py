@@ -23,6 +23,7 @@ from gcvideo.data.annotations import FORMATS as ANNOTATION_FORMATS
 from gcvideo.data.augment import MAX_MAGNITUDE
 from gcvideo.layers import (CONTEXT_PRESETS, CONTEXT_TYPES, FUSIONS, NL_INSTANTIATIONS, NL_POOL_POSITIONS, NORMS, POOLINGS,
                             TRANSFORMS)
+from gcvideo.layers.losses import LOSSES
 from gcvideo.data.sampling import VIEW_PROTOCOLS
 from gcvideo.utils.errors import UserError
 
@@ -66,6 +67,9 @@ _C.MODEL.ZERO_INIT_FINAL_BN = False
 # positions whose logits are averaged) | "train_crop_probs" (PySlowFast: the same pool; in eval each
 # position's softmax is averaged and the model returns the log of that mean, so softmax(output) is it).
 _C.MODEL.HEAD_POOL = "global"
+# Training loss (gcvideo/layers/losses.py, LOSSES): "cross_entropy" (the papers') | "soft_cross_entropy"
+# (targets that are distributions: needed by MIXUP.ENABLE). Validation and test compute no loss.
+_C.MODEL.LOSS = "cross_entropy"
 
 # ---------------------------------------------------------------------------
 # Context blocks: the global-context family (GC, SNL, SE, ablations) and non-local
@@ -298,10 +302,32 @@ _C.TRAIN.CPU_THREADS = 0
 _C.TRAIN.PRECISE_BN_BATCHES = 0
 # Log a JSON line every N iterations.
 _C.TRAIN.LOG_PERIOD = 10
+# Label smoothing e of the training loss: target (1 - e) one-hot + e / NUM_CLASSES (0 = off). With
+# MIXUP.ENABLE use MIXUP.LABEL_SMOOTHING instead.
+_C.TRAIN.LABEL_SMOOTHING = 0.0
 # Run the full test (TEST.*) after training.
 _C.TRAIN.TEST_AT_END = True
 # Deterministic algorithms (for exact resume checks; slower).
 _C.TRAIN.DETERMINISTIC = False
+
+# ---------------------------------------------------------------------------
+# Mixup / CutMix of training clips (gcvideo/data/mixup.py; PySlowFast's MIXUP.* keys)
+# ---------------------------------------------------------------------------
+_C.MIXUP = CfgNode()
+# Mix each training batch with itself reversed (row i with row B-1-i, on the device); needs
+# MODEL.LOSS soft_cross_entropy. Validation and test are never mixed.
+_C.MIXUP.ENABLE = False
+# Mixup: lam ~ Beta(ALPHA, ALPHA), clips lam * x + (1 - lam) * x.flip(0) (0 = no mixup).
+_C.MIXUP.ALPHA = 0.8
+# CutMix: lam ~ Beta(CUTMIX_ALPHA, CUTMIX_ALPHA), one box of area ~(1 - lam) cut into every frame of the
+# clip from its partner; lam is then the kept area fraction (0 = no CutMix).
+_C.MIXUP.CUTMIX_ALPHA = 1.0
+# Probability that a batch is mixed at all.
+_C.MIXUP.PROB = 1.0
+# With both ALPHA and CUTMIX_ALPHA > 0: probability of CutMix instead of mixup for a batch.
+_C.MIXUP.SWITCH_PROB = 0.5
+# Label smoothing of the mixed targets (TRAIN.LABEL_SMOOTHING must stay 0 with mixup).
+_C.MIXUP.LABEL_SMOOTHING = 0.1
 
 # ---------------------------------------------------------------------------
 # Testing
@@ -588,6 +614,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
            "MODEL.TEMPORAL_KERNELS", m.TEMPORAL_KERNELS, "4 odd temporal kernel sizes in {1, 3, 5}")
     _check(0.0 <= m.DROPOUT < 1.0, "MODEL.DROPOUT", m.DROPOUT, "a probability in [0, 1)")
     _one_of(m.HEAD_POOL, "MODEL.HEAD_POOL", ["global", "train_crop_logits", "train_crop_probs"])
+    _one_of(m.LOSS, "MODEL.LOSS", list(LOSSES))
     # ---- context blocks
     _one_of(c.TYPE, "CONTEXT.TYPE", ["none", *CONTEXT_TYPES])
     depths = stage_depths(cfg)
@@ -721,6 +748,8 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     _check(t.KEEP_LAST >= 1, "TRAIN.KEEP_LAST", t.KEEP_LAST, "1 or more")
     _check(t.CPU_THREADS >= 0, "TRAIN.CPU_THREADS", t.CPU_THREADS, "0 (automatic) or a positive thread count")
     _one_of(t.MIXED_PRECISION, "TRAIN.MIXED_PRECISION", ["none", "bf16", "fp16", "auto"])
+    _check(0.0 <= t.LABEL_SMOOTHING < 1.0, "TRAIN.LABEL_SMOOTHING", t.LABEL_SMOOTHING, "a value in [0, 1)")
+    _check_mixup(cfg)
     _check(te.NUM_ENSEMBLE_VIEWS >= 1, "TEST.NUM_ENSEMBLE_VIEWS", te.NUM_ENSEMBLE_VIEWS, "a positive integer")
     _one_of(te.NUM_SPATIAL_CROPS, "TEST.NUM_SPATIAL_CROPS", [1, 3])
     _one_of(te.VIEW_PROTOCOL, "TEST.VIEW_PROTOCOL", list(VIEW_PROTOCOLS))
@@ -733,6 +762,29 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
                            ("DATA.LABEL_MAP", d.LABEL_MAP)):
             if value and not path_manager.exists(value) and not (key == "TEST.CHECKPOINT" and value == "best"):
                 raise ConfigError(f"{key} = {value!r}: file does not exist")
+
+
+def _check_mixup(cfg: CfgNode) -> None:
+    """MIXUP.* values; with MIXUP.ENABLE: the soft-target loss, no second smoothing, two rows a batch."""
+    mx, d, t = cfg.MIXUP, cfg.DATA, cfg.TRAIN
+    for key in ("ALPHA", "CUTMIX_ALPHA"):
+        _check(math.isfinite(mx[key]) and mx[key] >= 0, f"MIXUP.{key}", mx[key], "0 (off) or a positive Beta parameter")
+    for key in ("PROB", "SWITCH_PROB"):
+        _check(0.0 <= mx[key] <= 1.0, f"MIXUP.{key}", mx[key], "a probability in [0, 1]")
+    _check(0.0 <= mx.LABEL_SMOOTHING < 1.0, "MIXUP.LABEL_SMOOTHING", mx.LABEL_SMOOTHING, "a value in [0, 1)")
+    if not mx.ENABLE:
+        return
+    _check(mx.ALPHA > 0 or mx.CUTMIX_ALPHA > 0, "MIXUP.ENABLE", mx.ENABLE,
+           "False with MIXUP.ALPHA and MIXUP.CUTMIX_ALPHA both 0 (set one of them > 0)")
+    _check(cfg.MODEL.LOSS == "soft_cross_entropy", "MODEL.LOSS", cfg.MODEL.LOSS,
+           "'soft_cross_entropy' with MIXUP.ENABLE (mixed targets are distributions)")
+    _check(t.LABEL_SMOOTHING == 0, "TRAIN.LABEL_SMOOTHING", t.LABEL_SMOOTHING,
+           "0 with MIXUP.ENABLE (the mixed targets are smoothed by MIXUP.LABEL_SMOOTHING)")
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    rows = max(1, t.BATCH_SIZE // world) * d.NUM_SAMPLES
+    _check(rows >= 2, "MIXUP.ENABLE", mx.ENABLE,
+           f"False with {rows} clip per process and step (TRAIN.BATCH_SIZE {t.BATCH_SIZE} over {world} "
+           f"process(es) x DATA.NUM_SAMPLES {d.NUM_SAMPLES}): a clip can only be mixed with another one")
 
 
 def _check_memory(cfg: CfgNode) -> None:

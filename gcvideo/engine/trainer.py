@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from gcvideo.config import dump_cfg
 from gcvideo.data.broken import BrokenVideoTracker
 from gcvideo.data.dataset import build_dataset, collate_train
+from gcvideo.data.mixup import build_mixup
 from gcvideo.engine import distributed as du
 from gcvideo.engine.checkpoint import (FORMAT, best_checkpoint_path, checkpoint_dir, get_rng_state, list_checkpoints,
                                        load_latest_checkpoint, save_checkpoint, set_rng_state)
@@ -42,6 +43,7 @@ from gcvideo.engine.optim import WarmupCosineSchedule, build_optimizer, build_sc
 from gcvideo.engine.precision import autocast, autocast_dtype, print_slow_bf16_warning
 from gcvideo.engine.tester import (build_eval_loader, build_test_set, build_test_settings, class_names,
                                    earlier_report, evaluate, run_test)
+from gcvideo.layers.losses import build_criterion
 from gcvideo.models import build_model, load_pretrained
 from gcvideo.utils.device import select_device
 from gcvideo.utils.folder_lock import FolderLock
@@ -148,15 +150,21 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                     meters: Optional[EpochMeters] = None, logger: Optional[RunLogger] = None,
                     stop_requested: Callable[[], bool] = lambda: False,
                     on_skipped: Optional[Callable[[List[str]], None]] = None,
-                    on_step: Optional[Callable[[int, int, EpochMeters, bool], None]] = None) -> Dict:
+                    on_step: Optional[Callable[[int, int, EpochMeters, bool], None]] = None,
+                    criterion: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+                    batch_transform: Optional[Callable[..., Tuple[torch.Tensor, torch.Tensor]]] = None) -> Dict:
     """Train iterations ``start_iter..iters_per_epoch-1`` of ``epoch`` (0-based).
 
-    ``meters``: the epoch's sums so far (resume); ``on_skipped(lines)``: the ``path<TAB>reason`` lines
-    of videos the loader replaced (every process gets all of them); ``on_step(iters_done,
+    ``criterion(logits, target)``: the loss (``gcvideo.layers.losses.build_criterion``; None: plain
+    cross-entropy); ``batch_transform(x, labels, epoch=, it=)``: clips and targets of a step on the
+    device (Mixup/CutMix, ``gcvideo.data.mixup.build_mixup``; its draws depend on the step only, so a
+    resumed run repeats them); ``meters``: the epoch's sums so far (resume); ``on_skipped(lines)``: the
+    ``path<TAB>reason`` lines of videos the loader replaced (every process gets all of them); ``on_step(iters_done,
     global_iter, meters, stop)``: after each step (checkpoints, SIGTERM). Returns the epoch's
     mean loss and timings, ``global_iter`` and ``stop`` (SIGTERM seen in the last iteration).
     """
     world = du.get_world_size()
+    criterion = criterion if criterion is not None else F.cross_entropy
     meters = meters if meters is not None else EpochMeters()
     total_iters = total_iters or iters_per_epoch
     model.train()
@@ -175,10 +183,12 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         #    uint8 clips are normalised there)
         x = to_device(batch["video"], device, channels_last, mean, std)
         y = batch["label"].to(device, non_blocking=True)
-        # 4. forward and cross-entropy (in autocast when mixed precision is on)
+        if batch_transform is not None:  # Mixup/CutMix: mixed clips, targets (B, K)
+            x, y = batch_transform(x, y, epoch=epoch, it=it)
+        # 4. forward and the loss (in autocast when mixed precision is on)
         with autocast(device, amp_dtype):
             logits = model(x)  # (B, K)
-        loss = F.cross_entropy(logits.float(), y)
+        loss = criterion(logits.float(), y)
         # 5. backward; gradient norm (clipped if asked); the weights do not change yet
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -352,6 +362,8 @@ class _Run:
     scaler: torch.amp.GradScaler
     settings: FitSettings
     init_note: str = ""
+    criterion: Optional[nn.Module] = None  # the training loss (MODEL.LOSS); None: cross-entropy
+    batch_transform: Optional[Callable[..., Tuple[torch.Tensor, torch.Tensor]]] = None  # MIXUP.*; None: off
 
     @property
     def main(self) -> bool:
@@ -473,7 +485,8 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return _Run(device=device, rank=rank, world=world, amp_dtype=amp_dtype, cpu_note=cpu_note,
                 train_set=train_set, val_set=val_set, test_set=test_set, sampler=sampler, loader=loader, model=model,
-                optimizer=optimizer, schedule=schedule, scaler=scaler, settings=settings, init_note=init_note)
+                optimizer=optimizer, schedule=schedule, scaler=scaler, settings=settings, init_note=init_note,
+                criterion=build_criterion(cfg), batch_transform=build_mixup(cfg, rank))
 
 
 @contextlib.contextmanager
@@ -634,7 +647,8 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: _StopSignals) -> Dic
                         global_iter=state["global_iter"], total_iters=fs.max_epoch * ipe, amp_dtype=run.amp_dtype,
                         channels_last=fs.channels_last, mean=fs.mean, std=fs.std, clip_norm=fs.clip_norm, log_period=fs.log_period,
                         meters=meters, logger=logger, stop_requested=lambda: bool(stops.name),
-                        on_skipped=broken.update, on_step=lambda *a, e=epoch: on_step(e, *a))
+                        on_skipped=broken.update, on_step=lambda *a, e=epoch: on_step(e, *a),
+                        criterion=run.criterion, batch_transform=run.batch_transform)
                 except NonFiniteLossError as e:
                     raise NonFiniteLossError(f"{e}; {_resume_note(fs.output_dir, fs.auto_resume, run.main)}") from None
                 state["global_iter"] = stats["global_iter"]

@@ -5,6 +5,7 @@ import os
 import signal
 
 import pytest
+import torch
 
 from gcvideo.engine.checkpoint import list_checkpoints
 from engine_helpers import assert_same_state, checkpoint, ok, run_engine
@@ -102,3 +103,24 @@ def test_sigterm_in_an_epochs_last_iteration_evaluates_that_epoch_on_resume(tmp_
     assert abs(epochs[0]["loss"] - sum(iters) / len(iters)) < 1e-6  # epoch 1's own mean loss (LOG_PERIOD 1)
     assert os.path.exists(out / "checkpoints" / "checkpoint_epoch0001.pth")
     _assert_matches(reference, out)
+
+
+MIXUP = [*OPTS, "MIXUP.ENABLE", True, "MODEL.LOSS", "soft_cross_entropy"]
+
+
+def test_sigkill_mid_epoch_with_mixup_resumes_to_same_weights(tmp_path, reference):
+    """Mixup/CutMix draws depend on (SEED, rank, epoch, iteration): the resumed run mixes each step as
+    the uninterrupted one did (and the mixing did change the training: other weights than without)."""
+    mixed = tmp_path / "mixed"
+    ok(run_engine(mixed, "train", {}, *MIXUP))
+    want = checkpoint(mixed, "checkpoint_epoch0002.pth")
+    want["epoch_records"] = _epoch_records(mixed)
+    assert not torch.equal(want["model"]["blocks.5.proj.weight"], reference["model"]["blocks.5.proj.weight"])
+    out = tmp_path / "run"
+    spec = {"signal_at": [1, 13, int(signal.SIGKILL), str(tmp_path / "killed")]}
+    proc = run_engine(out, "train", spec, *MIXUP)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    proc = ok(run_engine(out, "train", spec, *MIXUP))
+    assert "epoch 2, iteration 2" in proc.stdout
+    _assert_matches(want, out)
+    assert [r["loss"] for r in _epoch_records(out)] == [r["loss"] for r in want["epoch_records"]]

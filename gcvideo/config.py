@@ -293,6 +293,11 @@ _C.TRAIN.CPU_KEEP_FREED_MEMORY = True
 _C.TRAIN.CPU_THREADS = 0
 # Recompute BN statistics on this many training batches before evaluation (0 = off).
 _C.TRAIN.PRECISE_BN_BATCHES = 0
+# torch.compile (mode default) of the model for the training step and the evaluation (validation,
+# final test); checkpoints hold the plain module's weights, so compiled and eager runs resume each
+# other. The first steps compile (minutes for a Slow-R50); it pays on GPUs. Off by default: on CPUs
+# the compile costs minutes and the step gains little (bench/results/compile.md).
+_C.TRAIN.COMPILE = False
 # Log a JSON line every N iterations.
 _C.TRAIN.LOG_PERIOD = 10
 # Run the full test (TEST.*) after training.

@@ -280,6 +280,14 @@ def _grad_sync(model: nn.Module, last: bool) -> contextlib.AbstractContextManage
     return contextlib.nullcontext() if last or no_sync is None else no_sync()
 
 
+def compiled(model: nn.Module, enabled: bool) -> nn.Module:
+    """``torch.compile(model)`` (mode default) when ``enabled``, else ``model`` itself. The compiled
+    wrapper shares ``model``'s parameters and buffers; checkpoints, exports and FLOP counts keep using
+    ``model`` (its state dict has no ``_orig_mod.`` prefixes). The first step of each input shape and
+    mode (train / eval) compiles: seconds to minutes; it pays on GPUs, not on CPUs (docs/training.md)."""
+    return torch.compile(model) if enabled else model
+
+
 def _bn_modules(model: nn.Module) -> List[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
@@ -337,6 +345,7 @@ class FitSettings:
     auto_resume: bool
     clip_norm: float
     accum_steps: int  # micro-batches per optimizer step (TRAIN.ACCUM_STEPS)
+    compile: bool  # torch.compile the training and evaluation steps (TRAIN.COMPILE)
     log_period: int
     checkpoint_period: int
     checkpoint_iters: int
@@ -362,7 +371,7 @@ def build_fit_settings(cfg: CfgNode) -> FitSettings:
         output_dir=cfg.OUTPUT_DIR, config_text=dump_cfg(cfg), seed=cfg.SEED, max_epoch=s.MAX_EPOCH,
         batch_size=t.BATCH_SIZE, lr=scaled_lr(s.BASE_LR, t.BATCH_SIZE, s.REFERENCE_BATCH_SIZE),
         mixed_precision=t.MIXED_PRECISION, auto_resume=t.AUTO_RESUME, clip_norm=s.CLIP_GRAD_NORM,
-        accum_steps=t.ACCUM_STEPS,
+        accum_steps=t.ACCUM_STEPS, compile=t.COMPILE,
         log_period=t.LOG_PERIOD, checkpoint_period=t.CHECKPOINT_PERIOD, checkpoint_iters=t.CHECKPOINT_ITERS,
         keep_last=t.KEEP_LAST, keep_best=t.KEEP_BEST, eval_period=t.EVAL_PERIOD,
         precise_bn_batches=t.PRECISE_BN_BATCHES,
@@ -387,7 +396,8 @@ class _Run:
     test_set: Optional[Dataset]
     sampler: du.TrainSampler
     loader: TrainLoader  # the training batches (and precise BN's), one DataLoader for the run
-    model: nn.Module
+    model: nn.Module  # the plain module: checkpoints, precise BN, and what DDP and torch.compile wrap
+    eval_model: nn.Module  # validation and the final test: ``model``, or torch.compile(model) (TRAIN.COMPILE)
     optimizer: torch.optim.Optimizer
     schedule: WarmupCosineSchedule
     scaler: torch.amp.GradScaler
@@ -522,6 +532,7 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return _Run(device=device, rank=rank, world=world, amp_dtype=amp_dtype, cpu_note=cpu_note,
                 train_set=train_set, val_set=val_set, test_set=test_set, sampler=sampler, loader=loader, model=model,
+                eval_model=compiled(model, settings.compile),
                 optimizer=optimizer, schedule=schedule, scaler=scaler, settings=settings, init_note=init_note)
 
 
@@ -624,6 +635,7 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: _StopSignals) -> Dic
     model, ipe = run.model, run.sampler.iters_per_epoch
     ddp = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None) \
         if run.world > 1 else model
+    step_model = run.eval_model if ddp is model else compiled(ddp, fs.compile)  # (one compiled module per wrapper)
     logger = RunLogger(fs.output_dir, enabled=run.main, resume_iter=pos.global_iter)
     broken = BrokenVideoTracker(output_dir=fs.output_dir if run.main else None, num_videos=len(run.train_set),
                                 max_fraction=fs.max_broken_fraction, videos=_video_paths(run.train_set))
@@ -678,7 +690,7 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: _StopSignals) -> Dic
                 # 1. one epoch of training, from the resumed position
                 try:
                     stats = train_one_epoch(
-                        ddp, run.loader.epoch(epoch, start), run.optimizer, run.schedule, run.scaler,
+                        step_model, run.loader.epoch(epoch, start), run.optimizer, run.schedule, run.scaler,
                         device=run.device, epoch=epoch, iters_per_epoch=ipe, start_iter=start,
                         global_iter=state["global_iter"], total_iters=fs.max_epoch * ipe, amp_dtype=run.amp_dtype,
                         channels_last=fs.channels_last, mean=fs.mean, std=fs.std, clip_norm=fs.clip_norm,
@@ -749,7 +761,7 @@ def _precise_bn_and_validate(run: _Run, fs: FitSettings, epoch: int, validate: b
     if not validate:
         return None
     loader = build_eval_loader(run.val_set, fs.eval_batch_size, fs.num_workers, False)
-    return evaluate(run.model, loader, device=run.device, amp_dtype=run.amp_dtype, **fs.eval).metrics["all"]
+    return evaluate(run.eval_model, loader, device=run.device, amp_dtype=run.amp_dtype, **fs.eval).metrics["all"]
 
 
 def _final_test(run: _Run, last_ckpt: Optional[str], settings: Dict[str, Any], stops: _StopSignals) -> Optional[Dict]:
@@ -758,7 +770,7 @@ def _final_test(run: _Run, last_ckpt: Optional[str], settings: Dict[str, Any], s
     if stops.name:  # the signal came during the last epoch's validation
         stops.stop_now(stops.name, 128 + signal.Signals[stops.name])
     tag = os.path.splitext(os.path.basename(last_ckpt))[0] if last_ckpt else "final"
-    return run_test(run.model, run.test_set, run.device, tag=tag, **settings)
+    return run_test(run.eval_model, run.test_set, run.device, tag=tag, **settings)
 
 
 def _video_paths(dataset: Dataset) -> Optional[List[str]]:

@@ -265,8 +265,19 @@ _C.SOLVER.CLIP_GRAD_NORM = 0.0
 # Training
 # ---------------------------------------------------------------------------
 _C.TRAIN = CfgNode()
-# Global batch size (all processes together); each process gets BATCH_SIZE / world size.
+# Global batch size: the videos of one optimizer step, all processes and micro-batches together
+# (PySlowFast's global TRAIN.BATCH_SIZE; mmaction2's per-GPU batch_size x GPUs x accumulative_counts).
+# Each process gets BATCH_SIZE / world size; the LR (SOLVER.REFERENCE_BATCH_SIZE) and the iterations
+# of an epoch follow this number, whatever ACCUM_STEPS is.
 _C.TRAIN.BATCH_SIZE = 64
+# Gradient accumulation: each process runs its BATCH_SIZE / world size videos as ACCUM_STEPS
+# micro-batches, adds up their gradients (loss x micro-batch share, so the sum is the whole batch's
+# mean-loss gradient; DDP all-reduces once, after the last) and steps once: the paper's batch 64 on
+# one GPU is TRAIN.BATCH_SIZE 64 TRAIN.ACCUM_STEPS 8 (8 videos at a time). Memory is one
+# micro-batch's; BatchNorm normalises with each micro-batch's statistics (the only difference to
+# the big batch; TRAIN.PRECISE_BN_BATCHES recomputes them). BATCH_SIZE must be divisible by
+# world size x ACCUM_STEPS. 1 = off.
+_C.TRAIN.ACCUM_STEPS = 1
 # Validate every N epochs (0 = never during training).
 _C.TRAIN.EVAL_PERIOD = 10
 # Views used for validation during training: temporal clips x spatial crops.
@@ -300,6 +311,11 @@ _C.TRAIN.CPU_KEEP_FREED_MEMORY = True
 _C.TRAIN.CPU_THREADS = 0
 # Recompute BN statistics on this many training batches before evaluation (0 = off).
 _C.TRAIN.PRECISE_BN_BATCHES = 0
+# torch.compile (mode default) of the model for the training step and the evaluation (validation,
+# final test); checkpoints hold the plain module's weights, so compiled and eager runs resume each
+# other. The first steps compile (minutes for a Slow-R50); it pays on GPUs. Off by default: on CPUs
+# the compile costs minutes and the step gains little (bench/results/compile.md).
+_C.TRAIN.COMPILE = False
 # Log a JSON line every N iterations.
 _C.TRAIN.LOG_PERIOD = 10
 # Label smoothing e of the training loss: target (1 - e) one-hot + e / NUM_CLASSES (0 = off). With
@@ -727,6 +743,13 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
            f"a finite learning rate in (0, {MAX_LR:g}]")
     _check(s.REFERENCE_BATCH_SIZE >= 1, "SOLVER.REFERENCE_BATCH_SIZE", s.REFERENCE_BATCH_SIZE, "a positive integer")
     _check(t.BATCH_SIZE >= 1, "TRAIN.BATCH_SIZE", t.BATCH_SIZE, "a positive integer")
+    _check(_is_int(t.ACCUM_STEPS) and t.ACCUM_STEPS >= 1, "TRAIN.ACCUM_STEPS", t.ACCUM_STEPS,
+           "a positive integer (1 = no gradient accumulation)")
+    world = _world_size()
+    _check(t.ACCUM_STEPS == 1 or t.BATCH_SIZE % (world * t.ACCUM_STEPS) == 0, "TRAIN.ACCUM_STEPS", t.ACCUM_STEPS,
+           f"a divisor of the {t.BATCH_SIZE // world if t.BATCH_SIZE % world == 0 else t.BATCH_SIZE / world:g} videos "
+           f"per process (TRAIN.BATCH_SIZE {t.BATCH_SIZE} / {world} process(es): the global batch of one optimizer "
+           "step, which each process cuts into ACCUM_STEPS equal micro-batches)")
     lr = s.BASE_LR * t.BATCH_SIZE / s.REFERENCE_BATCH_SIZE  # gcvideo.engine.optim.scaled_lr
     _check(lr <= MAX_LR, "SOLVER.BASE_LR", s.BASE_LR,
            f"a learning rate that, scaled to TRAIN.BATCH_SIZE {t.BATCH_SIZE} / SOLVER.REFERENCE_BATCH_SIZE "
@@ -781,10 +804,11 @@ def _check_mixup(cfg: CfgNode) -> None:
     _check(t.LABEL_SMOOTHING == 0, "TRAIN.LABEL_SMOOTHING", t.LABEL_SMOOTHING,
            "0 with MIXUP.ENABLE (the mixed targets are smoothed by MIXUP.LABEL_SMOOTHING)")
     world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
-    rows = max(1, t.BATCH_SIZE // world) * d.NUM_SAMPLES
+    rows = max(1, t.BATCH_SIZE // world // t.ACCUM_STEPS) * d.NUM_SAMPLES  # a (micro-)batch is mixed within itself
     _check(rows >= 2, "MIXUP.ENABLE", mx.ENABLE,
-           f"False with {rows} clip per process and step (TRAIN.BATCH_SIZE {t.BATCH_SIZE} over {world} "
-           f"process(es) x DATA.NUM_SAMPLES {d.NUM_SAMPLES}): a clip can only be mixed with another one")
+           f"False with {rows} clip per process and micro-batch (TRAIN.BATCH_SIZE {t.BATCH_SIZE} over {world} "
+           f"process(es) and TRAIN.ACCUM_STEPS {t.ACCUM_STEPS}, x DATA.NUM_SAMPLES {d.NUM_SAMPLES}): a clip can "
+           "only be mixed with another one")
 
 
 def _check_memory(cfg: CfgNode) -> None:
@@ -796,7 +820,7 @@ def _check_memory(cfg: CfgNode) -> None:
     for key in ("MAX_ITEM_BYTES", "MAX_BATCH_BYTES"):
         _check(_is_int(d[key]) and d[key] >= 1, f"DATA.{key}", d[key], "a positive number of bytes")
     aspect = d.MAX_ASPECT_RATIO
-    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    world = _world_size()
     sets = [("a training", "DATA.NUM_FRAMES, DATA.NUM_SAMPLES, DATA.TRAIN_JITTER_SCALES, DATA.TRAIN_CROP_SIZE",
              "TRAIN.BATCH_SIZE",
              train_item_bytes(d.NUM_FRAMES, d.NUM_SAMPLES, d.TRAIN_JITTER_SCALES[1], d.TRAIN_CROP_SIZE, aspect,
@@ -816,6 +840,11 @@ def _check_memory(cfg: CfgNode) -> None:
             refusal = over_bound(f"{what} {unit}", est, f"DATA.{bound_key}", d[bound_key], lower)
             if refusal:
                 raise ConfigError(refusal)
+
+
+def _world_size() -> int:
+    """The processes of this run as torchrun announces them (WORLD_SIZE; 1 without torchrun)."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
 
 
 def stage_out_channels(width: int) -> List[int]:

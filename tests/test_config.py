@@ -196,3 +196,27 @@ def test_base_errors_name_the_file(tmp_path, case):
         want = r"_BASE_ = 3; expected the path of a config file"
     with pytest.raises(ConfigError, match=want):
         load_cfg(str(child), check_files=False)
+
+
+@pytest.mark.parametrize("opts, env, pattern", [
+    (["TRAIN.ACCUM_STEPS", "0"], {}, r"TRAIN\.ACCUM_STEPS = 0 .*a positive integer"),
+    (["TRAIN.ACCUM_STEPS", "2.0"], {}, r"TRAIN\.ACCUM_STEPS = 2\.0 has type float; expected int"),
+    # 64 videos / 1 process cannot make 5 equal micro-batches; 64 / 4 processes = 16 cannot make 32
+    (["TRAIN.ACCUM_STEPS", "5"], {}, r"TRAIN\.ACCUM_STEPS = 5 .*a divisor of the 64 videos per process"),
+    (["TRAIN.ACCUM_STEPS", "32"], {"WORLD_SIZE": "4"}, r"ACCUM_STEPS = 32 .*16 videos per process .*/ 4 process"),
+])
+def test_accum_steps_is_checked_against_the_batch_and_processes(opts, env, pattern, monkeypatch):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError, match=pattern):
+        load_cfg(None, opts)
+
+
+def test_accum_steps_divides_the_global_batch(monkeypatch):
+    """TRAIN.BATCH_SIZE is the global batch of one optimizer step: 64 = 8 processes x 8 micro-batches
+    of 1, or 1 process x 8 micro-batches of 8 (the paper's batch on one GPU); the LR stays BASE_LR's."""
+    assert load_cfg(None, ["TRAIN.ACCUM_STEPS", "8"]).TRAIN.ACCUM_STEPS == 8
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert load_cfg(None, ["TRAIN.ACCUM_STEPS", "8"]).TRAIN.ACCUM_STEPS == 8
+    with pytest.raises(ConfigError, match="ACCUM_STEPS = 16"):
+        load_cfg(None, ["TRAIN.ACCUM_STEPS", "16"])

@@ -8,7 +8,8 @@ policy with linear warmup):
     lr(t)   = cos(t)                                       otherwise
 
 with ``lr = BASE_LR * TRAIN.BATCH_SIZE / SOLVER.REFERENCE_BATCH_SIZE`` (linear
-scaling with the global batch), ``lr_start = WARMUP_START_FACTOR * lr`` and
+scaling with the global batch: the videos of one optimizer step, all processes and
+TRAIN.ACCUM_STEPS micro-batches together; an iteration is one optimizer step), ``lr_start = WARMUP_START_FACTOR * lr`` and
 ``lr_end = COSINE_END_FACTOR * lr``.
 """
 from __future__ import annotations

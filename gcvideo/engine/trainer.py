@@ -146,7 +146,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                     epoch: int, iters_per_epoch: int, start_iter: int = 0, global_iter: int = 0,
                     total_iters: Optional[int] = None, amp_dtype: Optional[torch.dtype] = None,
                     channels_last: bool = False, mean: Optional[Sequence[float]] = None,
-                    std: Optional[Sequence[float]] = None, clip_norm: float = 0.0, log_period: int = 10,
+                    std: Optional[Sequence[float]] = None, clip_norm: float = 0.0, accum_steps: int = 1,
+                    log_period: int = 10,
                     meters: Optional[EpochMeters] = None, logger: Optional[RunLogger] = None,
                     stop_requested: Callable[[], bool] = lambda: False,
                     on_skipped: Optional[Callable[[List[str]], None]] = None,
@@ -162,6 +163,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     ``path<TAB>reason`` lines of videos the loader replaced (every process gets all of them); ``on_step(iters_done,
     global_iter, meters, stop)``: after each step (checkpoints, SIGTERM). Returns the epoch's
     mean loss and timings, ``global_iter`` and ``stop`` (SIGTERM seen in the last iteration).
+    An iteration is one optimizer step over one loader batch; ``accum_steps`` K > 1 runs that batch as
+    K micro-batches whose gradients add up to the whole batch's (TRAIN.ACCUM_STEPS, ``_micro_batches``).
     """
     world = du.get_world_size()
     criterion = criterion if criterion is not None else F.cross_entropy
@@ -179,19 +182,24 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         du.step_started(global_iter)  # this process's heartbeat: a stalled rank gets named
         # 2. learning rate of this iteration (warmup, then cosine)
         lr = schedule.step(global_iter)
-        # 3. clips and labels to the device: (B, 3, T, H, W), (B,) (B = videos x DATA.NUM_SAMPLES;
-        #    uint8 clips are normalised there)
-        x = to_device(batch["video"], device, channels_last, mean, std)
-        y = batch["label"].to(device, non_blocking=True)
-        if batch_transform is not None:  # Mixup/CutMix: mixed clips, targets (B, K)
-            x, y = batch_transform(x, y, epoch=epoch, it=it)
-        # 4. forward and the loss (in autocast when mixed precision is on)
-        with autocast(device, amp_dtype):
-            logits = model(x)  # (B, K)
-        loss = criterion(logits.float(), y)
-        # 5. backward; gradient norm (clipped if asked); the weights do not change yet
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        clips, loss = batch["video"].shape[0], None
+        for video, label, share, last in _micro_batches(batch, accum_steps):  # one (the batch) unless accumulating
+            # 3. clips and labels to the device: (B, 3, T, H, W), (B,) (B = videos x DATA.NUM_SAMPLES;
+            #    uint8 clips are normalised there)
+            x = to_device(video, device, channels_last, mean, std)
+            y = label.to(device, non_blocking=True)
+            if batch_transform is not None:  # Mixup/CutMix (within the micro-batch): mixed clips, targets (B, K)
+                x, y = batch_transform(x, y, epoch=epoch, it=it)
+            with _grad_sync(model, last):  # DDP all-reduces the gradients after the last micro-batch only
+                # 4. forward and the loss (in autocast when mixed precision is on)
+                with autocast(device, amp_dtype):
+                    logits = model(x)  # (B, K)
+                micro_loss = _weighted(criterion(logits.float(), y), share)
+                # 5. backward; gradients add up over micro-batches; the weights do not change yet
+                scaler.scale(micro_loss).backward()
+            loss = micro_loss.detach() if loss is None else loss + micro_loss.detach()
+        # gradient norm of the whole batch's gradient (clipped if asked)
         scaler.unscale_(optimizer)  # no-op without fp16
         if clip_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
@@ -226,7 +234,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         meters.data_s, meters.time_s = meters.data_s + t_data, meters.time_s + t_iter
         run_time, run_iters = run_time + t_iter, run_iters + 1
         window = {"loss": window["loss"] + mean_loss, "n": window["n"] + 1, "data": window["data"] + t_data,
-                  "time": window["time"] + t_iter, "clips": window["clips"] + x.shape[0] * world}
+                  "time": window["time"] + t_iter, "clips": window["clips"] + clips * world}
         eta = (total_iters - global_iter) * run_time / run_iters
         if logger is not None and ((it + 1) % log_period == 0 or it + 1 == iters_per_epoch):
             logger.log_iter({"epoch": epoch + 1, "iter": it + 1, "global_iter": global_iter,
@@ -236,7 +244,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                              "data_share": window["data"] / window["time"], "eta_s": eta})
             window = {"loss": 0.0, "n": 0, "data": 0.0, "time": 0.0, "clips": 0}
         if bar is not None:
-            bar.set_postfix_str(f"loss {mean_loss:.3f} lr {lr:.4g} {x.shape[0] * world / t_iter:.1f} clips/s "
+            bar.set_postfix_str(f"loss {mean_loss:.3f} lr {lr:.4g} {clips * world / t_iter:.1f} clips/s "
                                 f"data {100 * meters.data_s / meters.time_s:.0f}% eta {format_duration(eta)}",
                                 refresh=False)
             bar.update(1)
@@ -254,6 +262,42 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     return {**meters.summary(), "global_iter": global_iter, "stop": stop}
 
 
+def _micro_batches(batch: Dict[str, Any], accum_steps: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor, float, bool]]:
+    """``(video, label, share, last)`` for each of the ``accum_steps`` micro-batches of ``batch``: rows
+    cut in order (``tensor_split``), ``share`` = rows / batch rows, so that sum(share x micro-batch mean
+    loss) is the batch's mean loss and the summed gradients are its gradient; ``last`` marks the one
+    after which the gradients are complete. Without accumulation: the batch itself, share 1."""
+    video, label = batch["video"], batch["label"]  # (B, 3, T, H, W), (B,)
+    if accum_steps == 1:
+        yield video, label, 1.0, True
+        return
+    rows = video.shape[0]
+    if rows < accum_steps:
+        raise ValueError(f"a batch of {rows} rows cannot be cut into {accum_steps} micro-batches")
+    for j, (v, y) in enumerate(zip(video.tensor_split(accum_steps), label.tensor_split(accum_steps))):
+        yield v, y, v.shape[0] / rows, j == accum_steps - 1
+
+
+def _weighted(loss: torch.Tensor, share: float) -> torch.Tensor:
+    """``share`` x ``loss`` (the loss itself for a whole batch: no extra op, the same bits)."""
+    return loss if share == 1.0 else loss * share
+
+
+def _grad_sync(model: nn.Module, last: bool) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync()`` before the last micro-batch (the gradients stay local and add up; the last
+    backward all-reduces their sum); nothing for a plain model or the last micro-batch."""
+    no_sync = getattr(model, "no_sync", None)  # (DDP, also through torch.compile's wrapper)
+    return contextlib.nullcontext() if last or no_sync is None else no_sync()
+
+
+def compiled(model: nn.Module, enabled: bool) -> nn.Module:
+    """``torch.compile(model)`` (mode default) when ``enabled``, else ``model`` itself. The compiled
+    wrapper shares ``model``'s parameters and buffers; checkpoints, exports and FLOP counts keep using
+    ``model`` (its state dict has no ``_orig_mod.`` prefixes). The first step of each input shape and
+    mode (train / eval) compiles: seconds to minutes; it pays on GPUs, not on CPUs (docs/training.md)."""
+    return torch.compile(model) if enabled else model
+
+
 def _bn_modules(model: nn.Module) -> List[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
@@ -261,11 +305,13 @@ def _bn_modules(model: nn.Module) -> List[nn.Module]:
 @torch.no_grad()
 def precise_bn(model: nn.Module, loader: DataLoader, num_batches: int, device: torch.device,
                amp_dtype: Optional[torch.dtype], channels_last: bool, mean: Optional[List[float]] = None,
-               std: Optional[List[float]] = None) -> int:
+               std: Optional[List[float]] = None, accum_steps: int = 1) -> int:
     """Recompute BN running statistics as the plain average over ``num_batches`` training batches.
 
     Runs ``forward_features`` (the BN layers; no dropout, so no RNG is used) in train
-    mode, then averages the statistics over processes. Returns the batches used.
+    mode, then averages the statistics over processes. Returns the batches used. With
+    ``accum_steps`` K > 1 each batch runs as the training step's K micro-batches (each one
+    batch of the average), so precise BN needs no more memory than the step.
     """
     bns = _bn_modules(model)
     if not bns:
@@ -280,8 +326,9 @@ def precise_bn(model: nn.Module, loader: DataLoader, num_batches: int, device: t
     for batch in loader:
         if used >= num_batches:
             break
-        with autocast(device, amp_dtype):
-            model.forward_features(to_device(batch["video"], device, channels_last, mean, std))
+        for video in batch["video"].tensor_split(accum_steps):  # the step's micro-batches (rows cut in order)
+            with autocast(device, amp_dtype):
+                model.forward_features(to_device(video, device, channels_last, mean, std))
         used += 1
     for bn, m in zip(bns, saved):
         bn.momentum = m
@@ -307,6 +354,8 @@ class FitSettings:
     mixed_precision: str
     auto_resume: bool
     clip_norm: float
+    accum_steps: int  # micro-batches per optimizer step (TRAIN.ACCUM_STEPS)
+    compile: bool  # torch.compile the training and evaluation steps (TRAIN.COMPILE)
     log_period: int
     checkpoint_period: int
     checkpoint_iters: int
@@ -332,6 +381,7 @@ def build_fit_settings(cfg: CfgNode) -> FitSettings:
         output_dir=cfg.OUTPUT_DIR, config_text=dump_cfg(cfg), seed=cfg.SEED, max_epoch=s.MAX_EPOCH,
         batch_size=t.BATCH_SIZE, lr=scaled_lr(s.BASE_LR, t.BATCH_SIZE, s.REFERENCE_BATCH_SIZE),
         mixed_precision=t.MIXED_PRECISION, auto_resume=t.AUTO_RESUME, clip_norm=s.CLIP_GRAD_NORM,
+        accum_steps=t.ACCUM_STEPS, compile=t.COMPILE,
         log_period=t.LOG_PERIOD, checkpoint_period=t.CHECKPOINT_PERIOD, checkpoint_iters=t.CHECKPOINT_ITERS,
         keep_last=t.KEEP_LAST, keep_best=t.KEEP_BEST, eval_period=t.EVAL_PERIOD,
         precise_bn_batches=t.PRECISE_BN_BATCHES,
@@ -356,7 +406,8 @@ class _Run:
     test_set: Optional[Dataset]
     sampler: du.TrainSampler
     loader: TrainLoader  # the training batches (and precise BN's), one DataLoader for the run
-    model: nn.Module
+    model: nn.Module  # the plain module: checkpoints, precise BN, and what DDP and torch.compile wrap
+    eval_model: nn.Module  # validation and the final test: ``model``, or torch.compile(model) (TRAIN.COMPILE)
     optimizer: torch.optim.Optimizer
     schedule: WarmupCosineSchedule
     scaler: torch.amp.GradScaler
@@ -436,6 +487,14 @@ def _say_finished(pos: _Position, fs: FitSettings) -> bool:
     return fs.test is None or report is not None
 
 
+def _accum_note(batch_size: int, world: int, accum_steps: int) -> str:
+    """How a process makes its share of the global batch, for the log ("" without accumulation)."""
+    if accum_steps == 1:
+        return ""
+    return (f" ({world} x {accum_steps} micro-batches of {batch_size // (world * accum_steps)} videos, "
+            "gradients accumulated; BN statistics per micro-batch)")
+
+
 def _precision_name(setting: str, amp_dtype: Optional[torch.dtype]) -> str:
     """What the step runs in, for the log: "bf16", "fp16" or "fp32", with "(auto)" when resolved from "auto"."""
     name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32")
@@ -485,6 +544,7 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return _Run(device=device, rank=rank, world=world, amp_dtype=amp_dtype, cpu_note=cpu_note,
                 train_set=train_set, val_set=val_set, test_set=test_set, sampler=sampler, loader=loader, model=model,
+                eval_model=compiled(model, settings.compile),
                 optimizer=optimizer, schedule=schedule, scaler=scaler, settings=settings, init_note=init_note,
                 criterion=build_criterion(cfg), batch_transform=build_mixup(cfg, rank))
 
@@ -588,6 +648,7 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: _StopSignals) -> Dic
     model, ipe = run.model, run.sampler.iters_per_epoch
     ddp = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None) \
         if run.world > 1 else model
+    step_model = run.eval_model if ddp is model else compiled(ddp, fs.compile)  # (one compiled module per wrapper)
     logger = RunLogger(fs.output_dir, enabled=run.main, resume_iter=pos.global_iter)
     broken = BrokenVideoTracker(output_dir=fs.output_dir if run.main else None, num_videos=len(run.train_set),
                                 max_fraction=fs.max_broken_fraction, videos=_video_paths(run.train_set))
@@ -628,7 +689,7 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: _StopSignals) -> Dic
 
     logger.info(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {run.world} x "
                 f"{run.device.type}, {len(run.train_set)} clips, {ipe} iterations/epoch, global batch "
-                f"{fs.batch_size}, LR {fs.lr:.4g}, precision {_precision_name(fs.mixed_precision, run.amp_dtype)}; "
+                f"{fs.batch_size}{_accum_note(fs.batch_size, run.world, fs.accum_steps)}, LR {fs.lr:.4g}, precision {_precision_name(fs.mixed_precision, run.amp_dtype)}; "
                 f"output {fs.output_dir}"
                 + (f"; {run.cpu_note}" if run.cpu_note else ""))
     val_results: List[Dict] = []
@@ -642,10 +703,11 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: _StopSignals) -> Dic
                 # 1. one epoch of training, from the resumed position
                 try:
                     stats = train_one_epoch(
-                        ddp, run.loader.epoch(epoch, start), run.optimizer, run.schedule, run.scaler,
+                        step_model, run.loader.epoch(epoch, start), run.optimizer, run.schedule, run.scaler,
                         device=run.device, epoch=epoch, iters_per_epoch=ipe, start_iter=start,
                         global_iter=state["global_iter"], total_iters=fs.max_epoch * ipe, amp_dtype=run.amp_dtype,
-                        channels_last=fs.channels_last, mean=fs.mean, std=fs.std, clip_norm=fs.clip_norm, log_period=fs.log_period,
+                        channels_last=fs.channels_last, mean=fs.mean, std=fs.std, clip_norm=fs.clip_norm,
+                        accum_steps=fs.accum_steps, log_period=fs.log_period,
                         meters=meters, logger=logger, stop_requested=lambda: bool(stops.name),
                         on_skipped=broken.update, on_step=lambda *a, e=epoch: on_step(e, *a),
                         criterion=run.criterion, batch_transform=run.batch_transform)
@@ -708,12 +770,12 @@ def _precise_bn_and_validate(run: _Run, fs: FitSettings, epoch: int, validate: b
     if fs.precise_bn_batches > 0 and (validate or last):
         # the epoch's first training batches, from the training loader's workers (no second set)
         precise_bn(run.model, run.loader.epoch(epoch, 0), fs.precise_bn_batches, run.device, run.amp_dtype,
-                   fs.channels_last, fs.mean, fs.std)
+                   fs.channels_last, fs.mean, fs.std, fs.accum_steps)
     du.broadcast_buffers(run.model)  # every process evaluates (and rank 0 saves) the same BN statistics
     if not validate:
         return None
     loader = build_eval_loader(run.val_set, fs.eval_batch_size, fs.num_workers, False)
-    return evaluate(run.model, loader, device=run.device, amp_dtype=run.amp_dtype, **fs.eval).metrics["all"]
+    return evaluate(run.eval_model, loader, device=run.device, amp_dtype=run.amp_dtype, **fs.eval).metrics["all"]
 
 
 def _final_test(run: _Run, last_ckpt: Optional[str], settings: Dict[str, Any], stops: _StopSignals) -> Optional[Dict]:
@@ -722,7 +784,7 @@ def _final_test(run: _Run, last_ckpt: Optional[str], settings: Dict[str, Any], s
     if stops.name:  # the signal came during the last epoch's validation
         stops.stop_now(stops.name, 128 + signal.Signals[stops.name])
     tag = os.path.splitext(os.path.basename(last_ckpt))[0] if last_ckpt else "final"
-    return run_test(run.model, run.test_set, run.device, tag=tag, **settings)
+    return run_test(run.eval_model, run.test_set, run.device, tag=tag, **settings)
 
 
 def _video_paths(dataset: Dataset) -> Optional[List[str]]:

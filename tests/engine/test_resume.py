@@ -124,3 +124,23 @@ def test_sigkill_mid_epoch_with_mixup_resumes_to_same_weights(tmp_path, referenc
     assert "epoch 2, iteration 2" in proc.stdout
     _assert_matches(want, out)
     assert [r["loss"] for r in _epoch_records(out)] == [r["loss"] for r in want["epoch_records"]]
+
+
+def test_sigkill_mid_epoch_with_gradient_accumulation_resumes_to_same_weights(tmp_path):
+    """TRAIN.ACCUM_STEPS 2 (micro-batches of 2 videos): checkpoints fall on optimizer steps (iteration 2
+    = 4 micro-batches), and the killed and resumed run ends with the uninterrupted run's weights."""
+    opts = [*OPTS, "TRAIN.ACCUM_STEPS", 2]
+    ref = tmp_path / "reference"
+    ok(run_engine(ref, "train", {}, *opts))
+    out = tmp_path / "run"
+    spec = {"signal_at": [1, 13, int(signal.SIGKILL), str(tmp_path / "killed")]}
+    proc = run_engine(out, "train", spec, *opts)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    names = [os.path.basename(p) for p in list_checkpoints(str(out))]
+    assert names[-1] == "checkpoint_epoch0002_iter000002.pth", names
+    proc = ok(run_engine(out, "train", spec, *opts))
+    assert "epoch 2, iteration 2" in proc.stdout
+    reference = checkpoint(ref, "checkpoint_epoch0002.pth")
+    reference["epoch_records"] = _epoch_records(ref)
+    _assert_matches(reference, out)
+    assert [r["loss"] for r in _epoch_records(out)] == [r["loss"] for r in reference["epoch_records"]]

@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """The README's "Using it" walk: its commands, as written, on a small Kinetics-style folder.
 
-    python bench/readme_walk.py [--work DIR] [--results bench/results/readme_walk.md] [--keep]
+    python bench/readme_walk.py [--work DIR] [--results bench/results/readme_walk.md]
 
-Makes, in a temporary folder (the working directory of every command): a flat Kinetics-style
-source folder (clips named {youtube_id}_{start:06d}_{end:06d}.mp4/.webm, 4 Kinetics-400 classes,
-3 training and 2 validation clips each, 64 px, 1 s; one annotated clip absent as in every real
-download), the official CSVs kinetics_train.csv / kinetics_val.csv, a random torchvision
-ResNet-50 state dict saved as resnet50.pth (the "ImageNet" weights; no download), video.mp4 and
-other.avi. Then runs the commands of README.md's "Using it" block, read from the README (so the
+Makes, in --work (default: a new temporary folder, kept afterwards; the working directory of every
+command): a flat Kinetics-style source folder (clips named {youtube_id}_{start:06d}_{end:06d}.mp4
+or .webm, 4 Kinetics-400 classes, 2 training and 1 validation clips each, 64 px, 1 s; one annotated
+clip absent as in every real download), the official CSVs kinetics_train.csv / kinetics_val.csv, a
+random torchvision ResNet-50 state dict saved as resnet50.pth (the "ImageNet" weights, no download;
+zero_init_residual), video.mp4 and other.avi (MPEG-4 in AVI). Then runs the commands of README.md's "Using it" block, read from the README (so the
 walk follows the README when it changes), in order, changing only:
 
 - the data paths /data/k400_raw and /data/k400 (to folders under the temporary folder);
@@ -19,14 +19,16 @@ walk follows the README when it changes), in order, changing only:
   so that it fits a 2-core CPU: the R50 depth and widths are kept, clips are 2 frames of 32 px.
 
 The training command is interrupted with SIGINT (Ctrl-C) once it has saved its first epoch and run
-again as written ("rerun the same command to resume"); the finished run is started a third time.
+again as written ("rerun the same command to resume"); the finished run is started a third time,
+with the README's single-process line (``python tools/train_net.py``, same arguments).
 The multi-node torchrun line (two machines) is not run. analyze_nonlocal needs a non-local model:
 configs/kinetics400/slow_r50_8x8_nl5.yaml is inflated from the same resnet50.pth and trained for
 one epoch with the README's single-process training line. count_flops is the command of the
 README's "The paper's Kinetics table" section.
 
 Each step: the command, exit status, wall seconds, the last line of output, into --results
-(markdown); its whole output into WORK/<step>.log. Exit status 1 naming the step and its output's tail when a step fails.
+(markdown); its whole output into WORK/<step>.log. Exit status 1 naming the step and its output's tail
+when a step fails.
 """
 from __future__ import annotations
 
@@ -185,7 +187,8 @@ def make_user_files(work: str) -> dict:
     torch.manual_seed(0)
     # zero_init_residual (last BN of each block 0, as in trained nets its gammas are small): with
     # torchvision's default init the features are large and the new head's loss reached 1e3-1e4
-    torch.save(torchvision.models.resnet50(weights=None, zero_init_residual=True).state_dict(), os.path.join(work, "resnet50.pth"))
+    net = torchvision.models.resnet50(weights=None, zero_init_residual=True)
+    torch.save(net.state_dict(), os.path.join(work, "resnet50.pth"))
     return {"src": src, "dst": os.path.join(work, "k400"), "clips": n, "missing": 1}
 
 
@@ -392,7 +395,15 @@ def machine() -> str:
         cpu = re.search(r"Model name:\s*(.*)", cpu).group(1).strip()
     except Exception:  # noqa: BLE001 (lscpu missing: the platform's name is enough)
         cpu = platform.processor()
-    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
+    try:
+        flags = set(re.search(r"^flags\s*:(.*)$", open("/proc/cpuinfo").read(), re.M).group(1).split())
+        cpu += " (AVX-512)" if "avx512f" in flags else " (AVX2 only)" if "avx2" in flags else ""
+    except (OSError, AttributeError):  # not Linux
+        pass
+    import torch
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} CPUs, {gpu}, {platform.system()} {platform.machine()}, "
+            f"Python {platform.python_version()}")
 
 
 def table(steps: List[Step], work: str) -> str:

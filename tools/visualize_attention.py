@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gcvideo.analysis.attention import parse_queries, visualize_attention  # noqa: E402
+from gcvideo.analysis.attention import attention_paths, parse_queries, visualize_attention  # noqa: E402
 from gcvideo.analysis.predict import decode_views  # noqa: E402
 from gcvideo.cli import ToolParser, tool  # noqa: E402
 from gcvideo.config import load_cfg  # noqa: E402
@@ -28,6 +28,7 @@ from gcvideo.data import build_views_dataset  # noqa: E402
 from gcvideo.models import build_model_from_checkpoint  # noqa: E402
 from gcvideo.utils.device import select_device  # noqa: E402
 from gcvideo.utils.errors import UserError  # noqa: E402
+from gcvideo.utils.io import refuse_existing  # noqa: E402
 
 
 @tool
@@ -45,6 +46,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     cfg = load_cfg(args.config, args.opts)
     queries = parse_queries(args.queries) if args.queries else None
+    refuse_existing(list(attention_paths(args.out).values()), args.overwrite)  # before the model and the video
     model = build_model_from_checkpoint(cfg, args.checkpoint).to(select_device(args.device))
     # the centre clip, centre crop
     views = decode_views(build_views_dataset(cfg, [args.video], num_clips=1, num_crops=1), progress=True)[0]

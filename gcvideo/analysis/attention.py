@@ -38,7 +38,7 @@ from gcvideo.data.transforms import normalize_views
 from gcvideo.models.resnet import context_block_label
 from gcvideo.utils.errors import UsageError
 
-__all__ = ["context_input_hooks", "capture_context_inputs", "select_blocks", "gc_attention_maps",
+__all__ = ["attention_paths", "context_input_hooks", "capture_context_inputs", "select_blocks", "gc_attention_maps",
            "nl_attention_maps", "default_queries", "parse_queries", "denormalize", "overlay_heatmap",
            "render_gc", "render_nl", "visualize_attention"]
 
@@ -353,6 +353,12 @@ def render_nl(frames: np.ndarray, nl: Dict[str, Dict], queries: Sequence[Tuple[f
 # ---------------------------------------------------------------------------
 # The tool's library function
 # ---------------------------------------------------------------------------
+def attention_paths(out_dir: str) -> Dict[str, str]:
+    """The files ``visualize_attention`` writes into ``out_dir`` ({"png", "gif", "maps"})."""
+    return {"png": os.path.join(out_dir, "attention_grid.png"), "gif": os.path.join(out_dir, "attention.gif"),
+            "maps": os.path.join(out_dir, "attention_maps.pt")}
+
+
 def visualize_attention(model: nn.Module, clip: torch.Tensor, out_dir: str, mean: Sequence[float],
                         std: Sequence[float], blocks: Optional[Sequence[str]] = None,
                         queries: Optional[Sequence[Tuple[float, float, float]]] = None, alpha: float = 0.5,
@@ -372,8 +378,7 @@ def visualize_attention(model: nn.Module, clip: torch.Tensor, out_dir: str, mean
 
     if clip.dim() != 5 or clip.shape[0] != 1 or clip.shape[1] != 3:
         raise ValueError(f"visualize_attention needs one clip (1, 3, T, S, S), got {tuple(clip.shape)}")
-    paths = {"png": os.path.join(out_dir, "attention_grid.png"), "gif": os.path.join(out_dir, "attention.gif"),
-             "maps": os.path.join(out_dir, "attention_maps.pt")}
+    paths = attention_paths(out_dir)
     refuse_existing(list(paths.values()), overwrite)
     kinds = {type(m).__name__ for _, m in _named_blocks(model)}
     has_nl = any(isinstance(m, NonLocalBlock) for _, m in model.named_context_blocks())

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Dict, List
 
@@ -164,8 +165,12 @@ class RunLogger:
         return progress_bar(total=total, initial=initial, desc=desc)
 
     def info(self, msg: str) -> None:
+        """One line on stdout; an open progress bar is cleared first and redrawn below it (tqdm.write)."""
         if self.enabled:
-            print(msg, flush=True)
+            from tqdm import tqdm
+
+            tqdm.write(msg, file=sys.stdout)
+            sys.stdout.flush()
 
     def close(self) -> None:
         if self._file is not None:

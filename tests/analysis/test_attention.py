@@ -306,3 +306,26 @@ def test_visualize_tool_shows_progress(toy, capsys):
     text, err = capsys.readouterr()
     assert rc == 0, err
     assert "gc attention" in text and "decode: 100%" in err and "1/1" in err and "video" in err
+
+
+def test_visualize_tool_refuses_existing_outputs_before_any_work(tmp_path, monkeypatch, capsys):
+    """An --out folder that already holds the figures is refused with one line before the model is built
+    and the video decoded (the README walk met the refusal only after both)."""
+    cfg_file = tmp_path / "gc.yaml"
+    cfg_file.write_text("CONTEXT:\n  TYPE: gc\n")
+    out = tmp_path / "vis"
+    out.mkdir()
+    (out / "attention.gif").write_bytes(b"a user's figure")
+    tool = _tool()
+
+    def work_started(*a, **k):
+        raise AssertionError("work started before the refusal")
+
+    monkeypatch.setattr(tool, "build_model_from_checkpoint", work_started)
+    monkeypatch.setattr(tool, "decode_views", work_started)
+    rc = tool.main(["--config", str(cfg_file), "--checkpoint", str(tmp_path / "ckpt.pth"), REAL, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.strip().splitlines() == [f"error: {out / 'attention.gif'} already exists; refusing to overwrite it "
+                                        "(pass --overwrite)"]
+    assert (out / "attention.gif").read_bytes() == b"a user's figure"

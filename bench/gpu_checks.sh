@@ -3,8 +3,9 @@
 #   0. environment: GPU, driver, torch / CUDA / cuDNN versions, CPU cores
 #   1. the CUDA tests (pytest -m cuda: blocks, training steps, fp16 resume, 30-view test, decoders)
 #   2. model-only training step (bench/bench_gpu.py): base, +all GC, +5 NL; fp32/bf16/fp16 eager,
-#      bf16 torch.compile; clips/s, peak memory, model FLOPs utilisation; a kernel table of the best
-#      baseline setting (what limits it)
+#      bf16 torch.compile (the model side of TRAIN.COMPILE, which compiles the same module for the
+#      training and eval steps); clips/s, peak memory, model FLOPs utilisation; a kernel table of the
+#      best baseline setting (what limits it)
 #   3. end to end (bench/bench_gpu_e2e.py): train_net.py on Kinetics-like clips with 16 loader
 #      workers per decoder (clips/s, data-wait share), then the 30-view test_net.py (videos/s)
 #   4. the toy main job on the GPU (wall time, top-1)

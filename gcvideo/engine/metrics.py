@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import textwrap
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -167,6 +168,7 @@ def confusion_figure(cm: torch.Tensor, class_names: Sequence[str], title: str):
         margin, cell = 0.0, (CONFUSION_MAX_IN - 1.5) / k
     side = min(CONFUSION_MAX_IN, max(4.0, 1.5 + margin + k * cell))
     fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    title = textwrap.fill(title, width=int((side + 1.0) * 9))  # ~9 characters an inch at the default size
     if k == 0:
         ax.set_axis_off()
         ax.set_title(f"{title}\nno decodable labelled videos")

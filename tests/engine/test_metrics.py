@@ -186,3 +186,17 @@ def test_confusion_png_shows_the_classes_present_named_at_a_bounded_size(tmp_pat
     assert len(shown) == 400 and max(fig.get_size_inches()) <= CONFUSION_MAX_IN + 1
     w, h = (fig.get_size_inches() * CONFUSION_DPI).tolist()
     assert w <= (CONFUSION_MAX_IN + 1) * CONFUSION_DPI and h <= CONFUSION_MAX_IN * CONFUSION_DPI
+
+
+def test_confusion_title_stays_inside_the_figure():
+    """The test's title names protocol, head and crop: long; it is wrapped, not cut at the edges."""
+    from gcvideo.engine.metrics import confusion_figure
+
+    cm = torch.eye(8, dtype=torch.long) * 25
+    title = ("confusion (10x3 views (view_protocol gcvideo, head_pool global, test_crop_size 48), "
+             "checkpoint_epoch0030)")
+    fig, _ = confusion_figure(cm, [f"class_{i}" for i in range(8)], title)
+    fig.canvas.draw()
+    box = fig.axes[0].title.get_window_extent(fig.canvas.get_renderer())
+    width = fig.get_size_inches()[0] * fig.dpi
+    assert box.x0 >= 0 and box.x1 <= width, (box, width)

@@ -121,26 +121,13 @@ def tool_of(cmd: str) -> str:
 # ---------------------------------------------------------------------------
 # the data a user brings
 # ---------------------------------------------------------------------------
-def _write_webm(path: str, frames: np.ndarray, fps: int) -> None:
+def _write_video(path: str, frames: np.ndarray, fps: int, fmt: str, codec: str) -> None:
+    """(T, H, W, 3) uint8 RGB frames -> ``path`` in container ``fmt`` with ``codec`` (PyAV)."""
     import av
-    with av.open(path, "w", format="webm") as c:
-        s = c.add_stream("libvpx-vp9", rate=Fraction(fps))
+    with av.open(path, "w", format=fmt) as c:
+        s = c.add_stream(codec, rate=Fraction(fps))
         s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         s.codec_context.thread_count = 1
-        for i, img in enumerate(frames):
-            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            f.pts = i
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-
-
-def _write_avi(path: str, frames: np.ndarray, fps: int) -> None:
-    import av
-    with av.open(path, "w", format="avi") as c:
-        s = c.add_stream("mpeg4", rate=Fraction(fps))
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         for i, img in enumerate(frames):
             f = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
             f.pts = i
@@ -173,7 +160,7 @@ def make_user_files(work: str) -> dict:
                 if n == 1:
                     pass  # annotated, never downloaded: prepare_kinetics lists it in missing.txt
                 elif n % 4 == 3:
-                    _write_webm(os.path.join(src, name + ".webm"), frames, FPS)
+                    _write_video(os.path.join(src, name + ".webm"), frames, FPS, "webm", "libvpx-vp9")
                 else:
                     write_video(os.path.join(src, name + ".mp4"), frames, fps=FPS)
                 rows[split].append((cls, yid, start, start + 10, split, 0))
@@ -185,7 +172,7 @@ def make_user_files(work: str) -> dict:
             w.writerows(rows[split])
     frames = render_video(rng, 0, FPS * SECONDS, SIZE_PX)
     write_video(os.path.join(work, "video.mp4"), frames, fps=FPS)
-    _write_avi(os.path.join(work, "other.avi"), render_video(rng, 2, FPS * SECONDS, SIZE_PX), FPS)
+    _write_video(os.path.join(work, "other.avi"), render_video(rng, 2, FPS * SECONDS, SIZE_PX), FPS, "avi", "mpeg4")
     torch.manual_seed(0)
     # zero_init_residual (last BN of each block 0, as in trained nets its gammas are small): with
     # torchvision's default init the features are large and the new head's loss reached 1e3-1e4

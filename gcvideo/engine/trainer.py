@@ -10,7 +10,8 @@ order depends only on (SEED, epoch), and data augmentation only on
 
 A run is four steps (``train``): set-up (every check that can fail before any file is
 written: data, model, initial weights, the test annotation), the output folder (lock,
-leftovers, config.yaml), resume, fit (the epochs), and the final multi-view test.
+leftovers, config.yaml: ``output_dir.py``), resume, fit (the epochs), and the final multi-view
+test; SIGTERM / Ctrl-C are handled by ``signals.py``.
 """
 from __future__ import annotations
 
@@ -39,17 +40,17 @@ from gcvideo.engine.checkpoint import (FORMAT, best_checkpoint_path, checkpoint_
 from gcvideo.engine.loader import TrainLoader
 from gcvideo.engine.logger import RunLogger, format_duration
 from gcvideo.engine.memory_format import model_channels_last, to_device
+from gcvideo.engine.output_dir import claim_output_dir
 from gcvideo.engine.optim import WarmupCosineSchedule, build_optimizer, build_schedule, scaled_lr
 from gcvideo.engine.precision import autocast, autocast_dtype, print_slow_bf16_warning
+from gcvideo.engine.signals import StopSignals, TrainingStopped
 from gcvideo.engine.tester import (build_eval_loader, build_test_set, build_test_settings, class_names,
                                    earlier_report, evaluate, run_test)
 from gcvideo.layers.losses import build_criterion
 from gcvideo.models import build_model, load_pretrained
 from gcvideo.utils.device import select_device
-from gcvideo.utils.folder_lock import FolderLock
 from gcvideo.utils.errors import UserError
-from gcvideo.utils.io import (atomic_save, atomic_write_text, load_checkpoint_file, path_join, path_manager,
-                              remove_temporaries)
+from gcvideo.utils.io import atomic_save, load_checkpoint_file
 from gcvideo.utils.malloc import tune_cpu_memory
 from gcvideo.utils.threads import tune_cpu_threads
 from gcvideo.utils.reproducibility import seed_everything, set_determinism
@@ -62,59 +63,6 @@ DatasetBuilder = Callable[[CfgNode, str], Dataset]
 
 class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite; training stopped before the weights were updated."""
-
-
-class TrainingStopped(SystemExit):
-    """SIGTERM or SIGINT (Ctrl-C): the run exits with 128 + the signal's number after one line saying
-    what is saved (restart the same command to resume)."""
-
-
-class _StopSignals:
-    """The handler of SIGTERM and SIGINT (Ctrl-C) during a run. While the epochs run (``defer``) the
-    first one is only noted in ``name``: the loop saves a checkpoint at the end of the step and exits.
-    Otherwise, and for a second signal, the run stops at once with one line: the signal and ``note``
-    (where the run was and what is saved)."""
-
-    def __init__(self) -> None:
-        self.name = ""  # the signal the loop is to stop for ("" = none)
-        self.defer = False
-        self.note = "during the set-up; nothing was written"
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if self.defer and not self.name:
-            self.name = name
-            return
-        self.stop_now(name + (" again" if self.name else ""), 128 + signum)
-
-    def stop_now(self, what: str, code: int) -> None:
-        print(f"{what}: stopped {self.note}", flush=True)
-        raise TrainingStopped(code)
-
-    @contextlib.contextmanager
-    def deferring(self, note: str) -> Iterator[None]:
-        """While the block runs, the first signal is only noted (the loop saves and exits); a second
-        one stops at once with ``note``."""
-        self.defer, self.note = True, note
-        try:
-            yield
-        finally:
-            self.defer = False
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        """This handler for SIGTERM and SIGINT while the block runs (the main thread only)."""
-        old = {}
-        try:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                old[sig] = signal.signal(sig, self)
-        except ValueError:  # not the main thread
-            pass
-        try:
-            yield
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
 
 
 @dataclass
@@ -439,19 +387,19 @@ def train(cfg: CfgNode, *, dataset_builder: Optional[DatasetBuilder] = None) -> 
     Returns (on every process) ``{"epochs", "global_iter", "checkpoint", "val", "test"}``.
     """
     device = select_device(cfg.DEVICE)
-    stops = _StopSignals()  # SIGTERM / Ctrl-C: one line saying what is saved, no traceback
+    stops = StopSignals()  # SIGTERM / Ctrl-C: one line saying what is saved, no traceback
     with du.process_group(device.type, cfg.DIST.TIMEOUT), stops.installed():
         # (the steps run in their own function: its locals, the DDP/SyncBN model among them, are
         # freed before the process groups are destroyed)
         return _train_steps(cfg, device, dataset_builder or build_dataset, stops)
 
 
-def _train_steps(cfg: CfgNode, device: torch.device, builder: DatasetBuilder, stops: _StopSignals) -> Dict:
+def _train_steps(cfg: CfgNode, device: torch.device, builder: DatasetBuilder, stops: StopSignals) -> Dict:
     # 1. set-up: data, model, initial weights, every file the run needs -- all before any is written
     run = build_run(cfg, device, builder)
     fs = run.settings
     # 2. the output folder: lock (rank 0), leftovers of earlier runs, config.yaml
-    with _claim_output_dir(fs.output_dir, fs.config_text):
+    with claim_output_dir(fs.output_dir, fs.config_text):
         stops.note = f"before training; the checkpoints in {checkpoint_dir(fs.output_dir)} are as they were"
         # 3. resume: weights, optimizer, position, RNG states
         pos = _resume(run, fs.output_dir if fs.auto_resume else None, fs.seed)
@@ -549,57 +497,6 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
                 criterion=build_criterion(cfg), batch_transform=build_mixup(cfg, rank))
 
 
-@contextlib.contextmanager
-def _claim_output_dir(out: str, config_text: str) -> Iterator[None]:
-    """Rank 0 locks ``out`` for the run, removes the temporary files of earlier runs and writes
-    config.yaml; an error there is raised on every process."""
-    lock = FolderLock(out, "OUTPUT_DIR")
-
-    def claim() -> None:
-        try:
-            lock.acquire()
-            if lock.note:
-                print(lock.note, flush=True)
-            _check_foreign_files(out)
-            for folder in (out, checkpoint_dir(out)):
-                remove_temporaries(folder)
-            _write_config(out, config_text)
-        except BaseException as e:
-            lock.release(remove=isinstance(e, FileExistsError))  # leave a foreign folder as it was
-            raise
-
-    du.run_on_main_process(claim)
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def _check_foreign_files(out: str) -> None:
-    """Refuse a folder with files not written by gcvideo (no config.yaml)."""
-    if path_manager.exists(out):
-        entries = [e for e in path_manager.ls(out) if not e.startswith(".")]
-        if entries and not path_manager.exists(path_join(out, "config.yaml")):
-            raise FileExistsError(
-                f"OUTPUT_DIR = {out!r} already holds files not written by gcvideo ({', '.join(sorted(entries)[:5])}"
-                f"{', ...' if len(entries) > 5 else ''}); choose an empty or new folder so nothing is overwritten")
-
-
-def _write_config(out: str, text: str) -> None:
-    """``out``/config.yaml; an earlier run's different config is kept as config.N.yaml."""
-    cfg_path = path_join(out, "config.yaml")
-    path_manager.mkdirs(out)
-    if path_manager.exists(cfg_path):
-        with path_manager.open(cfg_path, "r") as f:
-            old = f.read()
-        if old != text:
-            n = 1
-            while path_manager.exists(path_join(out, f"config.{n}.yaml")):
-                n += 1
-            atomic_write_text(path_join(out, f"config.{n}.yaml"), old)
-    atomic_write_text(cfg_path, text)
-
-
 def _resume(run: _Run, output_dir: Optional[str], seed: int) -> _Position:
     """Load the newest complete checkpoint of ``output_dir`` (None: start afresh). Rank 0 picks it and
     every process loads that one: a stale view of a shared folder on one machine must not make it
@@ -643,7 +540,7 @@ def _load_training_state(run: _Run, path: str, ck: Dict[str, Any]) -> Tuple[_Pos
     return pos, rng
 
 
-def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: _StopSignals) -> Dict:
+def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: StopSignals) -> Dict:
     """Epochs ``pos.epoch..max_epoch-1``: train, precise BN, validate, checkpoint, log."""
     model, ipe = run.model, run.sampler.iters_per_epoch
     ddp = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None) \
@@ -778,7 +675,7 @@ def _precise_bn_and_validate(run: _Run, fs: FitSettings, epoch: int, validate: b
     return evaluate(run.eval_model, loader, device=run.device, amp_dtype=run.amp_dtype, **fs.eval).metrics["all"]
 
 
-def _final_test(run: _Run, last_ckpt: Optional[str], settings: Dict[str, Any], stops: _StopSignals) -> Optional[Dict]:
+def _final_test(run: _Run, last_ckpt: Optional[str], settings: Dict[str, Any], stops: StopSignals) -> Optional[Dict]:
     stops.note = (f"{'before' if stops.name else 'during'} the final test: training is finished and saved "
                   f"({last_ckpt}); run the same command again to run the test")
     if stops.name:  # the signal came during the last epoch's validation

@@ -130,7 +130,7 @@ def test_ctrl_c_saves_a_checkpoint_like_sigterm_and_the_same_command_resumes(tmp
 
 def test_a_second_ctrl_c_stops_at_once_with_one_line(capsys):
     import signal
-    from gcvideo.engine.trainer import TrainingStopped, _StopSignals
+    from gcvideo.engine.signals import StopSignals as _StopSignals, TrainingStopped
 
     stops = _StopSignals()
     with stops.deferring("at once, without saving; the newest checkpoint in X is kept"):

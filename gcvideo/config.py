@@ -803,7 +803,7 @@ def _check_mixup(cfg: CfgNode) -> None:
            "'soft_cross_entropy' with MIXUP.ENABLE (mixed targets are distributions)")
     _check(t.LABEL_SMOOTHING == 0, "TRAIN.LABEL_SMOOTHING", t.LABEL_SMOOTHING,
            "0 with MIXUP.ENABLE (the mixed targets are smoothed by MIXUP.LABEL_SMOOTHING)")
-    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    world = _world_size()
     rows = max(1, t.BATCH_SIZE // world // t.ACCUM_STEPS) * d.NUM_SAMPLES  # a (micro-)batch is mixed within itself
     _check(rows >= 2, "MIXUP.ENABLE", mx.ENABLE,
            f"False with {rows} clip per process and micro-batch (TRAIN.BATCH_SIZE {t.BATCH_SIZE} over {world} "

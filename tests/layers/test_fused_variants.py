@@ -15,8 +15,9 @@ import torch.nn as nn
 
 from gcvideo.config import ConfigError, load_cfg
 from gcvideo.layers import VARIANTS, ContextBlock, fused
+from test_context_fused import C, _pair  # (fused, reference) float64 blocks with the same random weights
 
-N, C, T, H, W = 2, 16, 3, 4, 5
+N, T, H, W = 2, 3, 4, 5
 
 # What the fused Functions implement, from functions.py: ContextAdd takes add fusion with attention or
 # average pooling and a bottleneck (with or without LayerNorm) or linear transform; mul fusion has the
@@ -26,20 +27,6 @@ EXPECTED_FUSED = {
     ("avg", "bottleneck", "layernorm", "add"), ("avg", "bottleneck", "none", "add"), ("avg", "linear", "none", "add"),
     ("att", "bottleneck", "layernorm", "mul"), ("att", "bottleneck", "none", "mul"), ("att", "linear", "none", "mul"),
 }
-
-
-def _pair(pooling, transform, norm, fusion, seed=0):
-    """(fused, reference) float64 blocks with the same random weights."""
-    blocks = []
-    for use_fused in (True, False):
-        b = ContextBlock(C, ratio=0.25, pooling=pooling, transform=transform, norm=norm, fusion=fusion,
-                         fused=use_fused).double()
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in b.parameters():
-                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
-        blocks.append(b)
-    return blocks
 
 
 def _run(block, x, s, gout):

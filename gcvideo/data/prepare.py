@@ -22,14 +22,15 @@ the space when the path has spaces, label -1 when unknown), so that ``DATA.PATH_
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from gcvideo.data.annotations import (DEFAULT_KINETICS400_LABEL_MAP, VIDEO_EXTENSIONS, AnnotationError, class_key,
-                                      kinetics_clip_name, read_label_map, video_stem)
+from gcvideo.data.annotations import (DEFAULT_KINETICS400_LABEL_MAP, MAX_LINE_BYTES, VIDEO_EXTENSIONS, AnnotationError,
+                                      class_key, kinetics_clip_name, read_label_map, video_stem)
 from gcvideo.utils.errors import UserError
 from gcvideo.utils.folder_lock import FolderLock
 from gcvideo.utils.io import TEMPORARY_NAME, atomic_write_text
@@ -187,11 +188,17 @@ def _read_kinetics_csvs(paths: Sequence[str], keys: Dict[str, int], label_map: s
 
 
 def _csv_rows(path: str) -> Iterator[Tuple[int, List[str]]]:
-    """(line number, fields) of a CSV file read line by line; a line that is not UTF-8 or not CSV is an
-    :class:`AnnotationError` naming ``file:line``."""
+    """(line number, fields) of a CSV file read line by line; a line that is not UTF-8, not CSV or longer
+    than ``MAX_LINE_BYTES`` (never read whole) is an :class:`AnnotationError` naming ``file:line``."""
     with open(path, "rb") as f:
         def text() -> Iterator[str]:
-            for k, raw in enumerate(f, 1):
+            for k in itertools.count(1):
+                raw = f.readline(MAX_LINE_BYTES + 1)  # bounded: never the whole of a huge line
+                if not raw:
+                    return
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                    raise AnnotationError(f"{path}:{k}: not a CSV line (longer than {MAX_LINE_BYTES} bytes; "
+                                          "read no further)")
                 try:
                     yield raw.decode("utf-8-sig" if k == 1 else "utf-8")
                 except UnicodeDecodeError as e:

@@ -305,3 +305,26 @@ def test_bad_annotation_lines_are_one_error_naming_file_and_line(tmp_path, case)
                         "--annotations", str(ann), "--workers", "1")
     assert rc == 2 and err.count("\n") == 1 and err.startswith(f"error: {where}"), err
     assert not (tmp_path / "dst").exists()
+
+
+def test_official_csv_lines_are_read_within_the_line_cap(tmp_path, monkeypatch):
+    """The official CSVs are read with a bounded readline: a line longer than MAX_LINE_BYTES is refused
+    with file:line after reading at most the cap (+1 byte), never whole (here a 5000-byte youtube_id
+    under a 1000-byte cap; the csv module alone would have taken it)."""
+    from gcvideo.data import prepare
+
+    ann = tmp_path / "kinetics_train.csv"
+    ann.write_text(KINETICS_HEADER + '"abseiling",aaa,10,20,train,0\n' + f'"abseiling",{"b" * 5000},10,20,train,0\n')
+    monkeypatch.setattr(prepare, "MAX_LINE_BYTES", 1000)
+    asked = []
+    real_open = open
+
+    class Counting(io.BufferedReader):
+        def readline(self, size=-1):
+            asked.append(size)
+            return super().readline(size)
+
+    monkeypatch.setattr(prepare, "open", lambda p, mode="r": Counting(real_open(p, "rb", buffering=0)), raising=False)
+    with pytest.raises(prepare.AnnotationError, match=rf"{ann}:3: not a CSV line \(longer than 1000 bytes"):
+        prepare._read_kinetics_csvs([str(ann)], {"abseiling": 0}, "")
+    assert asked and all(0 < n <= 1001 for n in asked), asked

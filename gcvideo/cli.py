@@ -6,7 +6,8 @@
   A parsing mistake is one ``error: ...`` line, exit status 2.
 * ``tool``: the decorator of each tool's ``main``: a user's mistake (``gcvideo.utils.errors.UserError``
   and its subclasses, a missing or existing file) becomes one ``error: ...`` line on stderr and
-  exit status 2, no traceback. Anything else is a bug and keeps its traceback.
+  exit status 2, no traceback; Ctrl-C (outside a training run, which saves first: ``engine/signals.py``)
+  is one ``interrupted`` line and exit status 130. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from gcvideo.config import get_cfg
 from gcvideo.utils.errors import UserError
 
-__all__ = ["ToolParser", "tool", "USER_ERRORS", "error_line", "split_overrides", "EXIT_USER_ERROR"]
+__all__ = ["ToolParser", "tool", "USER_ERRORS", "error_line", "split_overrides", "EXIT_USER_ERROR", "EXIT_INTERRUPTED"]
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 128 + 2  # 128 + SIGINT, as a shell reports a process that Ctrl-C ended
 # what a tool answers with one line: the user's mistakes, and files that are missing or in the way
 USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
                PermissionError)
@@ -118,7 +120,8 @@ class ToolParser(argparse.ArgumentParser):
 
 
 def tool(main: Callable[..., int]) -> Callable[..., int]:
-    """Decorate a tool's ``main(argv=None) -> int``: user errors become one line and exit status 2."""
+    """Decorate a tool's ``main(argv=None) -> int``: user errors become one line and exit status 2;
+    Ctrl-C becomes one line and exit status 130."""
 
     @functools.wraps(main)
     def run(argv: Optional[Sequence[str]] = None) -> int:
@@ -127,5 +130,8 @@ def tool(main: Callable[..., int]) -> Callable[..., int]:
         except USER_ERRORS as e:
             print(f"error: {error_line(e)}", file=sys.stderr, flush=True)
             return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            print("interrupted (Ctrl-C): stopped before finishing", file=sys.stderr, flush=True)
+            return EXIT_INTERRUPTED
 
     return run

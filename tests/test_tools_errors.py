@@ -5,6 +5,7 @@ overrides the same way (positional ``KEY VALUE`` anywhere, ``--opts`` as an alia
 import argparse
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 
@@ -136,3 +137,18 @@ def test_error_line_of_os_errors_and_multiline_messages():
         _parser().parse_args(["v.mp4", "--config", "c", "SEED"])
     assert e.value.code == 2
     assert isinstance(_parser(), argparse.ArgumentParser)
+
+
+def test_ctrl_c_outside_training_is_one_line_and_exit_130(tmp_path):
+    # a tool interrupted while it works (as test_net while it loads a checkpoint): SIGINT to the real
+    # process, which must answer with one line, no KeyboardInterrupt traceback, and 128 + SIGINT
+    script = tmp_path / "slow_tool.py"
+    script.write_text("import sys, time\nfrom gcvideo.cli import tool\n\n@tool\ndef main(argv=None):\n"
+                      "    print('ready', flush=True)\n    time.sleep(60)\n    return 0\n\n"
+                      "sys.exit(main())\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err.strip().splitlines() == ["interrupted (Ctrl-C): stopped before finishing"], err

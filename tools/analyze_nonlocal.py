@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The GCNet papers' analysis of non-local blocks (ICCVW 2019 Table 1, TPAMI 2020 Tables 1-3).
 
-    python tools/analyze_nonlocal.py --config FILE --checkpoint CKPT --csv VIDEOS [--json OUT.json]
+    python tools/analyze_nonlocal.py --checkpoint CKPT [--config FILE] --csv VIDEOS [--json OUT.json]
         [--max-videos N] [--clips 1] [--max-queries 256] [--seed 0] [--exclude-self] [--blocks NAME ...]
         [--overwrite] [--device auto] [KEY VALUE ...]
 
@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gcvideo.analysis.nonlocal_stats import analyze_nonlocal, format_stats_table, read_video_list  # noqa: E402
 from gcvideo.cli import ToolParser, tool  # noqa: E402
-from gcvideo.config import load_cfg  # noqa: E402
+from gcvideo.engine.tester import config_for_checkpoint  # noqa: E402
 from gcvideo.data import build_views_dataset  # noqa: E402
 from gcvideo.models import build_model_from_checkpoint  # noqa: E402
 from gcvideo.utils.device import select_device  # noqa: E402
@@ -30,7 +30,8 @@ from gcvideo.utils.io import refuse_existing  # noqa: E402
 @tool
 def main(argv=None) -> int:
     p = ToolParser(__doc__)
-    p.add_argument("--config", required=True, help="YAML config the model was trained with")
+    p.add_argument("--config", default="", help="YAML config the model was trained with (default: the one "
+                   "stored in the checkpoint)")
     p.add_argument("--checkpoint", required=True, help="trained weights of a non-local model")
     p.add_argument("--csv", required=True, help="videos: annotation file or one path a line")
     p.add_argument("--json", default="", help="write the report here (JSON); default: "
@@ -47,14 +48,14 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1")
     args = p.parse_args(argv)
-    cfg = load_cfg(args.config, args.opts)
+    cfg = config_for_checkpoint(args.config, args.opts, args.checkpoint)
     out_json = args.json or os.path.join(
         cfg.OUTPUT_DIR, f"nonlocal_stats_{os.path.splitext(os.path.basename(args.checkpoint))[0]}.json")
     refuse_existing(out_json, args.overwrite)  # before loading anything
     d = cfg.DATA
     paths = read_video_list(args.csv, fmt=d.FORMAT, path_prefix=d.PATH_PREFIX, label_map=d.LABEL_MAP,
                             num_classes=cfg.MODEL.NUM_CLASSES, clip_layout=d.CLIP_LAYOUT)
-    model = build_model_from_checkpoint(cfg, args.checkpoint).to(select_device(args.device))
+    model = build_model_from_checkpoint(cfg, args.checkpoint, allow=list(args.opts)[0::2]).to(select_device(args.device))
     dataset = build_views_dataset(cfg, paths[:args.max_videos or None], args.clips, 1)  # centre crop
     report = analyze_nonlocal(model, dataset, out_json=out_json, max_queries=args.max_queries or None,
                               seed=args.seed, include_self=not args.exclude_self, blocks=args.blocks,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Export a trained model to TorchScript or ONNX, verified against the eager model.
 
-    python tools/export.py --config FILE --checkpoint CKPT --format torchscript|onnx --out FILE
+    python tools/export.py --checkpoint CKPT [--config FILE] --format torchscript|onnx --out FILE
                            [--input T,H,W] [--exporter auto|dynamo|legacy] [--overwrite] [KEY VALUE ...]
 
 The exported graph takes (N, 3, T, H, W) clips (dynamic batch; T, H, W from --input, default
@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gcvideo.analysis.export import export_model  # noqa: E402
 from gcvideo.cli import ToolParser, tool  # noqa: E402
-from gcvideo.config import load_cfg  # noqa: E402
+from gcvideo.engine.tester import config_for_checkpoint  # noqa: E402
 from gcvideo.models import build_model_from_checkpoint  # noqa: E402
 from gcvideo.utils.io import refuse_existing  # noqa: E402
 
@@ -35,7 +35,8 @@ def _shape(text: str):
 @tool
 def main(argv=None) -> int:
     p = ToolParser(__doc__)
-    p.add_argument("--config", required=True, help="YAML config the model was trained with")
+    p.add_argument("--config", default="", help="YAML config the model was trained with (default: the one "
+                   "stored in the checkpoint)")
     p.add_argument("--checkpoint", required=True, help="trained weights (gcvideo, pytorchvideo, PySlowFast, Caffe2)")
     p.add_argument("--format", required=True, choices=["torchscript", "onnx"])
     p.add_argument("--out", required=True, help="output file")
@@ -43,10 +44,10 @@ def main(argv=None) -> int:
     p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "legacy"], help="ONNX exporter")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = p.parse_args(argv)
-    cfg = load_cfg(args.config, args.opts)
     refuse_existing(args.out, args.overwrite)  # before loading anything
+    cfg = config_for_checkpoint(args.config, args.opts, args.checkpoint)
     shape = args.input or (cfg.DATA.NUM_FRAMES, cfg.DATA.TEST_CROP_SIZE, cfg.DATA.TEST_CROP_SIZE)
-    model = build_model_from_checkpoint(cfg, args.checkpoint)  # all weights required
+    model = build_model_from_checkpoint(cfg, args.checkpoint, allow=list(args.opts)[0::2])  # all weights required
     info = export_model(model, args.format, args.out, shape, overwrite=args.overwrite, exporter=args.exporter)
     err = "not checked" if info["max_rel_err"] is None else f"{info['max_rel_err']:.2e}"
     print(f"wrote {info['path']} ({info['format']}, {info['exporter']}, input (N, 3, "

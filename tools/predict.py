@@ -18,10 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gcvideo.analysis.predict import format_predictions, parse_views, predict_videos  # noqa: E402
 from gcvideo.cli import ToolParser, tool  # noqa: E402
-from gcvideo.config import load_cfg  # noqa: E402
 from gcvideo.data import build_views_dataset  # noqa: E402
 from gcvideo.data.item_bytes import eval_item_bytes, over_bound  # noqa: E402
-from gcvideo.engine.tester import class_names, load_checkpoint_cfg  # noqa: E402
+from gcvideo.engine.tester import class_names, config_for_checkpoint  # noqa: E402
 from gcvideo.models import build_model_from_checkpoint  # noqa: E402
 from gcvideo.utils.device import select_device  # noqa: E402
 from gcvideo.utils.errors import UsageError  # noqa: E402
@@ -40,8 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1")
     args = p.parse_args(argv)
     views = parse_views(args.views)
-    cfg = load_cfg(args.config, args.opts) if args.config else \
-        load_checkpoint_cfg(list(args.opts) + ["TEST.CHECKPOINT", args.checkpoint])
+    cfg = config_for_checkpoint(args.config, args.opts, args.checkpoint)
     d = cfg.DATA  # the views of one video, float32 (build_views_dataset), within DATA.MAX_ITEM_BYTES
     refusal = over_bound("a video's views", eval_item_bytes(d.NUM_FRAMES, *views, d.TEST_CROP_SIZE,
                                                             d.MAX_ASPECT_RATIO, uint8=False),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Show where context blocks attend in a video (GCNet papers, Figures 1-2).
 
-    python tools/visualize_attention.py --config FILE --checkpoint CKPT VIDEO --out DIR
+    python tools/visualize_attention.py --checkpoint CKPT [--config FILE] VIDEO --out DIR
         [--blocks NAME ...] [--queries "t,y,x;t,y,x"] [--alpha 0.5] [--overwrite] [--device auto]
         [KEY VALUE ...]
 
@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from gcvideo.analysis.attention import attention_paths, parse_queries, visualize_attention  # noqa: E402
 from gcvideo.analysis.predict import decode_views  # noqa: E402
 from gcvideo.cli import ToolParser, tool  # noqa: E402
-from gcvideo.config import load_cfg  # noqa: E402
+from gcvideo.engine.tester import config_for_checkpoint  # noqa: E402
 from gcvideo.data import build_views_dataset  # noqa: E402
 from gcvideo.models import build_model_from_checkpoint  # noqa: E402
 from gcvideo.utils.device import select_device  # noqa: E402
@@ -35,7 +35,8 @@ from gcvideo.utils.io import refuse_existing  # noqa: E402
 def main(argv=None) -> int:
     p = ToolParser(__doc__)
     p.add_argument("video", metavar="VIDEO", help="video file")
-    p.add_argument("--config", required=True, help="YAML config the model was trained with")
+    p.add_argument("--config", default="", help="YAML config the model was trained with (default: the one "
+                   "stored in the checkpoint)")
     p.add_argument("--checkpoint", required=True, help="trained weights")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--blocks", nargs="+", default=None, help="context blocks to show (default: all)")
@@ -44,10 +45,10 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1")
     args = p.parse_args(argv)
-    cfg = load_cfg(args.config, args.opts)
-    queries = parse_queries(args.queries) if args.queries else None
     refuse_existing(list(attention_paths(args.out).values()), args.overwrite)  # before the model and the video
-    model = build_model_from_checkpoint(cfg, args.checkpoint).to(select_device(args.device))
+    queries = parse_queries(args.queries) if args.queries else None
+    cfg = config_for_checkpoint(args.config, args.opts, args.checkpoint)
+    model = build_model_from_checkpoint(cfg, args.checkpoint, allow=list(args.opts)[0::2]).to(select_device(args.device))
     # the centre clip, centre crop
     views = decode_views(build_views_dataset(cfg, [args.video], num_clips=1, num_crops=1), progress=True)[0]
     if not views["ok"]:

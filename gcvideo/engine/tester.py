@@ -195,6 +195,15 @@ def load_checkpoint_cfg(opts: Sequence[str]) -> CfgNode:
     return load_cfg(None, ["TRAIN.INIT_FROM", "", *opts], stored=(path, text))  # (a test needs no initial weights)
 
 
+def config_for_checkpoint(config_file: str, opts: Sequence[str], checkpoint: str) -> CfgNode:
+    """The config a tool runs ``checkpoint`` with: ``config_file`` with ``opts`` over it, or without one
+    (``""``) the config stored in the checkpoint with ``opts`` over it (``load_checkpoint_cfg``; a checkpoint
+    that holds none asks for ``--config``). Used by predict, export, visualize_attention, analyze_nonlocal."""
+    if config_file:
+        return load_cfg(config_file, opts)
+    return load_checkpoint_cfg(list(opts) + ["TEST.CHECKPOINT", checkpoint])
+
+
 def build_test_settings(cfg: CfgNode) -> Dict:
     """The keyword arguments of ``run_test`` that TEST.*, DATA.*, MODEL.* and OUTPUT_DIR give."""
     te, d = cfg.TEST, cfg.DATA

@@ -44,8 +44,8 @@ from gcvideo.utils.io import path_manager
 from gcvideo.utils.package_data import shipped_file
 
 __all__ = ["VideoRecord", "VideoRecords", "AnnotationError", "load_annotations", "read_label_map", "class_key",
-           "detect_format", "kinetics_clip_name", "iter_lines", "video_stem", "FORMATS", "CLIP_LAYOUTS", "MAX_LINE_BYTES",
-           "VIDEO_EXTENSIONS", "DEFAULT_KINETICS400_LABEL_MAP"]
+           "detect_format", "kinetics_clip_name", "iter_lines", "video_stem", "FORMATS", "CLIP_LAYOUTS",
+           "MAX_LINE_BYTES", "VIDEO_EXTENSIONS", "DEFAULT_KINETICS400_LABEL_MAP"]
 
 logger = logging.getLogger(__name__)
 

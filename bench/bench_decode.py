@@ -50,10 +50,11 @@ from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
 from gcvideo.config import get_cfg  # noqa: E402
 from gcvideo.data.annotations import VideoRecords  # noqa: E402
+from gcvideo.data.clip_transforms import TrainClips  # noqa: E402
 from gcvideo.data.dataset import VideoDataset  # noqa: E402
-from gcvideo.data.decoder import BACKENDS, open_video  # noqa: E402
+from gcvideo.data.decoder import BACKENDS, DecodeOptions, open_video  # noqa: E402
 from gcvideo.data.prepare import PREPARE_DEFAULTS, reencode_video  # noqa: E402
-from gcvideo.data.sampling import view_clip_indices  # noqa: E402
+from gcvideo.data.sampling import ClipSampling, view_clip_indices  # noqa: E402
 from gcvideo.data.transforms import crop_offsets, make_views, normalize, resize_short_side, to_tchw  # noqa: E402
 from gcvideo.utils.io import atomic_write_text  # noqa: E402
 
@@ -154,9 +155,9 @@ def per_view_item(path: str, clips=10, crops=3, lean=False):
 def gcvideo_items(paths, backend: str, k: int, uint8: bool = True) -> VideoDataset:
     """gcvideo's training dataset over ``paths`` (the config defaults: 8x8, jitter 256-320, crop 224, flip)."""
     recs = VideoRecords(paths, [0] * len(paths), list(range(1, len(paths) + 1)))
-    return VideoDataset(recs, True, decoder=backend, num_frames=T, sampling_rate=RATE, target_fps=FPS,
-                        jitter_scales=JITTER, train_crop=CROP, mean=MEAN, std=STD, num_samples=k,
-                        train_uint8=uint8)
+    return VideoDataset(recs, sampling=ClipSampling(T, RATE, FPS), decode=DecodeOptions(backend),
+                        transform=TrainClips(jitter_scales=JITTER, crop=CROP, mean=MEAN, std=STD, num_samples=k,
+                                             uint8=uint8))
 
 
 def run_gcvideo(ds: VideoDataset, n: int, epoch: int) -> int:
@@ -165,7 +166,7 @@ def run_gcvideo(ds: VideoDataset, n: int, epoch: int) -> int:
     for i in range(n):
         item = ds[i % len(ds)]
         assert item["ok"] and not item["skipped"], item["skipped"]
-    return n * ds.num_samples
+    return n * ds.transform.num_samples
 
 
 # ---------------------------------------------------------------------------
@@ -356,9 +357,9 @@ def main(argv=None) -> int:
         for b in backends:
             for k in (1, 2):
                 ds = gcvideo_items(paths, b, k)
-                m[f"gcvideo {b}, K={k}"] = (lambda ds: lambda r: run_gcvideo(ds, n // ds.num_samples, r))(ds)
+                m[f"gcvideo {b}, K={k}"] = (lambda ds: lambda r: run_gcvideo(ds, n // ds.transform.num_samples, r))(ds)
         ds = gcvideo_items(paths, args.default_backend, 1, uint8=False)
-        m[f"gcvideo {ds.decoder}, K=1, float32 items"] = (lambda ds: lambda r: run_gcvideo(ds, n, r))(ds)
+        m[f"gcvideo {ds.decode.decoder}, K=1, float32 items"] = (lambda ds: lambda r: run_gcvideo(ds, n, r))(ds)
         m["pytorchvideo LabeledVideoDataset (PyAV)"] = lambda r, paths=paths: run_pytorchvideo(paths, n, r)
         m["PySlowFast pyav_decode + spatial_sampling"] = lambda r, paths=paths: run_slowfast(paths, n, r)
         results[set_name] = measure(m, rounds)

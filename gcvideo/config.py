@@ -19,8 +19,9 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import yaml
 from fvcore.common.config import BASE_KEY, CfgNode
 
-from gcvideo.data.annotations import FORMATS as ANNOTATION_FORMATS
+from gcvideo.data.annotations import CLIP_LAYOUTS, FORMATS as ANNOTATION_FORMATS
 from gcvideo.data.augment import MAX_MAGNITUDE
+from gcvideo.data.decoder import BACKENDS as DECODERS
 from gcvideo.layers import (CONTEXT_PRESETS, CONTEXT_TYPES, FUSIONS, NL_INSTANTIATIONS, NL_POOL_POSITIONS, NORMS, POOLINGS,
                             TRANSFORMS)
 from gcvideo.layers.losses import LOSSES
@@ -690,8 +691,8 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
            "CONTEXT.NL_POOL", c.NL_POOL, "[] or 3 positive integers (T, H, W), e.g. [1, 2, 2]")
     # ---- data
     _one_of(d.FORMAT, "DATA.FORMAT", ANNOTATION_FORMATS)
-    _one_of(d.CLIP_LAYOUT, "DATA.CLIP_LAYOUT", ["auto", "class", "flat"])
-    _one_of(d.DECODER, "DATA.DECODER", ["pyav", "decord", "torchcodec"])
+    _one_of(d.CLIP_LAYOUT, "DATA.CLIP_LAYOUT", CLIP_LAYOUTS)
+    _one_of(d.DECODER, "DATA.DECODER", DECODERS)
     _check(d.DECODE_DEVICE == "cpu" or (str(d.DECODE_DEVICE).startswith("cuda") and d.DECODER == "torchcodec"),
            "DATA.DECODE_DEVICE", d.DECODE_DEVICE, "'cpu', or 'cuda' with DATA.DECODER torchcodec")
     _check(d.DECODE_DEVICE == "cpu" or (d.NUM_WORKERS == 0 and not d.PIN_MEMORY), "DATA.DECODE_DEVICE", d.DECODE_DEVICE,

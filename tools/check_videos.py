@@ -15,8 +15,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gcvideo.cli import ToolParser, tool  # noqa: E402
-from gcvideo.data.annotations import FORMATS  # noqa: E402
+from gcvideo.data.annotations import CLIP_LAYOUTS, FORMATS  # noqa: E402
 from gcvideo.data.check import check_annotations  # noqa: E402
+from gcvideo.data.decoder import BACKENDS  # noqa: E402
 
 
 @tool
@@ -28,9 +29,9 @@ def main(argv=None) -> int:
     ap.add_argument("--format", default="auto", choices=list(FORMATS), help="DATA.FORMAT")
     ap.add_argument("--prefix", default="", help="DATA.PATH_PREFIX (default: the CSV's folder)")
     ap.add_argument("--label-map", default="", help="DATA.LABEL_MAP for class-name labels")
-    ap.add_argument("--layout", default="auto", choices=["auto", "class", "flat"], help="DATA.CLIP_LAYOUT")
+    ap.add_argument("--layout", default="auto", choices=list(CLIP_LAYOUTS), help="DATA.CLIP_LAYOUT")
     ap.add_argument("--num-classes", type=int, default=None, help="labels must be below this")
-    ap.add_argument("--backend", default="pyav", choices=["pyav", "decord", "torchcodec"], help="DATA.DECODER")
+    ap.add_argument("--backend", default="pyav", choices=list(BACKENDS), help="DATA.DECODER")
     ap.add_argument("--out", default="", help="folder for the outputs (default: the CSV's folder)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)

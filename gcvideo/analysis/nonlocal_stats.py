@@ -349,9 +349,9 @@ def analyze_nonlocal(model: nn.Module, dataset, out_json: Optional[str] = None, 
         vals = [r[c] for r in rows if r[c] is not None]
         mean[c] = sum(vals) / len(vals) if vals else None
     report = {"checkpoint": checkpoint, "videos_file": videos_file, "videos": used, "failed": failed,
-              "clips_per_video": dataset.num_clips, "crop": dataset.test_crop,
-              "clip": [dataset.num_frames, dataset.sampling_rate], "max_queries": max_queries, "seed": seed,
-              "include_self": include_self, "distance": "cosine distance (1 - cos)/2; JSD in nats",
+              "clips_per_video": dataset.transform.num_clips, "crop": dataset.transform.crop,
+              "clip": [dataset.sampling.num_frames, dataset.sampling.sampling_rate], "max_queries": max_queries,
+              "seed": seed, "include_self": include_self, "distance": "cosine distance (1 - cos)/2; JSD in nats",
               "definitions": DEFINITIONS, "blocks": rows, "mean_over_blocks": mean}
     if out_json:
         atomic_write_text(out_json, json.dumps(report, indent=1) + "\n")

@@ -72,8 +72,8 @@ def predict_videos(model: nn.Module, dataset, class_names: Sequence[str], topk: 
     counting the videos done (decoded and classified), with a rate and an ETA."""
     device = resolve_device(device) if device is not None else model_device(model)
     model.eval()
-    views = f"{dataset.num_clips}x{dataset.num_crops}"
-    protocol = getattr(dataset, "view_protocol", "gcvideo")
+    views = f"{dataset.transform.num_clips}x{dataset.transform.num_crops}"
+    protocol = getattr(dataset.transform, "protocol", "gcvideo")
     k = min(topk, len(class_names))
     results = []
     bar = progress_bar(total=len(dataset), desc=f"predict ({views} views)", unit="video") if progress else None

@@ -4,6 +4,9 @@ Public API (see docs/data.md):
 
 * ``build_dataset(cfg, split)``: the dataset of "train" | "val" | "test" (item contract in
   docs/DESIGN.md); ``build_views_dataset(cfg, paths, num_clips, num_crops)``: test views of video files.
+* ``VideoDataset(records, *, transform, sampling, decode, seed)``: decodes (``DecodeOptions``, the
+  frames ``ClipSampling`` asks for) and hands the frames to ``transform``, a ``TrainClips`` or an
+  ``EvalViews`` (gcvideo.data.clip_transforms).
 * ``decode_frames(path, indices, backend="pyav", size=None)``: uint8 ``(len(indices), H, W, 3)``, exact or an error.
 * ``open_video(path, backend)``: a reader to decode several index sets from one open.
 * ``BrokenVideoTracker(output_dir, num_videos, max_fraction)``: the engine's bookkeeping of
@@ -19,6 +22,8 @@ import importlib
 
 _EXPORTS = {
     "build_dataset": "dataset", "build_views_dataset": "dataset", "VideoDataset": "dataset", "collate_train": "dataset",
+    "TrainClips": "clip_transforms", "EvalViews": "clip_transforms", "ClipSampling": "sampling",
+    "DecodeOptions": "decoder",
     "decode_frames": "decoder", "open_video": "decoder", "VideoReader": "decoder",
     "VideoDecodeError": "decoder", "FrameCountChanged": "decoder",
     "BrokenVideoTracker": "broken", "TooManyBrokenVideos": "broken",

@@ -44,12 +44,14 @@ from gcvideo.utils.io import path_manager
 from gcvideo.utils.package_data import shipped_file
 
 __all__ = ["VideoRecord", "VideoRecords", "AnnotationError", "load_annotations", "read_label_map", "class_key",
-           "detect_format", "kinetics_clip_name", "iter_lines", "video_stem", "FORMATS", "MAX_LINE_BYTES",
-           "VIDEO_EXTENSIONS", "DEFAULT_KINETICS400_LABEL_MAP"]
+           "detect_format", "kinetics_clip_name", "iter_lines", "video_stem", "FORMATS", "CLIP_LAYOUTS",
+           "MAX_LINE_BYTES", "VIDEO_EXTENSIONS", "DEFAULT_KINETICS400_LABEL_MAP"]
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("auto", "slowfast", "mmaction", "kinetics_csv")
+# DATA.CLIP_LAYOUT: where the official CSV's clips lie (in class folders, flat, or "auto": look)
+CLIP_LAYOUTS = ("auto", "class", "flat")
 # Video file extensions (compared ignoring case), in the order a clip of the official CSV is looked
 # for when its folder holds it under several (downloads are .mp4, .webm or .mkv).
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".gif")
@@ -473,8 +475,8 @@ def _parse_kinetics(path: str, lines: Iterable[Tuple[int, str]], prefix: str, la
         rows = itertools.chain([first], rows)
     col = {c: i for i, c in enumerate(header)}
     has_label = "label" in col
-    if layout not in ("auto", "class", "flat"):
-        raise AnnotationError(f"{path}: clip layout {layout!r} is not one of auto, class, flat")
+    if layout not in CLIP_LAYOUTS:
+        raise AnnotationError(f"{path}: clip layout {layout!r} is not one of {', '.join(CLIP_LAYOUTS)}")
     folders: Dict[str, str] = {}
     if has_label and layout in ("auto", "class"):
         folders = _class_folders(prefix)

@@ -67,8 +67,9 @@ import numpy as np
 from gcvideo.utils.io import path_manager
 
 __all__ = ["VideoDecodeError", "FrameCountChanged", "VideoReader", "StreamInfo", "open_video", "decode_frames",
-           "resize_frames", "check_frame_size", "BACKENDS"]
+           "resize_frames", "check_frame_size", "BACKENDS", "DecodeOptions"]
 
+# DATA.DECODER: the decoder backends (the config and tools/check_videos.py take their names from here)
 BACKENDS = ("pyav", "decord", "torchcodec")
 # Containers whose packet timestamps reliably give presentation order.
 _TIMESTAMP_CONTAINERS = ("mov", "mp4", "matroska", "webm")
@@ -757,3 +758,29 @@ def decode_frames(path: str, indices: Sequence[int], backend: str = "pyav", thre
         except FrameCountChanged as e:
             raise VideoDecodeError(path, f"bad_index: the video has only {e.num_frames} decodable frames "
                                          f"(container announced {e.announced}); asked for up to {max(indices)}")
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How a dataset decodes its videos: the ``decoder`` backend (one of BACKENDS) with ``threads``
+    threads on ``device`` ("cuda": torchcodec frames on the GPU), and the per-video bounds on what
+    decoding and resizing allocate (DATA.MAX_FRAME_PIXELS, DATA.MAX_ASPECT_RATIO)."""
+    decoder: str = "pyav"
+    threads: int = 1
+    device: str = "cpu"
+    max_frame_pixels: int = 4096 * 2304
+    max_aspect_ratio: float = 10.0
+
+    def __post_init__(self):
+        for name, kind in (("threads", int), ("device", str), ("max_frame_pixels", int), ("max_aspect_ratio", float)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        if self.decoder not in BACKENDS:
+            raise ValueError(f"decoder = {self.decoder!r}; expected one of {BACKENDS}")
+
+    def open(self, path: str) -> VideoReader:
+        """``open_video(path)`` with this backend, threads and device."""
+        return open_video(path, self.decoder, self.threads, self.device)
+
+    def check_size(self, path: str, height: int, width: int) -> None:
+        """``check_frame_size`` against these bounds (VideoDecodeError ``bad_size: ...``)."""
+        check_frame_size(path, height, width, self.max_frame_pixels, self.max_aspect_ratio)

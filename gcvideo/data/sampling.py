@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import bisect
 import math
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import List
 
 import numpy as np
 import torch
 
-__all__ = ["sample_step", "last_start", "clip_indices", "train_clip_indices", "view_clip_starts",
+__all__ = ["ClipSampling", "sample_step", "last_start", "clip_indices", "train_clip_indices", "view_clip_starts",
            "view_clip_indices", "VIEW_PROTOCOLS", "protocol_clip_indices", "pyslowfast_clip_indices",
            "pytorchvideo_clip_indices", "pytorchvideo_clip_duration", "mmaction2_clip_indices"]
 
@@ -81,6 +82,24 @@ def train_clip_indices(num_video_frames: int, fps: float, num_frames: int, sampl
     step = sample_step(fps, sampling_rate, target_fps)
     start = int(rng.integers(0, last_start(num_video_frames, num_frames, step) + 1))
     return clip_indices(start, num_frames, step, num_video_frames)
+
+
+@dataclass(frozen=True)
+class ClipSampling:
+    """Which frames make a clip (DATA.NUM_FRAMES, DATA.SAMPLING_RATE, DATA.TARGET_FPS): ``num_frames``
+    frames ``sampling_rate`` apart at ``target_fps`` frames per second (module docstring)."""
+    num_frames: int = 8
+    sampling_rate: int = 8
+    target_fps: float = 30.0
+
+    def __post_init__(self):
+        for name, kind in (("num_frames", int), ("sampling_rate", int), ("target_fps", float)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+
+    def train_indices(self, reader, rng: np.random.Generator) -> List[int]:
+        """A random training clip of the opened video ``reader`` (its start drawn from ``rng``)."""
+        return train_clip_indices(reader.num_frames, reader.fps, self.num_frames, self.sampling_rate,
+                                  self.target_fps, rng)
 
 
 def view_clip_starts(num_video_frames: int, num_frames: int, step: float, num_clips: int) -> List[int]:

@@ -133,9 +133,9 @@ def test_augmentation_draws_from_the_items_own_stream(tiny_toy):
     over = {"DATA.REVERSE_PROB": 0.5}
     plain = build_dataset(toy_cfg(tiny_toy, **over), "train")
     aug = build_dataset(toy_cfg(tiny_toy, **over, **RA, **RE), "train")
-    assert plain.transform is None
-    ra = ClipRandAugment(2, 9, mean_fill(plain.mean))
-    fill = torch.tensor(mean_fill(plain.mean), dtype=torch.uint8).view(3, 1, 1, 1)
+    assert plain.transform.augment is None
+    ra = ClipRandAugment(2, 9, mean_fill(plain.transform.mean))
+    fill = torch.tensor(mean_fill(plain.transform.mean), dtype=torch.uint8).view(3, 1, 1, 1)
     for epoch in (0, 1):
         plain.set_epoch(epoch)
         aug.set_epoch(epoch)

@@ -10,8 +10,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 import data_helpers as H
 from gcvideo.config import get_cfg, validate_cfg
 from gcvideo.data import build_dataset, build_views_dataset
+from gcvideo.data import clip_transforms as CT
 from gcvideo.data import dataset as DS
+from gcvideo.data import decoder as DEC
+from gcvideo.data.sampling import train_clip_indices
 from gcvideo.data.transforms import crop_offsets, make_views, normalize_views, short_side_size
+
+
+def _patch_open(monkeypatch, open_video):
+    """The dataset's decoder opens files with ``open_video(path, backend, threads, device)``."""
+    monkeypatch.setattr(DEC.DecodeOptions, "open", lambda self, path: open_video(path, self.decoder, self.threads,
+                                                                                  self.device))
 
 
 def toy_cfg(toy_dir, **over):
@@ -227,7 +236,7 @@ def test_test_item_decodes_once(files_dir, tmp_path, monkeypatch):
     cfg = get_cfg()
     cfg.DATA.PATH_TO_DATA_DIR = str(tmp_path)
     opens, reads = [], []
-    real_open = DS.open_video
+    real_open = DEC.open_video
 
     def spy_open(path, backend, threads, *args, **kwargs):
         r = real_open(path, backend, threads, *args, **kwargs)
@@ -240,7 +249,7 @@ def test_test_item_decodes_once(files_dir, tmp_path, monkeypatch):
         r.read = spy_read
         return r
 
-    monkeypatch.setattr(DS, "open_video", spy_open)
+    _patch_open(monkeypatch, spy_open)
     ds = build_dataset(cfg, "test")
     item = ds[0]
     assert item["video"].shape == (30, 3, 8, 256, 256) and item["ok"] and item["label"] == 6
@@ -264,13 +273,13 @@ def test_decoded_frames_are_the_computed_ones(index_videos, tmp_path, monkeypatc
     cfg.DATA.PATH_TO_DATA_DIR = str(tmp_path)
     cfg.TEST.NUM_ENSEMBLE_VIEWS, cfg.TEST.NUM_SPATIAL_CROPS = 2, 1
     got = []
-    real = DS.make_views
+    real = CT.make_views
 
     def spy(frames, rows, *a, **k):
         got.extend([[H.read_index(frames[r]) for r in clip] for clip in rows])
         return real(frames, rows, *a, **k)
 
-    monkeypatch.setattr(DS, "make_views", spy)
+    monkeypatch.setattr(CT, "make_views", spy)
     for backend in ("decord", "pyav"):
         cfg.DATA.DECODER = backend
         got.clear()
@@ -332,7 +341,7 @@ def test_uint8_train_items_normalise_to_the_float_items(tiny_toy):
 def _spy_decoder(monkeypatch):
     """Count opens and reads of the dataset's decoder."""
     opens, reads = [], []
-    real_open = DS.open_video
+    real_open = DEC.open_video
 
     def spy_open(path, *a, **k):
         r = real_open(path, *a, **k)
@@ -345,7 +354,7 @@ def _spy_decoder(monkeypatch):
         r.read = spy_read
         return r
 
-    monkeypatch.setattr(DS, "open_video", spy_open)
+    _patch_open(monkeypatch, spy_open)
     return opens, reads
 
 
@@ -417,7 +426,7 @@ def test_pair_reversed_needs_an_even_number_of_clips(tiny_toy):
     with pytest.raises(ValueError, match="DATA.PAIR_REVERSED.*DATA.NUM_SAMPLES 3"):
         validate_cfg(toy_cfg(tiny_toy, **{"DATA.NUM_SAMPLES": 3, "DATA.PAIR_REVERSED": True}))
     with pytest.raises(ValueError, match="pair_reversed with num_samples = 1"):
-        DS.VideoDataset(build_dataset(toy_cfg(tiny_toy), "train").records, train=True, pair_reversed=True)
+        DS.VideoDataset(build_dataset(toy_cfg(tiny_toy), "train").records, transform=CT.TrainClips(pair_reversed=True))
 
 
 def test_collate_train_puts_k_clips_in_the_batch(tiny_toy):
@@ -508,7 +517,7 @@ def test_one_clip_is_decoded_at_its_jitter_scale(tiny_toy, monkeypatch):
     """K = 1 with a reader that scales in its colour conversion (read(indices, size=(h, w))): the
     scale is drawn before the read, the read asks for the scaled size, and the clip is the crop of
     what it returns at the drawn position (no second resize)."""
-    real_open = DS.open_video
+    real_open = DEC.open_video
     asked = []
 
     class ScalingReader:
@@ -530,7 +539,7 @@ def test_one_clip_is_decoded_at_its_jitter_scale(tiny_toy, monkeypatch):
         def __exit__(self, *exc):
             self.r.close()
 
-    monkeypatch.setattr(DS, "open_video", lambda path, *a, **k: ScalingReader(real_open(path, *a, **k)))
+    _patch_open(monkeypatch, lambda path, *a, **k: ScalingReader(real_open(path, *a, **k)))
     ds = build_dataset(toy_cfg(tiny_toy, **{"DATA.RANDOM_FLIP": False, "DATA.TRAIN_UINT8": True}), "train")
     for i in (1, 6):
         item = ds[i]
@@ -540,7 +549,7 @@ def test_one_clip_is_decoded_at_its_jitter_scale(tiny_toy, monkeypatch):
         assert asked[-1] == (s, s)  # square 48 x 48 frames scaled to short side s
         top, left = int(rng.integers(0, s - 40 + 1)), int(rng.integers(0, s - 40 + 1))
         with real_open(item["path"], "decord", 1) as r:
-            idx = DS.train_clip_indices(r.num_frames, r.fps, 4, 4, 30, np.random.default_rng([0, 0, i, 0, 0]))
+            idx = train_clip_indices(r.num_frames, r.fps, 4, 4, 30, np.random.default_rng([0, 0, i, 0, 0]))
             x = torch.from_numpy(r.read(idx)).permute(0, 3, 1, 2)
         ref = torch.nn.functional.interpolate(x.float(), size=(s, s)).round().byte()[..., top:top + 40, left:left + 40]
         assert torch.equal(item["video"], ref.permute(1, 0, 2, 3))

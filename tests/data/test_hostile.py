@@ -9,7 +9,7 @@ import data_helpers as H
 import video_faults as F
 from gcvideo.config import ConfigError, get_cfg, validate_cfg
 from gcvideo.data import VideoDecodeError, build_dataset, build_views_dataset
-from gcvideo.data import dataset as DS
+from gcvideo.data import clip_transforms as CT
 from gcvideo.data.decoder import check_frame_size
 
 
@@ -87,14 +87,14 @@ def test_limits_are_config_keys(hostile, tmp_path):
 def test_memory_error_in_a_transform_is_a_failed_video(hostile, tmp_path, monkeypatch):
     """Test mode: MemoryError (or any error) while making one video's views fails that video only.
     Training: the video is replaced and reported in ``skipped`` like a broken one."""
-    real = DS.make_views
+    real = CT.make_views
 
     def boom(frames, *a, **kw):
         if frames.shape[1] == 48:  # the 64x48 one-frame video
             raise MemoryError("cannot allocate 12 GB")
         return real(frames, *a, **kw)
 
-    monkeypatch.setattr(DS, "make_views", boom)
+    monkeypatch.setattr(CT, "make_views", boom)
     again = str(tmp_path / "good_again.mp4")  # the good video under a second name: one path, one label
     os.symlink(hostile["good"], again)
     rows = [hostile["good"], hostile["one_frame"], again]
@@ -104,14 +104,14 @@ def test_memory_error_in_a_transform_is_a_failed_video(hostile, tmp_path, monkey
     assert [it["ok"] for it in items] == [True, False, True]
     assert items[1]["error"] == "transform: MemoryError: cannot allocate 12 GB"
 
-    real_train = DS.train_clip
+    real_train = CT.train_clip
 
     def boom_train(x, source_hw, *a, **kw):
         if source_hw[0] == 48:  # the one-frame video's frames (48 px high before any scaling)
             raise MemoryError("cannot allocate")
         return real_train(x, source_hw, *a, **kw)
 
-    monkeypatch.setattr(DS, "train_clip", boom_train)
+    monkeypatch.setattr(CT, "train_clip", boom_train)
     item = build_dataset(cfg, "train")[1]
     assert item["ok"] and item["index"] in (0, 2) and item["video"].shape == (3, 4, 64, 64)
     skipped = item["skipped"].splitlines()

@@ -32,9 +32,10 @@ import torch
 import data_helpers as H
 import video_faults as VF
 from gcvideo.data.annotations import VideoRecord
+from gcvideo.data.clip_transforms import EvalViews
 from gcvideo.data.dataset import VideoDataset
 from gcvideo.data.decoder import open_video
-from gcvideo.data.sampling import VIEW_PROTOCOLS, protocol_clip_indices
+from gcvideo.data.sampling import VIEW_PROTOCOLS, ClipSampling, protocol_clip_indices
 
 T, R, F = 8, 8, 30
 MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
@@ -221,9 +222,9 @@ def decode_order(path):
 
 
 def views(path, protocol, num_clips=10, num_crops=3, size=256, eval_uint8=False):
-    ds = VideoDataset([VideoRecord(path=path, label=-1, line=1)], train=False, num_frames=T, sampling_rate=R,
-                      target_fps=F, test_crop=size, num_clips=num_clips, num_crops=num_crops, mean=MEAN, std=STD,
-                      view_protocol=protocol, eval_uint8=eval_uint8)
+    ds = VideoDataset([VideoRecord(path=path, label=-1, line=1)], sampling=ClipSampling(T, R, F),
+                      transform=EvalViews(protocol, crop=size, num_clips=num_clips, num_crops=num_crops, mean=MEAN,
+                                          std=STD, eval_uint8=eval_uint8))
     item = ds[0]
     assert item["ok"], item["error"]
     return item["video"]  # (V, 3, T, S, S)
@@ -396,8 +397,8 @@ def test_timestamp_protocols_fail_a_video_without_a_packet_index(files_dir, prot
     with av.open(path) as c:  # the reason: output timestamps are not in order
         out = [f.pts for f in c.decode(video=0)][:8]
     assert out != sorted(out)
-    ds = VideoDataset([VideoRecord(path=path, label=-1, line=1)], train=False, num_clips=2, num_crops=1,
-                      test_crop=64, view_protocol=protocol)
+    ds = VideoDataset([VideoRecord(path=path, label=-1, line=1)],
+                      transform=EvalViews(protocol, crop=64, num_clips=2, num_crops=1))
     item = ds[0]
     assert not item["ok"]
     assert item["error"].startswith(f"view_protocol: {protocol}: the frames' timestamps are not known")
@@ -406,7 +407,7 @@ def test_timestamp_protocols_fail_a_video_without_a_packet_index(files_dir, prot
 
 def test_unknown_view_protocol_is_refused():
     with pytest.raises(ValueError, match="view_protocol = 'slowfast'"):
-        VideoDataset([VideoRecord(path="x.mp4", label=-1, line=1)], train=False, view_protocol="slowfast")
+        VideoDataset([VideoRecord(path="x.mp4", label=-1, line=1)], transform=EvalViews("slowfast"))
 
 
 def test_config_key_names_the_allowed_protocols():

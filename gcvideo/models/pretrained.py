@@ -36,11 +36,11 @@ import yaml
 from gcvideo.config import context_indices, load_cfg, stage_depths
 from gcvideo.layers import layernorm_as_vectors
 from gcvideo.models.build import build_model
-from gcvideo.models.weights_file import WeightsFile, read_weights_file
 from gcvideo.models.inflate import (InflationReport, _compact, _is_new_module_key, check_resnet_layout,
                                     inflate_state_dict)
 from gcvideo.models.interop import (NonLocalSettings, check_nonlocal_semantics, convert_state_dict,
                                     mmaction2_nonlocal_settings, pyslowfast_nonlocal_settings)
+from gcvideo.models.weights_file import WeightsFile, read_weights_file
 from gcvideo.utils.io import CheckpointError, CheckpointMismatchError, atomic_save, refuse_existing
 
 __all__ = ["load_pretrained", "build_model_from_checkpoint", "add_context_blocks", "inflate_imagenet_checkpoint",

@@ -27,7 +27,7 @@ from gcvideo.data.toy import TOY_CLASSES  # noqa: E402
 from gcvideo.data.transforms import normalize_views  # noqa: E402
 from gcvideo.engine.tester import checkpoints_to_test  # noqa: E402
 from gcvideo.models import build_model  # noqa: E402
-from gcvideo.models.checkpoints import load_pretrained  # noqa: E402
+from gcvideo.models.pretrained import load_pretrained  # noqa: E402
 
 CW, CCW = TOY_CLASSES.index("rotating_cw"), TOY_CLASSES.index("rotating_ccw")
 STAGES = ["stem", "res2", "res3", "res4", "res5"]

@@ -68,8 +68,9 @@ _C.MODEL.ZERO_INIT_FINAL_BN = False
 # positions whose logits are averaged) | "train_crop_probs" (PySlowFast: the same pool; in eval each
 # position's softmax is averaged and the model returns the log of that mean, so softmax(output) is it).
 _C.MODEL.HEAD_POOL = "global"
-# Training loss (gcvideo/layers/losses.py, LOSSES): "cross_entropy" (the papers') | "soft_cross_entropy"
-# (targets that are distributions: needed by MIXUP.ENABLE). Validation and test compute no loss.
+# Training loss, one of gcvideo/layers/losses.py's LOSSES: "cross_entropy" (the papers') |
+# "soft_cross_entropy" (targets that are distributions: MIXUP.ENABLE needs a loss with soft_targets).
+# Validation and test compute no loss.
 _C.MODEL.LOSS = "cross_entropy"
 
 # ---------------------------------------------------------------------------
@@ -800,8 +801,9 @@ def _check_mixup(cfg: CfgNode) -> None:
         return
     _check(mx.ALPHA > 0 or mx.CUTMIX_ALPHA > 0, "MIXUP.ENABLE", mx.ENABLE,
            "False with MIXUP.ALPHA and MIXUP.CUTMIX_ALPHA both 0 (set one of them > 0)")
-    _check(cfg.MODEL.LOSS == "soft_cross_entropy", "MODEL.LOSS", cfg.MODEL.LOSS,
-           "'soft_cross_entropy' with MIXUP.ENABLE (mixed targets are distributions)")
+    soft = [name for name, loss in LOSSES.items() if loss.soft_targets]
+    _check(cfg.MODEL.LOSS in soft, "MODEL.LOSS", cfg.MODEL.LOSS,
+           " or ".join(map(repr, soft)) + " with MIXUP.ENABLE (mixed targets are distributions)")
     _check(t.LABEL_SMOOTHING == 0, "TRAIN.LABEL_SMOOTHING", t.LABEL_SMOOTHING,
            "0 with MIXUP.ENABLE (the mixed targets are smoothed by MIXUP.LABEL_SMOOTHING)")
     world = _world_size()

@@ -8,6 +8,9 @@ import pytest
 from gcvideo.config import ConfigError, context_indices, get_cfg, load_cfg
 
 
+SHIPPED = sorted(glob.glob("configs/**/*.yaml", recursive=True))
+
+
 def test_get_cfg_returns_fresh_copies():
     a, b = get_cfg(), get_cfg()
     a.MODEL.DEPTH = 101
@@ -30,9 +33,47 @@ def test_every_key_has_a_comment():
     assert len(keys) == len(set(keys))
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob("configs/**/*.yaml", recursive=True)))
+@pytest.mark.parametrize("path", SHIPPED)
 def test_shipped_configs_load(path):
     load_cfg(path, check_files=False)
+
+
+def _flat(node, prefix=""):
+    out = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def _own_keys(path):
+    import yaml
+
+    d = yaml.safe_load(open(path)) or {}
+    return d.pop("_BASE_", None), set(_flat(d))
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if _own_keys(p)[0]])
+def test_a_shipped_config_is_its_base_plus_the_keys_it_sets(path):
+    """A child's resolved config equals its base's but for the keys it sets (OUTPUT_DIR is named after
+    the file given), and it changes at least one of them."""
+    base_name, own = _own_keys(path)
+    base = _flat(load_cfg(os.path.join(os.path.dirname(path), base_name), check_files=False))
+    child = _flat(load_cfg(path, check_files=False))
+    assert set(child) == set(base)
+    differ = {k for k in child if child[k] != base[k]}
+    assert differ - {"OUTPUT_DIR"} <= own, (path, sorted(differ - own))
+    assert differ & own, path
+
+
+def test_the_table_10_configs_share_one_base():
+    """Every Kinetics-400 config inherits slow_r50_8x8.yaml (directly or through another config)."""
+    folder = "configs/kinetics400"
+    for path in glob.glob(f"{folder}/*.yaml"):
+        chain, name = [], os.path.basename(path)
+        while name is not None and name != "slow_r50_8x8.yaml":
+            chain.append(name)
+            name = _own_keys(os.path.join(folder, name))[0]
+        assert name == "slow_r50_8x8.yaml", f"{path} does not inherit slow_r50_8x8.yaml: {chain}"
 
 
 def test_yaml_and_command_line_override(tmp_path):

@@ -89,6 +89,11 @@ def test_wheel_installs_and_runs_the_main_job_outside_the_repository(tmp_path):
                 "print(len(a.read_label_map(a.DEFAULT_KINETICS400_LABEL_MAP)))"], cwd=cwd)
     pkg, label_map, n = out.split()
     assert pkg.startswith(site) and label_map.startswith(site) and n == "400", out
+    # a shipped config that inherits (_BASE_ chain r16 -> gc_all -> slow_r50_8x8) resolves from the package
+    out = _run([py, "-c", "from gcvideo.config import load_cfg; c = load_cfg('configs/kinetics400/"
+                "slow_r50_8x8_gc_all_r16.yaml', check_files=False); print(c.MODEL.NUM_CLASSES, c.CONTEXT.TYPE, "
+                "c.CONTEXT.RATIO, c.DATA.LABEL_MAP.startswith('" + site + "'))"], cwd=cwd)
+    assert out.split()[-4:] == ["400", "gc", "0.0625", "True"], out
 
     assert "--no-attention" in _run([os.path.join(bin_, "gcvideo-toy"), "--help"], cwd=cwd)
     _run([os.path.join(bin_, "gcvideo-make-toy-dataset"), "--out", "toy", "--num-train", "16", "--num-val", "8",

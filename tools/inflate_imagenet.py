@@ -14,7 +14,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from gcvideo.cli import ToolParser, tool  # noqa: E402
-from gcvideo.models.checkpoints import inflate_imagenet_checkpoint  # noqa: E402
+from gcvideo.models.pretrained import inflate_imagenet_checkpoint  # noqa: E402
 
 
 @tool

@@ -26,10 +26,9 @@ from gcvideo.engine.memory_format import model_channels_last, to_device
 from gcvideo.engine.metrics import combine_views, compute_metrics, format_summary, write_report
 from gcvideo.engine.precision import autocast, autocast_dtype, print_slow_bf16_warning
 from gcvideo.models import build_model_from_checkpoint
-from gcvideo.models.inflate import InflationError
 from gcvideo.utils.device import select_device
 from gcvideo.utils.folder_lock import FolderLock
-from gcvideo.utils.io import CheckpointError, load_checkpoint_file, path_join, path_manager
+from gcvideo.utils.io import CheckpointError, CheckpointMismatchError, load_checkpoint_file, path_join, path_manager
 from gcvideo.utils.malloc import tune_cpu_memory
 from gcvideo.utils.threads import tune_cpu_threads
 from gcvideo.utils.progress import progress_bar
@@ -321,7 +320,7 @@ def _load_test_model(cfg: CfgNode, candidates: List[str], allow: Sequence[str] =
         try:
             return build_model_from_checkpoint(cfg, ckpt, allow), ckpt
         except CheckpointError as e:
-            if isinstance(e, InflationError) or i + 1 == len(candidates):
+            if isinstance(e, CheckpointMismatchError) or i + 1 == len(candidates):
                 raise
             print(f"warning: skipping unreadable checkpoint {ckpt}: {e}", flush=True)
     raise FileNotFoundError("no checkpoint to test")

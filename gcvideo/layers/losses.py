@@ -1,7 +1,8 @@
 """Training losses: the criterion the training loop calls as ``criterion(logits, target)``.
 
 ``LOSSES`` is the one registry of ``MODEL.LOSS`` values (the config check imports it); to add a
-loss, add its class here and its name to ``LOSSES``, with a float64 test in tests/layers/test_losses.py.
+loss, add its class here (``soft_targets``: whether it takes distributions (N, K), as Mixup/CutMix
+targets need) and its name to ``LOSSES``, with a float64 test in tests/layers/test_losses.py.
 
 - ``cross_entropy``: ``F.cross_entropy`` on class indices (N,), with ``TRAIN.LABEL_SMOOTHING`` e as
   torch computes it; e = 0 is the exact call the loop made before (bit for bit).
@@ -31,6 +32,8 @@ def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.
 class CrossEntropy(nn.Module):
     """``F.cross_entropy(logits, labels, label_smoothing=e)``: logits (N, K), labels (N,) int64."""
 
+    soft_targets = False  # class indices only
+
     def __init__(self, num_classes: int, smoothing: float = 0.0) -> None:
         super().__init__()
         self.num_classes, self.smoothing = num_classes, smoothing
@@ -43,6 +46,8 @@ class SoftTargetCrossEntropy(nn.Module):
     """Mean over the batch of -sum_k q_k log softmax(z)_k; ``target`` is q (N, K), or class indices
     (N,) made into smoothed one-hot targets with ``smoothing``."""
 
+    soft_targets = True  # MIXUP.ENABLE's mixed targets
+
     def __init__(self, num_classes: int, smoothing: float = 0.0) -> None:
         super().__init__()
         self.num_classes, self.smoothing = num_classes, smoothing
@@ -53,7 +58,7 @@ class SoftTargetCrossEntropy(nn.Module):
         return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
-# MODEL.LOSS -> the class; each takes (num_classes, smoothing)
+# MODEL.LOSS -> the class; each takes (num_classes, smoothing) and says whether it takes soft_targets
 LOSSES = {"cross_entropy": CrossEntropy, "soft_cross_entropy": SoftTargetCrossEntropy}
 
 

@@ -35,23 +35,18 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from gcvideo.models.checkpoint_file import unwrap_state_dict
-from gcvideo.utils.io import CheckpointError
+from gcvideo.models.weights_file import unwrap_state_dict
+from gcvideo.utils.io import CheckpointMismatchError
 
-__all__ = ["inflate_state_dict", "InflationReport", "InflationError", "CheckpointMismatchError", "map_2d_key",
-           "check_resnet_layout"]
+__all__ = ["inflate_state_dict", "InflationReport", "InflationError", "map_2d_key", "check_resnet_layout"]
 
 _CONV_BN = {"conv1": "conv_a", "conv2": "conv_b", "conv3": "conv_c",
             "bn1": "norm_a", "bn2": "norm_b", "bn3": "norm_c"}
 
 
-class InflationError(CheckpointError, ValueError):
-    """The 2D checkpoint does not fit the 3D model (missing key or shape mismatch)."""
-
-
-class CheckpointMismatchError(InflationError):
-    """The checkpoint does not hold the weights of the model of this config (or computes another
-    function with them)."""
+class InflationError(CheckpointMismatchError):
+    """The 2D checkpoint does not fit the 3D model (missing key, shape mismatch, another layout or
+    attention block)."""
 
 
 @dataclass

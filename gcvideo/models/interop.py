@@ -59,8 +59,7 @@ import torch.nn as nn
 import yaml
 
 from gcvideo.layers import NonLocalBlock
-from gcvideo.models.inflate import CheckpointMismatchError
-from gcvideo.utils.io import CheckpointError
+from gcvideo.utils.io import CheckpointError, CheckpointMismatchError
 
 __all__ = ["slowfast_to_gcvideo_key", "caffe2_to_gcvideo_key", "mmaction2_to_gcvideo_key", "convert_state_dict",
            "NonLocalSettings", "pyslowfast_nonlocal_settings", "mmaction2_nonlocal_settings",

@@ -19,8 +19,8 @@ from iopath.common.file_io import NativePathHandler, PathManager
 
 from gcvideo.utils.errors import UserError
 
-__all__ = ["path_manager", "CheckpointError", "CorruptCheckpointError", "WriteError", "load_checkpoint_file",
-           "verify_checkpoint_bytes", "move_aside", "atomic_write_bytes", "exported_model_kind", "refuse_exported_model",
+__all__ = ["path_manager", "CheckpointError", "CorruptCheckpointError", "CheckpointMismatchError", "WriteError",
+           "load_checkpoint_file", "verify_checkpoint_bytes", "move_aside", "atomic_write_bytes", "exported_model_kind", "refuse_exported_model",
            "atomic_save", "atomic_write_text", "disk_full_error", "local_path", "path_join", "remove_temporaries",
            "TEMPORARY_NAME", "refuse_existing"]
 
@@ -76,6 +76,12 @@ class CheckpointError(UserError, RuntimeError):
 class CorruptCheckpointError(CheckpointError):
     """A checkpoint file's own records prove it damaged: a zip record whose bytes do not match its
     CRC-32, or a zip file whose directory does not read (truncated, overwritten)."""
+
+
+class CheckpointMismatchError(CheckpointError, ValueError):
+    """A checkpoint that reads but does not fit the model of this config: keys or shapes differ, or
+    the same weights would compute another function (``gcvideo.models``; its 2D-inflation case is
+    ``InflationError``)."""
 
 
 _ZIP_MAGIC = b"PK\x03\x04"

@@ -16,7 +16,7 @@ from engine_synthetic import builder, tiny_cfg
 import gcvideo.engine as engine
 from gcvideo.engine import NonFiniteLossError, train
 from gcvideo.engine.checkpoint import list_checkpoints
-from gcvideo.models import build_model
+from gcvideo.models import CheckpointMismatchError, InflationError, build_model
 from gcvideo.utils.io import CorruptCheckpointError, load_checkpoint_file, move_aside
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -119,6 +119,22 @@ def test_test_skips_a_corrupt_newest_checkpoint_with_a_warning(tmp_path, capsys)
     assert res["report_dir"].endswith("test_checkpoint_epoch0001_2x1")
     assert f"warning: skipping unreadable checkpoint {newest}: checkpoint {newest} is corrupt: record {record} " \
         in capsys.readouterr().out
+
+
+def test_test_stops_at_a_newest_checkpoint_that_reads_but_does_not_fit(tmp_path, capsys):
+    """Only an unreadable newest checkpoint is skipped: one that reads but holds another model (here
+    another class count) is the user's error, not a reason to test an older checkpoint."""
+    out = tmp_path / "run"
+    cfg = tiny_cfg(out)
+    (out / "checkpoints").mkdir(parents=True)
+    torch.save(build_model(cfg).state_dict(), out / "checkpoints" / "checkpoint_epoch0001.pth")
+    newest = out / "checkpoints" / "checkpoint_epoch0002.pth"
+    torch.save(build_model(tiny_cfg(out, num_classes=7)).state_dict(), newest)
+    with pytest.raises(CheckpointMismatchError, match=rf"{newest}.*class count") as e:
+        engine.test(cfg, dataset_builder=builder())
+    assert not isinstance(e.value, InflationError)  # it reads, it is no 2D inflation
+    assert "skipping" not in capsys.readouterr().out
+    assert not (out / "test_checkpoint_epoch0001_2x1").exists()
 
 
 def _tool(name):

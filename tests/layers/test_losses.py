@@ -85,3 +85,18 @@ def test_config_selects_the_loss_and_refuses_unknown_ones():
         load_cfg(None, ["MODEL.LOSS", "focal"])
     with pytest.raises(ConfigError, match=r"TRAIN.LABEL_SMOOTHING = 1.0 .*\[0, 1\)"):
         load_cfg(None, ["TRAIN.LABEL_SMOOTHING", "1.0"])
+
+
+def test_a_loss_added_to_losses_alone_is_accepted_by_the_config(monkeypatch):
+    """Adding a loss is one file: its class (with ``soft_targets``) and its name in ``LOSSES``; the
+    config's MODEL.LOSS and Mixup checks read both from there."""
+    class Bce(SoftTargetCrossEntropy):  # a soft-target loss the config has never heard of
+        pass
+
+    monkeypatch.setitem(LOSSES, "bce", Bce)
+    on = ["MODEL.NUM_CLASSES", str(K), "MIXUP.ENABLE", "True", "MODEL.LOSS", "bce"]
+    assert isinstance(build_criterion(load_cfg(None, on)), Bce)
+    monkeypatch.setattr(Bce, "soft_targets", False)  # class indices only: refused with Mixup
+    with pytest.raises(ConfigError, match=r"MODEL.LOSS = 'bce' .*'soft_cross_entropy' with MIXUP.ENABLE"):
+        load_cfg(None, on)
+    assert [n for n, c in LOSSES.items() if c.soft_targets] == ["soft_cross_entropy"]

@@ -6,7 +6,7 @@ import torchvision
 from gcvideo.config import get_cfg, load_cfg
 from gcvideo.models import InflationError, build_model, inflate_state_dict, load_pretrained
 from gcvideo.models.inflate import InflationReport, map_2d_key
-from gcvideo.models.checkpoints import inflate_imagenet_checkpoint
+from gcvideo.models.pretrained import inflate_imagenet_checkpoint
 from gcvideo.utils.io import CheckpointError, load_checkpoint_file
 
 

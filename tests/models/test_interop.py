@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from gcvideo.models import build_model, load_pretrained
-from gcvideo.models.inflate import InflationError
-from gcvideo.models.checkpoint_file import load_weights_file
-from gcvideo.models.checkpoints import add_context_blocks
+from gcvideo.models import CheckpointMismatchError, build_model, load_pretrained
 from gcvideo.models.interop import caffe2_to_gcvideo_key, slowfast_to_gcvideo_key
+from gcvideo.models.pretrained import add_context_blocks
 from gcvideo.models.safe_pickle import RestrictedUnpickler, UnsafePickleError, safe_pickle_load
+from gcvideo.models.weights_file import load_weights_object
 from gcvideo.utils.io import CheckpointError
 
 from model_helpers import _clip, _py2_pickle, _randomise, _tiny_cfg, _to_caffe2, _to_slowfast  # noqa: E402
@@ -73,7 +72,7 @@ def test_pyslowfast_nonlocal_at_another_block_is_reported(tmp_path):
     assert any(k.startswith("blocks.2.res_blocks.0.context.") for k in rep.kept_init)
     # a backbone tensor missing is an error that names the gcvideo key
     del sd["s4.pathway0_res1.branch2.b.weight"]
-    with pytest.raises(InflationError, match=r"blocks\.3\.res_blocks\.1\.branch2\.conv_b\.weight"):
+    with pytest.raises(CheckpointMismatchError, match=r"blocks\.3\.res_blocks\.1\.branch2\.conv_b\.weight"):
         load_pretrained(build_model(cfg), sd)
 
 
@@ -130,7 +129,7 @@ def test_pyslowfast_nonlocal_semantics_match():
         assert (other(x) - expect).abs().max() > 1e-3  # the other layout is a different function
     cfg = _tiny_cfg("nl", NL_LOC, NL_SCALE=True)  # after_conv: refused for PySlowFast weights
     _, src = _nl_model()
-    with pytest.raises(InflationError, match="NL_POOL_POSITION before_conv"):
+    with pytest.raises(CheckpointMismatchError, match="NL_POOL_POSITION before_conv"):
         load_pretrained(build_model(cfg), {_to_slowfast(k): v for k, v in src.state_dict().items()})
 
 
@@ -148,7 +147,7 @@ def test_caffe2_pickle_loads_and_gives_same_outputs(tmp_path):
     blobs["lr"] = np.array([0.01], dtype=np.float32)  # an array with no place: unused
     path = tmp_path / "i3d_nonlocal.pkl"
     path.write_bytes(_py2_pickle({"blobs": blobs, "model_iter": 7, "note": "caffe2"}))
-    obj = load_weights_file(str(path))
+    obj = load_weights_object(str(path))
     assert obj["blobs"]["conv1_w"].dtype == np.float32
     dst = build_model(cfg).eval()
     rep = load_pretrained(dst, str(path), verbose=True)
@@ -189,7 +188,7 @@ def test_restricted_unpickler_refuses_code(tmp_path):
     path = tmp_path / "evil.pkl"
     path.write_bytes(data)
     with pytest.raises(CheckpointError, match="evil.pkl"):
-        load_weights_file(str(path))
+        load_weights_object(str(path))
     with pytest.raises(CheckpointError):
         load_pretrained(build_model(_tiny_cfg()), str(path))
     assert not marker.exists()
@@ -200,7 +199,7 @@ def test_restricted_unpickler_refuses_code(tmp_path):
     junk = tmp_path / "junk.pkl"
     junk.write_bytes(b"not a pickle at all")
     with pytest.raises(CheckpointError, match="junk.pkl"):
-        load_weights_file(str(junk))
+        load_weights_object(str(junk))
 
 
 def _object_dtype_attacks():
@@ -306,14 +305,14 @@ def test_pyslowfast_dot_product_config_is_read_and_refused_with_the_right_fix(tm
     src = _randomise(build_model(cfg), seed=4)
     path = _pyth(tmp_path, src, _slowfast_cfg_text("dot_product"))
     readme = _tiny_cfg("nl", NL_LOC, NL_SCALE=True, NL_POOL_POSITION="before_conv")
-    with pytest.raises(InflationError) as e:
+    with pytest.raises(CheckpointMismatchError) as e:
         load_pretrained(build_model(readme), path)
     msg = str(e.value)
     assert "SLOW_NLN_8x8_R50.pyth" in msg and "CONTEXT.NL_INSTANTIATION dot_product" in msg
     assert "CONTEXT.LOCATION '[[], [1], [0], []]'" in msg and "NL_POOL_POSITION before_conv" in msg
     assert "NL_SCALE True" not in msg.split("set ")[-1]
     # gcvideo's defaults (embedded_gaussian, after_conv): the same fix, not "NL_SCALE True"
-    with pytest.raises(InflationError, match="CONTEXT.NL_INSTANTIATION dot_product"):
+    with pytest.raises(CheckpointMismatchError, match="CONTEXT.NL_INSTANTIATION dot_product"):
         load_pretrained(build_model(_tiny_cfg("nl", NL_LOC)), path)
     # the settings the message gives load it exactly
     dst = build_model(cfg).eval()
@@ -331,11 +330,11 @@ def test_pyslowfast_softmax_config_needs_scale_and_before_conv(tmp_path):
     assert load_pretrained(build_model(cfg), path).settings.scale is True
     for wrong in (dict(NL_INSTANTIATION="dot_product", NL_POOL_POSITION="before_conv"),
                   dict(NL_SCALE=False, NL_POOL_POSITION="before_conv"), dict(NL_SCALE=True)):
-        with pytest.raises(InflationError, match=r"NL_INSTANTIATION embedded_gaussian .*NL_POOL_POSITION "
+        with pytest.raises(CheckpointMismatchError, match=r"NL_INSTANTIATION embedded_gaussian .*NL_POOL_POSITION "
                                                  r"before_conv CONTEXT.NL_SCALE True"):
             load_pretrained(build_model(_tiny_cfg("nl", NL_LOC, **wrong)), path)
     # a pool kernel the model does not have
-    with pytest.raises(InflationError, match=r"NL_POOL '\[1, 1, 1\]'|NL_POOL '\[\]'"):
+    with pytest.raises(CheckpointMismatchError, match=r"NL_POOL '\[1, 1, 1\]'|NL_POOL '\[\]'"):
         load_pretrained(build_model(cfg), _pyth(tmp_path, src, _slowfast_cfg_text(
             "softmax", extra="  POOL: [[[1, 1, 1], [1, 1, 1]], [[1, 1, 1], [1, 1, 1]], [[1, 1, 1], [1, 1, 1]], "
             "[[1, 1, 1], [1, 1, 1]]]\n"), "nopool.pyth"))
@@ -345,13 +344,13 @@ def test_pyslowfast_settings_gcvideo_cannot_build_are_refused(tmp_path):
     cfg = _tiny_cfg("nl", NL_LOC, NL_INSTANTIATION="dot_product", NL_POOL_POSITION="before_conv")
     src = _randomise(build_model(cfg), seed=6)
     grouped = _slowfast_cfg_text().replace("GROUP: [[1], [1], [1], [1]]", "GROUP: [[1], [2], [2], [1]]")
-    with pytest.raises(InflationError, match=r"grouped.pyth.*NONLOCAL.GROUP \[2\]"):
+    with pytest.raises(CheckpointMismatchError, match=r"grouped.pyth.*NONLOCAL.GROUP \[2\]"):
         load_pretrained(build_model(cfg), _pyth(tmp_path, src, grouped, "grouped.pyth"))
     c2d = _slowfast_cfg_text().replace("ARCH: slow", "ARCH: c2d")
-    with pytest.raises(InflationError, match=r"MODEL.ARCH c2d"):
+    with pytest.raises(CheckpointMismatchError, match=r"MODEL.ARCH c2d"):
         load_pretrained(build_model(cfg), _pyth(tmp_path, src, c2d, "c2d.pyth"))
     stride = _slowfast_cfg_text().replace("RESNET:\n", "RESNET:\n  STRIDE_1X1: true\n")
-    with pytest.raises(InflationError, match=r"RESNET.STRIDE_1X1 True"):  # same shapes, another function
+    with pytest.raises(CheckpointMismatchError, match=r"RESNET.STRIDE_1X1 True"):  # same shapes, another function
         load_pretrained(build_model(cfg), _pyth(tmp_path, src, stride, "stride1x1.pyth"))
 
 
@@ -363,7 +362,7 @@ def test_pyslowfast_nonlocal_checkpoint_into_baseline_config_is_refused_for_infe
     cfg = _tiny_cfg("nl", NL_LOC, NL_INSTANTIATION="dot_product", NL_POOL_POSITION="before_conv")
     src = _randomise(build_model(cfg), seed=7)
     path = _pyth(tmp_path, src, _slowfast_cfg_text())
-    with pytest.raises(InflationError) as e:
+    with pytest.raises(CheckpointMismatchError) as e:
         build_model_from_checkpoint(_tiny_cfg(), path)
     msg = str(e.value)
     assert "s3.pathway0_nonlocal1.conv_theta.weight" in msg and "SLOW_NLN_8x8_R50.pyth" in msg

@@ -7,8 +7,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from gcvideo.models.checkpoint_file import load_weights_file
 from gcvideo.models.safe_pickle import UnsafePickleError, default_allocation_limit, safe_pickle_load
+from gcvideo.models.weights_file import load_weights_object
 from gcvideo.utils.io import CheckpointError
 
 
@@ -46,7 +46,7 @@ def test_bytearray_bomb_is_refused_before_allocating(tmp_path):
     tracemalloc.start()
     try:
         with pytest.raises(CheckpointError, match=r"bomb\.pkl.*bytearray\(2000000000\).*allocate"):
-            load_weights_file(str(path))
+            load_weights_object(str(path))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -1,4 +1,8 @@
-"""Reading checkpoint files into flat state dicts (tensors by key), whatever wrote them.
+"""Reading any weights file into a flat state dict (tensors by key), whatever wrote it.
+
+The entry point is :func:`read_weights_file` (a path or an in-memory dict -> :class:`WeightsFile`:
+the state dict, skipped entries and the writer's metadata); :func:`load_weights_object` returns
+the raw object a file holds, :func:`unwrap_state_dict` the tensors inside such an object.
 
 - torch files (zip or legacy) through ``torch.load(weights_only=True)`` (``gcvideo.utils.io``); zip
   files after checking every record's CRC-32 (a damaged file is a ``CorruptCheckpointError``), legacy
@@ -21,8 +25,8 @@ import torch
 from gcvideo.models.safe_pickle import UnsafePickleError, safe_pickle_load
 from gcvideo.utils.io import CheckpointError, load_checkpoint_file, path_manager, refuse_exported_model
 
-__all__ = ["load_weights_file", "unwrap_state_dict", "caffe2_blobs_to_tensors", "is_caffe2_blobs",
-           "CheckpointContents", "read_checkpoint"]
+__all__ = ["load_weights_object", "unwrap_state_dict", "caffe2_blobs_to_tensors", "is_caffe2_blobs",
+           "WeightsFile", "read_weights_file"]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 # torch's legacy (< 1.6) format starts with its pickled magic number 0x1950a86a20f9469cfc6c.
@@ -30,9 +34,10 @@ _TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 _WRAPPERS = ("state_dict", "model", "model_state", "model_state_dict", "module")
 
 
-def load_weights_file(path: str) -> Any:
-    """Read a checkpoint file safely: torch files with ``weights_only=True``, other pickles
-    (Caffe2 ``.pkl``) with the restricted unpickler. Errors name the file."""
+def load_weights_object(path: str) -> Any:
+    """The object a weights file holds, read safely: torch files through
+    :func:`gcvideo.utils.io.load_checkpoint_file` (``weights_only=True``), other pickles (Caffe2
+    ``.pkl``) with the restricted unpickler. Errors name the file."""
     if not path_manager.exists(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     with path_manager.open(path, "rb") as f:
@@ -112,8 +117,8 @@ def is_caffe2_blobs(obj: Any) -> bool:
 
 
 @dataclass
-class CheckpointContents:
-    """A checkpoint read into tensors: ``state_dict`` in the writer's own key names, ``skipped``
+class WeightsFile:
+    """A weights file (or in-memory checkpoint) read into tensors: ``state_dict`` in the writer's own key names, ``skipped``
     entries (Caffe2 optimizer state / not arrays) and the plain ``meta`` data stored beside the
     weights (PySlowFast's ``cfg`` YAML text, mmengine's ``meta``, gcvideo's ``config``)."""
     source: str
@@ -122,14 +127,14 @@ class CheckpointContents:
     meta: Dict[str, Any] = field(default_factory=dict)
 
 
-def read_checkpoint(source: Union[str, Mapping]) -> CheckpointContents:
-    """A file path (read safely) or an in-memory checkpoint / state dict -> :class:`CheckpointContents`."""
+def read_weights_file(source: Union[str, Mapping]) -> WeightsFile:
+    """A file path (read safely) or an in-memory checkpoint / state dict -> :class:`WeightsFile`."""
     name = source if isinstance(source, str) else "<state dict>"
-    obj = load_weights_file(source) if isinstance(source, str) else source
+    obj = load_weights_object(source) if isinstance(source, str) else source
     skipped: List[str] = []
     meta: Dict[str, Any] = {}
     if isinstance(obj, Mapping):
         meta = {k: v for k, v in obj.items() if k in ("cfg", "config", "meta") and not isinstance(v, torch.Tensor)}
     if is_caffe2_blobs(obj):
         obj, skipped = caffe2_blobs_to_tensors(obj)
-    return CheckpointContents(source=name, state_dict=unwrap_state_dict(obj, name), skipped=skipped, meta=meta)
+    return WeightsFile(source=name, state_dict=unwrap_state_dict(obj, name), skipped=skipped, meta=meta)

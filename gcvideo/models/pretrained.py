@@ -1,4 +1,4 @@
-"""Loading weights into a gcvideo model from any checkpoint format: the one loader of gcvideo.
+"""Loading pretrained weights into a gcvideo model from any checkpoint format: the one loader of gcvideo.
 
 :func:`load_pretrained` (fine-tuning: ``train_net.py --init-from``, :func:`add_context_blocks`)
 and :func:`build_model_from_checkpoint` (inference and testing: ``test_net.py``, ``predict.py``,
@@ -36,15 +36,15 @@ import yaml
 from gcvideo.config import context_indices, load_cfg, stage_depths
 from gcvideo.layers import layernorm_as_vectors
 from gcvideo.models.build import build_model
-from gcvideo.models.checkpoint_file import CheckpointContents, read_checkpoint
-from gcvideo.models.inflate import (CheckpointMismatchError, InflationReport, _compact, _is_new_module_key,
-                                    check_resnet_layout, inflate_state_dict)
+from gcvideo.models.inflate import (InflationReport, _compact, _is_new_module_key, check_resnet_layout,
+                                    inflate_state_dict)
 from gcvideo.models.interop import (NonLocalSettings, check_nonlocal_semantics, convert_state_dict,
                                     mmaction2_nonlocal_settings, pyslowfast_nonlocal_settings)
-from gcvideo.utils.io import CheckpointError, atomic_save, refuse_existing
+from gcvideo.models.weights_file import WeightsFile, read_weights_file
+from gcvideo.utils.io import CheckpointError, CheckpointMismatchError, atomic_save, refuse_existing
 
 __all__ = ["load_pretrained", "build_model_from_checkpoint", "add_context_blocks", "inflate_imagenet_checkpoint",
-           "LoadReport", "detect_format", "CheckpointMismatchError", "checked_keys"]
+           "LoadReport", "detect_format", "checked_keys"]
 
 PURPOSES = ("finetune", "inference")
 
@@ -105,7 +105,7 @@ def detect_format(sd: Mapping[str, torch.Tensor], source: str = "<state dict>") 
         "first keys: " + ", ".join(list(sd)[:5]))
 
 
-def _nonlocal_settings(ck: CheckpointContents, fmt: str) -> Optional[NonLocalSettings]:
+def _nonlocal_settings(ck: WeightsFile, fmt: str) -> Optional[NonLocalSettings]:
     """What the checkpoint's writer says (or leaves open) about its non-local blocks."""
     if fmt == "pyslowfast":
         cfg = ck.meta.get("cfg")
@@ -137,7 +137,7 @@ def _is_backbone_key(key: str, model: nn.Module) -> bool:
     return key.startswith("blocks.") and not key.startswith(head) and ".context." not in key
 
 
-def _load(model: nn.Module, ck: CheckpointContents, purpose: str) -> LoadReport:
+def _load(model: nn.Module, ck: WeightsFile, purpose: str) -> LoadReport:
     """Rename (foreign formats) or inflate (2D), check against the model, then load strictly."""
     name, sd = ck.source, ck.state_dict
     rep = LoadReport(source=name, format=detect_format(sd, name), skipped=list(ck.skipped))
@@ -229,13 +229,13 @@ def load_pretrained(model: nn.Module, source: Union[str, Mapping], verbose: bool
     """
     if purpose not in PURPOSES:
         raise ValueError(f"purpose={purpose!r}: expected one of {PURPOSES}")
-    rep = _load_named(model, read_checkpoint(source), purpose)
+    rep = _load_named(model, read_weights_file(source), purpose)
     if verbose:
         print(rep.summary())
     return rep
 
 
-def _load_named(model: nn.Module, ck: CheckpointContents, purpose: str) -> LoadReport:
+def _load_named(model: nn.Module, ck: WeightsFile, purpose: str) -> LoadReport:
     """``_load`` with every error naming the checkpoint."""
     try:
         return _load(model, ck, purpose)
@@ -253,7 +253,7 @@ def build_model_from_checkpoint(cfg, checkpoint: Union[str, Mapping], allow: Seq
     gcvideo checkpoint's stored config must agree with ``cfg`` on ``checked_keys`` (those in ``allow``,
     e.g. set explicitly on the command line, may differ)."""
     model = build_model(cfg)
-    ck = read_checkpoint(checkpoint)
+    ck = read_weights_file(checkpoint)
     _check_saved_config(cfg, ck.meta.get("config"), ck.source, allow)  # (before the weights: it names keys)
     _load_named(model, ck, "inference")
     return model.eval()
@@ -342,7 +342,7 @@ def inflate_imagenet_checkpoint(src: str, config: str, dst: str, opts: Optional[
     refuse_existing(dst, overwrite)
     cfg = load_cfg(config, opts)
     model = build_model(cfg)
-    ck = read_checkpoint(src)
+    ck = read_weights_file(src)
     report = InflationReport()
     try:
         sd3 = inflate_state_dict(ck.state_dict, model, report)

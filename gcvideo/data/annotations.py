@@ -23,7 +23,7 @@ Labels are class indices (-1 = unknown) or class names. Names are looked up in t
 difference between spaces, underscores and hyphens. A bad line (wrong number of
 fields, unknown class name, label out of range, unreadable number, a line that is not
 UTF-8 text or longer than ``MAX_LINE_BYTES``) raises :class:`AnnotationError` naming
-``file:line``. Files are streamed a line at a time (``iter_lines``).
+``file:line``. Files are streamed a line at a time (``iter_lines``; ``iter_csv_rows`` for comma fields).
 """
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ from gcvideo.utils.io import path_manager
 from gcvideo.utils.package_data import shipped_file
 
 __all__ = ["VideoRecord", "VideoRecords", "AnnotationError", "load_annotations", "read_label_map", "class_key",
-           "detect_format", "kinetics_clip_name", "iter_lines", "video_stem", "FORMATS", "CLIP_LAYOUTS",
-           "MAX_LINE_BYTES", "VIDEO_EXTENSIONS", "DEFAULT_KINETICS400_LABEL_MAP"]
+           "detect_format", "kinetics_clip_name", "iter_lines", "iter_csv_rows", "video_stem", "FORMATS",
+           "CLIP_LAYOUTS", "MAX_LINE_BYTES", "VIDEO_EXTENSIONS", "DEFAULT_KINETICS400_LABEL_MAP"]
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +245,14 @@ def iter_lines(path: str, what: str = "annotation file",
                     raise AnnotationError(f"{path}:{n}: NUL bytes: UTF-16 or binary, not UTF-8 text; "
                                           "re-save it as UTF-8")
                 yield n, text
+
+
+def iter_csv_rows(path: str, what: str = "annotation file") -> Iterator[Tuple[int, List[str]]]:
+    """``(line number, stripped comma fields)`` of a CSV file such as the official Kinetics CSVs,
+    read by :func:`iter_lines` (same line cap, encoding checks and ``file:line`` errors); a blank
+    line gives ``[]``. A quoted field cannot span lines (the official CSVs have none)."""
+    for n, text in iter_lines(path, what):
+        yield n, _csv_fields(text, f"{path}:{n}")
 
 
 _SECONDS = re.compile(r"\d+(\.\d+)?")  # time_start / time_end as written (whole seconds: checked when read)

@@ -21,16 +21,14 @@ the space when the path has spaces, label -1 when unknown), so that ``DATA.PATH_
 """
 from __future__ import annotations
 
-import csv
-import itertools
 import os
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from gcvideo.data.annotations import (DEFAULT_KINETICS400_LABEL_MAP, MAX_LINE_BYTES, VIDEO_EXTENSIONS, AnnotationError,
-                                      class_key, kinetics_clip_name, read_label_map, video_stem)
+from gcvideo.data.annotations import (DEFAULT_KINETICS400_LABEL_MAP, VIDEO_EXTENSIONS, AnnotationError, class_key,
+                                      iter_csv_rows, kinetics_clip_name, read_label_map, video_stem)
 from gcvideo.utils.errors import UserError
 from gcvideo.utils.folder_lock import FolderLock
 from gcvideo.utils.io import TEMPORARY_NAME, atomic_write_text
@@ -161,7 +159,7 @@ def _read_kinetics_csvs(paths: Sequence[str], keys: Dict[str, int], label_map: s
     for path in paths:
         if not os.path.isfile(path):
             raise AnnotationError(f"{path}: annotation file does not exist")
-        rows = _csv_rows(path)
+        rows = iter_csv_rows(path)
         n, first = next(rows, (1, []))
         header = [c.strip().lower() for c in first]
         if "youtube_id" not in header:
@@ -185,35 +183,6 @@ def _read_kinetics_csvs(paths: Sequence[str], keys: Dict[str, int], label_map: s
             _check_split(split, f"{path}:{n}: split")
             out[stem] = (keys[class_key(name)] if name else -1, split, f"{path}:{n}")
     return out
-
-
-def _csv_rows(path: str) -> Iterator[Tuple[int, List[str]]]:
-    """(line number, fields) of a CSV file read line by line; a line that is not UTF-8, not CSV or longer
-    than ``MAX_LINE_BYTES`` (never read whole) is an :class:`AnnotationError` naming ``file:line``."""
-    with open(path, "rb") as f:
-        def text() -> Iterator[str]:
-            for k in itertools.count(1):
-                raw = f.readline(MAX_LINE_BYTES + 1)  # bounded: never the whole of a huge line
-                if not raw:
-                    return
-                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-                    raise AnnotationError(f"{path}:{k}: not a CSV line (longer than {MAX_LINE_BYTES} bytes; "
-                                          "read no further)")
-                try:
-                    yield raw.decode("utf-8-sig" if k == 1 else "utf-8")
-                except UnicodeDecodeError as e:
-                    raise AnnotationError(f"{path}:{k}: not UTF-8 text ({e.reason} at byte {e.start}); "
-                                          "save the file as UTF-8") from None
-
-        reader = csv.reader(text())
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                raise AnnotationError(f"{path}:{reader.line_num}: not a CSV line ({e})") from None
-            yield reader.line_num, row
 
 
 def _check_split(split: str, what: str) -> None:

@@ -294,13 +294,13 @@ def test_bad_annotation_lines_are_one_error_naming_file_and_line(tmp_path, case)
     text = ann.read_text()
     if case == "utf16":
         ann.write_bytes(text.encode("utf-16"))
-        where = f"{ann}:1: not UTF-8 text"
+        where = f"{ann}:1: UTF-16 text (byte-order mark); re-save it as UTF-8"  # annotations.iter_lines' wording
     elif case == "inf":
         ann.write_text(text.replace("bbb,10", "bbb,inf"))
         where = f"{ann}:3: bad youtube_id/time_start/time_end"
     else:
-        ann.write_text(text.replace("bbb", "b" * 200000))  # over the csv module's field limit
-        where = f"{ann}:3: not a CSV line"
+        ann.write_text(text.replace("bbb", "b" * 200000))  # over the line cap and the csv module's field limit
+        where = f"{ann}:3: line longer than 65536 bytes"  # annotations.iter_lines' wording
     rc, out, err = tool("prepare_kinetics.py", "--src", str(src), "--dst", str(tmp_path / "dst"),
                         "--annotations", str(ann), "--workers", "1")
     assert rc == 2 and err.count("\n") == 1 and err.startswith(f"error: {where}"), err
@@ -311,11 +311,11 @@ def test_official_csv_lines_are_read_within_the_line_cap(tmp_path, monkeypatch):
     """The official CSVs are read with a bounded readline: a line longer than MAX_LINE_BYTES is refused
     with file:line after reading at most the cap (+1 byte), never whole (here a 5000-byte youtube_id
     under a 1000-byte cap; the csv module alone would have taken it)."""
-    from gcvideo.data import prepare
+    from gcvideo.data import annotations, prepare
 
     ann = tmp_path / "kinetics_train.csv"
     ann.write_text(KINETICS_HEADER + '"abseiling",aaa,10,20,train,0\n' + f'"abseiling",{"b" * 5000},10,20,train,0\n')
-    monkeypatch.setattr(prepare, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(annotations, "MAX_LINE_BYTES", 1000)  # prepare reads through annotations.iter_lines
     asked = []
     real_open = open
 
@@ -324,7 +324,33 @@ def test_official_csv_lines_are_read_within_the_line_cap(tmp_path, monkeypatch):
             asked.append(size)
             return super().readline(size)
 
-    monkeypatch.setattr(prepare, "open", lambda p, mode="r": Counting(real_open(p, "rb", buffering=0)), raising=False)
-    with pytest.raises(prepare.AnnotationError, match=rf"{ann}:3: not a CSV line \(longer than 1000 bytes"):
+    monkeypatch.setattr(annotations.path_manager, "open", lambda p, mode="r": Counting(real_open(p, "rb", buffering=0)))
+    with pytest.raises(prepare.AnnotationError, match=rf"{ann}:3: line longer than 1000 bytes"):
         prepare._read_kinetics_csvs([str(ann)], {"abseiling": 0}, "")
     assert asked and all(0 < n <= 1001 for n in asked), asked
+
+
+@pytest.mark.parametrize("case", ["latin1", "nul", "cr"])
+def test_official_csvs_are_read_by_the_annotation_reader(tmp_path, case):
+    """prepare reads the official CSVs with annotations' one line reader: a bad line is the very error
+    ``load_annotations`` gives for the same file (file:line, what to do), and classic Mac line ends (a
+    lone CR) are lines, as there (the csv module's own line splitting refused them)."""
+    from gcvideo.data import prepare
+    from gcvideo.data.annotations import AnnotationError, load_annotations
+
+    ann = tmp_path / "kinetics_train.csv"
+    rows = [KINETICS_HEADER.strip(), '"abseiling",aaa,10,20,train,0', '"zumba",bbb,30,40,val,0']
+    keys = {"abseiling": 0, "zumba": 399}
+    if case == "cr":
+        ann.write_bytes("\r".join(rows).encode() + b"\r")
+        assert prepare._read_kinetics_csvs([str(ann)], keys, "") == {
+            "aaa_000010_000020": (0, "train", f"{ann}:2"), "bbb_000030_000040": (399, "val", f"{ann}:3")}
+        return
+    bad = b"caf\xe9" if case == "latin1" else b"bb\0b"  # a Latin-1 byte / a NUL on line 3
+    ann.write_bytes("\n".join(rows).encode().replace(b"bbb", bad) + b"\n")
+    with pytest.raises(AnnotationError) as want:
+        load_annotations(str(ann), clip_layout="flat")
+    with pytest.raises(AnnotationError) as got:
+        prepare._read_kinetics_csvs([str(ann)], keys, "")
+    assert str(got.value) == str(want.value) and str(got.value).startswith(f"{ann}:3: ")
+    assert "re-save it as UTF-8" in str(got.value)

@@ -24,6 +24,7 @@ from gcvideo.engine.tester import class_names, config_for_checkpoint  # noqa: E4
 from gcvideo.models import build_model_from_checkpoint  # noqa: E402
 from gcvideo.utils.device import select_device  # noqa: E402
 from gcvideo.utils.errors import UsageError  # noqa: E402
+from gcvideo.utils.progress import progress_write  # noqa: E402
 
 
 @tool
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
     model = build_model_from_checkpoint(cfg, args.checkpoint, allow=list(args.opts)[0::2]).to(
         select_device(args.device))
     results = predict_videos(model, build_views_dataset(cfg, args.videos, *views), names, topk=args.topk,
-                             log=lambda msg: print(msg, file=sys.stderr, flush=True), progress=True)
+                             log=progress_write, progress=True)
     print(format_predictions(results, as_json=args.json))
     return 0 if all(r["ok"] for r in results) else 1
 

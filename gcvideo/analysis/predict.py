@@ -69,7 +69,9 @@ def predict_videos(model: nn.Module, dataset, class_names: Sequence[str], topk: 
     dataset's TEST.VIEW_PROTOCOL, whose frames and crops the views are), probabilities = mean
     over views of the softmax (``prob_mean``). The views go to ``device`` (None: the model's) in
     chunks of ``max_batch_views``; ``class_names[i]`` names logit i. ``progress``: a bar on stderr
-    counting the videos done (decoded and classified), with a rate and an ETA."""
+    counting the videos done (decoded and classified), with a rate and an ETA. ``log``: called with one
+    ``error: path: reason`` line per video that cannot be read (``gcvideo.utils.progress.progress_write``
+    keeps it off the bar's line)."""
     device = resolve_device(device) if device is not None else model_device(model)
     model.eval()
     views = f"{dataset.transform.num_clips}x{dataset.transform.num_crops}"

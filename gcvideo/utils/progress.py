@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["progress_bar", "LOG_INTERVAL_S"]
+__all__ = ["progress_bar", "progress_write", "LOG_INTERVAL_S"]
 
 LOG_INTERVAL_S = 60.0  # seconds between bar updates when stderr is not a terminal
 
@@ -21,3 +21,13 @@ def progress_bar(total: int, desc: str, initial: int = 0, unit: str = "it", leav
     tty = bool(getattr(file, "isatty", lambda: False)())
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, file=file, dynamic_ncols=tty,
                 mininterval=1.0 if tty else LOG_INTERVAL_S)
+
+
+def progress_write(msg: str, file=None) -> None:
+    """``msg`` as one line of its own on ``file`` (stderr) while bars are drawn there: open bars are
+    cleared first and redrawn below it (``tqdm.write``), so the line never glues onto a bar's text."""
+    from tqdm import tqdm
+
+    file = sys.stderr if file is None else file
+    tqdm.write(msg, file=file)
+    file.flush()

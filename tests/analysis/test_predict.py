@@ -166,6 +166,22 @@ def test_predict_progress_counts_videos(setup, capsys):
     assert "predict (1x1 views): 100%" in err and "2/2" in err
 
 
+def test_predict_error_lines_stand_apart_from_the_bar(setup, capsys):
+    """tools/predict.py with a broken video among good ones: its error line is a line of its own on
+    stderr (the bar is cleared before it and redrawn after: tqdm.write), never glued onto the bar's text
+    (lines as a terminal or ``str.splitlines`` cut them: at '\\n' and at the bar's '\\r')."""
+    broken = setup["broken"]
+    rc = _tool().main([setup["videos"][0], broken, setup["videos"][1], "--config", setup["cfg_file"],
+                       "--checkpoint", setup["ckpt"], "--views", "1x1", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and [r["ok"] for r in json.loads(out)] == [True, False, True]
+    lines = [line.strip() for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {broken}: "), err
+    assert "predict (" not in errors[0] and "video/s" not in errors[0], err
+    assert "predict (1x1 views): 100%" in err and "3/3" in err  # the bar is still drawn to the end
+
+
 def test_predict_uses_the_view_protocol(setup):
     """TEST.VIEW_PROTOCOL reaches predict: mmaction2's frames and crops (carphone: 120 frames, 176x144
     resized to 39x32; SampleFrames offsets 0 and 120 - 7, ThreeCrop left/right/middle), named in the result."""

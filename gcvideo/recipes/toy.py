@@ -14,16 +14,17 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 from gcvideo.analysis.attention import visualize_attention
-from gcvideo.analysis.predict import decode_views
 from gcvideo.config import load_cfg
 from gcvideo.data import build_dataset, build_views_dataset
 from gcvideo.data.toy import TOY_FORMAT_VERSION, make_toy_dataset
+from gcvideo.engine.distributed import is_main_process
 from gcvideo.engine.tester import class_names
 from gcvideo.engine.trainer import train
 from gcvideo.layers import ContextBlock, NonLocalBlock
 from gcvideo.models import build_model_from_checkpoint
 from gcvideo.utils.device import select_device
 from gcvideo.utils.errors import UsageError
+from gcvideo.utils.progress import progress_bar
 
 __all__ = ["run_toy", "prepare_toy_data", "attention_per_class"]
 
@@ -54,26 +55,32 @@ def prepare_toy_data(data_dir: str, log=print) -> Optional[Dict]:
     return meta
 
 
-def attention_per_class(model, cfg, out_dir: str) -> List[Dict[str, str]]:
+def attention_per_class(model, cfg, out_dir: str, progress: bool = False) -> List[Dict[str, str]]:
     """The attention figures (``visualize_attention``: PNG grid + GIF) of the first validation video of
     every class, in ``out_dir/<class name>/``; returns one entry per class with the files and the video.
 
     The centre clip and crop of each video, as the test decodes them; files of an earlier call
-    (the same run and checkpoint) are replaced.
+    (the same run and checkpoint) are replaced. ``progress``: a bar on stderr counting the videos
+    done (decoded and drawn).
     """
     names = class_names(cfg.DATA.LABEL_MAP, cfg.MODEL.NUM_CLASSES)
     first: Dict[int, str] = {}
     for rec in build_dataset(cfg, "val").records:
         first.setdefault(rec.label, rec.path)
     chosen = sorted(first.items())  # (label, path)
-    items = decode_views(build_views_dataset(cfg, [p for _, p in chosen], num_clips=1, num_crops=1))
+    views = build_views_dataset(cfg, [p for _, p in chosen], num_clips=1, num_crops=1)
+    bar = progress_bar(total=len(chosen), desc="attention", unit="video") if progress else None
     out = []
-    for (label, path), item in zip(chosen, items):
-        if not item["ok"]:
-            continue  # a broken video is listed in the test report already
-        files = visualize_attention(model, item["video"][:1], os.path.join(out_dir, names[label]), cfg.DATA.MEAN,
-                                    cfg.DATA.STD, overwrite=True, video=path)
-        out.append(dict(files, label=names[label], video=path))
+    for i, (label, path) in enumerate(chosen):
+        item = views[i]
+        if item["ok"]:  # a broken video is listed in the test report already
+            files = visualize_attention(model, item["video"][:1], os.path.join(out_dir, names[label]),
+                                        cfg.DATA.MEAN, cfg.DATA.STD, overwrite=True, video=path)
+            out.append(dict(files, label=names[label], video=path))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     return out
 
 
@@ -110,7 +117,8 @@ def run_toy(config_file: str = "configs/toy/slow_gc_toy.yaml", data_dir: Optiona
         if any(isinstance(m, NonLocalBlock) or (isinstance(m, ContextBlock) and m.pooling == "att")
                for _, m in model.named_context_blocks()):
             tag = os.path.splitext(os.path.basename(result["checkpoint"]))[0]
-            figures = attention_per_class(model, cfg, os.path.join(cfg.OUTPUT_DIR, f"attention_{tag}"))
+            figures = attention_per_class(model, cfg, os.path.join(cfg.OUTPUT_DIR, f"attention_{tag}"),
+                                          progress=is_main_process())  # the bars are on the main process
     result.update(data_s=t_data, total_s=time.time() - t0, num_train=meta.get("num_train"),
                   num_val=meta.get("num_val"), output_dir=cfg.OUTPUT_DIR, attention=figures)
     # 4. what the user looks at

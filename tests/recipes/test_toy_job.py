@@ -156,3 +156,26 @@ def test_main_job_trains_on_a_users_dataset_without_touching_it(tmp_path, capsys
     assert not (mine / "meta.json").exists() and res["test"]["metrics"]["all"]["videos"] == 8
     rows = open(os.path.join(res["test"]["report_dir"], "predictions.csv")).read().splitlines()
     assert rows[1].split(",")[2] in ("even", "odd")
+
+
+def test_attention_step_counts_videos_on_a_bar(tmp_path, capsys):
+    """attention_per_class(progress=True): a bar on stderr named "attention" that counts the videos
+    (one per class of val: 3 here, a broken one included: it counts but draws no figure); off by default."""
+    from gcvideo.config import load_cfg
+    from gcvideo.data.toy import TOY_CLASSES, make_toy_dataset
+    from gcvideo.models import build_model
+    from gcvideo.recipes.toy import attention_per_class
+
+    data = str(tmp_path / "toy")
+    make_toy_dataset(data, num_train=1, num_val=3, size=48, num_frames=16, workers=1)
+    with open(os.path.join(data, "videos", "val", "000001.mp4"), "wb") as f:
+        f.write(b"\x00\x00\x00\x18ftypmp42" + bytes(2000))  # class 1's only video cannot be decoded
+    cfg = load_cfg(TOY_CONFIG, ["DATA.PATH_TO_DATA_DIR", data, "DATA.LABEL_MAP", os.path.join(data, "classes.txt")]
+                   + TINY)
+    model = build_model(cfg).eval()
+    figures = attention_per_class(model, cfg, str(tmp_path / "att"), progress=True)
+    out, err = capsys.readouterr()
+    assert [f["label"] for f in figures] == [TOY_CLASSES[0], TOY_CLASSES[2]] and out == ""
+    assert "attention: 100%" in err and "3/3" in err and "video" in err, err
+    assert len(attention_per_class(model, cfg, str(tmp_path / "att"))) == 2
+    assert capsys.readouterr().err == ""

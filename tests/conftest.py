@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 
@@ -24,3 +25,21 @@ def _same_rng_for_every_test():
 def seed():
     torch.manual_seed(0)
     return 0
+
+
+def _load_tool(name):
+    """tools/<name>.py as a fresh module (``gcvideo.tools.<name>``: its ``main`` is what the
+    ``gcvideo-...`` command runs), loaded in this process: a subprocess per call would re-import torch."""
+    path = os.path.join(ROOT, "tools", f"{name}.py")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no tool {name!r}: {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"gcvideo.tools.{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def load_tool():
+    """``load_tool(name)``: tools/<name>.py as a fresh module (``_load_tool``)."""
+    return _load_tool

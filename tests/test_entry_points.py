@@ -1,6 +1,5 @@
 """The console commands of setup.py: every entry point names the ``main`` of a tools/ script, and the
 command behaves as the script (same parser; ``--help`` lists the script's arguments)."""
-import importlib.util
 import os
 import runpy
 import subprocess
@@ -24,14 +23,17 @@ def _setup_py():
     return ns, captured
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"gcvideo.tools.{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def test_load_tool_gives_a_fresh_module_of_the_script(load_tool):
+    """The tests' one tool loader (conftest.py): tools/<name>.py as ``gcvideo.tools.<name>``, a new module
+    each call (no state carried from test to test); a name with no script is refused by name."""
+    a, b = load_tool("predict"), load_tool("predict")
+    assert a is not b and a.main is not b.main
+    assert a.__name__ == "gcvideo.tools.predict" and a.__file__ == os.path.join(ROOT, "tools", "predict.py")
+    with pytest.raises(FileNotFoundError, match="no tool 'nope': .*tools/nope.py does not exist"):
+        load_tool("nope")
 
 
-def test_entry_points_map_to_the_tools_main_functions():
+def test_entry_points_map_to_the_tools_main_functions(load_tool):
     ns, kw = _setup_py()
     assert kw["package_dir"]["gcvideo.tools"] == "tools" and "gcvideo.tools" in kw["packages"]
     scripts = kw["entry_points"]["console_scripts"]
@@ -42,15 +44,15 @@ def test_entry_points_map_to_the_tools_main_functions():
         assert cmd.startswith("gcvideo-") and module.startswith("gcvideo.tools.") and func == "main", line
         path = os.path.join(ROOT, "tools", module.rsplit(".", 1)[1] + ".py")
         assert os.path.exists(path), f"{line}: no {path}"
-        assert callable(_tool(module.rsplit(".", 1)[1]).main), line
+        assert callable(load_tool(module.rsplit(".", 1)[1]).main), line
     commands = dict(s.replace(" ", "").split("=") for s in scripts)
     assert commands["gcvideo-train"] == "gcvideo.tools.train_net:main"
     assert commands["gcvideo-toy"] == "gcvideo.tools.run_toy:main"
 
 
-def test_entry_point_help_is_the_scripts_help(capsys):
+def test_entry_point_help_is_the_scripts_help(capsys, load_tool):
     with pytest.raises(SystemExit) as e:
-        _tool("run_toy").main(["--help"])  # what `gcvideo-toy --help` runs
+        load_tool("run_toy").main(["--help"])  # what `gcvideo-toy --help` runs
     assert e.value.code == 0
     via_entry_point = capsys.readouterr().out
     for arg in ("--config", "--data", "--no-attention", "KEY VALUE"):

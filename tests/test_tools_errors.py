@@ -3,7 +3,6 @@
 overrides the same way (positional ``KEY VALUE`` anywhere, ``--opts`` as an alias), through one parser
 (gcvideo.cli)."""
 import argparse
-import importlib.util
 import os
 import signal
 import subprocess
@@ -47,13 +46,6 @@ CASES = {
 }
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"gcvideo.tools.{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _params():
     for name in TOOLS:
         c = CASES.get(name, {})
@@ -69,14 +61,14 @@ def test_every_tool_has_its_cases():
 
 
 @pytest.mark.parametrize("name,case", list(_params()))
-def test_user_error_is_one_line_and_exit_2(name, case, tmp_path, monkeypatch, capsys):
+def test_user_error_is_one_line_and_exit_2(name, case, tmp_path, monkeypatch, capsys, load_tool):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("")
     c = CASES[name]
     extra, expected = c.get(case) or {"key": BAD_KEY, "value": BAD_VALUE}[case]
     argv = c["base"] + extra
     try:
-        rc = _tool(name).main(argv)
+        rc = load_tool(name).main(argv)
     except SystemExit as e:  # argparse's errors
         rc = e.code
     out, err = capsys.readouterr()
@@ -121,10 +113,10 @@ def test_overrides_are_positional_anywhere_and_opts_is_an_alias():
     assert split_overrides(p, ["x", "SEED", "3"]) == (["x"], ["SEED", "3"])
 
 
-def test_every_config_tool_shows_one_override_syntax(capsys):
+def test_every_config_tool_shows_one_override_syntax(capsys, load_tool):
     for name in TOOLS:
         with pytest.raises(SystemExit):
-            _tool(name).main(["--help"])
+            load_tool(name).main(["--help"])
         usage = capsys.readouterr().out
         has_config = "--config" in usage
         assert ("[KEY VALUE ...]" in usage and "--opts [KEY VALUE ...]" in usage) == has_config, (name, usage[:600])

@@ -1,5 +1,4 @@
 """Prediction on video files: toy videos, a real h264 file, broken files that don't stop the others."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -101,16 +100,9 @@ def test_inference_model_needs_every_weight(setup, tmp_path):
     assert not m.training
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("predict_tool", os.path.join(ROOT, "tools", "predict.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_predict_tool(setup, capsys):
+def test_predict_tool(setup, capsys, load_tool):
     """tools/predict.py's main() in this process (a subprocess per call would re-import torch)."""
-    tool = _tool()
+    tool = load_tool("predict")
     ok_video = setup["videos"][2]
     args = ["--config", setup["cfg_file"], "--checkpoint", setup["ckpt"], "--views", "1x3"]
     rc = tool.main([ok_video, setup["broken"], REAL] + args + ["--json"])
@@ -146,7 +138,7 @@ def test_device_auto_picks_cuda_only_when_present(given):
     assert resolve_device(given).type == want
 
 
-def test_predict_progress_counts_videos(setup, capsys):
+def test_predict_progress_counts_videos(setup, capsys, load_tool):
     """predict_videos(progress=True) and tools/predict.py: a bar on stderr that counts the videos
     (3 of them, the broken one included), named with the views, stdout left to the results."""
     cfg = setup["cfg"]
@@ -158,21 +150,21 @@ def test_predict_progress_counts_videos(setup, capsys):
     assert "predict (1x1 views): 100%" in err and "3/3" in err and "video" in err
     predict_videos(setup["model"], build_views_dataset(cfg, videos[:1], 1, 1), names)  # off by default
     assert capsys.readouterr().err == ""
-    rc = _tool().main([setup["videos"][0], REAL, "--config", setup["cfg_file"], "--checkpoint", setup["ckpt"],
-                       "--views", "1x1", "--json"])
+    rc = load_tool("predict").main([setup["videos"][0], REAL, "--config", setup["cfg_file"], "--checkpoint",
+                                    setup["ckpt"], "--views", "1x1", "--json"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert len(json.loads(out)) == 2  # the bar does not mix with the results
     assert "predict (1x1 views): 100%" in err and "2/2" in err
 
 
-def test_predict_error_lines_stand_apart_from_the_bar(setup, capsys):
+def test_predict_error_lines_stand_apart_from_the_bar(setup, capsys, load_tool):
     """tools/predict.py with a broken video among good ones: its error line is a line of its own on
     stderr (the bar is cleared before it and redrawn after: tqdm.write), never glued onto the bar's text
     (lines as a terminal or ``str.splitlines`` cut them: at '\\n' and at the bar's '\\r')."""
     broken = setup["broken"]
-    rc = _tool().main([setup["videos"][0], broken, setup["videos"][1], "--config", setup["cfg_file"],
-                       "--checkpoint", setup["ckpt"], "--views", "1x1", "--json"])
+    rc = load_tool("predict").main([setup["videos"][0], broken, setup["videos"][1], "--config", setup["cfg_file"],
+                                    "--checkpoint", setup["ckpt"], "--views", "1x1", "--json"])
     out, err = capsys.readouterr()
     assert rc == 1 and [r["ok"] for r in json.loads(out)] == [True, False, True]
     lines = [line.strip() for line in err.splitlines() if line.strip()]

@@ -18,6 +18,11 @@ OPTS = ["TRAIN.CHECKPOINT_ITERS", 2, "TRAIN.KEEP_LAST", 10]
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
     ok(run_engine(out, "train", {}, *OPTS))
+    return _final(out)
+
+
+def _final(out):
+    """The run's final checkpoint with its epoch records (``epoch_records``)."""
     final = checkpoint(out, "checkpoint_epoch0002.pth")
     final["epoch_records"] = _epoch_records(out)
     return final
@@ -35,19 +40,27 @@ def _assert_matches(reference, out):
         assert_same_state(a, b)
 
 
-def test_sigkill_mid_epoch_resumes_to_same_weights(tmp_path, reference):
+def _sigkill_mid_epoch_and_resume(tmp_path, want, opts):
+    """Train with ``opts``, SIGKILLed while loading the 4th batch of epoch 2 (iteration 2 checkpointed,
+    iteration 3 done but lost), then the same command again: it resumes at epoch 2, iteration 2 and ends
+    with ``want``'s weights, optimizer state and epoch losses. Returns the resumed run's process."""
     out = tmp_path / "run"
-    # killed while loading the 4th batch of epoch 2: iteration 2 checkpointed, iteration 3 done but lost
     spec = {"signal_at": [1, 13, int(signal.SIGKILL), str(tmp_path / "killed")]}
-    proc = run_engine(out, "train", spec, *OPTS)
+    proc = run_engine(out, "train", spec, *opts)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     names = [os.path.basename(p) for p in list_checkpoints(str(out))]
     assert names[-1] == "checkpoint_epoch0002_iter000002.pth", names
-    proc = ok(run_engine(out, "train", spec, *OPTS))  # the same command again
-    assert "resuming from" in proc.stdout and "epoch 2, iteration 2" in proc.stdout
-    _assert_matches(reference, out)
+    proc = ok(run_engine(out, "train", spec, *opts))  # the same command again
+    assert "epoch 2, iteration 2" in proc.stdout
+    _assert_matches(want, out)
     # epoch 2's mean loss covers its 4 iterations, the 2 before the kill included (bit-exact run: equal)
-    assert [r["loss"] for r in _epoch_records(out)] == [r["loss"] for r in reference["epoch_records"]]
+    assert [r["loss"] for r in _epoch_records(out)] == [r["loss"] for r in want["epoch_records"]]
+    return proc
+
+
+def test_sigkill_mid_epoch_resumes_to_same_weights(tmp_path, reference):
+    proc = _sigkill_mid_epoch_and_resume(tmp_path, reference, OPTS)
+    assert "resuming from" in proc.stdout
 
 
 def test_sigterm_saves_and_resumes_to_same_weights(tmp_path, reference):
@@ -113,17 +126,9 @@ def test_sigkill_mid_epoch_with_mixup_resumes_to_same_weights(tmp_path, referenc
     the uninterrupted one did (and the mixing did change the training: other weights than without)."""
     mixed = tmp_path / "mixed"
     ok(run_engine(mixed, "train", {}, *MIXUP))
-    want = checkpoint(mixed, "checkpoint_epoch0002.pth")
-    want["epoch_records"] = _epoch_records(mixed)
+    want = _final(mixed)
     assert not torch.equal(want["model"]["blocks.5.proj.weight"], reference["model"]["blocks.5.proj.weight"])
-    out = tmp_path / "run"
-    spec = {"signal_at": [1, 13, int(signal.SIGKILL), str(tmp_path / "killed")]}
-    proc = run_engine(out, "train", spec, *MIXUP)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    proc = ok(run_engine(out, "train", spec, *MIXUP))
-    assert "epoch 2, iteration 2" in proc.stdout
-    _assert_matches(want, out)
-    assert [r["loss"] for r in _epoch_records(out)] == [r["loss"] for r in want["epoch_records"]]
+    _sigkill_mid_epoch_and_resume(tmp_path, want, MIXUP)
 
 
 def test_sigkill_mid_epoch_with_gradient_accumulation_resumes_to_same_weights(tmp_path):
@@ -132,15 +137,4 @@ def test_sigkill_mid_epoch_with_gradient_accumulation_resumes_to_same_weights(tm
     opts = [*OPTS, "TRAIN.ACCUM_STEPS", 2]
     ref = tmp_path / "reference"
     ok(run_engine(ref, "train", {}, *opts))
-    out = tmp_path / "run"
-    spec = {"signal_at": [1, 13, int(signal.SIGKILL), str(tmp_path / "killed")]}
-    proc = run_engine(out, "train", spec, *opts)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    names = [os.path.basename(p) for p in list_checkpoints(str(out))]
-    assert names[-1] == "checkpoint_epoch0002_iter000002.pth", names
-    proc = ok(run_engine(out, "train", spec, *opts))
-    assert "epoch 2, iteration 2" in proc.stdout
-    reference = checkpoint(ref, "checkpoint_epoch0002.pth")
-    reference["epoch_records"] = _epoch_records(ref)
-    _assert_matches(reference, out)
-    assert [r["loss"] for r in _epoch_records(out)] == [r["loss"] for r in reference["epoch_records"]]
+    _sigkill_mid_epoch_and_resume(tmp_path, _final(ref), opts)

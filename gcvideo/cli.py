@@ -7,7 +7,9 @@
 * ``tool``: the decorator of each tool's ``main``: a user's mistake (``gcvideo.utils.errors.UserError``
   and its subclasses, a missing or existing file) becomes one ``error: ...`` line on stderr and
   exit status 2, no traceback; Ctrl-C (outside a training run, which saves first: ``engine/signals.py``)
-  is one ``interrupted`` line and exit status 130. Anything else is a bug and keeps its traceback.
+  is one ``interrupted`` line and exit status 130. A run stopped by a cause outside the code that its
+  message explains (``RunStopped``: ``RankTimeout``, a process that stopped answering) is one ``error: ...``
+  line and exit status 1. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -18,10 +20,12 @@ import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from gcvideo.config import get_cfg
-from gcvideo.utils.errors import UserError
+from gcvideo.utils.errors import RunStopped, UserError
 
-__all__ = ["ToolParser", "tool", "USER_ERRORS", "error_line", "split_overrides", "EXIT_USER_ERROR", "EXIT_INTERRUPTED"]
+__all__ = ["ToolParser", "tool", "USER_ERRORS", "error_line", "split_overrides", "EXIT_USER_ERROR", "EXIT_INTERRUPTED",
+           "EXIT_RUN_STOPPED"]
 
+EXIT_RUN_STOPPED = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 128 + 2  # 128 + SIGINT, as a shell reports a process that Ctrl-C ended
 # what a tool answers with one line: the user's mistakes, and files that are missing or in the way
@@ -121,7 +125,7 @@ class ToolParser(argparse.ArgumentParser):
 
 def tool(main: Callable[..., int]) -> Callable[..., int]:
     """Decorate a tool's ``main(argv=None) -> int``: user errors become one line and exit status 2;
-    Ctrl-C becomes one line and exit status 130."""
+    a ``RunStopped`` one line and exit status 1; Ctrl-C one line and exit status 130."""
 
     @functools.wraps(main)
     def run(argv: Optional[Sequence[str]] = None) -> int:
@@ -130,6 +134,9 @@ def tool(main: Callable[..., int]) -> Callable[..., int]:
         except USER_ERRORS as e:
             print(f"error: {error_line(e)}", file=sys.stderr, flush=True)
             return EXIT_USER_ERROR
+        except RunStopped as e:
+            print(f"error: {error_line(e)}", file=sys.stderr, flush=True)
+            return EXIT_RUN_STOPPED
         except KeyboardInterrupt:
             print("interrupted (Ctrl-C): stopped before finishing", file=sys.stderr, flush=True)
             return EXIT_INTERRUPTED

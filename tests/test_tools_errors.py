@@ -89,6 +89,27 @@ def test_console_command_answers_in_one_line(tmp_path):
         assert "nope" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_rank_timeout_is_one_error_line_and_exit_1(tmp_path, monkeypatch, capsys, load_tool):
+    """A distributed run whose collective timed out (``RankTimeout``, raised by ``process_group`` naming the
+    ranks behind, DIST.TIMEOUT and what to do) is one ``error:`` line from the tool, exit status 1 (the run
+    stopped; not a user's mistake, 2), no traceback; library callers still catch a RuntimeError."""
+    from gcvideo.engine.distributed import RankTimeout
+
+    message = ("rank 0: waited DIST.TIMEOUT = 8 s and rank(s) 1 did not reach iteration 2 (stopped, crashed or "
+               "stuck?); rerun the same command to resume from the last checkpoint (Timed out)")
+    assert issubclass(RankTimeout, RuntimeError)
+    monkeypatch.chdir(tmp_path)
+    train_net = load_tool("train_net")
+
+    def timed_out(cfg):
+        raise RankTimeout(message) from RuntimeError("[gloo] Timed out waiting 8000ms for recv operation")
+
+    monkeypatch.setattr(train_net, "train", timed_out)
+    rc = train_net.main(CFG)
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == "" and err == f"error: {message}\n", err
+
+
 def _parser():
     p = ToolParser("doc")
     p.add_argument("videos", nargs="+")

@@ -43,7 +43,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import Sampler
 
-from gcvideo.utils.errors import UserError
+from gcvideo.utils.errors import RunStopped, UserError
 
 __all__ = ["BatchSizeError", "RankTimeout", "StepWatch", "step_started",
            "init_distributed", "cleanup_distributed", "process_group", "is_distributed", "get_rank", "get_world_size",
@@ -78,8 +78,8 @@ STALL_WINDOW = 50
 _STEP_KEY = "gcvideo/step/{}"  # store key: the last step rank {} started
 
 
-class RankTimeout(RuntimeError):
-    """A collective waited DIST.TIMEOUT seconds for processes that did not come."""
+class RankTimeout(RunStopped, RuntimeError):
+    """A collective waited DIST.TIMEOUT seconds for processes that did not come (the tools: one line)."""
 
 
 class StepWatch:

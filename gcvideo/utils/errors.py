@@ -6,7 +6,7 @@ RuntimeError)``, ...), so library callers catch what they caught before and the 
 tools catch one thing (``gcvideo.cli``: one ``error: ...`` line, exit status 2).
 """
 
-__all__ = ["UserError", "UsageError"]
+__all__ = ["UserError", "UsageError", "RunStopped"]
 
 
 class UserError(Exception):
@@ -15,3 +15,8 @@ class UserError(Exception):
 
 class UsageError(UserError, ValueError):
     """A value given by the user (an option, an argument of a library call) cannot be used."""
+
+
+class RunStopped(Exception):
+    """A run stopped for a cause outside its code (another process that stopped answering, ...) that the
+    message names, with what to do; the tools print it as one ``error: ...`` line, exit status 1."""

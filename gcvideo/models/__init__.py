@@ -4,8 +4,8 @@ from gcvideo.models.build import build_model
 from gcvideo.models.checkpoints import (CheckpointMismatchError, LoadReport, add_context_blocks,
                                         build_model_from_checkpoint, load_pretrained)
 from gcvideo.models.inflate import InflationError, inflate_state_dict
-from gcvideo.models.resnet import SlowResNet
+from gcvideo.models.resnet import ContextPlacement, ResNetSpec, SlowResNet
 
 __all__ = ["build_model", "ContextBlock", "NonLocalBlock", "create_context_block", "inflate_state_dict",
-           "SlowResNet", "load_pretrained", "LoadReport", "InflationError", "CheckpointMismatchError",
+           "SlowResNet", "ResNetSpec", "ContextPlacement", "load_pretrained", "LoadReport", "InflationError", "CheckpointMismatchError",
            "build_model_from_checkpoint", "add_context_blocks"]

@@ -18,7 +18,7 @@ from gcvideo.layers.nonlocal_block import NL_INSTANTIATIONS, NL_POOL_POSITIONS, 
 
 __all__ = ["ContextSpec", "NonLocalSpec", "create_context_block", "CONTEXT_TYPES"]
 
-CONTEXT_TYPES = ("gc", "snl", "se", "nl")  # the kinds create_context_block builds
+CONTEXT_TYPES = (*CONTEXT_PRESETS, "nl")  # the kinds create_context_block builds: the presets and the non-local block
 
 
 def _refuse(owner: str, name: str, value, expected: str) -> None:
@@ -87,7 +87,7 @@ class ContextSpec:
     def __post_init__(self):
         if self.kind is None:
             object.__setattr__(self, "kind", "none")
-        _one_of("ContextSpec", "kind", self.kind, ("none", *CONTEXT_TYPES))
+        _one_of("ContextSpec", "kind", self.kind, ("none", *CONTEXT_PRESETS, "nl"))  # a preset added later too
         for name, allowed in (("pooling", POOLINGS), ("transform", TRANSFORMS), ("norm", NORMS), ("fusion", FUSIONS)):
             _one_of("ContextSpec", name, getattr(self, name), ("auto", *allowed))
         _ratio("ContextSpec", "ratio", self.ratio)

@@ -98,3 +98,18 @@ def test_spec_is_frozen_and_replace_checks_again():
 def test_loose_values_are_refused_with_the_new_call():
     with pytest.raises(TypeError, match="expected a ContextSpec"):
         create_context_block("gc", C)
+
+
+def test_a_preset_added_in_context_py_is_built_and_the_fused_path_decides_alone(monkeypatch):
+    """Adding a named block is one line in context.py's CONTEXT_PRESETS: the spec accepts it, the
+    block has its parts, and the fused path runs for it only where FUSED_VARIANTS has its parts."""
+    from gcvideo.layers import fused
+    from gcvideo.layers.context import CONTEXT_PRESETS as presets
+
+    x = torch.randn(N, C, T, H, W)
+    for name, parts in {"gc_mul": ("att", "bottleneck", "layernorm", "mul"),
+                        "avg_lin_mul": ("avg", "linear", "none", "mul")}.items():
+        monkeypatch.setitem(presets, name, dict(zip(("pooling", "transform", "norm", "fusion"), parts)))
+        block = create_context_block(ContextSpec(name), C)
+        assert (block.pooling, block.transform_kind, block.norm_kind, block.fusion) == parts
+        assert fused.applies(block, x) == (parts in fused.FUSED_VARIANTS) == (name == "gc_mul")

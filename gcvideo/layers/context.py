@@ -50,6 +50,16 @@ CONTEXT_PRESETS = {
 }
 
 
+def preset_parts(kind: str, **overrides) -> dict:
+    """The parts of preset ``kind`` (``CONTEXT_PRESETS``) with ``overrides`` applied; an override
+    None or "auto" keeps the preset's value."""
+    if kind not in CONTEXT_PRESETS:
+        raise ValueError(f"context block {kind!r}: expected one of {sorted(CONTEXT_PRESETS)}")
+    kw = dict(CONTEXT_PRESETS[kind])
+    kw.update({k: v for k, v in overrides.items() if v is not None and v != "auto"})
+    return kw
+
+
 def attention_pool(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
     """sum_j alpha_j x_j with alpha = softmax_j(W_k x_j) over all L = T*H*W positions.
 
@@ -162,11 +172,7 @@ class ContextBlock(ResidualContext):
     @classmethod
     def from_preset(cls, kind: str, channels: int, **overrides) -> "ContextBlock":
         """Build 'gc', 'snl' or 'se', with any part overridden (ablations)."""
-        if kind not in CONTEXT_PRESETS:
-            raise ValueError(f"context block {kind!r}: expected one of {sorted(CONTEXT_PRESETS)}")
-        kw = dict(CONTEXT_PRESETS[kind])
-        kw.update({k: v for k, v in overrides.items() if v is not None and v != "auto"})
-        return cls(channels, **kw)
+        return cls(channels, **preset_parts(kind, **overrides))
 
     @property
     def transform(self) -> nn.Sequential:

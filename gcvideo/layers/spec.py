@@ -13,7 +13,8 @@ from typing import Optional, Tuple
 
 import torch.nn as nn
 
-from gcvideo.layers.context import CONTEXT_PRESETS, FUSIONS, NORMS, POOLINGS, TRANSFORMS, VARIANTS, ContextBlock
+from gcvideo.layers.context import (CONTEXT_PRESETS, FUSIONS, NORMS, POOLINGS, TRANSFORMS, VARIANTS, ContextBlock,
+                                    preset_parts)
 from gcvideo.layers.nonlocal_block import NL_INSTANTIATIONS, NL_POOL_POSITIONS, NonLocalBlock
 
 __all__ = ["ContextSpec", "NonLocalSpec", "create_context_block", "CONTEXT_TYPES"]
@@ -100,9 +101,8 @@ class ContextSpec:
 
     def parts(self) -> Tuple[str, str, str, str]:
         """(pooling, transform, norm, fusion) of a gc/snl/se block, "auto" resolved by its preset."""
-        preset = CONTEXT_PRESETS[self.kind]
-        return tuple(preset[k] if getattr(self, k) == "auto" else getattr(self, k)
-                     for k in ("pooling", "transform", "norm", "fusion"))
+        p = preset_parts(self.kind, pooling=self.pooling, transform=self.transform, norm=self.norm, fusion=self.fusion)
+        return p["pooling"], p["transform"], p["norm"], p["fusion"]
 
     def replace(self, **changes) -> "ContextSpec":
         """A copy with some fields changed (checked again)."""

@@ -20,7 +20,7 @@ from gcvideo.config import ConfigError, get_cfg, load_cfg
 from gcvideo.data.annotations import AnnotationError, read_label_map
 from gcvideo.data.dataset import annotation_path, build_dataset
 from gcvideo.engine import distributed as du
-from gcvideo.engine.checkpoint import best_checkpoint_path, list_checkpoints
+from gcvideo.engine.run_checkpoints import best_checkpoint_path, list_checkpoints
 from gcvideo.engine.loader import ForkingLoader
 from gcvideo.engine.device_prep import DevicePrep, build_device_prep
 from gcvideo.engine.memory_format import model_channels_last
@@ -31,8 +31,7 @@ from gcvideo.models.inflate import InflationError
 from gcvideo.utils.device import select_device
 from gcvideo.utils.folder_lock import FolderLock
 from gcvideo.utils.io import CheckpointError, load_checkpoint_file, path_join, path_manager
-from gcvideo.utils.malloc import tune_cpu_memory
-from gcvideo.utils.threads import tune_cpu_threads
+from gcvideo.utils.cpu_tuning import tune_cpu
 from gcvideo.utils.progress import progress_bar
 from gcvideo.utils.reproducibility import set_determinism
 
@@ -331,8 +330,7 @@ def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dat
     device = select_device(cfg.DEVICE)
     with du.process_group(device.type, cfg.DIST.TIMEOUT):
         set_determinism(cfg.TRAIN.DETERMINISTIC, device)
-        tune_cpu_threads(cfg.TRAIN.CPU_THREADS, cfg.DATA.NUM_WORKERS, device)
-        tune_cpu_memory(cfg.TRAIN.CPU_KEEP_FREED_MEMORY, device)
+        tune_cpu(cfg.TRAIN.CPU_THREADS, cfg.TRAIN.CPU_KEEP_FREED_MEMORY, cfg.DATA.NUM_WORKERS, device)
         print_slow_bf16_warning(cfg.TRAIN.MIXED_PRECISION, device)
         model, ckpt = _load_test_model(cfg, checkpoints_to_test(cfg.TEST.CHECKPOINT, cfg.OUTPUT_DIR), allow)
         model.to(device)

@@ -35,8 +35,10 @@ from gcvideo.data.broken import BrokenVideoTracker
 from gcvideo.data.dataset import build_dataset, collate_train
 from gcvideo.data.mixup import build_mixup
 from gcvideo.engine import distributed as du
-from gcvideo.engine.checkpoint import (FORMAT, best_checkpoint_path, checkpoint_dir, get_rng_state, list_checkpoints,
-                                       load_latest_checkpoint, save_checkpoint, set_rng_state)
+from gcvideo.engine.run_checkpoints import (RunPosition, TrainingObjects, best_checkpoint_path, checkpoint_dir,
+                                            get_rng_state, list_checkpoints, load_latest_checkpoint,
+                                            restore_training_state, rng_state_of, save_checkpoint, set_rng_state,
+                                            training_state)
 from gcvideo.engine.loader import TrainLoader
 from gcvideo.engine.logger import RunLogger, format_duration
 from gcvideo.engine.device_prep import DevicePrep
@@ -53,8 +55,7 @@ from gcvideo.models import build_model, load_pretrained
 from gcvideo.utils.device import select_device
 from gcvideo.utils.errors import UserError
 from gcvideo.utils.io import atomic_save, load_checkpoint_file
-from gcvideo.utils.malloc import tune_cpu_memory
-from gcvideo.utils.threads import tune_cpu_threads
+from gcvideo.utils.cpu_tuning import tune_cpu
 from gcvideo.utils.reproducibility import seed_everything, set_determinism
 
 __all__ = ["train", "train_one_epoch", "EpochMeters", "EpochPosition", "StepNumerics", "StepHooks", "FitSettings",
@@ -502,9 +503,7 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
     rank, world = du.get_rank(), du.get_world_size()
     class_names(cfg.DATA.LABEL_MAP, cfg.MODEL.NUM_CLASSES)  # a label map of another class count: refused here
     set_determinism(t.DETERMINISTIC, device)
-    cpu_notes = [tune_cpu_threads(t.CPU_THREADS, cfg.DATA.NUM_WORKERS, device),
-                 tune_cpu_memory(t.CPU_KEEP_FREED_MEMORY, device)]
-    cpu_note = "; ".join(n for n in cpu_notes if n)
+    cpu_note = tune_cpu(t.CPU_THREADS, t.CPU_KEEP_FREED_MEMORY, cfg.DATA.NUM_WORKERS, device)
     amp_dtype = autocast_dtype(t.MIXED_PRECISION, device)
     print_slow_bf16_warning(t.MIXED_PRECISION, device)
     settings = build_fit_settings(cfg, device)
@@ -560,28 +559,18 @@ def _resume(run: _Run, output_dir: Optional[str], seed: int) -> _Position:
     return pos
 
 
+def _training_objects(run: _Run) -> TrainingObjects:
+    """What the checkpoints save: the plain model (not its DDP / compiled wrapper), optimizer, schedule, scaler."""
+    return TrainingObjects(run.model, run.optimizer, run.schedule, run.scaler)
+
+
 def _load_training_state(run: _Run, path: str, ck: Dict[str, Any]) -> Tuple[_Position, Dict]:
-    try:
-        run.model.load_state_dict(ck["model"])
-    except RuntimeError as e:
-        raise RuntimeError(f"checkpoint {path} does not fit the model of this config; use a new "
-                           f"OUTPUT_DIR for a different model: {str(e).splitlines()[0]}") from e
-    run.optimizer.load_state_dict(ck["optimizer"])
-    run.schedule.load_state_dict(ck["scheduler"])
-    if ck.get("grad_scaler"):
-        run.scaler.load_state_dict(ck["grad_scaler"])
-    ipe = run.sampler.iters_per_epoch
-    pos = _Position(ck["next_epoch"], ck["next_iter"], ck["global_iter"])
-    if ck.get("iters_per_epoch") not in (None, ipe) and pos.iter:
-        raise RuntimeError(f"checkpoint {path} was written mid-epoch with {ck['iters_per_epoch']} iterations "
-                           f"per epoch but this run has {ipe} (dataset or TRAIN.BATCH_SIZE changed)")
-    if pos.iter and ck.get("epoch_meters"):
-        pos.meters = EpochMeters(**ck["epoch_meters"])
-    pos.checkpoint, pos.best = path, dict(ck.get("best") or {})
+    saved = restore_training_state(_training_objects(run), path, ck, run.sampler.iters_per_epoch)
+    pos = _Position(saved.next_epoch, saved.next_iter, saved.global_iter,
+                    EpochMeters(**saved.meters) if saved.meters else None, path, saved.best)
     if run.main and pos.epoch < run.settings.max_epoch:  # (a finished run says so instead)
         print(f"resuming from {path}: epoch {pos.epoch + 1}, iteration {pos.iter}", flush=True)
-    rng = ck["rng"][run.rank] if run.rank < len(ck["rng"]) else ck["rng"][0]
-    return pos, rng
+    return pos, rng_state_of(ck, run.rank)
 
 
 def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: StopSignals) -> Dict:
@@ -601,12 +590,10 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: StopSignals) -> Dict
         rngs = du.all_gather_object(get_rng_state())
         path = None
         if run.main:
-            ck = {"format": FORMAT, "model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                  "scheduler": run.schedule.state_dict(),
-                  "grad_scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
-                  "next_epoch": next_epoch, "next_iter": next_iter, "global_iter": state["global_iter"],
-                  "iters_per_epoch": ipe, "world_size": run.world, "config": fs.config_text, "rng": rngs,
-                  "epoch_meters": asdict(meters) if meters is not None else {}, "best": dict(state["best"])}
+            position = RunPosition(next_epoch, next_iter, state["global_iter"], ipe,
+                                   asdict(meters) if meters is not None else {}, dict(state["best"]))
+            ck = training_state(_training_objects(run), position, world_size=run.world, config_text=fs.config_text,
+                                rngs=rngs)
             path = save_checkpoint(fs.output_dir, ck, fs.checkpoints.keep_last) if regular else None
             if best:
                 atomic_save(ck, best_checkpoint_path(fs.output_dir))

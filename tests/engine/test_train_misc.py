@@ -11,7 +11,7 @@ import torch
 
 from engine_synthetic import builder, tiny_cfg
 from gcvideo.engine import NonFiniteLossError, train
-from gcvideo.engine.checkpoint import get_rng_state, list_checkpoints, set_rng_state
+from gcvideo.engine.run_checkpoints import get_rng_state, list_checkpoints, set_rng_state
 from gcvideo.utils.io import load_checkpoint_file
 
 

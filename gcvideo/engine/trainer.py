@@ -504,21 +504,21 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
     class_names(cfg.DATA.LABEL_MAP, cfg.MODEL.NUM_CLASSES)  # a label map of another class count: refused here
     set_determinism(t.DETERMINISTIC, device)
     cpu_note = tune_cpu(t.CPU_THREADS, t.CPU_KEEP_FREED_MEMORY, cfg.DATA.NUM_WORKERS, device)
-    amp_dtype = autocast_dtype(t.MIXED_PRECISION, device)
-    print_slow_bf16_warning(t.MIXED_PRECISION, device)
-    settings = build_fit_settings(cfg, device)
+    settings = build_fit_settings(cfg, device)  # (the values below come from it, read from the config once)
+    amp_dtype = autocast_dtype(settings.eval.mixed_precision, device)
+    print_slow_bf16_warning(settings.eval.mixed_precision, device)
     # -- data (annotation errors, fewer clips than one global batch), and the test set used at the end
     train_set = builder(cfg, "train")
-    sampler = du.TrainSampler(len(train_set), t.BATCH_SIZE, rank, world, cfg.SEED)
+    sampler = du.TrainSampler(len(train_set), settings.batch_size, rank, world, settings.seed)
     loader = TrainLoader(train_set, sampler, sampler.local_batch, num_workers=settings.loader.num_workers,
                          pin_memory=settings.loader.pin_memory and device.type == "cuda",
-                         prefetch_factor=settings.loader.prefetch_factor, seed=cfg.SEED, rank=rank,
+                         prefetch_factor=settings.loader.prefetch_factor, seed=settings.seed, rank=rank,
                          collate_fn=collate_train)  # K clips per video (DATA.NUM_SAMPLES) as K rows
-    val_set = builder(cfg, "val") if t.EVAL_PERIOD > 0 else None
+    val_set = builder(cfg, "val") if settings.eval_period > 0 else None
     test_set = build_test_set(cfg, builder, why="TRAIN.TEST_AT_END is on but ",
-                              hint=", or set TRAIN.TEST_AT_END False") if t.TEST_AT_END else None
+                              hint=", or set TRAIN.TEST_AT_END False") if settings.test is not None else None
     # -- model (same initial weights on every process); TRAIN.INIT_FROM unless a checkpoint will be resumed
-    seed_everything(cfg.SEED)
+    seed_everything(settings.seed)
     model = build_model(cfg)
     init_note = ""
     if t.INIT_FROM:  # also when resuming: the checkpoints may all turn out damaged (then it is the start)
@@ -527,7 +527,7 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
     if t.SYNC_BN and world > 1:
         model = du.convert_sync_batchnorm(model, device.type)
     model.to(device)
-    if t.CHANNELS_LAST:
+    if settings.prep.channels_last:
         model_channels_last(model)
     # -- optimizer, schedule, grad scaler
     optimizer = build_optimizer(cfg, model)

@@ -82,3 +82,22 @@ def test_fit_settings_share_one_eval_settings_with_the_final_test(tmp_path):
     assert isinstance(ts, TestSettings) and ts.views == (cfg.TEST.NUM_ENSEMBLE_VIEWS, cfg.TEST.NUM_SPATIAL_CROPS)
     assert ts.eval == fs.eval and ts.output_dir == str(tmp_path / "run")
     assert build_fit_settings(tiny_cfg(tmp_path / "b"), CPU).test is None  # (TRAIN.TEST_AT_END False)
+
+
+def test_the_engine_exports_what_a_notebook_needs_to_run_the_loop():
+    """train_one_epoch from the package alone (a notebook's driver): one step on a float batch."""
+    import gcvideo.engine as engine
+    from gcvideo.engine.optim import WarmupCosineSchedule
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 2 * 4 * 4, 5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    schedule = WarmupCosineSchedule(opt, lr=0.0, max_epoch=1, warmup_epochs=0, warmup_start_factor=1.0,
+                                    end_factor=1.0, iters_per_epoch=1)
+    batch = {"video": torch.randn(4, 3, 2, 4, 4), "label": torch.randint(0, 5, (4,))}
+    with torch.no_grad():
+        want = torch.nn.functional.cross_entropy(model(batch["video"]), batch["label"]).item()
+    stats = engine.train_one_epoch(model, None, opt, schedule, [batch], engine.DevicePrep(CPU),
+                                   engine.EpochPosition(0, 1), engine.StepNumerics(torch.amp.GradScaler("cpu", enabled=False)),
+                                   hooks=engine.StepHooks(log_period=1))
+    assert stats["iters"] == 1 and stats["global_iter"] == 1 and abs(stats["loss"] - want) < 1e-6

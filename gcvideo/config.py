@@ -77,7 +77,8 @@ _C.MODEL.LOSS = "cross_entropy"
 # Context blocks: the global-context family (GC, SNL, SE, ablations) and non-local
 # ---------------------------------------------------------------------------
 _C.CONTEXT = CfgNode()
-# Block type: "none" | "gc" | "snl" | "se" | "nl".
+# Block type: "none", a preset of gcvideo.layers.CONTEXT_PRESETS ("gc" | "snl" | "se") or "nl"
+# (the allowed names: gcvideo.layers.CONTEXT_TYPES).
 _C.CONTEXT.TYPE = "none"
 # Per stage res2..res5: list of 0-based block indices that get a block, or "all".
 _C.CONTEXT.LOCATION = [[], [], [], []]
@@ -655,7 +656,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     any_blocks = any(context_indices(loc, depths))
     if c.TYPE == "none" and any_blocks:
         raise ConfigError(f"CONTEXT.LOCATION = {loc!r} places blocks but CONTEXT.TYPE = 'none'; "
-                          "set CONTEXT.TYPE to gc, snl, se or nl")
+                          f"set CONTEXT.TYPE to one of {', '.join(CONTEXT_TYPES)}")
     _one_of(c.POSITION, "CONTEXT.POSITION", ["auto", "pre_add", "post_relu"])
     _one_of(c.POOLING, "CONTEXT.POOLING", ["auto", *POOLINGS])
     _one_of(c.TRANSFORM, "CONTEXT.TRANSFORM", ["auto", *TRANSFORMS])

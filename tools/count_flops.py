@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from gcvideo.analysis.flops import (PAPER_TABLE10, TRAIN_INPUT, FlopReport, baseline_candidates,  # noqa: E402
                                     count_flops, nl_candidates)
 from gcvideo.cli import ToolParser, tool  # noqa: E402
+from gcvideo.layers.context import CONTEXT_PRESETS, preset_parts  # noqa: E402
 
 
 def paper_row(config_path: str):
@@ -67,13 +68,19 @@ def _skipped_lines(skipped) -> List[str]:
             for op, (count, reason) in skipped.items()]
 
 
+def _attention_pooled(cfg) -> bool:
+    """The config's context blocks pool with attention (a C->1 conv whose bias the softmax cancels)."""
+    c = cfg.CONTEXT
+    return c.TYPE in CONTEXT_PRESETS and preset_parts(c.TYPE, pooling=c.POOLING)["pooling"] == "att"
+
+
 def format_report(config: str, reports: List[FlopReport], cfg) -> str:
     row = paper_row(config)
     r0 = reports[0]
     lines = [f"config: {config}",
              f"parameters: {r0.params:,} ({r0.params / 1e6:.3f}M)"
              + (f"; paper: {row.params_m:.2f}M" if row else "")]
-    if cfg.CONTEXT.TYPE in ("gc", "snl") and cfg.CONTEXT.ATT_BIAS and r0.context_blocks:
+    if _attention_pooled(cfg) and cfg.CONTEXT.ATT_BIAS and r0.context_blocks:
         nb = r0.context_blocks
         lines.append(f"  includes {nb} biases of the C->1 attention convs (CONTEXT.ATT_BIAS, redundant under the "
                      f"softmax over positions); without them {r0.params - nb:,} ({(r0.params - nb) / 1e6:.3f}M)")

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gcvideo.data.transforms import normalize_views
+from gcvideo.engine.device_prep import DevicePrep
 from gcvideo.models.resnet import context_block_label
 from gcvideo.utils.errors import UsageError
 
@@ -387,10 +387,8 @@ def visualize_attention(model: nn.Module, clip: torch.Tensor, out_dir: str, mean
         raise UsageError(f"the model has no attention to show (context blocks: {', '.join(sorted(kinds)) or 'none'}"
                          "): it needs GC/SNL blocks (attention pooling) or non-local blocks")
     device = next(model.parameters()).device
-    if clip.dtype == torch.uint8:  # a uint8 test view (DATA.EVAL_UINT8)
-        clip = normalize_views(clip, mean, std)
+    clip = DevicePrep(device, False, mean, std)(clip)  # (1, 3, T, S, S); a uint8 test view (DATA.EVAL_UINT8) normalised
     frames = denormalize(clip[0].float().cpu(), mean, std)  # (T, S, S, 3)
-    clip = clip.to(device)  # (1, 3, T, S, S)
     if has_nl:
         queries = list(queries) if queries else default_queries(frames.shape[0])
         logits, nl = nl_attention_maps(model, clip, queries, blocks)

@@ -327,10 +327,10 @@ def _conv_fc(report: FlopReport, extra: Sequence[str] = ()) -> int:
     return sum(v for k, v in report.by_operator.items() if k in keep)
 
 
-def _r50(**kw) -> nn.Module:
-    from gcvideo.models.resnet import SlowResNet
+def _r50(context=None) -> nn.Module:
+    from gcvideo.models.resnet import ResNetSpec, SlowResNet
 
-    return SlowResNet(stage_depths=(3, 4, 6, 3), num_classes=400, **kw)
+    return SlowResNet(ResNetSpec(stage_depths=(3, 4, 6, 3), num_classes=400), context)
 
 
 def _res_blocks(model: nn.Module, stage: int) -> List[nn.Module]:
@@ -417,14 +417,15 @@ def baseline_candidates(input_thw: Sequence[int] = TRAIN_INPUT) -> List[Candidat
 
 def nl_candidates(input_thw: Sequence[int] = TRAIN_INPUT) -> List[Candidate]:
     """+5 NL over the baseline, for each key/value subsampling layout and counting (paper: +20.31 G)."""
-    from gcvideo.layers import NonLocalBlock
+    from gcvideo.layers import ContextSpec, NonLocalSpec
+    from gcvideo.models.resnet import ContextPlacement
 
     shape = (1, 3) + tuple(input_thw)
-    where = {1: {1, 3}, 2: {1, 3, 5}}
+    where = ((), (1, 3), (1, 3, 5), ())
 
     def nl_model(pool=(1, 2, 2), position="after_conv"):
-        return _r50(post_context_factory=lambda s, b, c: NonLocalBlock(c, pool=pool, pool_position=position)
-                    if b in where.get(s, ()) else None)
+        spec = ContextSpec("nl", nl=NonLocalSpec(pool=pool, pool_position=position))
+        return _r50(ContextPlacement(spec, where, "post_relu"))
 
     base = count_flops(_r50(), shape)
     after, before = nl_model(), nl_model(position="before_conv")

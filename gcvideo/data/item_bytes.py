@@ -71,7 +71,7 @@ def train_item_bytes(num_frames: int, num_samples: int, max_scale: int, crop: in
 
 def batch_bytes(videos: int, views: int, num_frames: int, crop: int, uint8: bool) -> ByteEstimate:
     """One batch of ``videos`` items of ``views`` clips each: the collated ``(videos x views, 3, T,
-    crop, crop)`` tensor and the float32 copy the model gets (``to_device``: normalised uint8, or a
+    crop, crop)`` tensor and the float32 copy the model gets (``DevicePrep``: normalised uint8, or a
     copy to the device)."""
     rows = videos * views
     clip = 3 * num_frames * crop * crop

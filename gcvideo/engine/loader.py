@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import functools
 import gc
+import os
 import signal
+import threading
 from typing import Any, Callable, Optional
 
 import torch
@@ -33,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gcvideo.engine import distributed as du
 from gcvideo.utils.threads import loader_workers, usable_cores
+from gcvideo.utils.torch_private import end_loader_workers
 
 __all__ = ["ForkingLoader", "TrainLoader", "epoch_reaches_workers"]
 
@@ -64,19 +67,34 @@ class ForkingLoader(DataLoader):
         super().__init__(dataset, *args, num_workers=used,
                          worker_init_fn=functools.partial(_ignore_sigint, worker_init_fn), **kwargs)
 
-    def _get_iterator(self):
-        # DataLoader.__iter__ calls this exactly when it creates an iterator, and a multi-process
-        # iterator forks its workers in its constructor (a persistent loader: on the first iter only)
+    def __iter__(self):
+        # a multi-process iterator forks its workers in its constructor (a persistent loader: on the
+        # first iter only); _freeze_before_fork freezes the collector at the first of those forks
         if self.num_workers == 0:
-            return super()._get_iterator()
-        already = gc.get_freeze_count() > 0  # the application froze objects itself: leave them frozen
-        gc.collect()  # garbage would be frozen (and kept) too
-        gc.freeze()
+            return super().__iter__()
+        state = _FORKING.state = {"frozen": False, "already": False}
         try:
-            return super()._get_iterator()
+            return super().__iter__()
         finally:
-            if not already:
+            _FORKING.state = None
+            if state["frozen"] and not state["already"]:
                 gc.unfreeze()
+
+
+def _freeze_before_fork() -> None:
+    """``os.register_at_fork(before=...)``: in a ``ForkingLoader.__iter__`` (this thread), before its
+    first worker forks, collect garbage (it would be frozen, and kept, too) and freeze the rest; a
+    collector the application froze itself stays frozen afterwards. Any other fork: nothing."""
+    state = getattr(_FORKING, "state", None)
+    if state is None or state["frozen"]:
+        return
+    state["frozen"], state["already"] = True, gc.get_freeze_count() > 0
+    gc.collect()
+    gc.freeze()
+
+
+_FORKING = threading.local()  # .state: the ForkingLoader.__iter__ running in this thread, if any
+os.register_at_fork(before=_freeze_before_fork)
 
 
 def epoch_reaches_workers(dataset: Dataset) -> bool:
@@ -116,8 +134,7 @@ class TrainLoader:
         return self._loader
 
     def close(self) -> None:
-        """End the persistent workers (a new ``epoch`` call starts new ones)."""
+        """End the persistent workers now (a new ``epoch`` call starts new ones)."""
         loader, self._loader = self._loader, None
-        it = getattr(loader, "_iterator", None)
-        if it is not None and hasattr(it, "_shutdown_workers"):
-            it._shutdown_workers()
+        if loader is not None:
+            end_loader_workers(loader)

@@ -5,7 +5,7 @@ import contextlib
 from typing import Iterator
 
 from gcvideo.engine import distributed as du
-from gcvideo.engine.checkpoint import checkpoint_dir
+from gcvideo.engine.run_checkpoints import checkpoint_dir
 from gcvideo.utils.folder_lock import FolderLock
 from gcvideo.utils.io import atomic_write_text, path_join, path_manager, remove_temporaries
 

@@ -20,21 +20,22 @@ from gcvideo.config import ConfigError, get_cfg, load_cfg
 from gcvideo.data.annotations import AnnotationError, read_label_map
 from gcvideo.data.dataset import annotation_path, build_dataset
 from gcvideo.engine import distributed as du
-from gcvideo.engine.checkpoint import best_checkpoint_path, list_checkpoints
+from gcvideo.engine.run_checkpoints import best_checkpoint_path, list_checkpoints
 from gcvideo.engine.loader import ForkingLoader
-from gcvideo.engine.memory_format import model_channels_last, to_device
+from gcvideo.engine.device_prep import DevicePrep, build_device_prep
+from gcvideo.engine.memory_format import model_channels_last
 from gcvideo.engine.metrics import combine_views, compute_metrics, format_summary, write_report
 from gcvideo.engine.precision import autocast, autocast_dtype, print_slow_bf16_warning
 from gcvideo.models import build_model_from_checkpoint
 from gcvideo.utils.device import select_device
 from gcvideo.utils.folder_lock import FolderLock
+from gcvideo.utils.cpu_tuning import tune_cpu
 from gcvideo.utils.io import CheckpointError, CheckpointMismatchError, load_checkpoint_file, path_join, path_manager
-from gcvideo.utils.malloc import tune_cpu_memory
-from gcvideo.utils.threads import tune_cpu_threads
 from gcvideo.utils.progress import progress_bar
 from gcvideo.utils.reproducibility import set_determinism
 
-__all__ = ["EvalResult", "evaluate", "test", "run_test", "build_test_settings", "build_eval_loader", "class_names",
+__all__ = ["EvalResult", "evaluate", "test", "run_test", "LoaderSettings", "EvalSettings", "TestSettings",
+           "build_loader_settings", "build_eval_settings", "build_test_settings", "build_eval_loader", "class_names",
            "checkpoints_to_test", "build_test_set", "report_folder", "earlier_report", "load_checkpoint_cfg"]
 
 
@@ -63,13 +64,12 @@ def build_eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_m
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, device: torch.device,
+def evaluate(model: nn.Module, loader: DataLoader, prep: DevicePrep, *, num_classes: int,
              ensemble_method: str = "prob_mean", amp_dtype: Optional[torch.dtype] = None,
-             channels_last: bool = False, progress: bool = False, mean: Optional[Sequence[float]] = None,
-             std: Optional[Sequence[float]] = None) -> EvalResult:
+             progress: bool = False) -> EvalResult:
     """Scores of every video of ``loader.dataset`` combined over its views, gathered from all processes.
 
-    ``mean``/``std`` (DATA.MEAN/STD) normalise uint8 views on the device (DATA.EVAL_UINT8).
+    ``prep`` moves each batch of views to its device (uint8 views, DATA.EVAL_UINT8, normalised there).
     """
     model.eval()
     mine = []
@@ -87,8 +87,8 @@ def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, device: 
         # 2. forward the decodable videos' views as one batch: (n_ok * V, 3, T, H, W) -> (n_ok, V, K)
         if ok.any():
             kept = video if ok.all() else video[ok]  # (indexing would copy a pinned batch to pageable memory)
-            x = to_device(kept.flatten(0, 1), device, channels_last, mean, std)
-            with autocast(device, amp_dtype):
+            x = prep(kept.flatten(0, 1))
+            with autocast(prep.device, amp_dtype):
                 logits = model(x)
             logits = logits.float().view(int(ok.sum()), v, num_classes).cpu()
             # 3. combine the views into one score vector per video: (n_ok, K)
@@ -203,16 +203,56 @@ def config_for_checkpoint(config_file: str, opts: Sequence[str], checkpoint: str
     return load_checkpoint_cfg(list(opts) + ["TEST.CHECKPOINT", checkpoint])
 
 
-def build_test_settings(cfg: CfgNode) -> Dict:
-    """The keyword arguments of ``run_test`` that TEST.*, DATA.*, MODEL.* and OUTPUT_DIR give."""
+@dataclass(frozen=True)
+class LoaderSettings:
+    """The engine's DataLoaders (training, validation, test): DATA.NUM_WORKERS, DATA.PIN_MEMORY (used on
+    CUDA only), DATA.PREFETCH_FACTOR (training batches in flight per worker)."""
+    num_workers: int
+    pin_memory: bool
+    prefetch_factor: int
+
+
+def build_loader_settings(cfg: CfgNode) -> LoaderSettings:
+    d = cfg.DATA
+    return LoaderSettings(num_workers=d.NUM_WORKERS, pin_memory=d.PIN_MEMORY, prefetch_factor=d.PREFETCH_FACTOR)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How views are evaluated, by the validation during training and by the multi-view test."""
+    prep: DevicePrep  # the batches onto the device (TRAIN.CHANNELS_LAST, DATA.MEAN/STD); the training step's too
+    loader: LoaderSettings
+    num_classes: int  # MODEL.NUM_CLASSES
+    ensemble_method: str  # TEST.ENSEMBLE_METHOD
+    batch_size: int  # TEST.BATCH_SIZE (videos a batch)
+    mixed_precision: str  # TRAIN.MIXED_PRECISION (``autocast_dtype`` resolves it for the device)
+
+
+def build_eval_settings(cfg: CfgNode, device: torch.device) -> EvalSettings:
+    return EvalSettings(prep=build_device_prep(cfg, device), loader=build_loader_settings(cfg),
+                        num_classes=cfg.MODEL.NUM_CLASSES, ensemble_method=cfg.TEST.ENSEMBLE_METHOD,
+                        batch_size=cfg.TEST.BATCH_SIZE, mixed_precision=cfg.TRAIN.MIXED_PRECISION)
+
+
+@dataclass(frozen=True)
+class TestSettings:
+    """What ``run_test`` needs beside the model and the dataset (``build_test_settings``)."""
+    eval: EvalSettings
+    output_dir: str  # OUTPUT_DIR: the report goes to a folder under it (``report_folder``)
+    views: Tuple[int, int]  # (TEST.NUM_ENSEMBLE_VIEWS, TEST.NUM_SPATIAL_CROPS)
+    class_names: List[str]  # DATA.LABEL_MAP's names, else "0", "1", ...
+    setup: Dict[str, object] = field(default_factory=dict)  # view_protocol, head_pool, test_crop_size: named in reports
+
+
+def build_test_settings(cfg: CfgNode, eval_settings: EvalSettings) -> TestSettings:
+    """The test's settings from TEST.*, DATA.*, MODEL.* and OUTPUT_DIR, around ``eval_settings``
+    (``build_eval_settings``); a label map of another class count is a ``ConfigError`` here."""
     te, d = cfg.TEST, cfg.DATA
-    return {"output_dir": cfg.OUTPUT_DIR, "num_classes": cfg.MODEL.NUM_CLASSES,
-            "views": (te.NUM_ENSEMBLE_VIEWS, te.NUM_SPATIAL_CROPS), "batch_size": te.BATCH_SIZE,
-            "num_workers": d.NUM_WORKERS, "pin_memory": d.PIN_MEMORY, "ensemble_method": te.ENSEMBLE_METHOD,
-            "mixed_precision": cfg.TRAIN.MIXED_PRECISION, "channels_last": cfg.TRAIN.CHANNELS_LAST,
-            "mean": d.MEAN, "std": d.STD, "class_names": class_names(d.LABEL_MAP, cfg.MODEL.NUM_CLASSES),
-            "setup": {"view_protocol": te.VIEW_PROTOCOL, "head_pool": cfg.MODEL.HEAD_POOL,
-                      "test_crop_size": d.TEST_CROP_SIZE}}
+    return TestSettings(eval=eval_settings, output_dir=cfg.OUTPUT_DIR,
+                        views=(te.NUM_ENSEMBLE_VIEWS, te.NUM_SPATIAL_CROPS),
+                        class_names=class_names(d.LABEL_MAP, cfg.MODEL.NUM_CLASSES),
+                        setup={"view_protocol": te.VIEW_PROTOCOL, "head_pool": cfg.MODEL.HEAD_POOL,
+                               "test_crop_size": d.TEST_CROP_SIZE})
 
 
 def report_folder(output_dir: str, tag: str, views: Tuple[int, int], protocol: str = "gcvideo") -> str:
@@ -239,13 +279,10 @@ def _free_report_folder(first: str) -> str:
     return folder
 
 
-def run_test(model: nn.Module, dataset: Dataset, device: torch.device, *, tag: str, output_dir: str,
-             num_classes: int, views: Tuple[int, int], batch_size: int, num_workers: int, pin_memory: bool,
-             ensemble_method: str, mixed_precision: str, channels_last: bool, mean: Sequence[float],
-             std: Sequence[float], class_names: Sequence[str], setup: Optional[Dict] = None) -> Optional[Dict]:
+def run_test(model: nn.Module, dataset: Dataset, settings: TestSettings, tag: str) -> Optional[Dict]:
     """The multi-view test of ``model`` on ``dataset``; rank 0 writes the report under
-    ``output_dir/test_TAG_CxS`` (``report_folder``: ``_PROTOCOL`` added for a view protocol other than
-    gcvideo; ``_2``, ``_3``, ... where earlier tests reported there) and returns a summary. ``setup``
+    ``OUTPUT_DIR/test_TAG_CxS`` (``report_folder``: ``_PROTOCOL`` added for a view protocol other than
+    gcvideo; ``_2``, ``_3``, ... where earlier tests reported there) and returns a summary. ``settings.setup``
     (view_protocol, head_pool, test_crop_size) is named in the summary and the report, so that two
     reports say how their numbers were made.
 
@@ -253,21 +290,22 @@ def run_test(model: nn.Module, dataset: Dataset, device: torch.device, *, tag: s
     written, so a second test of the same checkpoint and views into the same folder is refused
     (``FolderInUse``, on every process) instead of mixing its files with this one's.
     """
-    setup = dict(setup or {})
+    ev, views, setup = settings.eval, settings.views, dict(settings.setup)
+    device = ev.prep.device
     protocol = setup.get("view_protocol", "gcvideo")
     text = f"{views[0]}x{views[1]} views" + (f" ({', '.join(f'{k} {v}' for k, v in setup.items())})" if setup else "")
-    out_dir = du.broadcast_object(_free_report_folder(report_folder(output_dir, tag, views, protocol))
+    out_dir = du.broadcast_object(_free_report_folder(report_folder(settings.output_dir, tag, views, protocol))
                                   if du.is_main_process() else None)
     with _hold_report_folder(out_dir):
-        loader = build_eval_loader(dataset, batch_size, num_workers, pin_memory and device.type == "cuda")
-        res = evaluate(model, loader, num_classes=num_classes, device=device, ensemble_method=ensemble_method,
-                       amp_dtype=autocast_dtype(mixed_precision, device), channels_last=channels_last,
-                       progress=True, mean=mean, std=std)
+        loader = build_eval_loader(dataset, ev.batch_size, ev.loader.num_workers,
+                                   ev.loader.pin_memory and device.type == "cuda")
+        res = evaluate(model, loader, ev.prep, num_classes=ev.num_classes, ensemble_method=ev.ensemble_method,
+                       amp_dtype=autocast_dtype(ev.mixed_precision, device), progress=True)
         if not du.is_main_process():
             return None
         files = write_report(out_dir, scores=res.scores, labels=res.labels, ok=res.ok, paths=res.paths,
-                             errors=res.errors, indices=res.indices, class_names=class_names, metrics=res.metrics,
-                             views=text, extra={"ensemble_method": ensemble_method, "checkpoint": tag,
+                             errors=res.errors, indices=res.indices, class_names=settings.class_names,
+                             metrics=res.metrics, views=text, extra={"ensemble_method": ev.ensemble_method, "checkpoint": tag,
                                                 "views_clips_crops": list(views), **setup})
     summary = format_summary(res.metrics, text)
     print(summary + f"\nreport: {files['text']} (predictions: {files['predictions']})", flush=True)
@@ -300,8 +338,7 @@ def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dat
     device = select_device(cfg.DEVICE)
     with du.process_group(device.type, cfg.DIST.TIMEOUT):
         set_determinism(cfg.TRAIN.DETERMINISTIC, device)
-        tune_cpu_threads(cfg.TRAIN.CPU_THREADS, cfg.DATA.NUM_WORKERS, device)
-        tune_cpu_memory(cfg.TRAIN.CPU_KEEP_FREED_MEMORY, device)
+        tune_cpu(cfg.TRAIN.CPU_THREADS, cfg.TRAIN.CPU_KEEP_FREED_MEMORY, cfg.DATA.NUM_WORKERS, device)
         print_slow_bf16_warning(cfg.TRAIN.MIXED_PRECISION, device)
         model, ckpt = _load_test_model(cfg, checkpoints_to_test(cfg.TEST.CHECKPOINT, cfg.OUTPUT_DIR), allow)
         model.to(device)
@@ -309,7 +346,7 @@ def test(cfg: CfgNode, *, dataset_builder: Optional[Callable[[CfgNode, str], Dat
             model_channels_last(model)
         dataset = build_test_set(cfg, dataset_builder or build_dataset)
         tag = os.path.splitext(os.path.basename(ckpt))[0]
-        return run_test(model, dataset, device, tag=tag, **build_test_settings(cfg))
+        return run_test(model, dataset, build_test_settings(cfg, build_eval_settings(cfg, device)), tag)
 
 
 def _load_test_model(cfg: CfgNode, candidates: List[str], allow: Sequence[str] = ()) -> Tuple[nn.Module, str]:

@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -35,28 +35,32 @@ from gcvideo.data.broken import BrokenVideoTracker
 from gcvideo.data.dataset import build_dataset, collate_train
 from gcvideo.data.mixup import build_mixup
 from gcvideo.engine import distributed as du
-from gcvideo.engine.checkpoint import (FORMAT, best_checkpoint_path, checkpoint_dir, get_rng_state, list_checkpoints,
-                                       load_latest_checkpoint, save_checkpoint, set_rng_state)
+from gcvideo.engine.run_checkpoints import (RunPosition, TrainingObjects, best_checkpoint_path, checkpoint_dir,
+                                            get_rng_state, list_checkpoints, load_latest_checkpoint,
+                                            restore_training_state, rng_state_of, save_checkpoint, set_rng_state,
+                                            training_state)
 from gcvideo.engine.loader import TrainLoader
 from gcvideo.engine.logger import RunLogger, format_duration
-from gcvideo.engine.memory_format import model_channels_last, to_device
+from gcvideo.engine.device_prep import DevicePrep
+from gcvideo.engine.memory_format import model_channels_last
 from gcvideo.engine.output_dir import claim_output_dir
 from gcvideo.engine.optim import WarmupCosineSchedule, build_optimizer, build_schedule, scaled_lr
 from gcvideo.engine.precision import autocast, autocast_dtype, print_slow_bf16_warning
 from gcvideo.engine.signals import StopSignals, TrainingStopped
-from gcvideo.engine.tester import (build_eval_loader, build_test_set, build_test_settings, class_names,
-                                   earlier_report, evaluate, run_test)
+from gcvideo.engine.tester import (EvalSettings, LoaderSettings, TestSettings, build_eval_loader, build_eval_settings,
+                                   build_test_set, build_test_settings, class_names, earlier_report, evaluate,
+                                   run_test)
 from gcvideo.layers.losses import build_criterion
 from gcvideo.models import build_model, load_pretrained
 from gcvideo.utils.device import select_device
 from gcvideo.utils.errors import UserError
 from gcvideo.utils.io import atomic_save, load_checkpoint_file
-from gcvideo.utils.malloc import tune_cpu_memory
-from gcvideo.utils.threads import tune_cpu_threads
+from gcvideo.utils.cpu_tuning import tune_cpu
 from gcvideo.utils.reproducibility import seed_everything, set_determinism
 
-__all__ = ["train", "train_one_epoch", "EpochMeters", "FitSettings", "build_fit_settings", "build_run",
-           "NonFiniteLossError", "TrainingStopped", "precise_bn"]
+__all__ = ["train", "train_one_epoch", "EpochMeters", "EpochPosition", "StepNumerics", "StepHooks", "FitSettings",
+           "CheckpointPolicy", "build_checkpoint_policy", "build_fit_settings", "build_run", "NonFiniteLossError",
+           "TrainingStopped", "precise_bn"]
 
 DatasetBuilder = Callable[[CfgNode, str], Dataset]
 
@@ -89,31 +93,66 @@ def _non_finite(what: str, epoch: int, it: int, iters_per_epoch: int, global_ite
 # ---------------------------------------------------------------------------
 # One epoch
 # ---------------------------------------------------------------------------
-def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    schedule: WarmupCosineSchedule, scaler: torch.amp.GradScaler, *, device: torch.device,
-                    epoch: int, iters_per_epoch: int, start_iter: int = 0, global_iter: int = 0,
-                    total_iters: Optional[int] = None, amp_dtype: Optional[torch.dtype] = None,
-                    channels_last: bool = False, mean: Optional[Sequence[float]] = None,
-                    std: Optional[Sequence[float]] = None, clip_norm: float = 0.0, accum_steps: int = 1,
-                    log_period: int = 10,
-                    meters: Optional[EpochMeters] = None, logger: Optional[RunLogger] = None,
-                    stop_requested: Callable[[], bool] = lambda: False,
-                    on_skipped: Optional[Callable[[List[str]], None]] = None,
-                    on_step: Optional[Callable[[int, int, EpochMeters, bool], None]] = None,
-                    criterion: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
-                    batch_transform: Optional[Callable[..., Tuple[torch.Tensor, torch.Tensor]]] = None) -> Dict:
-    """Train iterations ``start_iter..iters_per_epoch-1`` of ``epoch`` (0-based).
+@dataclass
+class EpochPosition:
+    """Which iterations a ``train_one_epoch`` call runs: ``start_iter..iters_per_epoch-1`` of ``epoch``
+    (0-based), the run's ``global_iter`` before them of ``total_iters`` (None: this epoch's), and
+    ``meters``, the epoch's sums so far (a resumed epoch; None: from zero)."""
+    epoch: int
+    iters_per_epoch: int
+    start_iter: int = 0
+    global_iter: int = 0
+    total_iters: Optional[int] = None
+    meters: Optional[EpochMeters] = None
+
+
+@dataclass
+class StepNumerics:
+    """How a step computes: the grad scaler (enabled for fp16 only), the autocast dtype (None: fp32),
+    the gradient-norm clip (0: none) and the micro-batches a step accumulates (TRAIN.ACCUM_STEPS)."""
+    scaler: torch.amp.GradScaler
+    amp_dtype: Optional[torch.dtype] = None
+    clip_norm: float = 0.0
+    accum_steps: int = 1
+
+
+@dataclass
+class StepHooks:
+    """What the loop reports to: ``logger`` (a JSON line every ``log_period`` iterations, the progress
+    bar), ``stop_requested()`` (SIGTERM seen), ``on_skipped(lines)`` (the ``path<TAB>reason`` lines of
+    videos the loader replaced; every process gets all of them), ``on_step(iters_done, global_iter,
+    meters, stop)`` (after each step: checkpoints, SIGTERM)."""
+    logger: Optional[RunLogger] = None
+    log_period: int = 10
+    stop_requested: Callable[[], bool] = lambda: False
+    on_skipped: Optional[Callable[[List[str]], None]] = None
+    on_step: Optional[Callable[[int, int, EpochMeters, bool], None]] = None
+
+
+def train_one_epoch(model: nn.Module, criterion: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
+                    optimizer: torch.optim.Optimizer, schedule: WarmupCosineSchedule, loader: Iterable[Dict],
+                    prep: DevicePrep, position: EpochPosition, numerics: StepNumerics,
+                    batch_transform: Optional[Callable[..., Tuple[torch.Tensor, torch.Tensor]]] = None,
+                    hooks: Optional[StepHooks] = None) -> Dict:
+    """Train the iterations of ``position`` (one optimizer step per ``loader`` batch).
 
     ``criterion(logits, target)``: the loss (``gcvideo.layers.losses.build_criterion``; None: plain
-    cross-entropy); ``batch_transform(x, labels, epoch=, it=)``: clips and targets of a step on the
-    device (Mixup/CutMix, ``gcvideo.data.mixup.build_mixup``; its draws depend on the step only, so a
-    resumed run repeats them); ``meters``: the epoch's sums so far (resume); ``on_skipped(lines)``: the
-    ``path<TAB>reason`` lines of videos the loader replaced (every process gets all of them); ``on_step(iters_done,
-    global_iter, meters, stop)``: after each step (checkpoints, SIGTERM). Returns the epoch's
+    cross-entropy); ``prep(video)``: the batch's clips on the device (``DevicePrep``);
+    ``batch_transform(x, labels, epoch=, it=)``: clips and targets of a step on the device (Mixup/CutMix,
+    ``gcvideo.data.mixup.build_mixup``; its draws depend on the step only, so a resumed run repeats them);
+    ``hooks``: logging, stop requests, skipped videos, the step hook (``StepHooks``). Returns the epoch's
     mean loss and timings, ``global_iter`` and ``stop`` (SIGTERM seen in the last iteration).
-    An iteration is one optimizer step over one loader batch; ``accum_steps`` K > 1 runs that batch as
-    K micro-batches whose gradients add up to the whole batch's (TRAIN.ACCUM_STEPS, ``_micro_batches``).
+    With ``numerics.accum_steps`` K > 1 each batch runs as K micro-batches whose gradients add up to the
+    whole batch's (TRAIN.ACCUM_STEPS, ``_micro_batches``).
     """
+    epoch, iters_per_epoch, start_iter, global_iter = (position.epoch, position.iters_per_epoch,
+                                                       position.start_iter, position.global_iter)
+    scaler, amp_dtype, clip_norm, accum_steps = numerics.scaler, numerics.amp_dtype, numerics.clip_norm, \
+        numerics.accum_steps
+    hooks = hooks if hooks is not None else StepHooks()
+    logger, log_period, stop_requested, on_skipped, on_step = (hooks.logger, hooks.log_period, hooks.stop_requested,
+                                                               hooks.on_skipped, hooks.on_step)
+    meters, total_iters = position.meters, position.total_iters
     world = du.get_world_size()
     criterion = criterion if criterion is not None else F.cross_entropy
     meters = meters if meters is not None else EpochMeters()
@@ -135,13 +174,13 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         for video, label, share, last in _micro_batches(batch, accum_steps):  # one (the batch) unless accumulating
             # 3. clips and labels to the device: (B, 3, T, H, W), (B,) (B = videos x DATA.NUM_SAMPLES;
             #    uint8 clips are normalised there)
-            x = to_device(video, device, channels_last, mean, std)
-            y = label.to(device, non_blocking=True)
+            x = prep(video)
+            y = label.to(prep.device, non_blocking=True)
             if batch_transform is not None:  # Mixup/CutMix (within the micro-batch): mixed clips, targets (B, K)
                 x, y = batch_transform(x, y, epoch=epoch, it=it)
             with _grad_sync(model, last):  # DDP all-reduces the gradients after the last micro-batch only
                 # 4. forward and the loss (in autocast when mixed precision is on)
-                with autocast(device, amp_dtype):
+                with autocast(prep.device, amp_dtype):
                     logits = model(x)  # (B, K)
                 micro_loss = _weighted(criterion(logits.float(), y), share)
                 # 5. backward; gradients add up over micro-batches; the weights do not change yet
@@ -251,9 +290,8 @@ def _bn_modules(model: nn.Module) -> List[nn.Module]:
 
 
 @torch.no_grad()
-def precise_bn(model: nn.Module, loader: DataLoader, num_batches: int, device: torch.device,
-               amp_dtype: Optional[torch.dtype], channels_last: bool, mean: Optional[List[float]] = None,
-               std: Optional[List[float]] = None, accum_steps: int = 1) -> int:
+def precise_bn(model: nn.Module, loader: DataLoader, num_batches: int, prep: DevicePrep,
+               amp_dtype: Optional[torch.dtype], accum_steps: int = 1) -> int:
     """Recompute BN running statistics as the plain average over ``num_batches`` training batches.
 
     Runs ``forward_features`` (the BN layers; no dropout, so no RNG is used) in train
@@ -275,8 +313,8 @@ def precise_bn(model: nn.Module, loader: DataLoader, num_batches: int, device: t
         if used >= num_batches:
             break
         for video in batch["video"].tensor_split(accum_steps):  # the step's micro-batches (rows cut in order)
-            with autocast(device, amp_dtype):
-                model.forward_features(to_device(video, device, channels_last, mean, std))
+            with autocast(prep.device, amp_dtype):
+                model.forward_features(prep(video))
         used += 1
     for bn, m in zip(bns, saved):
         bn.momentum = m
@@ -290,55 +328,62 @@ def precise_bn(model: nn.Module, loader: DataLoader, num_batches: int, device: t
 # ---------------------------------------------------------------------------
 # Whole run
 # ---------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """When training checkpoints are written, kept and resumed from (TRAIN.*)."""
+    auto_resume: bool  # resume from the newest checkpoint in OUTPUT_DIR (TRAIN.AUTO_RESUME)
+    period: int  # every N epochs, and at the end (TRAIN.CHECKPOINT_PERIOD)
+    iters: int  # every N iterations inside an epoch; 0: never (TRAIN.CHECKPOINT_ITERS)
+    keep_last: int  # the newest N are kept (TRAIN.KEEP_LAST)
+    keep_best: bool  # checkpoint_best.pth: the best validation top-1 (TRAIN.KEEP_BEST)
+
+
+def build_checkpoint_policy(cfg: CfgNode) -> CheckpointPolicy:
+    t = cfg.TRAIN
+    return CheckpointPolicy(auto_resume=t.AUTO_RESUME, period=t.CHECKPOINT_PERIOD, iters=t.CHECKPOINT_ITERS,
+                            keep_last=t.KEEP_LAST, keep_best=t.KEEP_BEST)
+
+
+@dataclass(frozen=True)
 class FitSettings:
-    """The plain values the run's steps after the set-up use (``build_fit_settings`` reads them from a config)."""
+    """What the run's steps after the set-up use (``build_fit_settings``): a few plain values and the
+    objects that the checkpoints, the validation and the final test take."""
     output_dir: str
     config_text: str  # the resolved config as YAML (config.yaml, checkpoints)
     seed: int
     max_epoch: int
-    batch_size: int
-    lr: float  # scaled to the global batch
-    mixed_precision: str
-    auto_resume: bool
-    clip_norm: float
+    batch_size: int  # global (TRAIN.BATCH_SIZE)
+    lr: float  # SOLVER.BASE_LR scaled to the global batch
+    clip_norm: float  # SOLVER.CLIP_GRAD_NORM; 0: no clipping
     accum_steps: int  # micro-batches per optimizer step (TRAIN.ACCUM_STEPS)
     compile: bool  # torch.compile the training and evaluation steps (TRAIN.COMPILE)
     log_period: int
-    checkpoint_period: int
-    checkpoint_iters: int
-    keep_last: int
-    keep_best: bool
     eval_period: int
     precise_bn_batches: int
-    channels_last: bool
-    mean: List[float]  # uint8 clips are normalised on the device with these
-    std: List[float]
-    num_workers: int
-    pin_memory: bool
-    prefetch_factor: int  # training batches in flight per DataLoader worker
     max_broken_fraction: float
-    eval: Dict[str, Any]  # keyword arguments of ``evaluate`` for validation
-    eval_batch_size: int
-    test: Optional[Dict[str, Any]]  # keyword arguments of ``run_test`` (None: no test at the end)
+    checkpoints: CheckpointPolicy
+    eval: EvalSettings  # validation; its ``prep`` and ``loader`` serve the training batches too
+    test: Optional[TestSettings]  # the final test (None: TRAIN.TEST_AT_END off)
+
+    @property
+    def prep(self) -> DevicePrep:
+        return self.eval.prep
+
+    @property
+    def loader(self) -> LoaderSettings:
+        return self.eval.loader
 
 
-def build_fit_settings(cfg: CfgNode) -> FitSettings:
+def build_fit_settings(cfg: CfgNode, device: torch.device) -> FitSettings:
     t, s, d = cfg.TRAIN, cfg.SOLVER, cfg.DATA
+    ev = build_eval_settings(cfg, device)
     return FitSettings(
         output_dir=cfg.OUTPUT_DIR, config_text=dump_cfg(cfg), seed=cfg.SEED, max_epoch=s.MAX_EPOCH,
         batch_size=t.BATCH_SIZE, lr=scaled_lr(s.BASE_LR, t.BATCH_SIZE, s.REFERENCE_BATCH_SIZE),
-        mixed_precision=t.MIXED_PRECISION, auto_resume=t.AUTO_RESUME, clip_norm=s.CLIP_GRAD_NORM,
-        accum_steps=t.ACCUM_STEPS, compile=t.COMPILE,
-        log_period=t.LOG_PERIOD, checkpoint_period=t.CHECKPOINT_PERIOD, checkpoint_iters=t.CHECKPOINT_ITERS,
-        keep_last=t.KEEP_LAST, keep_best=t.KEEP_BEST, eval_period=t.EVAL_PERIOD,
-        precise_bn_batches=t.PRECISE_BN_BATCHES,
-        channels_last=t.CHANNELS_LAST, mean=list(d.MEAN), std=list(d.STD), num_workers=d.NUM_WORKERS, pin_memory=d.PIN_MEMORY,
-        prefetch_factor=d.PREFETCH_FACTOR,
-        max_broken_fraction=d.MAX_BROKEN_FRACTION,
-        eval={"num_classes": cfg.MODEL.NUM_CLASSES, "ensemble_method": cfg.TEST.ENSEMBLE_METHOD,
-              "channels_last": t.CHANNELS_LAST, "mean": d.MEAN, "std": d.STD},
-        eval_batch_size=cfg.TEST.BATCH_SIZE, test=build_test_settings(cfg) if t.TEST_AT_END else None)
+        clip_norm=s.CLIP_GRAD_NORM, accum_steps=t.ACCUM_STEPS, compile=t.COMPILE, log_period=t.LOG_PERIOD,
+        eval_period=t.EVAL_PERIOD, precise_bn_batches=t.PRECISE_BN_BATCHES, max_broken_fraction=d.MAX_BROKEN_FRACTION,
+        checkpoints=build_checkpoint_policy(cfg), eval=ev,
+        test=build_test_settings(cfg, ev) if t.TEST_AT_END else None)
 
 
 @dataclass
@@ -402,7 +447,7 @@ def _train_steps(cfg: CfgNode, device: torch.device, builder: DatasetBuilder, st
     with claim_output_dir(fs.output_dir, fs.config_text):
         stops.note = f"before training; the checkpoints in {checkpoint_dir(fs.output_dir)} are as they were"
         # 3. resume: weights, optimizer, position, RNG states
-        pos = _resume(run, fs.output_dir if fs.auto_resume else None, fs.seed)
+        pos = _resume(run, fs.output_dir if fs.checkpoints.auto_resume else None, fs.seed)
         if pos.epoch >= fs.max_epoch:  # a finished run started again: its test only if it has none yet
             fit = {"global_iter": pos.global_iter, "checkpoint": pos.checkpoint, "val": []}
             if _say_finished(pos, fs):
@@ -420,7 +465,7 @@ def _say_finished(pos: _Position, fs: FitSettings) -> bool:
     """Rank 0 says that the run finished at ``pos`` and where its report is, or that its final test is
     still to run. True when it is complete (nothing to train, its report written or no test at the end)."""
     tag, run_main = os.path.splitext(os.path.basename(pos.checkpoint or ""))[0], du.is_main_process()
-    found = (earlier_report(fs.output_dir, tag, fs.test["views"], fs.test["setup"]["view_protocol"])
+    found = (earlier_report(fs.output_dir, tag, fs.test.views, fs.test.setup["view_protocol"])
              if fs.test is not None and run_main else None)
     report = du.broadcast_object(found)  # rank 0's view of a shared folder decides for every process
     again = f"python tools/test_net.py OUTPUT_DIR {fs.output_dir}"
@@ -458,24 +503,22 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
     rank, world = du.get_rank(), du.get_world_size()
     class_names(cfg.DATA.LABEL_MAP, cfg.MODEL.NUM_CLASSES)  # a label map of another class count: refused here
     set_determinism(t.DETERMINISTIC, device)
-    cpu_notes = [tune_cpu_threads(t.CPU_THREADS, cfg.DATA.NUM_WORKERS, device),
-                 tune_cpu_memory(t.CPU_KEEP_FREED_MEMORY, device)]
-    cpu_note = "; ".join(n for n in cpu_notes if n)
-    amp_dtype = autocast_dtype(t.MIXED_PRECISION, device)
-    print_slow_bf16_warning(t.MIXED_PRECISION, device)
-    settings = build_fit_settings(cfg)
+    cpu_note = tune_cpu(t.CPU_THREADS, t.CPU_KEEP_FREED_MEMORY, cfg.DATA.NUM_WORKERS, device)
+    settings = build_fit_settings(cfg, device)  # (the values below come from it, read from the config once)
+    amp_dtype = autocast_dtype(settings.eval.mixed_precision, device)
+    print_slow_bf16_warning(settings.eval.mixed_precision, device)
     # -- data (annotation errors, fewer clips than one global batch), and the test set used at the end
     train_set = builder(cfg, "train")
-    sampler = du.TrainSampler(len(train_set), t.BATCH_SIZE, rank, world, cfg.SEED)
-    loader = TrainLoader(train_set, sampler, sampler.local_batch, num_workers=settings.num_workers,
-                         pin_memory=settings.pin_memory and device.type == "cuda",
-                         prefetch_factor=settings.prefetch_factor, seed=cfg.SEED, rank=rank,
+    sampler = du.TrainSampler(len(train_set), settings.batch_size, rank, world, settings.seed)
+    loader = TrainLoader(train_set, sampler, sampler.local_batch, num_workers=settings.loader.num_workers,
+                         pin_memory=settings.loader.pin_memory and device.type == "cuda",
+                         prefetch_factor=settings.loader.prefetch_factor, seed=settings.seed, rank=rank,
                          collate_fn=collate_train)  # K clips per video (DATA.NUM_SAMPLES) as K rows
-    val_set = builder(cfg, "val") if t.EVAL_PERIOD > 0 else None
+    val_set = builder(cfg, "val") if settings.eval_period > 0 else None
     test_set = build_test_set(cfg, builder, why="TRAIN.TEST_AT_END is on but ",
-                              hint=", or set TRAIN.TEST_AT_END False") if t.TEST_AT_END else None
+                              hint=", or set TRAIN.TEST_AT_END False") if settings.test is not None else None
     # -- model (same initial weights on every process); TRAIN.INIT_FROM unless a checkpoint will be resumed
-    seed_everything(cfg.SEED)
+    seed_everything(settings.seed)
     model = build_model(cfg)
     init_note = ""
     if t.INIT_FROM:  # also when resuming: the checkpoints may all turn out damaged (then it is the start)
@@ -484,7 +527,7 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
     if t.SYNC_BN and world > 1:
         model = du.convert_sync_batchnorm(model, device.type)
     model.to(device)
-    if t.CHANNELS_LAST:
+    if settings.prep.channels_last:
         model_channels_last(model)
     # -- optimizer, schedule, grad scaler
     optimizer = build_optimizer(cfg, model)
@@ -516,28 +559,18 @@ def _resume(run: _Run, output_dir: Optional[str], seed: int) -> _Position:
     return pos
 
 
+def _training_objects(run: _Run) -> TrainingObjects:
+    """What the checkpoints save: the plain model (not its DDP / compiled wrapper), optimizer, schedule, scaler."""
+    return TrainingObjects(run.model, run.optimizer, run.schedule, run.scaler)
+
+
 def _load_training_state(run: _Run, path: str, ck: Dict[str, Any]) -> Tuple[_Position, Dict]:
-    try:
-        run.model.load_state_dict(ck["model"])
-    except RuntimeError as e:
-        raise RuntimeError(f"checkpoint {path} does not fit the model of this config; use a new "
-                           f"OUTPUT_DIR for a different model: {str(e).splitlines()[0]}") from e
-    run.optimizer.load_state_dict(ck["optimizer"])
-    run.schedule.load_state_dict(ck["scheduler"])
-    if ck.get("grad_scaler"):
-        run.scaler.load_state_dict(ck["grad_scaler"])
-    ipe = run.sampler.iters_per_epoch
-    pos = _Position(ck["next_epoch"], ck["next_iter"], ck["global_iter"])
-    if ck.get("iters_per_epoch") not in (None, ipe) and pos.iter:
-        raise RuntimeError(f"checkpoint {path} was written mid-epoch with {ck['iters_per_epoch']} iterations "
-                           f"per epoch but this run has {ipe} (dataset or TRAIN.BATCH_SIZE changed)")
-    if pos.iter and ck.get("epoch_meters"):
-        pos.meters = EpochMeters(**ck["epoch_meters"])
-    pos.checkpoint, pos.best = path, dict(ck.get("best") or {})
+    saved = restore_training_state(_training_objects(run), path, ck, run.sampler.iters_per_epoch)
+    pos = _Position(saved.next_epoch, saved.next_iter, saved.global_iter,
+                    EpochMeters(**saved.meters) if saved.meters else None, path, saved.best)
     if run.main and pos.epoch < run.settings.max_epoch:  # (a finished run says so instead)
         print(f"resuming from {path}: epoch {pos.epoch + 1}, iteration {pos.iter}", flush=True)
-    rng = ck["rng"][run.rank] if run.rank < len(ck["rng"]) else ck["rng"][0]
-    return pos, rng
+    return pos, rng_state_of(ck, run.rank)
 
 
 def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: StopSignals) -> Dict:
@@ -557,13 +590,11 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: StopSignals) -> Dict
         rngs = du.all_gather_object(get_rng_state())
         path = None
         if run.main:
-            ck = {"format": FORMAT, "model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                  "scheduler": run.schedule.state_dict(),
-                  "grad_scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
-                  "next_epoch": next_epoch, "next_iter": next_iter, "global_iter": state["global_iter"],
-                  "iters_per_epoch": ipe, "world_size": run.world, "config": fs.config_text, "rng": rngs,
-                  "epoch_meters": asdict(meters) if meters is not None else {}, "best": dict(state["best"])}
-            path = save_checkpoint(fs.output_dir, ck, fs.keep_last) if regular else None
+            position = RunPosition(next_epoch, next_iter, state["global_iter"], ipe,
+                                   asdict(meters) if meters is not None else {}, dict(state["best"]))
+            ck = training_state(_training_objects(run), position, world_size=run.world, config_text=fs.config_text,
+                                rngs=rngs)
+            path = save_checkpoint(fs.output_dir, ck, fs.checkpoints.keep_last) if regular else None
             if best:
                 atomic_save(ck, best_checkpoint_path(fs.output_dir))
         du.barrier()
@@ -581,14 +612,15 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: StopSignals) -> Dict
         state["global_iter"] = global_iter
         if done < ipe and stop:
             stop_with_checkpoint(epoch, done, meters)
-        if done < ipe and fs.checkpoint_iters and done % fs.checkpoint_iters == 0:
+        if done < ipe and fs.checkpoints.iters and done % fs.checkpoints.iters == 0:
             save(epoch, done, meters)
 
     logger.info(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {run.world} x "
                 f"{run.device.type}, {len(run.train_set)} clips, {ipe} iterations/epoch, global batch "
-                f"{fs.batch_size}{_accum_note(fs.batch_size, run.world, fs.accum_steps)}, LR {fs.lr:.4g}, precision {_precision_name(fs.mixed_precision, run.amp_dtype)}; "
+                f"{fs.batch_size}{_accum_note(fs.batch_size, run.world, fs.accum_steps)}, LR {fs.lr:.4g}, precision {_precision_name(fs.eval.mixed_precision, run.amp_dtype)}; "
                 f"output {fs.output_dir}"
                 + (f"; {run.cpu_note}" if run.cpu_note else ""))
+    numerics = StepNumerics(run.scaler, run.amp_dtype, fs.clip_norm, fs.accum_steps)
     val_results: List[Dict] = []
     last_ckpt = None
     with stops.deferring(f"at once, without saving; the newest checkpoint in {checkpoint_dir(fs.output_dir)} is "
@@ -600,16 +632,13 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: StopSignals) -> Dict
                 # 1. one epoch of training, from the resumed position
                 try:
                     stats = train_one_epoch(
-                        step_model, run.loader.epoch(epoch, start), run.optimizer, run.schedule, run.scaler,
-                        device=run.device, epoch=epoch, iters_per_epoch=ipe, start_iter=start,
-                        global_iter=state["global_iter"], total_iters=fs.max_epoch * ipe, amp_dtype=run.amp_dtype,
-                        channels_last=fs.channels_last, mean=fs.mean, std=fs.std, clip_norm=fs.clip_norm,
-                        accum_steps=fs.accum_steps, log_period=fs.log_period,
-                        meters=meters, logger=logger, stop_requested=lambda: bool(stops.name),
-                        on_skipped=broken.update, on_step=lambda *a, e=epoch: on_step(e, *a),
-                        criterion=run.criterion, batch_transform=run.batch_transform)
+                        step_model, run.criterion, run.optimizer, run.schedule, run.loader.epoch(epoch, start),
+                        fs.prep, EpochPosition(epoch, ipe, start, state["global_iter"], fs.max_epoch * ipe, meters),
+                        numerics, run.batch_transform,
+                        StepHooks(logger, fs.log_period, lambda: bool(stops.name), broken.update,
+                                  lambda *a, e=epoch: on_step(e, *a)))
                 except NonFiniteLossError as e:
-                    raise NonFiniteLossError(f"{e}; {_resume_note(fs.output_dir, fs.auto_resume, run.main)}") from None
+                    raise NonFiniteLossError(f"{e}; {_resume_note(fs.output_dir, fs.checkpoints.auto_resume, run.main)}") from None
                 state["global_iter"] = stats["global_iter"]
                 if stats["stop"]:  # a stop in the epoch's last iteration: the resumed run does the epoch's end
                     stop_with_checkpoint(epoch, ipe, meters)
@@ -627,8 +656,8 @@ def _fit(run: _Run, pos: _Position, fs: FitSettings, stops: StopSignals) -> Dict
                                 f"top-5 {a['top5']:.2f}% ({a['videos']} videos)")
                 # 4. checkpoint every TRAIN.CHECKPOINT_PERIOD epochs and at the end, and the best validation
                 #    top-1 so far (TRAIN.KEEP_BEST); the epoch's record
-                due = last or (fs.checkpoint_period and (epoch + 1) % fs.checkpoint_period == 0)
-                best = validate and fs.keep_best and a["top1"] > state["best"].get("top1", -1.0)
+                due = last or (fs.checkpoints.period and (epoch + 1) % fs.checkpoints.period == 0)
+                best = validate and fs.checkpoints.keep_best and a["top1"] > state["best"].get("top1", -1.0)
                 if best:
                     state["best"] = {"top1": a["top1"], "epoch": epoch + 1}
                 if due or best:
@@ -666,22 +695,24 @@ def _precise_bn_and_validate(run: _Run, fs: FitSettings, epoch: int, validate: b
     statistics on every process, then the validation metrics over all videos (None without)."""
     if fs.precise_bn_batches > 0 and (validate or last):
         # the epoch's first training batches, from the training loader's workers (no second set)
-        precise_bn(run.model, run.loader.epoch(epoch, 0), fs.precise_bn_batches, run.device, run.amp_dtype,
-                   fs.channels_last, fs.mean, fs.std, fs.accum_steps)
+        precise_bn(run.model, run.loader.epoch(epoch, 0), fs.precise_bn_batches, fs.prep, run.amp_dtype,
+                   fs.accum_steps)
     du.broadcast_buffers(run.model)  # every process evaluates (and rank 0 saves) the same BN statistics
     if not validate:
         return None
-    loader = build_eval_loader(run.val_set, fs.eval_batch_size, fs.num_workers, False)
-    return evaluate(run.eval_model, loader, device=run.device, amp_dtype=run.amp_dtype, **fs.eval).metrics["all"]
+    ev = fs.eval
+    loader = build_eval_loader(run.val_set, ev.batch_size, ev.loader.num_workers, False)
+    return evaluate(run.eval_model, loader, ev.prep, num_classes=ev.num_classes, ensemble_method=ev.ensemble_method,
+                    amp_dtype=run.amp_dtype).metrics["all"]
 
 
-def _final_test(run: _Run, last_ckpt: Optional[str], settings: Dict[str, Any], stops: StopSignals) -> Optional[Dict]:
+def _final_test(run: _Run, last_ckpt: Optional[str], settings: TestSettings, stops: StopSignals) -> Optional[Dict]:
     stops.note = (f"{'before' if stops.name else 'during'} the final test: training is finished and saved "
                   f"({last_ckpt}); run the same command again to run the test")
     if stops.name:  # the signal came during the last epoch's validation
         stops.stop_now(stops.name, 128 + signal.Signals[stops.name])
     tag = os.path.splitext(os.path.basename(last_ckpt))[0] if last_ckpt else "final"
-    return run_test(run.eval_model, run.test_set, run.device, tag=tag, **settings)
+    return run_test(run.eval_model, run.test_set, settings, tag)
 
 
 def _video_paths(dataset: Dataset) -> Optional[List[str]]:

@@ -27,10 +27,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.modules import module as _module
-
 from gcvideo.layers import fused
 from gcvideo.layers.residual import ResidualContext
+from gcvideo.utils.torch_private import forward_hooks_registered
 
 __all__ = ["ContextBlock", "ChannelLayerNorm", "layernorm_as_vectors", "attention_pool", "CONTEXT_PRESETS", "POOLINGS", "TRANSFORMS",
            "NORMS", "FUSIONS", "VARIANTS"]
@@ -49,6 +48,16 @@ CONTEXT_PRESETS = {
     "snl": dict(pooling="att", transform="linear", norm="none", fusion="add"),
     "se": dict(pooling="avg", transform="bottleneck", norm="none", fusion="mul"),
 }
+
+
+def preset_parts(kind: str, **overrides) -> dict:
+    """The parts of preset ``kind`` (``CONTEXT_PRESETS``) with ``overrides`` applied; an override
+    None or "auto" keeps the preset's value."""
+    if kind not in CONTEXT_PRESETS:
+        raise ValueError(f"context block {kind!r}: expected one of {sorted(CONTEXT_PRESETS)}")
+    kw = dict(CONTEXT_PRESETS[kind])
+    kw.update({k: v for k, v in overrides.items() if v is not None and v != "auto"})
+    return kw
 
 
 def attention_pool(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
@@ -163,11 +172,7 @@ class ContextBlock(ResidualContext):
     @classmethod
     def from_preset(cls, kind: str, channels: int, **overrides) -> "ContextBlock":
         """Build 'gc', 'snl' or 'se', with any part overridden (ablations)."""
-        if kind not in CONTEXT_PRESETS:
-            raise ValueError(f"context block {kind!r}: expected one of {sorted(CONTEXT_PRESETS)}")
-        kw = dict(CONTEXT_PRESETS[kind])
-        kw.update({k: v for k, v in overrides.items() if v is not None and v != "auto"})
-        return cls(channels, **kw)
+        return cls(channels, **preset_parts(kind, **overrides))
 
     @property
     def transform(self) -> nn.Sequential:
@@ -210,12 +215,8 @@ class ContextBlock(ResidualContext):
         While forward hooks are registered on this block (or globally) this calls the module,
         so the hooks see its input and output; otherwise the fused path may compute it in one go.
         """
-        out = None if self._hooked() else fused.context_block(self, x, shortcut)
+        out = None if forward_hooks_registered(self) else fused.context_block(self, x, shortcut)
         return out if out is not None else torch.relu(self(x) + shortcut)
-
-    def _hooked(self) -> bool:
-        return bool(self._forward_hooks or self._forward_pre_hooks or _module._global_forward_hooks
-                    or _module._global_forward_pre_hooks)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The attention weights over positions, (N, T, H, W) (softmax over all T*H*W)."""

@@ -16,16 +16,20 @@ block's output ReLU ("post_relu", nl).
 from __future__ import annotations
 
 import re
-from typing import List, Optional, Sequence
+from dataclasses import dataclass
+from typing import FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from pytorchvideo.models.resnet import ResStage
 from pytorchvideo.models.stem import create_res_basic_stem
 
+from gcvideo.layers import ContextSpec, create_context_block
 
-__all__ = ["SlowResNet", "Bottleneck", "ContextResBlock", "ResNetHead", "context_block_label"]
 
+__all__ = ["SlowResNet", "ResNetSpec", "ContextPlacement", "CONTEXT_POSITIONS", "Bottleneck", "ContextResBlock", "ResNetHead", "context_block_label"]
+
+CONTEXT_POSITIONS = ("pre_add", "post_relu")  # where a context block sits in a residual unit
 _CONTEXT_NAME = re.compile(r"blocks\.(\d+)\.res_blocks\.(\d+)\.(branch2\.)?context")
 
 
@@ -132,33 +136,78 @@ class ResNetHead(nn.Module):
 
 
 
+@dataclass(frozen=True)
+class ResNetSpec:
+    """The backbone and head of a ``SlowResNet`` (config MODEL.*, read by ``build_model``).
+
+    stage_depths: bottleneck blocks in res2..res5 ([3,4,6,3] R50, [3,4,23,3] R101); num_classes;
+    width: stem channels (64; res2..res5 output 4x..32x this); stem_kernel: stem conv (T, H, W);
+    temporal_kernels: conv_a temporal kernel per stage; dropout: before the classifier;
+    bn_eps, bn_momentum: BatchNorm settings; zero_init_final_bn: every bottleneck's norm_c starts at
+    zero scale; head_pool_kernel, head_position_average: the head's fixed pool (None: global) and how
+    its positions are averaged (see ``ResNetHead``).
+    """
+
+    stage_depths: Tuple[int, ...] = (3, 4, 6, 3)
+    num_classes: int = 400
+    width: int = 64
+    stem_kernel: Tuple[int, ...] = (1, 7, 7)
+    temporal_kernels: Tuple[int, ...] = (1, 1, 3, 3)
+    dropout: float = 0.5
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    zero_init_final_bn: bool = False
+    head_pool_kernel: Optional[Tuple[int, ...]] = None
+    head_position_average: str = "logits"
+
+    def __post_init__(self):
+        for name in ("stage_depths", "stem_kernel", "temporal_kernels", "head_pool_kernel"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, None if value is None else tuple(value))
+        if len(self.temporal_kernels) != len(self.stage_depths):
+            raise ValueError(f"ResNetSpec.temporal_kernels={self.temporal_kernels!r}: expected one kernel per "
+                             f"stage ({len(self.stage_depths)}, as stage_depths)")
+
+
+@dataclass(frozen=True)
+class ContextPlacement:
+    """Where a ``SlowResNet`` puts context blocks, and which: ``spec`` at block indices ``where[s]`` of
+    stage s (res2..res5), at ``position`` "pre_add" (after norm_c, before the residual add: gc/snl/se)
+    or "post_relu" (after the block's output ReLU: nl)."""
+
+    spec: ContextSpec
+    where: Tuple[FrozenSet[int], ...]
+    position: str = "pre_add"
+
+    def __post_init__(self):
+        if not isinstance(self.spec, ContextSpec):
+            raise ValueError(f"ContextPlacement.spec={self.spec!r}: expected a ContextSpec")
+        if self.position not in CONTEXT_POSITIONS:
+            raise ValueError(f"ContextPlacement.position={self.position!r}: expected one of {CONTEXT_POSITIONS}")
+        object.__setattr__(self, "where", tuple(frozenset(ix) for ix in self.where))
+
+    def block(self, position: str, stage: int, block: int, channels: int) -> Optional[nn.Module]:
+        """The context block at (``position``, ``stage``, ``block``), or None."""
+        if position != self.position or stage >= len(self.where) or block not in self.where[stage]:
+            return None
+        return create_context_block(self.spec, channels)
+
+
 class SlowResNet(nn.Module):
     """Slow-only ResNet-3D: (N, 3, T, H, W) -> logits (N, num_classes).
 
     Args:
-        stage_depths: bottleneck blocks in res2..res5 ([3,4,6,3] R50, [3,4,23,3] R101).
-        num_classes: output classes.
-        width: stem channels (64); res2..res5 output 4x..32x this.
-        stem_kernel: stem conv kernel (T, H, W).
-        temporal_kernels: conv_a temporal kernel per stage.
-        dropout: dropout before the classifier.
-        bn_eps, bn_momentum: BatchNorm settings.
-        zero_init_final_bn: start every bottleneck's norm_c at zero scale.
-        context_factory: ``f(stage, block, channels) -> module or None`` for the
-            pre_add position (after norm_c).
-        post_context_factory: same for the post_relu position.
-        head_pool_kernel, head_position_average: the head's fixed pool (None: global) and how
-            its positions are averaged (see ``ResNetHead``).
+        spec: the backbone and head (``ResNetSpec``).
+        context: the context blocks and their places (``ContextPlacement``), or None for none.
     """
 
-    def __init__(self, *, stage_depths: Sequence[int] = (3, 4, 6, 3), num_classes: int = 400,
-                 width: int = 64, stem_kernel: Sequence[int] = (1, 7, 7),
-                 temporal_kernels: Sequence[int] = (1, 1, 3, 3), dropout: float = 0.5,
-                 bn_eps: float = 1e-5, bn_momentum: float = 0.1, zero_init_final_bn: bool = False,
-                 context_factory=None, post_context_factory=None,
-                 head_pool_kernel: Optional[Sequence[int]] = None, head_position_average: str = "logits"):
+    def __init__(self, spec: ResNetSpec = ResNetSpec(), context: Optional[ContextPlacement] = None):
         super().__init__()
-        self.stage_depths = list(stage_depths)
+        if not isinstance(spec, ResNetSpec):
+            raise TypeError(f"SlowResNet(spec, context): spec is a {type(spec).__name__}, expected a ResNetSpec")
+        self.spec, self.placement = spec, context
+        width, bn_eps, bn_momentum, stem_kernel = spec.width, spec.bn_eps, spec.bn_momentum, spec.stem_kernel
+        self.stage_depths = list(spec.stage_depths)
         blocks: List[nn.Module] = [create_res_basic_stem(
             in_channels=3, out_channels=width, conv_kernel_size=tuple(stem_kernel),
             conv_stride=(1, 2, 2), conv_padding=tuple(k // 2 for k in stem_kernel),
@@ -175,21 +224,25 @@ class SlowResNet(nn.Module):
                 needs_proj = b == 0 and (dim_in != dim_out or stride != 1)
                 branch2 = Bottleneck(
                     dim_in=dim_in, dim_inner=dim_inner, dim_out=dim_out,
-                    temporal_kernel=temporal_kernels[s], spatial_stride=stride,
+                    temporal_kernel=spec.temporal_kernels[s], spatial_stride=stride,
                     bn_eps=bn_eps, bn_momentum=bn_momentum,
-                    context=context_factory(s, b, dim_out) if context_factory else None)
+                    context=self._context_block("pre_add", s, b, dim_out))
                 res_blocks.append(ContextResBlock(
                     branch1_conv=nn.Conv3d(dim_in, dim_out, 1, stride=(1, stride, stride), bias=False)
                     if needs_proj else None,
                     branch1_norm=nn.BatchNorm3d(dim_out, eps=bn_eps, momentum=bn_momentum) if needs_proj else None,
                     branch2=branch2,
-                    context=post_context_factory(s, b, dim_out) if post_context_factory else None))
+                    context=self._context_block("post_relu", s, b, dim_out)))
                 dim_in = dim_out
             blocks.append(ResStage(nn.ModuleList(res_blocks)))
-        blocks.append(ResNetHead(dim_in, num_classes, dropout, head_pool_kernel, head_position_average))
+        blocks.append(ResNetHead(dim_in, spec.num_classes, spec.dropout, spec.head_pool_kernel,
+                                 spec.head_position_average))
         self.blocks = nn.ModuleList(blocks)
         self.num_features = dim_in
-        self._init_weights(zero_init_final_bn)
+        self._init_weights(spec.zero_init_final_bn)
+
+    def _context_block(self, position: str, stage: int, block: int, channels: int) -> Optional[nn.Module]:
+        return None if self.placement is None else self.placement.block(position, stage, block, channels)
 
     def _init_weights(self, zero_init_final_bn: bool) -> None:
         # Backbone only: context blocks keep their own (zero) initialisation.

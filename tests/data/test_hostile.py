@@ -161,6 +161,7 @@ def test_predict_gives_the_good_videos_their_result(hostile):
 def test_evaluate_runs_through_hostile_videos(hostile, tmp_path):
     """The test loop (engine.tester.evaluate, as test_net.py uses it) gets every video, the
     extreme ones as failed: it can write its report."""
+    from gcvideo.engine.device_prep import DevicePrep
     from gcvideo.engine.tester import build_eval_loader, evaluate
 
     class Mean(torch.nn.Module):
@@ -171,7 +172,7 @@ def test_evaluate_runs_through_hostile_videos(hostile, tmp_path):
     rows = [hostile["4000x2"], hostile["good"], hostile["2x4000"], hostile["claims_100000"]]
     cfg = cfg_for(str(tmp_path), rows)
     ds = build_dataset(cfg, "test")
-    res = evaluate(Mean(), build_eval_loader(ds, batch_size=2, num_workers=0, pin_memory=False), num_classes=2,
-                   device=torch.device("cpu"), mean=cfg.DATA.MEAN, std=cfg.DATA.STD)
+    res = evaluate(Mean(), build_eval_loader(ds, batch_size=2, num_workers=0, pin_memory=False),
+                   DevicePrep(torch.device("cpu"), False, cfg.DATA.MEAN, cfg.DATA.STD), num_classes=2)
     assert res.ok.tolist() == [False, True, False, True]
     assert res.errors[0].startswith("bad_size: ") and res.errors[2].startswith("bad_size: ")

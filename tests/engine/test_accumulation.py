@@ -10,7 +10,8 @@ import torch
 from engine_synthetic import builder, tiny_cfg
 from gcvideo.engine import train
 from gcvideo.engine.optim import WarmupCosineSchedule
-from gcvideo.engine.trainer import train_one_epoch
+from gcvideo.engine.device_prep import DevicePrep
+from gcvideo.engine.trainer import EpochPosition, StepNumerics, train_one_epoch
 
 
 def _batches(n, rows, seed=0):
@@ -32,8 +33,8 @@ def _train(batches, accum_steps, clip_norm=0.0, model=None, scaler=None):
     schedule = WarmupCosineSchedule(optimizer, lr=0.5, max_epoch=1, warmup_epochs=0, warmup_start_factor=0.1,
                                     end_factor=0.0, iters_per_epoch=len(batches))
     scaler = scaler if scaler is not None else torch.amp.GradScaler("cpu", enabled=False)
-    stats = train_one_epoch(model, batches, optimizer, schedule, scaler, device=torch.device("cpu"), epoch=0,
-                            iters_per_epoch=len(batches), clip_norm=clip_norm, accum_steps=accum_steps)
+    stats = train_one_epoch(model, None, optimizer, schedule, batches, DevicePrep(torch.device("cpu")),
+                            EpochPosition(0, len(batches)), StepNumerics(scaler, None, clip_norm, accum_steps))
     return model, stats
 
 
@@ -156,7 +157,7 @@ def test_precise_bn_runs_the_micro_batches():
     g = torch.Generator().manual_seed(0)
     clips = [{"video": torch.randn(2, 1, 2, 2, generator=g) * (i + 1) + i} for i in range(12)]
     net = Net()
-    assert precise_bn(net, DataLoader(clips, batch_size=4), 2, torch.device("cpu"), None, False, accum_steps=2) == 2
+    assert precise_bn(net, DataLoader(clips, batch_size=4), 2, DevicePrep(torch.device("cpu")), None, accum_steps=2) == 2
     assert net.rows == [2, 2, 2, 2]
     micro = [torch.stack([c["video"] for c in clips[m * 2:(m + 1) * 2]]) for m in range(4)]  # (2, 2, 1, 2, 2)
     torch.testing.assert_close(net.bn.running_mean, torch.stack([b.mean((0, 2, 3, 4)) for b in micro]).mean(0))

@@ -15,7 +15,7 @@ from engine_helpers import assert_same_state
 from engine_synthetic import builder, tiny_cfg
 import gcvideo.engine as engine
 from gcvideo.engine import NonFiniteLossError, train
-from gcvideo.engine.checkpoint import list_checkpoints
+from gcvideo.engine.run_checkpoints import list_checkpoints
 from gcvideo.models import CheckpointMismatchError, InflationError, build_model
 from gcvideo.utils.io import CorruptCheckpointError, load_checkpoint_file, move_aside
 

@@ -26,8 +26,8 @@ def test_test_progress_counts_videos_as_each_batch_completes(tmp_path, monkeypat
     cfg = tiny_cfg(tmp_path, "TEST.BATCH_SIZE", 4)
     dataset = builder(val_videos=7, views=2)(cfg, "test")
     torch.manual_seed(0)
-    out = tester.run_test(build_model(cfg), dataset, torch.device("cpu"), tag="progress",
-                          **tester.build_test_settings(cfg))
+    settings = tester.build_test_settings(cfg, tester.build_eval_settings(cfg, torch.device("cpu")))
+    out = tester.run_test(build_model(cfg), dataset, settings, "progress")
     assert out["metrics"]["all"]["videos"] == 7
     [bar] = bars
     assert (bar.total, bar.n, bar.unit) == (7, 7, "video")

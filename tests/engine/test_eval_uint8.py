@@ -6,7 +6,7 @@ import torch
 
 from gcvideo.config import get_cfg
 from gcvideo.data import build_dataset
-from gcvideo.engine.memory_format import to_device
+from gcvideo.engine.device_prep import DevicePrep
 from gcvideo.engine.tester import build_eval_loader, evaluate
 from gcvideo.models import build_model
 
@@ -30,8 +30,8 @@ def test_same_scores_as_float_items(tmp_path, channels_last):
         cfg.DATA.EVAL_UINT8 = uint8
         ds = build_dataset(cfg, "test")
         assert ds[0]["video"].dtype == (torch.uint8 if uint8 else torch.float32)
-        res = evaluate(model, build_eval_loader(ds, 2, 0, False), num_classes=5, device=torch.device("cpu"),
-                       channels_last=channels_last, mean=cfg.DATA.MEAN, std=cfg.DATA.STD)
+        prep = DevicePrep(torch.device("cpu"), channels_last, cfg.DATA.MEAN, cfg.DATA.STD)
+        res = evaluate(model, build_eval_loader(ds, 2, 0, False), prep, num_classes=5)
         results[uint8] = res
     a, b = results[True], results[False]
     assert a.ok.tolist() == b.ok.tolist() == [True, False, True]
@@ -41,7 +41,7 @@ def test_same_scores_as_float_items(tmp_path, channels_last):
 def test_uint8_batch_needs_mean_and_std():
     x = torch.zeros(1, 3, 2, 4, 4, dtype=torch.uint8)
     with pytest.raises(ValueError, match="DATA.MEAN"):
-        to_device(x, torch.device("cpu"), False)
-    y = to_device(x + 255, torch.device("cpu"), True, [0.5] * 3, [0.25] * 3)
+        DevicePrep(torch.device("cpu"), False)(x)
+    y = DevicePrep(torch.device("cpu"), True, [0.5] * 3, [0.25] * 3)(x + 255)
     assert y.dtype == torch.float32 and y.is_contiguous(memory_format=torch.channels_last_3d)
     torch.testing.assert_close(y, torch.full_like(y, (1.0 - 0.5) / 0.25))

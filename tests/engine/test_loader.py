@@ -2,6 +2,7 @@
 workers gives a fresh loader's items at any (epoch, start iteration), and every engine loader forks
 its workers with a frozen garbage collector."""
 import gc
+import os
 
 import pytest
 import torch
@@ -160,3 +161,46 @@ def test_engine_loaders_size_their_workers_to_the_cores(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.count("note: DATA.NUM_WORKERS 4 is more than this process's share of the 2 usable cores: "
                      "2 loader workers") == 1
+
+
+def test_gc_freeze_only_around_a_loaders_own_forks():
+    """ForkingLoader freezes through the public fork hook (os.register_at_fork), only while its own
+    iterator forks: another fork sees the collector as it is, and a collector the application froze
+    itself stays frozen."""
+    assert "_get_iterator" not in vars(ForkingLoader)  # no private DataLoader method overridden
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a fork that is not a loader's
+        os.write(w, str(gc.get_freeze_count()).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(r, 64) == b"0"
+    os.close(r), os.close(w)
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        counts = [int(x) for b in ForkingLoader(_FreezeCount(), batch_size=2, num_workers=2) for x in b]
+        assert min(counts) >= frozen and gc.get_freeze_count() >= frozen > 0
+    finally:
+        gc.unfreeze()
+
+
+def test_close_ends_the_persistent_workers():
+    train = TrainLoader(_WorkerPid(), TrainSampler(8, 4, 0, 1, seed=0), 4, num_workers=2, pin_memory=False,
+                        prefetch_factor=2, seed=0, rank=0)
+    loader = train.epoch(0)  # held here, as a caller may: close still ends the workers
+    pids = {int(p) for b in loader for p in b}
+    assert len(pids) == 2 and os.getpid() not in pids
+    train.close()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    train.close()  # twice: nothing left to end
+
+
+class _WorkerPid(Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return os.getpid()

@@ -9,7 +9,7 @@ from iopath.common.file_io import PathHandler
 
 from engine_synthetic import builder, tiny_cfg
 from gcvideo.engine import train
-from gcvideo.engine.checkpoint import list_checkpoints
+from gcvideo.engine.run_checkpoints import list_checkpoints
 from gcvideo.utils.io import atomic_save, load_checkpoint_file, path_manager
 
 

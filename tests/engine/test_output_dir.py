@@ -18,7 +18,7 @@ from engine_helpers import child_env, run_engine
 from engine_synthetic import builder, tiny_cfg
 from gcvideo.engine import train
 import gcvideo.engine as engine
-from gcvideo.engine.checkpoint import list_checkpoints
+from gcvideo.engine.run_checkpoints import list_checkpoints
 from gcvideo.models import build_model
 from gcvideo.utils.folder_lock import FolderInUse, FolderLock
 from gcvideo.utils.io import WriteError, load_checkpoint_file

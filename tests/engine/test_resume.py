@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 
-from gcvideo.engine.checkpoint import list_checkpoints
+from gcvideo.engine.run_checkpoints import list_checkpoints
 from engine_helpers import assert_same_state, checkpoint, ok, run_engine
 
 # 16 clips, batch 4 -> 4 iterations per epoch, 2 epochs, checkpoint every 2 iterations; dropout 0.5 (RNG use)

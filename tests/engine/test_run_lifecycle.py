@@ -114,7 +114,7 @@ def _one_line_no_traceback(proc, start):
 def test_ctrl_c_saves_a_checkpoint_like_sigterm_and_the_same_command_resumes(tmp_path):
     import signal
     from engine_helpers import ok, run_engine
-    from gcvideo.engine.checkpoint import list_checkpoints
+    from gcvideo.engine.run_checkpoints import list_checkpoints
 
     out = tmp_path / "run"
     # SIGINT while loading iteration 3 of epoch 2: that iteration finishes, is checkpointed, exit 130

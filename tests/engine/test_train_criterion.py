@@ -4,10 +4,12 @@ import torch.nn.functional as F
 
 from engine_synthetic import builder, tiny_cfg
 from gcvideo.engine.optim import WarmupCosineSchedule
-from gcvideo.engine.trainer import train_one_epoch
+from gcvideo.engine.device_prep import DevicePrep
+from gcvideo.engine.trainer import EpochPosition, StepNumerics, train_one_epoch
 from gcvideo.layers.losses import CrossEntropy
 
 K = 5
+CPU = DevicePrep(torch.device("cpu"))
 
 
 def _setup(lr=0.0):
@@ -26,12 +28,11 @@ def test_the_loop_uses_the_criterion_it_is_given():
     with torch.no_grad():
         want = [F.cross_entropy(model(b["video"]), b["label"], label_smoothing=0.3).item() for b in batches]
         plain = [F.cross_entropy(model(b["video"]), b["label"]).item() for b in batches]
-    stats = train_one_epoch(model, batches, optimizer, schedule, scaler, device=torch.device("cpu"), epoch=0,
-                            iters_per_epoch=2, criterion=CrossEntropy(K, 0.3))
+    stats = train_one_epoch(model, CrossEntropy(K, 0.3), optimizer, schedule, batches, CPU, EpochPosition(0, 2),
+                            StepNumerics(scaler))
     assert abs(stats["loss"] - sum(want) / 2) < 1e-6 and abs(stats["loss"] - sum(plain) / 2) > 1e-3
     # without a criterion: the plain cross-entropy, as before
-    stats = train_one_epoch(model, batches, optimizer, schedule, scaler, device=torch.device("cpu"), epoch=0,
-                            iters_per_epoch=2)
+    stats = train_one_epoch(model, None, optimizer, schedule, batches, CPU, EpochPosition(0, 2), StepNumerics(scaler))
     assert abs(stats["loss"] - sum(plain) / 2) < 1e-6
 
 
@@ -48,11 +49,11 @@ def test_the_loop_mixes_each_batch_with_the_draw_of_its_step():
         for it, b in enumerate(batches):
             x, q = mix_batch(b["video"], b["label"], mixup.draw(4, 4, 1, it), K, 0.1)
             want.append(-(q * torch.log_softmax(model(x), 1)).sum(1).mean().item())
-    stats = train_one_epoch(model, batches, optimizer, schedule, scaler, device=torch.device("cpu"), epoch=1,
-                            iters_per_epoch=2, criterion=criterion, batch_transform=mixup)
+    stats = train_one_epoch(model, criterion, optimizer, schedule, batches, CPU, EpochPosition(1, 2),
+                            StepNumerics(scaler), batch_transform=mixup)
     assert abs(stats["loss"] - sum(want) / 2) < 1e-6
-    stats = train_one_epoch(model, batches[1:], optimizer, schedule, scaler, device=torch.device("cpu"), epoch=1,
-                            iters_per_epoch=2, start_iter=1, criterion=criterion, batch_transform=mixup)
+    stats = train_one_epoch(model, criterion, optimizer, schedule, batches[1:], CPU, EpochPosition(1, 2, start_iter=1),
+                            StepNumerics(scaler), batch_transform=mixup)
     assert abs(stats["loss"] - want[1]) < 1e-6
 
 

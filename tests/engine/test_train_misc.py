@@ -11,7 +11,7 @@ import torch
 
 from engine_synthetic import builder, tiny_cfg
 from gcvideo.engine import NonFiniteLossError, train
-from gcvideo.engine.checkpoint import get_rng_state, list_checkpoints, set_rng_state
+from gcvideo.engine.run_checkpoints import get_rng_state, list_checkpoints, set_rng_state
 from gcvideo.utils.io import load_checkpoint_file
 
 
@@ -168,6 +168,7 @@ def test_options_smoke_gc_bf16_channels_last_clip_precise_bn(tmp_path):
 def test_precise_bn_averages_batch_statistics():
     from torch.utils.data import DataLoader
 
+    from gcvideo.engine.device_prep import DevicePrep
     from gcvideo.engine.trainer import precise_bn
 
     class Net(torch.nn.Module):
@@ -181,7 +182,7 @@ def test_precise_bn_averages_batch_statistics():
     g = torch.Generator().manual_seed(0)
     clips = [{"video": torch.randn(2, 1, 2, 2, generator=g) * (i + 1) + i} for i in range(12)]
     net = Net()
-    used = precise_bn(net, DataLoader(clips, batch_size=4), 2, torch.device("cpu"), None, False)
+    used = precise_bn(net, DataLoader(clips, batch_size=4), 2, DevicePrep(torch.device("cpu")), None)
     assert used == 2
     batches = [torch.stack([c["video"] for c in clips[b * 4:(b + 1) * 4]]) for b in range(2)]  # (4, 2, 1, 2, 2)
     means = torch.stack([b.mean((0, 2, 3, 4)) for b in batches]).mean(0)
@@ -197,7 +198,8 @@ def test_a_training_step_reads_values_to_the_host_once(monkeypatch):
     norm and flags travel together). The old loop read the loss before backward and the gradient
     norm after it (5 reads a step)."""
     from gcvideo.engine.optim import WarmupCosineSchedule
-    from gcvideo.engine.trainer import train_one_epoch
+    from gcvideo.engine.device_prep import DevicePrep
+    from gcvideo.engine.trainer import EpochPosition, StepNumerics, train_one_epoch
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 2 * 4 * 4, 5))
@@ -214,8 +216,8 @@ def test_a_training_step_reads_values_to_the_host_once(monkeypatch):
             reads.append(_name)
             return _real(self, *a, **k)
         monkeypatch.setattr(torch.Tensor, name, counted)
-    stats = train_one_epoch(model, batches, optimizer, schedule, scaler, device=torch.device("cpu"), epoch=0,
-                            iters_per_epoch=3)
+    stats = train_one_epoch(model, None, optimizer, schedule, batches, DevicePrep(torch.device("cpu")),
+                            EpochPosition(0, 3), StepNumerics(scaler))
     monkeypatch.undo()
     assert stats["iters"] == 3 and math.isfinite(stats["loss"])
     # one .cpu() of the flags a step, then .tolist() of that host copy (no further sync)

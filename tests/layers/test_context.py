@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gcvideo.layers import ContextBlock, create_context_block
+from gcvideo.layers import ContextBlock, ContextSpec, create_context_block
 
 N, C, T, H, W = 2, 16, 3, 5, 4
 
@@ -80,7 +80,7 @@ def test_family_matches_equations_float64(pooling, transform, norm, fusion, fuse
     ("se", ("avg", "bottleneck", "none", "mul")),
 ])
 def test_presets_chosen_by_string(kind, parts):
-    block = create_context_block(kind, C, ratio=0.25)
+    block = create_context_block(ContextSpec(kind, ratio=0.25), C)
     assert (block.pooling, block.transform_kind, block.norm_kind, block.fusion) == parts
     _randomise(block.double(), 3)
     x = torch.randn(N, C, T, H, W, dtype=torch.float64)
@@ -89,7 +89,7 @@ def test_presets_chosen_by_string(kind, parts):
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
 def test_gc_float32_and_channels_last_match_reference(memory_format):
-    block = create_context_block("gc", C, ratio=0.25)
+    block = create_context_block(ContextSpec("gc", ratio=0.25), C)
     _randomise(block, 7)
     x = torch.randn(N, C, T, H, W).contiguous(memory_format=memory_format)
     np.testing.assert_allclose(block(x).detach().double().numpy(), reference(block, x.double().numpy()),
@@ -99,23 +99,23 @@ def test_gc_float32_and_channels_last_match_reference(memory_format):
 def test_gc_parameter_count_ratio():
     # conv_mask C+1, conv C->C/4 (+bias), LN 2*C/4, conv C/4->C (+bias)
     c = 512
-    block = create_context_block("gc", c, ratio=0.25)
+    block = create_context_block(ContextSpec("gc", ratio=0.25), c)
     expected = (c + 1) + (c * c // 4 + c // 4) + 2 * (c // 4) + (c // 4 * c + c)
     assert sum(p.numel() for p in block.parameters()) == expected
-    block16 = create_context_block("gc", c, ratio=1 / 16)
+    block16 = create_context_block(ContextSpec("gc", ratio=1 / 16), c)
     assert block16.transform[0].out_channels == 32
 
 
 @pytest.mark.parametrize("kind", ["gc", "snl"])
 def test_zero_init_is_identity(kind):
-    block = create_context_block(kind, C)
+    block = create_context_block(ContextSpec(kind), C)
     x = torch.randn(N, C, T, H, W)
     assert torch.equal(block(x), x)
     assert torch.count_nonzero(block.transform[-1].weight) == 0
 
 
 def test_attention_sums_to_one_over_all_positions():
-    block = create_context_block("gc", C)
+    block = create_context_block(ContextSpec("gc"), C)
     _randomise(block, 1)
     x = torch.randn(N, C, T, H, W)
     a = block.attention(x)
@@ -133,19 +133,19 @@ def test_bad_arguments_name_the_value():
     with pytest.raises(ValueError, match="ratio=0.3"):
         ContextBlock(C, ratio=0.3)
     with pytest.raises(ValueError, match="'xx'"):
-        create_context_block("xx", C)
+        create_context_block(ContextSpec("xx"), C)
 
 
 @pytest.mark.parametrize("old_shape", [(1, 1, 1), (1, 1), ()])
 def test_layernorm_weights_of_every_layout_load(old_shape):
     """The GC LayerNorm holds (Cr,) weights; state dicts with (Cr, 1, 1, 1) (earlier gcvideo) and
     (Cr, 1, 1) (GCNet's 2-D LayerNorm([Cr, 1, 1])) load into it, and the block then matches Eq. 5."""
-    src = create_context_block("gc", C, ratio=0.25).double()
+    src = create_context_block(ContextSpec("gc", ratio=0.25), C).double()
     _randomise(src, 5)
     cr = C // 4
     sd = {k: (v.reshape(cr, *old_shape) if ".1." in k else v) for k, v in src.state_dict().items()}
     assert sd["channel_add_conv.1.weight"].shape == (cr, *old_shape)
-    block = create_context_block("gc", C, ratio=0.25).double()
+    block = create_context_block(ContextSpec("gc", ratio=0.25), C).double()
     block.load_state_dict(sd)
     assert block.transform[1].weight.shape == (cr,) and torch.equal(block.transform[1].weight.view(-1),
                                                                    src.transform[1].weight.view(-1))

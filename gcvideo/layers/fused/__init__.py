@@ -26,9 +26,8 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-from torch.utils._python_dispatch import _get_current_dispatch_mode
-
 from gcvideo.layers.fused import functions
+from gcvideo.utils.torch_private import dispatch_mode_active
 
 __all__ = ["context_block", "applies", "attention_pool", "FUSED_VARIANTS"]
 
@@ -85,7 +84,7 @@ def applies(block, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> 
         return False
     if not (_plain_cpu(x) and _plain_cpu(shortcut)) or x.dim() != 5:
         return False
-    return _get_current_dispatch_mode() is None
+    return not dispatch_mode_active()
 
 
 def context_block(block, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from gcvideo.layers.fused import kernels as _k
+from gcvideo.utils.torch_private import add_relu_
 
 __all__ = ["AttentionPool", "ContextAdd", "context_add", "transform_saved", "transform_grad"]
 
@@ -33,7 +34,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _has_add_relu_kernel(t: torch.Tensor) -> bool:
-    """``torch._add_relu_`` (one pass for relu(a + b)) has CPU float32/float64 kernels only."""
+    """``add_relu_`` (``torch._add_relu_``, one pass for relu(a + b)) has CPU float32/float64 kernels only."""
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
 
 
@@ -240,7 +241,7 @@ class ContextAdd(torch.autograd.Function):
         elif shortcut is not None:
             out = torch.add(y, shortcut)  # (N, C, T, H, W)
             if relu and _has_add_relu_kernel(out):
-                out = torch._add_relu_(out, term)  # one pass: out = relu(out + term)
+                out = add_relu_(out, term)  # one pass: out = relu(out + term)
             else:  # add-relu has CPU float kernels only (no CUDA, no half/bfloat16)
                 out = out.add_(term).relu_() if relu else out.add_(term)
         else:

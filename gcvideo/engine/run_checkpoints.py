@@ -1,9 +1,12 @@
-"""Training checkpoints: atomic, iopath-backed, readable with ``torch.load(weights_only=True)``.
+"""Training checkpoints (the run's resumable state; model weight files of other packages:
+``gcvideo.models``): atomic, iopath-backed, readable with ``torch.load(weights_only=True)``.
 
-A checkpoint is a dict of tensors and plain containers only:
-``model``, ``optimizer``, ``scheduler``, ``grad_scaler`` state dicts, the position
+A checkpoint is a dict of tensors and plain containers only, built by ``training_state`` and read
+back by ``restore_training_state``:
+``format``, the ``model``, ``optimizer``, ``scheduler``, ``grad_scaler`` state dicts, the position
 ``next_epoch`` / ``next_iter`` (0-based epoch to continue and iterations of it
-already done) and ``global_iter``, the resolved ``config`` as YAML text, and
+already done), ``global_iter`` and ``iters_per_epoch``, ``world_size``, the epoch's sums so far
+(``epoch_meters``) and the best validation (``best``), the resolved ``config`` as YAML text, and
 ``rng``: the python/numpy/torch/cuda RNG states of every process, as tensors.
 
 Files live in ``OUTPUT_DIR/checkpoints``:
@@ -20,16 +23,19 @@ import math
 import os
 import random
 import re
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from gcvideo.utils.io import (CheckpointError, CorruptCheckpointError, atomic_save, load_checkpoint_file, move_aside,
                               path_manager)
 
 __all__ = ["FORMAT", "checkpoint_dir", "checkpoint_name", "list_checkpoints", "save_checkpoint",
-           "load_latest_checkpoint", "get_rng_state", "set_rng_state", "best_checkpoint_path"]
+           "load_latest_checkpoint", "get_rng_state", "set_rng_state", "best_checkpoint_path", "TrainingObjects",
+           "RunPosition", "training_state", "restore_training_state", "rng_state_of"]
 
 FORMAT = "gcvideo-checkpoint-v1"
 _NAME = re.compile(r"checkpoint_epoch(\d{4,})(?:_iter(\d{6,}))?\.pth$")
@@ -103,6 +109,73 @@ def load_latest_checkpoint(output_dir: str, log=print) -> Optional[Tuple[str, Di
             continue
         return path, state
     return None
+
+
+# ---------------------------------------------------------------------------
+# What a training checkpoint holds (written by ``training_state``, read by ``restore_training_state``)
+# ---------------------------------------------------------------------------
+@dataclass
+class TrainingObjects:
+    """What a training checkpoint saves the state of: the plain model (not its DDP / torch.compile
+    wrapper), the optimizer, the LR schedule and the grad scaler."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any  # gcvideo.engine.optim.WarmupCosineSchedule (state_dict / load_state_dict)
+    scaler: torch.amp.GradScaler
+
+
+@dataclass
+class RunPosition:
+    """Where a checkpoint's run continues: 0-based ``next_epoch``, ``next_iter`` iterations of it done,
+    ``global_iter``; the epoch's meters so far (a mid-epoch checkpoint; {} otherwise), the best validation
+    so far ({"top1", "epoch"} or {}) and ``iters_per_epoch`` of the run that wrote it."""
+    next_epoch: int
+    next_iter: int
+    global_iter: int
+    iters_per_epoch: int
+    meters: Dict[str, float] = field(default_factory=dict)
+    best: Dict[str, float] = field(default_factory=dict)
+
+
+def training_state(parts: TrainingObjects, position: RunPosition, *, world_size: int, config_text: str,
+                   rngs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The checkpoint dict (the module's text lists its keys): state dicts of ``parts``, ``position``,
+    the resolved config's YAML and every process's RNG states (``rngs``, by rank)."""
+    return {"format": FORMAT, "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.schedule.state_dict(),
+            "grad_scaler": parts.scaler.state_dict() if parts.scaler.is_enabled() else {},
+            "next_epoch": position.next_epoch, "next_iter": position.next_iter, "global_iter": position.global_iter,
+            "iters_per_epoch": position.iters_per_epoch, "world_size": world_size, "config": config_text,
+            "rng": rngs, "epoch_meters": dict(position.meters), "best": dict(position.best)}
+
+
+def restore_training_state(parts: TrainingObjects, path: str, ck: Dict[str, Any],
+                           iters_per_epoch: int) -> RunPosition:
+    """Load checkpoint ``ck`` (read from ``path``) into ``parts``; returns its position. A model of
+    another config, or a mid-epoch checkpoint of a run with another ``iters_per_epoch``, is a
+    ``RuntimeError`` naming ``path``."""
+    try:
+        parts.model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise RuntimeError(f"checkpoint {path} does not fit the model of this config; use a new "
+                           f"OUTPUT_DIR for a different model: {str(e).splitlines()[0]}") from e
+    parts.optimizer.load_state_dict(ck["optimizer"])
+    parts.schedule.load_state_dict(ck["scheduler"])
+    if ck.get("grad_scaler"):
+        parts.scaler.load_state_dict(ck["grad_scaler"])
+    pos = RunPosition(ck["next_epoch"], ck["next_iter"], ck["global_iter"], iters_per_epoch)
+    if ck.get("iters_per_epoch") not in (None, iters_per_epoch) and pos.next_iter:
+        raise RuntimeError(f"checkpoint {path} was written mid-epoch with {ck['iters_per_epoch']} iterations "
+                           f"per epoch but this run has {iters_per_epoch} (dataset or TRAIN.BATCH_SIZE changed)")
+    if pos.next_iter and ck.get("epoch_meters"):
+        pos.meters = dict(ck["epoch_meters"])
+    pos.best = dict(ck.get("best") or {})
+    return pos
+
+
+def rng_state_of(ck: Dict[str, Any], rank: int) -> Dict[str, Any]:
+    """Process ``rank``'s RNG states in checkpoint ``ck`` (rank 0's for a rank the writing run did not have)."""
+    return ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0]
 
 
 # ---------------------------------------------------------------------------

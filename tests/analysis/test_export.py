@@ -144,14 +144,7 @@ def test_export_tool(tmp_path, capsys):
     assert "overwrite" in capsys.readouterr().err and out.read_bytes() == before
 
 
-def _tool_module(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_export_without_config_uses_the_checkpoints_own(tmp_path, capsys):
+def test_export_without_config_uses_the_checkpoints_own(tmp_path, capsys, load_tool):
     """A gcvideo training checkpoint holds its config: export (like test_net and predict) needs no
     --config; the clip size defaults to the stored config's and the file equals the eager model."""
     from gcvideo.config import dump_cfg
@@ -161,7 +154,7 @@ def test_export_without_config_uses_the_checkpoints_own(tmp_path, capsys):
     ckpt = tmp_path / "checkpoint_epoch0001.pth"
     torch.save({"model": m.state_dict(), "config": dump_cfg(cfg)}, ckpt)
     out = tmp_path / "model.ts"
-    assert _tool_module("export").main(["--checkpoint", str(ckpt), "--format", "torchscript", "--out", str(out)]) == 0
+    assert load_tool("export").main(["--checkpoint", str(ckpt), "--format", "torchscript", "--out", str(out)]) == 0
     assert "input (N, 3, 4, 32, 32)" in capsys.readouterr().out  # the stored config's clip size
     x = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
@@ -174,11 +167,11 @@ def test_export_without_config_uses_the_checkpoints_own(tmp_path, capsys):
     ("visualize_attention", ["{d}/v.mp4", "--out", "{d}/vis"]),
     ("analyze_nonlocal", ["--csv", "{d}/v.csv", "--json", "{d}/s.json"]),
 ])
-def test_checkpoint_without_a_config_asks_for_one(tmp_path, capsys, name, args):
+def test_checkpoint_without_a_config_asks_for_one(tmp_path, capsys, name, args, load_tool):
     """Weights only (another package's checkpoint): one error line naming the checkpoint and --config."""
     ckpt = tmp_path / "weights.pth"
     torch.save({"model": _model(*GC).state_dict()}, ckpt)
     argv = [a.format(d=tmp_path) for a in args] + ["--checkpoint", str(ckpt)]
-    assert _tool_module(name).main(argv) == 2
+    assert load_tool(name).main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(ckpt) in err[0] and "--config" in err[0], err

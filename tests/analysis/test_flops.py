@@ -260,19 +260,13 @@ def test_count_flops_tool_counts_at_the_configs_clip_size(capsys):
     ("gc", "auto", True, True), ("snl", "auto", True, True), ("se", "auto", True, False),
     ("se", "att", True, True),  # an SE block with attention pooling has the C->1 conv and its bias too
     ("gc", "avg", True, False), ("gc", "auto", False, False), ("nl", "auto", True, False)])
-def test_count_flops_names_the_attention_biases_where_the_blocks_have_them(kind, pooling, bias, said):
+def test_count_flops_names_the_attention_biases_where_the_blocks_have_them(kind, pooling, bias, said, load_tool):
     """tools/count_flops.py's note on the redundant C->1 attention biases follows the blocks' resolved
     pooling (the preset's or CONTEXT.POOLING), not a list of block names."""
-    import importlib.util
-    import os
-
     from gcvideo.analysis.flops import FlopReport
     from gcvideo.config import get_cfg
 
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    spec = importlib.util.spec_from_file_location("count_flops_tool", os.path.join(root, "tools", "count_flops.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("count_flops")
     cfg = get_cfg()
     cfg.CONTEXT.TYPE, cfg.CONTEXT.POOLING, cfg.CONTEXT.ATT_BIAS = kind, pooling, bias
     rep = FlopReport(input_shape=(1, 3, 8, 224, 224), params=1000, total=10 ** 9, by_operator={"conv": 10 ** 9},

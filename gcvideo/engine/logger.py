@@ -16,7 +16,7 @@ import time
 from typing import Any, Dict, List
 
 from gcvideo.utils.io import atomic_write_bytes, atomic_write_text, disk_full_error, local_path, path_manager
-from gcvideo.utils.progress import progress_bar
+from gcvideo.utils.progress import progress_bar, progress_write
 
 __all__ = ["RunLogger", "format_duration"]
 
@@ -165,12 +165,9 @@ class RunLogger:
         return progress_bar(total=total, initial=initial, desc=desc)
 
     def info(self, msg: str) -> None:
-        """One line on stdout; an open progress bar is cleared first and redrawn below it (tqdm.write)."""
+        """One line on stdout; an open progress bar is cleared first and redrawn below it (``progress_write``)."""
         if self.enabled:
-            from tqdm import tqdm
-
-            tqdm.write(msg, file=sys.stdout)
-            sys.stdout.flush()
+            progress_write(msg, file=sys.stdout)
 
     def close(self) -> None:
         if self._file is not None:

@@ -54,6 +54,7 @@ from gcvideo.data.clip_transforms import TrainClips  # noqa: E402
 from gcvideo.data.dataset import VideoDataset  # noqa: E402
 from gcvideo.data.decoder import BACKENDS, DecodeOptions, open_video  # noqa: E402
 from gcvideo.data.prepare import PREPARE_DEFAULTS, reencode_video  # noqa: E402
+from dataclasses import asdict, replace  # noqa: E402
 from gcvideo.data.sampling import ClipSampling, view_clip_indices  # noqa: E402
 from gcvideo.data.transforms import crop_offsets, make_views, normalize, resize_short_side, to_tchw  # noqa: E402
 from gcvideo.utils.io import atomic_write_text  # noqa: E402
@@ -281,13 +282,13 @@ def measure(methods: dict, rounds: int) -> dict:
     return {m: clips[m] / cpu[m] for m in methods}
 
 
-def prepared(paths, cache: str, tag: str, **kw) -> list:
-    """``paths`` re-encoded by reencode_video (tools/prepare_kinetics.py) with ``kw``, cached under ``tag``."""
+def prepared(paths, cache: str, tag: str, encode) -> list:
+    """``paths`` re-encoded by reencode_video (tools/prepare_kinetics.py) as ``encode`` says, cached under ``tag``."""
     out = []
     for p in paths:
         q = os.path.join(cache, f"{os.path.splitext(os.path.basename(p))[0]}_{tag}.mp4")
         if not os.path.exists(q):
-            reencode_video(p, q, **kw)
+            reencode_video(p, q, encode)
         out.append(q)
     return out
 
@@ -332,11 +333,11 @@ def main(argv=None) -> int:
         f"{os.cpu_count()} cores; load average at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; "
         f"one thread (torch.set_num_threads(1), decoder threads 1); PyAV {av.__version__}, torch {torch.__version__}. "
         "Rates are clips per CPU-second of this process (per core).\n")
-    defaults = dict(PREPARE_DEFAULTS)
+    defaults = asdict(PREPARE_DEFAULTS)
     out(f"Prepared copies: reencode_video with prepare_kinetics' defaults {defaults} "
         "(short side 320 is never an upscale, so the copies stay 340x256).\n")
-    prep = prepared(originals, args.cache, "prepared", **defaults)
-    prep_demo = prepared(demo, args.cache, "prepared", **defaults)
+    prep = prepared(originals, args.cache, "prepared", PREPARE_DEFAULTS)
+    prep_demo = prepared(demo, args.cache, "prepared", PREPARE_DEFAULTS)
     sets = {"originals": originals, "demo.mp4": demo, "prepared originals": prep, "prepared demo.mp4": prep_demo}
     size = {k: sum(os.path.getsize(p) for p in v) for k, v in sets.items()}
 
@@ -383,8 +384,8 @@ def main(argv=None) -> int:
     for label, extra in ((f"prepare defaults ({defaults.get('x264_options')})", defaults.get("x264_options")),
                          ("the same without x264_options", None)):
         for g in (1, 8, 16, 32, 250):
-            kw = dict(defaults, gop=g, x264_options=extra)
-            variants[(label, g)] = prepared(originals, args.cache, f"{'tuned' if extra else 'plain'}_g{g}", **kw)
+            encode = replace(PREPARE_DEFAULTS, gop=g, x264_options=extra or {})
+            variants[(label, g)] = prepared(originals, args.cache, f"{'tuned' if extra else 'plain'}_g{g}", encode)
     gmethods = {"originals": lambda r: run_gcvideo(gcvideo_items(originals, args.default_backend, 1), n, r)}
     for key, paths in variants.items():
         gmethods[key] = (lambda paths: lambda r: run_gcvideo(gcvideo_items(paths, args.default_backend, 1), n, r))(paths)

@@ -38,7 +38,7 @@ from gcvideo.config import load_cfg  # noqa: E402
 from gcvideo.data.dataset import build_dataset, collate_train  # noqa: E402
 from gcvideo.data.toy import make_toy_dataset  # noqa: E402
 from gcvideo.engine.distributed import TrainSampler  # noqa: E402
-from gcvideo.engine.loader import TrainLoader  # noqa: E402
+from gcvideo.engine.loader import LoaderSettings, TrainLoader  # noqa: E402
 from gcvideo.utils.io import atomic_write_text  # noqa: E402
 
 
@@ -86,8 +86,8 @@ def main(argv=None) -> int:
     sampler = TrainSampler(len(dataset), batch, 0, 1, seed)
 
     def train_loader(persistent: bool):
-        loader = TrainLoader(dataset, sampler, batch, num_workers=args.workers, pin_memory=False,
-                             prefetch_factor=cfg.DATA.PREFETCH_FACTOR, seed=seed, rank=0, collate_fn=collate_train)
+        loader = TrainLoader(dataset, sampler, batch, LoaderSettings(args.workers, False, cfg.DATA.PREFETCH_FACTOR),
+                             seed=seed, rank=0, collate_fn=collate_train)
         if not persistent:  # what TrainLoader does for a dataset whose epoch does not reach its workers
             loader.persistent = False
             loader._kw["persistent_workers"] = False

@@ -18,7 +18,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gcvideo.analysis.nonlocal_stats import analyze_nonlocal, format_stats_table, read_video_list  # noqa: E402
+from gcvideo.analysis.nonlocal_stats import (NonLocalAnalysis, ReportSource, analyze_nonlocal,  # noqa: E402
+                                             format_stats_table, read_video_list)
 from gcvideo.cli import ToolParser, tool  # noqa: E402
 from gcvideo.engine.tester import config_for_checkpoint  # noqa: E402
 from gcvideo.data import build_views_dataset  # noqa: E402
@@ -48,6 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1")
     args = p.parse_args(argv)
+    analysis = NonLocalAnalysis(max_queries=args.max_queries or None, seed=args.seed,
+                                include_self=not args.exclude_self, blocks=args.blocks, batch_size=args.batch_size)
     cfg = config_for_checkpoint(args.config, args.opts, args.checkpoint)
     out_json = args.json or os.path.join(
         cfg.OUTPUT_DIR, f"nonlocal_stats_{os.path.splitext(os.path.basename(args.checkpoint))[0]}.json")
@@ -57,10 +60,8 @@ def main(argv=None) -> int:
                             num_classes=cfg.MODEL.NUM_CLASSES, clip_layout=d.CLIP_LAYOUT)
     model = build_model_from_checkpoint(cfg, args.checkpoint, allow=list(args.opts)[0::2]).to(select_device(args.device))
     dataset = build_views_dataset(cfg, paths[:args.max_videos or None], args.clips, 1)  # centre crop
-    report = analyze_nonlocal(model, dataset, out_json=out_json, max_queries=args.max_queries or None,
-                              seed=args.seed, include_self=not args.exclude_self, blocks=args.blocks,
-                              batch_size=args.batch_size, overwrite=args.overwrite,
-                              checkpoint=args.checkpoint, videos_file=args.csv,
+    report = analyze_nonlocal(model, dataset, analysis, source=ReportSource(args.checkpoint, args.csv),
+                              out_json=out_json, overwrite=args.overwrite,
                               log=lambda m: print(m, file=sys.stderr, flush=True))
     print(f"{report['videos']} videos x {report['clips_per_video']} clip(s), {len(report['failed'])} failed; "
           f"cosine distance (1 - cos)/2 over {'all' if report['include_self'] else 'distinct'} pairs, JSD in nats")

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gcvideo.cli import ToolParser, tool  # noqa: E402
 from gcvideo.data.annotations import CLIP_LAYOUTS, FORMATS  # noqa: E402
-from gcvideo.data.check import check_annotations  # noqa: E402
+from gcvideo.data.check import CheckOptions, check_annotations  # noqa: E402
 from gcvideo.data.decoder import BACKENDS  # noqa: E402
 
 
@@ -35,9 +35,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="", help="folder for the outputs (default: the CSV's folder)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    s = check_annotations(args.csv, fmt=args.format, path_prefix=args.prefix, label_map=args.label_map,
-                          num_classes=args.num_classes, clip_layout=args.layout, backend=args.backend,
-                          workers=args.workers, full=args.full, out_dir=args.out, progress=not args.quiet)
+    options = CheckOptions(fmt=args.format, path_prefix=args.prefix, label_map=args.label_map,
+                           num_classes=args.num_classes, clip_layout=args.layout, backend=args.backend, full=args.full)
+    s = check_annotations(args.csv, options, workers=args.workers, out_dir=args.out, progress=not args.quiet)
     kinds = ", ".join(f"{k}: {v}" for k, v in sorted(s["kinds"].items())) or "none"
     print(f"{s['broken']} of {s['videos']} videos cannot be used ({kinds})\n"
           f"broken list: {s['broken_list']}\ncleaned annotations: {s['clean_csv']}")

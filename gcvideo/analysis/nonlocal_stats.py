@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -53,7 +53,7 @@ import torch.nn as nn
 from gcvideo.utils.errors import UsageError
 
 __all__ = ["mean_pairwise_cosine_distance", "mean_pairwise_jsd", "nonlocal_block_stats", "analyze_nonlocal",
-           "read_video_list", "DEFINITIONS",
+           "NonLocalAnalysis", "ReportSource", "read_video_list", "DEFINITIONS",
            "NonlocalStatsAccumulator", "collect_nonlocal_stats", "format_stats_table", "STAT_COLUMNS"]
 
 STAT_COLUMNS = ("input", "output", "att", "jsd", "entropy", "query", "key", "product")
@@ -298,18 +298,44 @@ def read_video_list(path: str, fmt: str = "auto", path_prefix: str = "", label_m
         return [ln if os.path.isabs(ln) or "://" in ln else os.path.join(base, ln) for ln in lines]
 
 
+@dataclass(frozen=True)
+class NonLocalAnalysis:
+    """What ``analyze_nonlocal`` measures and how (tools/analyze_nonlocal.py's options); a value it cannot
+    use is a ``UsageError``."""
+    max_queries: Optional[int] = 256  # JSD: query positions sampled when a block has more (None: all, exact)
+    seed: int = 0  # seed of the JSD query sample
+    include_self: bool = True  # pairs i = j in the means (the papers' 1/N_p^2 average)
+    blocks: Optional[Tuple[str, ...]] = None  # non-local blocks to analyse (None: all), as select_blocks takes them
+    batch_size: int = 4  # clips per forward pass (about: a video's clips stay together)
+
+    def __post_init__(self):
+        if self.max_queries is not None and self.max_queries < 1:
+            raise UsageError(f"max queries {self.max_queries} must be at least 1 (--max-queries 0: all, exact)")
+        if self.batch_size < 1:
+            raise UsageError(f"batch size {self.batch_size} must be at least 1 (clips per forward pass)")
+        if self.blocks is not None:
+            object.__setattr__(self, "blocks", tuple(self.blocks))
+
+
+@dataclass(frozen=True)
+class ReportSource:
+    """Where an analysis' numbers come from, recorded in its report (no effect on them)."""
+    checkpoint: str = ""  # the model's weights file
+    videos_file: str = ""  # the annotation file or video list
+
+
 @torch.no_grad()
-def analyze_nonlocal(model: nn.Module, dataset, out_json: Optional[str] = None, max_queries: Optional[int] = 256,
-                     seed: int = 0, include_self: bool = True, blocks: Optional[Sequence[str]] = None,
-                     batch_size: int = 4, device: Optional[str] = None, overwrite: bool = False,
-                     checkpoint: str = "", videos_file: str = "", log=print) -> Dict:
-    """GCNet Tables 1-3 statistics of every non-local block of ``model`` over the videos of ``dataset``.
+def analyze_nonlocal(model: nn.Module, dataset, analysis: NonLocalAnalysis = NonLocalAnalysis(), *,
+                     source: ReportSource = ReportSource(), out_json: Optional[str] = None,
+                     device: Optional[str] = None, overwrite: bool = False, log=print) -> Dict:
+    """GCNet Tables 1-3 statistics of every non-local block of ``model`` over the videos of ``dataset``,
+    measured as ``analysis`` says.
 
     ``dataset``: test views of the videos (``gcvideo.data.build_views_dataset``, usually with one
-    centre crop); batches of about ``batch_size`` clips go to ``device`` (None: the model's);
+    centre crop); batches of about ``analysis.batch_size`` clips go to ``device`` (None: the model's);
     undecodable videos are listed in ``failed`` and skipped. Returns the report dict (also written
-    to ``out_json`` atomically; an existing file is kept unless ``overwrite``); ``checkpoint`` and
-    ``videos_file`` are recorded in it, and the clip layout (clips per video, crop, frames and
+    to ``out_json`` atomically; an existing file is kept unless ``overwrite``); ``source`` (checkpoint,
+    videos file) is recorded in it, and the clip layout (clips per video, crop, frames and
     sampling rate) is the dataset's.
     """
     import json
@@ -319,6 +345,7 @@ def analyze_nonlocal(model: nn.Module, dataset, out_json: Optional[str] = None, 
 
     if out_json:
         refuse_existing(out_json, overwrite)
+    a = analysis
     device = resolve_device(device) if device is not None else model_device(model)
     failed: List[Dict[str, str]] = []
     used = 0
@@ -334,24 +361,24 @@ def analyze_nonlocal(model: nn.Module, dataset, out_json: Optional[str] = None, 
                 continue
             used += 1
             pending.append(item["video"])  # (V, 3, T, S, S)
-            if sum(v.shape[0] for v in pending) >= batch_size:
+            if sum(v.shape[0] for v in pending) >= a.batch_size:
                 yield torch.cat(pending).to(device)
                 pending = []
         if pending:
             yield torch.cat(pending).to(device)
 
-    rows = collect_nonlocal_stats(model, clips(), max_queries=max_queries, seed=seed, include_self=include_self,
-                                  blocks=blocks)
+    rows = collect_nonlocal_stats(model, clips(), max_queries=a.max_queries, seed=a.seed, include_self=a.include_self,
+                                  blocks=a.blocks)
     if not used:
-        raise UsageError(f"no video of {videos_file or 'the dataset'} could be decoded ({len(failed)} failed)")
+        raise UsageError(f"no video of {source.videos_file or 'the dataset'} could be decoded ({len(failed)} failed)")
     mean = {}
     for c in STAT_COLUMNS:
         vals = [r[c] for r in rows if r[c] is not None]
         mean[c] = sum(vals) / len(vals) if vals else None
-    report = {"checkpoint": checkpoint, "videos_file": videos_file, "videos": used, "failed": failed,
+    report = {"checkpoint": source.checkpoint, "videos_file": source.videos_file, "videos": used, "failed": failed,
               "clips_per_video": dataset.transform.num_clips, "crop": dataset.transform.crop,
-              "clip": [dataset.sampling.num_frames, dataset.sampling.sampling_rate], "max_queries": max_queries,
-              "seed": seed, "include_self": include_self, "distance": "cosine distance (1 - cos)/2; JSD in nats",
+              "clip": [dataset.sampling.num_frames, dataset.sampling.sampling_rate], "max_queries": a.max_queries,
+              "seed": a.seed, "include_self": a.include_self, "distance": "cosine distance (1 - cos)/2; JSD in nats",
               "definitions": DEFINITIONS, "blocks": rows, "mean_over_blocks": mean}
     if out_json:
         atomic_write_text(out_json, json.dumps(report, indent=1) + "\n")

@@ -5,7 +5,7 @@ fallbacks) and decodes its first, middle and last frames (``full=True``: every
 frame); it returns "" or the reason (``missing: ...``, ``empty: ...``,
 ``unreadable: ...``, ``no_video_stream: ...``, ``no_frames: ...``).
 
-``check_annotations(csv, ...)`` does that for every video of an annotation file
+``check_annotations(csv, CheckOptions(...))`` does that for every video of an annotation file
 with a process pool and a progress bar (when not one of its videos exists, an
 ``AnnotationError`` saying the prefix is probably wrong, before any work), and writes next to it (or into
 ``out_dir``) ``{name}.broken.txt`` (``path<TAB>reason``) and ``{name}.clean{ext}``:
@@ -15,14 +15,37 @@ other lines unchanged).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from gcvideo.data.annotations import AnnotationError, iter_lines, load_annotations
-from gcvideo.data.decoder import FrameCountChanged, VideoDecodeError, open_video
+from gcvideo.data.annotations import CLIP_LAYOUTS, FORMATS, AnnotationError, iter_lines, load_annotations
+from gcvideo.data.decoder import BACKENDS, FrameCountChanged, VideoDecodeError, open_video
+from gcvideo.utils.errors import UsageError
 from gcvideo.utils.io import atomic_write_text, path_manager
 from gcvideo.utils.parallel import parallel_imap
 
-__all__ = ["check_video", "check_annotations"]
+__all__ = ["check_video", "check_annotations", "CheckOptions"]
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """How ``check_annotations`` reads an annotation file (``load_annotations``' arguments) and decodes
+    its videos (tools/check_videos.py's options); a value it cannot use is a ``UsageError``."""
+    fmt: str = "auto"  # DATA.FORMAT: one of annotations.FORMATS
+    path_prefix: str = ""  # DATA.PATH_PREFIX; "" = the annotation file's folder
+    label_map: str = ""  # DATA.LABEL_MAP, for class-name labels
+    num_classes: Optional[int] = None  # labels must be below this
+    clip_layout: str = "auto"  # DATA.CLIP_LAYOUT: one of annotations.CLIP_LAYOUTS
+    backend: str = "pyav"  # DATA.DECODER: one of decoder.BACKENDS
+    full: bool = False  # decode every frame (else the first, middle and last)
+
+    def __post_init__(self):
+        for name, value, allowed in (("format", self.fmt, FORMATS), ("clip layout", self.clip_layout, CLIP_LAYOUTS),
+                                     ("backend", self.backend, BACKENDS)):
+            if value not in allowed:
+                raise UsageError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise UsageError(f"--num-classes {self.num_classes} must be at least 1 (or left out)")
 
 
 def check_video(path: str, backend: str = "pyav", full: bool = False) -> str:
@@ -49,18 +72,19 @@ def _job(args: Tuple[int, str, str, bool]) -> Tuple[int, str]:
     return i, check_video(path, backend, full)
 
 
-def check_annotations(csv_path: str, fmt: str = "auto", path_prefix: str = "", label_map: str = "",
-                      num_classes: Optional[int] = None, clip_layout: str = "auto", backend: str = "pyav",
-                      workers: int = 1, full: bool = False, out_dir: str = "", progress: bool = True) -> Dict:
-    """Check every video of ``csv_path``; write the broken list and a cleaned copy. Returns a summary."""
-    records = load_annotations(csv_path, fmt=fmt, path_prefix=path_prefix, label_map=label_map,
-                               num_classes=num_classes, clip_layout=clip_layout)
+def check_annotations(csv_path: str, options: CheckOptions = CheckOptions(), *, workers: int = 1, out_dir: str = "",
+                      progress: bool = True) -> Dict:
+    """Check every video of ``csv_path`` as ``options`` say; write the broken list and a cleaned copy (into
+    ``out_dir``, "" = next to ``csv_path``). Returns a summary."""
+    o = options
+    records = load_annotations(csv_path, fmt=o.fmt, path_prefix=o.path_prefix, label_map=o.label_map,
+                               num_classes=o.num_classes, clip_layout=o.clip_layout)
     if not any(path_manager.exists(r.path) for r in records):  # stops at the first video found
         raise AnnotationError(
             f"{csv_path}: none of its {len(records)} videos exists (the first would be {records[0].path}); the "
             f"path prefix is probably wrong: give the folder that holds them (--prefix, DATA.PATH_PREFIX; now "
-            f"{path_prefix or os.path.dirname(csv_path) or '.'})")
-    jobs = [(i, r.path, backend, full) for i, r in enumerate(records)]
+            f"{o.path_prefix or os.path.dirname(csv_path) or '.'})")
+    jobs = [(i, r.path, o.backend, o.full) for i, r in enumerate(records)]
     reasons: Dict[int, str] = {}
     for i, reason in parallel_imap(_job, jobs, workers, "checking videos", "video", progress, chunksize=8):
         if reason:

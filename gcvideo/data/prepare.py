@@ -1,6 +1,6 @@
 """Preparing a Kinetics copy: re-encode clips to a short side and write the split CSVs.
 
-``prepare_kinetics(src, dst, short_side=320)`` re-encodes every video under ``src``
+``prepare_kinetics(src, dst, PREPARE_DEFAULTS)`` re-encodes every video under ``src``
 (h264, yuv420p, constant frame rate at the source's average rate, audio dropped,
 never upscaled) to the same relative path under ``dst`` with a ``.mp4`` suffix,
 with parallel processes and a progress bar. Each output is written to a temporary
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from gcvideo.data.annotations import (DEFAULT_KINETICS400_LABEL_MAP, VIDEO_EXTENSIONS, AnnotationError, class_key,
                                       iter_csv_rows, kinetics_clip_name, read_label_map, video_stem)
@@ -35,7 +35,39 @@ from gcvideo.utils.io import TEMPORARY_NAME, atomic_write_text
 from gcvideo.utils.parallel import parallel_imap
 
 __all__ = ["reencode_video", "prepare_kinetics", "PrepareError", "VIDEO_EXTENSIONS", "split_name",
-           "PREPARE_DEFAULTS"]
+           "EncodeSettings", "PREPARE_DEFAULTS"]
+
+
+class PrepareError(UserError, ValueError):
+    """``--src``/``--dst`` cannot be used as given (one line: what is wrong and what to do)."""
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """How ``reencode_video`` encodes a copy (libx264, yuv420p). The defaults are x264's own keyframe
+    interval and no extra options; the training copies use ``PREPARE_DEFAULTS``."""
+    short_side: int = 320  # pixels (never upscaled)
+    crf: int = 23  # x264 quality (lower = better, larger)
+    preset: str = "veryfast"  # x264 preset
+    gop: int = 0  # > 0: at most that many frames between keyframes (0: x264's default, 250)
+    x264_options: Mapping[str, str] = field(default_factory=dict)  # more libx264 options, e.g. {"tune": "fastdecode"}
+
+    def __post_init__(self):
+        if self.short_side < 2:
+            raise PrepareError(f"--short-side {self.short_side} must be at least 2 (pixels)")
+        if not 0 <= self.crf <= 51:
+            raise PrepareError(f"--crf {self.crf} must be in 0..51 (x264's quality scale; 23 is its default)")
+        if self.gop < 0:
+            raise PrepareError(f"--gop {self.gop} must be >= 0 (0: x264's default keyframe interval)")
+
+    @staticmethod
+    def parse_x264_options(items: Sequence[str]) -> Dict[str, str]:
+        """``["tune=fastdecode", ...]`` -> ``{"tune": "fastdecode", ...}``; an item without ``=`` is refused."""
+        bad = [kv for kv in items if "=" not in kv or not kv.split("=", 1)[0]]
+        if bad:
+            raise PrepareError(f"--x264-options {bad[0]!r} is not KEY=VALUE (e.g. tune=fastdecode)")
+        return dict(kv.split("=", 1) for kv in items)
+
 
 # Encoder settings of the training copies, chosen from the keyframe-interval table in
 # bench/results/decode.md (training clips/s per core and bytes, measured on Kinetics-like clips):
@@ -43,28 +75,22 @@ __all__ = ["reencode_video", "prepare_kinetics", "PrepareError", "VIDEO_EXTENSIO
 # frames after its keyframe, all of which must be decoded), x264's "fastdecode" tuning (CAVLC
 # instead of CABAC, no deblocking filter, no weighted prediction: the decoder does less per frame)
 # and B-frames that no frame references (b-pyramid none: the reader skips every unwanted B-frame).
-PREPARE_DEFAULTS = {"short_side": 320, "crf": 23, "preset": "veryfast", "gop": 32,
-                    "x264_options": {"tune": "fastdecode", "b-pyramid": "none"}}
+PREPARE_DEFAULTS = EncodeSettings(short_side=320, crf=23, preset="veryfast", gop=32,
+                                  x264_options={"tune": "fastdecode", "b-pyramid": "none"})
 
 _TMP_MARK = ".tmp-prepare-"
-
-
-class PrepareError(UserError, ValueError):
-    """``--src``/``--dst`` cannot be used as given (one line: what is wrong and what to do)."""
 
 
 def _even(x: float) -> int:
     return max(2, int(round(x / 2.0)) * 2)
 
 
-def reencode_video(src: str, dst: str, short_side: int = 320, crf: int = 23, preset: str = "veryfast",
-                   threads: int = 1, gop: int = 0, x264_options: Optional[Dict[str, str]] = None) -> Tuple[int, int, int]:
-    """Re-encode ``src`` to h264 ``dst`` with the short side ``short_side`` (no upscaling).
+def reencode_video(src: str, dst: str, encode: EncodeSettings = EncodeSettings(),
+                   threads: int = 1) -> Tuple[int, int, int]:
+    """Re-encode ``src`` to h264 ``dst`` as ``encode`` says, short side ``encode.short_side`` (no upscaling).
 
-    ``gop`` > 0: at most that many frames between keyframes (0: x264's default, 250); short
-    GOPs make random access to training clips much cheaper (bench/results/decode.md).
-    ``x264_options``: more libx264 options (e.g. ``{"tune": "fastdecode"}``). The training
-    copies of ``prepare_kinetics`` use ``PREPARE_DEFAULTS``.
+    Short GOPs (``encode.gop``) make random access to training clips much cheaper
+    (bench/results/decode.md). The training copies of ``prepare_kinetics`` use ``PREPARE_DEFAULTS``.
 
     Returns (width, height, frames written). Writes ``dst`` atomically (temp file + rename).
     """
@@ -85,7 +111,7 @@ def reencode_video(src: str, dst: str, short_side: int = 320, crf: int = 23, pre
             w0, h0 = vin.codec_context.width, vin.codec_context.height
             if not w0 or not h0:
                 raise ValueError("video stream without a frame size")
-            scale = min(1.0, short_side / min(w0, h0))
+            scale = min(1.0, encode.short_side / min(w0, h0))
             w, h = _even(w0 * scale), _even(h0 * scale)
             rate = vin.average_rate or vin.guessed_rate or Fraction(30)
             if not (0.1 <= float(rate) <= 1000):
@@ -96,11 +122,11 @@ def reencode_video(src: str, dst: str, short_side: int = 320, crf: int = 23, pre
                 vout = out.add_stream("libx264", rate=rate)
                 vout.width, vout.height, vout.pix_fmt = w, h, "yuv420p"
                 vout.codec_context.thread_count = threads
-                vout.options = {"crf": str(crf), "preset": preset}
-                if gop > 0:
-                    vout.options = dict(vout.options, g=str(gop))
-                if x264_options:
-                    vout.options = dict(vout.options, **{k: str(v) for k, v in x264_options.items()})
+                vout.options = {"crf": str(encode.crf), "preset": encode.preset}
+                if encode.gop > 0:
+                    vout.options = dict(vout.options, g=str(encode.gop))
+                if encode.x264_options:
+                    vout.options = dict(vout.options, **{k: str(v) for k, v in encode.x264_options.items()})
                 for frame in _frames(inp, vin):
                     f = reformatter.reformat(frame, width=w, height=h, format="yuv420p",
                                              interpolation=Interpolation.AREA)
@@ -142,9 +168,9 @@ def split_name(folder: str) -> str:
 
 
 def _job(args) -> Tuple[str, str, str]:
-    src, dst, short_side, crf, preset, gop, x264_options = args
+    src, dst, encode = args
     try:
-        reencode_video(src, dst, short_side=short_side, crf=crf, preset=preset, gop=gop, x264_options=x264_options)
+        reencode_video(src, dst, encode)
         return src, dst, ""
     except Exception as e:  # any decoder/encoder error: report, go on
         return src, dst, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -292,21 +318,15 @@ def _write_lists(dst: str, entries: List[_Entry], failed: Dict[str, str],
     return {k: len(v) for k, v in lines.items()}
 
 
-def prepare_kinetics(src: str, dst: str, short_side: int = PREPARE_DEFAULTS["short_side"],
-                     workers: Optional[int] = None, label_map: str = "", annotations: Sequence[str] = (),
-                     default_split: str = "train", crf: int = PREPARE_DEFAULTS["crf"],
-                     preset: str = PREPARE_DEFAULTS["preset"], gop: int = PREPARE_DEFAULTS["gop"],
-                     x264_options: Optional[Dict[str, str]] = None, progress: bool = True) -> Dict:
-    """Re-encode ``src`` into ``dst`` and write ``dst/{split}.csv``; returns a summary dict.
+def prepare_kinetics(src: str, dst: str, encode: EncodeSettings = PREPARE_DEFAULTS, *, label_map: str = "",
+                     annotations: Sequence[str] = (), default_split: str = "train", workers: Optional[int] = None,
+                     progress: bool = True) -> Dict:
+    """Re-encode ``src`` into ``dst`` as ``encode`` says and write ``dst/{split}.csv``; returns a summary dict.
 
     Everything a user gave is checked before any work (:class:`PrepareError`, ``AnnotationError``
     with ``file:line``); ``dst`` is locked for the run (``FolderInUse`` when another run holds it).
     Summary: ``videos``, ``encoded``, ``already_done``, ``failed`` (listed in ``dst/failed.txt``),
-    ``missing`` (annotated clips absent from ``src``, listed in ``dst/missing.txt``), ``splits``.
-
-    ``x264_options`` None: ``PREPARE_DEFAULTS["x264_options"]`` ({} for none)."""
-    if x264_options is None:
-        x264_options = dict(PREPARE_DEFAULTS["x264_options"])
+    ``missing`` (annotated clips absent from ``src``, listed in ``dst/missing.txt``), ``splits``."""
     src, dst = os.path.abspath(src), os.path.abspath(dst)
     if not os.path.isdir(src):
         raise PrepareError(f"--src {src} is not a folder; give the folder that holds the downloaded clips")
@@ -325,7 +345,7 @@ def prepare_kinetics(src: str, dst: str, short_side: int = PREPARE_DEFAULTS["sho
             print(lock.note, flush=True)
         _remove_dead_temporaries(dst)  # of interrupted runs
         todo = [e for e in entries if not os.path.exists(e.out)]
-        jobs = [(e.src, e.out, short_side, crf, preset, gop, x264_options) for e in todo]
+        jobs = [(e.src, e.out, encode) for e in todo]
         failed: Dict[str, str] = {}
         workers = max(1, workers or (os.cpu_count() or 1))
         for s, _, err in parallel_imap(_job, jobs, workers, "re-encoding", "video", progress):

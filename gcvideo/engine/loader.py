@@ -28,6 +28,7 @@ import gc
 import os
 import signal
 import threading
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
 import torch
@@ -37,7 +38,20 @@ from gcvideo.engine import distributed as du
 from gcvideo.utils.threads import loader_workers, usable_cores
 from gcvideo.utils.torch_private import end_loader_workers
 
-__all__ = ["ForkingLoader", "TrainLoader", "epoch_reaches_workers"]
+__all__ = ["ForkingLoader", "LoaderSettings", "TrainLoader", "epoch_reaches_workers"]
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """The engine's DataLoaders (training, validation, test): DATA.NUM_WORKERS, DATA.PIN_MEMORY (used on
+    CUDA only), DATA.PREFETCH_FACTOR (training batches in flight per worker)."""
+    num_workers: int
+    pin_memory: bool
+    prefetch_factor: int
+
+    def for_device(self, device: torch.device) -> "LoaderSettings":
+        """These settings for batches bound for ``device``: pinned memory on CUDA only."""
+        return replace(self, pin_memory=self.pin_memory and device.type == "cuda")
 
 
 _NOTED = set()  # the requested worker counts this process has printed a note for
@@ -107,19 +121,20 @@ class TrainLoader:
 
     ``epoch(e, start_iter)`` returns the loader to iterate for iterations ``start_iter..`` of epoch
     ``e``; iterating it before the previous iteration ended (precise BN takes a few batches) is
-    fine: the workers drop what they had prefetched. The workers' torch seeds come from
+    fine: the workers drop what they had prefetched. ``settings`` (``LoaderSettings``, already
+    ``for_device``) gives the workers, pinned memory and prefetch. The workers' torch seeds come from
     ``seed``, ``rank`` and the first epoch asked for (items do not use them). ``close()`` ends the
     workers.
     """
 
-    def __init__(self, dataset: Dataset, sampler: Sampler, batch_size: int, *, num_workers: int,
-                 pin_memory: bool, prefetch_factor: int, seed: int, rank: int,
-                 collate_fn: Optional[Callable[[list], Any]] = None):
+    def __init__(self, dataset: Dataset, sampler: Sampler, batch_size: int, settings: LoaderSettings, *,
+                 seed: int, rank: int, collate_fn: Optional[Callable[[list], Any]] = None):
         self.dataset, self.sampler = dataset, sampler
-        self.persistent = num_workers > 0 and epoch_reaches_workers(dataset)
-        self._kw = dict(batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
-                        pin_memory=pin_memory, collate_fn=collate_fn, persistent_workers=self.persistent,
-                        prefetch_factor=prefetch_factor if num_workers > 0 else None)
+        workers = settings.num_workers
+        self.persistent = workers > 0 and epoch_reaches_workers(dataset)
+        self._kw = dict(batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+                        pin_memory=settings.pin_memory, collate_fn=collate_fn, persistent_workers=self.persistent,
+                        prefetch_factor=settings.prefetch_factor if workers > 0 else None)
         self.seed, self.rank = seed, rank
         self._loader: Optional[DataLoader] = None
 

@@ -21,7 +21,7 @@ from gcvideo.data.annotations import AnnotationError, read_label_map
 from gcvideo.data.dataset import annotation_path, build_dataset
 from gcvideo.engine import distributed as du
 from gcvideo.engine.run_checkpoints import best_checkpoint_path, list_checkpoints
-from gcvideo.engine.loader import ForkingLoader
+from gcvideo.engine.loader import ForkingLoader, LoaderSettings
 from gcvideo.engine.device_prep import DevicePrep, build_device_prep
 from gcvideo.engine.memory_format import model_channels_last
 from gcvideo.engine.metrics import combine_views, compute_metrics, format_summary, write_report
@@ -201,15 +201,6 @@ def config_for_checkpoint(config_file: str, opts: Sequence[str], checkpoint: str
     if config_file:
         return load_cfg(config_file, opts)
     return load_checkpoint_cfg(list(opts) + ["TEST.CHECKPOINT", checkpoint])
-
-
-@dataclass(frozen=True)
-class LoaderSettings:
-    """The engine's DataLoaders (training, validation, test): DATA.NUM_WORKERS, DATA.PIN_MEMORY (used on
-    CUDA only), DATA.PREFETCH_FACTOR (training batches in flight per worker)."""
-    num_workers: int
-    pin_memory: bool
-    prefetch_factor: int
 
 
 def build_loader_settings(cfg: CfgNode) -> LoaderSettings:

@@ -510,10 +510,8 @@ def build_run(cfg: CfgNode, device: torch.device, builder: DatasetBuilder) -> _R
     # -- data (annotation errors, fewer clips than one global batch), and the test set used at the end
     train_set = builder(cfg, "train")
     sampler = du.TrainSampler(len(train_set), settings.batch_size, rank, world, settings.seed)
-    loader = TrainLoader(train_set, sampler, sampler.local_batch, num_workers=settings.loader.num_workers,
-                         pin_memory=settings.loader.pin_memory and device.type == "cuda",
-                         prefetch_factor=settings.loader.prefetch_factor, seed=settings.seed, rank=rank,
-                         collate_fn=collate_train)  # K clips per video (DATA.NUM_SAMPLES) as K rows
+    loader = TrainLoader(train_set, sampler, sampler.local_batch, settings.loader.for_device(device),
+                         seed=settings.seed, rank=rank, collate_fn=collate_train)  # K clips per video (DATA.NUM_SAMPLES) as K rows
     val_set = builder(cfg, "val") if settings.eval_period > 0 else None
     test_set = build_test_set(cfg, builder, why="TRAIN.TEST_AT_END is on but ",
                               hint=", or set TRAIN.TEST_AT_END False") if settings.test is not None else None

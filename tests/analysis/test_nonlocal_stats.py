@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from gcvideo.analysis.attention import capture_context_inputs
-from gcvideo.analysis.nonlocal_stats import (STAT_COLUMNS, analyze_nonlocal, collect_nonlocal_stats,
+from gcvideo.analysis.nonlocal_stats import (STAT_COLUMNS, NonLocalAnalysis, ReportSource, analyze_nonlocal,
+                                             collect_nonlocal_stats,
                                              format_stats_table, mean_pairwise_cosine_distance, mean_pairwise_jsd,
                                              nonlocal_block_stats, read_video_list)
 from gcvideo.config import get_cfg, load_cfg
 from gcvideo.layers import NonLocalBlock
+from gcvideo.utils.errors import UsageError
 from gcvideo.models import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -270,8 +272,8 @@ def test_analyze_library_matches_direct(toy_setup, tmp_path):
     out = tmp_path / "r.json"
     model = build_model_from_checkpoint(cfg, toy_setup["ckpt"])
     dataset = build_views_dataset(cfg, read_video_list(str(lst)), 2, 1)
-    rep = analyze_nonlocal(model, dataset, out_json=str(out), max_queries=None, checkpoint=toy_setup["ckpt"],
-                           videos_file=str(lst), log=lambda m: None)
+    rep = analyze_nonlocal(model, dataset, NonLocalAnalysis(max_queries=None), out_json=str(out),
+                           source=ReportSource(toy_setup["ckpt"], str(lst)), log=lambda m: None)
     assert rep["videos"] == 1 and len(rep["failed"]) == 1 and "missing.mp4" in rep["failed"][0]["path"]
     assert rep["clips_per_video"] == 2 and rep["crop"] == 48 and rep["clip"] == [4, 2]
     assert rep["checkpoint"] == toy_setup["ckpt"] and rep["videos_file"] == str(lst)
@@ -317,3 +319,20 @@ def test_analyze_tool_on_toy_set(toy_setup, capsys):
     torch.save(build_model(load_cfg(str(gc_cfg))).state_dict(), gc_ckpt)
     rc = tool.main(["--config", str(gc_cfg), "--checkpoint", str(gc_ckpt), "--csv", str(toy_setup["toy"] / "val.csv")])
     assert rc == 2 and "non-local" in capsys.readouterr().err
+
+
+def test_nonlocal_analysis_refuses_bad_values_and_the_tool_says_so_before_loading(tmp_path, capsys):
+    """NonLocalAnalysis (the analysis options as one object) checks its values; the tool builds it
+    first, so a bad one is one error line before any config, checkpoint or video is read."""
+    assert NonLocalAnalysis(blocks=["res3.0"]).blocks == ("res3.0",)
+    for bad, message in ((dict(batch_size=0), "batch size 0 must be at least 1"),
+                         (dict(max_queries=-1), "max queries -1 must be at least 1")):
+        with pytest.raises(UsageError, match=message):
+            NonLocalAnalysis(**bad)
+    spec = importlib.util.spec_from_file_location("nl_tool", os.path.join(ROOT, "tools", "analyze_nonlocal.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rc = tool.main(["--config", str(tmp_path / "nope.yaml"), "--checkpoint", str(tmp_path / "nope.pth"),
+                    "--csv", str(tmp_path / "nope.csv"), "--batch-size", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == "error: batch size 0 must be at least 1 (clips per forward pass)\n"

@@ -42,6 +42,29 @@ def test_check_videos(broken, files_dir, tmp_path):
     assert (tmp_path / "val.clean.csv").read_text() == f"# my list\n{rows[0]} 0\n{rows[3]} 3\n"
 
 
+def test_check_options_reach_the_reader_and_refuse_bad_values(files_dir, tmp_path):
+    """CheckOptions (the tool's options as one object): its prefix and label map reach load_annotations,
+    its backend the decoder; a value it cannot use is one UsageError, before any file is written."""
+    import pytest
+    from gcvideo.data.check import CheckOptions, check_annotations
+    from gcvideo.utils.errors import UsageError
+
+    csv = tmp_path / "val.csv"
+    csv.write_text("part_0.mp4 zumba\nrealshort.mp4 abseiling\ngone.mp4 zumba\n")
+    labels = tmp_path / "classes.txt"
+    labels.write_text("abseiling\nzumba\n")
+    out = check_annotations(str(csv), CheckOptions(path_prefix=files_dir, label_map=str(labels), backend="pyav"),
+                            out_dir=str(tmp_path / "out"), progress=False)
+    assert (out["videos"], out["broken"], out["kinds"]) == (3, 1, {"missing": 1})
+    assert (tmp_path / "out" / "val.clean.csv").read_text() == "part_0.mp4 zumba\nrealshort.mp4 abseiling\n"
+    for bad, message in ((dict(backend="nope"), "backend 'nope' is not one of pyav, decord, torchcodec"),
+                         (dict(fmt="csv"), "format 'csv' is not one of auto,"),
+                         (dict(clip_layout="tree"), "clip layout 'tree' is not one of auto, class, flat"),
+                         (dict(num_classes=0), "--num-classes 0 must be at least 1")):
+        with pytest.raises(UsageError, match=message):
+            CheckOptions(**bad)
+
+
 def test_prepare_kinetics(files_dir, tmp_path):
     src = tmp_path / "src"
     (src / "videos_val" / "air drumming").mkdir(parents=True)
@@ -99,9 +122,9 @@ def test_make_toy_dataset_cli(tmp_path):
 
 
 def test_reencode_short_gop(files_dir, tmp_path):
-    from gcvideo.data.prepare import reencode_video
+    from gcvideo.data.prepare import EncodeSettings, reencode_video
     out = str(tmp_path / "g.mp4")
-    assert reencode_video(os.path.join(files_dir, "part_0.mp4"), out, short_side=64, gop=8) == (84, 64, 32)  # 340 * 64 / 256 = 85 -> even 84
+    assert reencode_video(os.path.join(files_dir, "part_0.mp4"), out, EncodeSettings(short_side=64, gop=8)) == (84, 64, 32)  # 340 * 64 / 256 = 85 -> even 84
     with av.open(out) as c:
         keys = [p.is_keyframe for p in c.demux(video=0) if p.size]
     assert len(keys) == 32 and sum(keys) >= 4

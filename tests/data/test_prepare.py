@@ -47,6 +47,7 @@ def tool(name, *args):
 # then waits until WAIT/go exists (at most 60 s) before encoding for real.
 SLOW_PREPARE = textwrap.dedent("""
     import json, os, sys, time
+    import dataclasses
     import gcvideo.data.prepare as P
     wait, src, dst, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     real = P.reencode_video
@@ -57,7 +58,7 @@ SLOW_PREPARE = textwrap.dedent("""
             time.sleep(0.05)
         return real(*a, **k)
     P.reencode_video = slow
-    s = P.prepare_kinetics(src, dst, short_side=32, workers=workers, progress=False)
+    s = P.prepare_kinetics(src, dst, dataclasses.replace(P.PREPARE_DEFAULTS, short_side=32), workers=workers, progress=False)
     print(json.dumps(s))
 """)
 
@@ -266,6 +267,41 @@ def test_src_as_dst_is_refused(tmp_path):
     rc, _, err = tool("prepare_kinetics.py", "--src", str(tmp_path / "src"), "--dst", str(tmp_path / "src"))
     assert rc == 2 and "the copies would replace the originals" in err
     assert sorted(os.listdir(tmp_path / "src" / "abseiling")) == ["a.mkv"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--x264-options", "tune"], "--x264-options 'tune' is not KEY=VALUE"),
+    (["--x264-options", "=fastdecode"], "--x264-options '=fastdecode' is not KEY=VALUE"),
+    (["--crf", "60"], "--crf 60 must be in 0..51"),
+    (["--gop", "-1"], "--gop -1 must be >= 0"),
+    (["--short-side", "0"], "--short-side 0 must be at least 2")])
+def test_bad_encode_settings_are_one_error_line_before_any_work(tmp_path, args, message):
+    """EncodeSettings (the tool's encoder options as one object) refuses a value x264 cannot use."""
+    tiny_video(tmp_path / "src" / "abseiling" / "a.mkv")
+    rc, out, err = tool("prepare_kinetics.py", "--src", str(tmp_path / "src"), "--dst", str(tmp_path / "dst"), *args)
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("error: ") and message in err
+    assert not (tmp_path / "dst").exists()
+
+
+def test_encode_settings_reach_the_encoder(tmp_path):
+    """The object's fields are the x264 settings written into the copy (x264's own header says them)."""
+    import dataclasses
+    import gcvideo.data.prepare as P
+    assert P.EncodeSettings.parse_x264_options(["tune=fastdecode", "b-pyramid=none"]) == dict(P.PREPARE_DEFAULTS.x264_options)
+    tiny_video(tmp_path / "a.mp4", frames=12)
+    encode = dataclasses.replace(P.PREPARE_DEFAULTS, short_side=32, crf=30, gop=5)
+    assert P.reencode_video(str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4"), encode) == (42, 32, 12)  # 64*32/48
+    info = (tmp_path / "b.mp4").read_bytes()
+    assert b"crf=30.0" in info and b"keyint=5 " in info and b"cabac=0" in info
+
+
+def test_check_videos_bad_num_classes_is_one_error_line_before_any_work(tmp_path):
+    tiny_video(tmp_path / "a.mp4")
+    (tmp_path / "val.csv").write_text("a.mp4 0\n")
+    rc, out, err = tool("check_videos.py", "--csv", str(tmp_path / "val.csv"), "--num-classes", "0")
+    assert rc == 2 and out == "" and err == "error: --num-classes 0 must be at least 1 (or left out)\n"
+    assert sorted(os.listdir(tmp_path)) == ["a.mp4", "val.csv"]
 
 
 def test_check_videos_with_nothing_found_says_the_prefix_is_wrong(tmp_path):

@@ -12,7 +12,7 @@ from gcvideo.config import get_cfg, validate_cfg
 from gcvideo.data import build_dataset
 from gcvideo.data.dataset import collate_train
 from gcvideo.engine.distributed import TrainSampler
-from gcvideo.engine.loader import ForkingLoader, TrainLoader
+from gcvideo.engine.loader import ForkingLoader, LoaderSettings, TrainLoader
 from gcvideo.engine.tester import build_eval_loader
 
 
@@ -38,8 +38,8 @@ def _batches(loader):
 
 
 def _loader(ds, workers):
-    return TrainLoader(ds, TrainSampler(len(ds), 4, 0, 1, seed=3), 4, num_workers=workers, pin_memory=False,
-                       prefetch_factor=2, seed=3, rank=0, collate_fn=collate_train)
+    return TrainLoader(ds, TrainSampler(len(ds), 4, 0, 1, seed=3), 4, LoaderSettings(workers, False, 2),
+                       seed=3, rank=0, collate_fn=collate_train)
 
 
 def _assert_same(got, want):
@@ -92,8 +92,8 @@ class _EpochInWorker(Dataset):
 
 
 def test_dataset_whose_epoch_stays_in_the_parent_gets_new_workers_each_epoch():
-    loader = TrainLoader(_EpochInWorker(), TrainSampler(8, 4, 0, 1, seed=0), 4, num_workers=2, pin_memory=False,
-                         prefetch_factor=2, seed=0, rank=0)
+    loader = TrainLoader(_EpochInWorker(), TrainSampler(8, 4, 0, 1, seed=0), 4, LoaderSettings(2, False, 2),
+                         seed=0, rank=0)
     for epoch in (0, 1, 2):
         assert [int(x) for b in loader.epoch(epoch) for x in b] == [epoch] * 8
     assert not loader.persistent
@@ -114,8 +114,7 @@ def test_engine_loaders_fork_workers_with_a_frozen_gc():
     shared: bench/results/records.md); the parent's collector is as before."""
     assert gc.get_freeze_count() == 0
     ds = _FreezeCount()
-    train = TrainLoader(ds, TrainSampler(4, 2, 0, 1, seed=0), 2, num_workers=2, pin_memory=False, prefetch_factor=2,
-                        seed=0, rank=0)
+    train = TrainLoader(ds, TrainSampler(4, 2, 0, 1, seed=0), 2, LoaderSettings(2, False, 2), seed=0, rank=0)
     loaders = {"ForkingLoader": ForkingLoader(ds, batch_size=2, num_workers=2),
                "TrainLoader": train.epoch(0), "build_eval_loader": build_eval_loader(ds, 2, 2, False)}
     for name, loader in loaders.items():
@@ -147,8 +146,7 @@ def test_engine_loaders_size_their_workers_to_the_cores(monkeypatch, capsys):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(loader_module, "_NOTED", set())
-    train = TrainLoader(_Index(), TrainSampler(8, 4, 0, 1, seed=0), 4, num_workers=4, pin_memory=False,
-                        prefetch_factor=2, seed=0, rank=0)
+    train = TrainLoader(_Index(), TrainSampler(8, 4, 0, 1, seed=0), 4, LoaderSettings(4, False, 2), seed=0, rank=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         test_loader = build_eval_loader(_Index(), 4, 4, False)
@@ -186,8 +184,7 @@ def test_gc_freeze_only_around_a_loaders_own_forks():
 
 
 def test_close_ends_the_persistent_workers():
-    train = TrainLoader(_WorkerPid(), TrainSampler(8, 4, 0, 1, seed=0), 4, num_workers=2, pin_memory=False,
-                        prefetch_factor=2, seed=0, rank=0)
+    train = TrainLoader(_WorkerPid(), TrainSampler(8, 4, 0, 1, seed=0), 4, LoaderSettings(2, False, 2), seed=0, rank=0)
     loader = train.epoch(0)  # held here, as a caller may: close still ends the workers
     pids = {int(p) for b in loader for p in b}
     assert len(pids) == 2 and os.getpid() not in pids
@@ -204,3 +201,20 @@ class _WorkerPid(Dataset):
 
     def __getitem__(self, index):
         return os.getpid()
+
+
+def test_train_loader_takes_its_workers_pinning_and_prefetch_from_loader_settings():
+    settings = LoaderSettings(num_workers=2, pin_memory=True, prefetch_factor=3)
+    assert settings.for_device(torch.device("cpu")) == LoaderSettings(2, False, 3)  # pinned memory on CUDA only
+    assert settings.for_device(torch.device("cuda")) == settings
+    loader = TrainLoader(_EpochInWorker(), TrainSampler(8, 4, 0, 1, seed=0), 4, LoaderSettings(2, False, 3),
+                         seed=0, rank=0).epoch(0)
+    assert (loader.num_workers, loader.pin_memory, loader.prefetch_factor) == (2, False, 3)
+    loader = TrainLoader(_EpochInWorker(), TrainSampler(8, 4, 0, 1, seed=0), 4, LoaderSettings(0, False, 3),
+                         seed=0, rank=0).epoch(0)
+    assert (loader.num_workers, loader.prefetch_factor) == (0, None)  # no workers: no prefetch
+
+
+def test_loader_settings_stay_importable_from_the_tester():
+    from gcvideo.engine.tester import LoaderSettings as FromTester
+    assert FromTester is LoaderSettings

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gcvideo.analysis.export import export_model  # noqa: E402
+from gcvideo.analysis.export import EXPORTERS, FORMATS, ExportOptions, export_model  # noqa: E402
 from gcvideo.cli import ToolParser, tool  # noqa: E402
 from gcvideo.engine.tester import config_for_checkpoint  # noqa: E402
 from gcvideo.models import build_model_from_checkpoint  # noqa: E402
@@ -38,17 +38,18 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="", help="YAML config the model was trained with (default: the one "
                    "stored in the checkpoint)")
     p.add_argument("--checkpoint", required=True, help="trained weights (gcvideo, pytorchvideo, PySlowFast, Caffe2)")
-    p.add_argument("--format", required=True, choices=["torchscript", "onnx"])
+    p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--input", type=_shape, default=None, help="clip size T,H,W (default from the config)")
-    p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "legacy"], help="ONNX exporter")
+    p.add_argument("--exporter", default="auto", choices=EXPORTERS, help="ONNX exporter")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = p.parse_args(argv)
     refuse_existing(args.out, args.overwrite)  # before loading anything
     cfg = config_for_checkpoint(args.config, args.opts, args.checkpoint)
     shape = args.input or (cfg.DATA.NUM_FRAMES, cfg.DATA.TEST_CROP_SIZE, cfg.DATA.TEST_CROP_SIZE)
     model = build_model_from_checkpoint(cfg, args.checkpoint, allow=list(args.opts)[0::2])  # all weights required
-    info = export_model(model, args.format, args.out, shape, overwrite=args.overwrite, exporter=args.exporter)
+    info = export_model(model, args.out, ExportOptions(args.format, shape, exporter=args.exporter),
+                        overwrite=args.overwrite)
     err = "not checked" if info["max_rel_err"] is None else f"{info['max_rel_err']:.2e}"
     print(f"wrote {info['path']} ({info['format']}, {info['exporter']}, input (N, 3, "
           f"{', '.join(map(str, info['input_shape']))}), {info['bytes']} bytes); max relative error vs eager "

@@ -20,7 +20,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gcvideo.analysis.attention import attention_paths, parse_queries, visualize_attention  # noqa: E402
+from gcvideo.analysis.attention import (AttentionFigure, attention_paths, parse_queries,  # noqa: E402
+                                        visualize_attention)
 from gcvideo.analysis.predict import decode_views  # noqa: E402
 from gcvideo.cli import ToolParser, tool  # noqa: E402
 from gcvideo.engine.tester import config_for_checkpoint  # noqa: E402
@@ -48,14 +49,13 @@ def main(argv=None) -> int:
     refuse_existing(list(attention_paths(args.out).values()), args.overwrite)  # before the model and the video
     queries = parse_queries(args.queries) if args.queries else None
     cfg = config_for_checkpoint(args.config, args.opts, args.checkpoint)
+    figure = AttentionFigure(cfg.DATA.MEAN, cfg.DATA.STD, blocks=args.blocks, queries=queries, alpha=args.alpha)
     model = build_model_from_checkpoint(cfg, args.checkpoint, allow=list(args.opts)[0::2]).to(select_device(args.device))
     # the centre clip, centre crop
     views = decode_views(build_views_dataset(cfg, [args.video], num_clips=1, num_crops=1), progress=True)[0]
     if not views["ok"]:
         raise UserError(f"{args.video}: cannot be decoded: {views['error']}")
-    out = visualize_attention(model, views["video"][:1], args.out, cfg.DATA.MEAN, cfg.DATA.STD,
-                              blocks=args.blocks, queries=queries, alpha=args.alpha, overwrite=args.overwrite,
-                              video=args.video)
+    out = visualize_attention(model, views["video"][:1], args.out, figure, overwrite=args.overwrite, video=args.video)
     print(f"{out['kind']} attention of {args.video}: {out['png']}, {out['gif']} (raw maps: {out['maps']})")
     return 0
 

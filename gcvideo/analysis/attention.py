@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -40,7 +41,7 @@ from gcvideo.utils.errors import UsageError
 
 __all__ = ["attention_paths", "context_input_hooks", "capture_context_inputs", "select_blocks", "gc_attention_maps",
            "nl_attention_maps", "default_queries", "parse_queries", "denormalize", "overlay_heatmap",
-           "render_gc", "render_nl", "visualize_attention"]
+           "render_gc", "render_nl", "AttentionFigure", "visualize_attention"]
 
 
 # ---------------------------------------------------------------------------
@@ -359,18 +360,35 @@ def attention_paths(out_dir: str) -> Dict[str, str]:
             "maps": os.path.join(out_dir, "attention_maps.pt")}
 
 
-def visualize_attention(model: nn.Module, clip: torch.Tensor, out_dir: str, mean: Sequence[float],
-                        std: Sequence[float], blocks: Optional[Sequence[str]] = None,
-                        queries: Optional[Sequence[Tuple[float, float, float]]] = None, alpha: float = 0.5,
+@dataclass(frozen=True)
+class AttentionFigure:
+    """What ``visualize_attention`` draws: the clip's normalisation (DATA.MEAN, DATA.STD: applied to a uint8
+    clip, undone for display), the blocks (``select_blocks`` names; None: every attention block), the
+    non-local query points ((frame, y, x), y and x crop fractions; None: ``default_queries``) and the
+    heatmap's opacity. A value it cannot draw is a ``UsageError`` here."""
+    mean: Sequence[float]
+    std: Sequence[float]
+    blocks: Optional[Sequence[str]] = None
+    queries: Optional[Sequence[Tuple[float, float, float]]] = None
+    alpha: float = 0.5
+
+    def __post_init__(self):
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise UsageError(f"mean {list(self.mean)}, std {list(self.std)}: expected 3 values each (R, G, B)")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UsageError(f"alpha {self.alpha}: the heatmap's opacity is a fraction in [0, 1]")
+
+
+def visualize_attention(model: nn.Module, clip: torch.Tensor, out_dir: str, figure: AttentionFigure,
                         overwrite: bool = False, video: str = "") -> Dict[str, str]:
     """Run ``model`` on one ``clip`` (1, 3, T, S, S) (normalised, or uint8 and normalised here with
-    ``mean``/``std``; moved to the model's device) and write to
+    ``figure.mean``/``figure.std``; moved to the model's device) and write to
     ``out_dir``: ``attention_grid.png``, ``attention.gif`` and ``attention_maps.pt`` (raw maps, queries,
     frames, logits; ``video`` is recorded there as the clip's source).
 
-    GC/SNL models: every attention-pooling block (or ``blocks``); non-local models: the maps
-    of ``queries`` ((frame, y, x), default ``default_queries``) in every NL block (or ``blocks``).
-    ``mean``/``std`` undo the clip's normalisation for display. Existing files are not
+    GC/SNL models: every attention-pooling block (or ``figure.blocks``); non-local models: the maps
+    of ``figure.queries`` ((frame, y, x), default ``default_queries``) in every NL block (or ``figure.blocks``).
+    ``figure.mean``/``figure.std`` undo the clip's normalisation for display. Existing files are not
     overwritten unless ``overwrite``; files are written atomically. Returns {"png", "gif", "maps", "kind"}.
     """
     from gcvideo.layers import ContextBlock, NonLocalBlock
@@ -386,6 +404,7 @@ def visualize_attention(model: nn.Module, clip: torch.Tensor, out_dir: str, mean
     if not (has_nl or has_gc):
         raise UsageError(f"the model has no attention to show (context blocks: {', '.join(sorted(kinds)) or 'none'}"
                          "): it needs GC/SNL blocks (attention pooling) or non-local blocks")
+    mean, std, blocks, queries, alpha = figure.mean, figure.std, figure.blocks, figure.queries, figure.alpha
     device = next(model.parameters()).device
     clip = DevicePrep(device, False, mean, std)(clip)  # (1, 3, T, S, S); a uint8 test view (DATA.EVAL_UINT8) normalised
     frames = denormalize(clip[0].float().cpu(), mean, std)  # (T, S, S, 3)

@@ -2,7 +2,7 @@
 
 Reference: the models of Y. Cao et al., "Global Context Networks" (TPAMI 2020) on
 Slow-only ResNet-3D. Exported graphs take a clip (N, 3, T, H, W) with a dynamic batch N
-and fixed T, H, W (``input_shape``) and return logits (N, num_classes).
+and fixed T, H, W (``ExportOptions.input_shape``) and return logits (N, num_classes).
 
 The exporters trace an eval-mode CPU copy of the model. While a model is traced (torch.jit,
 torch.export, dynamo) its context blocks run their reference ops (the fused path of
@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import io
 import warnings
+from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -30,9 +31,30 @@ import torch.nn as nn
 
 from gcvideo.utils.errors import UsageError, UserError
 
-__all__ = ["FORMATS", "export_model", "ExportMismatchError"]
+__all__ = ["FORMATS", "EXPORTERS", "ExportOptions", "export_model", "ExportMismatchError"]
 
 FORMATS = ("torchscript", "onnx")
+EXPORTERS = ("auto", "dynamo", "legacy")  # the ONNX exporters (module docstring)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What ``export_model`` writes and how it is checked; a value it cannot use is a ``UsageError`` here."""
+    format: str  # one of FORMATS
+    input_shape: Sequence[int] = (8, 256, 256)  # T, H, W of the exported graph's clips (N, 3, T, H, W)
+    exporter: str = "auto"  # ONNX: one of EXPORTERS
+    opset: int = 17  # ONNX opset (the torch.export-based exporter uses at least 18)
+    rtol: float = 1e-4  # the largest max|exported - eager| / max|eager| written
+    seed: int = 0  # the random example and check clips
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise UsageError(f"format {self.format!r}: expected one of {FORMATS}")
+        if self.exporter not in EXPORTERS:
+            raise UsageError(f"exporter {self.exporter!r}: expected auto, dynamo or legacy")
+        if len(self.input_shape) != 3 or any(int(v) < 1 for v in self.input_shape):
+            raise UsageError(f"input shape {tuple(self.input_shape)}: expected T, H, W (3 positive integers)")
+        object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
 
 
 class ExportMismatchError(UserError, RuntimeError):
@@ -93,22 +115,16 @@ def _run_onnx(data: bytes, x: torch.Tensor) -> Optional[torch.Tensor]:
 
 
 @torch.no_grad()
-def export_model(model: nn.Module, fmt: str, out: str, input_shape: Sequence[int] = (8, 256, 256),
-                 overwrite: bool = False, rtol: float = 1e-4, exporter: str = "auto", opset: int = 17,
-                 seed: int = 0) -> Dict:
-    """Export ``model`` to ``out`` as ``fmt`` ("torchscript" | "onnx") for clips (N, 3, *input_shape);
-    verify against eager; return {"path", "format", "exporter", "max_rel_err", "verified_with"}."""
+def export_model(model: nn.Module, out: str, options: ExportOptions, overwrite: bool = False) -> Dict:
+    """Export ``model`` to ``out`` as ``options.format`` ("torchscript" | "onnx") for clips
+    (N, 3, *options.input_shape); verify against eager; an existing ``out`` is kept unless ``overwrite``.
+    Returns {"path", "format", "exporter", "max_rel_err", "verified_with", "input_shape", "bytes"}."""
     from gcvideo.utils.io import atomic_write_bytes, refuse_existing
 
-    if fmt not in FORMATS:
-        raise UsageError(f"format {fmt!r}: expected one of {FORMATS}")
-    if exporter not in ("auto", "dynamo", "legacy"):
-        raise UsageError(f"exporter {exporter!r}: expected auto, dynamo or legacy")
-    if len(input_shape) != 3 or any(int(v) < 1 for v in input_shape):
-        raise UsageError(f"input shape {tuple(input_shape)}: expected T, H, W (3 positive integers)")
+    fmt, input_shape, rtol = options.format, options.input_shape, options.rtol
     refuse_existing(out, overwrite)
     m = copy.deepcopy(model).eval().cpu()  # the copy is traced; the caller's model is left as it is
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(options.seed)
     example = torch.randn(1, 3, *[int(v) for v in input_shape], generator=g)  # (1, 3, T, H, W)
     check = torch.randn(2, 3, *[int(v) for v in input_shape], generator=g)  # (2, 3, T, H, W), unseen
     was_training = model.training
@@ -123,7 +139,7 @@ def export_model(model: nn.Module, fmt: str, out: str, input_shape: Sequence[int
             loaded = torch.jit.load(io.BytesIO(data))
         got, verified = loaded(check).float(), "torch.jit.load"
     else:
-        data, used = _onnx_bytes(m, example, exporter, opset)
+        data, used = _onnx_bytes(m, example, options.exporter, options.opset)
         got = _run_onnx(data, check)
         verified = "onnxruntime" if got is not None else "onnx.checker (onnxruntime not installed)"
     err = _rel_err(got, ref) if got is not None else None

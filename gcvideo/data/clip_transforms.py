@@ -25,8 +25,8 @@ import torch
 
 from gcvideo.data.augment import ClipTransform, build_train_transform
 from gcvideo.data.sampling import VIEW_PROTOCOLS, ClipSampling, protocol_clip_indices
-from gcvideo.data.transforms import (draw_scale, make_peer_views, make_views, normalize, short_side_size, to_tchw,
-                                     train_clip)
+from gcvideo.data.transforms import (PeerViewSpec, draw_scale, make_peer_views, make_views, normalize,
+                                     short_side_size, to_tchw, train_clip)
 
 __all__ = ["TrainClips", "EvalViews", "FrameSize", "build_train_clips", "build_eval_views"]
 
@@ -191,11 +191,15 @@ class EvalViews:
         if self.protocol == "gcvideo":
             video = make_views(frames, rows, self.crop, self.num_crops, self.mean, self.std,
                                as_uint8=self.eval_uint8)  # (V, 3, T, S, S)
-        else:  # PySlowFast's one-crop test resizes to its TRAIN_JITTER_SCALES[0]
-            scale = self.one_crop_scale if (self.protocol, self.num_crops) == ("pyslowfast", 1) else self.crop
-            video = make_peer_views(frames, rows, self.protocol, scale, self.crop, self.num_crops, self.mean,
-                                    self.std, as_uint8=self.eval_uint8)  # (V, 3, T, S, S)
+        else:
+            video = make_peer_views(frames, rows, self.peer_spec())  # (V, 3, T, S, S)
         return self._single(video)
+
+    def peer_spec(self) -> PeerViewSpec:
+        """The views of a peer protocol (not gcvideo) as ``make_peer_views`` takes them."""
+        # PySlowFast's one-crop test resizes to its TRAIN_JITTER_SCALES[0]
+        scale = self.one_crop_scale if (self.protocol, self.num_crops) == ("pyslowfast", 1) else self.crop
+        return PeerViewSpec(self.protocol, scale, self.crop, self.num_crops, self.mean, self.std, self.eval_uint8)
 
     def failed(self, num_frames: int, device="cpu") -> torch.Tensor:
         """The zeros an item holds for a video that failed."""

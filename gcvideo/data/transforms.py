@@ -19,7 +19,7 @@ Testing (``make_views``): the short side is resized to the crop size S, then 1 o
 3 crops S x S along the long side: left/centre/right for landscape,
 top/centre/bottom for portrait (offsets 0, (L - S) // 2, L - S).
 
-The peers' test views (``make_peer_views``, TEST.VIEW_PROTOCOL; docs/data.md):
+The peers' test views (``make_peer_views`` with a ``PeerViewSpec``, TEST.VIEW_PROTOCOL; docs/data.md):
 
 * ``pyslowfast``: frames to float, /255, normalised, then resized (bilinear, no antialiasing) so that
   the short side is S (long side floor(L * S / s); not resized when the short side is S already);
@@ -32,6 +32,7 @@ The peers' test views (``make_peer_views``, TEST.VIEW_PROTOCOL; docs/data.md):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
 import math
@@ -41,9 +42,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from gcvideo.data.sampling import VIEW_PROTOCOLS
+
 __all__ = ["to_tchw", "short_side_size", "resize_short_side", "train_crop_box", "resized_crop",
            "crop_offsets", "normalize", "normalize_views", "draw_scale", "train_clip", "train_transform",
-           "make_views", "peer_resized_size", "peer_crop_offsets", "make_peer_views"]
+           "make_views", "peer_resized_size", "peer_crop_offsets", "PeerViewSpec", "make_peer_views"]
 
 
 def to_tchw(frames) -> torch.Tensor:
@@ -234,12 +237,34 @@ def peer_crop_offsets(height: int, width: int, size: int, num_crops: int, protoc
     return out
 
 
-def make_peer_views(frames: np.ndarray, clips: Sequence[Sequence[int]], protocol: str, scale: int, size: int,
-                    num_crops: int, mean: Sequence[float], std: Sequence[float],
-                    as_uint8: bool = False) -> torch.Tensor:
-    """``make_views`` as a peer computes its test views (module docstring): frames resized to short
-    side ``scale``, ``num_crops`` crops of ``size``. pyslowfast and pytorchvideo resize normalised
-    float frames, so their views are float32 whatever ``as_uint8``; mmaction2's are uint8 with it."""
+@dataclass(frozen=True)
+class PeerViewSpec:
+    """How a peer computes its test views (module docstring): frames resized to short side ``scale``,
+    ``num_crops`` crops of ``size``. ``EvalViews.peer_spec`` builds it for its protocol."""
+    protocol: str  # pyslowfast, pytorchvideo or mmaction2
+    scale: int  # the short side the frames are resized to
+    size: int  # the side of a crop
+    num_crops: int  # 1 or 3
+    mean: Tuple[float, ...]  # DATA.MEAN, DATA.STD: the normalisation of float views
+    std: Tuple[float, ...]
+    as_uint8: bool = False  # uint8 views, normalised later (mmaction2 only: the others resize normalised frames)
+
+    def __post_init__(self):
+        peers = VIEW_PROTOCOLS[1:]  # all but gcvideo's own (make_views)
+        if self.protocol not in peers:
+            raise ValueError(f"peer view protocol {self.protocol!r}; expected one of {peers}")
+        if self.num_crops not in (1, 3):
+            raise ValueError(f"num_crops = {self.num_crops}; expected 1 or 3")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+
+def make_peer_views(frames: np.ndarray, clips: Sequence[Sequence[int]], spec: PeerViewSpec) -> torch.Tensor:
+    """``make_views`` as a peer computes its test views (``spec``) of uint8 frames ``(K, h, w, 3)``, the rows
+    of each clip in ``clips``: ``(V, 3, T, size, size)``. pyslowfast and pytorchvideo resize normalised float
+    frames, so their views are float32 whatever ``spec.as_uint8``; mmaction2's are uint8 with it."""
+    protocol, scale, size, num_crops = spec.protocol, spec.scale, spec.size, spec.num_crops
+    mean, std, as_uint8 = spec.mean, spec.std, spec.as_uint8
     x = to_tchw(frames).contiguous()  # (K, 3, H, W) uint8, planar: crops and arithmetic read whole rows
     h, w = x.shape[-2:]
     nh, nw = peer_resized_size(h, w, scale, protocol)

@@ -12,13 +12,14 @@ import io
 import json
 import os
 import textwrap
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from gcvideo.utils.io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["combine_views", "compute_metrics", "write_report", "format_summary", "per_class_accuracy",
+__all__ = ["EvalResult", "combine_views", "compute_metrics", "write_report", "format_summary", "per_class_accuracy",
            "confused_pairs", "format_class_report", "confusion_figure"]
 
 # The confusion-matrix figure: inches per class (shrunk to fit), its largest side, and the smallest
@@ -27,6 +28,28 @@ CONFUSION_CELL_IN = 0.4
 CONFUSION_MAX_IN = 24.0
 CONFUSION_MIN_NAMED_CELL_IN = 0.1
 CONFUSION_DPI = 100
+
+
+@dataclass
+class EvalResult:
+    """Per-video results (sorted by dataset index) and the metrics over them: what ``evaluate``
+    returns and ``write_report`` writes. Every per-video field has one entry a video."""
+    indices: List[int]
+    scores: torch.Tensor  # (N, K) combined over views; zeros for failed videos
+    labels: torch.Tensor  # (N,) int64; -1 = unknown
+    ok: torch.Tensor  # (N,) bool
+    paths: List[str]
+    errors: List[str]  # "" for a decodable video
+    metrics: Dict = field(default_factory=dict)  # compute_metrics over scores, labels, ok
+
+    def __post_init__(self) -> None:
+        n = len(self.indices)
+        sizes = {"scores": len(self.scores), "labels": len(self.labels), "ok": len(self.ok),
+                 "paths": len(self.paths), "errors": len(self.errors)}
+        if any(v != n for v in sizes.values()) or self.scores.dim() != 2:
+            raise ValueError(f"EvalResult of {n} videos (indices) has scores of shape {tuple(self.scores.shape)}, "
+                             f"{', '.join(f'{k} {v}' for k, v in sizes.items() if k != 'scores')}: every per-video "
+                             "field needs one entry a video, scores (N, K)")
 
 
 def combine_views(logits: torch.Tensor, method: str) -> torch.Tensor:
@@ -215,14 +238,16 @@ def format_summary(metrics: Dict[str, Dict[str, float]], views: str) -> str:
     return "\n".join(lines)
 
 
-def write_report(out_dir: str, *, scores: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor,
-                 paths: List[str], errors: List[str], indices: List[int], class_names: Sequence[str],
-                 metrics: Dict, views: str, extra: Optional[Dict] = None) -> Dict[str, str]:
-    """Write predictions.csv, failed_videos.txt, confusion_matrix.png, report.json, report.txt
-    (the summary, per-class accuracy worst first, the most confused pairs, the failed videos).
+def write_report(out_dir: str, result: EvalResult, class_names: Sequence[str], views: str,
+                 extra: Optional[Dict] = None) -> Dict[str, str]:
+    """Write ``result``'s predictions.csv, failed_videos.txt, confusion_matrix.png, report.json, report.txt
+    (the summary, per-class accuracy worst first, the most confused pairs, the failed videos). ``views``
+    names the views in the summary (e.g. "10x3 views"); ``extra`` goes into report.json.
 
     Returns the written paths by kind.
     """
+    scores, labels, ok, paths = result.scores, result.labels, result.ok, result.paths
+    errors, indices, metrics = result.errors, result.indices, result.metrics
     k = min(5, scores.shape[1])
     top = scores.topk(k, dim=1)
     buf = io.StringIO()

@@ -24,7 +24,7 @@ from gcvideo.engine.run_checkpoints import best_checkpoint_path, list_checkpoint
 from gcvideo.engine.loader import ForkingLoader, LoaderSettings
 from gcvideo.engine.device_prep import DevicePrep, build_device_prep
 from gcvideo.engine.memory_format import model_channels_last
-from gcvideo.engine.metrics import combine_views, compute_metrics, format_summary, write_report
+from gcvideo.engine.metrics import EvalResult, combine_views, compute_metrics, format_summary, write_report
 from gcvideo.engine.precision import autocast, autocast_dtype, print_slow_bf16_warning
 from gcvideo.models import build_model_from_checkpoint
 from gcvideo.utils.device import select_device
@@ -37,18 +37,6 @@ from gcvideo.utils.reproducibility import set_determinism
 __all__ = ["EvalResult", "evaluate", "test", "run_test", "LoaderSettings", "EvalSettings", "TestSettings",
            "build_loader_settings", "build_eval_settings", "build_test_settings", "build_eval_loader", "class_names",
            "checkpoints_to_test", "build_test_set", "report_folder", "earlier_report", "load_checkpoint_cfg"]
-
-
-@dataclass
-class EvalResult:
-    """Per-video results (sorted by dataset index) and the metrics over them."""
-    indices: List[int]
-    scores: torch.Tensor  # (N, K) combined over views; zeros for failed videos
-    labels: torch.Tensor  # (N,)
-    ok: torch.Tensor  # (N,) bool
-    paths: List[str]
-    errors: List[str]
-    metrics: Dict = field(default_factory=dict)
 
 
 def build_eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
@@ -294,10 +282,9 @@ def run_test(model: nn.Module, dataset: Dataset, settings: TestSettings, tag: st
                        amp_dtype=autocast_dtype(ev.mixed_precision, device), progress=True)
         if not du.is_main_process():
             return None
-        files = write_report(out_dir, scores=res.scores, labels=res.labels, ok=res.ok, paths=res.paths,
-                             errors=res.errors, indices=res.indices, class_names=settings.class_names,
-                             metrics=res.metrics, views=text, extra={"ensemble_method": ev.ensemble_method, "checkpoint": tag,
-                                                "views_clips_crops": list(views), **setup})
+        files = write_report(out_dir, res, settings.class_names, text,
+                             extra={"ensemble_method": ev.ensemble_method, "checkpoint": tag,
+                                    "views_clips_crops": list(views), **setup})
     summary = format_summary(res.metrics, text)
     print(summary + f"\nreport: {files['text']} (predictions: {files['predictions']})", flush=True)
     return {"metrics": res.metrics, "report_dir": out_dir, "files": files, "summary": summary}

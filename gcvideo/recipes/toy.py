@@ -13,7 +13,7 @@ import os
 import time
 from typing import Dict, List, Optional, Sequence
 
-from gcvideo.analysis.attention import visualize_attention
+from gcvideo.analysis.attention import AttentionFigure, visualize_attention
 from gcvideo.config import load_cfg
 from gcvideo.data import build_dataset, build_views_dataset
 from gcvideo.data.toy import TOY_FORMAT_VERSION, make_toy_dataset
@@ -69,13 +69,14 @@ def attention_per_class(model, cfg, out_dir: str, progress: bool = False) -> Lis
         first.setdefault(rec.label, rec.path)
     chosen = sorted(first.items())  # (label, path)
     views = build_views_dataset(cfg, [p for _, p in chosen], num_clips=1, num_crops=1)
+    figure = AttentionFigure(cfg.DATA.MEAN, cfg.DATA.STD)  # every attention block, default queries
     bar = progress_bar(total=len(chosen), desc="attention", unit="video") if progress else None
     out = []
     for i, (label, path) in enumerate(chosen):
         item = views[i]
         if item["ok"]:  # a broken video is listed in the test report already
-            files = visualize_attention(model, item["video"][:1], os.path.join(out_dir, names[label]),
-                                        cfg.DATA.MEAN, cfg.DATA.STD, overwrite=True, video=path)
+            files = visualize_attention(model, item["video"][:1], os.path.join(out_dir, names[label]), figure,
+                                        overwrite=True, video=path)
             out.append(dict(files, label=names[label], video=path))
         if bar is not None:
             bar.update(1)

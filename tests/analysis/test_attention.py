@@ -11,7 +11,7 @@ from PIL import Image
 
 from gcvideo.analysis.attention import (capture_context_inputs, context_input_hooks, default_queries,
                                         denormalize, gc_attention_maps, nl_attention_maps, parse_queries,
-                                        render_gc, render_nl, select_blocks, visualize_attention)
+                                        render_gc, render_nl, select_blocks, visualize_attention, AttentionFigure)
 from gcvideo.config import get_cfg, load_cfg
 from gcvideo.models import build_model
 
@@ -95,12 +95,13 @@ def test_blocks_named_as_the_figure_labels_them(monkeypatch, tmp_path):
     real = A._labelled_grid
     monkeypatch.setattr(A, "_labelled_grid", lambda tiles, rows, cols, *a, **k: titles.append(cols) or
                         real(tiles, rows, cols, *a, **k))
-    visualize_attention(gc, _clip(1), str(tmp_path / "gc"), [0.45] * 3, [0.225] * 3)
+    visualize_attention(gc, _clip(1), str(tmp_path / "gc"), AttentionFigure([0.45] * 3, [0.225] * 3))
     labels = [t.split(" (peak")[0] for t in titles[0][1:]]
     assert labels == ["res3.0", "res4.0", "res5.0"]
     for label, name in zip(labels, names):
         assert [n for n, _ in select_blocks(gc, [label])] == [name]  # the figure's name selects its block
-    out = visualize_attention(gc, _clip(1), str(tmp_path / "gc4"), [0.45] * 3, [0.225] * 3, blocks=["res4.0"])
+    out = visualize_attention(gc, _clip(1), str(tmp_path / "gc4"),
+                              AttentionFigure([0.45] * 3, [0.225] * 3, blocks=["res4.0"]))
     assert list(torch.load(out["maps"])["maps"]) == ["blocks.3.res_blocks.0.branch2.context"]
     assert [n for n, _ in select_blocks(nl, ["res4.0+"])] == ["blocks.3.res_blocks.0.context"]
     with pytest.raises(ValueError, match=r"available: res3.0\+ \(blocks.2.res_blocks.0.context\)"):
@@ -225,8 +226,8 @@ def test_visualize_gc_on_toy_video(toy):
     out = toy / "gc_out"
     model = build_model_from_checkpoint(cfg, ckpt)
     clip = decode_views(build_views_dataset(cfg, [video], num_clips=1, num_crops=1))[0]["video"][:1]  # (1, 3, T, S, S)
-    res = visualize_attention(model, clip, str(out), cfg.DATA.MEAN, cfg.DATA.STD, blocks=["blocks.2", "blocks.4"],
-                              video=video)
+    figure = AttentionFigure(cfg.DATA.MEAN, cfg.DATA.STD, blocks=["blocks.2", "blocks.4"])
+    res = visualize_attention(model, clip, str(out), figure, video=video)
     assert res["kind"] == "gc"
     assert _gif_frames(open(res["gif"], "rb").read()) == (4, (64 * 3, 64))
     _png(open(res["png"], "rb").read())
@@ -235,19 +236,18 @@ def test_visualize_gc_on_toy_video(toy):
     assert raw["frames"].shape == (4, 64, 64, 3) and raw["video"] == video
     before = open(res["png"], "rb").read()
     with pytest.raises(FileExistsError, match="overwrite"):
-        visualize_attention(model, clip, str(out), cfg.DATA.MEAN, cfg.DATA.STD)
+        visualize_attention(model, clip, str(out), AttentionFigure(cfg.DATA.MEAN, cfg.DATA.STD))
     assert open(res["png"], "rb").read() == before
     # a uint8 view (DATA.EVAL_UINT8) gives the same frames and maps as the float view it normalises to
     u8 = (denormalize(clip[0], cfg.DATA.MEAN, cfg.DATA.STD))  # (T, S, S, 3)
     u8 = torch.from_numpy(u8).permute(3, 0, 1, 2)[None].contiguous()  # (1, 3, T, S, S) uint8
-    res2 = visualize_attention(model, u8, str(out), cfg.DATA.MEAN, cfg.DATA.STD, blocks=["blocks.2", "blocks.4"],
-                               overwrite=True)
+    res2 = visualize_attention(model, u8, str(out), figure, overwrite=True)
     raw2 = torch.load(res2["maps"])
     assert torch.equal(raw2["frames"], raw["frames"])
     for name in raw["maps"]:
         torch.testing.assert_close(raw2["maps"][name], raw["maps"][name], rtol=1e-2, atol=1e-4)
     with pytest.raises(ValueError, match="one clip"):
-        visualize_attention(model, clip[0], str(out), cfg.DATA.MEAN, cfg.DATA.STD, overwrite=True)
+        visualize_attention(model, clip[0], str(out), AttentionFigure(cfg.DATA.MEAN, cfg.DATA.STD), overwrite=True)
 
 
 def _tool():
@@ -277,6 +277,26 @@ def test_visualize_tool_nl_on_real_video(toy, capsys):
     bad.write_bytes(b"nothing")
     assert tool.main(["--config", cfg_file, "--checkpoint", ckpt, str(bad), "--out", str(toy / "x")]) == 2
     assert "bad.mp4" in capsys.readouterr().err
+
+
+def test_attention_figure_refuses_what_it_cannot_draw(tmp_path, capsys):
+    """AttentionFigure: an opacity outside [0, 1] or a normalisation without 3 values is a UsageError
+    naming it; the tool answers ``--alpha 1.5`` with one error line, exit 2, before it loads the checkpoint."""
+    from gcvideo.utils.errors import UsageError
+
+    fig = AttentionFigure([0.45] * 3, [0.225] * 3, blocks=["res4.0"], alpha=1.0)
+    assert (fig.blocks, fig.queries, fig.alpha) == (["res4.0"], None, 1.0)
+    for alpha in (-0.1, 1.5):
+        with pytest.raises(UsageError, match=rf"alpha {alpha}: the heatmap's opacity is a fraction in \[0, 1\]"):
+            AttentionFigure([0.45] * 3, [0.225] * 3, alpha=alpha)
+    with pytest.raises(UsageError, match=r"mean \[0.45\], std \[0.225, 0.225, 0.225\]: expected 3 values each"):
+        AttentionFigure([0.45], [0.225] * 3)
+    toy_cfg = os.path.join(ROOT, "configs", "toy", "slow_gc_toy.yaml")
+    rc = _tool().main(["video.mp4", "--config", toy_cfg, "DATA.LABEL_MAP", "", "--checkpoint",
+                       str(tmp_path / "nope.pth"), "--out", str(tmp_path / "vis"), "--alpha", "1.5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["error: alpha 1.5: the heatmap's opacity is a fraction in [0, 1]"], err
+    assert not (tmp_path / "vis").exists()
 
 
 def test_hooks_fire_for_fused_blocks_and_restore_fused():

@@ -1,13 +1,14 @@
 """Export: TorchScript and ONNX graphs give the eager model's outputs; files are never clobbered."""
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from gcvideo.analysis.export import export_model
+from gcvideo.analysis.export import ExportOptions, export_model
 from gcvideo.config import get_cfg
 from gcvideo.layers import ContextBlock
 from gcvideo.models import build_model
@@ -49,7 +50,7 @@ NL = ("nl", [[], [0], [0], []])
 def test_export_leaves_the_model_as_it_is(tmp_path):
     """The exporters trace a copy; the caller's blocks keep their fused path and their mode."""
     m = _model(*GC).train()
-    export_model(m, "torchscript", str(tmp_path / "m.ts"), input_shape=(4, 32, 32))
+    export_model(m, str(tmp_path / "m.ts"), ExportOptions("torchscript", (4, 32, 32)))
     blocks = [b for b in m.modules() if isinstance(b, ContextBlock)]
     assert blocks and all(b.fused for b in blocks)
     assert all(mod.training for mod in m.modules())
@@ -66,7 +67,7 @@ def test_traced_graph_of_the_fused_model_holds_reference_ops_only():
 def test_torchscript_equals_eager(tmp_path, spec):
     m = _model(*spec)
     out = tmp_path / "m.ts"
-    info = export_model(m, "torchscript", str(out), input_shape=(4, 32, 32))
+    info = export_model(m, str(out), ExportOptions("torchscript", (4, 32, 32)))
     assert info["max_rel_err"] <= 1e-4 and out.exists()
     loaded = torch.jit.load(str(out))
     x = torch.randn(3, 3, 4, 32, 32)
@@ -84,7 +85,7 @@ def test_onnx_legacy_equals_eager(tmp_path, spec):
 
     m = _model(*spec)
     out = tmp_path / "m.onnx"
-    info = export_model(m, "onnx", str(out), input_shape=(4, 32, 32), exporter="legacy")
+    info = export_model(m, str(out), ExportOptions("onnx", (4, 32, 32), exporter="legacy"))
     assert info["exporter"] == "legacy" and info["verified_with"] == "onnxruntime"
     assert info["max_rel_err"] <= 1e-4
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -98,7 +99,7 @@ def test_onnx_legacy_equals_eager(tmp_path, spec):
 @pytest.mark.skipif(not (HAS_ORT and HAS_ONNXSCRIPT), reason="onnxruntime/onnxscript not installed")
 def test_onnx_dynamo_exporter(tmp_path):
     m = _model(*NL)
-    info = export_model(m, "onnx", str(tmp_path / "m.onnx"), input_shape=(4, 32, 32), exporter="dynamo")
+    info = export_model(m, str(tmp_path / "m.onnx"), ExportOptions("onnx", (4, 32, 32), exporter="dynamo"))
     assert info["exporter"] == "dynamo" and info["max_rel_err"] <= 1e-4
 
 
@@ -107,13 +108,29 @@ def test_never_overwrites(tmp_path):
     out = tmp_path / "m.ts"
     out.write_bytes(b"user data")
     with pytest.raises(FileExistsError, match="overwrite"):
-        export_model(m, "torchscript", str(out), input_shape=(4, 32, 32))
+        export_model(m, str(out), ExportOptions("torchscript", (4, 32, 32)))
     assert out.read_bytes() == b"user data"
-    export_model(m, "torchscript", str(out), input_shape=(4, 32, 32), overwrite=True)
+    export_model(m, str(out), ExportOptions("torchscript", (4, 32, 32)), overwrite=True)
     assert out.read_bytes() != b"user data"
     assert [p.name for p in tmp_path.iterdir()] == ["m.ts"]  # no temporary left behind
     with pytest.raises(ValueError, match="format"):
-        export_model(m, "tflite", str(tmp_path / "x"), input_shape=(4, 32, 32))
+        export_model(m, str(tmp_path / "x"), ExportOptions("tflite", (4, 32, 32)))
+
+
+def test_export_options_are_checked_when_made(tmp_path):
+    """ExportOptions refuses a format, an ONNX exporter or a clip size it cannot use with a UsageError
+    naming the value (before any model is copied or a file looked at); the clip size is kept as 3 ints."""
+    from gcvideo.utils.errors import UsageError
+
+    opts = ExportOptions("onnx", ["4", 32, 32.0], exporter="legacy")
+    assert opts.input_shape == (4, 32, 32) and (opts.opset, opts.rtol, opts.seed) == (17, 1e-4, 0)
+    with pytest.raises(UsageError, match=r"format 'tflite': expected one of \('torchscript', 'onnx'\)"):
+        ExportOptions("tflite")
+    with pytest.raises(UsageError, match="exporter 'fx': expected auto, dynamo or legacy"):
+        ExportOptions("onnx", exporter="fx")
+    for bad in [(4, 32), (0, 32, 32)]:
+        with pytest.raises(UsageError, match=rf"input shape {re.escape(str(bad))}: expected T, H, W"):
+            ExportOptions("torchscript", bad)
 
 
 def test_export_tool(tmp_path, capsys):

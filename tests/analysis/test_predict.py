@@ -177,7 +177,7 @@ def test_predict_error_lines_stand_apart_from_the_bar(setup, capsys, load_tool):
 def test_predict_uses_the_view_protocol(setup):
     """TEST.VIEW_PROTOCOL reaches predict: mmaction2's frames and crops (carphone: 120 frames, 176x144
     resized to 39x32; SampleFrames offsets 0 and 120 - 7, ThreeCrop left/right/middle), named in the result."""
-    from gcvideo.data.transforms import make_peer_views
+    from gcvideo.data.transforms import PeerViewSpec, make_peer_views
     from gcvideo.data.decoder import decode_frames
 
     cfg = setup["cfg"].clone()
@@ -186,7 +186,8 @@ def test_predict_uses_the_view_protocol(setup):
     ds = build_views_dataset(cfg, [REAL], 2, 3)
     inds = [[0, 2, 4, 6], [113, 115, 117, 119]]  # (T - 1) * R + 1 = 7: max offset 113, offsets 0 and 113
     frames = decode_frames(REAL, sum(inds, []))
-    want = make_peer_views(frames, [[0, 1, 2, 3], [4, 5, 6, 7]], "mmaction2", 32, 32, 3, cfg.DATA.MEAN, cfg.DATA.STD)
+    want = make_peer_views(frames, [[0, 1, 2, 3], [4, 5, 6, 7]],
+                           PeerViewSpec("mmaction2", 32, 32, 3, cfg.DATA.MEAN, cfg.DATA.STD))
     torch.testing.assert_close(ds[0]["video"], want)
     names = class_names(cfg.DATA.LABEL_MAP, cfg.MODEL.NUM_CLASSES)
     res = predict_videos(setup["model"], ds, names, topk=3)

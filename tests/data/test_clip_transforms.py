@@ -139,6 +139,31 @@ def test_one_view_and_failed_videos():
     assert not peer.eval_uint8 and peer.failed(2).dtype == torch.float32 and peer.failed(2).shape == (3, 3, 2, 8, 8)
 
 
+def test_peer_views_take_the_spec_eval_views_builds():
+    """``EvalViews.peer_spec``: PySlowFast's one-crop test resizes to one_crop_scale, every other peer
+    view to the crop; mmaction2's uint8 crops of a 8 x 14 frame (no resize) at left 0, 2 * 3 = 6, 3
+    (ThreeCrop: left, right, middle), clip-major; a spec of gcvideo's protocol or 2 crops is refused."""
+    from gcvideo.data.transforms import PeerViewSpec, make_peer_views
+
+    one = EvalViews("pyslowfast", crop=8, num_clips=1, num_crops=1, one_crop_scale=10, mean=MEAN, std=STD)
+    assert one.peer_spec() == PeerViewSpec("pyslowfast", 10, 8, 1, MEAN, STD, False)
+    assert EvalViews("pytorchvideo", crop=8, num_crops=1, one_crop_scale=10).peer_spec().scale == 8
+    mm = EvalViews("mmaction2", crop=8, num_clips=2, num_crops=3, eval_uint8=True, mean=MEAN, std=STD)
+    assert mm.peer_spec() == PeerViewSpec("mmaction2", 8, 8, 3, MEAN, STD, True)
+    frames = _frames(4, 8, 14)
+    got = make_peer_views(frames, [[0, 2], [1, 3]], mm.peer_spec())
+    assert got.dtype == torch.uint8 and got.shape == (6, 3, 2, 8, 8)
+    for ci, rows in enumerate([[0, 2], [1, 3]]):
+        for oi, left in enumerate([0, 6, 3]):
+            assert torch.equal(got[3 * ci + oi], _item(frames[rows][:, :, left:left + 8]))
+    assert torch.equal(mm(frames, [10, 20, 30, 40], [[10, 30], [20, 40]]), got)
+    with pytest.raises(ValueError, match=r"peer view protocol 'gcvideo'; expected one of \('pyslowfast', "
+                                         r"'pytorchvideo', 'mmaction2'\)"):
+        PeerViewSpec("gcvideo", 8, 8, 3, MEAN, STD)
+    with pytest.raises(ValueError, match="num_crops = 2; expected 1 or 3"):
+        PeerViewSpec("mmaction2", 8, 8, 2, MEAN, STD)
+
+
 # -- ClipSampling, DecodeOptions ----------------------------------------------------------------------
 @pytest.mark.parametrize("fps,step", [(30, 2), (15, 1)])
 def test_clip_sampling_train_indices(fps, step):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from gcvideo.engine.metrics import combine_views, compute_metrics, write_report
+from gcvideo.engine.metrics import EvalResult, combine_views, compute_metrics, write_report
 
 
 def _softmax(v):
@@ -81,9 +81,9 @@ def test_report_files(tmp_path):
     scores = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.0, 0.0, 0.0]])
     labels, ok = torch.tensor([0, 1, 2]), torch.tensor([True, True, False])
     m = compute_metrics(scores, labels, ok, 3)
-    files = write_report(str(tmp_path), scores=scores, labels=labels, ok=ok, paths=["a.mp4", "b.mp4", "c.mp4"],
-                         errors=["", "", "moov atom not found"], indices=[0, 1, 2],
-                         class_names=["run", "jump", "swim"], metrics=m, views="1x1 views")
+    res = EvalResult(indices=[0, 1, 2], scores=scores, labels=labels, ok=ok, paths=["a.mp4", "b.mp4", "c.mp4"],
+                     errors=["", "", "moov atom not found"], metrics=m)
+    files = write_report(str(tmp_path), res, ["run", "jump", "swim"], "1x1 views")
     pred = (tmp_path / "predictions.csv").read_text().splitlines()
     assert pred[0] == "index,path,label,ok,pred1,score1,pred2,score2,pred3,score3"
     assert pred[1] == "0,a.mp4,run,1,run,0.70000,jump,0.20000,swim,0.10000"
@@ -93,6 +93,43 @@ def test_report_files(tmp_path):
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "top-1 33.33%" in (tmp_path / "report.txt").read_text()
     assert set(files) == {"predictions", "failed", "confusion", "json", "text"}
+
+
+def test_report_of_an_eval_result_hand_computed(tmp_path):
+    """``write_report(out_dir, result, class_names, views, extra)`` writes the result's own rows: indices
+    out of order as given, an unlabelled video, a failed one; report.json holds the metrics, the failed
+    count and ``extra``; the summary's numbers are the hand-computed ones."""
+    scores = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.0, 0.0], [0.3, 0.7]])
+    labels, ok = torch.tensor([1, 1, 0, -1]), torch.tensor([True, True, False, True])
+    res = EvalResult(indices=[4, 7, 9, 12], scores=scores, labels=labels, ok=ok,
+                     paths=["p.mp4", "q.mp4", "r.mp4", "s.mp4"], errors=["", "", "no frames", ""],
+                     metrics=compute_metrics(scores, labels, ok, 2))
+    write_report(str(tmp_path), res, ["sit", "stand"], "2x3 views", extra={"checkpoint": "ck7"})
+    pred = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert pred[1:] == ["4,p.mp4,stand,1,stand,0.90000,sit,0.10000", "7,q.mp4,stand,1,sit,0.80000,stand,0.20000",
+                        "9,r.mp4,sit,0", "12,s.mp4,,1,stand,0.70000,sit,0.30000"]
+    assert (tmp_path / "failed_videos.txt").read_text() == "r.mp4\tno frames\n"
+    report = json.loads((tmp_path / "report.json").read_text())
+    # labelled: p (right), q (wrong), r (failed: wrong) -> 1/3; decodable: 1/2; per class: sit 0/1, stand 1/2
+    assert report["metrics"]["all"]["top1"] == pytest.approx(100 / 3)
+    assert report["metrics"]["decodable"]["top1"] == pytest.approx(50.0)
+    assert report["metrics"]["all"]["mean_class_acc"] == pytest.approx(25.0)
+    assert (report["views"], report["num_failed"], report["checkpoint"]) == ("2x3 views", 1, "ck7")
+    text = (tmp_path / "report.txt").read_text()
+    assert text.startswith("2x3 views: top-1 33.33%  top-5 66.67%  mean class accuracy 25.00%  over 3 videos")
+    assert text.endswith("failed: r.mp4\tno frames\n")
+
+
+def test_eval_result_refuses_fields_of_other_lengths():
+    """An EvalResult whose per-video fields disagree in length is refused, naming the sizes."""
+    ok = dict(indices=[0, 1], scores=torch.zeros(2, 3), labels=torch.tensor([0, 1]),
+              ok=torch.tensor([True, True]), paths=["a", "b"], errors=["", ""])
+    EvalResult(**ok)
+    with pytest.raises(ValueError, match=r"EvalResult of 2 videos \(indices\) has scores of shape \(2, 3\), "
+                                         r"labels 2, ok 2, paths 1, errors 2"):
+        EvalResult(**dict(ok, paths=["a"]))
+    with pytest.raises(ValueError, match=r"scores of shape \(2,\)"):
+        EvalResult(**dict(ok, scores=torch.zeros(2)))
 
 
 def test_class_names_use_the_one_label_map_reader(tmp_path):
@@ -131,8 +168,9 @@ def _hand_made_results():
 def test_report_lists_per_class_accuracy_worst_first_and_the_most_confused_pairs(tmp_path):
     names, scores, labels, ok = _hand_made_results()
     m = compute_metrics(scores, labels, ok, 6)
-    write_report(str(tmp_path), scores=scores, labels=labels, ok=ok, paths=[f"{i}.mp4" for i in range(14)],
-                 errors=[""] * 14, indices=list(range(14)), class_names=names, metrics=m, views="1x1 views")
+    res = EvalResult(indices=list(range(14)), scores=scores, labels=labels, ok=ok,
+                     paths=[f"{i}.mp4" for i in range(14)], errors=[""] * 14, metrics=m)
+    write_report(str(tmp_path), res, names, "1x1 views")
     text = (tmp_path / "report.txt").read_text().splitlines()
     start = text.index("per-class top-1 accuracy, worst first (4 classes with videos; failed videos counted wrong):")
     assert text[start + 1:start + 9] == [
@@ -169,8 +207,9 @@ def test_confusion_png_shows_the_classes_present_named_at_a_bounded_size(tmp_pat
     scores[:, to_k400] = scores6
     labels = torch.where(labels >= 0, to_k400[labels.clamp_min(0)], labels)
     m = compute_metrics(scores, labels, ok, 400)
-    write_report(str(tmp_path), scores=scores, labels=labels, ok=ok, paths=[f"{i}.mp4" for i in range(14)],
-                 errors=[""] * 14, indices=list(range(14)), class_names=k400, metrics=m, views="1x1 views")
+    res = EvalResult(indices=list(range(14)), scores=scores, labels=labels, ok=ok,
+                     paths=[f"{i}.mp4" for i in range(14)], errors=[""] * 14, metrics=m)
+    write_report(str(tmp_path), res, k400, "1x1 views")
     w, h = Image.open(tmp_path / "confusion_matrix.png").size
     assert w <= 800 and h <= 800, (w, h)
     from gcvideo.engine.metrics import CONFUSION_DPI, CONFUSION_MAX_IN, confusion_figure, confusion_matrix

@@ -44,6 +44,7 @@ import torch.nn as nn
 from torch.utils.data import Sampler
 
 from gcvideo.utils.errors import RunStopped, UserError
+from gcvideo.utils.torch_private import BatchNormBase
 
 __all__ = ["BatchSizeError", "RankTimeout", "StepWatch", "step_started",
            "init_distributed", "cleanup_distributed", "process_group", "is_distributed", "get_rank", "get_world_size",
@@ -427,7 +428,7 @@ class _SyncBNFunction(torch.autograd.Function):
         return gx.to(ctx.in_dtype), local[c:], local[:c], None, None
 
 
-class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+class CPUSyncBatchNorm(BatchNormBase):
     """BatchNorm whose training statistics span all processes (works with gloo on CPU)."""
 
     process_group = None
@@ -458,7 +459,7 @@ def convert_sync_batchnorm(model: nn.Module, device_type: str) -> nn.Module:
 
     def convert(module: nn.Module) -> nn.Module:
         out = module
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+        if isinstance(module, BatchNormBase) and module.affine:
             out = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                                    module.track_running_stats)
             out.load_state_dict(module.state_dict())

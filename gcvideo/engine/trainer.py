@@ -57,6 +57,7 @@ from gcvideo.utils.errors import UserError
 from gcvideo.utils.io import atomic_save, load_checkpoint_file
 from gcvideo.utils.cpu_tuning import tune_cpu
 from gcvideo.utils.reproducibility import seed_everything, set_determinism
+from gcvideo.utils.torch_private import BatchNormBase
 
 __all__ = ["train", "train_one_epoch", "EpochMeters", "EpochPosition", "StepNumerics", "StepHooks", "FitSettings",
            "CheckpointPolicy", "build_checkpoint_policy", "build_fit_settings", "build_run", "NonFiniteLossError",
@@ -286,7 +287,7 @@ def compiled(model: nn.Module, enabled: bool) -> nn.Module:
 
 
 def _bn_modules(model: nn.Module) -> List[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    return [m for m in model.modules() if isinstance(m, BatchNormBase) and m.track_running_stats]
 
 
 @torch.no_grad()

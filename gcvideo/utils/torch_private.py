@@ -12,7 +12,12 @@ import torch.nn as nn
 from torch.nn.modules import module as _module
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-__all__ = ["dispatch_mode_active", "forward_hooks_registered", "add_relu_", "end_loader_workers"]
+__all__ = ["dispatch_mode_active", "forward_hooks_registered", "add_relu_", "end_loader_workers", "BatchNormBase"]
+
+# torch's base class of every batch norm (BatchNorm1d/2d/3d, SyncBatchNorm; gcvideo's CPUSyncBatchNorm
+# derives from it): no public name. Precise BN finds the layers with running statistics by it, and
+# SyncBN conversion builds on it.
+BatchNormBase = nn.modules.batchnorm._BatchNorm
 
 
 def dispatch_mode_active() -> bool:

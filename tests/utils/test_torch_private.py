@@ -12,11 +12,12 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import Dataset
 
-from gcvideo.utils.torch_private import add_relu_, dispatch_mode_active, end_loader_workers, forward_hooks_registered
+from gcvideo.utils.torch_private import (BatchNormBase, add_relu_, dispatch_mode_active, end_loader_workers,
+                                         forward_hooks_registered)
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "gcvideo"
 PRIVATE = ("_get_current_dispatch_mode", "_global_forward_hooks", "_global_forward_pre_hooks", "_forward_hooks",
-           "_forward_pre_hooks", "_add_relu_", "_shutdown_workers", "_get_iterator", "_iterator")
+           "_forward_pre_hooks", "_add_relu_", "_shutdown_workers", "_get_iterator", "_iterator", "_BatchNorm")
 
 
 def test_private_torch_names_are_used_in_torch_private_only():
@@ -105,3 +106,13 @@ def test_end_loader_workers_ends_a_persistent_loaders_workers_now():
     # loaders without a persistent iterator: nothing to end
     end_loader_workers(torch.utils.data.DataLoader(_Pid(), batch_size=2))
     end_loader_workers(torch.utils.data.DataLoader(_Pid(), batch_size=2, num_workers=1, persistent_workers=True))
+
+
+def test_batch_norm_base_is_the_base_of_every_batch_norm_and_nothing_else():
+    from gcvideo.engine.distributed import CPUSyncBatchNorm
+
+    for bn in (torch.nn.BatchNorm1d(4), torch.nn.BatchNorm2d(4), torch.nn.BatchNorm3d(4), torch.nn.SyncBatchNorm(4),
+               CPUSyncBatchNorm(4)):
+        assert isinstance(bn, BatchNormBase), type(bn)
+    for other in (torch.nn.LayerNorm(4), torch.nn.GroupNorm(2, 4), torch.nn.InstanceNorm3d(4)):
+        assert not isinstance(other, BatchNormBase), type(other)

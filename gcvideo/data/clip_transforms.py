@@ -110,7 +110,8 @@ class TrainClips:
         hw = size.source if size.scale is not None else tuple(x.shape[-2:])  # the frame size crops are drawn for
         c, t, kk = self.crop, x.shape[0], self.num_samples
         # the clips, written straight into the item (uint8) or normalised one by one (float32)
-        video = torch.empty((kk, 3, t, c, c), dtype=torch.uint8) if self.uint8 else None
+        # (on the frames' device: DATA.DECODE_DEVICE cuda keeps the item on the GPU)
+        video = torch.empty((kk, 3, t, c, c), dtype=torch.uint8, device=x.device) if self.uint8 else None
         clips: List[torch.Tensor] = []
         labels: List[int] = []
         for k in range(kk):

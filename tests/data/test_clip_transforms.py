@@ -191,3 +191,17 @@ def test_allowed_names_come_from_the_modules_that_own_them():
         with pytest.raises(config.ConfigError, match=key) as e:
             config.load_cfg(None, [key, "nope"])
         assert all(repr(a) in str(e.value) for a in allowed)
+
+
+@pytest.mark.parametrize("uint8", [True, False])
+@pytest.mark.parametrize("num_samples", [1, 2])
+def test_train_item_stays_on_the_frames_device(uint8, num_samples):
+    """DATA.DECODE_DEVICE cuda: torchcodec's frames are on the GPU and the item must stay there (uint8
+    or normalised). Meta tensors stand in for GPU frames on a machine without one: an item built on the
+    CPU from them (the old uint8 buffer) cannot be filled."""
+    tc = TrainClips(jitter_scales=(32, 40), crop=32, uint8=uint8, num_samples=num_samples)
+    frames = torch.zeros((4, 36, 48, 3), dtype=torch.uint8, device="meta")  # (T, h, w, 3) as decoded
+    rng = np.random.default_rng(0)
+    video, _ = tc(frames, 3, rng, np.random.default_rng(1), tc.frame_size(rng))
+    assert video.device.type == "meta" and video.dtype == (torch.uint8 if uint8 else torch.float32)
+    assert video.shape == ((3, 4, 32, 32) if num_samples == 1 else (num_samples, 3, 4, 32, 32))

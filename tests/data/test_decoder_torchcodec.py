@@ -152,6 +152,9 @@ def test_cuda_dataset_items_on_the_gpu(index_videos, tmp_path):
     cfg.DATA.PATH_TO_DATA_DIR = str(tmp_path)
     cfg.DATA.DECODER, cfg.DATA.DECODE_DEVICE, cfg.DATA.NUM_WORKERS, cfg.DATA.PIN_MEMORY = "torchcodec", "cuda", 0, False
     cfg.DATA.TRAIN_JITTER_SCALES, cfg.DATA.TRAIN_CROP_SIZE, cfg.DATA.TEST_CROP_SIZE = [64, 80], 64, 64
+    item = build_dataset(cfg, "train")[0]  # DATA.TRAIN_UINT8 (the default): uint8, normalised by DevicePrep
+    assert item["video"].is_cuda and item["video"].shape == (3, 8, 64, 64) and item["video"].dtype == torch.uint8
+    cfg.DATA.TRAIN_UINT8 = False  # normalised in the dataset: float32, on the GPU all the same
     item = build_dataset(cfg, "train")[0]
     assert item["video"].is_cuda and item["video"].shape == (3, 8, 64, 64) and item["video"].dtype == torch.float32
     test = build_dataset(cfg, "test")

@@ -103,7 +103,7 @@ class TrainClips:
         """The decoder's ``size(height, width)`` for one item (draws the scale of one clip per video)."""
         return FrameSize(self.jitter_scales, self.num_samples, rng)
 
-    def __call__(self, frames, label: int, rng: np.random.Generator, aug_rng: np.random.Generator,
+    def __call__(self, frames, label: int, rng: np.random.Generator, aug_rng: Optional[np.random.Generator],
                  size: FrameSize) -> Tuple[torch.Tensor, object]:
         """uint8 frames ``(T, h, w, 3)`` decoded at ``size`` -> (video, label) of the item."""
         x = to_tchw(frames)  # (T, 3, h, w) uint8
@@ -131,7 +131,7 @@ class TrainClips:
         return video, torch.tensor(labels, dtype=torch.int64)  # (K, 3, T, C, C), (K,)
 
     def _clip(self, x: torch.Tensor, hw: Tuple[int, int], scale: Optional[int], label: int,
-              rng: np.random.Generator, aug_rng: np.random.Generator) -> Tuple[torch.Tensor, int]:
+              rng: np.random.Generator, aug_rng: Optional[np.random.Generator]) -> Tuple[torch.Tensor, int]:
         """One clip of ``x`` (T, 3, h, w) and its label. Draws, in order: scale (unless drawn before the
         read), crop top, crop left, flip, reversal; then the augmentation's from ``aug_rng``."""
         scale = scale if scale is not None else draw_scale(rng, self.jitter_scales)

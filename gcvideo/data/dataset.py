@@ -168,7 +168,9 @@ class VideoDataset(Dataset):
                 idx = int(self._rng(index, attempt, stream=1).integers(len(self)))
                 continue
             try:
-                video, label = self.transform(frames, rec.label, rng, self._rng(index, attempt, stream=2), size)
+                # stream 2: the augment transform's own draws (made only where there is one)
+                aug_rng = self._rng(index, attempt, stream=2) if self.transform.augment is not None else None
+                video, label = self.transform(frames, rec.label, rng, aug_rng, size)
             except Exception as e:  # a per-video failure (MemoryError, ...): replaced like a broken video
                 skipped.append(f"{rec.path}\t{_failure('transform', e)}")
                 idx = int(self._rng(index, attempt, stream=1).integers(len(self)))

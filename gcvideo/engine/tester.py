@@ -277,7 +277,7 @@ def run_test(model: nn.Module, dataset: Dataset, settings: TestSettings, tag: st
                                   if du.is_main_process() else None)
     with _hold_report_folder(out_dir):
         loader = build_eval_loader(dataset, ev.batch_size, ev.loader.num_workers,
-                                   ev.loader.pin_memory and device.type == "cuda")
+                                   ev.loader.for_device(device).pin_memory)
         res = evaluate(model, loader, ev.prep, num_classes=ev.num_classes, ensemble_method=ev.ensemble_method,
                        amp_dtype=autocast_dtype(ev.mixed_precision, device), progress=True)
         if not du.is_main_process():

@@ -22,8 +22,8 @@ from fvcore.common.config import BASE_KEY, CfgNode
 from gcvideo.data.annotations import CLIP_LAYOUTS, FORMATS as ANNOTATION_FORMATS
 from gcvideo.data.augment import MAX_MAGNITUDE
 from gcvideo.data.decoder import BACKENDS as DECODERS
-from gcvideo.layers import (CONTEXT_PRESETS, CONTEXT_TYPES, FUSIONS, NL_INSTANTIATIONS, NL_POOL_POSITIONS, NORMS, POOLINGS,
-                            TRANSFORMS)
+from gcvideo.layers import (CONTEXT_POSITIONS, CONTEXT_PRESETS, CONTEXT_TYPES, FUSIONS, NL_INSTANTIATIONS,
+                            NL_POOL_POSITIONS, NORMS, POOLINGS, TRANSFORMS)
 from gcvideo.layers.losses import LOSSES
 from gcvideo.data.sampling import VIEW_PROTOCOLS
 from gcvideo.utils.errors import UserError
@@ -657,7 +657,7 @@ def validate_cfg(cfg: CfgNode, check_files: bool = True) -> None:
     if c.TYPE == "none" and any_blocks:
         raise ConfigError(f"CONTEXT.LOCATION = {loc!r} places blocks but CONTEXT.TYPE = 'none'; "
                           f"set CONTEXT.TYPE to one of {', '.join(CONTEXT_TYPES)}")
-    _one_of(c.POSITION, "CONTEXT.POSITION", ["auto", "pre_add", "post_relu"])
+    _one_of(c.POSITION, "CONTEXT.POSITION", ["auto", *CONTEXT_POSITIONS])
     _one_of(c.POOLING, "CONTEXT.POOLING", ["auto", *POOLINGS])
     _one_of(c.TRANSFORM, "CONTEXT.TRANSFORM", ["auto", *TRANSFORMS])
     _one_of(c.NORM, "CONTEXT.NORM", ["auto", *NORMS])

@@ -4,7 +4,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["ResidualContext"]
+__all__ = ["ResidualContext", "CONTEXT_POSITIONS"]
+
+# where a context block sits in a residual unit: after the branch, before the add (gc/snl/se), or after
+# the unit's output ReLU (nl)
+CONTEXT_POSITIONS = ("pre_add", "post_relu")
 
 
 class ResidualContext(nn.Module):

@@ -24,12 +24,11 @@ import torch.nn as nn
 from pytorchvideo.models.resnet import ResStage
 from pytorchvideo.models.stem import create_res_basic_stem
 
-from gcvideo.layers import ContextSpec, create_context_block
+from gcvideo.layers import CONTEXT_POSITIONS, ContextSpec, create_context_block
 
 
 __all__ = ["SlowResNet", "ResNetSpec", "ContextPlacement", "CONTEXT_POSITIONS", "Bottleneck", "ContextResBlock", "ResNetHead", "context_block_label"]
 
-CONTEXT_POSITIONS = ("pre_add", "post_relu")  # where a context block sits in a residual unit
 _CONTEXT_NAME = re.compile(r"blocks\.(\d+)\.res_blocks\.(\d+)\.(branch2\.)?context")
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gcvideo.data.clip_transforms import EvalViews, TrainClips
+from gcvideo.layers import ContextSpec
 from gcvideo.data.decoder import BACKENDS, DecodeOptions
 from gcvideo.data.sampling import VIEW_PROTOCOLS, ClipSampling
 
@@ -191,6 +192,12 @@ def test_allowed_names_come_from_the_modules_that_own_them():
         with pytest.raises(config.ConfigError, match=key) as e:
             config.load_cfg(None, [key, "nope"])
         assert all(repr(a) in str(e.value) for a in allowed)
+    from gcvideo.layers import CONTEXT_POSITIONS
+    from gcvideo.models.resnet import ContextPlacement
+
+    assert config.CONTEXT_POSITIONS is CONTEXT_POSITIONS  # CONTEXT.POSITION and ContextPlacement: one tuple
+    with pytest.raises(ValueError, match="post_relu"):
+        ContextPlacement(ContextSpec("gc"), ((),), "middle")
 
 
 @pytest.mark.parametrize("uint8", [True, False])
